@@ -1,0 +1,232 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+
+namespace Attend.Kernels.Cpu;
+
+/// <summary>
+/// Decode: a few queries (1–16 per sequence) against a long cache. Bandwidth-bound, so the work is arranged to read
+/// every key and value once: the query heads of a KV group are processed together, and the keys of each
+/// (sequence, KV head) are split into ranges across the cores (split-KV, "flash-decoding"); the partial results are
+/// joined with <see cref="Lse.Merge(ReadOnlySpan{float}, float, ReadOnlySpan{float}, float, Span{float}, out float)"/>.
+/// </summary>
+internal sealed class CpuSplitKvDecode : AttentionKernel
+{
+    /// <summary>Most queries per sequence this variant takes.</summary>
+    public const int MaxQueries = 16;
+
+    public override string Name => "CpuSplitKvDecode";
+
+    public override string Backend => "cpu";
+
+    public override string Summary => $"split-KV decode for ≤ {MaxQueries} queries per sequence, KV groups read once, LSE merge";
+
+    public override bool IsSupported(in KernelProblem problem, out string reason)
+    {
+        if (problem.Pass != AttentionPass.Forward)
+        {
+            reason = "decode is forward only";
+            return false;
+        }
+        if (problem.MaxQueryLength > MaxQueries)
+        {
+            reason = $"decode takes at most {MaxQueries} queries per sequence (got {problem.MaxQueryLength})";
+            return false;
+        }
+        if (!Vector256.IsHardwareAccelerated)
+        {
+            reason = "Vector256 is not hardware-accelerated on this machine";
+            return false;
+        }
+        reason = "";
+        return true;
+    }
+
+    internal override void Forward<T, TMask, TScore>(ForwardCall<T> call, TMask mask, TScore score)
+    {
+        if (Vector512.IsHardwareAccelerated) SplitKvDecode<T, TMask, TScore, Isa512, Vector512<float>>.Run(call, mask, score);
+        else SplitKvDecode<T, TMask, TScore, Isa256, Vector256<float>>.Run(call, mask, score);
+    }
+}
+
+/// <summary>The work of <see cref="CpuSplitKvDecode"/>: items are (sequence, KV head, key range).</summary>
+internal sealed unsafe class SplitKvDecode<T, TMask, TScore, TIsa, TVec> : IWorkItems
+    where T : unmanaged
+    where TMask : struct, IMaskMod<TMask>
+    where TScore : struct, IScoreMod<TScore>
+    where TIsa : struct, IVectorIsa<TVec>
+    where TVec : unmanaged
+{
+    private const int Bk = 64;
+
+    private readonly ForwardCall<T> _call;
+    private readonly TMask _mask;
+    private readonly TScore _score;
+    private readonly int _dp, _rowsMax, _splits;
+    private readonly float* _partial; // [unit][split][rowsMax] × (dp output + 1 lse)
+
+    private SplitKvDecode(ForwardCall<T> call, TMask mask, TScore score)
+    {
+        _call = call;
+        _mask = mask;
+        _score = score;
+        AttentionShape sh = call.Shape;
+        _dp = (sh.Dim + TIsa.Width - 1) / TIsa.Width * TIsa.Width;
+        _rowsMax = sh.GroupSize * Math.Max(1, sh.MaxQueryLength);
+        int units = sh.Sequences * sh.KvHeads;
+        int maxBlocks = (sh.MaxKeyLength + Bk - 1) / Bk;
+        // Enough ranges for every core to have several, but none shorter than one block.
+        _splits = Math.Clamp((4 * call.Threads + units - 1) / units, 1, Math.Max(1, maxBlocks));
+        _partial = SharedBuffer.Rent(0, (long)units * _splits * _rowsMax * (_dp + 1)).Pointer;
+    }
+
+    public static void Run(ForwardCall<T> call, TMask mask, TScore score)
+    {
+        AttentionShape sh = call.Shape;
+        var work = new SplitKvDecode<T, TMask, TScore, TIsa, TVec>(call, mask, score);
+        int units = sh.Sequences * sh.KvHeads;
+        ParallelWork.Run(units * work._splits, call.Threads, work);
+        ParallelWork.Run(units, call.Threads, new MergePass(work));
+    }
+
+    private float* PartialRow(int unit, int split, int row) => _partial + (((long)unit * _splits + split) * _rowsMax + row) * (_dp + 1);
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public void Execute(int index)
+    {
+        AttentionShape sh = _call.Shape;
+        int unit = index / _splits, split = index % _splits;
+        int s = unit / sh.KvHeads, hk = unit % sh.KvHeads, b = sh.SeqBatch[s];
+        int g = sh.GroupSize, tq = sh.QLen[s], tk = sh.KLen[s], d = sh.Dim, dp = _dp, w = TIsa.Width;
+        int rows = g * tq, rp = (rows + 3) & ~3;
+        int blocks = (tk + Bk - 1) / Bk;
+        int kb0 = (int)((long)blocks * split / _splits), kb1 = (int)((long)blocks * (split + 1) / _splits);
+
+        float* q = Scratch.Get((long)rp * dp * 2 + (long)rp * Bk + 3L * rp + 2L * Bk * dp);
+        float* o = q + (long)rp * dp;
+        float* p = o + (long)rp * dp;
+        float* m = p + (long)rp * Bk;
+        float* l = m + rp;
+        float* alpha = l + rp;
+        float* kv = alpha + rp; // converted K or V rows of one block [64][dp] when the input is not float32
+        for (int r = 0; r < rp; r++)
+        {
+            float* qr = q + (long)r * dp;
+            new Span<float>(qr, dp).Clear();
+            if (r < rows) ElementConvert.ToSingle(_call.Q.Row(b, sh.QStart[s] + r % tq, hk * g + r / tq), qr, d);
+            m[r] = float.NegativeInfinity;
+            l[r] = 0;
+        }
+        new Span<float>(o, rp * dp).Clear();
+        bool direct = typeof(T) == typeof(float) && dp == d;
+        BlockMask blocksMask = _call.Blocks;
+        for (int kb = kb0; kb < kb1; kb++)
+        {
+            int kc = Math.Min(Bk, tk - kb * Bk);
+            int token0 = sh.KStart[s] + kb * Bk;
+            // Scores: one dot product per (row, key), keys read once for the whole group.
+            float* keys = direct ? null : kv;
+            if (!direct) LoadBlock(_call.K, b, token0, hk, kc, kv);
+            for (int c = 0; c < kc; c++)
+            {
+                float* k = direct ? (float*)_call.K.Row(b, token0 + c, hk) : keys + (long)c * dp;
+                for (int r = 0; r < rows; r++) p[r * Bk + c] = Dot(q + (long)r * dp, k, dp) * _call.Scale;
+            }
+            for (int r = 0; r < rp; r++)
+            {
+                float* row = p + r * Bk;
+                if (r >= rows)
+                {
+                    new Span<float>(row, Bk).Fill(float.NegativeInfinity);
+                    continue;
+                }
+                int h = hk * g + r / tq, pos = r % tq + tk - tq;
+                BlockKind kind = blocksMask.KindOf(s, h, 0, kb);
+                if (kind == BlockKind.Empty)
+                {
+                    new Span<float>(row, Bk).Fill(float.NegativeInfinity);
+                    continue;
+                }
+                if (!_score.IsIdentity)
+                    for (int c = 0; c < kc; c++) row[c] = _score.Apply(row[c], s, h, pos, kb * Bk + c);
+                if (kind == BlockKind.Partial)
+                    for (int c = 0; c < kc; c++)
+                        if (!_mask.IsVisible(s, h, pos, kb * Bk + c)) row[c] = float.NegativeInfinity;
+                for (int c = kc; c < Bk; c++) row[c] = float.NegativeInfinity;
+            }
+            for (int r = 0; r < rp; r++) alpha[r] = OnlineSoftmax.Update<TIsa, TVec>(p + r * Bk, Bk, m + r, l + r);
+            float* vb;
+            nint ldv;
+            if (direct)
+            {
+                vb = (float*)_call.V.Row(b, token0, hk);
+                ldv = _call.V.StrideToken;
+            }
+            else
+            {
+                LoadBlock(_call.V, b, token0, hk, kc, kv);
+                vb = kv;
+                ldv = dp;
+            }
+            TileGemm.MultiplyAccumulate<TIsa, TVec>(p, Bk, vb, ldv, o, dp, alpha, rp, dp, kc);
+        }
+        for (int r = 0; r < rows; r++)
+        {
+            float* target = PartialRow(unit, split, r);
+            float inv = l[r] > 0 ? 1f / l[r] : 0f;
+            for (int x = 0; x < dp; x += w) TIsa.Store(TIsa.Mul(TIsa.Load(o + (long)r * dp + x), TIsa.Splat(inv)), target + x);
+            target[dp] = l[r] > 0 ? m[r] + MathF.Log(l[r]) : float.NegativeInfinity;
+        }
+    }
+
+    private void LoadBlock(TensorView<T> view, int b, int token0, int head, int count, float* target)
+    {
+        int d = _call.Shape.Dim;
+        for (int c = 0; c < count; c++)
+        {
+            float* row = target + (long)c * _dp;
+            ElementConvert.ToSingle(view.Row(b, token0 + c, head), row, d);
+            for (int x = d; x < _dp; x++) row[x] = 0;
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float Dot(float* a, float* b, int n)
+    {
+        int w = TIsa.Width;
+        TVec acc0 = TIsa.Zero, acc1 = TIsa.Zero;
+        int x = 0;
+        for (; x + 2 * w <= n; x += 2 * w)
+        {
+            acc0 = TIsa.Fma(TIsa.Load(a + x), TIsa.Load(b + x), acc0);
+            acc1 = TIsa.Fma(TIsa.Load(a + x + w), TIsa.Load(b + x + w), acc1);
+        }
+        for (; x < n; x += w) acc0 = TIsa.Fma(TIsa.Load(a + x), TIsa.Load(b + x), acc0);
+        return TIsa.Sum(TIsa.Add(acc0, acc1));
+    }
+
+    /// <summary>Joins the key ranges of one (sequence, KV head) with the LSE merge and writes output and LSE.</summary>
+    private sealed class MergePass(SplitKvDecode<T, TMask, TScore, TIsa, TVec> self) : IWorkItems
+    {
+        public void Execute(int unit)
+        {
+            ForwardCall<T> call = self._call;
+            AttentionShape sh = call.Shape;
+            int s = unit / sh.KvHeads, hk = unit % sh.KvHeads, b = sh.SeqBatch[s];
+            int g = sh.GroupSize, tq = sh.QLen[s], d = sh.Dim, dp = self._dp;
+            for (int r = 0; r < g * tq; r++)
+            {
+                float* acc = self.PartialRow(unit, 0, r);
+                var accSpan = new Span<float>(acc, dp);
+                float lse = acc[dp];
+                for (int split = 1; split < self._splits; split++)
+                {
+                    float* part = self.PartialRow(unit, split, r);
+                    Lse.Merge(accSpan, lse, new ReadOnlySpan<float>(part, dp), part[dp], accSpan, out lse);
+                }
+                int h = hk * g + r / tq, token = sh.QStart[s] + r % tq;
+                ElementConvert.FromSingle(acc, call.O.Row(b, token, h), d);
+                if (!call.Lse.IsNull) *call.Lse.At(b, h, token) = lse;
+            }
+        }
+    }
+}

@@ -1,0 +1,163 @@
+using System.Runtime.CompilerServices;
+
+namespace Attend.Kernels.Cpu;
+
+/// <summary>
+/// The forward work of <see cref="CpuFlashKernel{TIsa, TVec}"/>: one item per (unit, query head of the group, query
+/// block), listed heaviest block first so causal rows balance across cores.
+/// </summary>
+internal sealed unsafe class FlashForward<T, TMask, TScore, TIsa, TVec> : IWorkItems
+    where T : unmanaged
+    where TMask : struct, IMaskMod<TMask>
+    where TScore : struct, IScoreMod<TScore>
+    where TIsa : struct, IVectorIsa<TVec>
+    where TVec : unmanaged
+{
+    private const int Bq = 64;
+    private const int Bk = KvPanels<float>.BlockKeys;
+
+    private readonly ForwardCall<T> _call;
+    private readonly TMask _mask;
+    private readonly TScore _score;
+    private readonly KvPanels<T> _panels;
+    private readonly List<(int Seq, int KvHead)> _units;
+    private readonly int _unitStart;
+    private readonly int[] _items;
+    private readonly int _dp;
+    private readonly bool _vDirect;
+
+    private FlashForward(ForwardCall<T> call, TMask mask, TScore score, KvPanels<T> panels, List<(int, int)> units, int unitStart, int unitCount, int dp, bool vDirect)
+    {
+        _call = call;
+        _mask = mask;
+        _score = score;
+        _panels = panels;
+        _units = units;
+        _unitStart = unitStart;
+        _dp = dp;
+        _vDirect = vDirect;
+        AttentionShape sh = call.Shape;
+        int g = sh.GroupSize;
+        // Items encode (unit, head in group, query block); sorted by query block descending (heaviest causal rows first).
+        int maxBlocks = 0;
+        for (int u = 0; u < unitCount; u++) maxBlocks = Math.Max(maxBlocks, Blocks(sh.QLen[units[unitStart + u].Item1]));
+        var items = new List<int>();
+        for (int qb = maxBlocks - 1; qb >= 0; qb--)
+            for (int u = 0; u < unitCount; u++)
+                if (qb < Blocks(sh.QLen[units[unitStart + u].Item1]))
+                    for (int gi = 0; gi < g; gi++) items.Add((qb * unitCount + u) * g + gi);
+        _items = items.ToArray();
+    }
+
+    private static int Blocks(int length) => (length + Bq - 1) / Bq;
+
+    public static void Run(ForwardCall<T> call, TMask mask, TScore score)
+    {
+        AttentionShape sh = call.Shape;
+        int dp = CpuFlashKernel<TIsa, TVec>.PaddedDim(sh.Dim);
+        // V rows can be read in place when they are float32 and a whole number of vectors; otherwise they are packed.
+        bool vDirect = typeof(T) == typeof(float) && dp == sh.Dim;
+        var units = CpuFlashKernel<TIsa, TVec>.Units(sh);
+        long perBlock = KvPanels<T>.FloatsPerBlock(dp, vDirect ? 1 : 2);
+        foreach ((int start, int count) in CpuFlashKernel<TIsa, TVec>.Chunks(sh, units, perBlock))
+        {
+            var panels = new KvPanels<T>(sh, call.K, call.V, dp, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(units).Slice(start, count),
+                kTransposed: true, vTransposed: false, kRows: false, vRows: !vDirect, slot: 0);
+            ParallelWork.Run(panels.BlockCount, call.Threads, panels);
+            var work = new FlashForward<T, TMask, TScore, TIsa, TVec>(call, mask, score, panels, units, start, count, dp, vDirect);
+            ParallelWork.Run(work._items.Length, call.Threads, work);
+        }
+        // Sequences with no keys never appear in a block list: their rows are fully masked.
+        WriteEmptySequences(call);
+    }
+
+    private static void WriteEmptySequences(ForwardCall<T> call)
+    {
+        AttentionShape sh = call.Shape;
+        for (int s = 0; s < sh.Sequences; s++)
+        {
+            if (sh.KLen[s] > 0) continue;
+            for (int i = 0; i < sh.QLen[s]; i++)
+                for (int h = 0; h < sh.Heads; h++)
+                {
+                    T* row = call.O.Row(sh.SeqBatch[s], sh.QStart[s] + i, h);
+                    new Span<T>(row, sh.Dim).Clear();
+                    if (!call.Lse.IsNull) *call.Lse.At(sh.SeqBatch[s], h, sh.QStart[s] + i) = float.NegativeInfinity;
+                }
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public void Execute(int index)
+    {
+        AttentionShape sh = _call.Shape;
+        int g = sh.GroupSize;
+        int code = _items[index];
+        int gi = code % g;
+        int rest = code / g;
+        int u = rest % _panels.UnitCount, qb = rest / _panels.UnitCount;
+        (int s, int hk) = _units[_unitStart + u];
+        int h = hk * g + gi, b = sh.SeqBatch[s];
+        int tq = sh.QLen[s], tk = sh.KLen[s];
+        if (tk == 0) return;
+        int i0 = qb * Bq, mr = Math.Min(Bq, tq - i0), mp = (mr + 3) & ~3;
+        int dp = _dp, d = sh.Dim, w = TIsa.Width;
+        int qPos = i0 + tk - tq;
+
+        float* q = Scratch.Get((long)mp * dp * 2 + (long)mp * Bk + 3L * mp);
+        float* o = q + (long)mp * dp;
+        float* p = o + (long)mp * dp;
+        float* m = p + (long)mp * Bk;
+        float* l = m + mp;
+        float* alpha = l + mp;
+        for (int r = 0; r < mp; r++)
+        {
+            float* qr = q + (long)r * dp;
+            if (r < mr) ElementConvert.ToSingle(_call.Q.Row(b, sh.QStart[s] + i0 + r, h), qr, d);
+            else new Span<float>(qr, d).Clear();
+            for (int x = d; x < dp; x++) qr[x] = 0;
+            m[r] = float.NegativeInfinity;
+            l[r] = 0;
+        }
+        new Span<float>(o, mp * dp).Clear();
+
+        BlockMask blocks = _call.Blocks;
+        ReadOnlySpan<int> full = blocks.FullKeyBlocks(s, h, qb);
+        ReadOnlySpan<int> part = blocks.PartialKeyBlocks(s, h, qb);
+        int fi = 0, pi = 0;
+        // Visit full and partial blocks in ascending key order (a fixed order keeps results reproducible).
+        while (fi < full.Length || pi < part.Length)
+        {
+            bool partial = fi >= full.Length || (pi < part.Length && part[pi] < full[fi]);
+            int kb = partial ? part[pi++] : full[fi++];
+            int kc = Math.Min(Bk, tk - kb * Bk);
+            ScoreTile.Compute<TIsa, TVec, TMask, TScore>(q, _panels.KTransposed(u, kb), p, null, mp, mr, kc, dp, _call.Scale,
+                partial, _mask, _score, s, h, qPos, kb * Bk);
+            for (int r = 0; r < mp; r++) alpha[r] = OnlineSoftmax.Update<TIsa, TVec>(p + r * Bk, Bk, m + r, l + r);
+            float* vb;
+            nint ldv;
+            if (_vDirect)
+            {
+                vb = (float*)_call.V.Row(b, sh.KStart[s] + kb * Bk, hk);
+                ldv = _call.V.StrideToken;
+            }
+            else
+            {
+                vb = _panels.VRows(u, kb);
+                ldv = dp;
+            }
+            TileGemm.MultiplyAccumulate<TIsa, TVec>(p, Bk, vb, ldv, o, dp, alpha, mp, dp, kc);
+        }
+
+        for (int r = 0; r < mr; r++)
+        {
+            float sum = l[r];
+            float inv = sum > 0 ? 1f / sum : 0f;
+            float* orow = o + (long)r * dp;
+            for (int x = 0; x < dp; x += w) TIsa.Store(TIsa.Mul(TIsa.Load(orow + x), TIsa.Splat(inv)), orow + x);
+            ElementConvert.FromSingle(orow, _call.O.Row(b, sh.QStart[s] + i0 + r, h), d);
+            if (!_call.Lse.IsNull)
+                *_call.Lse.At(b, h, sh.QStart[s] + i0 + r) = sum > 0 ? m[r] + MathF.Log(sum) : float.NegativeInfinity;
+        }
+    }
+}

@@ -1,0 +1,65 @@
+using System.Numerics.Tensors;
+
+namespace Attend.Tests;
+
+/// <summary>Random inputs, NaN-poisoned outputs and error measures shared by the tests.</summary>
+internal static class TestData
+{
+    /// <summary>A seed per run (printed by the tests on failure) unless ATTEND_TEST_SEED fixes it.</summary>
+    public static int RunSeed { get; } = int.TryParse(Environment.GetEnvironmentVariable("ATTEND_TEST_SEED"), out int s) ? s : Random.Shared.Next();
+
+    public static Random Rng(int salt) => new(unchecked(RunSeed * 31 + salt));
+
+    /// <summary>Gaussian values scaled by <paramref name="scale"/>, as <typeparamref name="T"/>.</summary>
+    public static T[] Gaussian<T>(Random rng, long count, double scale = 1.0) where T : unmanaged
+    {
+        var data = new T[count];
+        for (long i = 0; i < count; i++)
+        {
+            double u1 = 1.0 - rng.NextDouble(), u2 = rng.NextDouble();
+            double g = Math.Sqrt(-2 * Math.Log(u1)) * Math.Cos(2 * Math.PI * u2);
+            data[i] = ElementConvert.FromSingle<T>((float)(g * scale));
+        }
+        return data;
+    }
+
+    public static T[] Poisoned<T>(long count) where T : unmanaged
+    {
+        var data = new T[count];
+        Array.Fill(data, ElementConvert.FromSingle<T>(float.NaN));
+        return data;
+    }
+
+    public static TensorSpan<T> Bthd<T>(T[] data, int b, int t, int h, int d) => AttentionLayout.Bthd<T>(data, b, t, h, d);
+
+    /// <summary>max |x − ref| / max |ref| over the whole tensor (1 when ref is all zero and x is not).</summary>
+    public static double RelativeError<T>(ReadOnlySpan<T> actual, ReadOnlySpan<double> expected) where T : unmanaged
+    {
+        double maxErr = 0, maxRef = 0;
+        for (int i = 0; i < expected.Length; i++)
+        {
+            double a = ElementConvert.ToSingle(actual[i]);
+            if (double.IsNaN(a)) return double.PositiveInfinity;
+            maxErr = Math.Max(maxErr, Math.Abs(a - expected[i]));
+            maxRef = Math.Max(maxRef, Math.Abs(expected[i]));
+        }
+        return maxRef == 0 ? (maxErr == 0 ? 0 : 1) : maxErr / maxRef;
+    }
+
+    /// <summary>Checks LSE values: −∞ exactly where the reference is −∞, else close in absolute terms relative to magnitude.</summary>
+    public static double LseError(ReadOnlySpan<float> actual, ReadOnlySpan<double> expected)
+    {
+        double worst = 0;
+        for (int i = 0; i < expected.Length; i++)
+        {
+            if (double.IsNegativeInfinity(expected[i]))
+            {
+                if (!float.IsNegativeInfinity(actual[i])) return double.PositiveInfinity;
+                continue;
+            }
+            if (!float.IsFinite(actual[i])) return double.PositiveInfinity;
+            worst = Math.Max(worst, Math.Abs(actual[i] - expected[i]) / Math.Max(1, Math.Abs(expected[i])));
+        }
+        return worst;
+    }
+}
