@@ -101,21 +101,27 @@ internal sealed unsafe class SplitKvDecode<T, TMask, TScore, TIsa, TVec> : IWork
         int blocks = (tk + Bk - 1) / Bk;
         int kb0 = (int)((long)blocks * split / _splits), kb1 = (int)((long)blocks * (split + 1) / _splits);
 
-        float* q = Scratch.Get((long)rp * dp * 2 + (long)rp * Bk + 3L * rp + 2L * Bk * dp);
+        int rs = (rp + w - 1) / w * w; // row statistics padded to whole vectors
+        float* q = Scratch.Get((long)rp * dp * 2 + (long)rp * Bk + 4L * rs + (long)Bk * dp);
         float* o = q + (long)rp * dp;
         float* p = o + (long)rp * dp;
         float* m = p + (long)rp * Bk;
-        float* l = m + rp;
-        float* alpha = l + rp;
-        float* kv = alpha + rp; // converted K or V rows of one block [64][dp] when the input is not float32
+        float* l = m + rs;
+        float* alpha = l + rs;
+        float* rowMax = alpha + rs;
+        float* kv = rowMax + rs; // converted K or V rows of one block [64][dp] when the input is not float32
+        // Rows are (head in group, query): row r is head hk·g + r / tq, query r % tq. The scale is folded into Q.
+        TVec vscale = TIsa.Splat(_call.Scale);
         for (int r = 0; r < rp; r++)
         {
             float* qr = q + (long)r * dp;
             new Span<float>(qr, dp).Clear();
             if (r < rows) ElementConvert.ToSingle(_call.Q.Row(b, sh.QStart[s] + r % tq, hk * g + r / tq), qr, d);
-            m[r] = float.NegativeInfinity;
-            l[r] = 0;
+            for (int x = 0; x < dp; x += w) TIsa.Store(TIsa.Mul(TIsa.Load(qr + x), vscale), qr + x);
         }
+        new Span<float>(m, rs).Fill(float.NegativeInfinity);
+        new Span<float>(rowMax, rs).Fill(float.NegativeInfinity);
+        new Span<float>(l, rs).Clear();
         new Span<float>(o, rp * dp).Clear();
         bool direct = typeof(T) == typeof(float) && dp == d;
         BlockMask blocksMask = _call.Blocks;
@@ -123,37 +129,29 @@ internal sealed unsafe class SplitKvDecode<T, TMask, TScore, TIsa, TVec> : IWork
         {
             int kc = Math.Min(Bk, tk - kb * Bk);
             int token0 = sh.KStart[s] + kb * Bk;
-            // Scores: one dot product per (row, key), keys read once for the whole group.
-            float* keys = direct ? null : kv;
+            // Scores: one dot product per (row, key), each key read once for the whole group.
             if (!direct) LoadBlock(_call.K, b, token0, hk, kc, kv);
             for (int c = 0; c < kc; c++)
             {
-                float* k = direct ? (float*)_call.K.Row(b, token0 + c, hk) : keys + (long)c * dp;
-                for (int r = 0; r < rows; r++) p[r * Bk + c] = Dot(q + (long)r * dp, k, dp) * _call.Scale;
+                float* k = direct ? (float*)_call.K.Row(b, token0 + c, hk) : kv + (long)c * dp;
+                for (int r = 0; r < rows; r++) p[r * Bk + c] = Dot(q + (long)r * dp, k, dp);
             }
-            for (int r = 0; r < rp; r++)
+            for (int gi = 0; gi < g; gi++)
             {
-                float* row = p + r * Bk;
-                if (r >= rows)
-                {
-                    new Span<float>(row, Bk).Fill(float.NegativeInfinity);
-                    continue;
-                }
-                int h = hk * g + r / tq, pos = r % tq + tk - tq;
+                int h = hk * g + gi;
+                float* block = p + (long)gi * tq * Bk;
                 BlockKind kind = blocksMask.KindOf(s, h, 0, kb);
                 if (kind == BlockKind.Empty)
                 {
-                    new Span<float>(row, Bk).Fill(float.NegativeInfinity);
+                    new Span<float>(block, tq * Bk).Fill(float.NegativeInfinity);
+                    new Span<float>(rowMax + gi * tq, tq).Fill(float.NegativeInfinity);
                     continue;
                 }
-                if (!_score.IsIdentity)
-                    for (int c = 0; c < kc; c++) row[c] = _score.Apply(row[c], s, h, pos, kb * Bk + c);
-                if (kind == BlockKind.Partial)
-                    for (int c = 0; c < kc; c++)
-                        if (!_mask.IsVisible(s, h, pos, kb * Bk + c)) row[c] = float.NegativeInfinity;
-                for (int c = kc; c < Bk; c++) row[c] = float.NegativeInfinity;
+                ScoreTile.Finish<TIsa, TVec, TMask, TScore>(block, null, rowMax + gi * tq, tq, tq, kc, 1f, kind == BlockKind.Partial,
+                    _mask, _score, s, h, tk - tq, kb * Bk);
             }
-            for (int r = 0; r < rp; r++) alpha[r] = OnlineSoftmax.Update<TIsa, TVec>(p + r * Bk, Bk, m + r, l + r);
+            for (int r = rows; r < rp; r++) new Span<float>(p + r * Bk, Bk).Fill(float.NegativeInfinity);
+            OnlineSoftmax.Update<TIsa, TVec>(p, rp, Bk, rowMax, m, l, alpha);
             float* vb;
             nint ldv;
             if (direct)

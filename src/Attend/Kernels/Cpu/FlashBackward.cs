@@ -97,7 +97,7 @@ internal sealed unsafe class FlashBackward<T, TMask, TScore, TIsa, TVec>
         AttentionShape sh = _call.Shape;
         int tq = sh.QLen[s], tk = sh.KLen[s];
         int w = TIsa.Width;
-        ScoreTile.Compute<TIsa, TVec, TMask, TScore>(q, _panels.KTransposed(u, kb), p, _score.IsIdentity ? null : deriv, mp, mr, kc, _dp,
+        ScoreTile.Compute<TIsa, TVec, TMask, TScore>(q, _panels.KTransposed(u, kb), p, _score.IsIdentity ? null : deriv, null, mp, mr, kc, _dp,
             _call.Scale, partial, _mask, _score, s, h, i0 + tk - tq, kb * Bk);
         TileGemm.MultiplyTransposed<TIsa, TVec>(dO, _dp, _panels.VTransposed(u, kb), Bk, ds, Bk, mp, Bk, _dp);
         for (int r = 0; r < mp; r++)

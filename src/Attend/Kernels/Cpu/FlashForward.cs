@@ -104,21 +104,26 @@ internal sealed unsafe class FlashForward<T, TMask, TScore, TIsa, TVec> : IWorkI
         int dp = _dp, d = sh.Dim, w = TIsa.Width;
         int qPos = i0 + tk - tq;
 
-        float* q = Scratch.Get((long)mp * dp * 2 + (long)mp * Bk + 3L * mp);
+        float* q = Scratch.Get((long)mp * dp * 2 + (long)mp * Bk + 4L * Bq);
         float* o = q + (long)mp * dp;
         float* p = o + (long)mp * dp;
         float* m = p + (long)mp * Bk;
-        float* l = m + mp;
-        float* alpha = l + mp;
+        float* l = m + Bq;
+        float* alpha = l + Bq;
+        float* rowMax = alpha + Bq;
+        // The scale is folded into Q once per tile, so scores come out of the product already scaled.
+        TVec vscale = TIsa.Splat(_call.Scale);
         for (int r = 0; r < mp; r++)
         {
             float* qr = q + (long)r * dp;
             if (r < mr) ElementConvert.ToSingle(_call.Q.Row(b, sh.QStart[s] + i0 + r, h), qr, d);
             else new Span<float>(qr, d).Clear();
             for (int x = d; x < dp; x++) qr[x] = 0;
-            m[r] = float.NegativeInfinity;
-            l[r] = 0;
+            for (int x = 0; x < dp; x += w) TIsa.Store(TIsa.Mul(TIsa.Load(qr + x), vscale), qr + x);
         }
+        new Span<float>(m, Bq).Fill(float.NegativeInfinity);
+        new Span<float>(rowMax, Bq).Fill(float.NegativeInfinity);
+        new Span<float>(l, Bq).Clear();
         new Span<float>(o, mp * dp).Clear();
 
         BlockMask blocks = _call.Blocks;
@@ -131,9 +136,9 @@ internal sealed unsafe class FlashForward<T, TMask, TScore, TIsa, TVec> : IWorkI
             bool partial = fi >= full.Length || (pi < part.Length && part[pi] < full[fi]);
             int kb = partial ? part[pi++] : full[fi++];
             int kc = Math.Min(Bk, tk - kb * Bk);
-            ScoreTile.Compute<TIsa, TVec, TMask, TScore>(q, _panels.KTransposed(u, kb), p, null, mp, mr, kc, dp, _call.Scale,
+            ScoreTile.Compute<TIsa, TVec, TMask, TScore>(q, _panels.KTransposed(u, kb), p, null, rowMax, mp, mr, kc, dp, 1f,
                 partial, _mask, _score, s, h, qPos, kb * Bk);
-            for (int r = 0; r < mp; r++) alpha[r] = OnlineSoftmax.Update<TIsa, TVec>(p + r * Bk, Bk, m + r, l + r);
+            OnlineSoftmax.Update<TIsa, TVec>(p, mp, Bk, rowMax, m, l, alpha);
             float* vb;
             nint ldv;
             if (_vDirect)

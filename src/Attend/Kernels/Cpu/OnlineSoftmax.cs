@@ -2,36 +2,50 @@ using System.Runtime.CompilerServices;
 
 namespace Attend.Kernels.Cpu;
 
-/// <summary>The online softmax step (Milakov &amp; Gimelshein 2018) shared by the CPU forward and decode kernels.</summary>
+/// <summary>
+/// The online softmax step (Milakov &amp; Gimelshein 2018) over a tile of score rows, shared by the CPU forward and
+/// decode kernels. Row statistics (running max m, running sum l) live in arrays padded to whole vectors, so the
+/// per-row rescale factors are computed with vector exps rather than one scalar exp per row.
+/// </summary>
 internal static unsafe class OnlineSoftmax
 {
     /// <summary>
-    /// Updates one row with a new block of <paramref name="count"/> scores (a multiple of the vector width; masked
-    /// scores are −∞): new running max, P = exp(S − max) written in place, running sum. Returns the factor the row's
-    /// accumulated output must be scaled by: exp(old max − new max), or 0 while the row has seen nothing.
+    /// Folds a block of scores into the rows' running statistics. <paramref name="s"/> holds
+    /// <paramref name="rows"/> rows of <paramref name="count"/> scores (masked scores −∞) and is overwritten with
+    /// P = exp(S − new max); <paramref name="rowMax"/> holds each row's block maximum. On return
+    /// <paramref name="alpha"/>[r] = exp(old max − new max), the factor the row's accumulated output must be scaled by
+    /// (0 while the row has seen nothing). <paramref name="max"/>, <paramref name="sum"/>, <paramref name="rowMax"/>
+    /// and <paramref name="alpha"/> must have room for <paramref name="rows"/> rounded up to a whole vector.
     /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static float Update<TIsa, TVec>(float* row, int count, float* max, float* sum)
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void Update<TIsa, TVec>(float* s, int rows, int count, float* rowMax, float* max, float* sum, float* alpha)
         where TIsa : struct, IVectorIsa<TVec>
         where TVec : unmanaged
     {
         int w = TIsa.Width;
-        TVec mv = TIsa.Load(row);
-        for (int c = w; c < count; c += w) mv = TIsa.Max(mv, TIsa.Load(row + c));
-        float newMax = MathF.Max(*max, TIsa.MaxAcross(mv));
-        // A row that has seen nothing keeps max −∞; subtract 0 instead so exp(−∞ − 0) = 0 rather than NaN.
-        float shift = float.IsNegativeInfinity(newMax) ? 0f : newMax;
-        TVec vs = TIsa.Splat(shift);
-        TVec acc = TIsa.Zero;
-        for (int c = 0; c < count; c += w)
+        TVec negInf = TIsa.Splat(float.NegativeInfinity);
+        for (int r = 0; r < rows; r += w)
         {
-            TVec e = TIsa.Exp(TIsa.Sub(TIsa.Load(row + c), vs));
-            TIsa.Store(e, row + c);
-            acc = TIsa.Add(acc, e);
+            TVec old = TIsa.Load(max + r);
+            TVec newMax = TIsa.Max(old, TIsa.Load(rowMax + r));
+            // Rows that have seen nothing keep max −∞; they subtract 0 instead, so exp(−∞ − 0) = 0 rather than NaN.
+            TVec shift = TIsa.Select(TIsa.Equal(newMax, negInf), TIsa.Zero, newMax);
+            TIsa.Store(TIsa.Exp(TIsa.Sub(old, shift)), alpha + r);
+            TIsa.Store(newMax, max + r);
+            TIsa.Store(shift, rowMax + r); // reused below as the per-row shift
         }
-        float alpha = float.IsNegativeInfinity(*max) ? 0f : MathF.Exp(*max - shift);
-        *sum = *sum * alpha + TIsa.Sum(acc);
-        *max = newMax;
-        return alpha;
+        for (int r = 0; r < rows; r++)
+        {
+            float* row = s + (long)r * count;
+            TVec vs = TIsa.Splat(rowMax[r]);
+            TVec acc = TIsa.Zero;
+            for (int c = 0; c < count; c += w)
+            {
+                TVec e = TIsa.Exp(TIsa.Sub(TIsa.Load(row + c), vs));
+                TIsa.Store(e, row + c);
+                acc = TIsa.Add(acc, e);
+            }
+            sum[r] = sum[r] * alpha[r] + TIsa.Sum(acc);
+        }
     }
 }

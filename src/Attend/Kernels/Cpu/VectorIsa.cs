@@ -40,6 +40,12 @@ internal unsafe interface IVectorIsa<TVec> where TVec : unmanaged
 
     static abstract TVec Exp(TVec x);
 
+    /// <summary>All-ones lanes where a == b.</summary>
+    static abstract TVec Equal(TVec a, TVec b);
+
+    /// <summary>Lanes of <paramref name="whenTrue"/> where <paramref name="condition"/> is all-ones, else of <paramref name="whenFalse"/>.</summary>
+    static abstract TVec Select(TVec condition, TVec whenTrue, TVec whenFalse);
+
     static abstract float Sum(TVec v);
 
     static abstract float MaxAcross(TVec v);
@@ -62,6 +68,8 @@ internal readonly unsafe struct Isa512 : IVectorIsa<Vector512<float>>
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Sub(Vector512<float> a, Vector512<float> b) => a - b;
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Max(Vector512<float> a, Vector512<float> b) => Vector512.Max(a, b);
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Exp(Vector512<float> x) => FastExp.Exp(x);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Equal(Vector512<float> a, Vector512<float> b) => Vector512.Equals(a, b);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Select(Vector512<float> c, Vector512<float> t, Vector512<float> f) => Vector512.ConditionalSelect(c, t, f);
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float Sum(Vector512<float> v) => Vector512.Sum(v);
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float MaxAcross(Vector512<float> v) => Isa256.MaxAcross(Vector256.Max(v.GetLower(), v.GetUpper()));
 }
@@ -83,6 +91,8 @@ internal readonly unsafe struct Isa256 : IVectorIsa<Vector256<float>>
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> Sub(Vector256<float> a, Vector256<float> b) => a - b;
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> Max(Vector256<float> a, Vector256<float> b) => Vector256.Max(a, b);
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> Exp(Vector256<float> x) => FastExp.Exp(x);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> Equal(Vector256<float> a, Vector256<float> b) => Vector256.Equals(a, b);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> Select(Vector256<float> c, Vector256<float> t, Vector256<float> f) => Vector256.ConditionalSelect(c, t, f);
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float Sum(Vector256<float> v) => Vector256.Sum(v);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
