@@ -61,6 +61,7 @@ internal sealed unsafe class FlashBackward<T, TMask, TScore, TIsa, TVec>
             self._panels = new KvPanels<T>(sh, call.K, call.V, dp, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(units).Slice(start, count),
                 kTransposed: true, vTransposed: true, kRows: true, vRows: false, slot: 0);
             self._unitStart = start;
+            ParallelWork.Run(self._panels.BlockCount, call.Threads, self._panels);
             ParallelWork.Run(self._panels.BlockCount, call.Threads, new KeyBlockPass(self));
             if (call.Deterministic)
                 ParallelWork.Run(count * sh.GroupSize * MaxQueryBlocks(sh), call.Threads, new QueryBlockPass(self, count));
@@ -125,14 +126,6 @@ internal sealed unsafe class FlashBackward<T, TMask, TScore, TIsa, TVec>
         }
     }
 
-    private static void Transpose(float* source, int rows, float* target)
-    {
-        // source [rows][64] → target [64][rows]
-        for (int r = 0; r < rows; r++)
-            for (int c = 0; c < Bk; c++)
-                target[c * rows + r] = source[r * Bk + c];
-    }
-
     /// <summary>Δ_i = Σ_d dO_i·O_i for every query row (FlashAttention-2's D).</summary>
     private sealed class DeltaPass(FlashBackward<T, TMask, TScore, TIsa, TVec> self) : IWorkItems
     {
@@ -179,8 +172,7 @@ internal sealed unsafe class FlashBackward<T, TMask, TScore, TIsa, TVec>
             float* p = dO + tile;
             float* ds = p + Bq * Bk;
             float* deriv = ds + Bq * Bk;
-            float* t = deriv + Bq * Bk;          // transposed P or dS [64][mp]
-            float* dk = t + Bq * Bk;
+            float* dk = deriv + Bq * Bk;
             float* dv = dk + (long)Bk * dp;
             float* dqTile = dv + (long)Bk * dp;  // [mp][dp] dQ contribution (lock mode)
             new Span<float>(dk, 2 * Bk * dp).Clear();
@@ -199,10 +191,8 @@ internal sealed unsafe class FlashBackward<T, TMask, TScore, TIsa, TVec>
                     self.LoadTile(call.DO, b, sh.QStart[s] + i0, h, mr, mp, dO);
                     self.Gradients(s, h, b, i0, mr, mp, kb, kc, partial, u, q, dO, p, ds, deriv);
                     // dV += Pᵀ dO and dK += dSᵀ Q (inner dimension: the mp query rows).
-                    Transpose(p, mp, t);
-                    TileGemm.MultiplyAccumulate<TIsa, TVec>(t, mp, dO, dp, dv, dp, null, Bk, dp, mp);
-                    Transpose(ds, mp, t);
-                    TileGemm.MultiplyAccumulate<TIsa, TVec>(t, mp, q, dp, dk, dp, null, Bk, dp, mp);
+                    TileGemm.MultiplyTransposedAccumulate<TIsa, TVec>(p, Bk, dO, dp, dv, dp, Bk, dp, mp);
+                    TileGemm.MultiplyTransposedAccumulate<TIsa, TVec>(ds, Bk, q, dp, dk, dp, Bk, dp, mp);
                     if (!call.Deterministic)
                     {
                         new Span<float>(dqTile, mp * dp).Clear();

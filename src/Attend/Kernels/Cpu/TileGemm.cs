@@ -59,15 +59,32 @@ internal static unsafe class TileGemm
     /// B rows (e.g. V rows straight from the input) at stride <paramref name="ldb"/>, C rows at <paramref name="ldc"/>.
     /// m % 4 == 0, n % W == 0; k is any count.
     /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void MultiplyAccumulate<TIsa, TVec>(float* a, int lda, float* b, nint ldb, float* c, int ldc, float* rowScale, int m, int n, int k)
+        where TIsa : struct, IVectorIsa<TVec>
+        where TVec : unmanaged
+        => MultiplyAccumulate<TIsa, TVec>(a, lda, 1, b, ldb, c, ldc, rowScale, m, n, k);
+
+    /// <summary>
+    /// C[m, n] = rowScale[i]·C + Aᵀ[m, k] · B[k, n] where A is stored [k][m] with rows at stride <paramref name="lda"/>:
+    /// the backward's Pᵀ·dO and dSᵀ·Q without transposing P or dS.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void MultiplyTransposedAccumulate<TIsa, TVec>(float* a, int lda, float* b, nint ldb, float* c, int ldc, int m, int n, int k)
+        where TIsa : struct, IVectorIsa<TVec>
+        where TVec : unmanaged
+        => MultiplyAccumulate<TIsa, TVec>(a, 1, lda, b, ldb, c, ldc, null, m, n, k);
+
+    // A element (i, x) is at a[i·rowStride + x·colStride].
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void MultiplyAccumulate<TIsa, TVec>(float* a, int rowStride, int colStride, float* b, nint ldb, float* c, int ldc, float* rowScale, int m, int n, int k)
         where TIsa : struct, IVectorIsa<TVec>
         where TVec : unmanaged
     {
         int w = TIsa.Width;
         for (int i = 0; i < m; i += 4)
         {
-            float* a0 = a + (nint)i * lda, a1 = a0 + lda, a2 = a1 + lda, a3 = a2 + lda;
+            float* a0 = a + (nint)i * rowStride, a1 = a0 + rowStride, a2 = a1 + rowStride, a3 = a2 + rowStride;
             TVec g0 = rowScale == null ? TIsa.Splat(1f) : TIsa.Splat(rowScale[i]);
             TVec g1 = rowScale == null ? g0 : TIsa.Splat(rowScale[i + 1]);
             TVec g2 = rowScale == null ? g0 : TIsa.Splat(rowScale[i + 2]);
@@ -84,13 +101,13 @@ internal static unsafe class TileGemm
                 for (int x = 0; x < k; x++, bj += ldb)
                 {
                     TVec b0 = TIsa.Load(bj), b1 = TIsa.Load(bj + w), b2 = TIsa.Load(bj + 2 * w), b3 = TIsa.Load(bj + 3 * w);
-                    TVec s = TIsa.Splat(a0[x]);
+                    TVec s = TIsa.Splat(a0[(nint)x * colStride]);
                     c00 = TIsa.Fma(s, b0, c00); c01 = TIsa.Fma(s, b1, c01); c02 = TIsa.Fma(s, b2, c02); c03 = TIsa.Fma(s, b3, c03);
-                    s = TIsa.Splat(a1[x]);
+                    s = TIsa.Splat(a1[(nint)x * colStride]);
                     c10 = TIsa.Fma(s, b0, c10); c11 = TIsa.Fma(s, b1, c11); c12 = TIsa.Fma(s, b2, c12); c13 = TIsa.Fma(s, b3, c13);
-                    s = TIsa.Splat(a2[x]);
+                    s = TIsa.Splat(a2[(nint)x * colStride]);
                     c20 = TIsa.Fma(s, b0, c20); c21 = TIsa.Fma(s, b1, c21); c22 = TIsa.Fma(s, b2, c22); c23 = TIsa.Fma(s, b3, c23);
-                    s = TIsa.Splat(a3[x]);
+                    s = TIsa.Splat(a3[(nint)x * colStride]);
                     c30 = TIsa.Fma(s, b0, c30); c31 = TIsa.Fma(s, b1, c31); c32 = TIsa.Fma(s, b2, c32); c33 = TIsa.Fma(s, b3, c33);
                 }
                 TIsa.Store(c00, r0); TIsa.Store(c01, r0 + w); TIsa.Store(c02, r0 + 2 * w); TIsa.Store(c03, r0 + 3 * w);
@@ -107,10 +124,10 @@ internal static unsafe class TileGemm
                 for (int x = 0; x < k; x++, bj += ldb)
                 {
                     TVec b0 = TIsa.Load(bj);
-                    c0 = TIsa.Fma(TIsa.Splat(a0[x]), b0, c0);
-                    c1 = TIsa.Fma(TIsa.Splat(a1[x]), b0, c1);
-                    c2 = TIsa.Fma(TIsa.Splat(a2[x]), b0, c2);
-                    c3 = TIsa.Fma(TIsa.Splat(a3[x]), b0, c3);
+                    c0 = TIsa.Fma(TIsa.Splat(a0[(nint)x * colStride]), b0, c0);
+                    c1 = TIsa.Fma(TIsa.Splat(a1[(nint)x * colStride]), b0, c1);
+                    c2 = TIsa.Fma(TIsa.Splat(a2[(nint)x * colStride]), b0, c2);
+                    c3 = TIsa.Fma(TIsa.Splat(a3[(nint)x * colStride]), b0, c3);
                 }
                 TIsa.Store(c0, r0); TIsa.Store(c1, r1); TIsa.Store(c2, r2); TIsa.Store(c3, r3);
             }
