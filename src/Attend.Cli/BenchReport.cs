@@ -15,7 +15,8 @@ internal static class BenchReport
         console.WriteLine($"ceilings: FMA peak {F(ceilings.FmaGflops, "F1")} GFLOP/s ({ceilings.FmaIsa}, {ceilings.Threads} threads), " +
             $"copy {F(ceilings.CopyGbps, "F1")} GB/s (read+write, {ceilings.CopyBytes >> 20} MB)");
         var table = new Table()
-            .AddColumns("case", "shape B,H/Hkv,Tq,Tk,D", "mask", "pass", "variant", "ms median ± spread", "GFLOP/s | GB/s", "% peak", "max rel err");
+            .AddColumn(new TableColumn("case").NoWrap())
+            .AddColumns("shape B,H/Hkv,Tq,Tk,D", "mask", "pass", "variant", "ms median ± spread", "GFLOP/s | GB/s", "% peak", "max rel err");
         foreach (BenchResult r in results)
         {
             BenchCase c = r.Case;
