@@ -1,3 +1,4 @@
+using Xunit;
 using System.Text.Json;
 
 namespace Attend.Tests.Cli;
@@ -45,7 +46,7 @@ public class MethodsAndBenchCommandTests
             "ms_median", "ms_spread", "gflops", "gbps", "peak_fraction", "max_rel_err"];
         foreach (JsonElement r in results)
             foreach (string f in fields) Assert.True(r.TryGetProperty(f, out _), $"result {r.GetProperty("case")} lacks '{f}'");
-        Assert.Equal(["backward", "decode", "forward"], results.Select(r => r.GetProperty("pass").GetString()).Distinct().Order().ToArray());
+        Assert.Equal(new[] { "backward", "decode", "forward" }, results.Select(r => r.GetProperty("pass").GetString() ?? "").Distinct().Order().ToArray());
         foreach (JsonElement r in results)
         {
             bool ok = r.GetProperty("status").GetString() == "ok";

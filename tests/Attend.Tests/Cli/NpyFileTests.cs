@@ -1,3 +1,4 @@
+using Xunit;
 using System.Buffers.Binary;
 using System.Text;
 using Attend.IO;

@@ -1,3 +1,4 @@
+using Xunit;
 using Attend.IO;
 
 namespace Attend.Tests.Cli;
