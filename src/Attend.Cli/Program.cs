@@ -1,1 +1,1 @@
-return 0;
+return Attend.Cli.AttendApp.Run(args, Console.Out, Console.Error);
