@@ -195,16 +195,30 @@ internal sealed unsafe class FlashBackward<T, TMask, TScore, TIsa, TVec>
                     TileGemm.MultiplyTransposedAccumulate<TIsa, TVec>(ds, Bk, q, dp, dk, dp, Bk, dp, mp);
                     if (!call.Deterministic)
                     {
-                        new Span<float>(dqTile, mp * dp).Clear();
-                        TileGemm.MultiplyAccumulate<TIsa, TVec>(ds, Bk, kRows, dp, dqTile, dp, null, mp, dp, kc);
                         ref int gate = ref self._locks[self._lockBase[s] + h * ((sh.QLen[s] + Bq - 1) / Bq) + qb];
-                        var spin = new SpinWait();
-                        while (Interlocked.CompareExchange(ref gate, 1, 0) != 0) spin.SpinOnce();
-                        for (int r = 0; r < mr; r++)
+                        float* acc = self.DqAcc(b, sh.QStart[s] + i0, h);
+                        int ldq = sh.Heads * dp;
+                        if (mr == mp)
                         {
-                            float* acc = self.DqAcc(b, sh.QStart[s] + i0 + r, h);
-                            float* add = dqTile + (long)r * dp;
-                            for (int x = 0; x < dp; x += TIsa.Width) TIsa.Store(TIsa.Add(TIsa.Load(acc + x), TIsa.Load(add + x)), acc + x);
+                            // Whole row groups: add dS·K straight into the shared accumulator while holding the lock.
+                            var spin = new SpinWait();
+                            while (Interlocked.CompareExchange(ref gate, 1, 0) != 0) spin.SpinOnce();
+                            TileGemm.MultiplyAccumulate<TIsa, TVec>(ds, Bk, kRows, dp, acc, ldq, null, mp, dp, kc);
+                        }
+                        else
+                        {
+                            // The last, ragged block: compute privately, then add only the real rows (padding rows of
+                            // the shared buffer belong to other queries).
+                            new Span<float>(dqTile, mp * dp).Clear();
+                            TileGemm.MultiplyAccumulate<TIsa, TVec>(ds, Bk, kRows, dp, dqTile, dp, null, mp, dp, kc);
+                            var spin = new SpinWait();
+                            while (Interlocked.CompareExchange(ref gate, 1, 0) != 0) spin.SpinOnce();
+                            for (int r = 0; r < mr; r++)
+                            {
+                                float* row = acc + (long)r * ldq;
+                                float* add = dqTile + (long)r * dp;
+                                for (int x = 0; x < dp; x += TIsa.Width) TIsa.Store(TIsa.Add(TIsa.Load(row + x), TIsa.Load(add + x)), row + x);
+                            }
                         }
                         Volatile.Write(ref gate, 0);
                     }
