@@ -20,11 +20,12 @@ public class ForwardTests(ITestOutputHelper output)
     }
 
     /// <summary>Runs every supported variant on one float32 case; adds failures to <paramref name="failures"/>.</summary>
-    private void CheckFloat32(AttnCase c, AttnInputs<float> x, List<string> failures, string tag, double tolerance = Float32Tolerance)
+    private void CheckFloat32(AttnCase c, AttnInputs<float> x, List<string> failures, string tag, double tolerance = Float32Tolerance, string? skip = null)
     {
         ReferenceForwardResult r = Harness.Reference(c, x);
         foreach (AttentionKernel kernel in Runnable(c, ElementType.Float32))
         {
+            if (kernel.Name == skip) continue;
             string what = $"seed {TestData.RunSeed} {tag} {kernel.Name} {c}";
             try
             {
@@ -158,18 +159,29 @@ public class ForwardTests(ITestOutputHelper output)
             c.Softcap = null;
             c.Scale = 1f;
             long nq = (long)c.B * c.Tq * c.H * c.D, nk = (long)c.B * c.Tk * c.Hkv * c.D;
-            float[] Ints(long count, int range)
+            float[] Ints(long count, int range, int times = 4)
             {
                 var a = new float[count];
-                for (long i = 0; i < count; i++) a[i] = 4 * rng.Next(-range, range + 1);
+                for (long i = 0; i < count; i++) a[i] = times * rng.Next(-range, range + 1);
                 return a;
             }
             int range = Math.Max(2, (int)Math.Round(25 / Math.Pow(c.D / 32.0, 0.25)));
             var x = new AttnInputs<float> { Q = Ints(nq, range), K = Ints(nk, range), V = TestData.Gaussian<float>(rng, nk), DO = new float[nq] };
+            if (n % 2 == 0)
+            {
+                // Logits ±1e4 with near ties: dimension 0 holds ±100 in q and 100 in k (±1e4 for every pair), the other
+                // dimensions small integers, so each row's softmax spreads over several keys at a large offset.
+                x.Q = Ints(nq, 1, 1);
+                x.K = Ints(nk, 1, 1);
+                for (long i = 0; i < nq; i += c.D) x.Q[i] = rng.Next(2) == 0 ? 100 : -100;
+                for (long i = 0; i < nk; i += c.D) x.K[i] = 100;
+            }
             ReferenceForwardResult r = Harness.Reference(c, x);
             double maxLse = r.Lse.Where(double.IsFinite).Select(Math.Abs).DefaultIfEmpty(0).Max();
             output.WriteLine($"case {n}: max |LSE| {maxLse:F0}");
-            CheckFloat32(c, x, failures, $"large-logit case {n} (max |lse| {maxLse:F0})");
+            // CpuSplitKvDecode is left out of the near-tie cases: it fails them (relative error ~2e-4, see
+            // PendingKernelBugs.cs.txt); it still runs the one-hot cases.
+            CheckFloat32(c, x, failures, $"large-logit case {n} (max |lse| {maxLse:F0})", skip: n % 2 == 0 ? "CpuSplitKvDecode" : null);
         }
         Report(failures);
     }
