@@ -58,7 +58,7 @@ internal sealed class AttentionShape
         {
             throw new ArgumentException($"{name} must have rank 4 [B, T, H, D] (or rank 3 [T, H, D] for a packed batch); got rank {t.Rank}.", name);
         }
-        if (t.Rank > 0 && t.Strides[t.Rank - 1] != 1 && d > 1)
+        if (t.Rank > 0 && t.Strides[t.Rank - 1] != 1 && d > 1 && !t.IsEmpty) // an empty tensor addresses nothing
             throw new ArgumentException($"{name}: the head dimension (last) must be contiguous (stride 1); got stride {t.Strides[t.Rank - 1]}.", name);
     }
 

@@ -26,14 +26,19 @@ public static class Lse
             throw new ArgumentException($"The output has length {output.Length}; the partials have {o1.Length}.", nameof(output));
         if (float.IsNaN(lse1)) throw new ArgumentException("lse1 is NaN.", nameof(lse1));
         if (float.IsNaN(lse2)) throw new ArgumentException("lse2 is NaN.", nameof(lse2));
-        lse = Combine(lse1, lse2);
-        if (float.IsNegativeInfinity(lse))
+        float max = MathF.Max(lse1, lse2);
+        if (float.IsNegativeInfinity(max))
         {
+            lse = float.NegativeInfinity;
             output.Clear();
             return;
         }
-        float w1 = MathF.Exp(lse1 - lse);
-        float w2 = MathF.Exp(lse2 - lse);
+        // Weights from the difference of the two LSEs (computed before any rounding of the merged LSE), so they stay
+        // accurate when the LSEs are large: exp(lse₁ − lse) with a rounded lse ≈ 1e4 would be off by ~1e-3.
+        float e = MathF.Exp(MathF.Min(lse1, lse2) - max);
+        float big = 1f / (1f + e), small = e * big;
+        (float w1, float w2) = lse1 >= lse2 ? (big, small) : (small, big);
+        lse = max + MathF.Log(1f + e);
         for (int i = 0; i < output.Length; i++) output[i] = w1 * o1[i] + w2 * o2[i];
     }
 

@@ -46,6 +46,20 @@ internal static class TestData
         return maxRef == 0 ? (maxErr == 0 ? 0 : 1) : maxErr / maxRef;
     }
 
+    /// <summary>max |x − ref| / max |ref| for double data (NaN anywhere → +∞).</summary>
+    public static double RelativeError(ReadOnlySpan<double> actual, ReadOnlySpan<double> expected)
+    {
+        if (actual.Length != expected.Length) return double.PositiveInfinity;
+        double maxErr = 0, maxRef = 0;
+        for (int i = 0; i < expected.Length; i++)
+        {
+            if (double.IsNaN(actual[i])) return double.PositiveInfinity;
+            maxErr = Math.Max(maxErr, Math.Abs(actual[i] - expected[i]));
+            maxRef = Math.Max(maxRef, Math.Abs(expected[i]));
+        }
+        return maxRef == 0 ? (maxErr == 0 ? 0 : 1) : maxErr / maxRef;
+    }
+
     /// <summary>Checks LSE values: −∞ exactly where the reference is −∞, else close in absolute terms relative to magnitude.</summary>
     public static double LseError(ReadOnlySpan<float> actual, ReadOnlySpan<double> expected)
     {

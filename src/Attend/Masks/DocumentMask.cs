@@ -23,7 +23,8 @@ public readonly struct DocumentMask : IMaskMod<DocumentMask>
     /// <summary>The documents' offsets.</summary>
     public SeqOffsets Documents { get; }
 
-    private int DocumentOf(int position) => (uint)position < (uint)_documentOf.Length ? _documentOf[position] : -1 - position;
+    // −1 for positions outside [0, total) (negative ones too: they belong to no document).
+    private int DocumentOf(int position) => (uint)position < (uint)_documentOf.Length ? _documentOf[position] : -1;
 
     /// <inheritdoc/>
     public bool IsVisible(int batch, int head, int q, int k)

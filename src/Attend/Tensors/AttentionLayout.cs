@@ -6,7 +6,8 @@ namespace Attend;
 /// Views of common storage layouts as the [B, T, H, D] tensors attention takes, by strides only (no copies).
 /// </summary>
 /// <remarks>
-/// System.Numerics.Tensors requires the stride of a dimension of length 1 to be 0, so these helpers write 0 there.
+/// System.Numerics.Tensors requires the stride of a dimension of length 1 to be 0, so these helpers write 0 there
+/// (and all strides are 0 for an empty tensor, which it otherwise rejects).
 /// </remarks>
 public static class AttentionLayout
 {
@@ -24,8 +25,10 @@ public static class AttentionLayout
 
     private static nint[] Strides(ReadOnlySpan<nint> lengths, nint[] strides)
     {
+        // An empty tensor (some length 0) addresses nothing; System.Numerics.Tensors accepts it only with zero strides.
+        bool empty = lengths.Contains(0);
         for (int i = 0; i < strides.Length; i++)
-            if (lengths[i] == 1) strides[i] = 0;
+            if (lengths[i] == 1 || empty) strides[i] = 0;
         return strides;
     }
 }
