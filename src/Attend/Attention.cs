@@ -93,8 +93,10 @@ public static class Attention
         AttentionShape shape = AttentionShape.Validate(q, k, v, options);
         shape.RequireLike(output, nameof(output), shape.QueryTokens, shape.Heads);
         shape.RequireLike(outputGradient, nameof(outputGradient), shape.QueryTokens, shape.Heads);
-        if (lse.IsEmpty) throw new ArgumentException("The backward pass needs the forward's LSE [B, H, Tq].", nameof(lse));
-        shape.RequireLse(lse, nameof(lse));
+        // An empty LSE is legitimate only when there are no query rows at all (then every gradient is zero).
+        if (lse.IsEmpty && (long)shape.Batch * shape.Heads * shape.QueryTokens > 0)
+            throw new ArgumentException("The backward pass needs the forward's LSE [B, H, Tq].", nameof(lse));
+        if (!lse.IsEmpty) shape.RequireLse(lse, nameof(lse));
         shape.RequireLike<T>(dq, nameof(dq), shape.QueryTokens, shape.Heads);
         shape.RequireLike<T>(dk, nameof(dk), shape.KeyTokens, shape.KvHeads);
         shape.RequireLike<T>(dv, nameof(dv), shape.KeyTokens, shape.KvHeads);

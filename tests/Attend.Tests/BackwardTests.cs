@@ -17,7 +17,7 @@ public class BackwardTests(ITestOutputHelper output)
     /// case (dQ all zero, dK wrong, dV sometimes wrong on a process's first call): their runs are kept in
     /// PendingKernelBugs.cs.txt until src/Attend/Kernels is fixed; then add them back to this list.
     /// </summary>
-    public static TheoryData<string> Variants() => new() { "Reference" };
+    public static TheoryData<string> Variants() => new() { "CpuFlashVector512", "CpuFlashVector256", "Reference" };
 
     private static bool Supported(string variant, out string why) =>
         KernelRegistry.Find(variant)!.IsSupported(new KernelProblem(AttentionPass.Backward, ElementType.Float32, 1, 1, 1, 64, 1, 1), out why);
@@ -43,13 +43,21 @@ public class BackwardTests(ITestOutputHelper output)
     }
 
     /// <summary>
-    /// Relative error, except that an exactly-zero reference gradient (one visible key: dS = P(dP − δ) = 0) accepts
-    /// float32 cancellation noise up to 1e-6 in absolute terms.
+    /// max |a − e| / max(max |e|, 1e-2). The floor matters only when the true gradient is zero up to rounding (every
+    /// row sees one key: dS = P(dP − δ) = 0 exactly, and float32 leaves cancellation noise of about 1e-7·√D in dP − δ);
+    /// with the 1e-4 tolerance it allows 1e-6 absolute there. Inputs are O(1), so real gradients are far above the
+    /// floor and the measure is then the plain relative error.
     /// </summary>
     private static double GradientError(double[] actual, double[] expected)
     {
-        if (expected.All(v => v == 0)) return actual.Any(double.IsNaN) ? double.PositiveInfinity : actual.All(v => Math.Abs(v) <= 1e-6) ? 0 : 1;
-        return TestData.RelativeError(actual, expected);
+        double maxErr = 0, maxRef = 0;
+        for (int i = 0; i < expected.Length; i++)
+        {
+            if (double.IsNaN(actual[i])) return double.PositiveInfinity;
+            maxErr = Math.Max(maxErr, Math.Abs(actual[i] - expected[i]));
+            maxRef = Math.Max(maxRef, Math.Abs(expected[i]));
+        }
+        return maxErr / Math.Max(maxRef, 1e-2);
     }
 
     private static string? MaskedRowsHaveZeroGradient(AttnCase c, AttnInputs<float> x, double[] dq)
@@ -170,5 +178,38 @@ public class BackwardTests(ITestOutputHelper output)
             if (f is not null) failures.Add(f);
         }
         Report(failures);
+    }
+
+    /// <summary>Small fixed cases that once exposed an unpacked K/V panel in the flash backward (seed-independent).</summary>
+    [Theory]
+    [InlineData("CpuFlashVector512", 64, 64, 64)]
+    [InlineData("CpuFlashVector256", 3, 4, 16)]
+    [InlineData("CpuFlashVector512", 100, 100, 64)]
+    public void FlashBackwardSmallFixedCases(string variant, int tq, int tk, int d)
+    {
+        if (!Supported(variant, out string why)) { output.WriteLine($"skip: {why}"); return; }
+        var c = new AttnCase { Tq = tq, Tk = tk, H = 2, Hkv = 1, D = d };
+        var x = AttnInputs<float>.Gaussian(c, new Random(1));
+        var r = Harness.ReferenceBackward(c, x);
+        for (int run = 0; run < 3; run++)
+        {
+            var (dq, dk, dv, _) = Harness.Backward(c, x, variant, false);
+            double eq = GradientError(dq, r.DQ), ek = GradientError(dk, r.DK), ev = GradientError(dv, r.DV);
+            Assert.True(eq <= Tolerance && ek <= Tolerance && ev <= Tolerance, $"{variant} Tq{tq} Tk{tk} D{d} run {run}: dQ {eq:E2} dK {ek:E2} dV {ev:E2}");
+        }
+    }
+
+    /// <summary>A varlen batch whose sequences have no queries: the LSE is empty and dK = dV = 0.</summary>
+    [Theory]
+    [MemberData(nameof(Variants))]
+    public void BackwardWithNoQueries(string variant)
+    {
+        if (!Supported(variant, out string why)) { output.WriteLine($"skip: {why}"); return; }
+        var c = new AttnCase { H = 2, Hkv = 1, D = 32 };
+        c.SetVarlen([0, 0], [5, 3]);
+        var x = AttnInputs<float>.Gaussian(c, new Random(3));
+        var (_, dk, dv, _) = Harness.Backward(c, x, variant, false);
+        Assert.All(dk, v => Assert.Equal(0.0, v));
+        Assert.All(dv, v => Assert.Equal(0.0, v));
     }
 }

@@ -67,6 +67,13 @@ public class FastExpTests(ITestOutputHelper output)
         Run(width, x, out float[] y);
         for (int i = 0; i < x.Length; i++)
         {
+            if (x[i] < 0 && x[i] > -104f)
+            {
+                // Between −104 and −87.3, e^x is a subnormal float: either it (within one subnormal step) or 0 is right.
+                double exact = Math.Exp(x[i]);
+                Assert.True(y[i] == 0f || Math.Abs(y[i] - exact) <= 1.5e-45 + 1e-6 * exact, $"Vector{width}: exp({x[i]:R}) = {y[i]:R}, want {exact:R} or 0");
+                continue;
+            }
             float want = x[i] < 0 ? 0f : float.PositiveInfinity;
             Assert.True(BitConverter.SingleToUInt32Bits(y[i]) == BitConverter.SingleToUInt32Bits(want), $"Vector{width}: exp({x[i]:R}) = {y[i]:R}, want {want}");
         }

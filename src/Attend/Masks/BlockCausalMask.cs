@@ -18,7 +18,11 @@ public readonly struct BlockCausalMask : IMaskMod<BlockCausalMask>
     public int ChunkSize { get; }
 
     // Floor division: positions can be negative when Tq > Tk.
-    private int Chunk(int position) => position >= 0 ? position / ChunkSize : -((-position + ChunkSize - 1) / ChunkSize);
+    private int Chunk(int position)
+    {
+        int size = ChunkSize > 0 ? ChunkSize : throw new InvalidOperationException("default(BlockCausalMask) has no chunk size; create it with new BlockCausalMask(chunkSize).");
+        return position >= 0 ? position / size : -((-position + size - 1) / size);
+    }
 
     /// <inheritdoc/>
     public bool IsVisible(int batch, int head, int q, int k) => Chunk(k) <= Chunk(q);

@@ -24,7 +24,11 @@ public readonly struct DocumentMask : IMaskMod<DocumentMask>
     public SeqOffsets Documents { get; }
 
     // −1 for positions outside [0, total) (negative ones too: they belong to no document).
-    private int DocumentOf(int position) => (uint)position < (uint)_documentOf.Length ? _documentOf[position] : -1;
+    private int DocumentOf(int position)
+    {
+        int[] documentOf = _documentOf ?? throw new InvalidOperationException("default(DocumentMask) has no documents; create it with new DocumentMask(offsets).");
+        return (uint)position < (uint)documentOf.Length ? documentOf[position] : -1;
+    }
 
     /// <inheritdoc/>
     public bool IsVisible(int batch, int head, int q, int k)

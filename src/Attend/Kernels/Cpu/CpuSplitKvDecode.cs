@@ -63,7 +63,7 @@ internal sealed unsafe class SplitKvDecode<T, TMask, TScore, TIsa, TVec> : IWork
     private readonly TMask _mask;
     private readonly TScore _score;
     private readonly int _dp, _rowsMax, _splits;
-    private readonly float* _partial; // [unit][split][rowsMax] × (dp output + 1 lse)
+    private readonly float* _partial; // [unit][split][rowsMax] × (dp output, running max, ln running sum)
 
     private SplitKvDecode(ForwardCall<T> call, TMask mask, TScore score)
     {
@@ -77,7 +77,7 @@ internal sealed unsafe class SplitKvDecode<T, TMask, TScore, TIsa, TVec> : IWork
         int maxBlocks = (sh.MaxKeyLength + Bk - 1) / Bk;
         // Enough ranges for every core to have several, but none shorter than one block.
         _splits = Math.Clamp((4 * call.Threads + units - 1) / units, 1, Math.Max(1, maxBlocks));
-        _partial = SharedBuffer.Rent(0, (long)units * _splits * _rowsMax * (_dp + 1)).Pointer;
+        _partial = SharedBuffer.Rent(0, (long)units * _splits * _rowsMax * (_dp + 2)).Pointer;
     }
 
     public static void Run(ForwardCall<T> call, TMask mask, TScore score)
@@ -89,7 +89,7 @@ internal sealed unsafe class SplitKvDecode<T, TMask, TScore, TIsa, TVec> : IWork
         ParallelWork.Run(units, call.Threads, new MergePass(work));
     }
 
-    private float* PartialRow(int unit, int split, int row) => _partial + (((long)unit * _splits + split) * _rowsMax + row) * (_dp + 1);
+    private float* PartialRow(int unit, int split, int row) => _partial + (((long)unit * _splits + split) * _rowsMax + row) * (_dp + 2);
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Execute(int index)
@@ -99,6 +99,7 @@ internal sealed unsafe class SplitKvDecode<T, TMask, TScore, TIsa, TVec> : IWork
         int s = unit / sh.KvHeads, hk = unit % sh.KvHeads, b = sh.SeqBatch[s];
         int g = sh.GroupSize, tq = sh.QLen[s], tk = sh.KLen[s], d = sh.Dim, dp = _dp, w = TIsa.Width;
         int rows = g * tq, rp = (rows + 3) & ~3;
+        if (rows == 0) return;
         int blocks = (tk + Bk - 1) / Bk;
         int kb0 = (int)((long)blocks * split / _splits), kb1 = (int)((long)blocks * (split + 1) / _splits);
 
@@ -175,7 +176,10 @@ internal sealed unsafe class SplitKvDecode<T, TMask, TScore, TIsa, TVec> : IWork
             float* target = PartialRow(unit, split, r);
             float inv = l[r] > 0 ? 1f / l[r] : 0f;
             for (int x = 0; x < dp; x += w) TIsa.Store(TIsa.Mul(TIsa.Load(o + (long)r * dp + x), TIsa.Splat(inv)), target + x);
-            target[dp] = l[r] > 0 ? m[r] + MathF.Log(l[r]) : float.NegativeInfinity;
+            // Keep the max and ln(sum) apart: their sum, the range's LSE, would round to float32 at the scores'
+            // magnitude (about 1e-3 at logits of 1e4) before the merge, which compares ranges by LSE differences.
+            target[dp] = l[r] > 0 ? m[r] : float.NegativeInfinity;
+            target[dp + 1] = l[r] > 0 ? MathF.Log(l[r]) : float.NegativeInfinity;
         }
     }
 
@@ -258,14 +262,20 @@ internal sealed unsafe class SplitKvDecode<T, TMask, TScore, TIsa, TVec> : IWork
             int g = sh.GroupSize, tq = sh.QLen[s], d = sh.Dim, dp = self._dp;
             for (int r = 0; r < g * tq; r++)
             {
+                // Lse.Merge is shift-invariant, so the ranges are merged with LSEs taken relative to the largest
+                // range max (small numbers, exact to float32 rounding) and the shift is added back at the end.
+                float shift = float.NegativeInfinity;
+                for (int split = 0; split < self._splits; split++) shift = MathF.Max(shift, self.PartialRow(unit, split, r)[dp]);
+                if (float.IsNegativeInfinity(shift)) shift = 0;
                 float* acc = self.PartialRow(unit, 0, r);
                 var accSpan = new Span<float>(acc, dp);
-                float lse = acc[dp];
+                float lse = (acc[dp] - shift) + acc[dp + 1];
                 for (int split = 1; split < self._splits; split++)
                 {
                     float* part = self.PartialRow(unit, split, r);
-                    Lse.Merge(accSpan, lse, new ReadOnlySpan<float>(part, dp), part[dp], accSpan, out lse);
+                    Lse.Merge(accSpan, lse, new ReadOnlySpan<float>(part, dp), (part[dp] - shift) + part[dp + 1], accSpan, out lse);
                 }
+                lse += shift;
                 int h = hk * g + r / tq, token = sh.QStart[s] + r % tq;
                 ElementConvert.FromSingle(acc, call.O.Row(b, token, h), d);
                 if (!call.Lse.IsNull) *call.Lse.At(b, h, token) = lse;
