@@ -16,4 +16,11 @@ internal sealed record BenchResult(
     double? PeakFraction,
     double MaxRelErr,
     double Tolerance,
-    string? Error);
+    string? Error)
+{
+    /// <summary>The same result with its peak fraction taken against <paramref name="ceilings"/>.</summary>
+    public BenchResult Against(Ceilings ceilings) => this with
+    {
+        PeakFraction = Gbps is double gbps ? gbps / ceilings.CopyGbps : Gflops is double gflops ? gflops / ceilings.FmaGflops : null,
+    };
+}

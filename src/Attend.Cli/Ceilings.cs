@@ -17,6 +17,13 @@ internal sealed record Ceilings(double FmaGflops, double CopyGbps, string FmaIsa
     public const int Chains = 16;
 
     /// <summary>Measures both ceilings; <paramref name="seconds"/> is the target length of one FMA run.</summary>
+    /// <summary>
+    /// The higher of two measurements of each ceiling. The machine is shared: one measurement can land while a
+    /// neighbour holds a core, and a ceiling that is too low would flatter every fraction of it.
+    /// </summary>
+    public static Ceilings Max(Ceilings a, Ceilings b) =>
+        a with { FmaGflops = Math.Max(a.FmaGflops, b.FmaGflops), CopyGbps = Math.Max(a.CopyGbps, b.CopyGbps) };
+
     public static Ceilings Measure(double seconds, long copyBytes)
     {
         int threads = Environment.ProcessorCount;
