@@ -53,7 +53,7 @@ internal sealed class BenchRunner(Ceilings ceilings, double minSeconds, int chec
     private BenchResult RunForward(BenchCase c, double tolerance)
     {
         (float[] q, float[] k, float[] v) = Inputs(c);
-        var options = new AttentionOptions { Mask = BenchMasks.Create(c.Mask, c.Tk) };
+        var options = new AttentionOptions { Mask = BenchMasks.Create(c.Mask, c.Tk), Variant = c.Variant, Deterministic = c.Deterministic };
         var o = new float[q.Length];
         string variant = "";
         Timing timing = BenchTimer.Measure(() => variant = Attention.Forward<float>(Q(c, q), KV(c, k), KV(c, v), options, Q(c, o)).Name, minSeconds);
@@ -74,7 +74,7 @@ internal sealed class BenchRunner(Ceilings ceilings, double minSeconds, int chec
     private BenchResult RunBackward(BenchCase c, double tolerance)
     {
         (float[] q, float[] k, float[] v) = Inputs(c);
-        var options = new AttentionOptions { Mask = BenchMasks.Create(c.Mask, c.Tk) };
+        var options = new AttentionOptions { Mask = BenchMasks.Create(c.Mask, c.Tk), Variant = c.Variant, Deterministic = c.Deterministic };
         var o = new float[q.Length];
         var lse = new float[c.B * c.H * c.Tq];
         Attention.Forward<float>(Q(c, q), KV(c, k), KV(c, v), options, Q(c, o), AttentionLayout.Lse(lse, c.B, c.H, c.Tq));
@@ -87,7 +87,7 @@ internal sealed class BenchRunner(Ceilings ceilings, double minSeconds, int chec
             AttentionLayout.Lse(lse, c.B, c.H, c.Tq), options, Q(c, dq), KV(c, dk), KV(c, dv)).Name, minSeconds);
 
         BenchCase small = c.WithLength(Math.Min(BackwardCheckLength, c.Tq));
-        var smallOptions = new AttentionOptions { Mask = BenchMasks.Create(small.Mask, small.Tk), Variant = variant };
+        var smallOptions = new AttentionOptions { Mask = BenchMasks.Create(small.Mask, small.Tk), Variant = variant, Deterministic = c.Deterministic };
         double err = ReferenceCheck.Backward(small, smallOptions, seed: 12345);
         if (!(err <= tolerance)) return Failed(c, variant, timing, err, tolerance);
         double gflops = 2.5 * Flops(c, options.Mask) / (timing.MedianMs / 1e3) / 1e9;

@@ -14,10 +14,11 @@ internal enum BenchPass
 }
 
 /// <summary>One benchmark case: a pass, a shape and a mask (by name; built by <see cref="BenchMasks"/>).</summary>
-internal sealed record BenchCase(BenchPass Pass, string Mask, int B, int H, int Hkv, int Tq, int Tk, int D)
+internal sealed record BenchCase(BenchPass Pass, string Mask, int B, int H, int Hkv, int Tq, int Tk, int D, string? Variant = null, bool Deterministic = false)
 {
     /// <summary>A short identifier such as <c>fwd_causal_h8kv2_d128_t4096</c>.</summary>
-    public string Name => $"{Pass switch { BenchPass.Forward => "fwd", BenchPass.Backward => "bwd", _ => "dec" }}_{Mask}_h{H}kv{Hkv}_d{D}_t{(Pass == BenchPass.Decode ? Tk : Tq)}";
+    public string Name => $"{Pass switch { BenchPass.Forward => "fwd", BenchPass.Backward => "bwd", _ => "dec" }}_{Mask}_h{H}kv{Hkv}_d{D}_t{(Pass == BenchPass.Decode ? Tk : Tq)}"
+        + (Variant is null ? "" : "_" + Variant) + (Deterministic ? "_det" : "");
 
     /// <summary><c>forward</c>, <c>backward</c> or <c>decode</c>.</summary>
     public string PassName => Pass.ToString().ToLowerInvariant();
@@ -44,8 +45,11 @@ internal static class BenchWorkload
                         cases.Add(new BenchCase(BenchPass.Forward, mask, 1, 8, hkv, t, t, d));
         // One packed varlen case: documents of uneven length, causal within each document.
         cases.Add(new BenchCase(BenchPass.Forward, "doc_causal", 1, 8, 2, 4096, 4096, 128));
-        // Backward (causal) at the headline shape and a smaller one.
+        // The headline forward again on the 256-bit variant (what a machine without AVX-512 gets).
+        cases.Add(new BenchCase(BenchPass.Forward, "causal", 1, 8, 2, 4096, 4096, 128, Variant: "CpuFlashVector256"));
+        // Backward (causal) at the headline shape (also deterministic) and a smaller one.
         cases.Add(new BenchCase(BenchPass.Backward, "causal", 1, 8, 2, 4096, 4096, 128));
+        cases.Add(new BenchCase(BenchPass.Backward, "causal", 1, 8, 2, 4096, 4096, 128, Deterministic: true));
         cases.Add(new BenchCase(BenchPass.Backward, "causal", 1, 8, 2, 1024, 1024, 64));
         // Decode: one query against a cache below and above the last-level cache.
         foreach (int tk in new[] { 32768, 131072 })
