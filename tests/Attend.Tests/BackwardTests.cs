@@ -43,10 +43,11 @@ public class BackwardTests(ITestOutputHelper output)
     }
 
     /// <summary>
-    /// max |a − e| / max(max |e|, 1e-2). The floor matters only when the true gradient is zero up to rounding (every
-    /// row sees one key: dS = P(dP − δ) = 0 exactly, and float32 leaves cancellation noise of about 1e-7·√D in dP − δ);
-    /// with the 1e-4 tolerance it allows 1e-6 absolute there. Inputs are O(1), so real gradients are far above the
-    /// floor and the measure is then the plain relative error.
+    /// max |a − e| / max(max |e|, 0.1). The floor matters only when the true gradient cancels to (nearly) zero: a row
+    /// that sees one key has dS = P(dP − δ) = 0 exactly, yet float32 computes dP = dO·v and δ = Σ dO⊙O in different
+    /// orders, leaving noise of about 1e-7·|dO|·|v|·√D (seen up to 6e-6 in dK at D = 96 with soft caps). With the 1e-4
+    /// tolerance the floor allows 1e-5 absolute there. Inputs are O(1), so real gradients sit well above 0.1 and the
+    /// measure is then the plain relative error.
     /// </summary>
     private static double GradientError(double[] actual, double[] expected)
     {
@@ -57,7 +58,7 @@ public class BackwardTests(ITestOutputHelper output)
             maxErr = Math.Max(maxErr, Math.Abs(actual[i] - expected[i]));
             maxRef = Math.Max(maxRef, Math.Abs(expected[i]));
         }
-        return maxErr / Math.Max(maxRef, 1e-2);
+        return maxErr / Math.Max(maxRef, 0.1);
     }
 
     private static string? MaskedRowsHaveZeroGradient(AttnCase c, AttnInputs<float> x, double[] dq)

@@ -10,7 +10,12 @@ internal sealed class CpuFlashKernel<TIsa, TVec> : AttentionKernel
     where TIsa : struct, IVectorIsa<TVec>
     where TVec : unmanaged
 {
+    /// <summary>Query rows per tile (and per block of the block mask this variant runs on).</summary>
+    public const int QueryRows = 64;
+
     public override string Name => "CpuFlash" + TIsa.Name;
+
+    public override int QueryBlockSize => QueryRows;
 
     public override string Backend => "cpu";
 

@@ -17,7 +17,7 @@ internal sealed unsafe class FlashBackward<T, TMask, TScore, TIsa, TVec>
     where TIsa : struct, IVectorIsa<TVec>
     where TVec : unmanaged
 {
-    private const int Bq = 64;
+    private const int Bq = CpuFlashKernel<TIsa, TVec>.QueryRows;
     private const int Bk = KvPanels<float>.BlockKeys;
 
     private readonly BackwardCall<T> _call;

@@ -13,7 +13,7 @@ internal sealed unsafe class FlashForward<T, TMask, TScore, TIsa, TVec> : IWorkI
     where TIsa : struct, IVectorIsa<TVec>
     where TVec : unmanaged
 {
-    private const int Bq = 64;
+    private const int Bq = CpuFlashKernel<TIsa, TVec>.QueryRows;
     private const int Bk = KvPanels<float>.BlockKeys;
 
     private readonly ForwardCall<T> _call;
@@ -38,14 +38,14 @@ internal sealed unsafe class FlashForward<T, TMask, TScore, TIsa, TVec> : IWorkI
         _vDirect = vDirect;
         AttentionShape sh = call.Shape;
         int g = sh.GroupSize;
-        // Items encode (unit, head in group, query block); sorted by query block descending (heaviest causal rows first).
-        int maxBlocks = 0;
-        for (int u = 0; u < unitCount; u++) maxBlocks = Math.Max(maxBlocks, Blocks(sh.QLen[units[unitStart + u].Item1]));
+        // Items encode (unit, query block, head in group), unit by unit: one KV head's panels at a time stay in the
+        // last-level cache (all heads' panels at once did not: 8 KV heads at T = 4096 ran 15% slower interleaved).
+        // Within a unit the highest query blocks come first: under causal masks they are the heaviest, so the
+        // dynamic claiming in ParallelWork ends each unit on light items and the cores stay balanced.
         var items = new List<int>();
-        for (int qb = maxBlocks - 1; qb >= 0; qb--)
-            for (int u = 0; u < unitCount; u++)
-                if (qb < Blocks(sh.QLen[units[unitStart + u].Item1]))
-                    for (int gi = 0; gi < g; gi++) items.Add((qb * unitCount + u) * g + gi);
+        for (int u = 0; u < unitCount; u++)
+            for (int qb = Blocks(sh.QLen[units[unitStart + u].Item1]) - 1; qb >= 0; qb--)
+                for (int gi = 0; gi < g; gi++) items.Add((qb * unitCount + u) * g + gi);
         _items = items.ToArray();
     }
 
