@@ -13,7 +13,7 @@ internal static class BenchReport
     public static void WriteTable(IAnsiConsole console, Ceilings ceilings, IReadOnlyList<BenchResult> results, TimeSpan wall)
     {
         console.WriteLine($"ceilings: FMA peak {F(ceilings.FmaGflops, "F1")} GFLOP/s ({ceilings.FmaIsa}, {ceilings.Threads} threads), " +
-            $"copy {F(ceilings.CopyGbps, "F1")} GB/s (read+write, {ceilings.CopyBytes >> 20} MB)");
+            $"copy {F(ceilings.CopyGbps, "F1")} GB/s (read+write, {ceilings.CopyBytes >> 20} MB), read {F(ceilings.ReadGbps, "F1")} GB/s");
         var table = new Table()
             .AddColumn(new TableColumn("case").NoWrap())
             .AddColumns("shape B,H/Hkv,Tq,Tk,D", "mask", "pass", "variant", "ms median ± spread", "GFLOP/s | GB/s", "% peak", "max rel err");
@@ -52,6 +52,7 @@ internal static class BenchReport
         w.WriteString("fma_isa", ceilings.FmaIsa);
         w.WriteNumber("threads", ceilings.Threads);
         w.WriteNumber("copy_bytes", ceilings.CopyBytes);
+        w.WriteNumber("read_gbps", ceilings.ReadGbps);
         w.WriteString("copy_counts", "bytes read + bytes written (STREAM convention)");
         w.WriteEndObject();
         w.WriteStartArray("results");

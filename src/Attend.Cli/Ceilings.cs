@@ -11,7 +11,8 @@ namespace Attend.Cli;
 /// <param name="FmaIsa">The vector width the FMA loop used.</param>
 /// <param name="Threads">Threads used (one per core).</param>
 /// <param name="CopyBytes">Size of the copied buffer.</param>
-internal sealed record Ceilings(double FmaGflops, double CopyGbps, string FmaIsa, int Threads, long CopyBytes)
+/// <param name="ReadGbps">Read-only streaming bandwidth over the same buffer size (what decode, which only reads, can reach).</param>
+internal sealed record Ceilings(double FmaGflops, double CopyGbps, string FmaIsa, int Threads, long CopyBytes, double ReadGbps)
 {
     /// <summary>Independent accumulator chains per thread: enough to cover FMA latency × issue width.</summary>
     public const int Chains = 16;
@@ -22,14 +23,15 @@ internal sealed record Ceilings(double FmaGflops, double CopyGbps, string FmaIsa
     /// neighbour holds a core, and a ceiling that is too low would flatter every fraction of it.
     /// </summary>
     public static Ceilings Max(Ceilings a, Ceilings b) =>
-        a with { FmaGflops = Math.Max(a.FmaGflops, b.FmaGflops), CopyGbps = Math.Max(a.CopyGbps, b.CopyGbps) };
+        a with { FmaGflops = Math.Max(a.FmaGflops, b.FmaGflops), CopyGbps = Math.Max(a.CopyGbps, b.CopyGbps), ReadGbps = Math.Max(a.ReadGbps, b.ReadGbps) };
 
     public static Ceilings Measure(double seconds, long copyBytes)
     {
         int threads = Environment.ProcessorCount;
         (double fma, string isa) = MeasureFma(threads, seconds);
         double copy = MeasureCopy(threads, copyBytes);
-        return new Ceilings(fma, copy, isa, threads, copyBytes);
+        double read = MeasureRead(threads, copyBytes);
+        return new Ceilings(fma, copy, isa, threads, copyBytes, read);
     }
 
     private static (double Gflops, string Isa) MeasureFma(int threads, double seconds)
@@ -84,6 +86,42 @@ internal sealed record Ceilings(double FmaGflops, double CopyGbps, string FmaIsa
             NativeMemory.AlignedFree(src);
             NativeMemory.AlignedFree(dst);
         }
+    }
+
+    private static unsafe double MeasureRead(int threads, long bytes)
+    {
+        float* data = (float*)NativeMemory.AlignedAlloc((nuint)bytes, 4096);
+        try
+        {
+            long floats = bytes / sizeof(float);
+            new Span<float>(data, (int)Math.Min(floats, int.MaxValue)).Fill(1f);
+            long chunk = (floats / threads + 63) / 64 * 64;
+            double best = 0;
+            for (int run = 0; run < 4; run++) // the first run warms up
+            {
+                double s = OnAllCores(threads, t => SumRange(data + t * chunk, Math.Max(0, Math.Min(chunk, floats - t * chunk))));
+                if (run > 0) best = Math.Max(best, bytes / s / 1e9);
+            }
+            return best;
+        }
+        finally
+        {
+            NativeMemory.AlignedFree(data);
+        }
+    }
+
+    // Two independent accumulators per step so the loop is bound by loads, not by add latency.
+    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
+    private static unsafe float SumRange(float* p, long count)
+    {
+        Vector256<float> a = Vector256<float>.Zero, b = Vector256<float>.Zero;
+        long i = 0;
+        for (; i + 16 <= count; i += 16)
+        {
+            a += Vector256.Load(p + i);
+            b += Vector256.Load(p + i + 8);
+        }
+        return Vector256.Sum(a + b);
     }
 
     private static volatile float s_sink;
