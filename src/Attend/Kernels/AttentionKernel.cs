@@ -1,26 +1,5 @@
 namespace Attend;
 
-/// <summary>Which computation a kernel variant is asked for.</summary>
-public enum AttentionPass
-{
-    /// <summary>Output and log-sum-exp.</summary>
-    Forward,
-
-    /// <summary>dQ, dK, dV from the saved log-sum-exp.</summary>
-    Backward,
-}
-
-/// <summary>What a kernel variant is asked to compute, for <see cref="AttentionKernel.IsSupported"/>.</summary>
-public readonly record struct KernelProblem(
-    AttentionPass Pass,
-    ElementType ElementType,
-    int Sequences,
-    int Heads,
-    int KvHeads,
-    int HeadDim,
-    int MaxQueryLength,
-    int MaxKeyLength);
-
 /// <summary>
 /// One kernel variant of the softmax family (FlashAttention-2 on the CPU with a given vector width, split-KV decode,
 /// the float64 reference, …). Variants are registered in preference order in <see cref="KernelRegistry"/>; a call uses
@@ -59,39 +38,4 @@ public abstract class AttentionKernel
 
     /// <inheritdoc/>
     public override string ToString() => Name;
-}
-
-/// <summary>The arguments of a forward kernel call, pinned and validated.</summary>
-internal sealed class ForwardCall<T> where T : unmanaged
-{
-    public required AttentionShape Shape { get; init; }
-    public required BlockMask Blocks { get; init; }
-    public required TensorView<T> Q { get; init; }
-    public required TensorView<T> K { get; init; }
-    public required TensorView<T> V { get; init; }
-    public required TensorView<T> O { get; init; }
-
-    /// <summary>May be null (<see cref="LseView.IsNull"/>) when the caller does not want it.</summary>
-    public required LseView Lse { get; init; }
-    public required float Scale { get; init; }
-    public required int Threads { get; init; }
-}
-
-/// <summary>The arguments of a backward kernel call, pinned and validated.</summary>
-internal sealed class BackwardCall<T> where T : unmanaged
-{
-    public required AttentionShape Shape { get; init; }
-    public required BlockMask Blocks { get; init; }
-    public required TensorView<T> Q { get; init; }
-    public required TensorView<T> K { get; init; }
-    public required TensorView<T> V { get; init; }
-    public required TensorView<T> O { get; init; }
-    public required TensorView<T> DO { get; init; }
-    public required LseView Lse { get; init; }
-    public required TensorView<T> DQ { get; init; }
-    public required TensorView<T> DK { get; init; }
-    public required TensorView<T> DV { get; init; }
-    public required float Scale { get; init; }
-    public required int Threads { get; init; }
-    public required bool Deterministic { get; init; }
 }

@@ -47,39 +47,3 @@ public interface IMaskVisitor<TResult>
     /// <summary>Called with the concrete mask.</summary>
     TResult Visit<TMask>(TMask mask) where TMask : struct, IMaskMod<TMask>;
 }
-
-/// <summary>How a block of (query, key) pairs relates to a mask.</summary>
-public enum BlockKind : byte
-{
-    /// <summary>No pair is visible: the block is never visited.</summary>
-    Empty = 0,
-
-    /// <summary>Some pairs are visible: the kernel evaluates the mask per element.</summary>
-    Partial = 1,
-
-    /// <summary>Every pair is visible: the kernel skips the mask.</summary>
-    Full = 2,
-}
-
-/// <summary>Helpers for classifying blocks.</summary>
-public static class BlockClassifier
-{
-    /// <summary>
-    /// Classifies a block by evaluating the mask on its pairs, stopping as soon as both a visible and a hidden
-    /// pair have been seen. Costs up to one evaluation per pair of the block, never a T×T allocation.
-    /// </summary>
-    public static BlockKind ByEvaluation<TMask>(in TMask mask, int batch, int head, int qStart, int qEnd, int kStart, int kEnd)
-        where TMask : struct, IMaskMod
-    {
-        bool anyVisible = false, anyHidden = false;
-        for (int q = qStart; q < qEnd; q++)
-        {
-            for (int k = kStart; k < kEnd; k++)
-            {
-                if (mask.IsVisible(batch, head, q, k)) anyVisible = true; else anyHidden = true;
-                if (anyVisible && anyHidden) return BlockKind.Partial;
-            }
-        }
-        return anyVisible ? BlockKind.Full : BlockKind.Empty;
-    }
-}

@@ -39,19 +39,3 @@ public interface IScoreModVisitor<TResult>
     /// <summary>Called with the concrete score mod.</summary>
     TResult Visit<TScore>(TScore scoreMod) where TScore : struct, IScoreMod<TScore>;
 }
-
-/// <summary>The identity score mod.</summary>
-public readonly struct IdentityScoreMod : IScoreMod<IdentityScoreMod>
-{
-    /// <inheritdoc/>
-    public T Apply<T>(T score, int batch, int head, int q, int k) where T : IFloatingPointIeee754<T> => score;
-
-    /// <inheritdoc/>
-    public T Derivative<T>(T score, int batch, int head, int q, int k) where T : IFloatingPointIeee754<T> => T.One;
-
-    /// <inheritdoc/>
-    public bool IsIdentity => true;
-
-    /// <inheritdoc/>
-    public override string ToString() => "none";
-}

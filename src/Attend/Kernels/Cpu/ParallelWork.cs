@@ -1,12 +1,5 @@
 namespace Attend.Kernels.Cpu;
 
-/// <summary>A set of independent work items a kernel hands to <see cref="ParallelWork.Run"/>.</summary>
-internal interface IWorkItems
-{
-    /// <summary>Runs item <paramref name="index"/>; called exactly once per item, from any worker.</summary>
-    void Execute(int index);
-}
-
 /// <summary>
 /// Runs work items on up to N threads with dynamic claiming (an atomic counter), so items of unequal cost (causal
 /// rows) stay balanced; kernels list their heaviest items first.

@@ -1,0 +1,39 @@
+namespace Attend;
+
+/// <summary>Both masks must allow the pair.</summary>
+public readonly struct AndMask<TA, TB> : IMaskMod<AndMask<TA, TB>>
+    where TA : struct, IMaskMod<TA>
+    where TB : struct, IMaskMod<TB>
+{
+    private readonly TA _a;
+    private readonly TB _b;
+
+    /// <summary>Combines two masks.</summary>
+    public AndMask(TA a, TB b) { _a = a; _b = b; }
+
+    /// <inheritdoc/>
+    public bool IsVisible(int batch, int head, int q, int k) => _a.IsVisible(batch, head, q, k) && _b.IsVisible(batch, head, q, k);
+
+    /// <inheritdoc/>
+    public BlockKind ClassifyBlock(int batch, int head, int qStart, int qEnd, int kStart, int kEnd)
+    {
+        BlockKind a = _a.ClassifyBlock(batch, head, qStart, qEnd, kStart, kEnd);
+        if (a == BlockKind.Empty) return BlockKind.Empty;
+        BlockKind b = _b.ClassifyBlock(batch, head, qStart, qEnd, kStart, kEnd);
+        if (b == BlockKind.Empty) return BlockKind.Empty;
+        if (a == BlockKind.Full && b == BlockKind.Full) return BlockKind.Full;
+        // Two partial halves may still have an empty intersection; decide by evaluation only then.
+        return a == BlockKind.Partial && b == BlockKind.Partial
+            ? BlockClassifier.ByEvaluation(this, batch, head, qStart, qEnd, kStart, kEnd)
+            : BlockKind.Partial;
+    }
+
+    /// <inheritdoc/>
+    public bool DependsOnHead => _a.DependsOnHead || _b.DependsOnHead;
+
+    /// <inheritdoc/>
+    public bool DependsOnBatch => _a.DependsOnBatch || _b.DependsOnBatch;
+
+    /// <inheritdoc/>
+    public override string ToString() => $"({_a} & {_b})";
+}
