@@ -49,17 +49,7 @@ public class BackwardTests(ITestOutputHelper output)
     /// tolerance the floor allows 1e-5 absolute there. Inputs are O(1), so real gradients sit well above 0.1 and the
     /// measure is then the plain relative error.
     /// </summary>
-    private static double GradientError(double[] actual, double[] expected)
-    {
-        double maxErr = 0, maxRef = 0;
-        for (int i = 0; i < expected.Length; i++)
-        {
-            if (double.IsNaN(actual[i])) return double.PositiveInfinity;
-            maxErr = Math.Max(maxErr, Math.Abs(actual[i] - expected[i]));
-            maxRef = Math.Max(maxRef, Math.Abs(expected[i]));
-        }
-        return maxErr / Math.Max(maxRef, 0.1);
-    }
+    private static double GradientError(double[] actual, double[] expected) => Fidelity.MaxRelativeError<double>(actual, expected, floor: 0.1);
 
     private static string? MaskedRowsHaveZeroGradient(AttnCase c, AttnInputs<float> x, double[] dq)
     {

@@ -32,33 +32,9 @@ internal static class TestData
 
     public static TensorSpan<T> Bthd<T>(T[] data, int b, int t, int h, int d) => AttentionLayout.Bthd<T>(data, b, t, h, d);
 
-    /// <summary>max |x − ref| / max |ref| over the whole tensor (1 when ref is all zero and x is not).</summary>
-    public static double RelativeError<T>(ReadOnlySpan<T> actual, ReadOnlySpan<double> expected) where T : unmanaged
-    {
-        double maxErr = 0, maxRef = 0;
-        for (int i = 0; i < expected.Length; i++)
-        {
-            double a = ElementConvert.ToSingle(actual[i]);
-            if (double.IsNaN(a)) return double.PositiveInfinity;
-            maxErr = Math.Max(maxErr, Math.Abs(a - expected[i]));
-            maxRef = Math.Max(maxRef, Math.Abs(expected[i]));
-        }
-        return maxRef == 0 ? (maxErr == 0 ? 0 : 1) : maxErr / maxRef;
-    }
-
-    /// <summary>max |x − ref| / max |ref| for double data (NaN anywhere → +∞).</summary>
-    public static double RelativeError(ReadOnlySpan<double> actual, ReadOnlySpan<double> expected)
-    {
-        if (actual.Length != expected.Length) return double.PositiveInfinity;
-        double maxErr = 0, maxRef = 0;
-        for (int i = 0; i < expected.Length; i++)
-        {
-            if (double.IsNaN(actual[i])) return double.PositiveInfinity;
-            maxErr = Math.Max(maxErr, Math.Abs(actual[i] - expected[i]));
-            maxRef = Math.Max(maxRef, Math.Abs(expected[i]));
-        }
-        return maxRef == 0 ? (maxErr == 0 ? 0 : 1) : maxErr / maxRef;
-    }
+    /// <summary>The project's error measure (<see cref="Fidelity.MaxRelativeError{T}"/>); a length mismatch counts as +∞.</summary>
+    public static double RelativeError<T>(ReadOnlySpan<T> actual, ReadOnlySpan<double> expected) where T : unmanaged =>
+        actual.Length != expected.Length ? double.PositiveInfinity : Fidelity.MaxRelativeError(actual, expected);
 
     /// <summary>Checks LSE values: −∞ exactly where the reference is −∞, else close in absolute terms relative to magnitude.</summary>
     public static double LseError(ReadOnlySpan<float> actual, ReadOnlySpan<double> expected)

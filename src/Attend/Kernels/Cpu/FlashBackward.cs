@@ -179,13 +179,9 @@ internal sealed unsafe class FlashBackward<T, TMask, TScore, TIsa, TVec>
             float* kRows = panels.KRows(u, kb);
             for (int h = hk * g; h < (hk + 1) * g; h++)
             {
-                ReadOnlySpan<int> full = call.Blocks.FullQueryBlocks(s, h, kb);
-                ReadOnlySpan<int> part = call.Blocks.PartialQueryBlocks(s, h, kb);
-                int fi = 0, pi = 0;
-                while (fi < full.Length || pi < part.Length)
+                var blocks = new MergedBlocks(call.Blocks.FullQueryBlocks(s, h, kb), call.Blocks.PartialQueryBlocks(s, h, kb));
+                while (blocks.Next(out int qb, out bool partial))
                 {
-                    bool partial = fi >= full.Length || (pi < part.Length && part[pi] < full[fi]);
-                    int qb = partial ? part[pi++] : full[fi++];
                     int i0 = qb * Bq, mr = Math.Min(Bq, sh.QLen[s] - i0), mp = (mr + 3) & ~3;
                     self.LoadTile(call.Q, b, sh.QStart[s] + i0, h, mr, mp, q);
                     self.LoadTile(call.DO, b, sh.QStart[s] + i0, h, mr, mp, dO);
@@ -259,13 +255,9 @@ internal sealed unsafe class FlashBackward<T, TMask, TScore, TIsa, TVec>
             self.LoadTile(call.Q, b, sh.QStart[s] + i0, h, mr, mp, q);
             self.LoadTile(call.DO, b, sh.QStart[s] + i0, h, mr, mp, dO);
             new Span<float>(dq, mp * dp).Clear();
-            ReadOnlySpan<int> full = call.Blocks.FullKeyBlocks(s, h, qb);
-            ReadOnlySpan<int> part = call.Blocks.PartialKeyBlocks(s, h, qb);
-            int fi = 0, pi = 0;
-            while (fi < full.Length || pi < part.Length)
+            var blocks = new MergedBlocks(call.Blocks.FullKeyBlocks(s, h, qb), call.Blocks.PartialKeyBlocks(s, h, qb));
+            while (blocks.Next(out int kb, out bool partial))
             {
-                bool partial = fi >= full.Length || (pi < part.Length && part[pi] < full[fi]);
-                int kb = partial ? part[pi++] : full[fi++];
                 int kc = Math.Min(Bk, sh.KLen[s] - kb * Bk);
                 self.Gradients(s, h, b, i0, mr, mp, kb, kc, partial, u, q, dO, p, ds, deriv);
                 TileGemm.MultiplyAccumulate<TIsa, TVec>(ds, Bk, self._panels.KRows(u, kb), dp, dq, dp, null, mp, dp, kc);

@@ -126,15 +126,10 @@ internal sealed unsafe class FlashForward<T, TMask, TScore, TIsa, TVec> : IWorkI
         new Span<float>(l, Bq).Clear();
         new Span<float>(o, mp * dp).Clear();
 
-        BlockMask blocks = _call.Blocks;
-        ReadOnlySpan<int> full = blocks.FullKeyBlocks(s, h, qb);
-        ReadOnlySpan<int> part = blocks.PartialKeyBlocks(s, h, qb);
-        int fi = 0, pi = 0;
-        // Visit full and partial blocks in ascending key order (a fixed order keeps results reproducible).
-        while (fi < full.Length || pi < part.Length)
+        // Full and partial blocks in ascending key order (a fixed order keeps results reproducible).
+        var blocks = new MergedBlocks(_call.Blocks.FullKeyBlocks(s, h, qb), _call.Blocks.PartialKeyBlocks(s, h, qb));
+        while (blocks.Next(out int kb, out bool partial))
         {
-            bool partial = fi >= full.Length || (pi < part.Length && part[pi] < full[fi]);
-            int kb = partial ? part[pi++] : full[fi++];
             int kc = Math.Min(Bk, tk - kb * Bk);
             ScoreTile.Compute<TIsa, TVec, TMask, TScore>(q, _panels.KTransposed(u, kb), p, null, rowMax, mp, mr, kc, dp, 1f,
                 partial, _mask, _score, s, h, qPos, kb * Bk);
