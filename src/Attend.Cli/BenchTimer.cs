@@ -10,7 +10,10 @@ internal static class BenchTimer
 {
     public static Timing Measure(Action action, double minSeconds, int minRuns = 3, int maxRuns = 1000)
     {
-        action(); // warm-up (JIT, page faults, thread pool)
+        // Warm-up: at least 3 runs and 0.2 s, so page faults, the thread pool and tiered JIT compilation (which
+        // promotes hot methods after about 30 calls) are behind us before timing starts.
+        var warm = Stopwatch.StartNew();
+        for (int i = 0; i < 3 || (warm.Elapsed.TotalSeconds < 0.2 && i < 50); i++) action();
         var times = new List<double>();
         var total = Stopwatch.StartNew();
         while (times.Count < minRuns || (total.Elapsed.TotalSeconds < minSeconds && times.Count < maxRuns))

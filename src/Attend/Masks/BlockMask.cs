@@ -248,6 +248,8 @@ public sealed class BlockMask
         public BlockMask Visit<TMask>(TMask mask) where TMask : struct, IMaskMod<TMask> => Create(mask, q, k, heads, bq, bk);
     }
 
+    // Runs on every call that does not pass a prebuilt block mask: optimised from the first call.
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     private static BlockMask Build<TMask>(TMask mask, int[] queryLengths, int[] keyLengths, bool perSequence, int heads, int bq, int bk)
         where TMask : struct, IMaskMod<TMask>
     {

@@ -315,6 +315,7 @@ internal sealed unsafe class SplitKvDecode<T, TMask, TScore, TIsa, TVec> : IWork
     /// <summary>Joins the key ranges of one (sequence, KV head) with the LSE merge and writes output and LSE.</summary>
     private sealed class MergePass(SplitKvDecode<T, TMask, TScore, TIsa, TVec> self) : IWorkItems
     {
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public void Execute(int unit)
         {
             ForwardCall<T> call = self._call;

@@ -129,6 +129,7 @@ internal sealed unsafe class FlashBackward<T, TMask, TScore, TIsa, TVec>
     /// <summary>Δ_i = Σ_d dO_i·O_i for every query row (FlashAttention-2's D).</summary>
     private sealed class DeltaPass(FlashBackward<T, TMask, TScore, TIsa, TVec> self) : IWorkItems
     {
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public void Execute(int index)
         {
             AttentionShape sh = self._call.Shape;
@@ -270,6 +271,7 @@ internal sealed unsafe class FlashBackward<T, TMask, TScore, TIsa, TVec>
     /// <summary>Lock mode: converts the float32 dQ accumulators to the output type.</summary>
     private sealed class DqStore(FlashBackward<T, TMask, TScore, TIsa, TVec> self) : IWorkItems
     {
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public void Execute(int index)
         {
             AttentionShape sh = self._call.Shape;

@@ -1,3 +1,5 @@
+using System.Runtime.CompilerServices;
+
 namespace Attend.Kernels.Cpu;
 
 /// <summary>
@@ -66,6 +68,7 @@ internal sealed unsafe class KvPanels<T> : IWorkItems where T : unmanaged
     public float* VRows(int unit, int block) => _vRows + (_unitFirstBlock[unit] + block) * _blockFloats;
 
     /// <summary>Packs one key block (item index = block index over all units).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Execute(int index)
     {
         int u = _blockUnit[index];
