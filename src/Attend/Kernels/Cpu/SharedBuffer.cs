@@ -1,9 +1,9 @@
 namespace Attend.Kernels.Cpu;
 
 /// <summary>
-/// A pinned float32 workspace shared by the workers of one kernel call (packed K/V panels, dQ accumulators). Kept
-/// per calling thread and per slot, and only grown, like a FlashInfer workspace buffer: a call allocates nothing once
-/// its largest shape has been seen.
+/// A pinned float32 workspace shared by the workers of one kernel call (packed K/V panels, dQ accumulators), like a
+/// FlashInfer workspace buffer. Kept per calling thread and per slot and grown as needed, so repeated calls allocate
+/// nothing; a buffer above 64 MB is replaced by a smaller one when a call needing less than half of it follows.
 /// </summary>
 internal sealed unsafe class SharedBuffer
 {
@@ -25,10 +25,15 @@ internal sealed unsafe class SharedBuffer
         return buffer;
     }
 
+    // Buffers above this size are not kept for reuse once a smaller call comes (long-context backward accumulators
+    // can reach hundreds of MB; holding them for the thread's life would be a leak in all but name).
+    private const long RetainFloats = 16L << 20;
+
     private void Ensure(long floats)
     {
-        if (Capacity >= floats) return;
-        long size = Math.Max(floats, Capacity + Capacity / 2) + 16;
+        bool oversized = Capacity > RetainFloats && floats * 2 < Capacity;
+        if (Capacity >= floats && !oversized) return;
+        long size = (oversized ? floats : Math.Max(floats, Capacity + Capacity / 2)) + 16;
         _array = GC.AllocateUninitializedArray<float>(checked((int)size), pinned: true);
         fixed (float* p = _array)
         {
