@@ -45,8 +45,9 @@ internal static class BenchWorkload
                         cases.Add(new BenchCase(BenchPass.Forward, mask, 1, 8, hkv, t, t, d));
         // One packed varlen case: documents of uneven length, causal within each document.
         cases.Add(new BenchCase(BenchPass.Forward, "doc_causal", 1, 8, 2, 4096, 4096, 128));
-        // The headline forward again on the 256-bit variant (what a machine without AVX-512 gets).
+        // The headline forward again on the narrower variants (what machines without AVX-512, and Arm64, get).
         cases.Add(new BenchCase(BenchPass.Forward, "causal", 1, 8, 2, 4096, 4096, 128, Variant: "CpuFlashVector256"));
+        cases.Add(new BenchCase(BenchPass.Forward, "causal", 1, 8, 2, 4096, 4096, 128, Variant: "CpuFlashVector128"));
         // Backward (causal) at the headline shape (also deterministic) and a smaller one.
         cases.Add(new BenchCase(BenchPass.Backward, "causal", 1, 8, 2, 4096, 4096, 128));
         cases.Add(new BenchCase(BenchPass.Backward, "causal", 1, 8, 2, 4096, 4096, 128, Deterministic: true));

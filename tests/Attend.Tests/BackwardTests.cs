@@ -17,7 +17,7 @@ public class BackwardTests(ITestOutputHelper output)
     /// case (dQ all zero, dK wrong, dV sometimes wrong on a process's first call): their runs are kept in
     /// PendingKernelBugs.cs.txt until src/Attend/Kernels is fixed; then add them back to this list.
     /// </summary>
-    public static TheoryData<string> Variants() => new() { "CpuFlashVector512", "CpuFlashVector256", "Reference" };
+    public static TheoryData<string> Variants() => new() { "CpuFlashVector512", "CpuFlashVector256", "CpuFlashVector128", "Reference" };
 
     private static bool Supported(string variant, out string why) =>
         KernelRegistry.Find(variant)!.IsSupported(new KernelProblem(AttentionPass.Backward, ElementType.Float32, 1, 1, 1, 64, 1, 1), out why);

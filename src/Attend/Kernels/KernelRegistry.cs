@@ -15,6 +15,7 @@ public static class KernelRegistry
         new Kernels.Cpu.CpuSplitKvDecode(),
         new Kernels.Cpu.CpuFlashKernel<Kernels.Cpu.Isa512, System.Runtime.Intrinsics.Vector512<float>>(),
         new Kernels.Cpu.CpuFlashKernel<Kernels.Cpu.Isa256, System.Runtime.Intrinsics.Vector256<float>>(),
+        new Kernels.Cpu.CpuFlashKernel<Kernels.Cpu.Isa128, System.Runtime.Intrinsics.Vector128<float>>(),
         new ReferenceKernel(),
     ];
 

@@ -33,9 +33,9 @@ internal sealed class CpuSplitKvDecode : AttentionKernel
             reason = $"decode takes at most {MaxQueries} queries per sequence (got {problem.MaxQueryLength})";
             return false;
         }
-        if (!Vector256.IsHardwareAccelerated)
+        if (!Vector128.IsHardwareAccelerated)
         {
-            reason = "Vector256 is not hardware-accelerated on this machine";
+            reason = "no hardware-accelerated vectors on this machine";
             return false;
         }
         reason = "";
@@ -45,7 +45,8 @@ internal sealed class CpuSplitKvDecode : AttentionKernel
     internal override void Forward<T, TMask, TScore>(ForwardCall<T> call, TMask mask, TScore score)
     {
         if (Vector512.IsHardwareAccelerated) SplitKvDecode<T, TMask, TScore, Isa512, Vector512<float>>.Run(call, mask, score);
-        else SplitKvDecode<T, TMask, TScore, Isa256, Vector256<float>>.Run(call, mask, score);
+        else if (Vector256.IsHardwareAccelerated) SplitKvDecode<T, TMask, TScore, Isa256, Vector256<float>>.Run(call, mask, score);
+        else SplitKvDecode<T, TMask, TScore, Isa128, Vector128<float>>.Run(call, mask, score);
     }
 }
 
@@ -291,7 +292,7 @@ internal sealed unsafe class SplitKvDecode<T, TMask, TScore, TIsa, TVec> : IWork
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector128<float> Sum4(TVec a0, TVec a1, TVec a2, TVec a3)
     {
-        if (Avx.IsSupported)
+        if (Avx.IsSupported && typeof(TVec) != typeof(Vector128<float>))
         {
             Vector256<float> x0 = Half(a0), x1 = Half(a1), x2 = Half(a2), x3 = Half(a3);
             Vector256<float> h = Avx.HorizontalAdd(Avx.HorizontalAdd(x0, x1), Avx.HorizontalAdd(x2, x3));
@@ -300,7 +301,7 @@ internal sealed unsafe class SplitKvDecode<T, TMask, TScore, TIsa, TVec> : IWork
         return Vector128.Create(TIsa.Sum(a0), TIsa.Sum(a1), TIsa.Sum(a2), TIsa.Sum(a3));
     }
 
-    // A 512-bit vector folded to 256 bits (lane sums preserved), or the 256-bit vector itself.
+    // A 512-bit vector folded to 256 bits (lane sums preserved), or the 256-bit vector itself (never called for 128).
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<float> Half(TVec v)
     {
