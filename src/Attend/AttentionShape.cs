@@ -37,12 +37,6 @@ internal sealed class AttentionShape
         get { int m = 0; foreach (int t in KLen) m = Math.Max(m, t); return m; }
     }
 
-    /// <summary>Number of query rows over all sequences.</summary>
-    public long TotalQueryRows
-    {
-        get { long s = 0; foreach (int t in QLen) s += t; return s; }
-    }
-
     public static void ReadDims<T>(in ReadOnlyTensorSpan<T> t, string name, out int b, out int tokens, out int h, out int d)
     {
         ReadOnlySpan<nint> l = t.Lengths;
