@@ -6,8 +6,8 @@ namespace Attend.Kernels.Cpu;
 
 /// <summary>
 /// Decode: a few queries (1–16 per sequence) against a long cache. Bandwidth-bound, so the work is arranged to read
-/// every key and value once: the query heads of a KV group are processed together, and the keys of each
-/// (sequence, KV head) are split into ranges across the cores (split-KV, "flash-decoding"); the partial results are
+/// every key and value once: the query heads of a KV group are processed together, and the keys of each sequence
+/// are split into ranges across the cores (split-KV, "flash-decoding"); the partial results are
 /// joined with <see cref="Lse.Merge(ReadOnlySpan{float}, float, ReadOnlySpan{float}, float, Span{float}, out float)"/>.
 /// </summary>
 internal sealed class CpuSplitKvDecode : AttentionKernel
