@@ -22,9 +22,28 @@ internal static class RunCommand
         var scale = new Option<float?>("--scale") { Description = "Score scale; default 1/sqrt(D)." };
         var softcap = new Option<float?>("--softcap") { Description = "Logit soft cap C: C*tanh(s/C)." };
         var variant = new Option<string?>("--variant") { Description = "Force a kernel variant (see `attend methods`)." };
-        var command = new Command("run", "Run exact attention on Q, K, V read from .npy files.") { q, k, v, outPath, lse, mask, scale, softcap, variant };
+        var method = new Option<string?>("--method") { Description = "Run a named method (see `attend methods`) instead of exact attention." };
+        var param = new Option<string[]>("--param") { Description = "A method parameter name=value (repeatable).", AllowMultipleArgumentsPerToken = false };
+        var input = new Option<string[]>("--input") { Description = "A further named input name=file.npy for the method (gates, betas, initial state; repeatable)." };
+        var form = new Option<string?>("--form") { Description = "Form of a linear/recurrent method: naive | chunked | recurrent (same as --param form=...)." };
+        var stateOut = new Option<string?>("--state-out") { Description = "Write the method's final state (linear/recurrent family) to this .npy." };
+        var command = new Command("run", "Run exact attention, or a named method, on Q, K, V read from .npy files.")
+        {
+            q, k, v, outPath, lse, mask, scale, softcap, variant, method, param, input, form, stateOut,
+        };
         command.SetAction(parse =>
         {
+            if (parse.GetValue(method) is { } name)
+            {
+                var methodRequest = new MethodRunCommand.Request(name, parse.GetValue(q)!, parse.GetValue(k)!, parse.GetValue(v)!,
+                    parse.GetValue(outPath)!, parse.GetValue(lse), parse.GetValue(stateOut), parse.GetValue(param) ?? [],
+                    parse.GetValue(input) ?? [], parse.GetValue(form));
+                if (parse.GetValue(mask) is not null || parse.GetValue(scale) is not null || parse.GetValue(softcap) is not null || parse.GetValue(variant) is not null)
+                    throw new UserError("--mask, --scale, --softcap and --variant apply to exact attention; with --method pass them as --param name=value.");
+                return MethodRunCommand.Execute(methodRequest, output);
+            }
+            if (parse.GetValue(param) is { Length: > 0 } || parse.GetValue(input) is { Length: > 0 } || parse.GetValue(form) is not null || parse.GetValue(stateOut) is not null)
+                throw new UserError("--param, --input, --form and --state-out need --method NAME.");
             var request = new RunRequest(parse.GetValue(q)!, parse.GetValue(k)!, parse.GetValue(v)!, parse.GetValue(outPath)!,
                 parse.GetValue(lse), parse.GetValue(mask), parse.GetValue(scale), parse.GetValue(softcap), parse.GetValue(variant));
             return Execute(request, output);
@@ -52,7 +71,9 @@ internal static class RunCommand
         if (r.Scale is float s && !float.IsFinite(s)) throw new UserError($"--scale must be finite; got {s}.");
         if (r.Softcap is float c && (!float.IsFinite(c) || c <= 0)) throw new UserError($"--softcap must be finite and > 0; got {c}.");
 
-        IMaskMod? mask = r.Mask is null ? null : MaskSpec.Parse(r.Mask, ks[1]);
+        IMaskMod? mask;
+        try { mask = r.Mask is null ? null : MaskSpec.Parse(r.Mask, ks[1]); }
+        catch (ArgumentException e) { throw new UserError($"--mask: {AttendApp.OneLine(e)}"); }
         var options = new AttentionOptions { Mask = mask, Scale = r.Scale, Softcap = r.Softcap, Variant = r.Variant };
         if (r.Variant is not null && KernelRegistry.Find(r.Variant) is null)
             throw new UserError($"--variant: unknown kernel variant '{r.Variant}' (known: {string.Join(", ", KernelRegistry.Softmax.Select(x => x.Name))}).");
@@ -105,7 +126,7 @@ internal static class RunCommand
         else throw new InvalidOperationException($"No .npy writer for {typeof(T).Name}.");
     }
 
-    private static int[] Dims(NpyArray a, string file) => a.Shape.Length switch
+    internal static int[] Dims(NpyArray a, string file) => a.Shape.Length switch
     {
         4 => a.Shape,
         3 => [1, a.Shape[0], a.Shape[1], a.Shape[2]],

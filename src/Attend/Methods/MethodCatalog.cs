@@ -1,3 +1,5 @@
+using Attend.Methods.Softmax;
+
 namespace Attend.Methods;
 
 /// <summary>
@@ -11,7 +13,11 @@ namespace Attend.Methods;
 /// <param name="Backends">Backends it runs on (<c>cpu</c>, <c>cuda</c>).</param>
 /// <param name="Status"><c>implemented</c>, or <c>unavailable: reason</c> when it cannot run on this machine.</param>
 /// <param name="Summary">One line on what it does.</param>
-public sealed record MethodInfo(string Name, string Family, string Kind, string Paper, IReadOnlyList<string> Backends, string Status, string Summary);
+public sealed record MethodInfo(string Name, string Family, string Kind, string Paper, IReadOnlyList<string> Backends, string Status, string Summary)
+{
+    /// <summary>The parameters <c>attend run --method Name --param name=value</c> takes (empty for kernels and features).</summary>
+    public IReadOnlyList<MethodParameter> Parameters { get; init; } = [];
+}
 
 /// <summary>
 /// The registry of methods: every kernel variant of <see cref="KernelRegistry.Softmax"/> plus the mask and score-mod
@@ -32,6 +38,24 @@ public static class MethodCatalog
     private static readonly object s_lock = new();
     private static readonly List<MethodInfo> s_extra = [];
 
+    // Every runnable method, family by family. Each family lists its methods in one static array and adds it here
+    // (explicitly, not by reflection, so a trimmed `attend` keeps them).
+    private static readonly IAttentionMethod[] s_runnable =
+    [
+        new ExactAttentionMethod(),
+    ];
+
+    /// <summary>Every method <c>attend run --method</c> can run, in catalog order.</summary>
+    public static IReadOnlyList<IAttentionMethod> Runnable => s_runnable;
+
+    /// <summary>The runnable method named <paramref name="name"/> (case-insensitive), or null.</summary>
+    public static IAttentionMethod? FindRunnable(string name)
+    {
+        foreach (IAttentionMethod m in s_runnable)
+            if (string.Equals(m.Info.Name, name, StringComparison.OrdinalIgnoreCase)) return m;
+        return null;
+    }
+
     /// <summary>Adds a method to the catalog.</summary>
     /// <exception cref="ArgumentException">A method with the same name is already listed.</exception>
     public static void Register(MethodInfo method)
@@ -45,7 +69,7 @@ public static class MethodCatalog
         }
     }
 
-    /// <summary>Every method: the softmax kernel variants (in preference order), then the features, then registered methods.</summary>
+    /// <summary>Every method: the softmax kernel variants (in preference order), the features, the runnable methods, then registered ones.</summary>
     public static IReadOnlyList<MethodInfo> All
     {
         get
@@ -53,6 +77,7 @@ public static class MethodCatalog
             var list = new List<MethodInfo>();
             foreach (AttentionKernel kernel in KernelRegistry.Softmax) list.Add(FromKernel(kernel));
             list.AddRange(Features);
+            foreach (IAttentionMethod m in s_runnable) list.Add(m.Info);
             lock (s_lock) list.AddRange(s_extra);
             return list;
         }

@@ -1,14 +1,14 @@
 using System.Globalization;
 
-namespace Attend.Cli;
+namespace Attend;
 
 /// <summary>
-/// Parses the <c>--mask</c> syntax of <c>attend run</c>: one or more terms joined by <c>+</c> (all must allow a pair):
+/// Parses the text form of a mask (the <c>--mask</c> option of <c>attend run</c>, the <c>mask</c> parameter of methods): one or more terms joined by <c>+</c> (all must allow a pair):
 /// <c>causal</c>, <c>window:L,R</c> (a side may be <c>inf</c>), <c>prefix:N</c>, <c>doc:o0,o1,…</c> (cumulative
 /// document offsets starting at 0 and ending at the key length), <c>blockcausal:C</c>, <c>full</c>.
 /// Example: <c>causal+doc:0,5,9</c>.
 /// </summary>
-internal static class MaskSpec
+public static class MaskSpec
 {
     /// <summary>The help text of the option.</summary>
     public const string Help =
@@ -16,7 +16,7 @@ internal static class MaskSpec
         "(doc offsets are cumulative document starts, from 0 to the key length; a window side may be 'inf').";
 
     /// <summary>Parses <paramref name="text"/> into a mask (null for <c>full</c>); <paramref name="keyLength"/> checks <c>doc:</c> offsets.</summary>
-    /// <exception cref="UserError">A malformed term; the message quotes it.</exception>
+    /// <exception cref="ArgumentException">A malformed term; the message quotes it (parameter name <c>mask</c>).</exception>
     public static IMaskMod? Parse(string text, int keyLength)
     {
         IMaskMod? result = null;
@@ -61,13 +61,13 @@ internal static class MaskSpec
                 var offsets = arg.Split(',').Select(p => NonNegative(p, term)).ToArray();
                 SeqOffsets docs;
                 try { docs = new SeqOffsets(offsets); }
-                catch (ArgumentException e) { throw Bad(term, AttendApp.OneLine(e)); }
+                catch (ArgumentException e) { throw Bad(term, e.Message.Replace($" (Parameter '{e.ParamName}')", "", StringComparison.Ordinal)); }
                 if (docs.TotalTokens != keyLength)
                     throw Bad(term, $"the offsets end at {docs.TotalTokens} but the inputs have {keyLength} key tokens");
                 return new DocumentMask(docs);
             }
             default:
-                throw new UserError($"--mask: unknown mask '{term}' (expected causal, window:L,R, prefix:N, doc:o0,o1,..., blockcausal:C or full; join with '+').");
+                throw new ArgumentException($"unknown mask '{term}' (expected causal, window:L,R, prefix:N, doc:o0,o1,..., blockcausal:C or full; join with '+').", "mask");
         }
     }
 
@@ -81,7 +81,7 @@ internal static class MaskSpec
         return value;
     }
 
-    private static UserError Bad(string term, string why) => new($"--mask: bad term '{term}': {why}.");
+    private static ArgumentException Bad(string term, string why) => new($"bad mask term '{term}': {why}.", "mask");
 
     /// <summary>The intersection of two boxed masks, as one concrete <see cref="AndMask{TA, TB}"/> (boxed).</summary>
     public static IMaskMod Intersect(IMaskMod a, IMaskMod b)

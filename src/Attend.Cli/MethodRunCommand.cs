@@ -1,0 +1,98 @@
+using Attend.IO;
+using Attend.Methods;
+
+namespace Attend.Cli;
+
+/// <summary>
+/// <c>attend run --method NAME</c>: reads Q, K, V (and any <c>--input name=file.npy</c>) as float32, runs the method from
+/// <see cref="MethodCatalog.Runnable"/> with the <c>--param</c> values, writes the output (and <c>lse</c> or the final
+/// <c>state</c> when asked), and prints what the method reports (density, kernel, …).
+/// </summary>
+internal static class MethodRunCommand
+{
+    internal sealed record Request(string Method, string Q, string K, string V, string Out, string? Lse, string? StateOut,
+        string[] Params, string[] Inputs, string? Form);
+
+    internal static int Execute(Request r, TextWriter output)
+    {
+        IAttentionMethod method = MethodCatalog.FindRunnable(r.Method) ?? throw new UserError(
+            $"--method: unknown method '{r.Method}' (known: {string.Join(", ", MethodCatalog.Runnable.Select(m => m.Info.Name))}).");
+
+        MethodArguments arguments;
+        try
+        {
+            arguments = MethodArguments.Parse(r.Params);
+            if (r.Form is not null) arguments.Set("form", r.Form);
+        }
+        catch (ArgumentException e) { throw new UserError($"--param: {AttendApp.OneLine(e)}"); }
+
+        NpyArray qa = NpyFile.Read(r.Q);
+        var inputs = new MethodInputs(Load(qa, r.Q), Load(NpyFile.Read(r.K), r.K), Load(NpyFile.Read(r.V), r.V));
+        foreach (string pair in r.Inputs)
+        {
+            int eq = pair.IndexOf('=', StringComparison.Ordinal);
+            if (eq <= 0) throw new UserError($"--input: '{pair}' must be written name=file.npy.");
+            string name = pair[..eq].Trim(), file = pair[(eq + 1)..].Trim();
+            NpyArray a = NpyFile.Read(file);
+            try { inputs.Add(name, new MethodTensor(ToSingle(a), a.Shape)); }
+            catch (ArgumentException e) { throw new UserError($"--input: {AttendApp.OneLine(e)}"); }
+        }
+
+        MethodResult result;
+        try { result = method.Run(inputs, arguments); }
+        catch (ArgumentException e) when (e.ParamName is "q" or "k" or "v")
+        {
+            string file = e.ParamName switch { "q" => r.Q, "k" => r.K, _ => r.V };
+            throw new UserError($"{file}: {AttendApp.OneLine(e)}");
+        }
+        catch (ArgumentException e) when (e.ParamName is { } p && arguments.Has(p))
+        {
+            throw new UserError($"--param {p}: {AttendApp.OneLine(e)}");
+        }
+
+        // The output keeps the queries' rank and element type.
+        int[] outShape = [.. result.Output.Shape];
+        if (qa.Shape.Length == 3 && outShape[0] == 1) outShape = outShape[1..];
+        Write(r.Out, outShape, result.Output.Data, qa.ElementType);
+        var written = new List<string> { r.Out };
+        if (r.Lse is not null) written.Add(WriteExtra(result, "lse", r.Lse, method.Info.Name));
+        if (r.StateOut is not null) written.Add(WriteExtra(result, "state", r.StateOut, method.Info.Name));
+
+        output.WriteLine($"{method.Info.Name}: wrote {string.Join(", ", written)}");
+        if (result.Density is double density) output.WriteLine($"  density: {density:0.####}");
+        if (result.SelectorMs is double ms) output.WriteLine($"  selector_ms: {ms:0.###}");
+        foreach (var (key, value) in result.Report) output.WriteLine($"  {key}: {value}");
+        return 0;
+    }
+
+    private static MethodTensor Load(NpyArray a, string file)
+    {
+        int[] dims = RunCommand.Dims(a, file);
+        return new MethodTensor(ToSingle(a), dims);
+    }
+
+    private static float[] ToSingle(NpyArray a)
+    {
+        if (a.ElementType == ElementType.Float32) return a.AsSingle();
+        Half[] h = a.AsHalf();
+        var f = new float[h.Length];
+        for (int i = 0; i < h.Length; i++) f[i] = (float)h[i];
+        return f;
+    }
+
+    private static string WriteExtra(MethodResult result, string name, string path, string method)
+    {
+        if (!result.Extras.TryGetValue(name, out MethodTensor? t))
+            throw new UserError($"Method '{method}' produces no '{name}' output.");
+        NpyFile.Write(path, [.. t.Shape], t.Data);
+        return path;
+    }
+
+    private static void Write(string path, int[] shape, float[] data, ElementType type)
+    {
+        if (type == ElementType.Float32) { NpyFile.Write(path, shape, data); return; }
+        var h = new Half[data.Length];
+        for (int i = 0; i < data.Length; i++) h[i] = (Half)data[i];
+        NpyFile.Write(path, shape, h);
+    }
+}
