@@ -202,7 +202,9 @@ internal static unsafe class ChunkedStateKernel
             // O = (Q⊙e^b) S + A U (the scalar decay's e^{b_t} scales the state read through the row scale).
             new Span<float>(O, cr * dvp).Clear();
             TileGemm.MultiplyAccumulate<TIsa, TVec>(Qx, dkp, S, dvp, O, dvp, null, cr, dvp, dkp);
-            TileGemm.MultiplyAccumulate<TIsa, TVec>(A, cn, values, dvp, O, dvp, scalar ? eb : null, cr, dvp, len);
+            // A is lower triangular: rows t..t+3 need only the first t+4 values.
+            for (int t = 0; t < cr; t += 4)
+                TileGemm.MultiplyAccumulate<TIsa, TVec>(A + (long)t * cn, cn, values, dvp, O + (long)t * dvp, dvp, scalar ? eb + t : null, 4, dvp, Math.Min(len, t + 4));
             for (int t = 0; t < len; t++)
                 Buffer.MemoryCopy(O + (long)t * dvp, p.Output + (tok0 + t) * oRow + (long)h * dv, dv * 4L, dv * 4L);
 
