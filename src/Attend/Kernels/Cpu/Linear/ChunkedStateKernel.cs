@@ -55,33 +55,37 @@ internal static unsafe class ChunkedStateKernel
         int heads = p.Heads, h = item % heads, n = item / heads, hk = h / p.Group;
         cfg.Range(n, out int batch, out int start, out int end);
         int w = TIsa.Width, df = p.Df, dv = p.Dv, chunk = cfg.ChunkSize;
-        int dkp = RoundUp(df, w), dvp = RoundUp(dv, w), cr = RoundUp(chunk, 4), cn = RoundUp(chunk, 4 * w);
+        int dkp = RoundUp(df, w), dvp = RoundUp(dv, w), cr = RoundUp(chunk, 4), cn = RoundUp(chunk, 4 * w), lq = dkp + cn;
         bool channel = cfg.Decay == LinearDecay.ChannelGate;
         bool scalar = cfg.Decay is LinearDecay.FixedPerHead or LinearDecay.ScalarGate;
         bool delta = cfg.IsDelta;
 
-        // Scratch tiles (all zero-padded): the state, chunk rows, their transposes and the chunk's C×C matrices.
-        long sz = (long)dkp * dvp + 6L * cr * dkp + (long)dkp * cn + 4L * cr * dvp + 3L * cr * cn + 3L * cr + 64;
+        // Scratch tiles (all zero-padded). S is followed directly by the chunk's values (V, or U for the delta rules) so
+        // that [S; U] is one matrix, and each row of QA holds q then the row's scores, so that O = QA·[S; U] is one
+        // product: O = (Q⊙e^b) S + A U.
+        long sz = (long)dkp * dvp + 2L * cr * dvp + (long)cr * lq + 5L * cr * dkp + (long)dkp * cn + 2L * cr * dvp + 2L * cr * cn + 3L * cr + dkp + 64;
         float* mem = Scratch.Get(sz);
         new Span<float>(mem, checked((int)sz)).Clear();
         float* S = mem;
-        float* Qx = S + (long)dkp * dvp;      // q, scaled by e^{b_t} for a channel gate
-        float* Qr = Qx + (long)cr * dkp;      // raw q (channel gate only)
+        float* UV = S + (long)dkp * dvp;      // V (additive) or U (delta), right after S
+        float* Vc = UV + (long)cr * dvp;      // V for the delta rules
+        float* QA = Vc + (long)cr * dvp;      // [cr][dkp + cn]: q (scaled by e^{b_t}) | scores A
+        float* Qr = QA + (long)cr * lq;       // raw q (channel gate only)
         float* Kr = Qr + (long)cr * dkp;      // raw k
         float* Kq = Kr + (long)cr * dkp;      // k⊙e^{b_t} (channel gate, delta)
-        float* Kd = Kq + (long)cr * dkp;      // k⊙e^{b_C − b_s} (state write)
+        float* Kd = Kq + (long)cr * dkp;      // k⊙e^{b_C − b_s} rows (extreme channel gates) or k⊙e^{−b_s}
         float* Bc = Kd + (long)cr * dkp;      // cumulative channel gates
         float* KxT = Bc + (long)cr * dkp;     // (k or k⊙e^{−b_s})ᵀ, [dkp][cn]
-        float* Vc = KxT + (long)dkp * cn;
-        float* P = Vc + (long)cr * dvp;       // K̃S, then V − K̃S
-        float* U = P + (long)cr * dvp;
-        float* O = U + (long)cr * dvp;
-        float* A = O + (long)cr * dvp;
-        float* Akk = A + (long)cr * cn;
+        float* P = KxT + (long)dkp * cn;      // K̃S, then V − K̃S
+        float* O = P + (long)cr * dvp;
+        float* Akk = O + (long)cr * dvp;
         float* Tm = Akk + (long)cr * cn;
         float* bS = Tm + (long)cr * cn;       // cumulative scalar gates
         float* eb = bS + cr;                  // e^{b_t}
         float* beta = eb + cr;
+        float* rowDecay = beta + cr;          // e^{b_C} per state row
+        float* A = QA + dkp;
+        float* V = delta ? Vc : UV;
 
         long stateAt = ((long)n * heads + h) * df * dv;
         if (p.InitialState != null)
@@ -96,21 +100,22 @@ internal static unsafe class ChunkedStateKernel
             if (len < cr)
             {
                 // A short last chunk: rows past len must be zero in every row buffer.
-                long rows = (long)(cr - len);
-                new Span<float>(Qx + (long)len * dkp, (int)(rows * dkp)).Clear();
-                new Span<float>(Qr + (long)len * dkp, (int)(rows * dkp)).Clear();
-                new Span<float>(Kr + (long)len * dkp, (int)(rows * dkp)).Clear();
-                new Span<float>(Kq + (long)len * dkp, (int)(rows * dkp)).Clear();
-                new Span<float>(Kd + (long)len * dkp, (int)(rows * dkp)).Clear();
-                new Span<float>(Vc + (long)len * dvp, (int)(rows * dvp)).Clear();
+                int rows = cr - len;
+                new Span<float>(QA + (long)len * lq, rows * lq).Clear();
+                new Span<float>(Qr + (long)len * dkp, rows * dkp).Clear();
+                new Span<float>(Kr + (long)len * dkp, rows * dkp).Clear();
+                new Span<float>(Kq + (long)len * dkp, rows * dkp).Clear();
+                new Span<float>(Kd + (long)len * dkp, rows * dkp).Clear();
+                new Span<float>(V + (long)len * dvp, rows * dvp).Clear();
+                new Span<float>(UV + (long)len * dvp, rows * dvp).Clear();
                 for (int t = len; t < cr; t++) beta[t] = 0;
             }
             for (int t = 0; t < len; t++)
             {
                 long tok = tok0 + t;
-                Buffer.MemoryCopy(p.Q + tok * qRow + (long)h * df, Qx + (long)t * dkp, df * 4L, df * 4L);
+                Buffer.MemoryCopy(p.Q + tok * qRow + (long)h * df, QA + (long)t * lq, df * 4L, df * 4L);
                 Buffer.MemoryCopy(p.K + tok * kRow + (long)hk * df, Kr + (long)t * dkp, df * 4L, df * 4L);
-                Buffer.MemoryCopy(p.V + tok * vRow + (long)hk * dv, Vc + (long)t * dvp, dv * 4L, dv * 4L);
+                Buffer.MemoryCopy(p.V + tok * vRow + (long)hk * dv, V + (long)t * dvp, dv * 4L, dv * 4L);
                 if (delta) beta[t] = p.BetaAt(tok, h);
             }
 
@@ -139,14 +144,14 @@ internal static unsafe class ChunkedStateKernel
                 for (int i = 0; i < df; i++) minLast = Math.Min(minLast, last[i]);
                 direct = minLast < FactorisedLimit;
                 // Keep the raw q, then q ← q⊙e^{b_t}; k⊙e^{b_t} for the delta rule's K̃.
-                Buffer.MemoryCopy(Qx, Qr, (long)cr * dkp * 4, (long)cr * dkp * 4);
                 for (int t = 0; t < len; t++)
                 {
-                    float* br = Bc + (long)t * dkp;
+                    float* br = Bc + (long)t * dkp, qa = QA + (long)t * lq;
+                    Buffer.MemoryCopy(qa, Qr + (long)t * dkp, dkp * 4L, dkp * 4L);
                     for (int i = 0; i < dkp; i += w)
                     {
                         TVec e = TIsa.Exp(TIsa.Load(br + i));
-                        TIsa.Store(TIsa.Mul(TIsa.Load(Qx + (long)t * dkp + i), e), Qx + (long)t * dkp + i);
+                        TIsa.Store(TIsa.Mul(TIsa.Load(qa + i), e), qa + i);
                         if (delta) TIsa.Store(TIsa.Mul(TIsa.Load(Kr + (long)t * dkp + i), e), Kq + (long)t * dkp + i);
                     }
                 }
@@ -155,32 +160,41 @@ internal static unsafe class ChunkedStateKernel
             // Intra-chunk scores A (causal, with decay factors) and, for the delta rules, the strictly lower K-scores.
             if (channel && direct)
             {
-                DirectScores<TIsa, TVec>(Qr, Kr, Bc, A, len, dkp, cn, inclusive: true);
-                if (delta) DirectScores<TIsa, TVec>(Kr, Kr, Bc, Akk, len, dkp, cn, inclusive: false);
+                DirectScores<TIsa, TVec>(Qr, Kr, Bc, A, lq, len, dkp, cn, inclusive: true);
+                if (delta) DirectScores<TIsa, TVec>(Kr, Kr, Bc, Akk, cn, len, dkp, cn, inclusive: false);
             }
             else
             {
-                for (int t = 0; t < cr; t++)
+                if (channel)
                 {
-                    float* kr = Kr + (long)t * dkp;
-                    if (channel)
+                    // k⊙e^{−b_s} (in range: the chunk's cumulative gate is above the factorised limit), then transposed.
+                    for (int t = 0; t < cr; t++)
                     {
-                        float* br = Bc + (long)t * dkp;
-                        for (int i = 0; i < dkp; i++) KxT[(long)i * cn + t] = kr[i] * MathF.Exp(-br[i]);
+                        float* br = Bc + (long)t * dkp, kr = Kr + (long)t * dkp, kdr = Kd + (long)t * dkp;
+                        for (int i = 0; i < dkp; i += w)
+                            TIsa.Store(TIsa.Mul(TIsa.Load(kr + i), TIsa.Exp(TIsa.Sub(TIsa.Zero, TIsa.Load(br + i)))), kdr + i);
                     }
-                    else
-                        for (int i = 0; i < dkp; i++) KxT[(long)i * cn + t] = kr[i];
+                    Transpose.Block(Kd, dkp, KxT, cn, cr, dkp);
                 }
-                TileGemm.MultiplyTransposed<TIsa, TVec>(Qx, dkp, KxT, cn, A, cn, cr, cn, dkp);
-                MaskScores(A, bS, len, cr, cn, scalar, inclusive: true);
+                else
+                    Transpose.Block(Kr, dkp, KxT, cn, cr, dkp);
+                TileGemm.MultiplyTransposed<TIsa, TVec>(QA, lq, KxT, cn, A, lq, cr, cn, dkp);
+                MaskScores(A, lq, bS, len, cr, cn, scalar, inclusive: true);
                 if (delta)
                 {
                     TileGemm.MultiplyTransposed<TIsa, TVec>(channel ? Kq : Kr, dkp, KxT, cn, Akk, cn, cr, cn, dkp);
-                    MaskScores(Akk, bS, len, cr, cn, scalar, inclusive: false);
+                    MaskScores(Akk, cn, bS, len, cr, cn, scalar, inclusive: false);
                 }
             }
+            // A scalar decay scales the state read by e^{b_t}: fold it into q now that the scores are made.
+            if (scalar)
+                for (int t = 0; t < cr; t++)
+                {
+                    TVec e = TIsa.Splat(eb[t]);
+                    float* qa = QA + (long)t * lq;
+                    for (int i = 0; i < dkp; i += w) TIsa.Store(TIsa.Mul(e, TIsa.Load(qa + i)), qa + i);
+                }
 
-            float* values = Vc;
             if (delta)
             {
                 // W = V − K̃S (K̃ = k⊙e^{b_t}), then U = T W with T = (I + diag(β) L)⁻¹ diag(β).
@@ -194,38 +208,19 @@ internal static unsafe class ChunkedStateKernel
                         TIsa.Store(TIsa.Sub(TIsa.Load(vr + j), TIsa.Mul(TIsa.Splat(f), TIsa.Load(pr + j))), pr + j);
                 }
                 InvertUnitLower(Akk, beta, Tm, len, cr, cn);
-                new Span<float>(U, cr * dvp).Clear();
-                TileGemm.MultiplyAccumulate<TIsa, TVec>(Tm, cn, P, dvp, U, dvp, null, cr, dvp, len);
-                values = U;
+                new Span<float>(UV, cr * dvp).Clear();
+                TileGemm.MultiplyAccumulate<TIsa, TVec>(Tm, cn, P, dvp, UV, dvp, null, cr, dvp, len);
             }
 
-            // O = (Q⊙e^b) S + A U (the scalar decay's e^{b_t} scales the state read through the row scale).
+            // O = QA·[S; U], one product; A is lower triangular, so rows t..t+3 need only the first t+4 values.
             new Span<float>(O, cr * dvp).Clear();
-            TileGemm.MultiplyAccumulate<TIsa, TVec>(Qx, dkp, S, dvp, O, dvp, null, cr, dvp, dkp);
-            // A is lower triangular: rows t..t+3 need only the first t+4 values.
             for (int t = 0; t < cr; t += 4)
-                TileGemm.MultiplyAccumulate<TIsa, TVec>(A + (long)t * cn, cn, values, dvp, O + (long)t * dvp, dvp, scalar ? eb + t : null, 4, dvp, Math.Min(len, t + 4));
+                TileGemm.MultiplyAccumulate<TIsa, TVec>(QA + (long)t * lq, lq, S, dvp, O + (long)t * dvp, dvp, null, 4, dvp, dkp + Math.Min(len, t + 4));
             for (int t = 0; t < len; t++)
                 Buffer.MemoryCopy(O + (long)t * dvp, p.Output + (tok0 + t) * oRow + (long)h * dv, dv * 4L, dv * 4L);
 
             // S ← diag(e^{b_C}) S + (K⊙e^{b_C − b})ᵀ U.
-            float* kd = Kr;
-            if (scalar)
-            {
-                if (bLast != 0)
-                {
-                    TVec decay = TIsa.Splat(MathF.Exp(bLast));
-                    for (long x = 0; x < (long)dkp * dvp; x += w) TIsa.Store(TIsa.Mul(decay, TIsa.Load(S + x)), S + x);
-                    for (int t = 0; t < len; t++)
-                    {
-                        float f = MathF.Exp(bLast - bS[t]);
-                        for (int i = 0; i < dkp; i += w)
-                            TIsa.Store(TIsa.Mul(TIsa.Splat(f), TIsa.Load(Kr + (long)t * dkp + i)), Kd + (long)t * dkp + i);
-                    }
-                    kd = Kd;
-                }
-            }
-            else if (channel)
+            if (channel && direct)
             {
                 float* last = Bc + (long)(len - 1) * dkp;
                 for (int i = 0; i < df; i++)
@@ -243,9 +238,38 @@ internal static unsafe class ChunkedStateKernel
                         TIsa.Store(TIsa.Mul(e, TIsa.Load(Kr + (long)t * dkp + i)), Kd + (long)t * dkp + i);
                     }
                 }
-                kd = Kd;
+                TileGemm.MultiplyTransposedAccumulate<TIsa, TVec>(Kd, dkp, UV, dvp, S, dvp, dkp, dvp, len);
+                continue;
             }
-            TileGemm.MultiplyTransposedAccumulate<TIsa, TVec>(kd, dkp, values, dvp, S, dvp, dkp, dvp, len);
+            float* decayRows = null;
+            if (channel)
+            {
+                // KxT holds (k⊙e^{−b_s})ᵀ: row i times e^{b_C,i} is (k⊙e^{b_C − b_s})ᵀ, and e^{b_C,i} also decays S's row i.
+                float* last = Bc + (long)(len - 1) * dkp;
+                for (int i = 0; i < dkp; i++)
+                {
+                    float e = i < df ? MathF.Exp(last[i]) : 0f;
+                    rowDecay[i] = e;
+                    TVec ev = TIsa.Splat(e);
+                    float* kt = KxT + (long)i * cn;
+                    for (int s2 = 0; s2 < cn; s2 += w) TIsa.Store(TIsa.Mul(ev, TIsa.Load(kt + s2)), kt + s2);
+                }
+                decayRows = rowDecay;
+            }
+            else if (scalar && bLast != 0)
+            {
+                // Scale U's rows by e^{b_C − b_s} (O is already made) and S by e^{b_C}.
+                for (int t = 0; t < len; t++)
+                {
+                    TVec f = TIsa.Splat(MathF.Exp(bLast - bS[t]));
+                    float* ur = UV + (long)t * dvp;
+                    for (int j = 0; j < dvp; j += w) TIsa.Store(TIsa.Mul(f, TIsa.Load(ur + j)), ur + j);
+                }
+                float e = MathF.Exp(bLast);
+                for (int i = 0; i < dkp; i++) rowDecay[i] = e;
+                decayRows = rowDecay;
+            }
+            TileGemm.MultiplyAccumulate<TIsa, TVec>(KxT, cn, UV, dvp, S, dvp, decayRows, dkp, dvp, len);
         }
 
         if (p.FinalState != null)
@@ -254,11 +278,11 @@ internal static unsafe class ChunkedStateKernel
     }
 
     /// <summary>Keeps s ≤ t (inclusive) or s &lt; t; a scalar decay multiplies the kept scores by e^{b_t − b_s} ≤ 1.</summary>
-    private static void MaskScores(float* a, float* bS, int len, int cr, int cn, bool scalar, bool inclusive)
+    private static void MaskScores(float* a, int lda, float* bS, int len, int cr, int cn, bool scalar, bool inclusive)
     {
         for (int t = 0; t < cr; t++)
         {
-            float* row = a + (long)t * cn;
+            float* row = a + (long)t * lda;
             int keep = t >= len ? 0 : (inclusive ? t + 1 : t);
             if (scalar)
                 for (int s = 0; s < keep; s++) row[s] *= MathF.Exp(bS[t] - bS[s]);
@@ -267,14 +291,14 @@ internal static unsafe class ChunkedStateKernel
     }
 
     /// <summary>Scores Σ_i x_ti k_si e^{b_ti − b_si} one exponential at a time (every factor ≤ 1): the channel-gate fallback.</summary>
-    private static void DirectScores<TIsa, TVec>(float* x, float* k, float* b, float* a, int len, int dkp, int cn, bool inclusive)
+    private static void DirectScores<TIsa, TVec>(float* x, float* k, float* b, float* a, int lda, int len, int dkp, int cn, bool inclusive)
         where TIsa : struct, IVectorIsa<TVec>
         where TVec : unmanaged
     {
         int w = TIsa.Width;
         for (int t = 0; t < len; t++)
         {
-            float* row = a + (long)t * cn, xt = x + (long)t * dkp, bt = b + (long)t * dkp;
+            float* row = a + (long)t * lda, xt = x + (long)t * dkp, bt = b + (long)t * dkp;
             int keep = inclusive ? t + 1 : t;
             for (int s = 0; s < keep; s++)
             {
