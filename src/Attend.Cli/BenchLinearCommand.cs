@@ -313,11 +313,12 @@ internal static class BenchLinearCommand
     {
         console.WriteLine($"ceilings: FMA peak {F(ceilings.FmaGflops, "F1")} GFLOP/s ({ceilings.FmaIsa}, {ceilings.Threads} threads)");
         var exact = records.Where(r => r.Method == "exact").ToDictionary(r => r.T, r => r.TokensPerS);
+        int exactD = records.FirstOrDefault(r => r.Method == "exact")?.D ?? -1;
         var table = new Table().AddColumn(new TableColumn("method").NoWrap())
             .AddColumns("form", "T / context", "H", "D", "tokens/s", "µs/token", "GFLOP/s", "% peak", "× exact", "max rel err", "spread");
         foreach (LinearRecord r in records)
         {
-            string vsExact = r.Form == "chunked" && exact.TryGetValue(r.T, out double? e) && e is double ev && r.TokensPerS is double tv ? F(tv / ev, "F2") : "-";
+            string vsExact = r.Form == "chunked" && r.D == exactD && exact.TryGetValue(r.T, out double? e) && e is double ev && r.TokensPerS is double tv ? F(tv / ev, "F2") : "-";
             string err = F(r.MaxRelErr, "0.0E+0");
             table.AddRow(Markup.Escape(r.Method), r.Form, r.T.ToString(CultureInfo.InvariantCulture), r.H.ToString(CultureInfo.InvariantCulture),
                 r.D.ToString(CultureInfo.InvariantCulture), F(r.TokensPerS, "N0"), F(r.UsPerToken, "F1"), F(r.Gflops, "F1"),

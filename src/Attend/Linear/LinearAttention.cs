@@ -67,8 +67,10 @@ public static class LinearAttention
 
     /// <summary>
     /// Gradients of <c>L = Σ outputGradient·O + Σ finalStateGradient·S_T</c> with respect to q, k, v, the gates, β and
-    /// the initial state (each written only when its span is not empty). Every form uses the chunk-checkpointed reverse
-    /// recurrence in float32 except <see cref="LinearForm.Naive"/>, which uses the float64 reference.
+    /// the initial state (each written only when its span is not empty). <see cref="LinearForm.Chunked"/>: chunked
+    /// matrix products for the additive rule with no or a fixed decay, else the chunk-checkpointed reverse recurrence
+    /// (float32); <see cref="LinearForm.Recurrent"/>: the reverse recurrence; <see cref="LinearForm.Naive"/>: the
+    /// float64 reference.
     /// </summary>
     /// <param name="inputs">The forward inputs.</param>
     /// <param name="options">The forward options.</param>
@@ -125,12 +127,16 @@ public static class LinearAttention
             {
                 Config = c, Q = q, K = k, V = v, Gate = gate, Beta = beta, InitialState = s0, Output = null, FinalState = null,
             };
-            StateBackwardKernel.Run(problem, new StateGradients
+            var targets = new StateGradients
             {
                 OutputGradient = pdRaw, FinalStateGradient = finalStateGradient.IsEmpty ? null : dST,
                 Q = pdq, K = pdk, V = pdv, Gate = inputs.Gate.IsEmpty ? null : pdg, Beta = inputs.Beta.IsEmpty ? null : pdb,
                 InitialState = pds0,
-            });
+            };
+            // The chunked form's backward is a chain of matrix products where it exists (additive rule, no or fixed
+            // decay); gates and the delta rules (and the recurrent form) reverse the recurrence.
+            if (c.Form == LinearForm.Chunked && ChunkedBackwardKernel.Supports(c)) ChunkedBackwardKernel.Run(problem, targets);
+            else StateBackwardKernel.Run(problem, targets);
         }
 
         // Through the feature map (and the scale), summing key/value groups.
