@@ -1,4 +1,6 @@
 using System.Numerics;
+using System.Numerics.Tensors;
+using System.Runtime.InteropServices;
 
 namespace Attend.Linear;
 
@@ -66,6 +68,18 @@ public static class FeatureMaps
 
         public override void Apply<T>(int head, bool isKey, ReadOnlySpan<T> x, Span<T> y)
         {
+            if (typeof(T) == typeof(float))
+            {
+                // elu(x) + 1 = e^{min(x, 0)} + max(x, 0), vectorised.
+                ReadOnlySpan<float> xf = MemoryMarshal.Cast<T, float>(x);
+                Span<float> yf = MemoryMarshal.Cast<T, float>(y)[..xf.Length];
+                Span<float> pos = xf.Length <= 1024 ? stackalloc float[xf.Length] : new float[xf.Length];
+                TensorPrimitives.Min(xf, 0f, yf);
+                TensorPrimitives.Exp(yf, yf);
+                TensorPrimitives.Max(xf, 0f, pos);
+                TensorPrimitives.Add(yf, pos, yf);
+                return;
+            }
             for (int i = 0; i < x.Length; i++) y[i] = x[i] > T.Zero ? x[i] + T.One : T.Exp(x[i]);
         }
 
@@ -82,6 +96,11 @@ public static class FeatureMaps
 
         public override void Apply<T>(int head, bool isKey, ReadOnlySpan<T> x, Span<T> y)
         {
+            if (typeof(T) == typeof(float))
+            {
+                TensorPrimitives.Max(MemoryMarshal.Cast<T, float>(x), 0f, MemoryMarshal.Cast<T, float>(y)[..x.Length]);
+                return;
+            }
             for (int i = 0; i < x.Length; i++) y[i] = x[i] > T.Zero ? x[i] : T.Zero;
         }
 

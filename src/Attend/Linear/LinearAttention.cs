@@ -252,19 +252,12 @@ public static class LinearAttention
             if (!identity || c.Scale != 1f)
             {
                 p._q = ArrayPool<float>.Shared.Rent(checked((int)(rows * s.Heads * df)));
-                for (long r = 0; r < rows * s.Heads; r++)
-                {
-                    Span<float> y = p._q.AsSpan((int)(r * df), df);
-                    c.Map.Apply<float>((int)(r % s.Heads), false, inputs.Q.Slice((int)(r * dk), dk), y);
-                    if (c.Scale != 1f) for (int i = 0; i < df; i++) y[i] *= c.Scale;
-                }
+                MapRows(c, inputs.Q, p._q, rows * s.Heads, s.Heads, 1, isKey: false);
             }
             if (!identity)
             {
                 p._k = ArrayPool<float>.Shared.Rent(checked((int)(rows * s.KvHeads * df)));
-                int group = s.Heads / s.KvHeads;
-                for (long r = 0; r < rows * s.KvHeads; r++)
-                    c.Map.Apply<float>((int)(r % s.KvHeads) * group, true, inputs.K.Slice((int)(r * dk), dk), p._k.AsSpan((int)(r * df), df));
+                MapRows(c, inputs.K, p._k, rows * s.KvHeads, s.KvHeads, s.Heads / s.KvHeads, isKey: true);
             }
             if (c.StateColumns != s.ValueDim)
             {
@@ -277,6 +270,31 @@ public static class LinearAttention
                 }
             }
             return p;
+        }
+
+        /// <summary>φ (and, for queries, the scale) on every row, in parallel blocks of rows (maps are per-row pure functions).</summary>
+        private static unsafe void MapRows(LinearConfig c, ReadOnlySpan<float> source, float[] target, long count, int heads, int group, bool isKey)
+        {
+            int dk = c.Shape.KeyDim, df = c.FeatureDim;
+            float scale = isKey ? 1f : c.Scale;
+            const int block = 1024;
+            long blocks = (count + block - 1) / block;
+            fixed (float* src = source)
+            {
+                float* srcP = src;
+                void Block(long bi)
+                {
+                    long end = Math.Min(count, (bi + 1) * block);
+                    for (long r = bi * block; r < end; r++)
+                    {
+                        Span<float> y = target.AsSpan((int)(r * df), df);
+                        c.Map.Apply<float>((int)(r % heads) * group, isKey, new ReadOnlySpan<float>(srcP + r * dk, dk), y);
+                        if (scale != 1f) System.Numerics.Tensors.TensorPrimitives.Multiply(y, scale, y);
+                    }
+                }
+                if (blocks == 1 || c.Threads == 1) { for (long bi = 0; bi < blocks; bi++) Block(bi); }
+                else Parallel.For(0L, blocks, new ParallelOptions { MaxDegreeOfParallelism = c.Threads }, Block);
+            }
         }
 
         public ReadOnlySpan<float> Q(in LinearInputs inputs) => _q ?? inputs.Q;

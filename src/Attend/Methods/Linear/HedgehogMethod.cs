@@ -115,9 +115,12 @@ public sealed class HedgehogWeights
 }
 
 /// <summary>φ(x) = [exp(W_h x + b_h), exp(−(W_h x + b_h))].</summary>
-/// <param name="weights">The per-head weights (read at every call, so training updates are seen).</param>
+/// <param name="weights">The per-head weights (float64, used by the reference; a float32 copy taken here serves the engine).</param>
 public sealed class HedgehogFeatureMap(HedgehogWeights weights) : FeatureMap
 {
+    private readonly float[] _w = Array.ConvertAll(weights.W, x => (float)x);
+    private readonly float[] _b = Array.ConvertAll(weights.B, x => (float)x);
+
     /// <inheritdoc />
     public override string Name => $"hedgehog(F={weights.Features})";
 
@@ -129,8 +132,19 @@ public sealed class HedgehogFeatureMap(HedgehogWeights weights) : FeatureMap
     /// <inheritdoc />
     public override void Apply<T>(int head, bool isKey, ReadOnlySpan<T> x, Span<T> y)
     {
-        int f = weights.Features;
-        weights.Project(head, x, y[..f]);
+        int f = weights.Features, dk = weights.InputDim;
+        if (typeof(T) == typeof(float))
+        {
+            // The engine's path: float32 rows, vectorised dot products.
+            ReadOnlySpan<float> xf = System.Runtime.InteropServices.MemoryMarshal.Cast<T, float>(x);
+            Span<float> yf = System.Runtime.InteropServices.MemoryMarshal.Cast<T, float>(y);
+            for (int i = 0; i < f; i++)
+                yf[i] = _b[head * f + i] + System.Numerics.Tensors.TensorPrimitives.Dot(_w.AsSpan((head * f + i) * dk, dk), xf);
+            System.Numerics.Tensors.TensorPrimitives.Negate(yf[..f], yf.Slice(f, f));
+            System.Numerics.Tensors.TensorPrimitives.Exp(yf[..(2 * f)], yf[..(2 * f)]);
+            return;
+        }
+        else weights.Project(head, x, y[..f]);
         for (int i = 0; i < f; i++) { T p = y[i]; y[i] = T.Exp(p); y[f + i] = T.Exp(-p); }
     }
 
