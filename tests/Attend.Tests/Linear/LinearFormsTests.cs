@@ -71,6 +71,20 @@ public class LinearFormsTests
     }
 
     [Theory]
+    [InlineData("identity none additive none")]
+    [InlineData("l2 channel gated none")]
+    [InlineData("elu fixed additive denominator")]
+    public void FormsAgreeAtLargeHeadDims(string configuration)
+    {
+        Random rng = TestData.Rng(11 + configuration.Length);
+        foreach ((int t, int d) in new[] { (23, 128), (13, 256) })
+        {
+            LinearCase c = LinearCase.Create(rng, new LinearShape(1, t, 2, 1, d, d), Parse(configuration, 2, 8), qkScale: 1 / Math.Sqrt(d));
+            AssertForms(c);
+        }
+    }
+
+    [Theory]
     [InlineData("identity channel additive none", "zero")]
     [InlineData("identity channel additive none", "one")]
     [InlineData("identity scalar additive none", "zero")]

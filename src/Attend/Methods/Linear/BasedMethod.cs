@@ -13,7 +13,8 @@ namespace Attend.Methods.Linear;
 /// Deviations: in the Based model the linear and sliding-window attentions are separate layers with their own
 /// projections; here both branches run on the same q, k, v: the output is the Taylor linear branch, the window branch
 /// is returned as <c>Extras["window"]</c> (<c>combine=sum</c> adds it to the output instead). The feature projection to
-/// d = 16 belongs to the layer (pass projected q/k).
+/// d = 16 belongs to the layer (pass projected q/k). The window branch sees only the tokens of the call (it keeps no KV
+/// cache), so in a decode step (T = 1) it attends to that token alone: a decoder keeps the last W keys and values itself.
 /// </summary>
 public sealed class BasedMethod : LinearMethod
 {

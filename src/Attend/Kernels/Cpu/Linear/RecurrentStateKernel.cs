@@ -45,15 +45,31 @@ internal static unsafe class RecurrentStateKernel
         int w = TIsa.Width, df = p.Df, dv = p.Dv, dvp = (dv + w - 1) / w * w;
         bool channel = cfg.Decay == LinearDecay.ChannelGate, delta = cfg.IsDelta;
 
-        long sz = (long)df * dvp + 3L * dvp + 16;
-        float* S = Scratch.Get(sz);
-        new Span<float>(S, checked((int)sz)).Clear();
-        float* u = S + (long)df * dvp, o = u + dvp, pv = o + dvp;
-
         long stateAt = ((long)n * heads + h) * df * dv;
-        if (p.InitialState != null)
-            for (int i = 0; i < df; i++)
-                new ReadOnlySpan<float>(p.InitialState + stateAt + (long)i * dv, dv).CopyTo(new Span<float>(S + (long)i * dvp, dv));
+        // Decode is bound by moving the state (Df·Dv floats per head and token), so when the rows need no padding the
+        // steps run on the caller's final-state buffer itself and the first step reads the initial state directly:
+        // an additive step is then one read and one write of the state.
+        bool inPlace = dv == dvp && p.FinalState != null;
+        long sz = (inPlace ? 0 : (long)df * dvp) + 3L * dvp + 16;
+        float* mem = Scratch.Get(sz);
+        new Span<float>(mem, checked((int)sz)).Clear();
+        float* S = inPlace ? p.FinalState + stateAt : mem;
+        float* u = inPlace ? mem : S + (long)df * dvp, o = u + dvp, pv = o + dvp;
+        // Rows of the state before the first step: the initial state (or zeros), read in place of S.
+        float* first = p.InitialState != null ? p.InitialState + stateAt : null;
+        if (!inPlace)
+        {
+            if (first != null)
+                for (int i = 0; i < df; i++)
+                    new ReadOnlySpan<float>(first + (long)i * dv, dv).CopyTo(new Span<float>(S + (long)i * dvp, dv));
+            first = S;
+        }
+        else if (start == end)
+        {
+            // No token: the final state is the initial one.
+            if (first != null) Buffer.MemoryCopy(first, S, (long)df * dv * 4, (long)df * dv * 4);
+            else new Span<float>(S, df * dv).Clear();
+        }
 
         int qRow = heads * df, kRow = p.KvHeads * df, vRow = p.KvHeads * dv, oRow = heads * dv;
         for (int t = start; t < end; t++)
@@ -63,22 +79,43 @@ internal static unsafe class RecurrentStateKernel
             float* g = channel ? p.Gate + (tok * heads + h) * df : null;
             float a = channel ? 1f : MathF.Exp(p.ScalarLogGate(tok, h));
 
-            // Decay, and (delta rules) p = S'ᵀk in the same pass over the rows.
+            float* v = p.V + tok * vRow + (long)hk * dv;
+            new ReadOnlySpan<float>(v, dv).CopyTo(new Span<float>(u, dv));
+            float* src = t == start ? first : S;
+            if (!delta)
+            {
+                // Additive: S_i = α_i S_i + k_i v and o += q_i S_i, one pass over the rows.
+                for (int j = 0; j < dvp; j += w) TIsa.Store(TIsa.Zero, o + j);
+                for (int i = 0; i < df; i++)
+                {
+                    float* sr = S + (long)i * dvp, rr = src + (long)i * dvp;
+                    TVec ai = TIsa.Splat(channel ? MathF.Exp(g[i]) : a), ki = TIsa.Splat(k[i]), qi = TIsa.Splat(q[i]);
+                    for (int j = 0; j < dvp; j += w)
+                    {
+                        TVec old = src == null ? TIsa.Zero : TIsa.Load(rr + j);
+                        TVec sv = TIsa.Fma(ki, TIsa.Load(u + j), TIsa.Mul(ai, old));
+                        TIsa.Store(sv, sr + j);
+                        TIsa.Store(TIsa.Fma(qi, sv, TIsa.Load(o + j)), o + j);
+                    }
+                }
+                new ReadOnlySpan<float>(o, dv).CopyTo(new Span<float>(p.Output + tok * oRow + (long)h * dv, dv));
+                continue;
+            }
+
+            // Decay, and p = S'ᵀk in the same pass over the rows.
             for (int j = 0; j < dvp; j += w) TIsa.Store(TIsa.Zero, pv + j);
             for (int i = 0; i < df; i++)
             {
-                float* sr = S + (long)i * dvp;
+                float* sr = S + (long)i * dvp, rr = src + (long)i * dvp;
                 TVec ai = TIsa.Splat(channel ? MathF.Exp(g[i]) : a);
                 TVec ki = TIsa.Splat(k[i]);
                 for (int j = 0; j < dvp; j += w)
                 {
-                    TVec sv = TIsa.Mul(ai, TIsa.Load(sr + j));
+                    TVec sv = src == null ? TIsa.Zero : TIsa.Mul(ai, TIsa.Load(rr + j));
                     TIsa.Store(sv, sr + j);
-                    if (delta) TIsa.Store(TIsa.Fma(ki, sv, TIsa.Load(pv + j)), pv + j);
+                    TIsa.Store(TIsa.Fma(ki, sv, TIsa.Load(pv + j)), pv + j);
                 }
             }
-            float* v = p.V + tok * vRow + (long)hk * dv;
-            new ReadOnlySpan<float>(v, dv).CopyTo(new Span<float>(u, dv));
             if (delta)
             {
                 TVec beta = TIsa.Splat(p.BetaAt(tok, h));
@@ -101,7 +138,7 @@ internal static unsafe class RecurrentStateKernel
             new ReadOnlySpan<float>(o, dv).CopyTo(new Span<float>(p.Output + tok * oRow + (long)h * dv, dv));
         }
 
-        if (p.FinalState != null)
+        if (p.FinalState != null && !inPlace)
             for (int i = 0; i < df; i++)
                 new ReadOnlySpan<float>(S + (long)i * dvp, dv).CopyTo(new Span<float>(p.FinalState + stateAt + (long)i * dv, dv));
     }
