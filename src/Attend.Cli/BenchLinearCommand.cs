@@ -23,6 +23,10 @@ internal sealed record LinearRecord(string Method, string Form, int T, int D, in
 {
     public double? Gflops { get; init; }
     public bool Passed { get; init; } = true;
+
+    /// <summary>FLOPs per CPU-second of this process over FMA FLOPs per CPU-second: the fraction of the peak while the
+    /// kernel actually held a core (robust to other tenants taking turns on a shared machine; not to their cache use).</summary>
+    public double? CpuPeakFraction { get; init; }
 }
 
 /// <summary>
@@ -185,8 +189,9 @@ internal static class BenchLinearCommand
         var inputs = new LinearInputs { Shape = LinearShape.Mha(1, t, h, d), Q = q, K = k, V = v };
         var options = new LinearAttentionOptions();
         LinearConfig config = LinearConfig.Resolve(inputs, options);
-        Timing timing = BenchTimer.Measure(() => LinearAttention.Backward(new LinearInputs { Shape = LinearShape.Mha(1, t, h, d), Q = q, K = k, V = v },
+        (Timing timing, double cpu) = MeasureWithCpu(() => LinearAttention.Backward(new LinearInputs { Shape = LinearShape.Mha(1, t, h, d), Q = q, K = k, V = v },
             options, dO, default, new LinearGradients { Q = dq, K = dk, V = dv }), sweep.MinSeconds);
+        double fmaPerCpu = FmaPerCpuSecond(0.3);
         // Check on a 128-token prefix against the float64 reference's gradients (the prefix's own loss).
         int p = Math.Min(t, 128);
         int m = p * h * d;
@@ -198,8 +203,80 @@ internal static class BenchLinearCommand
         double seconds = timing.MedianMs / 1e3;
         return new LinearRecord("core", "backward", t, d, h, t / seconds, null, null, err, timing.SpreadMs / timing.MedianMs)
         {
-            Gflops = ChunkedBackwardFlops(config) / seconds / 1e9, Passed = err <= Tolerance,
+            Gflops = ChunkedBackwardFlops(config) / seconds / 1e9, Passed = err <= Tolerance, CpuPeakFraction = ChunkedBackwardFlops(config) / cpu / fmaPerCpu,
         };
+    }
+
+    /// <summary>FMA FLOPs per CPU-second of this process: 16 independent Vector512 (or Vector256) FMA chains per thread on every core.</summary>
+    private static double FmaPerCpuSecond(double seconds)
+    {
+        int threads = Environment.ProcessorCount;
+        long iterations = 1 << 22;
+        double best = 0;
+        for (int run = 0; run < 3; run++)
+        {
+            TimeSpan cpu0 = Process.GetCurrentProcess().TotalProcessorTime;
+            var wall = Stopwatch.StartNew();
+            float sink = 0;
+            Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, _ => { float x = FmaChains(iterations); lock (s_sink) sink += x; });
+            double cpu = (Process.GetCurrentProcess().TotalProcessorTime - cpu0).TotalSeconds;
+            int lanes = System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated ? 16 : 8;
+            if (cpu > 0) best = Math.Max(best, threads * (double)iterations * 16 * lanes * 2 / cpu);
+            if (wall.Elapsed.TotalSeconds < seconds / 3) iterations *= 2;
+            GC.KeepAlive(sink);
+        }
+        return best;
+    }
+
+    private static readonly object s_sink = new();
+
+    private static float FmaChains(long n)
+    {
+        if (System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated)
+        {
+            var b = System.Runtime.Intrinsics.Vector512.Create(0.9999f);
+            var a = System.Runtime.Intrinsics.Vector512.Create(1e-4f);
+            var c0 = a; var c1 = a; var c2 = a; var c3 = a; var c4 = a; var c5 = a; var c6 = a; var c7 = a;
+            var c8 = a; var c9 = a; var c10 = a; var c11 = a; var c12 = a; var c13 = a; var c14 = a; var c15 = a;
+            for (long i = 0; i < n; i++)
+            {
+                c0 = System.Runtime.Intrinsics.Vector512.FusedMultiplyAdd(c0, b, a); c1 = System.Runtime.Intrinsics.Vector512.FusedMultiplyAdd(c1, b, a);
+                c2 = System.Runtime.Intrinsics.Vector512.FusedMultiplyAdd(c2, b, a); c3 = System.Runtime.Intrinsics.Vector512.FusedMultiplyAdd(c3, b, a);
+                c4 = System.Runtime.Intrinsics.Vector512.FusedMultiplyAdd(c4, b, a); c5 = System.Runtime.Intrinsics.Vector512.FusedMultiplyAdd(c5, b, a);
+                c6 = System.Runtime.Intrinsics.Vector512.FusedMultiplyAdd(c6, b, a); c7 = System.Runtime.Intrinsics.Vector512.FusedMultiplyAdd(c7, b, a);
+                c8 = System.Runtime.Intrinsics.Vector512.FusedMultiplyAdd(c8, b, a); c9 = System.Runtime.Intrinsics.Vector512.FusedMultiplyAdd(c9, b, a);
+                c10 = System.Runtime.Intrinsics.Vector512.FusedMultiplyAdd(c10, b, a); c11 = System.Runtime.Intrinsics.Vector512.FusedMultiplyAdd(c11, b, a);
+                c12 = System.Runtime.Intrinsics.Vector512.FusedMultiplyAdd(c12, b, a); c13 = System.Runtime.Intrinsics.Vector512.FusedMultiplyAdd(c13, b, a);
+                c14 = System.Runtime.Intrinsics.Vector512.FusedMultiplyAdd(c14, b, a); c15 = System.Runtime.Intrinsics.Vector512.FusedMultiplyAdd(c15, b, a);
+            }
+            return System.Runtime.Intrinsics.Vector512.Sum(c0 + c1 + c2 + c3 + c4 + c5 + c6 + c7 + c8 + c9 + c10 + c11 + c12 + c13 + c14 + c15);
+        }
+        var b2 = System.Runtime.Intrinsics.Vector256.Create(0.9999f);
+        var a2 = System.Runtime.Intrinsics.Vector256.Create(1e-4f);
+        var d0 = a2; var d1 = a2; var d2 = a2; var d3 = a2; var d4 = a2; var d5 = a2; var d6 = a2; var d7 = a2;
+        var d8 = a2; var d9 = a2; var d10 = a2; var d11 = a2; var d12 = a2; var d13 = a2; var d14 = a2; var d15 = a2;
+        for (long i = 0; i < n; i++)
+        {
+            d0 = System.Runtime.Intrinsics.Vector256.FusedMultiplyAdd(d0, b2, a2); d1 = System.Runtime.Intrinsics.Vector256.FusedMultiplyAdd(d1, b2, a2);
+            d2 = System.Runtime.Intrinsics.Vector256.FusedMultiplyAdd(d2, b2, a2); d3 = System.Runtime.Intrinsics.Vector256.FusedMultiplyAdd(d3, b2, a2);
+            d4 = System.Runtime.Intrinsics.Vector256.FusedMultiplyAdd(d4, b2, a2); d5 = System.Runtime.Intrinsics.Vector256.FusedMultiplyAdd(d5, b2, a2);
+            d6 = System.Runtime.Intrinsics.Vector256.FusedMultiplyAdd(d6, b2, a2); d7 = System.Runtime.Intrinsics.Vector256.FusedMultiplyAdd(d7, b2, a2);
+            d8 = System.Runtime.Intrinsics.Vector256.FusedMultiplyAdd(d8, b2, a2); d9 = System.Runtime.Intrinsics.Vector256.FusedMultiplyAdd(d9, b2, a2);
+            d10 = System.Runtime.Intrinsics.Vector256.FusedMultiplyAdd(d10, b2, a2); d11 = System.Runtime.Intrinsics.Vector256.FusedMultiplyAdd(d11, b2, a2);
+            d12 = System.Runtime.Intrinsics.Vector256.FusedMultiplyAdd(d12, b2, a2); d13 = System.Runtime.Intrinsics.Vector256.FusedMultiplyAdd(d13, b2, a2);
+            d14 = System.Runtime.Intrinsics.Vector256.FusedMultiplyAdd(d14, b2, a2); d15 = System.Runtime.Intrinsics.Vector256.FusedMultiplyAdd(d15, b2, a2);
+        }
+        return System.Runtime.Intrinsics.Vector256.Sum(d0 + d1 + d2 + d3 + d4 + d5 + d6 + d7 + d8 + d9 + d10 + d11 + d12 + d13 + d14 + d15);
+    }
+
+    /// <summary>Times <paramref name="action"/> with <see cref="BenchTimer"/> and also returns its CPU seconds per call.</summary>
+    private static (Timing Wall, double CpuSeconds) MeasureWithCpu(Action action, double minSeconds)
+    {
+        int calls = 0;
+        TimeSpan cpu0 = Process.GetCurrentProcess().TotalProcessorTime;
+        Timing t = BenchTimer.Measure(() => { action(); calls++; }, minSeconds);
+        double cpu = (Process.GetCurrentProcess().TotalProcessorTime - cpu0).TotalSeconds;
+        return (t, cpu / Math.Max(1, calls));
     }
 
     private static LinearRecord HeadlineForward(Sweep sweep)
@@ -210,14 +287,15 @@ internal static class BenchLinearCommand
         var inputs = new LinearInputs { Shape = LinearShape.Mha(1, t, h, d), Q = q, K = k, V = v };
         var options = new LinearAttentionOptions();
         LinearConfig config = LinearConfig.Resolve(inputs, options);
-        Timing timing = BenchTimer.Measure(() => LinearAttention.Forward(new LinearInputs { Shape = LinearShape.Mha(1, t, h, d), Q = q, K = k, V = v }, options, o, default), sweep.MinSeconds);
+        (Timing timing, double cpu) = MeasureWithCpu(() => LinearAttention.Forward(new LinearInputs { Shape = LinearShape.Mha(1, t, h, d), Q = q, K = k, V = v }, options, o, default), sweep.MinSeconds);
+        double fmaPerCpu = FmaPerCpuSecond(0.3);
         // Check: the first 256 tokens of the chunked output depend only on the first 256 tokens, so the naive form on
         // that prefix is their exact value.
         double err = PrefixError(q, k, v, o, t, h, d, options);
         double seconds = timing.MedianMs / 1e3;
         return new LinearRecord("core", "chunked", t, d, h, t / seconds, null, null, err, timing.SpreadMs / timing.MedianMs)
         {
-            Gflops = ChunkedFlops(config) / seconds / 1e9, Passed = err <= Tolerance,
+            Gflops = ChunkedFlops(config) / seconds / 1e9, Passed = err <= Tolerance, CpuPeakFraction = ChunkedFlops(config) / cpu / fmaPerCpu,
         };
     }
 
@@ -397,14 +475,14 @@ internal static class BenchLinearCommand
         var exact = records.Where(r => r.Method == "exact").ToDictionary(r => r.T, r => r.TokensPerS);
         int exactD = records.FirstOrDefault(r => r.Method == "exact")?.D ?? -1;
         var table = new Table().AddColumn(new TableColumn("method").NoWrap())
-            .AddColumns("form", "T / context", "H", "D", "tokens/s", "µs/token", "GFLOP/s", "% peak", "× exact", "max rel err", "spread");
+            .AddColumns("form", "T / context", "H", "D", "tokens/s", "µs/token", "GFLOP/s", "% peak", "% peak (cpu-time)", "× exact", "max rel err", "spread");
         foreach (LinearRecord r in records)
         {
             string vsExact = r.Form == "chunked" && r.D == exactD && exact.TryGetValue(r.T, out double? e) && e is double ev && r.TokensPerS is double tv ? F(tv / ev, "F2") : "-";
             string err = F(r.MaxRelErr, "0.0E+0");
             table.AddRow(Markup.Escape(r.Method), r.Form, r.T.ToString(CultureInfo.InvariantCulture), r.H.ToString(CultureInfo.InvariantCulture),
                 r.D.ToString(CultureInfo.InvariantCulture), F(r.TokensPerS, "N0"), F(r.UsPerToken, "F1"), F(r.Gflops, "F1"),
-                r.PeakFraction is double p ? F(100 * p, "F1") + "%" : "-", vsExact, r.Passed ? err : $"[red]{Markup.Escape(err)}[/]", F(100 * r.Spread, "F0") + "%");
+                r.PeakFraction is double p ? F(100 * p, "F1") + "%" : "-", r.CpuPeakFraction is double cp ? F(100 * cp, "F1") + "%" : "-", vsExact, r.Passed ? err : $"[red]{Markup.Escape(err)}[/]", F(100 * r.Spread, "F0") + "%");
         }
         console.Write(table);
         var cross = new Table().AddColumn("method").AddColumn("crossover vs exact causal (first swept T where linear prefill is faster)");
@@ -446,6 +524,7 @@ internal static class BenchLinearCommand
             Number(w, "us_per_token", r.UsPerToken);
             Number(w, "gflops", r.Gflops);
             Number(w, "peak_fraction", r.PeakFraction);
+            Number(w, "cpu_peak_fraction", r.CpuPeakFraction);
             Number(w, "max_rel_err", r.MaxRelErr);
             Number(w, "spread", r.Spread);
             w.WriteString("status", r.Passed ? "ok" : "FAILED");
