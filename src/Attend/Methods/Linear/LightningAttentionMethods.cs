@@ -42,8 +42,8 @@ public sealed class LightningAttentionMethod : LinearMethod
 /// Lightning Attention-2 (Qin, Sun, Li, Shen, Sun, Zhong, "Lightning Attention-2: A Free Lunch for Handling Unlimited
 /// Sequence Lengths in Large Language Models", 2024): the tiled intra-block / inter-block split of linear attention
 /// with a per-head decay λ, <c>o_t = Σ_{s≤t} λ^{t−s} q_tᵀk_s v_s</c>, forward and backward in blocks.
-/// Deviations: the decay defaults to TransNormerLLM's schedule (<c>decay=tnl</c>); the backward here is the
-/// chunk-checkpointed reverse recurrence rather than the paper's tiled matrix-product backward.
+/// Deviations: the decay defaults to TransNormerLLM's schedule (<c>decay=tnl</c>); blocks of 64 tokens by default
+/// (<c>chunk</c>; the paper sizes blocks to the GPU's SRAM). Forward and backward are both chunked matrix products.
 /// </summary>
 public sealed class LightningAttention2Method : LinearMethod
 {
