@@ -402,11 +402,24 @@ internal static class BenchLinearCommand
     {
         (_, int h, int d) = sweep.Headline;
         var options = new LinearAttentionOptions { Form = LinearForm.Chunked };
-        long n = (long)context * h * d;
-        float[] q = Scaled(GaussianData.Create(n, 51), 1 / Math.Sqrt(d)), k = GaussianData.Create(n, 52), v = GaussianData.Create(n, 53);
-        float[] o = new float[n], state = new float[(long)h * d * d];
-        // The state after `context` tokens, by a real chunked prefill (not timed).
-        LinearAttention.Forward(new LinearInputs { Shape = LinearShape.Mha(1, context, h, d), Q = q, K = k, V = v }, options, o, state);
+        // The state after `context` tokens, by a real chunked prefill (not timed), streamed in slices of at most 64k
+        // tokens that pass the state on, so a 1M context needs no 1M-token arrays.
+        const int slice = 65536;
+        float[] state = new float[(long)h * d * d], carried = new float[state.Length];
+        float[] q = [], k = [], v = [];
+        for (int done = 0, part = 0; done < context; done += slice, part++)
+        {
+            int len = Math.Min(slice, context - done);
+            long n = (long)len * h * d;
+            q = Scaled(GaussianData.Create(n, 51 + 3 * part), 1 / Math.Sqrt(d));
+            k = GaussianData.Create(n, 52 + 3 * part);
+            v = GaussianData.Create(n, 53 + 3 * part);
+            var o = new float[n];
+            LinearAttention.Forward(new LinearInputs { Shape = LinearShape.Mha(1, len, h, d), Q = q, K = k, V = v, InitialState = done == 0 ? default : carried },
+                options, o, state);
+            (state, carried) = (carried, state);
+        }
+        state = carried;
         float[] q1 = q.AsSpan(0, h * d).ToArray(), k1 = k.AsSpan(0, h * d).ToArray(), v1 = v.AsSpan(0, h * d).ToArray();
         float[] o1 = new float[h * d], next = new float[state.Length];
         var step = new LinearAttentionOptions { Form = LinearForm.Recurrent };
