@@ -57,6 +57,25 @@ public sealed class NormAwareMap(float lambda) : FeatureMap
         T r = Norm(x);
         if (r <= T.CreateTruncating(Tiny)) { y.Clear(); return; }
         T p = T.One + T.CreateTruncating(lambda) * T.Tanh(r);
+        if (typeof(T) == typeof(float))
+        {
+            // The engine's path, vectorised: |u|^p for the whole row, then each value to its sign's slot.
+            ReadOnlySpan<float> xf = System.Runtime.InteropServices.MemoryMarshal.Cast<T, float>(x);
+            Span<float> yf = System.Runtime.InteropServices.MemoryMarshal.Cast<T, float>(y);
+            Span<float> a = yf.Slice(d, d);
+            System.Numerics.Tensors.TensorPrimitives.Abs(xf, a);
+            System.Numerics.Tensors.TensorPrimitives.Multiply(a, 1f / float.CreateTruncating(r), a);
+            System.Numerics.Tensors.TensorPrimitives.Pow(a, float.CreateTruncating(p), a);
+            for (int i = 0; i < d; i++)
+            {
+                float ai = a[i];
+                yf[i] = xf[i] > 0 ? ai : 0f;
+                a[i] = xf[i] < 0 ? ai : 0f;
+            }
+            float norm = System.Numerics.Tensors.TensorPrimitives.Norm(yf[..(2 * d)]);
+            System.Numerics.Tensors.TensorPrimitives.Multiply(yf[..(2 * d)], 1f / norm, yf[..(2 * d)]);
+            return;
+        }
         T z = T.Zero;
         for (int i = 0; i < d; i++)
         {
