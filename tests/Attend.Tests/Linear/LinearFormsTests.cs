@@ -71,6 +71,22 @@ public class LinearFormsTests
     }
 
     [Theory]
+    [InlineData("identity scalar additive none")]
+    [InlineData("l2 channel gated none")]
+    [InlineData("elu fixed additive denominator")]
+    [InlineData("l2 none delta none")]
+    public void FormsAgreeAtEdgeChunkSizesAndGroupRatios(string configuration)
+    {
+        Random rng = TestData.Rng(13 + configuration.Length);
+        foreach ((int chunk, int h, int hkv, int threads) in new[] { (1, 8, 1, 2), (3, 4, 4, 1), (1024, 8, 2, 2), (5, 6, 3, 2) })
+        {
+            LinearCase c = LinearCase.Create(rng, new LinearShape(1, 29, h, hkv, 16, 16), Parse(configuration, h, chunk));
+            c.Options = c.Options with { Threads = threads };
+            AssertForms(c);
+        }
+    }
+
+    [Theory]
     [InlineData("identity none additive none")]
     [InlineData("l2 channel gated none")]
     [InlineData("elu fixed additive denominator")]

@@ -49,6 +49,8 @@ public class LinearGradientTests
 
     [Theory]
     [InlineData("identity none additive none", 16)]
+    [InlineData("identity fixed additive none", 1)]
+    [InlineData("relu none additive none", 5)]
     [InlineData("elu fixed additive denominator", 64)]
     [InlineData("relu fixed additive rms", 32)]
     [InlineData("identity channel additive none", 16)]
