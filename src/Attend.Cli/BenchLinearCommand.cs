@@ -52,15 +52,16 @@ internal static class BenchLinearCommand
         var json = new Option<string?>("--json") { Description = "Also write the records as JSON to this file." };
         var quick = new Option<bool>("--quick") { Description = "A tiny sweep that runs in seconds (tests, smoke checks)." };
         var full = new Option<bool>("--full") { Description = "The long sweep: T from 1k to 64k at D = 128, decode contexts to 1M (many minutes)." };
+        var decodeOnly = new Option<bool>("--decode-only") { Description = "Only the decode time per token at contexts 1k to 1M (H = 8, D = 128)." };
         var command = new Command("linear",
             "Linear / recurrent attention: chunked forward vs the FMA peak, every linear method's prefill tokens/s and decode µs/token " +
             "against exact causal attention (crossover length), decode time per token from 1k to 1M of context.")
-        { json, quick, full };
-        command.SetAction(parse => Execute(parse.GetValue(json), parse.GetValue(quick), parse.GetValue(full), output, error));
+        { json, quick, full, decodeOnly };
+        command.SetAction(parse => Execute(parse.GetValue(json), parse.GetValue(quick), parse.GetValue(full), output, error, parse.GetValue(decodeOnly)));
         return command;
     }
 
-    internal static int Execute(string? jsonPath, bool quick, bool full, TextWriter output, TextWriter error)
+    internal static int Execute(string? jsonPath, bool quick, bool full, TextWriter output, TextWriter error, bool decodeOnly = false)
     {
         if (jsonPath is not null)
         {
@@ -68,8 +69,14 @@ internal static class BenchLinearCommand
             if (dir is not null && !Directory.Exists(dir)) throw new UserError($"--json: directory of '{jsonPath}' does not exist.");
         }
         if (quick && full) throw new UserError("--quick and --full exclude each other.");
+        if (decodeOnly && (quick || full)) throw new UserError("--decode-only takes neither --quick nor --full.");
         Sweep sweep = quick ? QuickSweep : full ? FullSweep : DefaultSweep;
         IAttentionMethod[] methods = MethodCatalog.Runnable.Where(m => m.Info.Family == "linear").ToArray();
+        if (decodeOnly)
+        {
+            sweep = FullSweep with { Lengths = [] };
+            methods = [];
+        }
         IAnsiConsole console = Terminal.For(output);
         var records = new List<LinearRecord>();
         Ceilings? ceilings = null;
@@ -86,7 +93,7 @@ internal static class BenchLinearCommand
                 task.Increment(1);
 
                 task.Description = "chunked forward and backward (headline)";
-                records.AddRange(Headline(sweep));
+                if (!decodeOnly) records.AddRange(Headline(sweep));
                 task.Increment(1);
 
                 foreach (int t in sweep.Lengths)
