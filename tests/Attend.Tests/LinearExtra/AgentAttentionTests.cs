@@ -1,0 +1,67 @@
+using Attend.Methods;
+using Attend.Methods.Linear;
+using Xunit;
+
+namespace Attend.Tests.LinearExtra;
+
+public class AgentAttentionTests
+{
+    [Fact]
+    public void ChunkedFormEqualsTheFloat64DefinitionOnBatchesVarlenAndGqa()
+    {
+        var rng = TestData.Rng(511);
+        for (int trial = 0; trial < 10; trial++)
+        {
+            var c = ExtraCase.Random(rng, 127, [32, 64, 96, 128, 256], varlen: trial % 3 == 0, sameDims: true);
+            int agents = rng.Next(1, 20);
+            double[] expected = AgentAttentionReference.Forward(c.Q, c.K, c.V, c.Shape, agents, null);
+            var output = TestData.Poisoned<float>(c.Shape.OutputCount);
+            AgentAttention.Forward(c.Q, c.K, c.V, c.Shape, new AgentAttentionOptions { Agents = agents }, output);
+            double err = ExtraCase.Error(output, expected);
+            Assert.True(err < 2e-5, $"agents {agents}: error {err:E2}; {c.Description}");
+        }
+    }
+
+    [Fact]
+    public void OneAgentPerTokenOfAOneTokenSequenceIsThatTokensValue()
+    {
+        // T = 1: every agent is the query itself, both softmaxes are over one element, so O = V.
+        var rng = TestData.Rng(512);
+        var c = ExtraCase.Make(rng, new LinearExtraShape(2, 1, 4, 2, 32, 32));
+        var output = TestData.Poisoned<float>(c.Shape.OutputCount);
+        AgentAttention.Forward(c.Q, c.K, c.V, c.Shape, new AgentAttentionOptions { Agents = 3 }, output);
+        for (int b = 0; b < 2; b++)
+            for (int h = 0; h < 4; h++)
+                for (int x = 0; x < 32; x++)
+                    Assert.Equal(c.V[(int)c.Shape.V(b, h / 2) + x], output[(int)c.Shape.O(b, h) + x], 5);
+    }
+
+    [Fact]
+    public void LargeLogitsStayFinite()
+    {
+        var rng = TestData.Rng(513);
+        var c = ExtraCase.Make(rng, new LinearExtraShape(1, 4099, 2, 1, 64, 64), scale: 20);
+        var output = TestData.Poisoned<float>(c.Shape.OutputCount);
+        AgentAttention.Forward(c.Q, c.K, c.V, c.Shape, new AgentAttentionOptions { Agents = 49 }, output);
+        Assert.True(ExtraCase.AllFinite(output), c.Description);
+    }
+
+    [Fact]
+    public void AdapterFormsAgreeAndBadParametersAreNamed()
+    {
+        var rng = TestData.Rng(514);
+        var c = ExtraCase.Random(rng, 65, [32], varlen: false, sameDims: true);
+        var method = new AgentAttentionMethod();
+        MethodResult naive = method.Run(c.Inputs(), MethodArguments.Parse(["form=naive", "agents=7"]));
+        MethodResult chunked = method.Run(c.Inputs(), MethodArguments.Parse(["form=chunked", "agents=7"]));
+        Assert.True(ExtraCase.Error(chunked.Output.Data, naive.Output.Data) < 2e-5, c.Description);
+        var e = Assert.ThrowsAny<ArgumentException>(() => method.Run(c.Inputs(), MethodArguments.Parse(["form=recurrent"])));
+        Assert.Equal("form", e.ParamName);
+        Assert.Contains("chunked", e.Message);
+        e = Assert.ThrowsAny<ArgumentException>(() => method.Run(c.Inputs(), MethodArguments.Parse(["agents=0"])));
+        Assert.Equal("agents", e.ParamName);
+        var wide = ExtraCase.Make(rng, new LinearExtraShape(1, 5, 1, 1, 32, 16));
+        e = Assert.ThrowsAny<ArgumentException>(() => method.Run(wide.Inputs(), MethodArguments.Empty));
+        Assert.Equal("v", e.ParamName);
+    }
+}
