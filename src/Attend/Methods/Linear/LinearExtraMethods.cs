@@ -14,7 +14,7 @@ public static class LinearExtraMethods
         new AarenMethod(),
         new AgentAttentionMethod(),
         // new LocalLinearAttentionMethod(),
-        // new KernelizedRpeMethod(),
+        new KernelizedRpeMethod(),
         // new TitansMemoryMethod(),
         // new GatedAssociativeMemoryMethod(),
     ];
