@@ -15,7 +15,7 @@ public static class LinearExtraMethods
         new AgentAttentionMethod(),
         // new LocalLinearAttentionMethod(),
         new KernelizedRpeMethod(),
-        // new TitansMemoryMethod(),
+        new TitansMemoryMethod(),
         // new GatedAssociativeMemoryMethod(),
     ];
 

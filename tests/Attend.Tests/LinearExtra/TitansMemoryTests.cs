@@ -1,0 +1,179 @@
+using Attend.Methods;
+using Attend.Methods.Linear;
+using Xunit;
+
+namespace Attend.Tests.LinearExtra;
+
+public class TitansMemoryTests
+{
+    private static readonly int[] Dims = [8, 16, 32];
+
+    private sealed record Setup(ExtraCase Case, float[]? Alpha, float[]? Eta, float[]? Theta, TitansMemoryOptions Options, float[] Init);
+
+    private static Setup Random(Random rng, int maxT, bool varlen, int chunk, bool gates = true)
+    {
+        var c = ExtraCase.Random(rng, maxT, Dims, varlen);
+        int hidden = Dims[rng.Next(Dims.Length)];
+        long count = (long)c.Shape.Batch * c.Shape.Tokens * c.Shape.KvHeads;
+        float[] Uniform(double lo, double hi)
+        {
+            var x = new float[count];
+            for (int i = 0; i < x.Length; i++) x[i] = (float)(lo + (hi - lo) * rng.NextDouble());
+            return x;
+        }
+        float[] init = TitansMemory.InitialState(c.Shape, hidden);
+        for (int i = 0; i < init.Length; i++) init[i] += (float)(0.2 * (rng.NextDouble() - 0.5));
+        var options = new TitansMemoryOptions { Hidden = hidden, ChunkSize = chunk, Theta = 0.02f / chunk };
+        // A chunk sums b gradients taken at the same weights, so the stable step shrinks with b (the method diverges
+        // otherwise, in float64 as well), and momentum η multiplies it by up to 1/(1 − η): θ ≤ 0.05 / b, η ≤ 0.9.
+        return gates ? new Setup(c, Uniform(0, 0.2), Uniform(0.3, 0.9), Uniform(0, 0.05 / chunk), options, init) : new Setup(c, null, null, null, options, init);
+    }
+
+    private static (float[] O, float[] State) Run(Setup s, bool recurrent, ExtraCase? c = null, float[]? init = null, float[]? alpha = null, float[]? eta = null, float[]? theta = null)
+    {
+        c ??= s.Case;
+        init ??= s.Init;
+        var o = TestData.Poisoned<float>(c.Shape.OutputCount);
+        var state = TestData.Poisoned<float>(init.Length);
+        var gates = new TitansGates(alpha ?? s.Alpha, eta ?? s.Eta, theta ?? s.Theta);
+        if (recurrent) TitansMemory.Recurrent(c.Q, c.K, c.V, c.Shape, gates, s.Options, init, o, state);
+        else TitansMemory.Chunked(c.Q, c.K, c.V, c.Shape, gates, s.Options, init, o, state);
+        return (o, state);
+    }
+
+    [Fact]
+    public void InnerGradientMatchesFiniteDifferencesOfTheInnerLoss()
+    {
+        var rng = TestData.Rng(531);
+        foreach ((int dk, int hd, int dv) in new[] { (3, 4, 2), (8, 5, 7), (16, 16, 16) })
+        {
+            double[] Draw(int n) => Array.ConvertAll(TestData.Gaussian<float>(rng, n, 0.7), x => (double)x);
+            double[] w1 = Draw(hd * dk), w2 = Draw(dv * hd), k = Draw(dk), v = Draw(dv);
+            var g1 = new double[w1.Length];
+            var g2 = new double[w2.Length];
+            TitansMemoryReference.InnerGradient(w1, w2, k, v, hd, g1, g2);
+            const double step = 1e-6;
+            foreach ((double[] w, double[] g) in new[] { (w1, g1), (w2, g2) })
+            {
+                for (int i = 0; i < w.Length; i++)
+                {
+                    double keep = w[i];
+                    w[i] = keep + step;
+                    double up = TitansMemoryReference.InnerLoss(w1, w2, k, v, hd);
+                    w[i] = keep - step;
+                    double down = TitansMemoryReference.InnerLoss(w1, w2, k, v, hd);
+                    w[i] = keep;
+                    double fd = (up - down) / (2 * step);
+                    Assert.True(Math.Abs(fd - g[i]) < 1e-6 * Math.Max(1, Math.Abs(fd)), $"({dk},{hd},{dv}) weight {i}: analytic {g[i]} vs finite difference {fd} (seed {TestData.RunSeed})");
+                }
+            }
+            // The float32 gradient the forms step with agrees with the float64 one.
+            var f1 = new float[g1.Length];
+            var f2 = new float[g2.Length];
+            TitansMemory.InnerGradient(Array.ConvertAll(w1, x => (float)x), Array.ConvertAll(w2, x => (float)x), Array.ConvertAll(k, x => (float)x),
+                Array.ConvertAll(v, x => (float)x), hd, f1, f2);
+            Assert.True(ExtraCase.Error(f1, g1) < 1e-5 && ExtraCase.Error(f2, g2) < 1e-5, $"float32 gradient ({dk},{hd},{dv})");
+        }
+    }
+
+    [Fact]
+    public void ChunkedFormEqualsTheDefinitionWithTheSameChunkOnBatchesVarlenGqaAndGates()
+    {
+        var rng = TestData.Rng(532);
+        int[] chunks = [1, 2, 3, 5, 16, 64];
+        for (int trial = 0; trial < 12; trial++)
+        {
+            int chunk = chunks[rng.Next(chunks.Length)];
+            Setup s = Random(rng, 100, varlen: trial % 3 == 0, chunk, gates: trial % 4 != 1);
+            (double[] o, double[] st) = TitansMemoryReference.Forward(s.Case.Q, s.Case.K, s.Case.V, s.Case.Shape, s.Alpha, s.Eta, s.Theta, s.Options, s.Init);
+            (float[] oc, float[] sc) = Run(s, recurrent: false);
+            Assert.True(ExtraCase.Error(oc, o) < 1e-4, $"chunk {chunk}: output error {ExtraCase.Error(oc, o):E2}; {s.Case.Description}");
+            Assert.True(ExtraCase.Error(sc, st) < 1e-4, $"chunk {chunk}: state error {ExtraCase.Error(sc, st):E2}; {s.Case.Description}");
+        }
+    }
+
+    [Fact]
+    public void RecurrentFormIsThePerTokenUpdate()
+    {
+        var rng = TestData.Rng(533);
+        for (int trial = 0; trial < 8; trial++)
+        {
+            Setup s = Random(rng, 65, varlen: trial % 2 == 0, chunk: 1);
+            (double[] o, double[] st) = TitansMemoryReference.Forward(s.Case.Q, s.Case.K, s.Case.V, s.Case.Shape, s.Alpha, s.Eta, s.Theta, s.Options, s.Init);
+            (float[] or, float[] sr) = Run(s, recurrent: true);
+            Assert.True(ExtraCase.Error(or, o) < 1e-4 && ExtraCase.Error(sr, st) < 1e-4, $"recurrent vs definition (b = 1); {s.Case.Description}");
+            (float[] oc, float[] sc) = Run(s, recurrent: false);
+            Assert.True(ExtraCase.Error(oc, or) < 1e-5 && ExtraCase.Error(sc, sr) < 1e-5, $"chunked(1) vs recurrent; {s.Case.Description}");
+        }
+    }
+
+    [Fact]
+    public void PrefixThenRestEqualsTheWholeRun()
+    {
+        var rng = TestData.Rng(534);
+        for (int trial = 0; trial < 6; trial++)
+        {
+            int chunk = trial % 2 == 0 ? 1 : 4;
+            Setup s = Random(rng, 127, varlen: false, chunk, gates: false);
+            int t = s.Case.Shape.Tokens;
+            if (t < 2) continue;
+            // With b = 1 the rest runs recurrently (decode); with b > 1 the split is on a chunk boundary and the rest runs chunked.
+            int split = chunk == 1 ? rng.Next(1, t) : Math.Max(chunk, (rng.Next(1, t) / chunk) * chunk);
+            if (split >= t) continue;
+            (float[] whole, float[] wholeState) = Run(s, recurrent: false);
+            ExtraCase head = s.Case.Slice(0, split), tail = s.Case.Slice(split, t);
+            (float[] o1, float[] mid) = Run(s, recurrent: false, head);
+            (float[] o2, float[] end) = Run(s, recurrent: chunk == 1, tail, mid);
+            float[] joined = ExtraCase.JoinRows(o1, split, o2, t - split, s.Case.Shape.Batch, s.Case.Shape.Heads * s.Case.Shape.ValueDim);
+            Assert.True(ExtraCase.Error(joined, whole) < 1e-5, $"chunk {chunk} split {split}: outputs; {s.Case.Description}");
+            Assert.True(ExtraCase.Error(end, wholeState) < 1e-5, $"chunk {chunk} split {split}: final states; {s.Case.Description}");
+        }
+    }
+
+    [Fact]
+    public void LongSequencesStayFiniteWithGatesAtTheirExtremes()
+    {
+        var rng = TestData.Rng(535);
+        var c = ExtraCase.Make(rng, new LinearExtraShape(1, 2048, 1, 1, 8, 8));
+        // Chunks of 8 with θ = 0.0005 per token. With α = 0 and η near 1 the weights integrate a momentum that is itself
+        // a sum of gradients (heavy ball without damping): on random targets θ = 0.005 already diverges at η = 0.99, in
+        // float64 too, so the extremes are taken with a small θ; α = 0, η = 1 is taken at η = 0.99.
+        foreach ((float alpha, float eta) in new[] { (0f, 0f), (0f, 0.99f), (1f, 0f), (1f, 1f) })
+        {
+            var s = new Setup(c, null, null, null, new TitansMemoryOptions { Hidden = 8, ChunkSize = 8, Alpha = alpha, Eta = eta, Theta = 0.0005f },
+                TitansMemory.InitialState(c.Shape, 8));
+            foreach (bool recurrent in new[] { false, true })
+            {
+                (float[] o, float[] st) = Run(s, recurrent);
+                Assert.True(ExtraCase.AllFinite(o) && ExtraCase.AllFinite(st), $"alpha {alpha} eta {eta} recurrent {recurrent}: non-finite");
+            }
+        }
+    }
+
+    [Fact]
+    public void AdapterFormsAgreeAndBadParametersAreNamed()
+    {
+        var rng = TestData.Rng(536);
+        var c = ExtraCase.Random(rng, 40, [16], varlen: true);
+        var method = new TitansMemoryMethod();
+        MethodResult naive = method.Run(c.Inputs(), MethodArguments.Parse(["form=naive", "chunk=4"]));
+        MethodResult chunked = method.Run(c.Inputs(), MethodArguments.Parse(["chunk=4"]));
+        Assert.True(ExtraCase.Error(chunked.Output.Data, naive.Output.Data) < 1e-4, c.Description);
+        MethodResult recurrent = method.Run(c.Inputs(), MethodArguments.Parse(["form=recurrent"]));
+        MethodResult naive1 = method.Run(c.Inputs(), MethodArguments.Parse(["form=naive", "chunk=1"]));
+        Assert.True(ExtraCase.Error(recurrent.Output.Data, naive1.Output.Data) < 1e-4, c.Description);
+        Assert.True(ExtraCase.Error(recurrent.Extras["state"].Data, naive1.Extras["state"].Data) < 1e-4, c.Description);
+        var e = Assert.ThrowsAny<ArgumentException>(() => method.Run(c.Inputs(), MethodArguments.Parse(["alpha=1.5"])));
+        Assert.Equal("alpha", e.ParamName);
+        e = Assert.ThrowsAny<ArgumentException>(() => method.Run(c.Inputs(), MethodArguments.Parse(["theta=-1"])));
+        Assert.Equal("theta", e.ParamName);
+        var gates = new float[c.Shape.Tokens * c.Shape.KvHeads];
+        gates[0] = -0.5f;
+        e = Assert.ThrowsAny<ArgumentException>(() => method.Run(c.Inputs().Add("eta", new MethodTensor(gates, 1, c.Shape.Tokens, c.Shape.KvHeads)), MethodArguments.Empty));
+        Assert.Equal("eta", e.ParamName);
+        e = Assert.ThrowsAny<ArgumentException>(() => method.Run(c.Inputs().Add("state", new MethodTensor(new float[4], 4)), MethodArguments.Empty));
+        Assert.Equal("state", e.ParamName);
+        e = Assert.ThrowsAny<ArgumentException>(() => method.Run(c.Inputs(), MethodArguments.Parse(["form=fft"])));
+        Assert.Equal("form", e.ParamName);
+    }
+}
