@@ -16,7 +16,7 @@ public static class LinearExtraMethods
         // new LocalLinearAttentionMethod(),
         new KernelizedRpeMethod(),
         new TitansMemoryMethod(),
-        // new GatedAssociativeMemoryMethod(),
+        new GatedAssociativeMemoryMethod(),
     ];
 
     /// <summary>The <c>form</c> parameter every method of the family documents.</summary>
