@@ -13,7 +13,7 @@ public static class LinearExtraMethods
     [
         new AarenMethod(),
         new AgentAttentionMethod(),
-        // new LocalLinearAttentionMethod(),
+        new LocalLinearAttentionMethod(),
         new KernelizedRpeMethod(),
         new TitansMemoryMethod(),
         new GatedAssociativeMemoryMethod(),
