@@ -50,14 +50,15 @@ public readonly ref struct TitansGates(ReadOnlySpan<float> Alpha, ReadOnlySpan<f
 /// weights and the momentum.
 /// </summary>
 /// <remarks>
-/// <para>Forms. <see cref="Recurrent"/>: the per-token update (the gradient of token t is taken at M_(t−1)).
-/// <see cref="Chunked"/>: the paper's parallel mini-batch update — the gradients of all tokens of a chunk of b tokens
-/// are taken at the chunk's starting weights, so they come from a few matrix products; the momentum and forgetting
-/// recurrences are linear, so W_t of every token is the starting weights, the starting momentum and the chunk's
-/// rank-one gradients with scalar coefficients (computed in O(b²)), and the read-out y_t = W2_t·silu(W1_t·q_t)
-/// becomes masked attention-like products (Q·Kᵀ ⊙ Γ)·Δ inside the chunk. With b = 1 the two forms are the same
-/// computation; for b &gt; 1 the chunked form is the paper's approximation and agrees with the float64 definition
-/// <see cref="TitansMemoryReference"/> evaluated with the same b (the naive form), not with the recurrent form.</para>
+/// <para>The paper's parallel training computes the memory in mini-batches ("chunks") of b tokens: every gradient of
+/// a chunk is taken at the weights the chunk started with, G, while momentum and forgetting still run token by token.
+/// That is the definition here, for every form, so the three forms agree for any b (b = 1 is the pure per-token
+/// update). <see cref="Recurrent"/>: one token at a time (the decode step; the state remembers G and the position in
+/// the chunk, so a decode continues a partly filled chunk exactly). <see cref="Chunked"/>: the paper's parallel form
+/// — the gradients of a chunk come from a few matrix products at G; the momentum and forgetting recurrences are
+/// linear, so W_t of every token is W, S and the chunk's rank-one gradients with scalar coefficients (computed in
+/// O(b²)), and the read-out y_t = W2_t·silu(W1_t·q_t) becomes masked attention-like products (Q·Kᵀ ⊙ Γ)·Δ inside the
+/// chunk. <see cref="TitansMemoryReference"/> is the float64 definition token by token (the naive form).</para>
 /// <para>Deviations from the paper: keys and values are given (the paper projects them, with a 1-D depthwise
 /// convolution, from the input); q and k are ℓ2-normalised inside, as in the paper; the memory is a two-layer MLP
 /// without biases, residual or normalisation (the paper allows L_M ≥ 1 layers and uses a residual in practice); the
@@ -65,16 +66,17 @@ public readonly ref struct TitansGates(ReadOnlySpan<float> Alpha, ReadOnlySpan<f
 /// the memory (the paper's "long-term memory" module) is computed — how it is combined with attention (MAC, MAG, MAL)
 /// and the persistent memory tokens are left to the model. Grouped-query: the memory belongs to key/value head g and
 /// every query head of its group reads it.</para>
-/// <para>State layout <c>[N, Hkv, P]</c>, P = 2·(Hd·Dk + Dv·Hd): W1 <c>[Hd, Dk]</c>, W2 <c>[Dv, Hd]</c>, then the momenta
-/// S1, S2 of the same shapes. Without an initial state, W1 and W2 start as truncated identities and S as 0
+/// <para>State layout <c>[N, Hkv, P]</c>, P = 3·(Hd·Dk + Dv·Hd) + 1: W1 <c>[Hd, Dk]</c>, W2 <c>[Dv, Hd]</c>, the momenta
+/// S1, S2, the chunk's gradient weights G1, G2 (same shapes), and the position in the current chunk (an integer stored
+/// as a float, in [0, b)). Without an initial state, W1 and W2 start as truncated identities and S as 0
 /// (<see cref="InitialState"/>): a memory of zeros would never move, since both its gradients would be 0.</para>
 /// </remarks>
 public static unsafe class TitansMemory
 {
-    /// <summary>Floats of one memory (W1, W2, S1, S2).</summary>
-    public static int StateRow(int keyDim, int hidden, int valueDim) => 2 * (hidden * keyDim + valueDim * hidden);
+    /// <summary>Floats of one memory: W1, W2, S1, S2, G1, G2 and the position in the chunk.</summary>
+    public static int StateRow(int keyDim, int hidden, int valueDim) => 3 * (hidden * keyDim + valueDim * hidden) + 1;
 
-    /// <summary>The default initial state <c>[N, Hkv, P]</c>: W1, W2 truncated identities, momenta 0.</summary>
+    /// <summary>The default initial state <c>[N, Hkv, P]</c>: W1, W2 (and G1, G2) truncated identities, momenta 0, position 0.</summary>
     public static float[] InitialState(LinearExtraShape shape, int hidden)
     {
         ArgumentNullException.ThrowIfNull(shape);
@@ -82,9 +84,13 @@ public static unsafe class TitansMemory
         var state = new float[shape.Sequences * shape.KvHeads * row];
         for (int r = 0; r < shape.Sequences * shape.KvHeads; r++)
         {
-            int w1 = r * row, w2 = w1 + hidden * dk;
-            for (int i = 0; i < Math.Min(hidden, dk); i++) state[w1 + i * dk + i] = 1;
-            for (int i = 0; i < Math.Min(hidden, dv); i++) state[w2 + i * hidden + i] = 1;
+            int n1 = hidden * dk, n2 = dv * hidden;
+            foreach (int w1 in (int[])[r * row, r * row + 2 * (n1 + n2)])
+            {
+                int w2 = w1 + n1;
+                for (int i = 0; i < Math.Min(hidden, dk); i++) state[w1 + i * dk + i] = 1;
+                for (int i = 0; i < Math.Min(hidden, dv); i++) state[w2 + i * hidden + i] = 1;
+            }
         }
         return state;
     }
@@ -104,7 +110,7 @@ public static unsafe class TitansMemory
         TitansMemoryOptions? options, ReadOnlySpan<float> initialState, Span<float> output, Span<float> finalState) =>
         Run(q, k, v, shape, gates, options, initialState, output, finalState, recurrent: false);
 
-    /// <summary>The recurrent form: one gradient step per token (decode is T = 1 with the previous state).</summary>
+    /// <summary>The recurrent form: one token at a time (decode is T = 1 with the previous state).</summary>
     /// <inheritdoc cref="Chunked" />
     public static void Recurrent(ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, LinearExtraShape shape, TitansGates gates,
         TitansMemoryOptions? options, ReadOnlySpan<float> initialState, Span<float> output, Span<float> finalState) =>
@@ -120,12 +126,18 @@ public static unsafe class TitansMemory
             throw new ArgumentException($"initialState holds {initialState.Length} floats; [N, Hkv, P] = [{shape.Sequences}, {shape.KvHeads}, {o.Row}] needs {size}.", nameof(initialState));
         if (finalState.Length != size)
             throw new ArgumentException($"finalState holds {finalState.Length} floats; [N, Hkv, P] needs {size}.", nameof(finalState));
+        for (int r = o.Row - 1; r < size; r += o.Row)
+        {
+            float pos = initialState[r];
+            if (!(pos >= 0 && pos < o.Chunk && pos == MathF.Floor(pos)))
+                throw new ArgumentException($"initialState: the position slot (last of each memory) must be an integer in [0, chunk = {o.Chunk}); got {pos}.", nameof(initialState));
+        }
         initialState.CopyTo(finalState);
         fixed (float* pq = q, pk = k, pv = v, po = output, ps = finalState, pa = gates.Alpha, pe = gates.Eta, pt = gates.Theta)
         {
             var work = new MemoryWork
             {
-                Shape = shape, Hidden = o.Hidden, Chunk = recurrent ? 1 : o.Chunk, Row = o.Row,
+                Shape = shape, Hidden = o.Hidden, Chunk = o.Chunk, Segment = recurrent ? 1 : o.Chunk, Row = o.Row,
                 Alpha = o.Alpha, Eta = o.Eta, Theta = o.Theta,
                 Q = pq, K = pk, V = pv, O = po, State = ps,
                 AlphaT = gates.Alpha.IsEmpty ? null : pa, EtaT = gates.Eta.IsEmpty ? null : pe, ThetaT = gates.Theta.IsEmpty ? null : pt,
@@ -196,7 +208,7 @@ public static unsafe class TitansMemory
     private sealed class MemoryWork : IWorkItems
     {
         public required LinearExtraShape Shape;
-        public int Hidden, Chunk, Row;
+        public int Hidden, Chunk, Segment, Row;
         public float Alpha, Eta, Theta;
         public float* Q, K, V, O, State, AlphaT, EtaT, ThetaT;
 
@@ -204,9 +216,10 @@ public static unsafe class TitansMemory
         {
             int n = index / Shape.KvHeads, g = index % Shape.KvHeads;
             int len = Shape.Length(n), start = Shape.Start(n);
-            int dk = Shape.KeyDim, dv = Shape.ValueDim, hd = Hidden, c = Chunk, group = Shape.Group;
+            int dk = Shape.KeyDim, dv = Shape.ValueDim, hd = Hidden, c = Segment, group = Shape.Group;
             int n1 = hd * dk, n2 = dv * hd;
-            float* w1 = State + (long)index * Row, w2 = w1 + n1, s1 = w2 + n2, s2 = s1 + n1;
+            float* w1 = State + (long)index * Row, w2 = w1 + n1, s1 = w2 + n2, s2 = s1 + n1, gw1 = s2 + n2, gw2 = gw1 + n1, slot = gw2 + n2;
+            int pos = (int)*slot; // checked in Run: an integer in [0, Chunk)
             // Scratch: normalised keys and queries of the chunk, activations, errors, deltas, coefficients, read-out.
             long need = (long)c * dk + (long)c * group * dk + 5L * c * hd + (long)c * dv + (long)c * c + 4L * c;
             float* p = Scratch.Get(need);
@@ -224,9 +237,16 @@ public static unsafe class TitansMemory
             float* hq = p; p += (long)c * hd;       // W1_t·q̂_t
             float* bq = p;                          // silu(W1_t·q̂_t)
 
-            for (int t0 = 0; t0 < len; t0 += c)
+            // Segments: at most `Segment` tokens (the whole chunk, or 1 for the recurrent form), never across a chunk
+            // boundary. A chunk's gradients are all taken at G, the weights when the chunk began.
+            for (int t0 = 0; t0 < len; )
             {
-                int cl = Math.Min(c, len - t0);
+                if (pos == 0)
+                {
+                    new ReadOnlySpan<float>(w1, n1).CopyTo(new Span<float>(gw1, n1));
+                    new ReadOnlySpan<float>(w2, n2).CopyTo(new Span<float>(gw2, n2));
+                }
+                int cl = Math.Min(Math.Min(c, Chunk - pos), len - t0);
                 // Normalised keys and queries.
                 for (int s = 0; s < cl; s++)
                 {
@@ -234,22 +254,22 @@ public static unsafe class TitansMemory
                     Normalise(K + Shape.K(r, g), kn + (long)s * dk, dk);
                     for (int j = 0; j < group; j++) Normalise(Q + Shape.Q(r, g * group + j), qn + ((long)j * cl + s) * dk, dk);
                 }
-                // Gradients at the chunk's starting weights: a_s, e_s, δ_s.
+                // Gradients at G, the chunk's starting weights: a_s, e_s, δ_s.
                 for (int s = 0; s < cl; s++)
                 {
                     var ks = new ReadOnlySpan<float>(kn + (long)s * dk, dk);
                     for (int i = 0; i < hd; i++)
                     {
-                        float h = TensorPrimitives.Dot(new ReadOnlySpan<float>(w1 + (long)i * dk, dk), ks);
+                        float h = TensorPrimitives.Dot(new ReadOnlySpan<float>(gw1 + (long)i * dk, dk), ks);
                         ak[(long)s * hd + i] = Silu(h);
                         hk[(long)s * hd + i] = SiluDerivative(h);
                     }
                     var a = new ReadOnlySpan<float>(ak + (long)s * hd, hd);
                     float* vs = V + Shape.V(start + t0 + s, g);
-                    for (int o = 0; o < dv; o++) ek[(long)s * dv + o] = 2 * (TensorPrimitives.Dot(new ReadOnlySpan<float>(w2 + (long)o * hd, hd), a) - vs[o]);
+                    for (int o = 0; o < dv; o++) ek[(long)s * dv + o] = 2 * (TensorPrimitives.Dot(new ReadOnlySpan<float>(gw2 + (long)o * hd, hd), a) - vs[o]);
                     var d = new Span<float>(dl + (long)s * hd, hd);
                     d.Clear();
-                    for (int o = 0; o < dv; o++) TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(w2 + (long)o * hd, hd), ek[(long)s * dv + o], d, d);
+                    for (int o = 0; o < dv; o++) TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(gw2 + (long)o * hd, hd), ek[(long)s * dv + o], d, d);
                     TensorPrimitives.Multiply(d, new ReadOnlySpan<float>(hk + (long)s * hd, hd), d);
                 }
                 Coefficients(start + t0, g, cl, gam, mom, decay, carry, etaAll);
@@ -321,14 +341,17 @@ public static unsafe class TitansMemory
                         TensorPrimitives.MultiplyAdd(a, cs * eo, s2s.Slice(o * hd, hd), s2s.Slice(o * hd, hd));
                     }
                 }
+                pos = (pos + cl) % Chunk;
+                t0 += cl;
             }
+            *slot = pos;
         }
 
         // Γ[t, s] = −θ_s·Σ_(u=s..t) F(u,t)·E(s,u); A_t = F(0,t); ς_t = Σ_(u=1..t) F(u,t)·E(0,u); E(0,t); mom[s] = −θ_s·E(s,C).
         // (Chunk-local 1-based positions: t here is 0-based, so token t is position t + 1.)
         private void Coefficients(int row0, int g, int cl, float* gam, float* mom, float* decay, float* carry, float* etaAll)
         {
-            int c = Chunk;
+            int c = Segment;
             float a = 1, sc = 0, e0 = 1;
             for (int t = 0; t < cl; t++)
             {
@@ -402,13 +425,16 @@ public static class TitansMemoryReference
                 var w2 = state.AsSpan(baseIndex + n1, n2).ToArray();
                 var s1 = state.AsSpan(baseIndex + n1 + n2, n1).ToArray();
                 var s2 = state.AsSpan(baseIndex + 2 * n1 + n2, n2).ToArray();
-                double[] c1 = w1, c2 = w2;
+                // G: the weights the current chunk's gradients are taken at; pos: tokens of that chunk already seen.
+                double[] c1 = state.AsSpan(baseIndex + 2 * (n1 + n2), n1).ToArray(), c2 = state.AsSpan(baseIndex + 3 * n1 + 2 * n2, n2).ToArray();
+                int pos = (int)state[baseIndex + o.Row - 1];
                 var g1 = new double[n1];
                 var g2 = new double[n2];
                 for (int t = 0; t < shape.Length(n); t++)
                 {
                     int r = shape.Start(n) + t;
-                    if (t % o.Chunk == 0) { c1 = (double[])w1.Clone(); c2 = (double[])w2.Clone(); }
+                    if (pos == 0) { c1 = (double[])w1.Clone(); c2 = (double[])w2.Clone(); }
+                    pos = (pos + 1) % o.Chunk;
                     double a = alpha?[(long)r * shape.KvHeads + g] ?? o.Alpha;
                     double e = eta?[(long)r * shape.KvHeads + g] ?? o.Eta;
                     double th = theta?[(long)r * shape.KvHeads + g] ?? o.Theta;
@@ -427,6 +453,9 @@ public static class TitansMemoryReference
                 w2.CopyTo(state, baseIndex + n1);
                 s1.CopyTo(state, baseIndex + n1 + n2);
                 s2.CopyTo(state, baseIndex + 2 * n1 + n2);
+                c1.CopyTo(state, baseIndex + 2 * (n1 + n2));
+                c2.CopyTo(state, baseIndex + 3 * n1 + 2 * n2);
+                state[baseIndex + o.Row - 1] = pos;
             }
         }
         return (output, state);
@@ -528,7 +557,7 @@ public sealed class TitansMemoryMethod : IAttentionMethod
         Parameters =
         [
             LinearExtraMethods.FormParameter("chunked", "naive", "chunked", "recurrent"),
-            new MethodParameter("chunk", "int", "16", "tokens per gradient mini-batch (naive and chunked; recurrent is the per-token update)"),
+            new MethodParameter("chunk", "int", "16", "tokens per gradient mini-batch b (every form; 1 = the per-token update)"),
             new MethodParameter("hidden", "int", "Dk", "hidden width of the memory MLP"),
             new MethodParameter("alpha", "float", "0.01", "forgetting gate when no alpha input is given, in [0, 1]"),
             new MethodParameter("eta", "float", "0.9", "momentum decay when no eta input is given, in [0, 1]"),
@@ -547,7 +576,7 @@ public sealed class TitansMemoryMethod : IAttentionMethod
         int hidden = arguments.GetInt("hidden", shape.KeyDim, min: 1, max: 4096);
         var options = new TitansMemoryOptions
         {
-            ChunkSize = form == "recurrent" ? 1 : chunk, Hidden = hidden,
+            ChunkSize = chunk, Hidden = hidden,
             Alpha = (float)arguments.GetDouble("alpha", 0.01, 0, 1),
             Eta = (float)arguments.GetDouble("eta", 0.9, 0, 1),
             Theta = (float)arguments.GetDouble("theta", 0.02, 0),
