@@ -29,7 +29,8 @@ public sealed record LocalLinearAttentionOptions
 /// <remarks>
 /// <para>Forms: the float64 definition (naive) and the float32 form (listed as <c>chunked</c>): every query row of every
 /// sequence and head is an independent work item (longest rows first), which makes two passes over its prefix (weights
-/// and means, then the centred covariances, so no cancellation between Σ s·k·kᵀ and k̄·k̄ᵀ) and solves the Dk×Dk system
+/// and means, then the centred covariances as two register-blocked products Σ = XᵀX and C = YᵀX with
+/// X = √s ⊙ (K − k̄), Y = √s ⊙ (V − v̄), so no cancellation between Σ s·k·kᵀ and k̄·k̄ᵀ) and solves the Dk×Dk system
 /// by a float64 Cholesky factorisation. Cost O(T²·Dk·(Dk + Dv)) per head, like the paper's direct algorithm.</para>
 /// <para>Deviations from the paper: the kernel weights are the softmax weights themselves (normalised, so λ is relative
 /// to a unit total weight); the ridge term is exactly λ‖W‖²_F; the system is solved exactly (Cholesky) rather than by
@@ -79,8 +80,13 @@ public static unsafe class LocalLinearAttention
             int local = index - FirstItem[n], len = Shape.Length(n);
             int h = local % Shape.Heads, row = len - 1 - local / Shape.Heads, g = h / Shape.Group;
             int start = Shape.Start(n), dk = Shape.KeyDim, dv = Shape.ValueDim, count = row + 1;
-            float* buf = Scratch.Get((long)count + 2L * dk + 2L * dv + (long)dk * dk + (long)dv * dk);
-            float* s = buf, kbar = s + count, diff = kbar + dk, vbar = diff + dk, sigma = vbar + dv, cross = sigma + (long)dk * dk, dvv = cross + (long)dv * dk;
+            // The covariances are two products over the prefix, Σ = Xᵀ·X and C = Yᵀ·X with X = √s ⊙ (K − k̄) and
+            // Y = √s ⊙ (V − v̄), done by the register-blocked TileGemm (its padding: rows to 4, columns to 4 vectors).
+            int dkp = RoundUp(dk, 4 * VectorWidth), dkr = RoundUp(dk, 4), dvr = RoundUp(dv, 4);
+            long need = (long)count + 2L * dk + 2L * dv + (long)dkr * dkp + (long)dvr * dkp + (long)count * dkp + (long)(dkr + dvr) * count;
+            float* buf = Scratch.Get(need);
+            float* s = buf, kbar = s + count, diff = kbar + dk, vbar = diff + dk, dvv = vbar + dv;
+            float* sigma = dvv + dv, cross = sigma + (long)dkr * dkp, x = cross + (long)dvr * dkp, xt = x + (long)count * dkp, yt = xt + (long)dkr * count;
             var qi = new ReadOnlySpan<float>(Q + Shape.Q(start + row, h), dk);
 
             // Pass 1: weights and weighted means.
@@ -104,38 +110,47 @@ public static unsafe class LocalLinearAttention
                 TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(V + Shape.V(start + j, g), dv), s[j], vb, vb);
             }
 
-            // Pass 2: centred covariance Σ (upper triangle rows) and cross-covariance C.
-            var sig = new Span<float>(sigma, dk * dk);
-            var cr = new Span<float>(cross, dv * dk);
-            sig.Clear();
-            cr.Clear();
-            var dkSpan = new Span<float>(diff, dk);
-            var dvSpan = new Span<float>(dvv, dv);
+            // Pass 2: the centred, √s-weighted rows (X row-major and transposed, Y transposed; padding zero), then the products.
+            new Span<float>(x, (int)((long)count * dkp)).Clear();
+            new Span<float>(xt, (int)((long)(dkr + dvr) * count)).Clear();
             for (int j = 0; j < count; j++)
             {
-                TensorPrimitives.Subtract(new ReadOnlySpan<float>(K + Shape.K(start + j, g), dk), kb, dkSpan);
-                TensorPrimitives.Subtract(new ReadOnlySpan<float>(V + Shape.V(start + j, g), dv), vb, dvSpan);
-                float w = s[j];
-                for (int a = 0; a < dk; a++)
+                float r = MathF.Sqrt(s[j]);
+                float* xj = x + (long)j * dkp, kj = K + Shape.K(start + j, g), vj = V + Shape.V(start + j, g);
+                for (int c = 0; c < dk; c++)
                 {
-                    float f = w * diff[a];
-                    TensorPrimitives.MultiplyAdd(dkSpan[a..], f, sig.Slice(a * dk + a, dk - a), sig.Slice(a * dk + a, dk - a));
+                    float e = r * (kj[c] - kbar[c]);
+                    xj[c] = e;
+                    xt[(long)c * count + j] = e;
                 }
-                for (int o = 0; o < dv; o++)
-                    TensorPrimitives.MultiplyAdd(dkSpan, w * dvv[o], cr.Slice(o * dk, dk), cr.Slice(o * dk, dk));
+                for (int o = 0; o < dv; o++) yt[(long)o * count + j] = r * (vj[o] - vbar[o]);
             }
+            Gemm(xt, count, x, dkp, sigma, dkp, dkr, dkp, count);
+            Gemm(yt, count, x, dkp, cross, dkp, dvr, dkp, count);
 
             // Solve (Σ + λI) z = q − k̄ in float64 (Cholesky; the matrix is symmetric positive definite for λ > 0).
             double[] a2 = t_system is { } cached && cached.Length >= dk * dk + 2 * dk ? cached : (t_system = new double[dk * dk + 2 * dk]);
             for (int r = 0; r < dk; r++)
-                for (int c = r; c < dk; c++) a2[r * dk + c] = sigma[r * dk + c] + (r == c ? Lambda : 0);
+                for (int c = r; c < dk; c++) a2[r * dk + c] = sigma[(long)r * dkp + c] + (r == c ? Lambda : 0);
             Span<double> z = a2.AsSpan(dk * dk, dk);
             for (int r = 0; r < dk; r++) z[r] = (double)qi[r] - kbar[r];
             CholeskySolve(a2, dk, z);
-            Span<float> zf = dkSpan; // reuse: z as float32
+            var zf = new Span<float>(diff, dk);
             for (int r = 0; r < dk; r++) zf[r] = (float)z[r];
             var o2 = new Span<float>(O + Shape.O(start + row, h), dv);
-            for (int o = 0; o < dv; o++) o2[o] = vbar[o] + TensorPrimitives.Dot(cr.Slice(o * dk, dk), zf);
+            for (int o = 0; o < dv; o++) o2[o] = vbar[o] + TensorPrimitives.Dot(new ReadOnlySpan<float>(cross + (long)o * dkp, dk), zf);
+        }
+
+        private static int VectorWidth => Isa512.IsSupported ? Isa512.Width : Isa256.IsSupported ? Isa256.Width : Isa128.Width;
+
+        private static int RoundUp(int x, int to) => (x + to - 1) / to * to;
+
+        // C[m, n] = A[m, k]·B[k, n] on the widest vectors the machine has.
+        private static void Gemm(float* a, int lda, float* b, int ldb, float* c, int ldc, int m, int n, int k)
+        {
+            if (Isa512.IsSupported) TileGemm.MultiplyTransposed<Isa512, System.Runtime.Intrinsics.Vector512<float>>(a, lda, b, ldb, c, ldc, m, n, k);
+            else if (Isa256.IsSupported) TileGemm.MultiplyTransposed<Isa256, System.Runtime.Intrinsics.Vector256<float>>(a, lda, b, ldb, c, ldc, m, n, k);
+            else TileGemm.MultiplyTransposed<Isa128, System.Runtime.Intrinsics.Vector128<float>>(a, lda, b, ldb, c, ldc, m, n, k);
         }
 
         // In place: a (upper triangle, row-major d×d) becomes its Cholesky factor Rᵀ·R; b becomes a⁻¹·b.
