@@ -71,9 +71,9 @@ public class GatedAssociativeMemoryTests
     public void SaturatedGatesPickOnePathAndLongSequencesStayFinite()
     {
         var rng = TestData.Rng(543);
-        Setup s = Random(rng, 1, varlen: false, withState: false);
-        var c = ExtraCase.Make(rng, s.Case.Shape with { Batch = 1, Tokens = 8192 }, scale: 30);
-        s = s with { Case = c };
+        // A cheap long shape: one head of 32 over 64k tokens, 16 slots, width 4.
+        var c = ExtraCase.Make(rng, new LinearExtraShape(1, 65536, 1, 1, 32, 32), scale: 30);
+        var s = new Setup(c, TestData.Gaussian<float>(rng, 16 * 32), TestData.Gaussian<float>(rng, 4 * 32), 4, null, null, null);
         float[] on = new float[c.Shape.OutputCount], off = new float[c.Shape.OutputCount];
         Array.Fill(on, 100f);
         Array.Fill(off, -100f);

@@ -92,8 +92,8 @@ public class KernelizedRpeTests
     public void LongSequenceWithExtremeBiasStaysFinite()
     {
         var rng = TestData.Rng(524);
-        var c = ExtraCase.Make(rng, new LinearExtraShape(1, 4097, 1, 1, 32, 8), scale: 3);
-        float[] bias = KernelizedRpe.DefaultBias(1, 4097);
+        var c = ExtraCase.Make(rng, new LinearExtraShape(1, 16385, 1, 1, 32, 8), scale: 3);
+        float[] bias = KernelizedRpe.DefaultBias(1, 16385);
         for (int i = 0; i < bias.Length; i++) bias[i] *= 200; // weights from e^0 down to e^(−hundreds)
         var output = TestData.Poisoned<float>(c.Shape.OutputCount);
         KernelizedRpe.Forward(c.Q, c.K, c.V, c.Shape, KernelizedRpe.RandomFeatures(8, 32, 1), bias, null, output);
