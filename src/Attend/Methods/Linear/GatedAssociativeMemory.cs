@@ -93,7 +93,12 @@ public static class GatedAssociativeMemory
         options ??= new GatedAssociativeMemoryOptions();
         int width = Check(shape, q.Length, v.Length, parameters, initialState, output, finalState, out int slots);
         int h = shape.Heads, d = shape.ValueDim, rows = shape.Batch * shape.Tokens;
-        if (rows == 0) { if (!finalState.IsEmpty) initialState.CopyTo(finalState); return; }
+        if (rows == 0)
+        {
+            if (initialState.IsEmpty) finalState.Clear();
+            else if (!finalState.IsEmpty) initialState.CopyTo(finalState);
+            return;
+        }
 
         // Global path: every token retrieves from its head's bank; position plays no part, so all B·T tokens form one
         // query batch against the bank laid out [1, S, H, D].
