@@ -128,6 +128,75 @@ public class AarenTests
     }
 
     [Fact]
+    public void BackwardEqualsTheSoftmaxBackwardOfTheBroadcastQuery()
+    {
+        var rng = TestData.Rng(506);
+        for (int trial = 0; trial < 8; trial++)
+        {
+            var c = ExtraCase.Random(rng, 100, [32, 64, 128], varlen: false, sameDims: true, scale: trial % 2 == 0 ? 1 : 4);
+            var s = c.Shape;
+            float[] query = AarenMethod.QueryTokens(c.Q, s);
+            var qFull = new float[c.Q.Length];
+            int hd = s.Heads * s.KeyDim;
+            for (int b = 0; b < s.Batch; b++)
+                for (int t = 0; t < s.Tokens; t++) Array.Copy(query, b * hd, qFull, ((long)b * s.Tokens + t) * hd, hd);
+            float[] dO = TestData.Gaussian<float>(rng, s.OutputCount);
+            ReferenceBackwardResult expected = ReferenceAttention.Backward<float>(TestData.Bthd(qFull, s.Batch, s.Tokens, s.Heads, s.KeyDim),
+                TestData.Bthd(c.K, s.Batch, s.Tokens, s.KvHeads, s.KeyDim), TestData.Bthd(c.V, s.Batch, s.Tokens, s.KvHeads, s.ValueDim),
+                TestData.Bthd(dO, s.Batch, s.Tokens, s.Heads, s.ValueDim), new AttentionOptions { Mask = new CausalMask() });
+            // The query token is shared by every row, so its gradient is the sum of the rows' dQ.
+            var dQuery = new double[query.Length];
+            for (int b = 0; b < s.Batch; b++)
+                for (int t = 0; t < s.Tokens; t++)
+                    for (int i = 0; i < hd; i++) dQuery[b * hd + i] += expected.DQ[((long)b * s.Tokens + t) * hd + i];
+            float[] o = Run(c, query, "chunked", 16, [], out _);
+            float[] gq = TestData.Poisoned<float>(query.Length), gk = TestData.Poisoned<float>(c.K.Length), gv = TestData.Poisoned<float>(c.V.Length);
+            Aaren.Backward(query, c.K, c.V, s, null, [], o, dO, gq, gk, gv);
+            Assert.True(ExtraCase.Error(gv, expected.DV) < 1e-4, $"dV {ExtraCase.Error(gv, expected.DV):E2}; {c.Description}");
+            Assert.True(ExtraCase.Error(gk, expected.DK) < 1e-4, $"dK {ExtraCase.Error(gk, expected.DK):E2}; {c.Description}");
+            Assert.True(ExtraCase.Error(gq, dQuery) < 1e-4, $"dQuery {ExtraCase.Error(gq, dQuery):E2}; {c.Description}");
+        }
+    }
+
+    [Fact]
+    public void BackwardWithAnInitialStateMatchesFiniteDifferences()
+    {
+        var rng = TestData.Rng(507);
+        var s = new LinearExtraShape(1, 6, 2, 1, 3, 2, SeqOffsets.FromLengths([2, 4]));
+        var c = ExtraCase.Make(rng, s);
+        float[] query = TestData.Gaussian<float>(rng, 2 * 2 * 3);
+        var prefix = ExtraCase.Make(rng, s with { Batch = 2, Tokens = 3, Offsets = null });
+        (_, double[] initD) = AarenReference.Forward(query, prefix.K, prefix.V, prefix.Shape, null, []);
+        float[] init = Array.ConvertAll(initD, x => (float)x);
+        float[] dO = TestData.Gaussian<float>(rng, s.OutputCount);
+        double Loss(float[] qq, float[] kk, float[] vv)
+        {
+            (double[] o, _) = AarenReference.Forward(qq, kk, vv, s, null, init);
+            double sum = 0;
+            for (int i = 0; i < o.Length; i++) sum += o[i] * dO[i];
+            return sum;
+        }
+        float[] output = Run(c, query, "recurrent", 1, init, out _);
+        float[] gq = new float[query.Length], gk = new float[c.K.Length], gv = new float[c.V.Length];
+        Aaren.Backward(query, c.K, c.V, s, null, init, output, dO, gq, gk, gv);
+        foreach ((float[] x, float[] grad, string name) in new[] { (query, gq, "query"), (c.K, gk, "k"), (c.V, gv, "v") })
+        {
+            for (int i = 0; i < x.Length; i++)
+            {
+                float keep = x[i];
+                const float step = 1e-2f;
+                x[i] = keep + step;
+                double up = Loss(query, c.K, c.V);
+                x[i] = keep - step;
+                double down = Loss(query, c.K, c.V);
+                x[i] = keep;
+                double fd = (up - down) / (2 * step);
+                Assert.True(Math.Abs(fd - grad[i]) < 2e-3 * Math.Max(1, Math.Abs(fd)), $"d{name}[{i}]: {grad[i]} vs finite difference {fd} (seed {TestData.RunSeed})");
+            }
+        }
+    }
+
+    [Fact]
     public void AdapterRunsEveryFormAndRejectsBadParameters()
     {
         var rng = TestData.Rng(505);

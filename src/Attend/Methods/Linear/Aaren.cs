@@ -26,6 +26,8 @@ public sealed record AarenOptions
 /// token broadcast to every row.
 /// </summary>
 /// <remarks>
+/// <para>Training: <see cref="Backward"/> gives the gradients of the query token, keys and values in O(T·D) by a
+/// reverse scan (checked against <see cref="ReferenceAttention.Backward{T}"/> and finite differences).</para>
 /// <para>Forms: <see cref="Recurrent"/> (one token at a time, the decode step) and <see cref="Chunked"/> (the parallel
 /// scan as reduce-then-scan over chunks: every chunk reduces to its (m, u, w) in parallel, a short sequential scan over
 /// chunk totals gives each chunk its carry-in, and every chunk then scans its own tokens in parallel).
@@ -136,6 +138,88 @@ public static unsafe class Aaren
         }
     }
 
+    /// <summary>
+    /// Gradients of Σ dO ⊙ output with respect to the query tokens, keys and values, in O(T·D) per head: with
+    /// lse_t the log-sum-exp after token t (non-decreasing in t), p_ti = e^(s_i − lse_t), and the suffix sums
+    /// Â_i = Σ_(t≥i) e^(lse_i − lse_t)·dO_t and B̂_i = Σ_(t≥i) e^(lse_i − lse_t)·(dO_t·o_t) (every factor ≤ 1, taken by
+    /// a reverse scan), dV_i = e^(s_i − lse_i)·Â_i and dS_i = e^(s_i − lse_i)·(v_i·Â_i − B̂_i); dK_i = scale·dS_i·query,
+    /// dQuery = scale·Σ_i dS_i·k_i. An initial state is a constant (it enters lse and the outputs, and gets no gradient).
+    /// </summary>
+    /// <param name="query">Query token per sequence and head <c>[N, H, Dk]</c>.</param>
+    /// <param name="k">Keys <c>[B, T, Hkv, Dk]</c>.</param>
+    /// <param name="v">Values <c>[B, T, Hkv, Dv]</c>.</param>
+    /// <param name="shape">Dimensions (and varlen offsets).</param>
+    /// <param name="options">Scale (the chunk size plays no part).</param>
+    /// <param name="initialState">The forward's initial state <c>[N, H, Dv + 2]</c>, or empty.</param>
+    /// <param name="output">The forward's output <c>[B, T, H, Dv]</c>.</param>
+    /// <param name="outputGradient">dO <c>[B, T, H, Dv]</c>.</param>
+    /// <param name="queryGradient">dQuery <c>[N, H, Dk]</c> (overwritten).</param>
+    /// <param name="keyGradient">dK <c>[B, T, Hkv, Dk]</c> (overwritten; query heads of a group add up).</param>
+    /// <param name="valueGradient">dV <c>[B, T, Hkv, Dv]</c> (overwritten).</param>
+    /// <exception cref="ArgumentException">Mis-sized spans; the message names them.</exception>
+    public static void Backward(ReadOnlySpan<float> query, ReadOnlySpan<float> k, ReadOnlySpan<float> v, LinearExtraShape shape,
+        AarenOptions? options, ReadOnlySpan<float> initialState, ReadOnlySpan<float> output, ReadOnlySpan<float> outputGradient,
+        Span<float> queryGradient, Span<float> keyGradient, Span<float> valueGradient)
+    {
+        options ??= new AarenOptions();
+        Check(query, k, v, shape, initialState, output, default);
+        if (outputGradient.Length != output.Length)
+            throw new ArgumentException($"outputGradient holds {outputGradient.Length} floats; [B, T, H, Dv] needs {output.Length}.", nameof(outputGradient));
+        if (queryGradient.Length != query.Length)
+            throw new ArgumentException($"queryGradient holds {queryGradient.Length} floats; [N, H, Dk] needs {query.Length}.", nameof(queryGradient));
+        if (keyGradient.Length != k.Length) throw new ArgumentException($"keyGradient holds {keyGradient.Length} floats; k has {k.Length}.", nameof(keyGradient));
+        if (valueGradient.Length != v.Length) throw new ArgumentException($"valueGradient holds {valueGradient.Length} floats; v has {v.Length}.", nameof(valueGradient));
+        float scale = options.Scale ?? 1f / MathF.Sqrt(shape.KeyDim);
+        int dk = shape.KeyDim, dv = shape.ValueDim, row = StateRow(shape);
+        queryGradient.Clear();
+        keyGradient.Clear();
+        valueGradient.Clear();
+        var scores = new float[shape.MaxLength];
+        var lse = new float[shape.MaxLength];
+        var a = new float[dv];
+        for (int n = 0; n < shape.Sequences; n++)
+        {
+            int len = shape.Length(n), start = shape.Start(n);
+            for (int h = 0; h < shape.Heads; h++)
+            {
+                int g = h / shape.Group;
+                ReadOnlySpan<float> qh = query.Slice((n * shape.Heads + h) * dk, dk);
+                Span<float> dq = queryGradient.Slice((n * shape.Heads + h) * dk, dk);
+                // Forward: scores and lse after every token (from the initial state's m + ln w).
+                float m = initialState.IsEmpty ? float.NegativeInfinity : initialState[(n * shape.Heads + h) * row + dv];
+                float w = initialState.IsEmpty ? 0 : initialState[(n * shape.Heads + h) * row + dv + 1];
+                for (int t = 0; t < len; t++)
+                {
+                    float sc = scale * TensorPrimitives.Dot(qh, k.Slice((int)shape.K(start + t, g), dk));
+                    scores[t] = sc;
+                    float mNew = MathF.Max(m, sc);
+                    w = (float.IsNegativeInfinity(m) ? 0 : w * MathF.Exp(m - mNew)) + MathF.Exp(sc - mNew);
+                    m = mNew;
+                    lse[t] = m + MathF.Log(w);
+                }
+                // Reverse scan of Â (vector) and B̂ (scalar).
+                a.AsSpan().Clear();
+                float b = 0;
+                for (int t = len - 1; t >= 0; t--)
+                {
+                    int r = start + t;
+                    ReadOnlySpan<float> dOt = outputGradient.Slice((int)shape.O(r, h), dv);
+                    float decay = t == len - 1 ? 0 : MathF.Exp(lse[t] - lse[t + 1]);
+                    TensorPrimitives.MultiplyAdd(a, decay, dOt, a);
+                    b = decay * b + TensorPrimitives.Dot(dOt, output.Slice((int)shape.O(r, h), dv));
+                    float p = MathF.Exp(scores[t] - lse[t]);
+                    ReadOnlySpan<float> vt = v.Slice((int)shape.V(r, g), dv);
+                    Span<float> dvt = valueGradient.Slice((int)shape.V(r, g), dv);
+                    TensorPrimitives.MultiplyAdd(a, p, dvt, dvt);
+                    float ds = scale * p * (TensorPrimitives.Dot(vt, a) - b);
+                    Span<float> dkt = keyGradient.Slice((int)shape.K(r, g), dk);
+                    TensorPrimitives.MultiplyAdd(qh, ds, dkt, dkt);
+                    TensorPrimitives.MultiplyAdd(k.Slice((int)shape.K(r, g), dk), ds, dq, dq);
+                }
+            }
+        }
+    }
+
     // (m, u, w) ← (m, u, w) ⊕ one token with score s and value x.
     private static void AddToken(Span<float> state, int dv, float s, ReadOnlySpan<float> x)
     {
@@ -166,7 +250,7 @@ public static unsafe class Aaren
     }
 
     private static void Check(ReadOnlySpan<float> query, ReadOnlySpan<float> k, ReadOnlySpan<float> v, LinearExtraShape shape,
-        ReadOnlySpan<float> initialState, Span<float> output, Span<float> finalState)
+        ReadOnlySpan<float> initialState, ReadOnlySpan<float> output, ReadOnlySpan<float> finalState)
     {
         ArgumentNullException.ThrowIfNull(shape);
         shape.Validate((int)shape.QueryCount, k.Length, v.Length, output.Length);
