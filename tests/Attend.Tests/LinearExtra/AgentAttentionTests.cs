@@ -65,3 +65,42 @@ public class AgentAttentionTests
         Assert.Equal("v", e.ParamName);
     }
 }
+
+public class AgentAttentionBackwardTests
+{
+    [Fact]
+    public void BackwardMatchesFiniteDifferencesOfTheDefinitionWithGqaAndVarlen()
+    {
+        var rng = TestData.Rng(515);
+        foreach (LinearExtraShape s in new[] { new LinearExtraShape(2, 7, 2, 1, 4, 4), new LinearExtraShape(1, 9, 2, 2, 4, 4, SeqOffsets.FromLengths([5, 1, 3])) })
+        {
+            var c = ExtraCase.Make(rng, s);
+            const int agents = 3;
+            float[] dO = TestData.Gaussian<float>(rng, s.OutputCount);
+            float[] gq = TestData.Poisoned<float>(c.Q.Length), gk = TestData.Poisoned<float>(c.K.Length), gv = TestData.Poisoned<float>(c.V.Length);
+            AgentAttention.Backward(c.Q, c.K, c.V, s, new AgentAttentionOptions { Agents = agents }, dO, gq, gk, gv);
+            double Loss()
+            {
+                double[] o = AgentAttentionReference.Forward(c.Q, c.K, c.V, s, agents, null);
+                double sum = 0;
+                for (int i = 0; i < o.Length; i++) sum += o[i] * dO[i];
+                return sum;
+            }
+            foreach ((float[] x, float[] grad, string name) in new[] { (c.Q, gq, "q"), (c.K, gk, "k"), (c.V, gv, "v") })
+            {
+                for (int i = 0; i < x.Length; i++)
+                {
+                    float keep = x[i];
+                    const float step = 1e-2f;
+                    x[i] = keep + step;
+                    double up = Loss();
+                    x[i] = keep - step;
+                    double down = Loss();
+                    x[i] = keep;
+                    double fd = (up - down) / (2 * step);
+                    Assert.True(Math.Abs(fd - grad[i]) < 2e-3 * Math.Max(1, Math.Abs(fd)), $"d{name}[{i}]: {grad[i]} vs finite difference {fd}; {c.Description}");
+                }
+            }
+        }
+    }
+}

@@ -27,6 +27,8 @@ public sealed record AgentAttentionOptions
 /// <para>Agents: adaptive average pooling of the queries over the token axis, per head (agent a averages tokens
 /// [⌊a·T/n⌋, ⌈(a+1)·T/n⌉) of its sequence), as the paper pools the query map; a sequence shorter than n still gets n
 /// (overlapping) agents.</para>
+/// <para>Training: <see cref="Backward"/> runs both softmax steps backward on the shared kernels and the pooling's
+/// adjoint (checked against finite differences of the float64 definition).</para>
 /// <para>Deviations from the paper: pooling is 1-D over tokens (the paper pools the 2-D image grid); the agent bias
 /// (position biases added to both softmax steps) and the depthwise-convolution term DWC(V) added to the output are
 /// left out, as they are learned parts of the vision block, not of the attention; the method is non-causal like the
@@ -101,6 +103,95 @@ public static class AgentAttention
             AttentionLayout.Bthd<float>(agentValues, ab, at, h, d),
             broadcast,
             AttentionLayout.Bthd(output, b, t, h, d));
+    }
+
+    /// <summary>
+    /// Gradients of Σ dO ⊙ AgentAttention(q, k, v): the forward is recomputed (with its LSEs), then both softmax steps
+    /// run backward through <see cref="Attention.Backward{T}(System.Numerics.Tensors.ReadOnlyTensorSpan{T}, System.Numerics.Tensors.ReadOnlyTensorSpan{T}, System.Numerics.Tensors.ReadOnlyTensorSpan{T}, System.Numerics.Tensors.ReadOnlyTensorSpan{T}, System.Numerics.Tensors.ReadOnlyTensorSpan{T}, System.Numerics.Tensors.ReadOnlyTensorSpan{float}, AttentionOptions, System.Numerics.Tensors.TensorSpan{T}, System.Numerics.Tensors.TensorSpan{T}, System.Numerics.Tensors.TensorSpan{T})"/>
+    /// (broadcast: dQ, dA, dV_A; aggregate with dV_A as its output gradient: dA, dK, dV), and the agents' gradient
+    /// flows back to the queries through the pooling's adjoint.
+    /// </summary>
+    /// <param name="q">Queries <c>[B, T, H, D]</c>.</param>
+    /// <param name="k">Keys <c>[B, T, Hkv, D]</c>.</param>
+    /// <param name="v">Values <c>[B, T, Hkv, D]</c>.</param>
+    /// <param name="shape">Dimensions (and varlen offsets).</param>
+    /// <param name="options">The forward's options.</param>
+    /// <param name="outputGradient">dO <c>[B, T, H, D]</c>.</param>
+    /// <param name="dq">dQ, overwritten.</param>
+    /// <param name="dk">dK, overwritten (query heads of a group add up).</param>
+    /// <param name="dv">dV, overwritten.</param>
+    /// <exception cref="ArgumentException">Mis-sized spans, Dv ≠ Dk, or a bad option; the message names it.</exception>
+    public static void Backward(ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, LinearExtraShape shape,
+        AgentAttentionOptions? options, ReadOnlySpan<float> outputGradient, Span<float> dq, Span<float> dk, Span<float> dv)
+    {
+        ArgumentNullException.ThrowIfNull(shape);
+        options ??= new AgentAttentionOptions();
+        int agents = options.Agents ?? 64;
+        if (agents < 1) throw new ArgumentOutOfRangeException(nameof(options), agents, "Agents must be at least 1.");
+        shape.Validate(q.Length, k.Length, v.Length, outputGradient.Length);
+        if (shape.ValueDim != shape.KeyDim)
+            throw new ArgumentException($"Agent attention runs both steps on the softmax kernels, which need Dv = Dk; got Dv = {shape.ValueDim}, Dk = {shape.KeyDim}.", nameof(v));
+        if (dq.Length != q.Length) throw new ArgumentException($"dq holds {dq.Length} floats; q has {q.Length}.", nameof(dq));
+        if (dk.Length != k.Length) throw new ArgumentException($"dk holds {dk.Length} floats; k has {k.Length}.", nameof(dk));
+        if (dv.Length != v.Length) throw new ArgumentException($"dv holds {dv.Length} floats; v has {v.Length}.", nameof(dv));
+        dq.Clear();
+        dk.Clear();
+        dv.Clear();
+        if (shape.Tokens == 0) return;
+        int nSeq = shape.Sequences, h = shape.Heads, hkv = shape.KvHeads, d = shape.KeyDim, b = shape.Batch, t = shape.Tokens;
+        long agentCount = (long)nSeq * agents * h * d;
+        var agentTokens = new float[agentCount];
+        var agentValues = new float[agentCount];
+        var output = new float[shape.OutputCount];
+        PoolAgents(q, shape, agents, agentTokens);
+        int ab = shape.Offsets is null ? b : 1, at = shape.Offsets is null ? agents : nSeq * agents;
+        SeqOffsets? agentOffsets = null;
+        if (shape.Offsets is not null)
+        {
+            var lengths = new int[nSeq];
+            for (int n = 0; n < nSeq; n++) lengths[n] = shape.Length(n) == 0 ? 0 : agents;
+            agentOffsets = SeqOffsets.FromLengths(lengths);
+        }
+        var aggregate = new AttentionOptions { Scale = options.Scale, Variant = options.Variant, QueryOffsets = agentOffsets, KeyOffsets = shape.Offsets };
+        var broadcast = new AttentionOptions { Scale = options.Scale, Variant = options.Variant, QueryOffsets = shape.Offsets, KeyOffsets = agentOffsets };
+        var lse1 = new float[(long)ab * h * at];
+        var lse2 = new float[(long)b * h * t];
+        Span<float> kK = AsWritable(k), kV = AsWritable(v), kQ = AsWritable(q);
+        Attention.Forward<float>(AttentionLayout.Bthd<float>(agentTokens, ab, at, h, d), AttentionLayout.Bthd(kK, b, t, hkv, d),
+            AttentionLayout.Bthd(kV, b, t, hkv, d), aggregate, AttentionLayout.Bthd<float>(agentValues, ab, at, h, d), AttentionLayout.Lse(lse1, ab, h, at));
+        Attention.Forward<float>(AttentionLayout.Bthd(kQ, b, t, h, d), AttentionLayout.Bthd<float>(agentTokens, ab, at, h, d),
+            AttentionLayout.Bthd<float>(agentValues, ab, at, h, d), broadcast, AttentionLayout.Bthd<float>(output, b, t, h, d), AttentionLayout.Lse(lse2, b, h, t));
+
+        var dAgents = new float[agentCount];
+        var dAgentValues = new float[agentCount];
+        var dAgentsFromAggregate = new float[agentCount];
+        Attention.Backward<float>(AttentionLayout.Bthd(kQ, b, t, h, d), AttentionLayout.Bthd<float>(agentTokens, ab, at, h, d),
+            AttentionLayout.Bthd<float>(agentValues, ab, at, h, d), AttentionLayout.Bthd<float>(output, b, t, h, d),
+            AttentionLayout.Bthd(AsWritable(outputGradient), b, t, h, d), AttentionLayout.Lse(lse2, b, h, t), broadcast,
+            AttentionLayout.Bthd(dq, b, t, h, d), AttentionLayout.Bthd<float>(dAgents, ab, at, h, d), AttentionLayout.Bthd<float>(dAgentValues, ab, at, h, d));
+        Attention.Backward<float>(AttentionLayout.Bthd<float>(agentTokens, ab, at, h, d), AttentionLayout.Bthd(kK, b, t, hkv, d),
+            AttentionLayout.Bthd(kV, b, t, hkv, d), AttentionLayout.Bthd<float>(agentValues, ab, at, h, d),
+            AttentionLayout.Bthd<float>(dAgentValues, ab, at, h, d), AttentionLayout.Lse(lse1, ab, h, at), aggregate,
+            AttentionLayout.Bthd<float>(dAgentsFromAggregate, ab, at, h, d), AttentionLayout.Bthd(dk, b, t, hkv, d), AttentionLayout.Bthd(dv, b, t, hkv, d));
+        TensorPrimitives.Add(dAgents, dAgentsFromAggregate, dAgents);
+
+        // The pooling's adjoint: agent a averaged tokens [t0, t1), so each of them gets dA_a / (t1 − t0).
+        int hd = h * d;
+        for (int n = 0; n < nSeq; n++)
+        {
+            int length = shape.Length(n);
+            if (length == 0) continue;
+            for (int a = 0; a < agents; a++)
+            {
+                int t0 = (int)((long)a * length / agents), t1 = (int)(((long)(a + 1) * length + agents - 1) / agents);
+                ReadOnlySpan<float> dA = dAgents.AsSpan((n * agents + a) * hd, hd);
+                for (int x = t0; x < t1; x++)
+                {
+                    Span<float> row = dq.Slice((int)shape.Q(shape.Start(n) + x, 0), hd);
+                    TensorPrimitives.MultiplyAdd(dA, 1f / (t1 - t0), row, row);
+                }
+            }
+        }
     }
 
     private static Span<float> AsWritable(ReadOnlySpan<float> span) =>
