@@ -112,3 +112,50 @@ public class GatedAssociativeMemoryTests
         Assert.Equal("v", e.ParamName);
     }
 }
+
+public class GatedAssociativeMemoryBackwardTests
+{
+    [Fact]
+    public void BackwardMatchesFiniteDifferencesOfTheDefinitionForEveryInputAndParameter()
+    {
+        var rng = TestData.Rng(545);
+        foreach (LinearExtraShape s in new[] { new LinearExtraShape(2, 5, 2, 1, 3, 3), new LinearExtraShape(1, 7, 2, 2, 3, 3, SeqOffsets.FromLengths([4, 1, 2])) })
+        {
+            var c = ExtraCase.Make(rng, s);
+            const int slots = 4, width = 3;
+            float[] memory = TestData.Gaussian<float>(rng, s.Heads * slots * 3), conv = TestData.Gaussian<float>(rng, s.Heads * width * 3);
+            float[] gl = TestData.Gaussian<float>(rng, s.OutputCount), gg = TestData.Gaussian<float>(rng, s.OutputCount);
+            float[] init = TestData.Gaussian<float>(rng, GatedAssociativeMemory.StateSize(s, width));
+            float[] dO = TestData.Gaussian<float>(rng, s.OutputCount);
+            var grads = new[] { new float[c.Q.Length], new float[c.V.Length], new float[memory.Length], new float[conv.Length], new float[gl.Length], new float[gg.Length] };
+            GatedAssociativeMemory.Backward(c.Q, c.V, s, new GamParameters(memory, conv, gl, gg), null, init, dO,
+                grads[0], grads[1], grads[2], grads[3], grads[4], grads[5]);
+            double Loss()
+            {
+                (double[] o, _) = GatedAssociativeMemoryReference.Forward(c.Q, c.V, s, memory, conv, gl, gg, null, init);
+                double sum = 0;
+                for (int i = 0; i < o.Length; i++) sum += o[i] * dO[i];
+                return sum;
+            }
+            float[][] inputs = [c.Q, c.V, memory, conv, gl, gg];
+            string[] names = ["q", "v", "memory", "conv", "gate_local", "gate_global"];
+            for (int which = 0; which < inputs.Length; which++)
+            {
+                float[] x = inputs[which];
+                for (int i = 0; i < x.Length; i++)
+                {
+                    float keep = x[i];
+                    const float step = 1e-2f;
+                    x[i] = keep + step;
+                    double up = Loss();
+                    x[i] = keep - step;
+                    double down = Loss();
+                    x[i] = keep;
+                    double fd = (up - down) / (2 * step);
+                    Assert.True(Math.Abs(fd - grads[which][i]) < 2e-3 * Math.Max(1, Math.Abs(fd)),
+                        $"d{names[which]}[{i}]: {grads[which][i]} vs finite difference {fd}; {c.Description}");
+                }
+            }
+        }
+    }
+}

@@ -48,6 +48,7 @@ public readonly ref struct GamParameters(ReadOnlySpan<float> Memory, ReadOnlySpa
 /// residual and the FFN belong to the model, and the gate logits are inputs. The paper has no heads; here every head
 /// has its own bank and kernel (one head reproduces the paper), and query head h convolves the values of key/value
 /// head h / (H / Hkv). The bank is both keys and values, so Dv = Dk.</para>
+/// <para>Training: <see cref="Backward"/> gives the gradients of q, v, the bank, the kernel and both gate logits.</para>
 /// <para>Forms: naive (the float64 definition), chunked (the retrieval of all tokens in one softmax call and the
 /// convolution of all tokens in parallel) and recurrent (the convolution slides a window token by token; the retrieval
 /// has no state). State: the convolution window, the last W − 1 values of every sequence and key/value head,
@@ -126,6 +127,112 @@ public static class GatedAssociativeMemory
             Sigmoid(parameters.GateGlobal, (int)i, gate);
             TensorPrimitives.MultiplyAdd(global.AsSpan((int)i, d), gate, o, o);
         }
+    }
+
+    /// <summary>
+    /// Gradients of Σ dO ⊙ GAM(q, v) with respect to q, v, the bank, the kernel and both gate logits (the training
+    /// path): the retrieval is recomputed with its LSE and runs backward through
+    /// <see cref="Attention.Backward{T}(System.Numerics.Tensors.ReadOnlyTensorSpan{T}, System.Numerics.Tensors.ReadOnlyTensorSpan{T}, System.Numerics.Tensors.ReadOnlyTensorSpan{T}, System.Numerics.Tensors.ReadOnlyTensorSpan{T}, System.Numerics.Tensors.ReadOnlyTensorSpan{T}, System.Numerics.Tensors.ReadOnlyTensorSpan{float}, AttentionOptions, System.Numerics.Tensors.TensorSpan{T}, System.Numerics.Tensors.TensorSpan{T}, System.Numerics.Tensors.TensorSpan{T})"/>
+    /// (the bank's gradient is its key plus its value gradient); the convolution's adjoint spreads dL back over the
+    /// window. An initial window is a constant (no gradient). Absent gates (empty spans) still get their gradient, at
+    /// logits 0.
+    /// </summary>
+    /// <param name="q">Retrieval queries <c>[B, T, H, D]</c>.</param>
+    /// <param name="v">Convolution input <c>[B, T, Hkv, D]</c>.</param>
+    /// <param name="shape">Dimensions.</param>
+    /// <param name="parameters">Bank, kernel and gate logits of the forward.</param>
+    /// <param name="options">The forward's options.</param>
+    /// <param name="initialState">The forward's initial window, or empty.</param>
+    /// <param name="outputGradient">dO <c>[B, T, H, D]</c>.</param>
+    /// <param name="dq">dQ, overwritten.</param>
+    /// <param name="dv">dV, overwritten (query heads of a group add up).</param>
+    /// <param name="dMemory">dM <c>[H, S, D]</c>, overwritten.</param>
+    /// <param name="dConv">dC <c>[H, W, D]</c>, overwritten.</param>
+    /// <param name="dGateLocal">d(local gate logits) <c>[B, T, H, D]</c>, overwritten.</param>
+    /// <param name="dGateGlobal">d(global gate logits) <c>[B, T, H, D]</c>, overwritten.</param>
+    /// <exception cref="ArgumentException">Mis-sized spans or Dv ≠ Dk; the message names it.</exception>
+    public static void Backward(ReadOnlySpan<float> q, ReadOnlySpan<float> v, LinearExtraShape shape, GamParameters parameters,
+        GatedAssociativeMemoryOptions? options, ReadOnlySpan<float> initialState, ReadOnlySpan<float> outputGradient,
+        Span<float> dq, Span<float> dv, Span<float> dMemory, Span<float> dConv, Span<float> dGateLocal, Span<float> dGateGlobal)
+    {
+        options ??= new GatedAssociativeMemoryOptions();
+        int width = Check(shape, q.Length, v.Length, parameters, initialState, outputGradient, default, out int slots);
+        if (dq.Length != q.Length) throw new ArgumentException($"dq holds {dq.Length} floats; q has {q.Length}.", nameof(dq));
+        if (dv.Length != v.Length) throw new ArgumentException($"dv holds {dv.Length} floats; v has {v.Length}.", nameof(dv));
+        if (dMemory.Length != parameters.Memory.Length) throw new ArgumentException($"dMemory holds {dMemory.Length} floats; the bank has {parameters.Memory.Length}.", nameof(dMemory));
+        if (dConv.Length != parameters.Conv.Length) throw new ArgumentException($"dConv holds {dConv.Length} floats; the kernel has {parameters.Conv.Length}.", nameof(dConv));
+        if (dGateLocal.Length != outputGradient.Length) throw new ArgumentException($"dGateLocal holds {dGateLocal.Length} floats; [B, T, H, D] needs {outputGradient.Length}.", nameof(dGateLocal));
+        if (dGateGlobal.Length != outputGradient.Length) throw new ArgumentException($"dGateGlobal holds {dGateGlobal.Length} floats; [B, T, H, D] needs {outputGradient.Length}.", nameof(dGateGlobal));
+        dq.Clear(); dv.Clear(); dMemory.Clear(); dConv.Clear(); dGateLocal.Clear(); dGateGlobal.Clear();
+        int h = shape.Heads, d = shape.ValueDim, rows = shape.Batch * shape.Tokens;
+        if (rows == 0) return;
+
+        // Forward pieces: the retrieval R (with its LSE) and the convolution L.
+        var bank = new float[slots * h * d];
+        for (int head = 0; head < h; head++)
+            for (int s = 0; s < slots; s++)
+                parameters.Memory.Slice((head * slots + s) * d, d).CopyTo(bank.AsSpan((s * h + head) * d, d));
+        var global = new float[outputGradient.Length];
+        var lse = new float[(long)h * rows];
+        var retrieval = new AttentionOptions { Scale = options.Scale ?? 1f, Variant = options.Variant };
+        Span<float> qw = AsWritable(q);
+        Attention.Forward<float>(AttentionLayout.Bthd(qw, 1, rows, h, d), AttentionLayout.Bthd<float>(bank, 1, slots, h, d),
+            AttentionLayout.Bthd<float>(bank, 1, slots, h, d), retrieval, AttentionLayout.Bthd<float>(global, 1, rows, h, d), AttentionLayout.Lse(lse, 1, h, rows));
+        var local = new float[outputGradient.Length];
+        ConvolveParallel(v, shape, parameters.Conv, width, initialState, local, default);
+
+        // Gates: out = σ(gl)·L + σ(gg)·R.
+        var dGlobal = new float[outputGradient.Length];
+        var dLocal = new float[outputGradient.Length];
+        Span<float> gate = new float[d];
+        for (int i = 0; i < outputGradient.Length; i += d)
+        {
+            ReadOnlySpan<float> dO = outputGradient.Slice(i, d);
+            Sigmoid(parameters.GateLocal, i, gate);
+            for (int x = 0; x < d; x++)
+            {
+                dLocal[i + x] = dO[x] * gate[x];
+                dGateLocal[i + x] = dO[x] * local[i + x] * gate[x] * (1 - gate[x]);
+            }
+            Sigmoid(parameters.GateGlobal, i, gate);
+            for (int x = 0; x < d; x++)
+            {
+                dGlobal[i + x] = dO[x] * gate[x];
+                dGateGlobal[i + x] = dO[x] * global[i + x] * gate[x] * (1 - gate[x]);
+            }
+        }
+
+        // Retrieval backward: the bank is both keys and values.
+        var dBankK = new float[bank.Length];
+        var dBankV = new float[bank.Length];
+        Attention.Backward<float>(AttentionLayout.Bthd(qw, 1, rows, h, d), AttentionLayout.Bthd<float>(bank, 1, slots, h, d),
+            AttentionLayout.Bthd<float>(bank, 1, slots, h, d), AttentionLayout.Bthd<float>(global, 1, rows, h, d),
+            AttentionLayout.Bthd<float>(dGlobal, 1, rows, h, d), AttentionLayout.Lse(lse, 1, h, rows), retrieval,
+            AttentionLayout.Bthd(dq, 1, rows, h, d), AttentionLayout.Bthd<float>(dBankK, 1, slots, h, d), AttentionLayout.Bthd<float>(dBankV, 1, slots, h, d));
+        for (int head = 0; head < h; head++)
+            for (int s = 0; s < slots; s++)
+                TensorPrimitives.Add(dBankK.AsSpan((s * h + head) * d, d), dBankV.AsSpan((s * h + head) * d, d), dMemory.Slice((head * slots + s) * d, d));
+
+        // Convolution adjoint: L_t = Σ_w C_w ⊙ x_(t−w), so dx_(t−w) += C_w ⊙ dL_t and dC_w += dL_t ⊙ x_(t−w).
+        for (int n = 0; n < shape.Sequences; n++)
+            for (int head = 0; head < h; head++)
+            {
+                int g = head / shape.Group;
+                for (int t = 0; t < shape.Length(n); t++)
+                {
+                    ReadOnlySpan<float> dL = dLocal.AsSpan((int)shape.O(shape.Start(n) + t, head), d);
+                    for (int w = 0; w < width; w++)
+                    {
+                        ReadOnlySpan<float> x = Past(v, initialState, shape, width, n, g, t, w);
+                        if (x.IsEmpty) continue;
+                        Span<float> dC = dConv.Slice((head * width + w) * d, d);
+                        TensorPrimitives.MultiplyAdd(dL, x, dC, dC);
+                        if (t - w < 0) continue; // from the initial window: a constant
+                        Span<float> dx = dv.Slice((int)shape.V(shape.Start(n) + t - w, g), d);
+                        TensorPrimitives.MultiplyAdd(dL, parameters.Conv.Slice((head * width + w) * d, d), dx, dx);
+                    }
+                }
+            }
     }
 
     private static void Sigmoid(ReadOnlySpan<float> logits, int offset, Span<float> gate)
