@@ -26,10 +26,11 @@ public class TitansMemoryTests
         for (int i = 0; i < init.Length; i++) init[i] += (float)(0.2 * (rng.NextDouble() - 0.5));
         // The position slot: a chunk already partly filled (its gradient weights G are the noisy copy above).
         for (int r = row - 1; r < init.Length; r += row) init[r] = rng.Next(chunk);
-        var options = new TitansMemoryOptions { Hidden = hidden, ChunkSize = chunk, Theta = 0.02f / chunk };
+        var options = new TitansMemoryOptions { Hidden = hidden, ChunkSize = chunk };
         // A chunk sums b gradients taken at the same weights, so the stable step shrinks with b (the method diverges
-        // otherwise, in float64 as well), and momentum η multiplies it by up to 1/(1 − η): θ ≤ 0.05 / b, η ≤ 0.9.
-        return gates ? new Setup(c, Uniform(0, 0.2), Uniform(0.3, 0.9), Uniform(0, 0.05 / chunk), options, init) : new Setup(c, null, null, null, options, init);
+        // otherwise, in float64 as well), momentum η multiplies it by up to 1/(1 − η), and the first layer's curvature
+        // grows with ‖v‖² ≈ Dv: θ ≤ 0.4 / (b·Dv), η ≤ 0.9 (the default θ is 0.2 / (b·Dv)).
+        return gates ? new Setup(c, Uniform(0, 0.2), Uniform(0.3, 0.9), Uniform(0, 0.4 / (chunk * c.Shape.ValueDim)), options, init) : new Setup(c, null, null, null, options, init);
     }
 
     private static (float[] O, float[] State) Run(Setup s, bool recurrent, ExtraCase? c = null, float[]? init = null, float[]? alpha = null, float[]? eta = null, float[]? theta = null)

@@ -18,8 +18,9 @@ public sealed record TitansMemoryOptions
     /// <summary>Momentum decay η ∈ [0, 1] when no per-token gates are given (default 0.9).</summary>
     public float? Eta { get; init; }
 
-    /// <summary>Inner learning rate θ ≥ 0 when no per-token gates are given (default 0.02: with η = 0.9 the momentum
-    /// multiplies the step by up to 10, and a chunk of b tokens sums b gradients, so large θ·b/(1 − η) diverges).</summary>
+    /// <summary>Inner learning rate θ ≥ 0 when no per-token gates are given (default 0.2 / (b·Dv): a chunk of b tokens
+    /// sums b gradients, momentum η = 0.9 multiplies the step by up to 10, and the curvature of the first layer grows
+    /// with ‖v‖² ≈ Dv for unit-variance values, so a fixed θ diverges for large b or Dv, in float64 too).</summary>
     public float? Theta { get; init; }
 
     /// <summary>Most threads to use (default: all cores).</summary>
@@ -155,7 +156,7 @@ public static unsafe class TitansMemory
         int hidden = options.Hidden ?? shape.KeyDim, chunk = options.ChunkSize ?? 16;
         if (hidden < 1) throw new ArgumentOutOfRangeException(nameof(options), hidden, "Hidden must be at least 1.");
         if (chunk < 1) throw new ArgumentOutOfRangeException(nameof(options), chunk, "ChunkSize must be at least 1.");
-        float alpha = options.Alpha ?? 0.01f, eta = options.Eta ?? 0.9f, theta = options.Theta ?? 0.02f;
+        float alpha = options.Alpha ?? 0.01f, eta = options.Eta ?? 0.9f, theta = options.Theta ?? 0.2f / ((float)chunk * shape.ValueDim);
         CheckGate(alpha, 0, 1, "alpha");
         CheckGate(eta, 0, 1, "eta");
         CheckGate(theta, 0, float.MaxValue, "theta");
@@ -561,7 +562,7 @@ public sealed class TitansMemoryMethod : IAttentionMethod
             new MethodParameter("hidden", "int", "Dk", "hidden width of the memory MLP"),
             new MethodParameter("alpha", "float", "0.01", "forgetting gate when no alpha input is given, in [0, 1]"),
             new MethodParameter("eta", "float", "0.9", "momentum decay when no eta input is given, in [0, 1]"),
-            new MethodParameter("theta", "float", "0.02", "inner learning rate when no theta input is given, ≥ 0"),
+            new MethodParameter("theta", "float", "0.2/(chunk·Dv)", "inner learning rate when no theta input is given, ≥ 0"),
         ],
     };
 
@@ -579,7 +580,7 @@ public sealed class TitansMemoryMethod : IAttentionMethod
             ChunkSize = chunk, Hidden = hidden,
             Alpha = (float)arguments.GetDouble("alpha", 0.01, 0, 1),
             Eta = (float)arguments.GetDouble("eta", 0.9, 0, 1),
-            Theta = (float)arguments.GetDouble("theta", 0.02, 0),
+            Theta = arguments.Has("theta") ? (float)arguments.GetDouble("theta", 0, 0) : null,
         };
         arguments.ThrowIfUnused(Name);
         int b = shape.Batch, t = shape.Tokens, hkv = shape.KvHeads;
