@@ -16,7 +16,7 @@ public sealed record AgentAttentionOptions
 }
 
 /// <summary>
-/// Agent Attention (Han, Ye, Han, Pan, Wan, Song, Huang, 2024: "Agent Attention: On the Integration of Softmax and
+/// Agent Attention (Han et al., 2024: "Agent Attention: On the Integration of Softmax and
 /// Linear Attention"). n agent tokens A (n ≪ T) are pooled from the queries; the agents first aggregate the sequence,
 /// V_A = softmax(A·Kᵀ·scale)·V, then broadcast it back, O = softmax(Q·Aᵀ·scale)·V_A. Cost O(T·n·D) instead of
 /// O(T²·D); the paper shows this is a generalised linear attention with the feature map
@@ -277,7 +277,7 @@ public sealed class AgentAttentionMethod : IAttentionMethod
 
     /// <inheritdoc />
     public MethodInfo Info { get; } = new(Name, "linear", "method",
-        "Agent Attention: On the Integration of Softmax and Linear Attention (Han, Ye, Han, Pan, Wan, Song, Huang, 2024)", ["cpu"], "implemented",
+        "Agent Attention: On the Integration of Softmax and Linear Attention (Han et al., 2024)", ["cpu"], "implemented",
         "n agent tokens pooled from Q: softmax(A·Kᵀ)·V, then softmax(Q·Aᵀ)·V_A (non-causal, O(T·n·D))")
     {
         Parameters =

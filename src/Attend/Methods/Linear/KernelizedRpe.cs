@@ -17,7 +17,7 @@ public sealed record KernelizedRpeOptions
 }
 
 /// <summary>
-/// Kernelized attention with relative positional encoding, computed by FFT (Luo, Li, Cai, He, Ke, Liu, Zheng, Wang,
+/// Kernelized attention with relative positional encoding, computed by FFT (Luo et al.,
 /// 2021: "Stable, Fast and Accurate: Kernelized Attention with Relative Positional Encoding").
 /// z_i = Σ_j c_(j−i)·φ(q_i)ᵀφ(k_j)·v_j / Σ_j c_(j−i)·φ(q_i)ᵀφ(k_j), with c_d = exp(b_d) from a relative-position bias
 /// b. The matrix C = [c_(j−i)] is Toeplitz, so for every random feature a and value column x the sums
