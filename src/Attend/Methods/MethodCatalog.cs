@@ -44,6 +44,7 @@ public static class MethodCatalog
     [
         new ExactAttentionMethod(),
         .. Linear.LinearMethods.All,
+        .. Linear.LinearExtraMethods.All,
     ];
 
     /// <summary>Every method <c>attend run --method</c> can run, in catalog order.</summary>
