@@ -334,20 +334,27 @@ internal static class BenchLinearCommand
     private static IEnumerable<LinearRecord> Method(IAttentionMethod method, Sweep sweep)
     {
         string name = method.Info.Name;
-        // The same run checks the method: chunked and recurrent against the naive form on a small shape.
+        // Each method runs the forms its `form` parameter lists, with `chunk` only where it has one.
+        string[] forms = FormsOf(method);
+        bool hasChunk = method.Info.Parameters.Any(p => p.Name == "chunk");
+        string[] Args(string form) => hasChunk ? [$"form={form}", "chunk=16"] : [$"form={form}"];
+        // The same run checks the method: its fast forms against the naive form on a small shape.
         MethodInputs small = Inputs(name, 2, 67, 2, Math.Min(sweep.D, 16), 5);
-        MethodResult naive = method.Run(small, MethodArguments.Parse(["form=naive", "chunk=16"]));
+        MethodResult naive = method.Run(small, MethodArguments.Parse(Args("naive")));
         double err = 0;
-        foreach (string form in (string[])["chunked", "recurrent"])
+        foreach (string form in forms)
         {
-            MethodResult r = method.Run(small, MethodArguments.Parse([$"form={form}", "chunk=16"]));
+            if (form == "naive") continue;
+            MethodResult r = method.Run(small, MethodArguments.Parse(Args(form)));
             err = Math.Max(err, Fidelity.MaxRelativeError<float>(r.Output.Data, Array.ConvertAll(naive.Output.Data, x => (double)x)));
         }
         bool passed = err <= Tolerance;
         int d = name == "based" ? 16 : sweep.D;
         MethodTensor? state = null;
+        int maxT = MaxLength(name);
         foreach (int t in sweep.Lengths)
         {
+            if (t > maxT || !forms.Contains("chunked")) continue;
             MethodInputs inputs = Inputs(name, 1, t, sweep.H, d, 31);
             MethodResult? last = null;
             Timing timing = BenchTimer.Measure(() => last = method.Run(inputs, MethodArguments.Parse(["form=chunked"])), sweep.MinSeconds);
@@ -359,6 +366,7 @@ internal static class BenchLinearCommand
                 Gflops = config is null || !passed ? null : ChunkedFlops(config) / seconds / 1e9, Passed = passed,
             };
         }
+        if (!forms.Contains("recurrent")) yield break; // no step form (the state would be the whole prefix): no decode row
         if (state is null) yield break; // a call without a recurrent state (none of the defaults): no decode row
         // Decode: a timed sample is a chain of steps, each a T = 1 recurrent call on the previous call's state (the
         // adapter's per-call work included), so one preempted microsecond does not make the sample.
@@ -379,6 +387,24 @@ internal static class BenchLinearCommand
         yield return new LinearRecord(name, "recurrent", sweep.Lengths[^1], d, sweep.H, passed ? 1e6 / us : null,
             passed ? us : null, null, err, decode.SpreadMs / decode.MedianMs) { Passed = passed };
     }
+
+    /// <summary>The forms a method's <c>form</c> parameter lists (e.g. <c>naive|chunked|recurrent</c>).</summary>
+    private static string[] FormsOf(IAttentionMethod method)
+    {
+        MethodParameter? form = method.Info.Parameters.FirstOrDefault(p => p.Name == "form");
+        return form is null ? ["chunked"] : form.Type.Split('|');
+    }
+
+    /// <summary>
+    /// The longest prefill a method is timed at: methods whose fast form is still quadratic or worse stop early so the
+    /// sweep stays short (Local Linear Attention is O(T²·D²); kernelized RPE's FFT form runs in float64).
+    /// </summary>
+    private static int MaxLength(string name) => name switch
+    {
+        "local-linear-attention" => 1024,
+        "kernelized-rpe" => 4096,
+        _ => int.MaxValue,
+    };
 
     /// <summary>The resolved state-kernel config of a method's default call (for the FLOP count), or null when it has none.</summary>
     private static LinearConfig? ConfigOf(string name, MethodInputs inputs)
