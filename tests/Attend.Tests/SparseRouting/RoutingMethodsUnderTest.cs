@@ -20,6 +20,10 @@ internal static class RoutingMethodsUnderTest
             (x, c) => BiFormer.Plan(x, new BiFormerOptions { RegionSize = 16, TopK = 2, Causal = c }),
             (x, c) => BiFormer.Plan(x, new BiFormerOptions { RegionSize = 16, TopK = 10_000, Causal = c }),
             ClaimsRetrieval: true),
+        new("routing-transformer",
+            (x, c) => RoutingTransformer.Plan(x, new RoutingTransformerOptions { Clusters = Math.Min(3, x.TotalKeyLength * x.Batch), Window = 8, Iterations = 2, Causal = c }),
+            (x, c) => RoutingTransformer.Plan(x, new RoutingTransformerOptions { Clusters = 1, Window = 0, Causal = c }),
+            ClaimsRetrieval: false),
     ];
 
     public static RoutingUnderTest Get(string name) => Array.Find(All, m => m.Name == name) ?? throw new ArgumentException(name);

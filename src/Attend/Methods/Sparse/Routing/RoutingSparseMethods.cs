@@ -7,5 +7,6 @@ public static class RoutingSparseMethods
     public static IAttentionMethod[] All =>
     [
         new BiFormerMethod(),
+        new RoutingTransformerMethod(),
     ];
 }
