@@ -57,8 +57,26 @@ public class RoutingContractTests
         RoutingUnderTest m = RoutingMethodsUnderTest.Get(name);
         Random rng = TestData.Rng(920 + Salt(name));
         RoutingProblem p = RoutingProblem.Random(rng, 2, 512, 4, 2, 64, scale: 0.5);
-        p.PlantNeedle(rng, position: 37, firstRow: 448, strength: 6f);
+        p.PlantNeedle(rng, position: 37, firstRow: 448, strength: 8f);
         SparsePlanCheck(p, m.Sparse(p.Input, true), 37, 448);
+    }
+
+    public static TheoryData<string> SingleQueryRetrievers => RoutingMethodsUnderTest.SingleQueryRetrievers();
+
+    [Theory]
+    [MemberData(nameof(SingleQueryRetrievers))]
+    public void GeneratedNeedlesOfSingleQueriesAreFound(string name)
+    {
+        // The shared workload generator's needle preset: each needle is one query row that must find one distant key.
+        RoutingUnderTest m = RoutingMethodsUnderTest.Get(name);
+        Attend.Workloads.WorkloadOptions o = Attend.Workloads.WorkloadPresets.Get(Attend.Workloads.WorkloadPresets.Needle, 512, heads: 4, kvHeads: 2, headDim: 64);
+        Attend.Workloads.Workload w = Attend.Workloads.WorkloadGenerator.Generate(o, TestData.RunSeed);
+        var x = new Attend.Methods.Sparse.Routing.SelectorInput(w.Q, w.K, w.Batch, w.Length, w.Length, w.Heads, w.KvHeads, w.HeadDim);
+        Attend.Methods.Sparse.Routing.SparsePlan plan = m.Sparse(x, true);
+        Assert.NotEmpty(w.Needles);
+        foreach (Attend.Workloads.PlantedNeedle n in w.Needles)
+            Assert.True(plan.Mask.IsVisible(n.Batch, n.Head, n.Query, n.Key), $"{name} misses needle {n} (density {plan.Density:f3}); seed {TestData.RunSeed}");
+        Assert.True(plan.Density < 0.9, $"density {plan.Density:f3}");
     }
 
     private static void SparsePlanCheck(RoutingProblem p, Attend.Methods.Sparse.Routing.SparsePlan plan, int position, int firstRow)

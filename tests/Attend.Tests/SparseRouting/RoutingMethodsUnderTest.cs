@@ -7,7 +7,8 @@ namespace Attend.Tests.SparseRouting;
 /// <param name="Sparse">A plan with small budgets (so the selection matters at test sizes).</param>
 /// <param name="KeepAll">A plan whose budgets cover everything, or null when the method has none.</param>
 /// <param name="ClaimsRetrieval">Whether the planted-needle test applies.</param>
-internal sealed record RoutingUnderTest(string Name, Func<SelectorInput, bool, SparsePlan> Sparse, Func<SelectorInput, bool, SparsePlan>? KeepAll, bool ClaimsRetrieval)
+/// <param name="FindsSingleQueryNeedles">Whether the selection is fine enough (per query, or max over a block's queries) to find a needle only one query row wants.</param>
+internal sealed record RoutingUnderTest(string Name, Func<SelectorInput, bool, SparsePlan> Sparse, Func<SelectorInput, bool, SparsePlan>? KeepAll, bool ClaimsRetrieval, bool FindsSingleQueryNeedles = false)
 {
     public override string ToString() => Name;
 }
@@ -24,6 +25,22 @@ internal static class RoutingMethodsUnderTest
             (x, c) => RoutingTransformer.Plan(x, new RoutingTransformerOptions { Clusters = Math.Min(3, x.TotalKeyLength * x.Batch), Window = 8, Iterations = 2, Causal = c }),
             (x, c) => RoutingTransformer.Plan(x, new RoutingTransformerOptions { Clusters = 1, Window = 0, Causal = c }),
             ClaimsRetrieval: false),
+        new("hip",
+            (x, c) => HiP.Plan(x, new HiPOptions { QueryBlockSize = 16, KeyBlockSize = 16, TopK = 2, Causal = c }),
+            (x, c) => HiP.Plan(x, new HiPOptions { QueryBlockSize = 16, KeyBlockSize = 16, TopK = 10_000, Causal = c }),
+            // A chunk is judged by its centre key only, so an isolated one-token needle is found only by luck; HiP
+            // relies on attention locality (HiPTests checks that case).
+            ClaimsRetrieval: false),
+        new("landmark",
+            (x, c) => LandmarkAttention.Plan(x, new LandmarkOptions { BlockSize = 16, TopK = 4, Causal = c }),
+            (x, c) => LandmarkAttention.Plan(x, new LandmarkOptions { BlockSize = 16, TopK = 10_000, QueryBlockSize = 7, Causal = c }),
+            // Untrained (mean-key) landmarks dilute a lone needle by the block size: the generator's one-row needles,
+            // which compete with strong locality, are not reliably found (a trained landmark token is the paper's fix).
+            ClaimsRetrieval: true),
+        new("retrieval-attention",
+            (x, c) => RetrievalAttention.Plan(x, new RetrievalAttentionOptions { TopK = 8, Sinks = 2, Window = 8, Lists = 8, Probes = 3, Causal = c }),
+            (x, c) => RetrievalAttention.Plan(x, new RetrievalAttentionOptions { TopK = 100_000, Sinks = 0, Window = 0, Lists = 3, Probes = 3, QueryBlockSize = 5, Causal = c }),
+            ClaimsRetrieval: true, FindsSingleQueryNeedles: true),
     ];
 
     public static RoutingUnderTest Get(string name) => Array.Find(All, m => m.Name == name) ?? throw new ArgumentException(name);
@@ -31,6 +48,8 @@ internal static class RoutingMethodsUnderTest
     public static TheoryDataNames Names() => new(All.Select(m => m.Name));
 
     public static TheoryDataNames Retrievers() => new(All.Where(m => m.ClaimsRetrieval).Select(m => m.Name));
+
+    public static TheoryDataNames SingleQueryRetrievers() => new(All.Where(m => m.FindsSingleQueryNeedles).Select(m => m.Name));
 
     public static TheoryDataNames KeepAllMethods() => new(All.Where(m => m.KeepAll is not null).Select(m => m.Name));
 }

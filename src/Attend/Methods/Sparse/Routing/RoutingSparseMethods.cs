@@ -8,5 +8,8 @@ public static class RoutingSparseMethods
     [
         new BiFormerMethod(),
         new RoutingTransformerMethod(),
+        new HiPMethod(),
+        new LandmarkMethod(),
+        new RetrievalAttentionMethod(),
     ];
 }

@@ -121,3 +121,13 @@ internal static class SelectorMath
         return Math.Min(nkb, Math.Min(lastPosition, tk - 1) / keyBlockSize + 1);
     }
 }
+
+internal static class SelectorScores
+{
+    /// <summary>scores[i] = query · rows[i] for the first <paramref name="count"/> rows of a [n, D] array.</summary>
+    public static void Dots(ReadOnlySpan<float> query, float[] rows, int count, Span<float> scores)
+    {
+        int d = query.Length;
+        for (int i = 0; i < count; i++) scores[i] = System.Numerics.Tensors.TensorPrimitives.Dot(query, new ReadOnlySpan<float>(rows, i * d, d));
+    }
+}
