@@ -109,3 +109,41 @@ internal sealed class RoutingProblem
         Assert.True(plan.Density < 0.9, $"a needle found at density {plan.Density:f3} proves nothing; {this}");
     }
 }
+
+internal static class Recall
+{
+    /// <summary>Mean over (sequence, head, row) of the exact softmax mass the plan covers (float64, causal or full).</summary>
+    public static double Of(RoutingProblem p, Attend.Methods.Sparse.Routing.SparsePlan plan, bool causal)
+    {
+        Attend.Methods.Sparse.Routing.SelectorInput x = plan.Input;
+        double total = 0;
+        long rows = 0;
+        double scale = 1 / Math.Sqrt(p.D);
+        for (int s = 0; s < x.Sequences; s++)
+            for (int h = 0; h < p.H; h++)
+                for (int r = 0; r < x.QueryLength(s); r++)
+                {
+                    int pos = x.QueryPosition(s, r), end = causal ? Math.Min(pos + 1, x.KeyLength(s)) : x.KeyLength(s);
+                    if (end <= 0) continue;
+                    var logits = new double[end];
+                    ReadOnlySpan<float> q = x.QueryRow(s, h, r);
+                    for (int k = 0; k < end; k++)
+                    {
+                        ReadOnlySpan<float> key = x.KeyRow(s, h / x.GroupSize, k);
+                        double dot = 0;
+                        for (int i = 0; i < q.Length; i++) dot += (double)q[i] * key[i];
+                        logits[k] = dot * scale;
+                    }
+                    double max = logits.Max(), z = 0, covered = 0;
+                    for (int k = 0; k < end; k++)
+                    {
+                        double e = Math.Exp(logits[k] - max);
+                        z += e;
+                        if (plan.Mask.IsVisible(s, h, pos, k)) covered += e;
+                    }
+                    total += covered / z;
+                    rows++;
+                }
+        return total / rows;
+    }
+}

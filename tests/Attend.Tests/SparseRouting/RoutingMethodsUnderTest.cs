@@ -41,6 +41,14 @@ internal static class RoutingMethodsUnderTest
             (x, c) => RetrievalAttention.Plan(x, new RetrievalAttentionOptions { TopK = 8, Sinks = 2, Window = 8, Lists = 8, Probes = 3, Causal = c }),
             (x, c) => RetrievalAttention.Plan(x, new RetrievalAttentionOptions { TopK = 100_000, Sinks = 0, Window = 0, Lists = 3, Probes = 3, QueryBlockSize = 5, Causal = c }),
             ClaimsRetrieval: true, FindsSingleQueryNeedles: true),
+        new("dhsa",
+            (x, c) => DHSA.Plan(x, new DhsaOptions { ChunkSize = 8, TokenBudget = 24, Causal = c }),
+            (x, c) => DHSA.Plan(x, new DhsaOptions { ChunkSize = 8, TokenBudget = 1_000_000, Causal = c }),
+            ClaimsRetrieval: false),
+        new("sea",
+            (x, c) => SEA.Plan(x, new SeaOptions { QueryBlockSize = 16, KeyBlockSize = 16, TopK = 2, Causal = c }),
+            (x, c) => SEA.Plan(x, new SeaOptions { QueryBlockSize = 16, KeyBlockSize = 16, TopK = 10_000, Causal = c }),
+            ClaimsRetrieval: false),
     ];
 
     public static RoutingUnderTest Get(string name) => Array.Find(All, m => m.Name == name) ?? throw new ArgumentException(name);

@@ -11,5 +11,7 @@ public static class RoutingSparseMethods
         new HiPMethod(),
         new LandmarkMethod(),
         new RetrievalAttentionMethod(),
+        new DhsaMethod(),
+        new SeaMethod(),
     ];
 }
