@@ -49,6 +49,12 @@ internal static class RoutingMethodsUnderTest
             (x, c) => SEA.Plan(x, new SeaOptions { QueryBlockSize = 16, KeyBlockSize = 16, TopK = 2, Causal = c }),
             (x, c) => SEA.Plan(x, new SeaOptions { QueryBlockSize = 16, KeyBlockSize = 16, TopK = 10_000, Causal = c }),
             ClaimsRetrieval: false),
+        new("longheads",
+            (x, c) => LongHeads.Plan(x, new LongHeadsOptions { ChunkSize = 16, Chunks = 5, Causal = c }),
+            (x, c) => LongHeads.Plan(x, new LongHeadsOptions { ChunkSize = 16, Chunks = 10_000, QueryBlockSize = 5, Causal = c }),
+            // A chunk summary weights its keys by its own queries' attention: a needle nobody near it attends to is
+            // diluted like a mean; LongHeadsTests checks the salient-needle case the method is built for.
+            ClaimsRetrieval: false),
     ];
 
     public static RoutingUnderTest Get(string name) => Array.Find(All, m => m.Name == name) ?? throw new ArgumentException(name);

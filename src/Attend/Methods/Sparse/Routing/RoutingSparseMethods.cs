@@ -13,5 +13,6 @@ public static class RoutingSparseMethods
         new RetrievalAttentionMethod(),
         new DhsaMethod(),
         new SeaMethod(),
+        new LongHeadsMethod(),
     ];
 }
