@@ -12,6 +12,7 @@ public static class RoutingSparseMethods
         new LandmarkMethod(),
         new RetrievalAttentionMethod(),
         new DhsaMethod(),
+        new CcaMethod(),
         new SeaMethod(),
         new LongHeadsMethod(),
     ];
