@@ -55,6 +55,10 @@ internal static class RoutingMethodsUnderTest
             // A chunk summary weights its keys by its own queries' attention: a needle nobody near it attends to is
             // diluted like a mean; LongHeadsTests checks the salient-needle case the method is built for.
             ClaimsRetrieval: false),
+        new("superlinear",
+            (x, c) => SuperlinearAttention.Plan(x, new SuperlinearOptions { Steps = 2, TopK = 3, QueryBlockSize = 16, Causal = c }),
+            (x, c) => SuperlinearAttention.Plan(x, new SuperlinearOptions { Steps = 3, TopK = 10_000, QueryBlockSize = 16, Causal = c }),
+            ClaimsRetrieval: true),
     ];
 
     public static RoutingUnderTest Get(string name) => Array.Find(All, m => m.Name == name) ?? throw new ArgumentException(name);

@@ -15,5 +15,6 @@ public static class RoutingSparseMethods
         new CcaMethod(),
         new SeaMethod(),
         new LongHeadsMethod(),
+        new SuperlinearMethod(),
     ];
 }
