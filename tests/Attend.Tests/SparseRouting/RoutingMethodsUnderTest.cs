@@ -8,7 +8,7 @@ namespace Attend.Tests.SparseRouting;
 /// <param name="KeepAll">A plan whose budgets cover everything, or null when the method has none.</param>
 /// <param name="ClaimsRetrieval">Whether the planted-needle test applies.</param>
 /// <param name="FindsSingleQueryNeedles">Whether the selection is fine enough (per query, or max over a block's queries) to find a needle only one query row wants.</param>
-internal sealed record RoutingUnderTest(string Name, Func<SelectorInput, bool, SparsePlan> Sparse, Func<SelectorInput, bool, SparsePlan>? KeepAll, bool ClaimsRetrieval, bool FindsSingleQueryNeedles = false)
+internal sealed record RoutingUnderTest(string Name, Func<SelectorInput, bool, SparsePlan> Sparse, Func<SelectorInput, bool, SparsePlan>? KeepAll, bool ClaimsRetrieval, bool FindsSingleQueryNeedles = false, bool CausalOnly = false)
 {
     public override string ToString() => Name;
 }
@@ -59,6 +59,14 @@ internal static class RoutingMethodsUnderTest
             (x, c) => SuperlinearAttention.Plan(x, new SuperlinearOptions { Steps = 2, TopK = 3, QueryBlockSize = 16, Causal = c }),
             (x, c) => SuperlinearAttention.Plan(x, new SuperlinearOptions { Steps = 3, TopK = 10_000, QueryBlockSize = 16, Causal = c }),
             ClaimsRetrieval: true),
+        new("delta",
+            (x, c) => DELTA.Plan(x, new DeltaOptions { TopK = 6, Sinks = 2, Window = 6, QueryBlockSize = 16 }),
+            (x, c) => DELTA.Plan(x, new DeltaOptions { TopK = 100_000, Sinks = 0, Window = 0, QueryBlockSize = 16 }),
+            ClaimsRetrieval: false, CausalOnly: true),
+        new("recycled",
+            (x, c) => RecycledAttention.Plan(x, new RecycledOptions { Stride = 8, TopK = 6 }),
+            (x, c) => RecycledAttention.Plan(x, new RecycledOptions { Stride = 8, TopK = 100_000 }),
+            ClaimsRetrieval: true, FindsSingleQueryNeedles: false, CausalOnly: true),
     ];
 
     public static RoutingUnderTest Get(string name) => Array.Find(All, m => m.Name == name) ?? throw new ArgumentException(name);

@@ -15,6 +15,8 @@ public static class RoutingSparseMethods
         new CcaMethod(),
         new SeaMethod(),
         new LongHeadsMethod(),
+        new RecycledMethod(),
+        new DeltaMethod(),
         new SuperlinearMethod(),
     ];
 }

@@ -79,6 +79,9 @@ public sealed class SparsePlan
         QueryOffsets = Input.Offsets, KeyOffsets = Input.Offsets,
     };
 
+    /// <summary>Method-specific state the plan carries for later calls (Recycled Attention's pattern, …), or null.</summary>
+    public object? Tag { get; internal init; }
+
     /// <summary>Which pairs the plan computes exactly, for recall.</summary>
     public IPairCoverage Coverage => new PlanCoverage(this);
 
