@@ -67,6 +67,10 @@ internal static class RoutingMethodsUnderTest
             (x, c) => RecycledAttention.Plan(x, new RecycledOptions { Stride = 8, TopK = 6 }),
             (x, c) => RecycledAttention.Plan(x, new RecycledOptions { Stride = 8, TopK = 100_000 }),
             ClaimsRetrieval: true, FindsSingleQueryNeedles: false, CausalOnly: true),
+        new("spatten",
+            (x, c) => SpAtten.Plan(x, new SpAttenOptions { TokenKeep = 0.5, QuerySample = 4 }),
+            (x, c) => SpAtten.Plan(x, new SpAttenOptions { TokenKeep = 1.0, QuerySample = 4 }),
+            ClaimsRetrieval: false, CausalOnly: true),
     ];
 
     public static RoutingUnderTest Get(string name) => Array.Find(All, m => m.Name == name) ?? throw new ArgumentException(name);

@@ -18,5 +18,6 @@ public static class RoutingSparseMethods
         new RecycledMethod(),
         new DeltaMethod(),
         new SuperlinearMethod(),
+        new SpAttenMethod(),
     ];
 }
