@@ -17,5 +17,6 @@ public static class StaticSparseMethods
         new AxialAttentionMethod(),
         new MaxVitMethod(),
         new HaloNetMethod(),
+        new CombinerMethod(),
     ];
 }
