@@ -11,7 +11,7 @@ namespace Attend.Workloads;
 /// factor D^¼ on both sides, which the default scale 1/√D cancels):</para>
 /// <list type="bullet">
 /// <item>sinks, stripes: one dimension each; the query side is 1 (times the head's factor), the key side √L on the chosen keys, 0 elsewhere;</item>
-/// <item>locality: M rotating pairs (cos ωᵢ·t, sin ωᵢ·t) with ω spaced geometrically from π down to about π/(2W); the
+/// <item>locality: M rotating pairs (cos ωᵢ·t, sin ωᵢ·t) with ω spaced geometrically from π down to 1/W; the
 /// query side weights the pairs so their products sum to L·mean cos(ω·(i−j)): L at distance 0, decaying roughly
 /// logarithmically, ≈ 0 beyond W. This is RoPE's long-term decay; its price is far-field logit noise of about L/√(2M);</item>
 /// <item>slash lines: M pairs at random frequencies in [π/4, π]; the key side is rotated forward by each offset δ,
@@ -27,7 +27,7 @@ namespace Attend.Workloads;
 /// </remarks>
 public static class WorkloadGenerator
 {
-    // Width (tokens) of a slash line: it uses the pairs with ω ≥ π/(2·SlashWidth).
+    // Width (tokens) of a slash line: it uses the pairs with ω ≥ 1/SlashWidth.
     private const int SlashWidth = 4;
 
     private const int StreamQ = 1, StreamK = 2, StreamV = 3, StreamStructure = 4, StreamNeedle = 5, StreamQueryCluster = 6, StreamGlobal = 7;
@@ -60,16 +60,17 @@ public static class WorkloadGenerator
         double[] omega = new double[layout.PositionPairs];
         for (int m = 0; m < omega.Length; m++)
         {
-            // Geometric from π down to π/(2·widest): a head keeps the pairs with ω ≥ π/(2·its width).
+            // Geometric from π down to 1/widest: a head keeps the pairs with ω ≥ 1/its width, whose cosines stay
+            // positive (coherent) up to about that distance.
             double f = omega.Length == 1 ? 0 : (double)m / (omega.Length - 1);
-            omega[m] = Math.PI * Math.Pow(2.0 * widest, -f);
+            omega[m] = Math.PI * Math.Pow(Math.PI * widest, -f);
         }
         var localityWeight = new double[h, layout.PositionPairs];
         var slashWeight = new double[h, layout.PositionPairs];
         for (int head = 0; head < h; head++)
         {
-            if (locality) SpreadOver(omega, Math.PI / (2.0 * headWidths[head]), options.LocalityLogit, localityWeight, head);
-            if (options.SlashOffsets.Count > 0) SpreadOver(omega, Math.PI / (2.0 * SlashWidth), options.SlashLogit * headFactors[head, 2], slashWeight, head);
+            if (locality) SpreadOver(omega, 1.0 / headWidths[head], options.LocalityLogit, localityWeight, head);
+            if (options.SlashOffsets.Count > 0) SpreadOver(omega, 1.0 / SlashWidth, options.SlashLogit * headFactors[head, 2], slashWeight, head);
         }
 
         // cos/sin(ω·t) for every pair and position, and the slash query side folded into one coefficient pair per

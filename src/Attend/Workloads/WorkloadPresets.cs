@@ -52,7 +52,7 @@ public static class WorkloadPresets
             Sinks => shape with { Name = Sinks, SinkTokens = sinks, SinkLogit = 10, LocalityLogit = 8, LocalityWidth = 256 },
             Local => shape with { Name = Local, LocalityLogit = 8, LocalityWidth = 256 },
             Stripes => shape with { Name = Stripes, SinkTokens = sinks, SinkLogit = 8, StripeCount = Math.Min(16, length - sinks), StripeLogit = 8 },
-            Slash => shape with { Name = Slash, LocalityLogit = 6, LocalityWidth = 64, SlashOffsets = SlashOffsetsFor(length), SlashLogit = 8 },
+            Slash => shape with { Name = Slash, LocalityLogit = 6, LocalityWidth = 64, SlashOffsets = SlashOffsetsFor(length), SlashLogit = 10 },
             Needle => NeedleOptions(shape with { Name = Needle, SinkTokens = sinks, SinkLogit = 8, LocalityLogit = 6, LocalityWidth = 128 }),
             Clusters => shape with { Name = Clusters, ClusterCount = Math.Min(16, length), ClusterLogit = 6 },
             Llm => NeedleOptions(shape with
