@@ -207,9 +207,9 @@ public static class CCA
         var kl = new int[n];
         for (int s = 0; s < n; s++) { cores[s] = input.KeyLength(s) / g; ql[s] = input.QueryLength(s); kl[s] = input.KeyLength(s); }
         bool packed = input.Offsets is not null;
-        int maxCores = 0;
-        foreach (int c in cores) maxCores = Math.Max(maxCores, c);
-        int concat = packed ? input.TotalKeyLength + cores.Sum() : input.TotalKeyLength + maxCores;
+        int maxCores = 0, sumCores = 0;
+        foreach (int c in cores) { maxCores = Math.Max(maxCores, c); sumCores += c; }
+        int concat = packed ? input.TotalKeyLength + sumCores : input.TotalKeyLength + maxCores;
         SeqOffsets? keyOffsets = null;
         var concatStart = new int[n];
         if (packed)
@@ -254,8 +254,6 @@ public static class CCA
                 }
             }
         });
-        // In a padded batch, sequences with fewer cores than the widest leave zero rows that the mask never shows;
-        // that only happens with equal lengths here (all sequences share Tk), so every row is used.
         var mask = new CcaMask(cores, ql, kl, g, local);
         long computed = 0, basePairs = 0, exact = 0;
         for (int s = 0; s < n; s++)

@@ -153,14 +153,14 @@ public static class SpAtten
             var kept = new bool[n][];
             var ql = new int[n];
             var kl = new int[n];
-            bool[] heads = previous is null ? Enumerable.Repeat(true, input.Heads).ToArray() : (bool[])previous.KeptHeads.Clone();
+            bool[] heads = previous is null ? AllTrue(input.Heads) : (bool[])previous.KeptHeads.Clone();
             double[] headImportance = previous is null ? new double[input.Heads] : (double[])previous.HeadImportance.Clone();
             for (int s = 0; s < n; s++)
             {
                 ql[s] = input.QueryLength(s);
                 kl[s] = input.KeyLength(s);
                 importance[s] = previous is null ? new double[kl[s]] : (double[])previous.TokenImportance[s].Clone();
-                kept[s] = previous is null ? Enumerable.Repeat(true, kl[s]).ToArray() : (bool[])previous.KeptTokens[s].Clone();
+                kept[s] = previous is null ? AllTrue(kl[s]) : (bool[])previous.KeptTokens[s].Clone();
             }
             // This layer's attention, over the tokens and heads still kept, adds to the importance (the next layer's input).
             var layer = new double[n][];
@@ -207,6 +207,13 @@ public static class SpAtten
     {
         ArgumentNullException.ThrowIfNull(plan);
         return plan.Tag as SpAttenState ?? throw new ArgumentException("The plan was not made by SpAtten.", nameof(plan));
+    }
+
+    private static bool[] AllTrue(int n)
+    {
+        var a = new bool[n];
+        Array.Fill(a, true);
+        return a;
     }
 
     // Keeps the ⌈fraction·kept⌉ most important of the still-kept entries (ties to the lower index); never revives one.

@@ -46,7 +46,9 @@ public sealed class SparsePlan
     public double SelectorMilliseconds { get; internal set; }
 
     /// <summary>Computed (query, key) pairs over all sequences and heads.</summary>
-    public long ComputedPairs => _computedPairs ?? Blocks.VisiblePairs() * (Input.Heads / Blocks.Heads);
+    public long ComputedPairs =>
+        // A block mask stores one head (one sequence) when the mask does not depend on it: scale to all of them.
+        _computedPairs ?? Blocks.VisiblePairs() * (Input.Heads / Blocks.Heads) * (Blocks.PerSequence ? 1 : Input.Sequences);
 
     /// <summary>Visible pairs of the base mask (causal or full) over all sequences and heads.</summary>
     public long BasePairs
