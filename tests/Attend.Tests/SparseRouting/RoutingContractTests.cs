@@ -29,6 +29,9 @@ public class RoutingContractTests
             RoutingProblem.Random(rng, 1, 0, 2, 2, 32, lens: [70, 1, 45]),
             RoutingProblem.Random(rng, 1, 130, 2, 2, 128),
             RoutingProblem.Random(rng, 1, 5, 4, 1, 64, tk: 150),
+            // More queries than keys: the first 40 causal rows see nothing (output 0, LSE −∞); large logits.
+            RoutingProblem.Random(rng, 1, 100, 2, 1, 32, tk: 60),
+            RoutingProblem.Random(rng, 1, 90, 2, 2, 64, scale: 4),
         ];
         for (int i = 0; i < cases.Length; i++)
         {
