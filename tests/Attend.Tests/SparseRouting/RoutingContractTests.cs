@@ -32,6 +32,7 @@ public class RoutingContractTests
             // More queries than keys: the first 40 causal rows see nothing (output 0, LSE −∞); large logits.
             RoutingProblem.Random(rng, 1, 100, 2, 1, 32, tk: 60),
             RoutingProblem.Random(rng, 1, 90, 2, 2, 64, scale: 4),
+            RoutingProblem.Random(rng, 1, 37, 3, 3, 256),
         ];
         for (int i = 0; i < cases.Length; i++)
         {

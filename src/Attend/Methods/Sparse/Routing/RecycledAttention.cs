@@ -46,6 +46,7 @@ public readonly struct RecycledMask : IMaskMod<RecycledMask>
     private readonly int[][]? _full;
     private readonly bool[][]? _firstFull;
     private readonly int[]? _queryLengths, _keyLengths;
+    private readonly int[][]? _freeFrom; // [entry][row]: FreeFrom precomputed (IsVisible runs for every pair of a partial tile)
     private readonly int _stride;
 
     internal RecycledMask(TokenSelectionMask tokens, int[][] full, bool[][] firstFull, int[] queryLengths, int[] keyLengths, int stride)
@@ -56,6 +57,12 @@ public readonly struct RecycledMask : IMaskMod<RecycledMask>
         _queryLengths = queryLengths;
         _keyLengths = keyLengths;
         _stride = stride;
+        _freeFrom = new int[full.Length][];
+        for (int e = 0; e < full.Length; e++)
+        {
+            _freeFrom[e] = new int[queryLengths[e]];
+            for (int r = 0; r < queryLengths[e]; r++) _freeFrom[e][r] = FreeFrom(e, r);
+        }
     }
 
     private int[][] Full => _full ?? throw new InvalidOperationException("default(RecycledMask) is not a plan; build it with RecycledAttention.Plan.");
@@ -73,7 +80,7 @@ public readonly struct RecycledMask : IMaskMod<RecycledMask>
         int e = Full.Length == 1 ? 0 : batch;
         int row = q - (_keyLengths![e] - _queryLengths![e]);
         if ((uint)row >= (uint)_queryLengths[e] || k < 0 || k > q || k >= _keyLengths[e]) return false;
-        return k >= FreeFrom(e, row) || _tokens.IsVisible(batch, head, q, k);
+        return k >= _freeFrom![e][row] || _tokens.IsVisible(batch, head, q, k);
     }
 
     /// <inheritdoc/>
@@ -87,7 +94,7 @@ public readonly struct RecycledMask : IMaskMod<RecycledMask>
         int minFree = int.MaxValue, maxFree = int.MinValue;
         for (int r = r0; r < r1; r++)
         {
-            int f = FreeFrom(e, r);
+            int f = _freeFrom![e][r];
             minFree = Math.Min(minFree, f);
             maxFree = Math.Max(maxFree, f);
         }
