@@ -58,7 +58,10 @@ internal static class RoutingMethodsUnderTest
         new("superlinear",
             (x, c) => SuperlinearAttention.Plan(x, new SuperlinearOptions { Steps = 2, TopK = 3, QueryBlockSize = 16, Causal = c }),
             (x, c) => SuperlinearAttention.Plan(x, new SuperlinearOptions { Steps = 3, TopK = 10_000, QueryBlockSize = 16, Causal = c }),
-            ClaimsRetrieval: true),
+            // A span of √T keys is summarised by its mean key, which dilutes a lone needle by √T: at T = 512 the planted
+            // needle's span ranks below the top 3 in ~12% of draws (top 6: ~2%), so no needle claim without the
+            // paper's learned span scoring.
+            ClaimsRetrieval: false),
         new("delta",
             (x, c) => DELTA.Plan(x, new DeltaOptions { TopK = 6, Sinks = 2, Window = 6, QueryBlockSize = 16 }),
             (x, c) => DELTA.Plan(x, new DeltaOptions { TopK = 100_000, Sinks = 0, Window = 0, QueryBlockSize = 16 }),

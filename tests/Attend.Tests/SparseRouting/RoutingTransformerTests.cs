@@ -118,6 +118,19 @@ public class RoutingTransformerTests
     }
 
     [Fact]
+    public void OnClusteredKeysTheRoutedMassFarExceedsTheDensity()
+    {
+        // The workload generator's clustered keys: a query favours its cluster's keys wherever they are. Content
+        // routing must cover much more of the exact attention mass than its density (random choice would match it).
+        Attend.Workloads.WorkloadOptions o = Attend.Workloads.WorkloadPresets.Get(Attend.Workloads.WorkloadPresets.Clusters, 512, heads: 2, kvHeads: 1, headDim: 64);
+        Attend.Workloads.Workload w = Attend.Workloads.WorkloadGenerator.Generate(o, TestData.RunSeed);
+        var p = new RoutingProblem { B = 1, T = 512, Tk = 512, H = 2, Hkv = 1, D = 64, Dv = 64, Q = w.Q, K = w.K, V = w.V };
+        SparsePlan plan = RoutingTransformer.Plan(p.Input, new RoutingTransformerOptions { Window = 8 });
+        double recall = Recall.Of(p, plan, true);
+        Assert.True(recall > 3 * plan.Density, $"recall {recall:f3} at density {plan.Density:f3}; seed {TestData.RunSeed}");
+    }
+
+    [Fact]
     public void BackwardMatchesFloat64ReferenceOfThePlan()
     {
         Random rng = TestData.Rng(1104);
