@@ -45,6 +45,8 @@ public static class MethodCatalog
         new ExactAttentionMethod(),
         .. Linear.LinearMethods.All,
         .. Linear.LinearExtraMethods.All,
+        .. Sparse.Static.StaticSparseMethods.All,
+        .. Sparse.Routing.RoutingSparseMethods.All,
     ];
 
     /// <summary>Every method <c>attend run --method</c> can run, in catalog order.</summary>

@@ -29,8 +29,10 @@ internal static unsafe class ScoreTile
 
     /// <summary>The part after the product: scale, score mod, mask, sequence end, row maxima.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    // visible: when not null (partial blocks), bit c of visible[r] says whether row r sees column c, evaluated by the
+    // caller already (the forward evaluates the mask first to skip the empty parts of the block).
     public static void Finish<TIsa, TVec, TMask, TScore>(float* s, float* derivative, float* rowMax,
-        int mp, int mr, int kc, float scale, bool partial, in TMask mask, in TScore score, int seq, int head, int qPos, int kPos)
+        int mp, int mr, int kc, float scale, bool partial, in TMask mask, in TScore score, int seq, int head, int qPos, int kPos, ulong* visible = null)
         where TIsa : struct, IVectorIsa<TVec>
         where TVec : unmanaged
         where TMask : struct, IMaskMod<TMask>
@@ -75,7 +77,13 @@ internal static unsafe class ScoreTile
                     row[c] = score.Apply(row[c], seq, head, qPos + r, kPos + c);
                 }
             }
-            if (partial)
+            if (partial && visible != null)
+            {
+                ulong bits = visible[r];
+                for (int c = 0; c < kc; c++)
+                    if ((bits >> c & 1UL) == 0) row[c] = float.NegativeInfinity;
+            }
+            else if (partial)
             {
                 for (int c = 0; c < kc; c++)
                     if (!mask.IsVisible(seq, head, qPos + r, kPos + c)) row[c] = float.NegativeInfinity;
