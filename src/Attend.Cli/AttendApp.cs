@@ -28,6 +28,7 @@ public static class AttendApp
             RunCommand.Create(output),
             MethodsCommand.Create(output),
             BenchCommand.Create(output, error),
+            CheckCommand.Create(output, error),
         };
         ParseResult parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)

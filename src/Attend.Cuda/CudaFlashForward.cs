@@ -80,9 +80,8 @@ internal static class CudaFlashForward
         {
             (_, int d, ElementType type, bool sc, bool al) = entry.Key;
             CudaKernelFunction f = entry.Value;
-            yield return string.Create(CultureInfo.InvariantCulture,
-                $"flash_forward D={d} {type.ShortName()} softcap={sc} alibi={al}: {f.Registers} registers, {f.LocalBytes} B local, " +
-                (f.Image.FromCache ? "from the disk cache" : $"compiled in {f.Image.CompileSeconds:F2} s"));
+            string origin = f.Image.FromCache ? "from the disk cache" : string.Create(CultureInfo.InvariantCulture, $"compiled in {f.Image.CompileSeconds:F2} s");
+            yield return $"flash_forward D={d} {type.ShortName()} softcap={sc} alibi={al}: {f.Registers} registers, {f.LocalBytes} B local, {origin}";
         }
     }
 }
