@@ -98,6 +98,9 @@ internal static class CheckCommand
             }
         }
         foreach (var (key, (count, first)) in skipped) output.WriteLine($"  skipped {count} problem(s) on {key}, not supported by the variant (e.g. {first})");
+        if (backends.Contains("cuda") && CudaBackend.IsAvailable(out _))
+            output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"  NVRTC: {KernelCompiler.Compiled} specialisation(s) compiled in {KernelCompiler.TotalCompileSeconds:F2} s, {KernelCompiler.CacheHits} from the disk cache ({KernelCompiler.CacheDirectory})"));
         output.WriteLine($"attend check: {passed} passed, {failures} failed (seed {seed})");
         if (passed == 0 && failures == 0)
         {

@@ -72,19 +72,52 @@ internal static class CudaBench
         foreach (string line in CudaFlashForward.Describe()) output.WriteLine("  " + line);
         if (jsonPath is not null)
         {
-            File.WriteAllText(jsonPath, JsonSerializer.Serialize(new
-            {
-                device = CudaBackend.Describe(),
-                date = DateTime.UtcNow.ToString("u", CultureInfo.InvariantCulture),
-                ceilings = new { gemm_tflops = ceilings.GemmTflops, copy_gbps = ceilings.CopyGbps },
-                compile_seconds = KernelCompiler.TotalCompileSeconds,
-                results,
-            }, new JsonSerializerOptions { WriteIndented = true }));
+            WriteJson(jsonPath, ceilings, results);
             output.WriteLine($"wrote {jsonPath}");
         }
         int failed = results.Count(r => !r.Passed);
         foreach (GpuResult r in results.Where(r => !r.Passed)) error.WriteLine($"attend bench: {r.Name} T={r.Tokens} FAILED: {r.Error}");
         return failed == 0 ? 0 : AttendApp.CheckFailed;
+    }
+
+    // Written field by field (no reflection), so the trimmed self-contained build the GPU machine runs can write it.
+    private static void WriteJson(string path, GpuCeilings ceilings, IReadOnlyList<GpuResult> results)
+    {
+        using FileStream file = File.Create(path);
+        using var w = new Utf8JsonWriter(file, new JsonWriterOptions { Indented = true });
+        w.WriteStartObject();
+        w.WriteString("device", CudaBackend.Describe());
+        w.WriteString("date", DateTime.UtcNow.ToString("u", CultureInfo.InvariantCulture));
+        w.WriteNumber("gemm_tflops", ceilings.GemmTflops);
+        w.WriteNumber("copy_gbps", ceilings.CopyGbps);
+        w.WriteNumber("compile_seconds", KernelCompiler.TotalCompileSeconds);
+        w.WriteStartArray("results");
+        foreach (GpuResult r in results)
+        {
+            w.WriteStartObject();
+            w.WriteString("name", r.Name);
+            w.WriteString("mask", r.Mask);
+            w.WriteNumber("tokens", r.Tokens);
+            w.WriteNumber("heads", r.Heads);
+            w.WriteNumber("kv_heads", r.KvHeads);
+            w.WriteNumber("dim", r.Dim);
+            w.WriteBoolean("passed", r.Passed);
+            if (r.Passed)
+            {
+                w.WriteNumber("median_ms", r.MedianMs);
+                w.WriteNumber("spread_ms", r.SpreadMs);
+                w.WriteNumber("runs", r.Runs);
+                w.WriteNumber("tflops", r.Tflops);
+                w.WriteNumber("sampled_error", r.SampledError);
+            }
+            else
+            {
+                w.WriteString("error", r.Error);
+            }
+            w.WriteEndObject();
+        }
+        w.WriteEndArray();
+        w.WriteEndObject();
     }
 
     private static string Format(GpuResult r) => r.Passed

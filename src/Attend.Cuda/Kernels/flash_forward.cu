@@ -163,7 +163,11 @@ attend_flash_forward(
     const int g = lane >> 2, t = lane & 3;
     const int warpRow = warp * 16 * MT;
     const float LOG2E = 1.4426950408889634f;
-    const float scaleLog2 = scale * LOG2E;
+#if SOFTCAP || ALIBI
+    const float UNIT = 1.f;               // scores are already base-2 logits
+#else
+    const float UNIT = scale * LOG2E;     // raw q·k → base-2 logit
+#endif
     const int shift = seq.kLen - seq.qLen; // bottom-right alignment of query positions
 #if ALIBI
     const float slope = alibiSlopes[h];
@@ -243,47 +247,58 @@ attend_flash_forward(
             }
         }
 
-        // Scores to base-2 logits; score mods, mask bits, key tail.
+        // Score mods (when compiled in) turn raw q·k into base-2 logits; without them the raw score stays and the
+        // scale is folded into the exponent's FMA below (LOGIT = raw · UNIT). Full blocks away from the key tail skip
+        // the mask entirely; partial blocks read their row's mask word.
         const int2 item = items[it];
         const int kPos0 = item.x * BLOCK_N;
         const bool tail = kPos0 + BLOCK_N > seq.kLen;
+#if SOFTCAP || ALIBI
 #pragma unroll
         for (int mt = 0; mt < MT; mt++)
-        {
 #pragma unroll
             for (int half = 0; half < 2; half++)
             {
-                const int rIn = warpRow + mt * 16 + g + half * 8; // row within the query block
-                unsigned long long word = ~0ull;
-                if (item.y >= 0) word = bits[(long long)item.y * BLOCK_M + rIn];
 #if ALIBI
-                const int qPos = qRow0 + rIn + shift;
+                const int qPos = qRow0 + warpRow + mt * 16 + g + half * 8 + shift;
 #endif
 #pragma unroll
                 for (int j = 0; j < NTILES; j++)
 #pragma unroll
                     for (int e = 0; e < 2; e++)
                     {
-                        const int c = j * 8 + 2 * t + e;
-                        float x = sc[mt][j][half * 2 + e];
-#if SOFTCAP || ALIBI
-                        x *= scale;
+                        float x = sc[mt][j][half * 2 + e] * scale;
 #if SOFTCAP
                         x = softcap * tanhf(x / softcap);
 #endif
 #if ALIBI
-                        const int dist = qPos - (kPos0 + c);
+                        const int dist = qPos - (kPos0 + j * 8 + 2 * t + e);
                         x -= slope * (float)(dist < 0 ? -dist : dist);
 #endif
-                        x *= LOG2E;
-#else
-                        x *= scaleLog2;
-#endif
-                        bool visible = ((word >> c) & 1ull) != 0ull;
-                        if (tail) visible = visible && (kPos0 + c < seq.kLen);
-                        sc[mt][j][half * 2 + e] = visible ? x : NEG_INF;
+                        sc[mt][j][half * 2 + e] = x * LOG2E;
                     }
             }
+#endif
+        if (item.y >= 0 || tail)
+        {
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int half = 0; half < 2; half++)
+                {
+                    const int rIn = warpRow + mt * 16 + g + half * 8; // row within the query block
+                    const unsigned long long word = item.y >= 0 ? bits[(long long)item.y * BLOCK_M + rIn] : ~0ull;
+                    const int keysLeft = seq.kLen - kPos0;
+#pragma unroll
+                    for (int j = 0; j < NTILES; j++)
+#pragma unroll
+                        for (int e = 0; e < 2; e++)
+                        {
+                            const int c = j * 8 + 2 * t + e;
+                            const bool visible = ((word >> c) & 1ull) != 0ull && c < keysLeft;
+                            if (!visible) sc[mt][j][half * 2 + e] = NEG_INF;
+                        }
+                }
         }
         (void)shift;
 
@@ -299,15 +314,15 @@ attend_flash_forward(
                 for (int j = 0; j < NTILES; j++) mx = fmaxf(mx, fmaxf(sc[mt][j][half * 2], sc[mt][j][half * 2 + 1]));
                 mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
                 mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-                const float base = mx == NEG_INF ? 0.f : mx;
-                const float corr = fast_exp2(mrow[mt][half] - base);
+                const float base = mx == NEG_INF ? 0.f : mx * UNIT;
+                const float corr = fast_exp2(mrow[mt][half] * UNIT - base);
                 mrow[mt][half] = mx;
                 float sum = 0.f;
 #pragma unroll
                 for (int j = 0; j < NTILES; j++)
                 {
-                    float p0 = fast_exp2(sc[mt][j][half * 2] - base);
-                    float p1 = fast_exp2(sc[mt][j][half * 2 + 1] - base);
+                    float p0 = fast_exp2(fmaf(sc[mt][j][half * 2], UNIT, -base));
+                    float p1 = fast_exp2(fmaf(sc[mt][j][half * 2 + 1], UNIT, -base));
                     sc[mt][j][half * 2] = p0;
                     sc[mt][j][half * 2 + 1] = p1;
                     sum += p0 + p1;
@@ -373,7 +388,7 @@ attend_flash_forward(
                     *(unsigned*)(out + j * 8 + 2 * t) = pack2(acc[mt][j][half * 2] * inv, acc[mt][j][half * 2 + 1] * inv);
                 if (t == 0 && Lse != 0)
                 {
-                    const float lse = l > 0.f ? (mrow[mt][half] + __log2f(l)) * 0.6931471805599453f : NEG_INF;
+                    const float lse = l > 0.f ? (mrow[mt][half] * UNIT + __log2f(l)) * 0.6931471805599453f : NEG_INF;
                     Lse[((long long)seq.batch * heads + h) * tokensQ + seq.qStart + rSeq] = lse;
                 }
             }
