@@ -28,7 +28,7 @@ internal static class CheckCommand
 
     public static Command Create(TextWriter output, TextWriter error)
     {
-        var backend = new Option<string>("--backend") { Description = "cpu, cuda or all (default: all backends present).", DefaultValueFactory = _ => "all" };
+        var backend = new Option<string>("--backend") { Description = "cpu, cuda (or another registered backend) or all (default: all backends present).", DefaultValueFactory = _ => "all" };
         var seed = new Option<int?>("--seed") { Description = "Fix the random problems (default: fresh each run; the seed is printed)." };
         var cases = new Option<int?>("--cases") { Description = "Run only the first N problems of the list." };
         var command = new Command("check", "Compare every kernel variant of a backend against the float64 reference on random problems; exit 1 on any failure.")
@@ -41,16 +41,15 @@ internal static class CheckCommand
 
     internal sealed record CheckCase(string Name, int B, int Tq, int Tk, int H, int Hkv, int D, AttentionOptions Options, double InputScale = 1.0);
 
-    internal static int Execute(string backend, int? seedOption, int? maxCases, TextWriter output, TextWriter error)
+    internal static int Execute(string backend, int? seedOption, int? maxCases, TextWriter output, TextWriter error,
+        IReadOnlyList<AttentionKernel>? variants = null)
     {
         CudaBackend.Register();
-        string[] backends = backend.ToLowerInvariant() switch
-        {
-            "all" => ["cpu", "cuda"],
-            "cpu" => ["cpu"],
-            "cuda" => ["cuda"],
-            _ => throw new UserError($"--backend: unknown backend '{backend}' (cpu, cuda or all)."),
-        };
+        variants ??= KernelRegistry.Softmax;
+        string[] known = variants.Select(k => k.Backend.ToLowerInvariant()).Distinct().ToArray();
+        string[] backends = backend.Equals("all", StringComparison.OrdinalIgnoreCase) ? known
+            : known.Contains(backend.ToLowerInvariant()) ? [backend.ToLowerInvariant()]
+            : throw new UserError($"--backend: unknown backend '{backend}' ({string.Join(", ", known)} or all).");
         if (backend.Equals("cuda", StringComparison.OrdinalIgnoreCase) && !CudaBackend.IsAvailable(out string why))
         {
             error.WriteLine($"attend check: the cuda backend cannot run on this machine: {why}.");
@@ -63,7 +62,7 @@ internal static class CheckCommand
         if (backends.Contains("cuda")) output.WriteLine($"  cuda: {CudaBackend.Describe()}");
         int failures = 0, passed = 0;
         var skipped = new SortedDictionary<string, (int Count, string First)>(StringComparer.Ordinal);
-        foreach (AttentionKernel kernel in KernelRegistry.Softmax)
+        foreach (AttentionKernel kernel in variants)
         {
             if (!backends.Contains(kernel.Backend, StringComparer.OrdinalIgnoreCase)) continue;
             if (kernel.Backend == "cuda" && !CudaBackend.IsAvailable(out string reason))

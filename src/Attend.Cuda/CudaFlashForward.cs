@@ -18,7 +18,7 @@ internal static class CudaFlashForward
     /// <summary>Warps, m16 tiles per warp, and whether Q stays in registers, per head dim (128 query rows in every case).</summary>
     public static (int Warps, int MTiles, bool QInRegisters) TileShape(int headDim) => headDim switch
     {
-        64 => (8, 1, true),
+        64 => (4, 2, true),
         128 => (4, 2, false),
         256 => (8, 1, false),
         _ => throw new NotSupportedException(SupportReason(headDim)),
