@@ -45,6 +45,7 @@ internal static class CheckCommand
         IReadOnlyList<AttentionKernel>? variants = null)
     {
         CudaBackend.Register();
+        bool registered = variants is null; // the decode check belongs to the registered cuda backend, not to a given list
         variants ??= KernelRegistry.Softmax;
         string[] known = variants.Select(k => k.Backend.ToLowerInvariant()).Distinct().ToArray();
         string[] backends = backend.Equals("all", StringComparison.OrdinalIgnoreCase) ? known
@@ -95,6 +96,12 @@ internal static class CheckCommand
                     (r.Ok ? output : error).WriteLine(line);
                 }
             }
+        }
+        if (registered && backends.Contains("cuda") && CudaBackend.IsAvailable(out _))
+        {
+            (int p, int f) = CudaDecodeCheck.Run(seed, output, error);
+            passed += p;
+            failures += f;
         }
         foreach (var (key, (count, first)) in skipped) output.WriteLine($"  skipped {count} problem(s) on {key}, not supported by the variant (e.g. {first})");
         if (backends.Contains("cuda") && CudaBackend.IsAvailable(out _))

@@ -20,7 +20,17 @@ internal static class CudaBench
     internal sealed record GpuCase(string Name, int Tokens, int Heads, int KvHeads, int Dim, string Mask);
 
     internal sealed record GpuResult(string Name, string Mask, int Tokens, int Heads, int KvHeads, int Dim, double MedianMs, double SpreadMs, int Runs,
-        double Tflops, double SampledError, bool Passed, string? Error);
+        double Tflops, double SampledError, bool Passed, string? Error)
+    {
+        /// <summary>forward or decode.</summary>
+        public string Kind { get; init; } = "forward";
+
+        /// <summary>Decode: batch.</summary>
+        public int Batch { get; init; } = 1;
+
+        /// <summary>Decode: bytes of K and V read per second, in GB/s.</summary>
+        public double Gbps { get; init; }
+    }
 
     public static IReadOnlyList<GpuCase> Cases(bool quick)
     {
@@ -67,6 +77,15 @@ internal static class CudaBench
             results.Add(r);
             output.WriteLine(Format(r));
         }
+        foreach (int t in quick ? (int[])[4096] : [4096, 32768, 131072])
+        {
+            GpuResult r = CudaDecodeBench.Run(ctx, batch: 8, heads: 32, kvHeads: 8, dim: 128, tokens: t, pageSize: 16, quick);
+            results.Add(r);
+            output.WriteLine(r.Passed
+                ? string.Create(CultureInfo.InvariantCulture,
+                    $"  decode B=8 H=32/8 D=128 cache={t,6} page=16: {r.MedianMs,9:F3} ms ± {r.SpreadMs:F3} ({r.Runs} runs)  {r.Gbps,6:F0} GB/s of K+V ({r.Gbps / ceilings.CopyGbps:P0} of copy)  err={r.SampledError:E2}")
+                : $"  decode cache={t}: FAILED {r.Error}");
+        }
         output.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"NVRTC: {KernelCompiler.Compiled} specialisation(s) compiled in {KernelCompiler.TotalCompileSeconds:F2} s, {KernelCompiler.CacheHits} read from the disk cache (not in the times above)"));
         foreach (string line in CudaFlashForward.Describe()) output.WriteLine("  " + line);
@@ -95,6 +114,9 @@ internal static class CudaBench
         foreach (GpuResult r in results)
         {
             w.WriteStartObject();
+            w.WriteString("kind", r.Kind);
+            w.WriteNumber("batch", r.Batch);
+            w.WriteNumber("gbps", r.Gbps);
             w.WriteString("name", r.Name);
             w.WriteString("mask", r.Mask);
             w.WriteNumber("tokens", r.Tokens);
