@@ -112,7 +112,9 @@ public static class CudaDecode
             string[] options =
             [
                 $"-DHEAD_DIM={dim}", $"-DGROUP={group}", $"-DPAGE_SIZE={pageSize}", $"-DSPLIT_KEYS={SplitKeys}",
-                $"-DELEM_BF16={(type == ElementType.BFloat16 ? 1 : 0)}", "--use_fast_math", "--std=c++17",
+                $"-DELEM_BF16={(type == ElementType.BFloat16 ? 1 : 0)}",
+                $"-DUNROLL={(group <= 4 ? 2 : 1)}", // two keys in flight per lane group where the registers allow
+                "--use_fast_math", "--std=c++17",
             ];
             CompiledKernel image = KernelCompiler.Build("paged_decode.cu", source, options, context.Architecture);
             return (new CudaKernelFunction(context, image, "attend_decode_split", 0), new CudaKernelFunction(context, image, "attend_decode_merge", 0));

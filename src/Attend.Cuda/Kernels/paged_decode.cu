@@ -9,11 +9,15 @@
 // Kernel 2 (attend_decode_merge): per (sequence, query head), the LSE merge of the splits; output in the input type,
 // LSE in natural log; a sequence with no keys gives 0 and −∞.
 //
-// Defines: HEAD_DIM (64 | 128), GROUP (query heads per KV head, 1..8), PAGE_SIZE, SPLIT_KEYS, ELEM_BF16.
+// Defines: HEAD_DIM (64 | 128), GROUP (query heads per KV head, 1..8), PAGE_SIZE, SPLIT_KEYS, ELEM_BF16, UNROLL (keys in
+// flight per lane group).
 
 #define NEG_INF __int_as_float(0xff800000)
 #define EL (HEAD_DIM / 8)        // elements per lane
 #define NWARPS 4
+#ifndef UNROLL
+#define UNROLL 2
+#endif
 
 typedef unsigned short elem_t;
 
@@ -96,49 +100,58 @@ attend_decode_split(
 
     const long long tokenStride = (long long)kvHeads * HEAD_DIM;
     // The loop bound is uniform across the warp (the shuffles need every lane); lanes past the end use a zero key and
-    // skip the update.
-    for (int first = kBegin + warp * 4; first < kEnd; first += NWARPS * 4)
+    // skip the update. UNROLL keys per lane group are loaded (K and V) before any is used, so enough bytes are in
+    // flight to cover the memory latency.
+    for (int first = kBegin + warp * 4; first < kEnd; first += NWARPS * 4 * UNROLL)
     {
-        const int j = first + group;
-        const bool valid = j < kEnd;
-        long long at = 0;
-        float kv[EL];
-        if (valid)
-        {
-            const int page = pageIndices[pageBegin + j / PAGE_SIZE];
-            at = ((long long)page * PAGE_SIZE + j % PAGE_SIZE) * tokenStride + (long long)hk * HEAD_DIM + sub * EL;
-            load_row(KPages + at, kv);
-        }
-        else
-        {
+        float kr[UNROLL][EL], vr[UNROLL][EL];
+        bool valid[UNROLL];
 #pragma unroll
-            for (int i = 0; i < EL; i++) kv[i] = 0.f;
-        }
-        float s[GROUP];
-#pragma unroll
-        for (int g = 0; g < GROUP; g++)
+        for (int u = 0; u < UNROLL; u++)
         {
-            float d = 0.f;
+            const int j = first + u * NWARPS * 4 + group;
+            valid[u] = j < kEnd;
+            if (valid[u])
+            {
+                const int page = pageIndices[pageBegin + j / PAGE_SIZE];
+                const long long at = ((long long)page * PAGE_SIZE + j % PAGE_SIZE) * tokenStride + (long long)hk * HEAD_DIM + sub * EL;
+                load_row(KPages + at, kr[u]);
+                load_row(VPages + at, vr[u]);
+            }
+            else
+            {
 #pragma unroll
-            for (int i = 0; i < EL; i++) d = fmaf(q[g][i], kv[i], d);
-            d += __shfl_xor_sync(0xffffffffu, d, 1);
-            d += __shfl_xor_sync(0xffffffffu, d, 2);
-            d += __shfl_xor_sync(0xffffffffu, d, 4);
-            s[g] = d * scaleLog2;
+                for (int i = 0; i < EL; i++) kr[u][i] = vr[u][i] = 0.f;
+            }
         }
-        if (valid)
+#pragma unroll
+        for (int u = 0; u < UNROLL; u++)
         {
-            load_row(VPages + at, kv);
+            float s[GROUP];
 #pragma unroll
             for (int g = 0; g < GROUP; g++)
             {
-                const float mn = fmaxf(m[g], s[g]);
-                const float corr = fast_exp2(m[g] - mn);
-                const float p = fast_exp2(s[g] - mn);
-                m[g] = mn;
-                l[g] = l[g] * corr + p;
+                float d = 0.f;
 #pragma unroll
-                for (int i = 0; i < EL; i++) acc[g][i] = fmaf(acc[g][i], corr, p * kv[i]);
+                for (int i = 0; i < EL; i++) d = fmaf(q[g][i], kr[u][i], d);
+                d += __shfl_xor_sync(0xffffffffu, d, 1);
+                d += __shfl_xor_sync(0xffffffffu, d, 2);
+                d += __shfl_xor_sync(0xffffffffu, d, 4);
+                s[g] = d * scaleLog2;
+            }
+            if (valid[u])
+            {
+#pragma unroll
+                for (int g = 0; g < GROUP; g++)
+                {
+                    const float mn = fmaxf(m[g], s[g]);
+                    const float corr = fast_exp2(m[g] - mn);
+                    const float p = fast_exp2(s[g] - mn);
+                    m[g] = mn;
+                    l[g] = l[g] * corr + p;
+#pragma unroll
+                    for (int i = 0; i < EL; i++) acc[g][i] = fmaf(acc[g][i], corr, p * vr[u][i]);
+                }
             }
         }
     }
