@@ -60,8 +60,18 @@ public sealed class CudaPagedKvCache : IDisposable
 /// </summary>
 public static class CudaDecode
 {
-    /// <summary>Keys per split: enough splits for long caches to fill the GPU, few enough that the merge stays cheap.</summary>
-    public const int SplitKeys = 1024;
+    /// <summary>
+    /// Keys per split for a cache of <paramref name="maxLength"/> tokens: enough splits that (sequences × KV heads ×
+    /// splits) fills about eight waves of the GPU (so the last, partial wave costs little), and no more, so that the merge and each split's set-up stay small
+    /// (a multiple of 256, at least 256).
+    /// </summary>
+    public static int SplitKeys(int maxLength, int sequences, int kvHeads, int multiprocessors)
+    {
+        long pairs = Math.Max(1L, (long)sequences * kvHeads);
+        long wanted = Math.Max(1L, (16L * multiprocessors + pairs - 1) / pairs); // ≈ 8 waves of 2 CTAs per SM: a small last wave
+        long keys = (maxLength + wanted - 1) / wanted;
+        return (int)Math.Max(256, (keys + 255) / 256 * 256);
+    }
 
     private static readonly ConcurrentDictionary<(CudaContext, int, int, int, ElementType), (CudaKernelFunction Split, CudaKernelFunction Merge)> s_loaded = new();
 
@@ -111,7 +121,7 @@ public static class CudaDecode
             string source = KernelCompiler.Source("paged_decode.cu");
             string[] options =
             [
-                $"-DHEAD_DIM={dim}", $"-DGROUP={group}", $"-DPAGE_SIZE={pageSize}", $"-DSPLIT_KEYS={SplitKeys}",
+                $"-DHEAD_DIM={dim}", $"-DGROUP={group}", $"-DPAGE_SIZE={pageSize}",
                 $"-DELEM_BF16={(type == ElementType.BFloat16 ? 1 : 0)}",
                 $"-DUNROLL={(group <= 4 ? 2 : 1)}", // two keys in flight per lane group where the registers allow
                 "--use_fast_math", "--std=c++17",
@@ -132,7 +142,8 @@ public sealed unsafe class CudaDecodePlan : IDisposable
     internal CudaDecodePlan(CudaContext context, PageTable table, int heads, CudaPagedKvCache cache, float scale, CudaKernelFunction split, CudaKernelFunction merge)
     {
         (_split, _merge, _cache, Heads, Sequences) = (split, merge, cache, heads, table.Sequences);
-        Splits = Math.Max(1, (table.MaxLength + CudaDecode.SplitKeys - 1) / CudaDecode.SplitKeys);
+        SplitKeys = CudaDecode.SplitKeys(table.MaxLength, table.Sequences, cache.KvHeads, context.Multiprocessors);
+        Splits = Math.Max(1, (table.MaxLength + SplitKeys - 1) / SplitKeys);
         _scaleLog2 = scale * 1.44269504f;
         CachedTokens = 0;
         for (int b = 0; b < table.Sequences; b++) CachedTokens += table.Length(b);
@@ -164,6 +175,9 @@ public sealed unsafe class CudaDecodePlan : IDisposable
     /// <summary>Sequences (the batch).</summary>
     public int Sequences { get; }
 
+    /// <summary>Keys per split.</summary>
+    public int SplitKeys { get; }
+
     /// <summary>Key ranges each sequence is split into.</summary>
     public int Splits { get; }
 
@@ -188,9 +202,10 @@ public sealed unsafe class CudaDecodePlan : IDisposable
         ulong po = _partialO.Pointer, ps = _partialLse.Pointer, pout = output.Buffer.Pointer, plse = lse?.Pointer ?? 0;
         int batch = Sequences, heads = Heads, kvHeads = _cache.KvHeads, splits = Splits;
         float scaleLog2 = _scaleLog2;
-        void** a = stackalloc void*[12];
+        int splitKeys = SplitKeys;
+        void** a = stackalloc void*[13];
         a[0] = &pq; a[1] = &pk; a[2] = &pv; a[3] = &pi; a[4] = &px; a[5] = &pl; a[6] = &po; a[7] = &ps;
-        a[8] = &batch; a[9] = &heads; a[10] = &kvHeads; a[11] = &scaleLog2;
+        a[8] = &batch; a[9] = &heads; a[10] = &kvHeads; a[11] = &scaleLog2; a[12] = &splitKeys;
         _split.Launch((uint)batch, (uint)kvHeads, (uint)splits, 128, 0, stream, a);
         void** m = stackalloc void*[7];
         m[0] = &po; m[1] = &ps; m[2] = &splits; m[3] = &batch; m[4] = &heads; m[5] = &pout; m[6] = &plse;

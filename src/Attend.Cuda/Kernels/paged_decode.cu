@@ -2,14 +2,14 @@
 //
 // The cache is FlashInfer's paged layout: K and V pages [pageCount, PAGE_SIZE, kvHeads, HEAD_DIM]; sequence b owns
 // pages pageIndices[pageIndptr[b] .. pageIndptr[b+1]), its last page holding lastPageLength[b] tokens.
-// Kernel 1 (attend_decode_split): one CTA per (sequence, KV head, split of SPLIT_KEYS keys); all GROUP query heads of
+// Kernel 1 (attend_decode_split): one CTA per (sequence, KV head, split of splitKeys keys); all GROUP query heads of
 // the KV head are processed together so each key and value is read once. Each warp holds 4 keys at a time, 8 lanes per
 // key, HEAD_DIM/8 elements per lane (one or two 16-byte loads); online softmax per (lane group, head) in base 2; the
 // 16 lane groups of the CTA are merged at the end and the split writes its normalised partial output and base-2 LSE.
 // Kernel 2 (attend_decode_merge): per (sequence, query head), the LSE merge of the splits; output in the input type,
 // LSE in natural log; a sequence with no keys gives 0 and −∞.
 //
-// Defines: HEAD_DIM (64 | 128), GROUP (query heads per KV head, 1..8), PAGE_SIZE, SPLIT_KEYS, ELEM_BF16, UNROLL (keys in
+// Defines: HEAD_DIM (64 | 128), GROUP (query heads per KV head, 1..8), PAGE_SIZE, ELEM_BF16, UNROLL (keys in
 // flight per lane group).
 
 #define NEG_INF __int_as_float(0xff800000)
@@ -74,14 +74,14 @@ attend_decode_split(
     const int* __restrict__ pageIndptr, const int* __restrict__ pageIndices, const int* __restrict__ lastPageLength,
     float* __restrict__ partialO,            // [splits, B, H, D]
     float* __restrict__ partialLse,          // [splits, B, H], base 2
-    int batch, int heads, int kvHeads, float scaleLog2)
+    int batch, int heads, int kvHeads, float scaleLog2, int splitKeys)
 {
     const int b = blockIdx.x, hk = blockIdx.y, split = blockIdx.z;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int group = lane >> 3, sub = lane & 7;         // 4 key groups of 8 lanes per warp
     const int pageBegin = pageIndptr[b], pages = pageIndptr[b + 1] - pageBegin;
     const int length = pages == 0 ? 0 : (pages - 1) * PAGE_SIZE + lastPageLength[b];
-    const int kBegin = split * SPLIT_KEYS, kEnd = min(length, kBegin + SPLIT_KEYS);
+    const int kBegin = split * splitKeys, kEnd = min(length, kBegin + splitKeys);
     const int h0 = hk * GROUP;
 
     float q[GROUP][EL];

@@ -76,6 +76,20 @@ public class PageTableTests
     public void UnsupportedDecodeProblemsSayWhy(int heads, int kvHeads, int dim, string reason) =>
         Assert.Contains(reason, CudaDecode.Unsupported(heads, kvHeads, dim, 16));
 
+    [Theory]
+    [InlineData(131072, 8, 8)]
+    [InlineData(4096, 8, 8)]
+    [InlineData(1, 1, 1)]
+    [InlineData(100000, 64, 8)]
+    public void SplitsCoverTheCacheInWholeChunks(int maxLength, int sequences, int kvHeads)
+    {
+        int keys = CudaDecode.SplitKeys(maxLength, sequences, kvHeads, multiprocessors: 132);
+        Assert.True(keys >= 256 && keys % 256 == 0, $"{keys}");
+        long splits = (maxLength + keys - 1) / keys;
+        Assert.True(splits * keys >= maxLength);
+        Assert.True((long)sequences * kvHeads * splits <= 16 * 132 + (long)sequences * kvHeads, $"{splits} splits: more CTAs than eight waves need");
+    }
+
     [Fact]
     public void SupportedDecodeProblemsHaveNoReason() => Assert.Null(CudaDecode.Unsupported(32, 8, 128, 16));
 }
