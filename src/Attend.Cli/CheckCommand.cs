@@ -39,7 +39,11 @@ internal static class CheckCommand
         return command;
     }
 
-    internal sealed record CheckCase(string Name, int B, int Tq, int Tk, int H, int Hkv, int D, AttentionOptions Options, double InputScale = 1.0);
+    internal sealed record CheckCase(string Name, int B, int Tq, int Tk, int H, int Hkv, int D, AttentionOptions Options, double InputScale = 1.0)
+    {
+        /// <summary>Pass the mask as a prebuilt <see cref="BlockMask"/> of the variant's block size (block-sparse attention).</summary>
+        public bool PrebuiltBlocks { get; init; }
+    }
 
     internal static int Execute(string backend, int? seedOption, int? maxCases, TextWriter output, TextWriter error,
         IReadOnlyList<AttentionKernel>? variants = null)
@@ -140,6 +144,8 @@ internal static class CheckCommand
             new("large logits (inputs x8), causal", 1, t, t, 4, 4, 64, new AttentionOptions { Mask = new CausalMask() }, InputScale: 8.0),
             new("head dim 256, causal", 1, Odd(65, 200), Odd(65, 200), 2, 1, 256, new AttentionOptions { Mask = new CausalMask() }),
             new("head dim 32 (CPU only)", 1, t, t, 2, 2, 32, new AttentionOptions { Mask = new CausalMask() }),
+            new("prebuilt BlockMask: sink + local", 2, t2, t2, 4, 2, 128,
+                new AttentionOptions { Mask = Masks.And(new CausalMask(), Masks.Or(new SlidingWindowMask(50, 0), new PrefixLmMask(20))) }) { PrebuiltBlocks = true },
         ];
     }
 
@@ -158,6 +164,12 @@ internal static class CheckCommand
         var lse = new float[c.B * c.H * c.Tq];
         Array.Fill(lse, float.NaN);
         AttentionOptions options = c.Options with { Variant = kernel.Name };
+        if (c.PrebuiltBlocks)
+            options = options with
+            {
+                Mask = null,
+                BlockMask = BlockMask.Create(c.Options.Mask!, c.Tq, c.Tk, c.B, c.H, kernel.QueryBlockSize, kernel.KeyBlockSize),
+            };
         TensorSpan<T> Q(T[] a) => AttentionLayout.Bthd<T>(a, c.B, c.Tq, c.H, c.D);
         TensorSpan<T> KV(T[] a) => AttentionLayout.Bthd<T>(a, c.B, c.Tk, c.Hkv, c.D);
         try
