@@ -23,6 +23,14 @@ internal static class CheckCommand
         _ => 1e-2,
     };
 
+    /// <summary>Largest accepted relative L2 error of dQ, dK and dV per input type (the output and LSE the gradients start from are rounded to the type too).</summary>
+    public static double GradientTolerance(ElementType type) => type switch
+    {
+        ElementType.Float32 => 1e-3,
+        ElementType.Float16 => 1e-2,
+        _ => 2e-2,
+    };
+
     /// <summary>Largest accepted |lse − ref| / max(1, |ref|).</summary>
     public const double LseTolerance = 1e-3;
 
@@ -98,6 +106,18 @@ internal static class CheckCommand
                     if (r.Ok) passed++;
                     else failures++;
                     (r.Ok ? output : error).WriteLine(line);
+                    Outcome g = type switch
+                    {
+                        ElementType.Float32 => RunBackward<float>(kernel, c, type, rng),
+                        ElementType.Float16 => RunBackward<Half>(kernel, c, type, rng),
+                        _ => RunBackward<BFloat16>(kernel, c, type, rng),
+                    };
+                    if (g.Skipped is not null) continue;
+                    string gline = string.Create(CultureInfo.InvariantCulture,
+                        $"  {(g.Ok ? "ok  " : "FAIL")} {kernel.Name,-18} {type.ShortName(),-4} {"backward: " + c.Name,-34} B={c.B} Tq={c.Tq} Tk={c.Tk} H={c.H}/{c.Hkv} D={c.D}  rel={g.Error:E2} (tol {GradientTolerance(type):G2}){(g.Problem is null ? "" : "  " + g.Problem)}");
+                    if (g.Ok) passed++;
+                    else failures++;
+                    (g.Ok ? output : error).WriteLine(gline);
                 }
             }
         }
@@ -190,6 +210,56 @@ internal static class CheckCommand
         string? problemText = nan > 0 ? $"{nan} NaN/unwritten outputs" : lseProblem;
         bool ok = nan == 0 && err <= Tolerance(type) && lseErr <= LseTolerance && lseProblem is null;
         return new Outcome(ok, err, lseErr, problemText ?? (ok ? null : "error above tolerance"), null);
+    }
+
+    // The variant's own forward (output and LSE), then its backward into poisoned gradients, against the float64 backward.
+    private static Outcome RunBackward<T>(AttentionKernel kernel, CheckCase c, ElementType type, Random rng) where T : unmanaged
+    {
+        var problem = new KernelProblem(AttentionPass.Backward, type, c.Options.QueryOffsets?.Count ?? c.B, c.H, c.Hkv, c.D,
+            c.Options.QueryOffsets?.MaxLength ?? c.Tq, (c.Options.KeyOffsets ?? c.Options.QueryOffsets)?.MaxLength ?? c.Tk);
+        if (!kernel.IsSupported(problem, out string reason)) return new Outcome(true, 0, 0, null, reason);
+        var forwardProblem = problem with { Pass = AttentionPass.Forward };
+        string forward = kernel.IsSupported(forwardProblem, out _) ? kernel.Name : KernelRegistry.Select(forwardProblem, null, null).Name;
+        T[] q = Gaussian<T>(rng, (long)c.B * c.Tq * c.H * c.D, c.InputScale);
+        T[] k = Gaussian<T>(rng, (long)c.B * c.Tk * c.Hkv * c.D, c.InputScale);
+        T[] v = Gaussian<T>(rng, (long)c.B * c.Tk * c.Hkv * c.D, 1.0);
+        T[] dO = Gaussian<T>(rng, q.Length, 1.0);
+        var o = new T[q.Length];
+        var lse = new float[c.B * c.H * c.Tq];
+        T[] dq = Poisoned<T>(q.Length), dk = Poisoned<T>(k.Length), dv = Poisoned<T>(v.Length);
+        AttentionOptions options = c.Options with { Variant = kernel.Name };
+        if (c.PrebuiltBlocks)
+            options = options with { Mask = null, BlockMask = BlockMask.Create(c.Options.Mask!, c.Tq, c.Tk, c.B, c.H, kernel.QueryBlockSize, kernel.KeyBlockSize) };
+        TensorSpan<T> Q(T[] a) => AttentionLayout.Bthd<T>(a, c.B, c.Tq, c.H, c.D);
+        TensorSpan<T> KV(T[] a) => AttentionLayout.Bthd<T>(a, c.B, c.Tk, c.Hkv, c.D);
+        try
+        {
+            AttentionOptions forwardOptions = forward == kernel.Name ? options : c.Options with { Variant = forward };
+            Attention.Forward<T>(Q(q), KV(k), KV(v), forwardOptions, Q(o), AttentionLayout.Lse(lse, c.B, c.H, c.Tq));
+            Attention.Backward<T>(Q(q), KV(k), KV(v), Q(o), Q(dO), AttentionLayout.Lse(lse, c.B, c.H, c.Tq), options, Q(dq), KV(dk), KV(dv));
+        }
+        catch (NotSupportedException e)
+        {
+            return new Outcome(true, 0, 0, null, AttendApp.OneLine(e));
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            return new Outcome(false, double.PositiveInfinity, 0, $"{e.GetType().Name}: {AttendApp.OneLine(e)}", null);
+        }
+        ReferenceBackwardResult exact = ReferenceAttention.Backward<T>(Q(q), KV(k), KV(v), Q(dO), c.Options);
+        double eq = RelativeL2<T>(dq, exact.DQ, out int n1), ek = RelativeL2<T>(dk, exact.DK, out int n2), ev = RelativeL2<T>(dv, exact.DV, out int n3);
+        double worst = Math.Max(eq, Math.Max(ek, ev));
+        int nan = n1 + n2 + n3;
+        bool ok = nan == 0 && worst <= GradientTolerance(type);
+        string detail = string.Create(CultureInfo.InvariantCulture, $"dQ {eq:E1} dK {ek:E1} dV {ev:E1}");
+        return new Outcome(ok, worst, 0, nan > 0 ? $"{nan} NaN/unwritten gradients; {detail}" : ok ? null : detail, null);
+    }
+
+    private static T[] Poisoned<T>(long count) where T : unmanaged
+    {
+        var data = new T[count];
+        Array.Fill(data, ElementConvert.FromSingle<T>(float.NaN));
+        return data;
     }
 
     private static T[] Gaussian<T>(Random rng, long count, double scale) where T : unmanaged

@@ -15,7 +15,8 @@ public sealed class CudaFlashKernel : AttentionKernel
     public override string Backend => "cuda";
 
     /// <inheritdoc/>
-    public override string Summary => "FlashAttention-2 forward on tensor cores (mma.sync m16n8k16, ldmatrix, cp.async double buffering), bf16/fp16";
+    public override string Summary => "FlashAttention-2 forward on tensor cores (mma.sync m16n8k16, ldmatrix, cp.async double buffering), bf16/fp16; " +
+        "deterministic backward on CUDA cores";
 
     /// <inheritdoc/>
     public override int QueryBlockSize => FlashBlockPlan.QueryBlock;
@@ -26,11 +27,6 @@ public sealed class CudaFlashKernel : AttentionKernel
     /// <inheritdoc/>
     public override bool IsSupported(in KernelProblem problem, out string reason)
     {
-        if (problem.Pass != AttentionPass.Forward)
-        {
-            reason = "the CUDA backend has a forward pass only (no backward yet)";
-            return false;
-        }
         if (problem.ElementType is not (ElementType.BFloat16 or ElementType.Float16))
         {
             reason = $"the CUDA kernel takes bf16 or fp16 inputs (tensor cores); got {problem.ElementType.ShortName()}";
@@ -83,6 +79,47 @@ public sealed class CudaFlashKernel : AttentionKernel
                 for (int h = 0; h < geometry.Heads; h++)
                     for (int t = 0; t < geometry.TokensQ; t++)
                         *call.Lse.At(b, h, t) = l[((long)b * geometry.Heads + h) * geometry.TokensQ + t];
+        }
+    }
+
+    internal override unsafe void Backward<T, TMask, TScore>(BackwardCall<T> call, TMask mask, TScore score)
+    {
+        ElementType type = ElementTypes.Of<T>();
+        CudaScoreForm form = CudaScoreForm.Of(score);
+        CudaGeometry g = CudaGeometry.From(call.Shape);
+        CudaContext context = CudaContext.Default;
+        FlashBlockPlan blocks = FlashBlockPlan.Build(call.Blocks, mask);
+        using CudaTensor q = Upload(context, call.Q, type);
+        using CudaTensor k = Upload(context, call.K, type);
+        using CudaTensor v = Upload(context, call.V, type);
+        using CudaTensor o = Upload(context, call.O, type);
+        using CudaTensor dO = Upload(context, call.DO, type);
+        var lseHost = new float[(long)g.Batch * g.Heads * g.TokensQ];
+        for (int b = 0; b < g.Batch; b++)
+            for (int h = 0; h < g.Heads; h++)
+                for (int t = 0; t < g.TokensQ; t++)
+                    lseHost[((long)b * g.Heads + h) * g.TokensQ + t] = *call.Lse.At(b, h, t);
+        using DeviceBuffer lse = DeviceBuffer.From<float>(context, lseHost);
+        using CudaTensor dq = CudaTensor.Create(context, type, g.Batch, g.TokensQ, g.Heads, g.Dim);
+        using CudaTensor dk = CudaTensor.Create(context, type, g.Batch, g.TokensK, g.KvHeads, g.Dim);
+        using CudaTensor dv = CudaTensor.Create(context, type, g.Batch, g.TokensK, g.KvHeads, g.Dim);
+        CudaFlashBackward.Run(context, g, type, blocks, form, call.Scale, q, k, v, o, dO, lse, dq, dk, dv);
+        Download(dq, call.DQ);
+        Download(dk, call.DK);
+        Download(dv, call.DV);
+    }
+
+    // Copies a contiguous device tensor into a strided host view.
+    private static unsafe void Download<T>(CudaTensor source, TensorView<T> view) where T : unmanaged
+    {
+        var packed = new T[source.Length];
+        source.CopyTo<T>(packed);
+        fixed (T* src = packed)
+        {
+            for (int b = 0; b < view.Batch; b++)
+                for (int t = 0; t < view.Tokens; t++)
+                    for (int h = 0; h < view.Heads; h++)
+                        new ReadOnlySpan<T>(src + (((long)b * view.Tokens + t) * view.Heads + h) * view.Dim, view.Dim).CopyTo(new Span<T>(view.Row(b, t, h), view.Dim));
         }
     }
 

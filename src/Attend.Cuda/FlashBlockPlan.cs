@@ -18,8 +18,10 @@ internal sealed class FlashBlockPlan
     /// <summary>Keys per block (≤ 64: one mask word per row).</summary>
     public const int KeyBlock = 64;
 
-    private FlashBlockPlan(int[] rowPtr, int[] items, ulong[] bits, int maxQueryBlocks, bool perSequence, int maskHeads)
+    private FlashBlockPlan(int[] rowPtr, int[] items, ulong[] bits, int maxQueryBlocks, bool perSequence, int maskHeads, int maxKeyBlocks)
     {
+        MaxKeyBlocks = maxKeyBlocks;
+        (ColumnPtr, ColumnItems) = Transpose(rowPtr, items, maxQueryBlocks, maskHeads, rowPtr.Length == 0 ? 0 : (rowPtr.Length - 1) / Math.Max(1, maskHeads * maxQueryBlocks), maxKeyBlocks);
         RowPtr = rowPtr;
         Items = items;
         Bits = bits;
@@ -46,6 +48,47 @@ internal sealed class FlashBlockPlan
     /// <summary>Heads the block mask stores (1 when the mask does not depend on the head).</summary>
     public int MaskHeads { get; }
 
+    /// <summary>Key blocks of the longest sequence (the backward's dK/dV grid).</summary>
+    public int MaxKeyBlocks { get; }
+
+    /// <summary>
+    /// The transposed lists for the backward pass: column starts, column = (entry · MaskHeads + head) · MaxKeyBlocks +
+    /// keyBlock, one more than columns.
+    /// </summary>
+    public int[] ColumnPtr { get; }
+
+    /// <summary>Pairs (query block, partial index or −1) per column, in ascending query-block order; partial indices point into <see cref="Bits"/>.</summary>
+    public int[] ColumnItems { get; }
+
+    private static (int[] Ptr, int[] Items) Transpose(int[] rowPtr, int[] items, int maxQb, int heads, int entries, int maxKb)
+    {
+        int columns = entries * heads * maxKb;
+        var count = new int[columns + 1];
+        for (int e = 0; e < entries; e++)
+            for (int h = 0; h < heads; h++)
+                for (int qb = 0; qb < maxQb; qb++)
+                {
+                    int row = (e * heads + h) * maxQb + qb;
+                    for (int it = rowPtr[row]; it < rowPtr[row + 1]; it++) count[(e * heads + h) * maxKb + items[2 * it] + 1]++;
+                }
+        for (int c = 0; c < columns; c++) count[c + 1] += count[c];
+        var next = (int[])count.Clone();
+        var result = new int[2 * count[columns]];
+        for (int e = 0; e < entries; e++)
+            for (int h = 0; h < heads; h++)
+                for (int qb = 0; qb < maxQb; qb++) // ascending query blocks within every column
+                {
+                    int row = (e * heads + h) * maxQb + qb;
+                    for (int it = rowPtr[row]; it < rowPtr[row + 1]; it++)
+                    {
+                        int at = next[(e * heads + h) * maxKb + items[2 * it]]++;
+                        result[2 * at] = qb;
+                        result[2 * at + 1] = items[2 * it + 1];
+                    }
+                }
+        return (count, result);
+    }
+
     /// <summary>Number of items (visited blocks).</summary>
     public int ItemCount => Items.Length / 2;
 
@@ -57,8 +100,12 @@ internal sealed class FlashBlockPlan
         if (blocks.QueryBlockSize != QueryBlock || blocks.KeyBlockSize != KeyBlock)
             throw new ArgumentException($"The CUDA flash kernel needs blocks of {QueryBlock}x{KeyBlock}; the block mask has {blocks.QueryBlockSize}x{blocks.KeyBlockSize}.", nameof(blocks));
         int entries = blocks.Sequences, heads = blocks.Heads;
-        int maxQb = 0;
-        for (int e = 0; e < entries; e++) maxQb = Math.Max(maxQb, blocks.QueryBlocks(e));
+        int maxQb = 0, maxKb = 0;
+        for (int e = 0; e < entries; e++)
+        {
+            maxQb = Math.Max(maxQb, blocks.QueryBlocks(e));
+            maxKb = Math.Max(maxKb, blocks.KeyBlocks(e));
+        }
         var rowPtr = new int[entries * heads * maxQb + 1];
         var items = new List<int>();
         var bits = new List<ulong>();
@@ -99,6 +146,6 @@ internal sealed class FlashBlockPlan
             }
         }
         rowPtr[row] = items.Count / 2;
-        return new FlashBlockPlan(rowPtr, [.. items], [.. bits], maxQb, blocks.PerSequence, heads);
+        return new FlashBlockPlan(rowPtr, [.. items], [.. bits], maxQb, blocks.PerSequence, heads, maxKb);
     }
 }
