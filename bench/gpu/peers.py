@@ -119,10 +119,12 @@ try:
     flex = torch.compile(flex_attention, dynamic=False)
 except Exception as e:
     print('flex_attention unavailable:', e)
-rows, decode_rows = [], []
+rows, decode_rows, backward_rows = [], [], []
 for r in ours['results']:
     if r.get('kind') == 'decode':
         decode_rows.append(r); continue
+    if r.get('kind') == 'backward':
+        backward_rows.append(r); continue
     if not r['passed']:
         rows.append((r, {}, 'ours FAILED')); continue
     T, H, Hkv, D, spec = r['tokens'], r['heads'], r['kv_heads'], r['dim'], r['mask']
@@ -158,6 +160,32 @@ for r, res, note in rows:
     o = r.get('tflops') if r['passed'] else None
     print(f"{r['name']:22s} {r['tokens']:6d} {str(r['heads'])+'/'+str(r['kv_heads']):>6s} {r['dim']:4d} {f(o)} {f(res.get('flash'))} {f(res.get('cudnn'))} {f(res.get('efficient'))} {f(res.get('flex'))} "
           f"{ratio(o, res.get('flash'))} {ratio(o, res.get('cudnn'))} {ratio(o, res.get('flex'))}{note}")
+# ---- 2b. backward (causal): SDPA's backward alone (graph kept, retain_graph), CUDA events ----
+bwd = []
+if backward_rows:
+    print('\nBackward TFLOP/s (causal, 2.5 x forward FLOPs)')
+    print(f"{'T':>6s} {'H':>5s} {'ours':>7s} {'flash':>7s} {'cuDNN':>7s} {'/flash':>7s} {'/cuDNN':>7s}")
+for r in backward_rows:
+    T, H, Hkv, D = r['tokens'], r['heads'], r['kv_heads'], r['dim']
+    flops = 2.5 * 4 * H * D * (T * (T + 1) / 2)
+    res = {}
+    for name, be in BACKENDS[:2]:
+        try:
+            q = torch.randn(1, H, T, D, device='cuda', dtype=torch.bfloat16, requires_grad=True)
+            k = torch.randn(1, Hkv, T, D, device='cuda', dtype=torch.bfloat16, requires_grad=True)
+            v = torch.randn(1, Hkv, T, D, device='cuda', dtype=torch.bfloat16, requires_grad=True)
+            with sdpa_kernel(be):
+                out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            g = torch.randn_like(out)
+            ms, sp = bench_ms(lambda: out.backward(g, retain_graph=True), min_ms=300)
+            res[name] = flops / ms / 1e9
+        except Exception as e:
+            res[name] = None
+        torch.cuda.empty_cache()
+    o = r['tflops'] if r['passed'] else None
+    print(f"{T:6d} {str(H)+'/'+str(Hkv):>5s} {f(o)} {f(res.get('flash'))} {f(res.get('cudnn'))} {ratio(o, res.get('flash'))} {ratio(o, res.get('cudnn'))}")
+    bwd.append({'ours': r, 'peers': res})
+
 # ---- 3. decode: one query token per sequence against the cache; bytes of K+V read per second ----
 dec = []
 if decode_rows:
@@ -181,5 +209,5 @@ for r in decode_rows:
     best = max([x for x in res.values() if x] or [0])
     print(f"{T:7d} {B:2d} {str(H)+'/'+str(Hkv):>5s} {f(o)} {f(res.get('flash'))} {f(res.get('cudnn'))} {f(res.get('efficient'))} {ratio(o, best)}")
     dec.append({'ours': r, 'peers_gbps': res})
-json.dump({'forward': [{'ours': r, 'peers': res, 'note': note} for r, res, note in rows], 'decode': dec}, open(os.path.join(args.out, 'table.json'), 'w'), indent=1)
+json.dump({'forward': [{'ours': r, 'peers': res, 'note': note} for r, res, note in rows], 'backward': bwd, 'decode': dec}, open(os.path.join(args.out, 'table.json'), 'w'), indent=1)
 sys.exit(0 if err_ok else 1)

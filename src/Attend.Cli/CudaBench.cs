@@ -77,6 +77,15 @@ internal static class CudaBench
             results.Add(r);
             output.WriteLine(Format(r));
         }
+        foreach (int t in quick ? (int[])[1024] : [4096, 16384])
+        {
+            GpuResult r = CudaBackwardBench.Run(ctx, t, quick ? 16 : 64, quick ? 4 : 8, 128, hostQ, hostK, hostV, quick);
+            results.Add(r);
+            output.WriteLine(r.Passed
+                ? string.Create(CultureInfo.InvariantCulture,
+                    $"  bwd causal               T={t,6} H={r.Heads}/{r.KvHeads} D=128: {r.MedianMs,9:F3} ms ± {r.SpreadMs:F3} ({r.Runs} runs)  {r.Tflops,6:F1} TFLOP/s  dQ err={r.SampledError:E2}")
+                : $"  bwd causal T={t}: FAILED {r.Error}");
+        }
         foreach (int t in quick ? (int[])[4096] : [4096, 32768, 131072])
         {
             GpuResult r = CudaDecodeBench.Run(ctx, batch: 8, heads: 32, kvHeads: 8, dim: 128, tokens: t, pageSize: 16, quick);
