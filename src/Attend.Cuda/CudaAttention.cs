@@ -7,8 +7,9 @@ namespace Attend.Cuda;
 /// </summary>
 /// <remarks>
 /// <see cref="Plan"/> does the host work once (block structure, mask bits, uploads, kernel load); <see cref="CudaAttentionPlan.Run"/>
-/// launches. The forward is the only pass on the GPU so far: backward, paged decode and block-sparse backward run on the
-/// CPU backend (docs/CUDA-KERNELS.md).
+/// launches. The backward pass runs through <see cref="Attention.Backward{T}(System.Numerics.Tensors.ReadOnlyTensorSpan{T}, System.Numerics.Tensors.ReadOnlyTensorSpan{T}, System.Numerics.Tensors.ReadOnlyTensorSpan{T}, System.Numerics.Tensors.ReadOnlyTensorSpan{T}, System.Numerics.Tensors.ReadOnlyTensorSpan{T}, System.Numerics.Tensors.ReadOnlyTensorSpan{float}, AttentionOptions, System.Numerics.Tensors.TensorSpan{T}, System.Numerics.Tensors.TensorSpan{T}, System.Numerics.Tensors.TensorSpan{T})"/>
+/// with <c>Backend = "cuda"</c> (host tensors; a correct but slow CUDA-core version, docs/CUDA-KERNELS.md); decode
+/// against a paged cache is <see cref="CudaDecode"/>.
 /// </remarks>
 public static class CudaAttention
 {

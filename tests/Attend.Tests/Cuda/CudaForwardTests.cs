@@ -59,6 +59,43 @@ public class CudaForwardTests
     }
 
     [CudaFact]
+    public void BackwardOnTheGpuMatchesTheReferenceAndRepeatsBitwise()
+    {
+        CudaBackend.Register();
+        Random rng = TestData.Rng(302);
+        const int b = 1, t = 150, h = 4, hkv = 2, d = 64;
+        BFloat16[] q = TestData.Gaussian<BFloat16>(rng, b * t * h * d), k = TestData.Gaussian<BFloat16>(rng, b * t * hkv * d),
+            v = TestData.Gaussian<BFloat16>(rng, b * t * hkv * d), dO = TestData.Gaussian<BFloat16>(rng, b * t * h * d);
+        var options = new AttentionOptions { Mask = new CausalMask(), Backend = "cuda", Deterministic = true };
+        var o = new BFloat16[q.Length];
+        var lse = new float[b * h * t];
+        Attention.Forward<BFloat16>(TestData.Bthd(q, b, t, h, d), TestData.Bthd(k, b, t, hkv, d), TestData.Bthd(v, b, t, hkv, d), options,
+            TestData.Bthd(o, b, t, h, d), AttentionLayout.Lse(lse, b, h, t));
+        BFloat16[] Run(out BFloat16[] dk, out BFloat16[] dv)
+        {
+            BFloat16[] dq = TestData.Poisoned<BFloat16>(q.Length);
+            dk = TestData.Poisoned<BFloat16>(k.Length);
+            dv = TestData.Poisoned<BFloat16>(v.Length);
+            Attention.Backward<BFloat16>(TestData.Bthd(q, b, t, h, d), TestData.Bthd(k, b, t, hkv, d), TestData.Bthd(v, b, t, hkv, d),
+                TestData.Bthd(o, b, t, h, d), TestData.Bthd(dO, b, t, h, d), AttentionLayout.Lse(lse, b, h, t), options,
+                TestData.Bthd(dq, b, t, h, d), TestData.Bthd(dk, b, t, hkv, d), TestData.Bthd(dv, b, t, hkv, d));
+            return dq;
+        }
+        BFloat16[] dq1 = Run(out BFloat16[] dk1, out BFloat16[] dv1);
+        BFloat16[] dq2 = Run(out BFloat16[] dk2, out BFloat16[] dv2);
+        Assert.Equal(dq1, dq2);
+        Assert.Equal(dk1, dk2);
+        Assert.Equal(dv1, dv2);
+        ReferenceBackwardResult exact = ReferenceAttention.Backward<BFloat16>(TestData.Bthd(q, b, t, h, d), TestData.Bthd(k, b, t, hkv, d),
+            TestData.Bthd(v, b, t, hkv, d), TestData.Bthd(dO, b, t, h, d), options);
+        foreach ((BFloat16[] got, double[] want, string name) in new[] { (dq1, exact.DQ, "dQ"), (dk1, exact.DK, "dK"), (dv1, exact.DV, "dV") })
+        {
+            double err = RelativeL2(got, want, out int nan);
+            Assert.True(nan == 0 && err <= 2e-2, $"seed {TestData.RunSeed}: {name} rel {err}, {nan} NaN");
+        }
+    }
+
+    [CudaFact]
     public void UnsupportedHeadDimRaisesTheReason()
     {
         CudaBackend.Register();

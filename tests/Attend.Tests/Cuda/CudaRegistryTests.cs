@@ -45,15 +45,14 @@ public class CudaRegistryTests
     public void UnsupportedProblemsSayWhy()
     {
         var kernel = new CudaFlashKernel();
-        Assert.False(kernel.IsSupported(Problem(pass: AttentionPass.Backward), out string why));
-        Assert.Contains("backward", why);
-        Assert.False(kernel.IsSupported(Problem(ElementType.Float32), out why));
+        Assert.False(kernel.IsSupported(Problem(ElementType.Float32), out string why));
         Assert.Contains("bf16 or fp16", why);
         Assert.False(kernel.IsSupported(Problem(d: 80), out why));
         Assert.Contains("head dim 80", why);
         bool gpu = CudaBackend.IsAvailable(out string noGpu);
         Assert.Equal(gpu, kernel.IsSupported(Problem(), out why));
         if (!gpu) Assert.Equal(noGpu, why);
+        Assert.Equal(gpu, kernel.IsSupported(Problem(pass: AttentionPass.Backward), out why));
     }
 
     [Fact]
