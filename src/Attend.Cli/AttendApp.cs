@@ -23,11 +23,13 @@ public static class AttendApp
         ArgumentNullException.ThrowIfNull(args);
         ArgumentNullException.ThrowIfNull(output);
         ArgumentNullException.ThrowIfNull(error);
+        Attend.Cuda.CudaBackend.Register(); // lists the CUDA variants (with the reason when they cannot run here)
         var root = new RootCommand("attend: exact attention on the CPU (run on .npy files, list methods, benchmark).")
         {
             RunCommand.Create(output),
             MethodsCommand.Create(output),
             BenchCommand.Create(output, error),
+            CheckCommand.Create(output, error),
         };
         ParseResult parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)

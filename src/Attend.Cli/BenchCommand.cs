@@ -15,11 +15,17 @@ internal static class BenchCommand
     {
         var json = new Option<string?>("--json") { Description = "Also write the results as JSON to this file." };
         var quick = new Option<bool>("--quick") { Description = "A tiny workload that runs in seconds (for tests and smoke checks)." };
+        var backend = new Option<string>("--backend") { Description = "cpu (default) or cuda (the protocol's GPU shapes, bf16, device-resident tensors).", DefaultValueFactory = _ => "cpu" };
         var command = new Command("bench",
             "Measure the FMA peak and copy bandwidth, then time exact attention (forward, backward, decode) on the default workload, " +
             "checked against the float64 reference. Times: median and spread (max - min) of >= 3 runs after a warm-up.")
-        { json, quick, BenchLinearCommand.Create(output, error) };
-        command.SetAction(parse => Execute(parse.GetValue(json), parse.GetValue(quick), output, error));
+        { json, quick, backend, BenchLinearCommand.Create(output, error) };
+        command.SetAction(parse => parse.GetValue(backend)!.ToLowerInvariant() switch
+        {
+            "cpu" => Execute(parse.GetValue(json), parse.GetValue(quick), output, error),
+            "cuda" => CudaBench.Execute(parse.GetValue(json), parse.GetValue(quick), output, error),
+            string other => throw new UserError($"--backend: unknown backend '{other}' (cpu or cuda)."),
+        });
         command.Subcommands.Add(BenchSparseCommand.Create(output, error));
         return command;
     }

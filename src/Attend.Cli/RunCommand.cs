@@ -22,6 +22,7 @@ internal static class RunCommand
         var scale = new Option<float?>("--scale") { Description = "Score scale; default 1/sqrt(D)." };
         var softcap = new Option<float?>("--softcap") { Description = "Logit soft cap C: C*tanh(s/C)." };
         var variant = new Option<string?>("--variant") { Description = "Force a kernel variant (see `attend methods`)." };
+        var backend = new Option<string?>("--backend") { Description = "cpu (default) or cuda (float32 inputs then run in bf16 on the GPU; the output is written as float32)." };
         var method = new Option<string?>("--method") { Description = "Run a named method (see `attend methods`) instead of exact attention." };
         var param = new Option<string[]>("--param") { Description = "A method parameter name=value (repeatable).", AllowMultipleArgumentsPerToken = false };
         var input = new Option<string[]>("--input") { Description = "A further named input name=file.npy for the method (gates, betas, initial state; repeatable)." };
@@ -29,7 +30,7 @@ internal static class RunCommand
         var stateOut = new Option<string?>("--state-out") { Description = "Write the method's final state (linear/recurrent family) to this .npy." };
         var command = new Command("run", "Run exact attention, or a named method, on Q, K, V read from .npy files.")
         {
-            q, k, v, outPath, lse, mask, scale, softcap, variant, method, param, input, form, stateOut,
+            q, k, v, outPath, lse, mask, scale, softcap, variant, method, param, input, form, stateOut, backend,
         };
         command.SetAction(parse =>
         {
@@ -45,13 +46,20 @@ internal static class RunCommand
             if (parse.GetValue(param) is { Length: > 0 } || parse.GetValue(input) is { Length: > 0 } || parse.GetValue(form) is not null || parse.GetValue(stateOut) is not null)
                 throw new UserError("--param, --input, --form and --state-out need --method NAME.");
             var request = new RunRequest(parse.GetValue(q)!, parse.GetValue(k)!, parse.GetValue(v)!, parse.GetValue(outPath)!,
-                parse.GetValue(lse), parse.GetValue(mask), parse.GetValue(scale), parse.GetValue(softcap), parse.GetValue(variant));
+                parse.GetValue(lse), parse.GetValue(mask), parse.GetValue(scale), parse.GetValue(softcap), parse.GetValue(variant))
+            {
+                Backend = parse.GetValue(backend),
+            };
             return Execute(request, output);
         });
         return command;
     }
 
-    internal sealed record RunRequest(string Q, string K, string V, string Out, string? Lse, string? Mask, float? Scale, float? Softcap, string? Variant);
+    internal sealed record RunRequest(string Q, string K, string V, string Out, string? Lse, string? Mask, float? Scale, float? Softcap, string? Variant)
+    {
+        /// <summary>cpu (null) or cuda.</summary>
+        public string? Backend { get; init; }
+    }
 
     internal static int Execute(RunRequest r, TextWriter output)
     {
@@ -74,12 +82,18 @@ internal static class RunCommand
         IMaskMod? mask;
         try { mask = r.Mask is null ? null : MaskSpec.Parse(r.Mask, ks[1]); }
         catch (ArgumentException e) { throw new UserError($"--mask: {AttendApp.OneLine(e)}"); }
-        var options = new AttentionOptions { Mask = mask, Scale = r.Scale, Softcap = r.Softcap, Variant = r.Variant };
+        bool cuda = string.Equals(r.Backend, "cuda", StringComparison.OrdinalIgnoreCase);
+        if (r.Backend is not null && !cuda && !string.Equals(r.Backend, "cpu", StringComparison.OrdinalIgnoreCase))
+            throw new UserError($"--backend: unknown backend '{r.Backend}' (cpu or cuda).");
+        if (cuda) Attend.Cuda.CudaBackend.Register();
+        var options = new AttentionOptions { Mask = mask, Scale = r.Scale, Softcap = r.Softcap, Variant = r.Variant, Backend = cuda ? "cuda" : null };
         if (r.Variant is not null && KernelRegistry.Find(r.Variant) is null)
             throw new UserError($"--variant: unknown kernel variant '{r.Variant}' (known: {string.Join(", ", KernelRegistry.Softmax.Select(x => x.Name))}).");
 
         string variant = q.ElementType == ElementType.Float32
-            ? Compute(q.AsSingle(), k.AsSingle(), v.AsSingle(), qs, ks, q.Shape, r, options)
+            ? cuda
+                ? Compute(ToBf16(q.AsSingle()), ToBf16(k.AsSingle()), ToBf16(v.AsSingle()), qs, ks, q.Shape, r, options) // tensor cores take 16-bit inputs
+                : Compute(q.AsSingle(), k.AsSingle(), v.AsSingle(), qs, ks, q.Shape, r, options)
             : Compute(q.AsHalf(), k.AsHalf(), v.AsHalf(), qs, ks, q.Shape, r, options);
         output.WriteLine($"wrote {r.Out} ({string.Join("x", q.Shape)} {q.ElementType.ShortName()}) with {variant}" + (r.Lse is null ? "" : $"; LSE in {r.Lse}"));
         return 0;
@@ -108,7 +122,7 @@ internal static class RunCommand
         }
         catch (NotSupportedException e)
         {
-            throw new UserError($"--variant: {e.Message}");
+            throw new UserError(options.Backend is null ? $"--variant: {e.Message}" : $"--backend {options.Backend}: {e.Message}");
         }
         Write(r.Out, outShape, o);
         if (lse is not null)
@@ -123,8 +137,11 @@ internal static class RunCommand
     {
         if (data is float[] f) NpyFile.Write(path, shape, f);
         else if (data is Half[] h) NpyFile.Write(path, shape, h);
+        else if (data is BFloat16[] b) NpyFile.Write(path, shape, Array.ConvertAll(b, x => (float)x));
         else throw new InvalidOperationException($"No .npy writer for {typeof(T).Name}.");
     }
+
+    private static BFloat16[] ToBf16(float[] data) => Array.ConvertAll(data, x => (BFloat16)x);
 
     internal static int[] Dims(NpyArray a, string file) => a.Shape.Length switch
     {

@@ -45,6 +45,13 @@ public sealed record AttentionOptions
     /// <summary>Force one kernel variant by name (see <see cref="KernelRegistry"/>); null picks the first that supports the call.</summary>
     public string? Variant { get; init; }
 
+    /// <summary>
+    /// The backend to run on: <c>cpu</c> (the default when null) or <c>cuda</c> (after <c>Attend.Cuda.CudaBackend.Register()</c>;
+    /// host spans are then copied to the GPU and back). A call picks among that backend's variants only; a
+    /// <see cref="Variant"/> forced by name runs on its own backend.
+    /// </summary>
+    public string? Backend { get; init; }
+
     /// <summary>Worker threads to use; null means all cores.</summary>
     public int? MaxThreads { get; init; }
 }

@@ -13,6 +13,12 @@ public readonly struct ComposedScoreMod<TFirst, TSecond> : IScoreMod<ComposedSco
     /// <summary>Composes two score mods.</summary>
     public ComposedScoreMod(TFirst first, TSecond second) { _first = first; _second = second; }
 
+    /// <summary>The mod applied first (backends that translate score mods into their own form read it).</summary>
+    internal TFirst First => _first;
+
+    /// <summary>The mod applied second.</summary>
+    internal TSecond Second => _second;
+
     /// <inheritdoc/>
     public T Apply<T>(T score, int batch, int head, int q, int k) where T : IFloatingPointIeee754<T> =>
         _second.Apply(_first.Apply(score, batch, head, q, k), batch, head, q, k);

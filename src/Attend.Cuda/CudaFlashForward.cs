@@ -1,0 +1,87 @@
+using System.Collections.Concurrent;
+using System.Globalization;
+
+namespace Attend.Cuda;
+
+/// <summary>
+/// The specialisations of <c>flash_forward.cu</c>: one compiled kernel per (head dim, element type, soft cap, ALiBi),
+/// with the tile shape chosen per head dim (docs/CUDA-KERNELS.md records why), loaded once per context.
+/// </summary>
+internal static class CudaFlashForward
+{
+    public const string SourceFile = "flash_forward.cu";
+    public const string EntryPoint = "attend_flash_forward";
+
+    private static readonly ConcurrentDictionary<(CudaContext, int, ElementType, bool, bool), CudaKernelFunction> s_loaded = new();
+    private static readonly Lock s_gate = new();
+
+    /// <summary>Warps, m16 tiles per warp, and whether Q stays in registers, per head dim (128 query rows in every case).</summary>
+    public static (int Warps, int MTiles, bool QInRegisters) TileShape(int headDim) => headDim switch
+    {
+        64 => (4, 2, true),
+        128 => (4, 2, false),
+        256 => (8, 1, false),
+        _ => throw new NotSupportedException(SupportReason(headDim)),
+    };
+
+    /// <summary>Why a head dim has no kernel (null when it has one).</summary>
+    public static string SupportReason(int headDim) =>
+        $"head dim {headDim} has no CUDA kernel: the flash kernel is specialised for head dims 64, 128 and 256 (its tiles are whole 16x16 tensor-core fragments of D)";
+
+    public static bool IsSupportedHeadDim(int headDim) => headDim is 64 or 128 or 256;
+
+    /// <summary>Dynamic shared memory: the Q tile and two stages of K and V tiles.</summary>
+    public static int SharedBytes(int headDim) => (FlashBlockPlan.QueryBlock * headDim + 4 * FlashBlockPlan.KeyBlock * headDim) * 2;
+
+    /// <summary>The NVRTC options of a specialisation (defines first, then flags).</summary>
+    public static IReadOnlyList<string> Options(int headDim, ElementType type, bool softcap, bool alibi)
+    {
+        (int warps, int mt, bool qreg) = TileShape(headDim);
+        return
+        [
+            $"-DHEAD_DIM={headDim}",
+            $"-DELEM_BF16={(type == ElementType.BFloat16 ? 1 : 0)}",
+            $"-DNWARPS={warps}",
+            $"-DMT={mt}",
+            $"-DBLOCK_N={FlashBlockPlan.KeyBlock}",
+            $"-DQREG={(qreg ? 1 : 0)}",
+            $"-DSOFTCAP={(softcap ? 1 : 0)}",
+            $"-DALIBI={(alibi ? 1 : 0)}",
+            "--use_fast_math",
+            "--std=c++17",
+        ];
+    }
+
+    /// <summary>Threads per CTA of a head dim's specialisation.</summary>
+    public static int Threads(int headDim) => TileShape(headDim).Warps * 32;
+
+    /// <summary>The loaded kernel of a specialisation (compiled or read from the disk cache on first use).</summary>
+    public static CudaKernelFunction Get(CudaContext context, int headDim, ElementType type, bool softcap, bool alibi)
+    {
+        var key = (context, headDim, type, softcap, alibi);
+        if (s_loaded.TryGetValue(key, out CudaKernelFunction? f)) return f;
+        lock (s_gate)
+        {
+            if (s_loaded.TryGetValue(key, out f)) return f;
+            int smem = SharedBytes(headDim);
+            if (smem > context.MaxSharedBytesPerBlock)
+                throw new NotSupportedException($"head dim {headDim} needs {smem} bytes of shared memory per block; {context.Name} allows {context.MaxSharedBytesPerBlock}.");
+            CompiledKernel image = KernelCompiler.Build(SourceFile, KernelCompiler.Source(SourceFile), Options(headDim, type, softcap, alibi), context.Architecture);
+            f = new CudaKernelFunction(context, image, EntryPoint, smem);
+            s_loaded[key] = f;
+            return f;
+        }
+    }
+
+    /// <summary>One line per loaded specialisation: options, registers, local memory, compile time.</summary>
+    public static IEnumerable<string> Describe()
+    {
+        foreach (KeyValuePair<(CudaContext, int, ElementType, bool, bool), CudaKernelFunction> entry in s_loaded)
+        {
+            (_, int d, ElementType type, bool sc, bool al) = entry.Key;
+            CudaKernelFunction f = entry.Value;
+            string origin = f.Image.FromCache ? "from the disk cache" : string.Create(CultureInfo.InvariantCulture, $"compiled in {f.Image.CompileSeconds:F2} s");
+            yield return $"flash_forward D={d} {type.ShortName()} softcap={sc} alibi={al}: {f.Registers} registers, {f.LocalBytes} B local, {origin}";
+        }
+    }
+}

@@ -1,0 +1,397 @@
+// Attend: FlashAttention-2 style forward on tensor cores (mma.sync m16n8k16, bf16/fp16 in, float32 accumulation).
+//
+// One CTA computes BLOCK_M query rows of one (sequence, query head) against the key blocks that the host's
+// BlockMask lists for that query block: full blocks skip the mask, partial blocks read one 64-bit word of mask
+// bits per row (evaluated on the host from the user's IMaskMod, so every mask the CPU accepts runs here), empty
+// blocks are never listed and never visited. K/V tiles stream through shared memory with cp.async, double
+// buffered; the softmax is online (base 2 inside, natural-log LSE out).
+//
+// Specialised by defines (the host passes them to NVRTC):
+//   HEAD_DIM   64 | 128 | 256
+//   ELEM_BF16  1 for bf16, 0 for fp16
+//   NWARPS     warps per CTA; each warp owns 16*MT query rows
+//   MT         m16 tiles per warp (1 or 2)
+//   BLOCK_N    keys per tile (64; mask bit words limit it to 64)
+//   QREG       1 keeps the Q fragments in registers for the whole CTA, 0 reloads them from shared memory
+//   SOFTCAP    1 applies cap*tanh(s/cap) to the scaled score
+//   ALIBI      1 subtracts slope[h]*|qpos-kpos|
+// No headers: NVRTC needs none, and conversions are written in PTX.
+
+#ifndef HEAD_DIM
+#error "HEAD_DIM must be defined"
+#endif
+
+#define NT (NWARPS * 32)
+#define BLOCK_M (16 * MT * NWARPS)
+#define DC (HEAD_DIM / 8)
+#define KSTEPS (HEAD_DIM / 16)
+#define NTILES (BLOCK_N / 8)
+#define DTILES (HEAD_DIM / 8)
+
+typedef unsigned short elem_t;
+#define NEG_INF __int_as_float(0xff800000)
+
+__device__ __forceinline__ unsigned smem_addr(const void* p)
+{
+    unsigned long long a;
+    asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
+    return (unsigned)a;
+}
+
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, int bytes)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" :: "r"(dst), "l"(src), "r"(bytes));
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" :: "n"(N)); }
+
+__device__ __forceinline__ void ldsm_x4(unsigned addr, unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr));
+}
+
+__device__ __forceinline__ void ldsm_x4_t(unsigned addr, unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr));
+}
+
+__device__ __forceinline__ void mma16816(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1)
+{
+#if ELEM_BF16
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#else
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
+}
+
+// Two floats to one register of two 16-bit elements: lo in bits 0..15, hi in 16..31.
+__device__ __forceinline__ unsigned pack2(float lo, float hi)
+{
+    unsigned r;
+#if ELEM_BF16
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+#else
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+#endif
+    return r;
+}
+
+__device__ __forceinline__ float fast_exp2(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// Byte offset of 16-byte chunk `chunk` of row `row` in a [rows][HEAD_DIM] tile, XOR-swizzled so that the 8 rows an
+// ldmatrix reads at one logical chunk fall in 8 different bank groups.
+__device__ __forceinline__ unsigned tile_offset(int row, int chunk)
+{
+    return (unsigned)((row * HEAD_DIM + ((chunk ^ (row & 7)) << 3)) * 2);
+}
+
+// Copies `rows` rows (global row stride `stride` elements) into a swizzled tile; rows past `valid` are zero-filled.
+template <int ROWS>
+__device__ __forceinline__ void load_tile(unsigned tile, const elem_t* g, long long stride, int valid, int tid)
+{
+#pragma unroll
+    for (int i = 0; i < ROWS * DC / NT; i++)
+    {
+        int idx = tid + i * NT;
+        int r = idx / DC, c = idx % DC;
+        bool ok = r < valid;
+        const elem_t* src = ok ? g + (long long)r * stride + c * 8 : g;
+        cp_async16(tile + tile_offset(r, c), src, ok ? 16 : 0);
+    }
+}
+
+struct SeqInfo { int batch, qStart, qLen, kStart, kLen; };
+
+extern "C" __global__ void __launch_bounds__(NT, 1)
+attend_flash_forward(
+    const elem_t* __restrict__ Q, const elem_t* __restrict__ K, const elem_t* __restrict__ V,
+    elem_t* __restrict__ O, float* __restrict__ Lse,
+    const SeqInfo* __restrict__ seqs,
+    const int* __restrict__ rowPtr,              // [(entry * maskHeads + head) * maxQBlocks + qBlock] → first item; +1 → end
+    const int2* __restrict__ items,              // (key block, partial index or -1)
+    const unsigned long long* __restrict__ bits, // per partial item: BLOCK_M words, bit c = key c of the block visible
+    const float* __restrict__ alibiSlopes,       // per query head (ALIBI only)
+    int heads, int kvHeads, int tokensQ, int tokensK,
+    int maskPerSequence, int maskHeads, int maxQBlocks,
+    float scale, float softcap)
+{
+    extern __shared__ __align__(128) unsigned char smem[];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int h = blockIdx.x;
+    const int qb = gridDim.y - 1 - blockIdx.y;   // heaviest (causal) query blocks first
+    const int s = blockIdx.z;
+    const SeqInfo seq = seqs[s];
+    if (qb * BLOCK_M >= seq.qLen) return;
+    const int hk = h / (heads / kvHeads);
+    const long long qStride = (long long)heads * HEAD_DIM, kStride = (long long)kvHeads * HEAD_DIM;
+    const int qRow0 = qb * BLOCK_M;
+    const elem_t* qBase = Q + ((long long)seq.batch * tokensQ + seq.qStart + qRow0) * qStride + (long long)h * HEAD_DIM;
+    const elem_t* kBase = K + ((long long)seq.batch * tokensK + seq.kStart) * kStride + (long long)hk * HEAD_DIM;
+    const elem_t* vBase = V + ((long long)seq.batch * tokensK + seq.kStart) * kStride + (long long)hk * HEAD_DIM;
+    const int row = ((maskPerSequence ? s : 0) * maskHeads + (maskHeads == 1 ? 0 : h)) * maxQBlocks + qb;
+    const int itBegin = rowPtr[row], itEnd = rowPtr[row + 1];
+
+    const unsigned sQ = smem_addr(smem);
+    const unsigned sK0 = sQ + BLOCK_M * HEAD_DIM * 2;
+    const unsigned sV0 = sK0 + 2 * BLOCK_N * HEAD_DIM * 2;
+    const unsigned kvStage = BLOCK_N * HEAD_DIM * 2;
+
+    load_tile<BLOCK_M>(sQ, qBase, qStride, seq.qLen - qRow0, tid);
+    cp_async_commit();
+    if (itBegin < itEnd)
+    {
+        int kb = items[itBegin].x;
+        load_tile<BLOCK_N>(sK0, kBase + (long long)kb * BLOCK_N * kStride, kStride, seq.kLen - kb * BLOCK_N, tid);
+        load_tile<BLOCK_N>(sV0, vBase + (long long)kb * BLOCK_N * kStride, kStride, seq.kLen - kb * BLOCK_N, tid);
+    }
+    cp_async_commit();
+
+    const int g = lane >> 2, t = lane & 3;
+    const int warpRow = warp * 16 * MT;
+    const float LOG2E = 1.4426950408889634f;
+#if SOFTCAP || ALIBI
+    const float UNIT = 1.f;               // scores are already base-2 logits
+#else
+    const float UNIT = scale * LOG2E;     // raw q·k → base-2 logit
+#endif
+    const int shift = seq.kLen - seq.qLen; // bottom-right alignment of query positions
+#if ALIBI
+    const float slope = alibiSlopes[h];
+#endif
+
+    float acc[MT][DTILES][4];
+    float mrow[MT][2], lrow[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+    {
+#pragma unroll
+        for (int j = 0; j < DTILES; j++) acc[mt][j][0] = acc[mt][j][1] = acc[mt][j][2] = acc[mt][j][3] = 0.f;
+        mrow[mt][0] = mrow[mt][1] = NEG_INF;
+        lrow[mt][0] = lrow[mt][1] = 0.f;
+    }
+#if QREG
+    unsigned qf[MT][KSTEPS][4];
+#endif
+
+    for (int it = itBegin; it < itEnd; it++)
+    {
+        const int stage = (it - itBegin) & 1;
+        if (it + 1 < itEnd)
+        {
+            int kb = items[it + 1].x;
+            load_tile<BLOCK_N>(sK0 + (stage ^ 1) * kvStage, kBase + (long long)kb * BLOCK_N * kStride, kStride, seq.kLen - kb * BLOCK_N, tid);
+            load_tile<BLOCK_N>(sV0 + (stage ^ 1) * kvStage, vBase + (long long)kb * BLOCK_N * kStride, kStride, seq.kLen - kb * BLOCK_N, tid);
+        }
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();
+
+#if QREG
+        if (it == itBegin)
+        {
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int kk = 0; kk < KSTEPS; kk++)
+                    ldsm_x4(sQ + tile_offset(warpRow + mt * 16 + (lane & 15), 2 * kk + (lane >> 4)),
+                            qf[mt][kk][0], qf[mt][kk][1], qf[mt][kk][2], qf[mt][kk][3]);
+        }
+#endif
+        const unsigned sK = sK0 + stage * kvStage, sV = sV0 + stage * kvStage;
+
+        // S = Q Kᵀ for this warp's rows.
+        float sc[MT][NTILES][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int j = 0; j < NTILES; j++) sc[mt][j][0] = sc[mt][j][1] = sc[mt][j][2] = sc[mt][j][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < KSTEPS; kk++)
+        {
+#if !QREG
+            unsigned qa[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+                ldsm_x4(sQ + tile_offset(warpRow + mt * 16 + (lane & 15), 2 * kk + (lane >> 4)), qa[mt][0], qa[mt][1], qa[mt][2], qa[mt][3]);
+#endif
+#pragma unroll
+            for (int np = 0; np < NTILES / 2; np++)
+            {
+                unsigned b0, b1, b2, b3;
+                ldsm_x4(sK + tile_offset(np * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)), b0, b1, b2, b3);
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++)
+                {
+#if QREG
+                    mma16816(sc[mt][2 * np], qf[mt][kk][0], qf[mt][kk][1], qf[mt][kk][2], qf[mt][kk][3], b0, b1);
+                    mma16816(sc[mt][2 * np + 1], qf[mt][kk][0], qf[mt][kk][1], qf[mt][kk][2], qf[mt][kk][3], b2, b3);
+#else
+                    mma16816(sc[mt][2 * np], qa[mt][0], qa[mt][1], qa[mt][2], qa[mt][3], b0, b1);
+                    mma16816(sc[mt][2 * np + 1], qa[mt][0], qa[mt][1], qa[mt][2], qa[mt][3], b2, b3);
+#endif
+                }
+            }
+        }
+
+        // Score mods (when compiled in) turn raw q·k into base-2 logits; without them the raw score stays and the
+        // scale is folded into the exponent's FMA below (LOGIT = raw · UNIT). Full blocks away from the key tail skip
+        // the mask entirely; partial blocks read their row's mask word.
+        const int2 item = items[it];
+        const int kPos0 = item.x * BLOCK_N;
+        const bool tail = kPos0 + BLOCK_N > seq.kLen;
+#if SOFTCAP || ALIBI
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int half = 0; half < 2; half++)
+            {
+#if ALIBI
+                const int qPos = qRow0 + warpRow + mt * 16 + g + half * 8 + shift;
+#endif
+#pragma unroll
+                for (int j = 0; j < NTILES; j++)
+#pragma unroll
+                    for (int e = 0; e < 2; e++)
+                    {
+                        float x = sc[mt][j][half * 2 + e] * scale;
+#if SOFTCAP
+                        x = softcap * tanhf(x / softcap);
+#endif
+#if ALIBI
+                        const int dist = qPos - (kPos0 + j * 8 + 2 * t + e);
+                        x -= slope * (float)(dist < 0 ? -dist : dist);
+#endif
+                        sc[mt][j][half * 2 + e] = x * LOG2E;
+                    }
+            }
+#endif
+        if (item.y >= 0 || tail)
+        {
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int half = 0; half < 2; half++)
+                {
+                    const int rIn = warpRow + mt * 16 + g + half * 8; // row within the query block
+                    const unsigned long long word = item.y >= 0 ? bits[(long long)item.y * BLOCK_M + rIn] : ~0ull;
+                    const int keysLeft = seq.kLen - kPos0;
+#pragma unroll
+                    for (int j = 0; j < NTILES; j++)
+#pragma unroll
+                        for (int e = 0; e < 2; e++)
+                        {
+                            const int c = j * 8 + 2 * t + e;
+                            const bool visible = ((word >> c) & 1ull) != 0ull && c < keysLeft;
+                            if (!visible) sc[mt][j][half * 2 + e] = NEG_INF;
+                        }
+                }
+        }
+        (void)shift;
+
+        // Online softmax: per row, new max, rescale, exponentiate (row sums stay per thread until the end).
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+        {
+#pragma unroll
+            for (int half = 0; half < 2; half++)
+            {
+                float mx = mrow[mt][half];
+#pragma unroll
+                for (int j = 0; j < NTILES; j++) mx = fmaxf(mx, fmaxf(sc[mt][j][half * 2], sc[mt][j][half * 2 + 1]));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                const float base = mx == NEG_INF ? 0.f : mx * UNIT;
+                const float corr = fast_exp2(mrow[mt][half] * UNIT - base);
+                mrow[mt][half] = mx;
+                float sum = 0.f;
+#pragma unroll
+                for (int j = 0; j < NTILES; j++)
+                {
+                    float p0 = fast_exp2(fmaf(sc[mt][j][half * 2], UNIT, -base));
+                    float p1 = fast_exp2(fmaf(sc[mt][j][half * 2 + 1], UNIT, -base));
+                    sc[mt][j][half * 2] = p0;
+                    sc[mt][j][half * 2 + 1] = p1;
+                    sum += p0 + p1;
+                }
+                lrow[mt][half] = lrow[mt][half] * corr + sum;
+#pragma unroll
+                for (int j = 0; j < DTILES; j++)
+                {
+                    acc[mt][j][half * 2] *= corr;
+                    acc[mt][j][half * 2 + 1] *= corr;
+                }
+            }
+        }
+
+        // O += P V: the score accumulators of two adjacent key tiles are exactly an A fragment.
+#pragma unroll
+        for (int kk = 0; kk < BLOCK_N / 16; kk++)
+        {
+            unsigned pa[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+            {
+                pa[mt][0] = pack2(sc[mt][2 * kk][0], sc[mt][2 * kk][1]);
+                pa[mt][1] = pack2(sc[mt][2 * kk][2], sc[mt][2 * kk][3]);
+                pa[mt][2] = pack2(sc[mt][2 * kk + 1][0], sc[mt][2 * kk + 1][1]);
+                pa[mt][3] = pack2(sc[mt][2 * kk + 1][2], sc[mt][2 * kk + 1][3]);
+            }
+#pragma unroll
+            for (int dp = 0; dp < DTILES / 2; dp++)
+            {
+                unsigned b0, b1, b2, b3;
+                ldsm_x4_t(sV + tile_offset(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), 2 * dp + (lane >> 4)), b0, b1, b2, b3);
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++)
+                {
+                    mma16816(acc[mt][2 * dp], pa[mt][0], pa[mt][1], pa[mt][2], pa[mt][3], b0, b1);
+                    mma16816(acc[mt][2 * dp + 1], pa[mt][0], pa[mt][1], pa[mt][2], pa[mt][3], b2, b3);
+                }
+            }
+        }
+        __syncthreads(); // every warp is done with this stage before the next iteration refills it
+    }
+    cp_async_wait<0>();
+
+    // Finish: full row sums, normalise, store output and LSE (natural log). Fully masked rows: 0 and −∞.
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+    {
+#pragma unroll
+        for (int half = 0; half < 2; half++)
+        {
+            float l = lrow[mt][half];
+            l += __shfl_xor_sync(0xffffffffu, l, 1);
+            l += __shfl_xor_sync(0xffffffffu, l, 2);
+            const float inv = l > 0.f ? 1.f / l : 0.f;
+            const int rIn = warpRow + mt * 16 + g + half * 8;
+            const int rSeq = qRow0 + rIn;
+            if (rSeq < seq.qLen)
+            {
+                elem_t* out = O + ((long long)seq.batch * tokensQ + seq.qStart + rSeq) * qStride + (long long)h * HEAD_DIM;
+#pragma unroll
+                for (int j = 0; j < DTILES; j++)
+                    *(unsigned*)(out + j * 8 + 2 * t) = pack2(acc[mt][j][half * 2] * inv, acc[mt][j][half * 2 + 1] * inv);
+                if (t == 0 && Lse != 0)
+                {
+                    const float lse = l > 0.f ? (mrow[mt][half] * UNIT + __log2f(l)) * 0.6931471805599453f : NEG_INF;
+                    Lse[((long long)seq.batch * heads + h) * tokensQ + seq.qStart + rSeq] = lse;
+                }
+            }
+        }
+    }
+}

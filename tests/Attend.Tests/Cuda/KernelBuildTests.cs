@@ -1,0 +1,69 @@
+using Xunit;
+using Attend.Cuda;
+
+namespace Attend.Tests.Cuda;
+
+/// <summary>The NVRTC cache key and the specialisation options: no GPU needed.</summary>
+public class KernelBuildTests
+{
+    private static readonly string[] s_options = ["-DHEAD_DIM=128", "-DELEM_BF16=1", "--use_fast_math"];
+
+    [Fact]
+    public void SameSourceOptionsAndArchitectureShareAFile()
+    {
+        var a = KernelCacheKey.For("source", s_options, "sm_90a", "nvrtc 13.0");
+        var b = KernelCacheKey.For("source", [.. s_options], "sm_90a", "nvrtc 13.0");
+        Assert.Equal(a.FileName, b.FileName);
+        Assert.Equal(a, b);
+        Assert.EndsWith(".cubin", a.FileName);
+    }
+
+    [Fact]
+    public void EveryPartOfTheKeyChangesTheFile()
+    {
+        string baseline = KernelCacheKey.For("source", s_options, "sm_90a", "nvrtc 13.0").FileName;
+        Assert.NotEqual(baseline, KernelCacheKey.For("source ", s_options, "sm_90a", "nvrtc 13.0").FileName);
+        Assert.NotEqual(baseline, KernelCacheKey.For("source", ["-DHEAD_DIM=64", "-DELEM_BF16=1", "--use_fast_math"], "sm_90a", "nvrtc 13.0").FileName);
+        Assert.NotEqual(baseline, KernelCacheKey.For("source", ["-DELEM_BF16=1", "-DHEAD_DIM=128", "--use_fast_math"], "sm_90a", "nvrtc 13.0").FileName);
+        Assert.NotEqual(baseline, KernelCacheKey.For("source", s_options, "sm_80", "nvrtc 13.0").FileName);
+        Assert.NotEqual(baseline, KernelCacheKey.For("source", s_options, "sm_90a", "nvrtc 12.8").FileName);
+    }
+
+    [Fact]
+    public void KernelSourceIsEmbedded()
+    {
+        string source = KernelCompiler.Source(CudaFlashForward.SourceFile);
+        Assert.Contains(CudaFlashForward.EntryPoint, source);
+        Assert.Throws<ArgumentException>(() => KernelCompiler.Source("missing.cu"));
+    }
+
+    [Fact]
+    public void SpecialisationsDifferByHeadDimTypeAndMods()
+    {
+        IReadOnlyList<string> bf16 = CudaFlashForward.Options(128, ElementType.BFloat16, softcap: false, alibi: false);
+        Assert.Contains("-DHEAD_DIM=128", bf16);
+        Assert.Contains("-DELEM_BF16=1", bf16);
+        Assert.Contains("-DSOFTCAP=0", bf16);
+        Assert.Contains("-DELEM_BF16=0", CudaFlashForward.Options(128, ElementType.Float16, false, false));
+        Assert.Contains("-DALIBI=1", CudaFlashForward.Options(64, ElementType.BFloat16, false, true));
+        Assert.Contains("-DSOFTCAP=1", CudaFlashForward.Options(256, ElementType.BFloat16, true, false));
+    }
+
+    [Theory]
+    [InlineData(32)]
+    [InlineData(96)]
+    [InlineData(512)]
+    public void UnsupportedHeadDimsSayWhy(int d)
+    {
+        Assert.False(CudaFlashForward.IsSupportedHeadDim(d));
+        var e = Assert.Throws<NotSupportedException>(() => CudaFlashForward.Options(d, ElementType.BFloat16, false, false));
+        Assert.Contains($"head dim {d}", e.Message);
+    }
+
+    [Fact]
+    public void SharedMemoryFitsHopper()
+    {
+        foreach (int d in (int[])[64, 128, 256])
+            Assert.True(CudaFlashForward.SharedBytes(d) <= 227 * 1024, $"D={d}: {CudaFlashForward.SharedBytes(d)} bytes");
+    }
+}
