@@ -274,9 +274,11 @@ internal static class BenchSparseCommand
             return new SparseBenchResult(method.Info.Name, w.Name, w.Length, first.Density, recall, relErr, Median(selector),
                 Median(kernel), kernel.Max() - kernel.Min(), exactMs, problem, Median(cpu));
         }
-        catch (Exception e) when (e is ArgumentException or NotSupportedException or InvalidOperationException)
+        catch (Exception e)
         {
-            return new SparseBenchResult(method.Info.Name, w.Name, w.Length, null, double.NaN, double.NaN, 0, 0, 0, exactMs, e.Message);
+            // Any failure of one method (a bad default, a bug) becomes a FAILED row and a non-zero exit, not the end of
+            // the sweep over the other methods.
+            return new SparseBenchResult(method.Info.Name, w.Name, w.Length, null, double.NaN, double.NaN, 0, 0, 0, exactMs, $"{e.GetType().Name}: {e.Message}");
         }
     }
 
