@@ -27,6 +27,8 @@ public sealed class StaticPatternTests
         { "moa", ["windows=5,40,9", "sinks=2"], ["windows=100000", "sinks=0"] },
         { "moa", ["alpha=3,10", "beta=0.1,0.25", "sinks=1"], ["alpha=100000", "beta=0", "sinks=0"] },
         { "neighborhood", ["kernel=9", "dilation=2"], ["kernel=100000"] },
+        { "neighborhood", ["kernel=21"], ["kernel=100000"] },
+        { "neighborhood", ["kernel=6"], ["kernel=100000"] },
         { "neighborhood", ["grid={grid2}", "kernel=3x5", "dilation=2x1"], ["grid={grid2}", "kernel=100000", "causal=false"] },
         { "neighborhood", ["grid={grid3}", "kernel=3", "dilation=1x2x1", "causal=false"], ["grid={grid3}", "kernel=100000", "causal=false"] },
         { "axial", ["grid={grid2}"], ["grid=1x{T}"] },

@@ -88,6 +88,10 @@ internal sealed unsafe class FlashForward<T, TMask, TScore, TIsa, TVec> : IWorkI
         }
     }
 
+    // Bits lo … hi − 1 set (none when hi ≤ lo).
+    private static ulong RangeBits(int lo, int hi) =>
+        hi <= lo ? 0UL : (hi - lo == 64 ? ulong.MaxValue : ((1UL << (hi - lo)) - 1) << lo);
+
     // Rows per group of a partial block's product: the work skipped is decided per group and per column range.
     private const int Group = 16;
 
@@ -215,6 +219,16 @@ internal sealed unsafe class FlashForward<T, TMask, TScore, TIsa, TVec> : IWorkI
                 int r0 = gr * Group, rows = Math.Min(Group, mp - r0);
                 TileGemm.MultiplyTransposed<TIsa, TVec>(q + (long)r0 * dp, dp, kt + colLo[gr], Bk, p + (long)r0 * Bk + colLo[gr], Bk,
                     rows, colHi[gr] - colLo[gr], dp);
+            }
+            if (_score.IsIdentity)
+            {
+                // Outside a group's computed range the tile is −∞ from the fill, and without a score mod nothing can
+                // change that: mark those columns visible so the mask pass only writes inside the range.
+                for (int gr = 0; gr < groups; gr++)
+                {
+                    ulong outside = ~RangeBits(colLo[gr], colHi[gr]);
+                    for (int r = gr * Group; r < Math.Min(mr, (gr + 1) * Group); r++) visible[r] |= outside;
+                }
             }
             ScoreTile.Finish<TIsa, TVec, TMask, TScore>(p, null, rowMax, mp, mr, kc, 1f, true, _mask, _score, s, h, qPos, kb * Bk, visible);
             OnlineSoftmax.Update<TIsa, TVec>(p, mp, Bk, rowMax, m, l, alpha);

@@ -79,9 +79,14 @@ internal static unsafe class ScoreTile
             }
             if (partial && visible != null)
             {
-                ulong bits = visible[r];
-                for (int c = 0; c < kc; c++)
-                    if ((bits >> c & 1UL) == 0) row[c] = float.NegativeInfinity;
+                // Only the hidden columns are touched, one set bit at a time (a partial block's rows are mostly
+                // visible or mostly out of the computed range, which the caller marks visible when it is −∞ already).
+                ulong hidden = ~visible[r] & (kc == Keys ? ulong.MaxValue : (1UL << kc) - 1);
+                while (hidden != 0)
+                {
+                    row[System.Numerics.BitOperations.TrailingZeroCount(hidden)] = float.NegativeInfinity;
+                    hidden &= hidden - 1;
+                }
             }
             else if (partial)
             {

@@ -44,6 +44,12 @@ public readonly struct NeighborhoodMask : IMaskMod<NeighborhoodMask>
 
     private bool AxisVisible(int x, int y, int extent, int kernel, int dilation)
     {
+        if (dilation == 1)
+        {
+            if (Causal) return y <= x && y > x - kernel;
+            int begin = Start(x, extent, kernel);
+            return y >= begin && y < begin + kernel;
+        }
         if ((x - y) % dilation != 0) return false;
         int r = x % dilation, i = x / dilation, j = y / dilation;
         if (Causal) return j <= i && j > i - kernel;
@@ -62,11 +68,45 @@ public readonly struct NeighborhoodMask : IMaskMod<NeighborhoodMask>
         return g.Axes < 3 || AxisVisible(g.Coordinate(q, 2), g.Coordinate(k, 2), g.E2, _k2, _d2);
     }
 
+    // First key of the (non-causal, undilated) window of coordinate x: centred, shifted inward at the borders.
+    private static int Start(int x, int extent, int kernel) => Math.Clamp(x - kernel / 2, 0, Math.Max(0, extent - kernel));
+
     /// <inheritdoc/>
     public BlockKind ClassifyBlock(int batch, int head, int qStart, int qEnd, int kStart, int kEnd)
     {
         int q0 = Math.Max(qStart, 0), q1 = Math.Min(qEnd, Grid.Size);
         if (q1 <= q0) return BlockKind.Empty;
+        if (Grid.Axes == 1)
+        {
+            // 1D: each query's window is an interval whose ends never decrease with the query, so the block's union is
+            // [lo(first), hi(last)] and its intersection [lo(last), hi(first)] (closed form, like a sliding window).
+            // With dilation the band is the same but only one residue class is visible: partial, evaluated by the kernel.
+            int n = Grid.E0, k0 = Math.Max(0, kStart), k1 = Math.Min(kEnd, n) - 1;
+            if (k1 < k0) return BlockKind.Empty;
+            long span = (long)(_k0 - 1) * _d0;
+            long loFirst, hiLast, loLast, hiFirst;
+            if (Causal)
+            {
+                (loFirst, hiFirst) = (q0 - span, q0);
+                (loLast, hiLast) = (q1 - 1 - span, q1 - 1);
+            }
+            else if (_d0 == 1)
+            {
+                loFirst = Start(q0, n, _k0);
+                hiFirst = loFirst + _k0 - 1;
+                loLast = Start(q1 - 1, n, _k0);
+                hiLast = loLast + _k0 - 1;
+            }
+            else
+            {
+                (loFirst, hiFirst) = (q0 - span, q0 + span);
+                (loLast, hiLast) = (q1 - 1 - span, q1 - 1 + span);
+            }
+            if (k1 < loFirst || k0 > hiLast) return BlockKind.Empty;
+            bool allRowsOnGrid = qStart >= 0 && qEnd <= n, allKeysOnGrid = kStart >= 0 && kEnd <= n;
+            if (_d0 == 1 && allRowsOnGrid && allKeysOnGrid && k0 >= loLast && k1 <= hiFirst) return BlockKind.Full;
+            return BlockKind.Partial;
+        }
         // Along the slowest axis a visible key lies within kernel·dilation rows of the query's row (the shifted
         // border window included); that bounds the flat positions, and blocks inside the bound are evaluated.
         int stride = Grid.Stride(0), reach = _k0 * _d0;
