@@ -43,6 +43,7 @@ public static class MethodCatalog
     private static readonly IAttentionMethod[] s_runnable =
     [
         new ExactAttentionMethod(),
+        .. Sparse.Dynamic.DynamicSparseMethods.All,
     ];
 
     /// <summary>Every method <c>attend run --method</c> can run, in catalog order.</summary>
