@@ -129,7 +129,11 @@ public static class HyperAttention
         public void Full(float[] o, float[] lse)
         {
             int t = q.Length / (heads * _d);
-            if (t <= p.MinSeqLen) Exact(0, t, 0, t, null, o, lse);
+            if (t <= p.MinSeqLen)
+            {
+                Exact(0, t, 0, t, null, o, lse);
+                coverage.AddFullLeaf(batch, t);
+            }
             else NonCausal(0, t, 0, t, o, lse);
         }
 

@@ -93,7 +93,7 @@ internal static class SortedBlockAttention
 public sealed class LshCoverage : IPairCoverage
 {
     private readonly int _heads, _group, _tokens;
-    private readonly List<(int Batch, int A, int N)> _leaves = [];
+    private readonly List<(int Batch, int A, int N, bool Causal)> _leaves = [];
     private readonly List<(int Batch, int Qa, int Nq, int Ka, int Nk, int[][] QBlock, int[][] KBlock)> _nodes = [];
     private long _computed;
 
@@ -110,8 +110,14 @@ public sealed class LshCoverage : IPairCoverage
 
     internal void AddCausalLeaf(int batch, int a, int n)
     {
-        _leaves.Add((batch, a, n));
+        _leaves.Add((batch, a, n, true));
         _computed += (long)n * (n + 1) / 2 * _heads;
+    }
+
+    internal void AddFullLeaf(int batch, int n)
+    {
+        _leaves.Add((batch, 0, n, false));
+        _computed += (long)n * _tokens * _heads;
     }
 
     internal void AddBlockNode(int batch, int qa, int nq, int ka, int nk, int[][] qBlock, int[][] kBlock, long sampledPairs)
@@ -146,9 +152,9 @@ public sealed class LshCoverage : IPairCoverage
     {
         if (covered.Length != _tokens) throw new ArgumentException($"The span has {covered.Length} entries; there are {_tokens} keys.", nameof(covered));
         covered.Clear();
-        foreach ((int b, int a, int n) in _leaves)
+        foreach ((int b, int a, int n, bool causal) in _leaves)
             if (b == batch && query >= a && query < a + n)
-                for (int j = a; j <= query; j++) covered[j] = true;
+                for (int j = a; j < (causal ? query + 1 : _tokens); j++) covered[j] = true;
         foreach (var node in _nodes)
         {
             if (node.Batch != batch || query < node.Qa || query >= node.Qa + node.Nq) continue;

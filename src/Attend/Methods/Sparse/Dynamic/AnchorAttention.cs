@@ -6,22 +6,23 @@ namespace Attend.Methods.Sparse.Dynamic;
 // AnchorAttention (Zhang et al., 2025: "AnchorAttention: Difference-Aware Sparse Attention with Stripe Granularity";
 // the prefill method, not the RoPE/BF16 paper of the same name).
 //
-//  1. Anchor: for each query, the largest scaled score over a fixed pattern every input shares — the first 64 keys
-//     (sinks) and the 64-key local window ending at the query. Those regions are always computed.
+//  1. Anchor: the largest score over a fixed pattern every input shares — the first 64 keys (sinks) and the 64-key
+//     local window. Those regions are always computed.
 //  2. Difference-aware stripe selection: for each 64-row query block, keys outside those regions whose estimated score
 //     is within θ of the anchor (score ≥ anchor − θ) are kept as whole columns ("stripes") for the block's rows.
 //  3. The sparse kernel loads those discrete key positions (not whole blocks): the token-level path, with the stripes
 //     as per-block columns, the sinks as vertical columns and the window as 64 diagonals.
 //
-// Deviations: (1) the estimated score of a key for a block is the mean query of the block times the key, compared with
-// the mean anchor of the block's rows (the paper compares per-query scores with per-query anchors at stripe
-// granularity; the pooled form keeps the selection at O(T²·D/64)); (2) 64-query blocks and a 64-key window/sink
+// Deviations: (1) scores are estimated with the mean query of each 64-row block, for the anchor (max over the sinks and
+// the window [pos0 − 63, p_last]) and for the candidate keys alike (the paper compares per-query scores with per-query
+// anchors at stripe granularity; the pooled form keeps the selection at O(T²·D/64), 1/64 of the attention's product, and
+// θ is in those pooled units); (2) 64-query blocks and a 64-key window/sink
 // region (the CPU tile), where the paper's block sizes are GPU-tuned; (3) CPU, float32.
 
 /// <summary>Options of <see cref="AnchorAttention"/>. Null fields take the defaults.</summary>
 public sealed record AnchorAttentionOptions
 {
-    /// <summary>Difference threshold θ ≥ 0 in scaled-logit units: a key is kept when its estimate ≥ anchor − θ; default 5.</summary>
+    /// <summary>Difference threshold θ ≥ 0 in scaled-logit units: a key is kept when its estimate ≥ anchor − θ; default 0.5.</summary>
     public double? Theta { get; init; }
 
     /// <summary>Score scale; default 1/√D.</summary>
@@ -48,7 +49,7 @@ public static class AnchorAttention
     public static HybridSparsePlan BuildPlan(ReadOnlyTensorSpan<float> q, ReadOnlyTensorSpan<float> k, ReadOnlyTensorSpan<float> v, AnchorAttentionOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
-        double theta = options.Theta ?? 5;
+        double theta = options.Theta ?? 0.5;
         if (!(theta >= 0) || double.IsInfinity(theta)) throw new ArgumentOutOfRangeException(nameof(options), theta, "options.Theta (θ) must be finite and ≥ 0.");
         var ctx = new SelectorContext(q, k, v, options.Offsets, options.Scale);
         HybridSparsePlan plan = ctx.NewPlan();
@@ -64,8 +65,7 @@ public static class AnchorAttention
                 plan.Tokens.SetVertical(s, h, SelectorMath.Range(0, region, tk));
                 plan.Tokens.SetSlash(s, h, SelectorMath.Range(0, region, tk));
                 float[] keys = ctx.Keys(s, h);
-                float[] queries = ctx.Queries(s, h, 0, tq);
-                float[] meanQ = SelectorMath.PoolMeans(queries, tq, d, bs);
+                float[] meanQ = SelectorMath.PoolMeans(ctx.Queries(s, h, 0, tq), tq, d, bs);
                 float[] estimate = SelectorMath.Scores(meanQ, qBlocks, keys, tk, d, ctx.Scale);
                 var stripes = new List<int>();
                 for (int qb = 0; qb < qBlocks; qb++)
@@ -73,28 +73,16 @@ public static class AnchorAttention
                     int i0 = qb * bs, mr = Math.Min(bs, tq - i0);
                     int pos0 = ctx.Position(s, i0), pLast = pos0 + mr - 1;
                     if (pLast < 0) continue;
-                    // Anchors: each row's max over the sinks and its window, from the block's exact scores on the
-                    // keys [0, 64) and [pos0 − 63, pLast].
-                    int w0 = Math.Max(0, pos0 - region + 1), sinkEnd = Math.Min(region, tk);
-                    float[] sinkScores = SelectorMath.Scores(queries.AsSpan(i0 * d, mr * d), mr, keys, sinkEnd, d, ctx.Scale);
-                    int wn = pLast - w0 + 1;
-                    float[] windowScores = SelectorMath.Scores(queries.AsSpan(i0 * d, mr * d), mr, keys.AsSpan(w0 * d, wn * d), wn, d, ctx.Scale);
-                    double anchorSum = 0;
-                    int rowsSeen = 0;
-                    for (int r = 0; r < mr; r++)
-                    {
-                        int pos = pos0 + r;
-                        if (pos < 0) continue;
-                        float a = float.NegativeInfinity;
-                        for (int j = 0; j < Math.Min(sinkEnd, pos + 1); j++) a = MathF.Max(a, sinkScores[r * sinkEnd + j]);
-                        for (int j = Math.Max(w0, pos - region + 1); j <= pos; j++) a = MathF.Max(a, windowScores[r * wn + j - w0]);
-                        anchorSum += a;
-                        rowsSeen++;
-                    }
-                    double threshold = anchorSum / rowsSeen - theta;
-                    stripes.Clear();
+                    // The anchor: the block's largest estimated score over the sinks and its window [pos0 − 63, pLast].
+                    int w0 = Math.Max(0, pos0 - region + 1);
                     ReadOnlySpan<float> est = estimate.AsSpan(qb * tk, tk);
-                    for (int j = region; j < Math.Min(w0, tk); j++)
+                    float anchor = float.NegativeInfinity;
+                    for (int j = 0; j < Math.Min(region, pLast + 1); j++) anchor = MathF.Max(anchor, est[j]);
+                    for (int j = w0; j <= pLast; j++) anchor = MathF.Max(anchor, est[j]);
+                    double threshold = anchor - theta;
+                    stripes.Clear();
+                    // Keys every row of the block sees through its window (j > p_last − 64) need no stripe.
+                    for (int j = region; j <= Math.Min(pLast - region, tk - 1); j++)
                         if (est[j] >= threshold) stripes.Add(j);
                     if (stripes.Count > 0) plan.Tokens.SetBlockColumns(s, h, qb, stripes.ToArray());
                 }

@@ -174,7 +174,7 @@ public sealed class AnchorAttentionMethod : IAttentionMethod
     {
         Parameters =
         [
-            new MethodParameter("theta", "float", "5", "difference threshold θ ≥ 0 (scaled logits)"),
+            new MethodParameter("theta", "float", "0.5", "difference threshold θ ≥ 0 (scaled logits of the block-mean query)"),
             new MethodParameter("scale", "float", "1/sqrt(D)", "score scale"),
         ],
     };
@@ -184,7 +184,7 @@ public sealed class AnchorAttentionMethod : IAttentionMethod
     {
         ArgumentNullException.ThrowIfNull(arguments);
         var x = new MethodSpans(inputs);
-        double theta = arguments.GetDouble("theta", 5, min: 0);
+        double theta = arguments.GetDouble("theta", 0.5, min: 0);
         float? scale = arguments.Has("scale") ? (float)arguments.GetDouble("scale", 0) : null;
         arguments.ThrowIfUnused(Name);
         float[] o = x.NewOutput(), lse = x.NewLse();
