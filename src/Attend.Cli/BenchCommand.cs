@@ -20,6 +20,7 @@ internal static class BenchCommand
             "checked against the float64 reference. Times: median and spread (max - min) of >= 3 runs after a warm-up.")
         { json, quick };
         command.SetAction(parse => Execute(parse.GetValue(json), parse.GetValue(quick), output, error));
+        command.Subcommands.Add(BenchSparseCommand.Create(output, error));
         return command;
     }
 

@@ -43,6 +43,7 @@ public static class MethodCatalog
     private static readonly IAttentionMethod[] s_runnable =
     [
         new ExactAttentionMethod(),
+        .. Sparse.Static.StaticSparseMethods.All,
         .. Sparse.Dynamic.DynamicSparseMethods.All,
     ];
 
