@@ -224,43 +224,44 @@ public sealed class VerticalSlashPlan : IPairCoverage
         }
     }
 
-    // Per row: verticals ≤ p, plus slashes ≤ p, plus block columns ≤ p, minus the pairs two of them name. Rows of one
-    // query block share their column sets, so the union is counted with one key bitmap per block.
+    // Per row p: verticals ≤ p, plus the block's own columns ≤ p that are not vertical, plus diagonals o ≤ p, minus the
+    // pairs a diagonal and a column both name. Those overlaps are counted per column: column k meets the diagonals
+    // o ∈ [max(p₀, k) − k, p₁ − k] of a block with positions [p₀, p₁]. O(T·log + blocks·columns·log) per head.
     private long ComputedPairs(int s, int h)
     {
         int u = s * Heads + h, tq = QueryLength(s), tk = KeyLength(s), shift = tk - tq;
         int[] vertical = _vertical[u], slash = _slash[u];
-        var named = new bool[tk];
         long total = 0;
-        foreach (int k in vertical) named[k] = true;
         for (int qb = 0; qb < QueryBlocks(s); qb++)
         {
             int[]? cols = _blockColumns[u][qb];
-            if (cols is not null)
-                foreach (int k in cols) named[k] = true;
-            int end = Math.Min(tq, (qb + 1) * QueryBlockSize);
-            for (int i = qb * QueryBlockSize; i < end; i++)
-            {
-                int p = i + shift;
-                if (p < 0) continue;
-                long row = 0;
-                // Columns (vertical or the block's own) at or before p.
-                row += CountAtMost(vertical, p);
-                if (cols is not null)
-                    foreach (int k in cols)
-                        if (k <= p && Array.BinarySearch(vertical, k) < 0) row++;
-                // Diagonals whose key is not already a column.
-                foreach (int o in slash)
-                {
-                    if (o > p) break;
-                    if (!named[p - o]) row++;
-                }
-                total += row;
-            }
-            if (cols is not null)
-                foreach (int k in cols) named[k] = Array.BinarySearch(vertical, k) >= 0;
+            int i0 = qb * QueryBlockSize, i1 = Math.Min(tq, i0 + QueryBlockSize);
+            int p0 = Math.Max(i0 + shift, 0), p1 = i1 - 1 + shift;
+            if (p1 < 0) continue;
+            for (int p = p0; p <= p1; p++) total += CountAtMost(vertical, p) + CountAtMost(slash, p);
+            total -= Overlaps(vertical, slash, p0, p1);
+            if (cols is null) continue;
+            var own = new List<int>();
+            foreach (int k in cols)
+                if (Array.BinarySearch(vertical, k) < 0) own.Add(k);
+            int[] ownArray = own.ToArray();
+            for (int p = p0; p <= p1; p++) total += CountAtMost(ownArray, p);
+            total -= Overlaps(ownArray, slash, p0, p1);
         }
         return total;
+    }
+
+    // Pairs (p, k) with p ∈ [p0, p1], k a column ≤ p and p − k a diagonal.
+    private static long Overlaps(int[] columns, int[] slash, int p0, int p1)
+    {
+        long n = 0;
+        foreach (int k in columns)
+        {
+            if (k > p1) break;
+            int lo = Math.Max(p0, k) - k, hi = p1 - k;
+            n += CountAtMost(slash, hi) - CountAtMost(slash, lo - 1);
+        }
+        return n;
     }
 
     private static int CountAtMost(int[] sorted, int value)

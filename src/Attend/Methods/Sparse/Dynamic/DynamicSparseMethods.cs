@@ -74,7 +74,7 @@ public sealed class MInferenceMethod : IAttentionMethod
     {
         Parameters =
         [
-            new MethodParameter("pattern", "search|a-shape|vertical-slash|block-sparse", "search", "search: the offline per-head search, calibrated on this input (time reported as search_ms); otherwise every head uses that pattern"),
+            new MethodParameter("pattern", "search|a-shape|vertical-slash|block-sparse", "vertical-slash", "every head uses that pattern; search: the offline per-head search, calibrated on this input (its time is reported as search_ms and is part of the run, not of the selector)"),
             new MethodParameter("budget", "int", "max(128, Tk/16)", "keys per row the candidates of the search spend (and the default budget of a fixed pattern)"),
             new MethodParameter("vertical", "int", "budget/7 (A-shape: 64)", "vertical-slash: top-k columns; A-shape: sink tokens"),
             new MethodParameter("slash", "int", "budget − vertical", "vertical-slash: top-k diagonals; A-shape: local window"),
@@ -89,7 +89,7 @@ public sealed class MInferenceMethod : IAttentionMethod
     {
         ArgumentNullException.ThrowIfNull(arguments);
         var x = new MethodSpans(inputs);
-        string pattern = arguments.GetChoice("pattern", "search", "search", "a-shape", "vertical-slash", "block-sparse");
+        string pattern = arguments.GetChoice("pattern", "vertical-slash", "search", "a-shape", "vertical-slash", "block-sparse");
         int budget = arguments.GetInt("budget", Math.Max(128, x.Tk / 16), min: 2);
         int vertical = arguments.GetInt("vertical", pattern == "a-shape" ? Math.Min(64, budget / 2) : Math.Max(1, budget / 7), min: 1);
         int slash = arguments.GetInt("slash", Math.Max(1, budget - vertical), min: 1);
