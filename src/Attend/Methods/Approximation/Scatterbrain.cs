@@ -16,15 +16,20 @@ namespace Attend.Methods.Approximation;
 // ln φ(q)·Σ_{k∉support} φ(k): a second partial, and the two are joined with the LSE merge. Removing the overlap is then
 // exactly "low rank on the complement" (block sums of φ(k)vᵀ subtracted from the total).
 //
+// Causal: the support keeps only pairs whose original key position is at or before the query's, and the low-rank sums
+// are prefix sums (queries swept in order, each key added once), in total and per sorted block.
+//
 // Deviations: (1) the sparse support is sortLSH blocks (HyperAttention's), where the paper uses Reformer-style LSH
 // buckets (or a local window); (2) plain Gaussian features (the paper's FAVOR+ uses orthogonal ones); features are
-// stabilised per query row and per KV head (the shifts cancel in the normalisation); (3) non-causal only (the causal
-// variant needs prefix sums of the features and a causal support; not done); (4) CPU, float32. An approximation: its
-// error is reported, not bounded.
+// stabilised per query row and per KV head (the shifts come back in the log-normaliser); (3) CPU, float32, the
+// low-rank part in plain vector loops (not the tile product). An approximation: its error is reported, not bounded.
 
 /// <summary>Options of <see cref="Scatterbrain"/>. Null fields take the defaults.</summary>
 public sealed record ScatterbrainOptions
 {
+    /// <summary>Causal attention (bottom-right aligned); default true.</summary>
+    public bool? Causal { get; init; }
+
     /// <summary>Random features r ≥ 1; default 64.</summary>
     public int? Features { get; init; }
 
@@ -51,7 +56,7 @@ public static class Scatterbrain
     public const string Paper = "Scatterbrain: Unifying Sparse and Low-rank Attention Approximation (Chen et al., 2021)";
 
     /// <summary>
-    /// Approximate full (non-causal) attention of dense [B, Tq, H, D] queries against [B, Tk, Hkv, D] keys and values
+    /// Approximate causal (or, with <see cref="ScatterbrainOptions.Causal"/> false, full) attention of dense [B, Tq, H, D] queries against [B, Tk, Hkv, D] keys and values
     /// into <paramref name="output"/> [B, Tq, H, D] and <paramref name="lse"/> [B, H, Tq]; returns the exact support.
     /// </summary>
     /// <exception cref="ArgumentException">Shapes that disagree, or a bad option (named).</exception>
@@ -78,69 +83,68 @@ public static class Scatterbrain
         var lsh = new SortLsh(bits, dim, seed);
         float[] w = Gaussian(r * dim, seed + 1);
         var coverage = new LshCoverage(batch, heads, kvHeads, nk);
+        bool causal = options.Causal ?? true;
+        int shift = nk - nq;
         for (int b = 0; b < batch; b++)
         {
             ReadOnlySpan<float> qb = q.AsSpan(b * nq * hd, nq * hd), kb = k.AsSpan(b * nk * kd, nk * kd), vb = v.AsSpan(b * nk * kd, nk * kd);
             (float[] os, float[] ls, int[][] qBlock, int[][] kBlock) = SortedBlockAttention.Run(qb, kb, vb, nq, nk, heads, kvHeads, lsh, bs, scale,
-                options.MaxThreads ?? Environment.ProcessorCount);
-            coverage.AddBlockNode(b, 0, nq, 0, nk, qBlock, kBlock, 0);
+                options.MaxThreads ?? Environment.ProcessorCount, causal);
+            coverage.AddBlockNode(b, 0, nq, 0, nk, qBlock, kBlock, 0, causal);
             int blocks = (Math.Max(nq, nk) + bs - 1) / bs;
+            float root = MathF.Sqrt(scale); // x = √scale·q, y = √scale·k: x·y = scale·q·k
             for (int hk = 0; hk < kvHeads; hk++)
             {
-                // Key features φ(k) (shifted by the head's largest exponent) and their sums with V, in total and per block.
-                float[] keys = Head(kb, nk, kvHeads, hk, dim, MathF.Sqrt(scale));
-                float[] phiK = Features(keys, nk, w, r, dim, perRow: false, out float[] keyShifts);
+                float[] phiK = Features(Head(kb, nk, kvHeads, hk, dim, root), nk, w, r, dim, perRow: false, out float[] keyShifts);
                 float keyShift = nk > 0 ? keyShifts[0] : 0;
+                var phiQ = new float[g][];
+                var queryShift = new float[g][];
+                for (int gi = 0; gi < g; gi++) phiQ[gi] = Features(Head(qb, nq, heads, hk * g + gi, dim, root), nq, w, r, dim, perRow: true, out queryShift[gi]);
+                // Running sums of φ(k)vᵀ and φ(k), in total and per sorted block of the keys, over the keys a query sees:
+                // all of them (non-causal), or those at or before its position (causal: queries are swept in order).
                 var total = new float[r * dim];
-                var totalZ = new float[r];
+                var totalZ = new double[r];
                 var blockKv = new float[blocks * r * dim];
-                var blockZ = new float[blocks * r];
-                for (int j = 0; j < nk; j++)
+                var blockZ = new double[blocks * r];
+                int added = 0;
+                var num = new float[dim];
+                var diff = new float[dim];
+                for (int i = 0; i < nq; i++)
                 {
-                    ReadOnlySpan<float> vj = vb.Slice(j * kd + hk * dim, dim);
-                    int blk = kBlock[hk][j];
-                    for (int f = 0; f < r; f++)
+                    int limit = causal ? Math.Min(nk, i + shift + 1) : nk;
+                    for (; added < limit; added++)
                     {
-                        float phi = phiK[j * r + f];
-                        TensorPrimitives.MultiplyAdd(vj, phi, blockKv.AsSpan((blk * r + f) * dim, dim), blockKv.AsSpan((blk * r + f) * dim, dim));
-                        blockZ[blk * r + f] += phi;
+                        ReadOnlySpan<float> vj = vb.Slice(added * kd + hk * dim, dim);
+                        int blk = kBlock[hk][added];
+                        for (int f = 0; f < r; f++)
+                        {
+                            float phi = phiK[added * r + f];
+                            TensorPrimitives.MultiplyAdd(vj, phi, total.AsSpan(f * dim, dim), total.AsSpan(f * dim, dim));
+                            TensorPrimitives.MultiplyAdd(vj, phi, blockKv.AsSpan((blk * r + f) * dim, dim), blockKv.AsSpan((blk * r + f) * dim, dim));
+                            totalZ[f] += phi;
+                            blockZ[blk * r + f] += phi;
+                        }
                     }
-                }
-                for (int blk = 0; blk < blocks; blk++)
-                {
-                    TensorPrimitives.Add(total, blockKv.AsSpan(blk * r * dim, r * dim), total);
-                    TensorPrimitives.Add(totalZ, blockZ.AsSpan(blk * r, r), totalZ);
-                }
-                for (int gi = 0; gi < g; gi++)
-                {
-                    int h = hk * g + gi;
-                    float[] queries = Head(qb, nq, heads, h, dim, MathF.Sqrt(scale));
-                    float[] phiQ = Features(queries, nq, w, r, dim, perRow: true, out float[] queryShift);
-                    var num = new float[dim];
-                    for (int i = 0; i < nq; i++)
+                    for (int gi = 0; gi < g; gi++)
                     {
-                        int blk = qBlock[h][i];
+                        int h = hk * g + gi, blk = qBlock[h][i];
                         num.AsSpan().Clear();
                         double den = 0;
                         for (int f = 0; f < r; f++)
                         {
-                            float phi = phiQ[i * r + f];
+                            float phi = phiQ[gi][i * r + f];
                             if (phi == 0) continue;
-                            TensorPrimitives.MultiplyAdd(total.AsSpan(f * dim, dim), phi, num, num);
-                            den += (double)phi * totalZ[f];
-                            if (blk < blocks)
-                            {
-                                TensorPrimitives.MultiplyAdd(blockKv.AsSpan((blk * r + f) * dim, dim), -phi, num, num);
-                                den -= (double)phi * blockZ[blk * r + f];
-                            }
+                            // Low rank over the keys outside the query's block (the overlap with the sparse part removed).
+                            TensorPrimitives.Subtract(total.AsSpan(f * dim, dim), blockKv.AsSpan((blk * r + f) * dim, dim), diff);
+                            TensorPrimitives.MultiplyAdd(diff, phi, num, num);
+                            den += phi * (totalZ[f] - blockZ[blk * r + f]);
                         }
                         Span<float> row = output.AsSpan((int)(((long)b * nq + i) * hd + h * dim), dim);
-                        int at = ((b * heads) + h) * nq + i;
-                        float lowLse = den > 0 ? (float)(Math.Log(den) + queryShift[i] + keyShift) : float.NegativeInfinity;
+                        float lowLse = den > 0 ? (float)(Math.Log(den) + queryShift[gi][i] + keyShift) : float.NegativeInfinity;
                         if (den > 0) TensorPrimitives.Multiply(num, (float)(1 / den), num);
                         else num.AsSpan().Clear();
                         Lse.Merge(os.AsSpan(i * hd + h * dim, dim), ls[h * nq + i], num, lowLse, row, out float merged);
-                        lse[at] = merged;
+                        lse[((b * heads) + h) * nq + i] = merged;
                     }
                 }
             }
@@ -204,10 +208,11 @@ public sealed class ScatterbrainMethod : IAttentionMethod
 
     /// <inheritdoc />
     public MethodInfo Info { get; } = new(Name, "approximation", "method", Scatterbrain.Paper, ["cpu"], "implemented",
-        "sortLSH sparse exact part + Performer random-feature low rank on the complement (overlap removed), joined by LSE; non-causal; approximate")
+        "sortLSH sparse exact part + Performer random-feature low rank on the complement (overlap removed), joined by LSE; causal or full; approximate")
     {
         Parameters =
         [
+            new MethodParameter("causal", "bool", "true", "causal (bottom-right aligned) or full attention"),
             new MethodParameter("features", "int", "64", "random features r"),
             new MethodParameter("block", "int", "128", "rows per sorted block of the sparse support (multiple of 64)"),
             new MethodParameter("bits", "int", "7", "sortLSH hyperplanes"),
@@ -226,6 +231,7 @@ public sealed class ScatterbrainMethod : IAttentionMethod
         int b = q.Dim(0), tq = q.Dim(1), h = q.Dim(2), d = q.Dim(3), tk = k.Dim(1), hkv = k.Dim(2);
         var options = new ScatterbrainOptions
         {
+            Causal = arguments.GetBool("causal", true),
             Features = arguments.GetInt("features", 64, min: 1),
             BlockSize = arguments.GetInt("block", 128, min: 64),
             HashBits = arguments.GetInt("bits", 7, min: 1, max: 20),
@@ -238,7 +244,7 @@ public sealed class ScatterbrainMethod : IAttentionMethod
         var lse = new float[(long)b * h * tq];
         var watch = Stopwatch.StartNew();
         LshCoverage coverage = Scatterbrain.Forward(q.Data, k.Data, inputs.V.Data, b, tq, tk, h, hkv, d, options, o, lse);
-        var result = new MethodResult(new MethodTensor(o, b, tq, h, d)) { Density = coverage.ExactDensity(tq), Coverage = coverage };
+        var result = new MethodResult(new MethodTensor(o, b, tq, h, d)) { Density = coverage.ExactDensity(tq, options.Causal ?? true), Coverage = coverage };
         result.Extras["lse"] = new MethodTensor(lse, b, h, tq);
         result.Report.Add(new("total_ms", watch.Elapsed.TotalMilliseconds.ToString("F1", System.Globalization.CultureInfo.InvariantCulture)));
         return result;

@@ -10,10 +10,13 @@ namespace Attend.Methods.Approximation;
 internal static class SortedBlockAttention
 {
     // q: queries [nq][H][D]; k, v: keys and values [nk][Hkv][D].
-    /// <summary>Runs the sorted-block exact attention of one sequence.</summary>
+    /// <summary>
+    /// Runs the sorted-block exact attention of one sequence; with <paramref name="causal"/>, only pairs whose original
+    /// key position is at or before the query's (bottom-right aligned) are kept.
+    /// </summary>
     /// <returns>Output [nq][H][D], LSE [H][nq], block of each query per head [H][nq], block of each key per KV head [Hkv][nk].</returns>
     public static (float[] O, float[] Lse, int[][] QBlock, int[][] KBlock) Run(ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v,
-        int nq, int nk, int heads, int kvHeads, SortLsh lsh, int blockSize, float scale, int threads)
+        int nq, int nk, int heads, int kvHeads, SortLsh lsh, int blockSize, float scale, int threads, bool causal = false)
     {
         int d = lsh.Dim, hd = heads * d, kd = kvHeads * d, bs = blockSize;
         var qOrder = new int[heads][];
@@ -48,7 +51,11 @@ internal static class SortedBlockAttention
         var ls = new float[heads * nq];
         Attention.Forward<float>(AttentionLayout.Bthd<float>(qs, 1, nq, heads, d), AttentionLayout.Bthd<float>(ks, 1, nk, kvHeads, d),
             AttentionLayout.Bthd<float>(vs, 1, nk, kvHeads, d),
-            new AttentionOptions { Mask = new SortedBlockMask(bs, nk - nq), Scale = scale, MaxThreads = threads },
+            new AttentionOptions
+            {
+                Mask = causal ? new SortedBlockCausalMask(bs, nk - nq, qOrder, kOrder, heads / kvHeads) : new SortedBlockMask(bs, nk - nq),
+                Scale = scale, MaxThreads = threads,
+            },
             AttentionLayout.Bthd<float>(os, 1, nq, heads, d), AttentionLayout.Lse(ls, 1, heads, nq));
         // Back to row order.
         var o = new float[nq * hd];
@@ -85,6 +92,31 @@ internal static class SortedBlockAttention
 
 }
 
+
+// Same sorted block, and causal in the original positions (sorted query i is row qOrder[h][i], sorted key j is key
+// kOrder[hk][j]). Blocks off the diagonal of the sorted orders are empty; on it the pairs are evaluated.
+internal readonly struct SortedBlockCausalMask(int blockSize, int shift, int[][] qOrder, int[][] kOrder, int group) : IMaskMod<SortedBlockCausalMask>
+{
+    public bool IsVisible(int batch, int head, int q, int k)
+    {
+        int i = q - shift;
+        return i >= 0 && i / blockSize == k / blockSize && kOrder[head / group][k] <= qOrder[head][i] + shift;
+    }
+
+    public BlockKind ClassifyBlock(int batch, int head, int qStart, int qEnd, int kStart, int kEnd)
+    {
+        int a1 = qEnd - 1 - shift;
+        if (a1 < 0) return BlockKind.Empty;
+        int a0 = Math.Max(qStart - shift, 0);
+        int qb0 = a0 / blockSize, qb1 = a1 / blockSize, kb0 = kStart / blockSize, kb1 = (kEnd - 1) / blockSize;
+        return qb1 < kb0 || kb1 < qb0 ? BlockKind.Empty : BlockKind.Partial;
+    }
+
+    public bool DependsOnHead => true;
+
+    public bool DependsOnBatch => false;
+}
+
 /// <summary>
 /// Which pairs an LSH approximation (HyperAttention, Scatterbrain) computed exactly: the causal leaves of HyperAttention's recursion and, in each non-causal part,
 /// the pairs whose query and key fall in the same block of their sorted orders (sampled pairs are not counted as
@@ -94,7 +126,7 @@ public sealed class LshCoverage : IPairCoverage
 {
     private readonly int _heads, _group, _tokens;
     private readonly List<(int Batch, int A, int N, bool Causal)> _leaves = [];
-    private readonly List<(int Batch, int Qa, int Nq, int Ka, int Nk, int[][] QBlock, int[][] KBlock)> _nodes = [];
+    private readonly List<(int Batch, int Qa, int Nq, int Ka, int Nk, int[][] QBlock, int[][] KBlock, bool Causal)> _nodes = [];
     private long _computed;
 
     internal LshCoverage(int batch, int heads, int kvHeads, int tokens)
@@ -120,12 +152,26 @@ public sealed class LshCoverage : IPairCoverage
         _computed += (long)n * _tokens * _heads;
     }
 
-    internal void AddBlockNode(int batch, int qa, int nq, int ka, int nk, int[][] qBlock, int[][] kBlock, long sampledPairs)
+    internal void AddBlockNode(int batch, int qa, int nq, int ka, int nk, int[][] qBlock, int[][] kBlock, long sampledPairs, bool causal = false)
     {
-        _nodes.Add((batch, qa, nq, ka, nk, qBlock, kBlock));
+        _nodes.Add((batch, qa, nq, ka, nk, qBlock, kBlock, causal));
         _computed += sampledPairs;
+        int shift = nk - nq;
         for (int h = 0; h < _heads; h++)
         {
+            if (causal)
+            {
+                // Pairs of one block with key ≤ query position: count per block as queries and keys are swept in order.
+                var keysSeen = new Dictionary<int, int>();
+                int next = 0;
+                for (int i = 0; i < nq; i++)
+                {
+                    for (; next < nk && next <= i + shift; next++)
+                        keysSeen[kBlock[h / _group][next]] = keysSeen.GetValueOrDefault(kBlock[h / _group][next]) + 1;
+                    _computed += keysSeen.GetValueOrDefault(qBlock[h][i]);
+                }
+                continue;
+            }
             var keysPerBlock = new Dictionary<int, int>();
             foreach (int b in kBlock[h / _group]) keysPerBlock[b] = keysPerBlock.GetValueOrDefault(b) + 1;
             foreach (int b in qBlock[h]) _computed += keysPerBlock.GetValueOrDefault(b);
@@ -140,10 +186,12 @@ public sealed class LshCoverage : IPairCoverage
         return visible == 0 ? 1 : (double)_computed / visible;
     }
 
-    /// <summary>Exact pairs over all <paramref name="queryTokens"/> × Tk pairs (full attention).</summary>
-    public double ExactDensity(int queryTokens)
+    /// <summary>Exact pairs over the visible pairs of <paramref name="queryTokens"/> queries (causal: bottom-right aligned, or full).</summary>
+    public double ExactDensity(int queryTokens, bool causal)
     {
-        long visible = (long)queryTokens * _tokens * _heads * Batch;
+        long visible = 0;
+        for (int i = 0; i < queryTokens; i++) visible += causal ? Math.Clamp(i + _tokens - queryTokens + 1, 0, _tokens) : _tokens;
+        visible *= (long)_heads * Batch;
         return visible == 0 ? 1 : (double)_computed / visible;
     }
 
@@ -160,7 +208,8 @@ public sealed class LshCoverage : IPairCoverage
             if (node.Batch != batch || query < node.Qa || query >= node.Qa + node.Nq) continue;
             int qb = node.QBlock[head][query - node.Qa];
             int[] kb = node.KBlock[head / _group];
-            for (int j = 0; j < node.Nk; j++)
+            int end = node.Causal ? Math.Min(node.Nk, query - node.Qa + node.Nk - node.Nq + 1) : node.Nk;
+            for (int j = 0; j < end; j++)
                 if (kb[j] == qb) covered[node.Ka + j] = true;
         }
     }
