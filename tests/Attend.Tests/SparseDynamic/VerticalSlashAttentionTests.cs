@@ -74,6 +74,22 @@ public class VerticalSlashAttentionTests
         Assert.True(TestData.LseError(lse, r.Lse) < 1e-5, $"lse, seed {TestData.RunSeed}");
     }
 
+    [Theory]
+    [InlineData(0.45, 0.1)] // dense clusters (range tiles) next to isolated diagonals (diagonal path)
+    [InlineData(0.9, 0.3)]
+    [InlineData(0.02, 0.02)]
+    public void MixedRangesDiagonalsAndColumnsCountEachPairOnce(double ps, double pv)
+    {
+        Random rng = TestData.Rng(4107 + (int)(ps * 100));
+        var c = new AttnCase { B = 1, Tq = 300, Tk = 300, H = 4, Hkv = 2, D = 64 };
+        AttnInputs<float> x = AttnInputs<float>.Gaussian(c, rng);
+        VerticalSlashPlan plan = RandomPlan(rng, [300], [300], 4, varlen: false, blockColumns: true, pv, ps);
+        var (o, lse) = Run(c, x, plan);
+        ReferenceForwardResult r = Reference(c, x, plan);
+        Assert.True(TestData.RelativeError<float>(o, r.Output) < 1e-5, $"seed {TestData.RunSeed}");
+        Assert.True(TestData.LseError(lse, r.Lse) < 1e-5, $"seed {TestData.RunSeed}");
+    }
+
     [Fact]
     public void VarlenWithAnEmptySequenceEqualsReference()
     {

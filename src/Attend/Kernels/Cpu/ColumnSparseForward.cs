@@ -28,6 +28,8 @@ internal sealed unsafe class ColumnSparseForward<T, TIsa, TVec> : IWorkItems
     private const int Bq = VerticalSlashPlan.QueryBlockSize;
     private const int Bk = 64;
     private const int MergeGap = 16; // ranges closer than this are computed as one (fewer partial tiles)
+    private const int ClusterGap = 8; // diagonals at most this many offsets apart form one cluster
+    private const int DiagonalCost = 4; // a pair on the diagonal path costs about this many tile pairs (no register reuse)
 
     private readonly AttentionShape _sh;
     private readonly TensorView<T> _q, _k, _v, _o;
@@ -191,7 +193,7 @@ internal sealed unsafe class ColumnSparseForward<T, TIsa, TVec> : IWorkItems
         int pos0 = i0 + tk - tq, pLast = pos0 + mr - 1;
         ReadOnlySpan<int> slash = _plan.Slash(s, h), vertical = _plan.Vertical(s, h), ownColumns = _plan.BlockColumns(s, h, qb);
 
-        long need = 2L * mp * dp + (long)mp * Bk + 5L * Bq + _tkPad + 2L * dp * Bk + 2L * (slash.Length + 1);
+        long need = 2L * mp * dp + (long)mp * Bk + 5L * Bq + _tkPad + 3L * dp * Bk + 3L * (slash.Length + 1) + Bk;
         float* q = Scratch.Get(need);
         float* o = q + (long)mp * dp;
         float* p = o + (long)mp * dp;
@@ -203,7 +205,10 @@ internal sealed unsafe class ColumnSparseForward<T, TIsa, TVec> : IWorkItems
         float* itemBias = tileBias + Bq;
         float* gatherKt = itemBias + _tkPad;
         float* gatherV = gatherKt + (long)dp * Bk;
-        int* ranges = (int*)(gatherV + (long)dp * Bk);
+        float* qT = gatherV + (long)dp * Bk;
+        float* column = qT + (long)dp * Bk;
+        int* ranges = (int*)(column + Bk);
+        int* diagonals = ranges + 2 * (slash.Length + 1);
 
         TVec vscale = TIsa.Splat(_scale);
         for (int r = 0; r < mp; r++)
@@ -220,27 +225,41 @@ internal sealed unsafe class ColumnSparseForward<T, TIsa, TVec> : IWorkItems
 
         if (pLast >= 0)
         {
-            // Merged key ranges of the diagonals, descending (offsets ascend); [lo, hi] inclusive pairs.
-            int rangeCount = 0;
-            foreach (int off in slash)
+            // Diagonals in clusters (offsets at most ClusterGap apart). A dense cluster becomes a key range computed in
+            // 64-key tiles; a sparse one (tiles would waste more than DiagonalCost times its pairs) goes to the diagonal
+            // path, one dot product per (row, diagonal). Ranges are [lo, hi] inclusive pairs, descending (offsets ascend).
+            int rangeCount = 0, diagonalCount = 0;
+            for (int c0 = 0; c0 < slash.Length && slash[c0] <= pLast;)
             {
-                if (off > pLast) break;
-                int lo = Math.Max(pos0 - off, 0), hi = pLast - off;
-                if (rangeCount > 0 && hi >= ranges[2 * rangeCount - 2] - 1 - MergeGap)
+                int c1 = c0;
+                while (c1 + 1 < slash.Length && slash[c1 + 1] <= pLast && slash[c1 + 1] - slash[c1] <= ClusterGap) c1++;
+                int a = slash[c0], bOff = slash[c1], n = c1 - c0 + 1;
+                int lo = Math.Max(pos0 - bOff, 0), hi = pLast - a;
+                if (DiagonalCost * n >= hi - lo + 1)
                 {
-                    ranges[2 * rangeCount - 2] = Math.Min(ranges[2 * rangeCount - 2], lo);
-                    continue;
+                    if (rangeCount > 0 && hi >= ranges[2 * rangeCount - 2] - 1 - MergeGap)
+                    {
+                        ranges[2 * rangeCount - 2] = Math.Min(ranges[2 * rangeCount - 2], lo);
+                    }
+                    else
+                    {
+                        ranges[2 * rangeCount] = lo;
+                        ranges[2 * rangeCount + 1] = hi;
+                        rangeCount++;
+                    }
                 }
-                ranges[2 * rangeCount] = lo;
-                ranges[2 * rangeCount + 1] = hi;
-                rangeCount++;
+                else
+                {
+                    for (int c = c0; c <= c1; c++) diagonals[diagonalCount++] = slash[c];
+                }
+                c0 = c1 + 1;
             }
 
             // The column bias the range tiles use: the head's verticals, plus this block's own columns.
             float* columnBias = _columnBias[gi];
-            if (!ownColumns.IsEmpty && rangeCount > 0)
+            if (!ownColumns.IsEmpty && (rangeCount > 0 || diagonalCount > 0))
             {
-                int from = ranges[2 * rangeCount - 2], to = ranges[1] + 1;
+                int from = 0, to = pLast + 1; // every key a range or a diagonal of this block can reach
                 new Span<float>(columnBias + from, to - from).CopyTo(new Span<float>(itemBias + from, to - from));
                 foreach (int k in ownColumns)
                     if (k >= from && k < to) itemBias[k] = 0;
@@ -284,6 +303,20 @@ internal sealed unsafe class ColumnSparseForward<T, TIsa, TVec> : IWorkItems
                     }
                     OnlineSoftmax.Update<TIsa, TVec>(p, mp, Bk, rowMax, m, l, alpha);
                     TileGemm.MultiplyAccumulate<TIsa, TVec>(p, Bk, _vRows + (long)a * dp, dp, o, dp, alpha, mp, dp, kc);
+                }
+            }
+
+            if (diagonalCount > 0)
+            {
+                // Q transposed once, so a diagonal's scores are vectors over rows: Σₓ Qᵀ[x][r]·Kᵀ[x][key₀ + r].
+                for (int r = 0; r < Bk; r++)
+                    for (int x = 0; x < dp; x++) qT[(long)x * Bk + r] = r < mp ? q[(long)r * dp + x] : 0;
+                for (int d0 = 0; d0 < diagonalCount; d0 += Bk)
+                {
+                    int nd = Math.Min(Bk, diagonalCount - d0);
+                    DiagonalScores(qT, diagonals + d0, nd, pos0, mr, mp, ranges, rangeCount, columnBias, p, column, rowMax);
+                    OnlineSoftmax.Update<TIsa, TVec>(p, mp, Bk, rowMax, m, l, alpha);
+                    DiagonalValues(p, diagonals + d0, nd, pos0, mr, alpha, o);
                 }
             }
 
@@ -333,6 +366,86 @@ internal sealed unsafe class ColumnSparseForward<T, TIsa, TVec> : IWorkItems
             ElementConvert.FromSingle(orow, _o.Row(b, sh.QStart[s] + i0 + r, h), d);
             if (!_lse.IsNull)
                 *_lse.At(b, h, sh.QStart[s] + i0 + r) = sum > 0 ? m[r] + MathF.Log(sum) : float.NegativeInfinity;
+        }
+    }
+
+    // Scores of up to 64 diagonals as the columns of a tile: p[r][c] = q_r · k(pos0 + r − offset_c), −∞ where the key is
+    // before 0, lies in a range tile, or is a column (vertical or the block's own; the column tiles count those pairs).
+    private void DiagonalScores(float* qT, int* offsets, int count, int pos0, int mr, int mp, int* ranges, int rangeCount, float* columnBias,
+        float* p, float* column, float* rowMax)
+    {
+        int w = TIsa.Width, dp = _dp;
+        for (int c = 0; c < Bk; c++)
+        {
+            if (c >= count)
+            {
+                for (int r = 0; r < mp; r++) p[(long)r * Bk + c] = float.NegativeInfinity;
+                continue;
+            }
+            int key0 = pos0 - offsets[c];
+            if (key0 >= 0)
+            {
+                // 64 rows at once from the long Kᵀ panel (key0 + 63 < Tk′ always).
+                for (int r0 = 0; r0 < Bk; r0 += w)
+                {
+                    TVec acc = TIsa.Zero;
+                    float* kcol = _kt + key0 + r0;
+                    float* qcol = qT + r0;
+                    for (int x = 0; x < dp; x++) acc = TIsa.Fma(TIsa.Load(qcol + (long)x * Bk), TIsa.Load(kcol + (long)x * _tkPad), acc);
+                    TIsa.Store(acc, column + r0);
+                }
+            }
+            else
+            {
+                for (int r = 0; r < mr; r++)
+                {
+                    int key = key0 + r;
+                    float sum = 0;
+                    if (key >= 0)
+                        for (int x = 0; x < dp; x++) sum += qT[(long)x * Bk + r] * _kt[(long)x * _tkPad + key];
+                    column[r] = sum;
+                }
+            }
+            for (int r = 0; r < mp; r++)
+            {
+                int key = key0 + r;
+                bool hidden = r >= mr || key < 0 || columnBias[key] == 0;
+                p[(long)r * Bk + c] = hidden ? float.NegativeInfinity : column[r];
+            }
+            // Rows whose key falls in a range tile: that tile counted the pair.
+            for (int rg = 0; rg < rangeCount; rg++)
+            {
+                int lo = ranges[2 * rg] - key0, hi = ranges[2 * rg + 1] - key0;
+                for (int r = Math.Max(lo, 0); r <= Math.Min(hi, mr - 1); r++) p[(long)r * Bk + c] = float.NegativeInfinity;
+            }
+        }
+        for (int r = 0; r < mp; r++)
+        {
+            float* row = p + (long)r * Bk;
+            TVec mx = TIsa.Load(row);
+            for (int c = w; c < Bk; c += w) mx = TIsa.Max(mx, TIsa.Load(row + c));
+            rowMax[r] = TIsa.MaxAcross(mx);
+        }
+    }
+
+    // o[r] = alpha[r]·o[r] + Σ_c p[r][c]·v(pos0 + r − offset_c).
+    private void DiagonalValues(float* p, int* offsets, int count, int pos0, int mr, float* alpha, float* o)
+    {
+        int w = TIsa.Width, dp = _dp;
+        for (int r = 0; r < mr; r++)
+        {
+            float* orow = o + (long)r * dp;
+            TVec a = TIsa.Splat(alpha[r]);
+            for (int x = 0; x < dp; x += w) TIsa.Store(TIsa.Mul(TIsa.Load(orow + x), a), orow + x);
+            float* prow = p + (long)r * Bk;
+            for (int c = 0; c < count; c++)
+            {
+                float pc = prow[c];
+                if (pc == 0) continue;
+                float* vrow = _vRows + (long)(pos0 + r - offsets[c]) * dp;
+                TVec s = TIsa.Splat(pc);
+                for (int x = 0; x < dp; x += w) TIsa.Store(TIsa.Fma(s, TIsa.Load(vrow + x), TIsa.Load(orow + x)), orow + x);
+            }
         }
     }
 
