@@ -385,14 +385,24 @@ internal sealed unsafe class ColumnSparseForward<T, TIsa, TVec> : IWorkItems
             int key0 = pos0 - offsets[c];
             if (key0 >= 0)
             {
-                // 64 rows at once from the long Kᵀ panel (key0 + 63 < Tk′ always).
-                for (int r0 = 0; r0 < Bk; r0 += w)
+                // 64 rows at once from the long Kᵀ panel (key0 + 63 < Tk′ always), four independent accumulators so
+                // the FMA chain is not latency-bound.
+                for (int r0 = 0; r0 < Bk; r0 += 4 * w)
                 {
-                    TVec acc = TIsa.Zero;
+                    TVec a0 = TIsa.Zero, a1 = TIsa.Zero, a2 = TIsa.Zero, a3 = TIsa.Zero;
                     float* kcol = _kt + key0 + r0;
                     float* qcol = qT + r0;
-                    for (int x = 0; x < dp; x++) acc = TIsa.Fma(TIsa.Load(qcol + (long)x * Bk), TIsa.Load(kcol + (long)x * _tkPad), acc);
-                    TIsa.Store(acc, column + r0);
+                    for (int x = 0; x < dp; x++, kcol += _tkPad, qcol += Bk)
+                    {
+                        a0 = TIsa.Fma(TIsa.Load(qcol), TIsa.Load(kcol), a0);
+                        a1 = TIsa.Fma(TIsa.Load(qcol + w), TIsa.Load(kcol + w), a1);
+                        a2 = TIsa.Fma(TIsa.Load(qcol + 2 * w), TIsa.Load(kcol + 2 * w), a2);
+                        a3 = TIsa.Fma(TIsa.Load(qcol + 3 * w), TIsa.Load(kcol + 3 * w), a3);
+                    }
+                    TIsa.Store(a0, column + r0);
+                    TIsa.Store(a1, column + r0 + w);
+                    TIsa.Store(a2, column + r0 + 2 * w);
+                    TIsa.Store(a3, column + r0 + 3 * w);
                 }
             }
             else
@@ -428,23 +438,46 @@ internal sealed unsafe class ColumnSparseForward<T, TIsa, TVec> : IWorkItems
         }
     }
 
-    // o[r] = alpha[r]·o[r] + Σ_c p[r][c]·v(pos0 + r − offset_c).
+    // o[r] = alpha[r]·o[r] + Σ_c p[r][c]·v(pos0 + r − offset_c), a row's output held in registers four vectors at a time.
     private void DiagonalValues(float* p, int* offsets, int count, int pos0, int mr, float* alpha, float* o)
     {
         int w = TIsa.Width, dp = _dp;
         for (int r = 0; r < mr; r++)
         {
             float* orow = o + (long)r * dp;
-            TVec a = TIsa.Splat(alpha[r]);
-            for (int x = 0; x < dp; x += w) TIsa.Store(TIsa.Mul(TIsa.Load(orow + x), a), orow + x);
             float* prow = p + (long)r * Bk;
-            for (int c = 0; c < count; c++)
+            float* vbase = _vRows + (long)(pos0 + r) * dp;
+            TVec a = TIsa.Splat(alpha[r]);
+            int x0 = 0;
+            for (; x0 + 4 * w <= dp; x0 += 4 * w)
             {
-                float pc = prow[c];
-                if (pc == 0) continue;
-                float* vrow = _vRows + (long)(pos0 + r - offsets[c]) * dp;
-                TVec s = TIsa.Splat(pc);
-                for (int x = 0; x < dp; x += w) TIsa.Store(TIsa.Fma(s, TIsa.Load(vrow + x), TIsa.Load(orow + x)), orow + x);
+                TVec o0 = TIsa.Mul(TIsa.Load(orow + x0), a), o1 = TIsa.Mul(TIsa.Load(orow + x0 + w), a);
+                TVec o2 = TIsa.Mul(TIsa.Load(orow + x0 + 2 * w), a), o3 = TIsa.Mul(TIsa.Load(orow + x0 + 3 * w), a);
+                for (int c = 0; c < count; c++)
+                {
+                    float pc = prow[c];
+                    if (pc == 0) continue;
+                    float* v = vbase - (long)offsets[c] * dp + x0;
+                    TVec sv = TIsa.Splat(pc);
+                    o0 = TIsa.Fma(sv, TIsa.Load(v), o0);
+                    o1 = TIsa.Fma(sv, TIsa.Load(v + w), o1);
+                    o2 = TIsa.Fma(sv, TIsa.Load(v + 2 * w), o2);
+                    o3 = TIsa.Fma(sv, TIsa.Load(v + 3 * w), o3);
+                }
+                TIsa.Store(o0, orow + x0);
+                TIsa.Store(o1, orow + x0 + w);
+                TIsa.Store(o2, orow + x0 + 2 * w);
+                TIsa.Store(o3, orow + x0 + 3 * w);
+            }
+            for (; x0 < dp; x0 += w)
+            {
+                TVec acc = TIsa.Mul(TIsa.Load(orow + x0), a);
+                for (int c = 0; c < count; c++)
+                {
+                    float pc = prow[c];
+                    if (pc != 0) acc = TIsa.Fma(TIsa.Splat(pc), TIsa.Load(vbase - (long)offsets[c] * dp + x0), acc);
+                }
+                TIsa.Store(acc, orow + x0);
             }
         }
     }
