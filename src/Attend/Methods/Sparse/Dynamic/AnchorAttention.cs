@@ -55,39 +55,36 @@ public static class AnchorAttention
         HybridSparsePlan plan = ctx.NewPlan();
         const int bs = VerticalSlashPlan.QueryBlockSize, region = AnchorRegion;
         int d = ctx.Shape.Dim;
-        for (int s = 0; s < ctx.Shape.Sequences; s++)
+        ctx.ForEachHead(options.MaxThreads, (s, h) =>
         {
             int tq = ctx.Shape.QLen[s], tk = ctx.Shape.KLen[s];
-            if (tq == 0 || tk == 0) continue;
+            if (tq == 0 || tk == 0) return;
             int qBlocks = (tq + bs - 1) / bs;
-            for (int h = 0; h < ctx.Shape.Heads; h++)
+            plan.Tokens.SetVertical(s, h, SelectorMath.Range(0, region, tk));
+            plan.Tokens.SetSlash(s, h, SelectorMath.Range(0, region, tk));
+            float[] keys = ctx.Keys(s, h);
+            float[] meanQ = SelectorMath.PoolMeans(ctx.Queries(s, h, 0, tq), tq, d, bs);
+            float[] estimate = SelectorMath.Scores(meanQ, qBlocks, keys, tk, d, ctx.Scale);
+            var stripes = new List<int>();
+            for (int qb = 0; qb < qBlocks; qb++)
             {
-                plan.Tokens.SetVertical(s, h, SelectorMath.Range(0, region, tk));
-                plan.Tokens.SetSlash(s, h, SelectorMath.Range(0, region, tk));
-                float[] keys = ctx.Keys(s, h);
-                float[] meanQ = SelectorMath.PoolMeans(ctx.Queries(s, h, 0, tq), tq, d, bs);
-                float[] estimate = SelectorMath.Scores(meanQ, qBlocks, keys, tk, d, ctx.Scale);
-                var stripes = new List<int>();
-                for (int qb = 0; qb < qBlocks; qb++)
-                {
-                    int i0 = qb * bs, mr = Math.Min(bs, tq - i0);
-                    int pos0 = ctx.Position(s, i0), pLast = pos0 + mr - 1;
-                    if (pLast < 0) continue;
-                    // The anchor: the block's largest estimated score over the sinks and its window [pos0 − 63, pLast].
-                    int w0 = Math.Max(0, pos0 - region + 1);
-                    ReadOnlySpan<float> est = estimate.AsSpan(qb * tk, tk);
-                    float anchor = float.NegativeInfinity;
-                    for (int j = 0; j < Math.Min(region, pLast + 1); j++) anchor = MathF.Max(anchor, est[j]);
-                    for (int j = w0; j <= pLast; j++) anchor = MathF.Max(anchor, est[j]);
-                    double threshold = anchor - theta;
-                    stripes.Clear();
-                    // Keys every row of the block sees through its window (j > p_last − 64) need no stripe.
-                    for (int j = region; j <= Math.Min(pLast - region, tk - 1); j++)
-                        if (est[j] >= threshold) stripes.Add(j);
-                    if (stripes.Count > 0) plan.Tokens.SetBlockColumns(s, h, qb, stripes.ToArray());
-                }
+                int i0 = qb * bs, mr = Math.Min(bs, tq - i0);
+                int pos0 = ctx.Position(s, i0), pLast = pos0 + mr - 1;
+                if (pLast < 0) continue;
+                // The anchor: the block's largest estimated score over the sinks and its window [pos0 − 63, pLast].
+                int w0 = Math.Max(0, pos0 - region + 1);
+                ReadOnlySpan<float> est = estimate.AsSpan(qb * tk, tk);
+                float anchor = float.NegativeInfinity;
+                for (int j = 0; j < Math.Min(region, pLast + 1); j++) anchor = MathF.Max(anchor, est[j]);
+                for (int j = w0; j <= pLast; j++) anchor = MathF.Max(anchor, est[j]);
+                double threshold = anchor - theta;
+                stripes.Clear();
+                // Keys every row of the block sees through its window (j > p_last − 64) need no stripe.
+                for (int j = region; j <= Math.Min(pLast - region, tk - 1); j++)
+                    if (est[j] >= threshold) stripes.Add(j);
+                if (stripes.Count > 0) plan.Tokens.SetBlockColumns(s, h, qb, stripes.ToArray());
             }
-        }
+        });
         return plan;
     }
 

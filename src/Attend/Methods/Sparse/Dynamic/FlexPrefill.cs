@@ -59,9 +59,9 @@ public static class FlexPrefill
         if (!(tau >= 0) || double.IsInfinity(tau)) throw new ArgumentOutOfRangeException(nameof(options), tau, "options.Tau (τ) must be finite and ≥ 0.");
         var ctx = new SelectorContext(q, k, v, options.Offsets, options.Scale);
         HybridSparsePlan plan = ctx.NewPlan();
-        queryAware = new bool[ctx.Shape.Heads];
         const int bs = HybridSparsePlan.BlockSize;
-        for (int h = 0; h < ctx.Shape.Heads; h++)
+        bool[] aware = queryAware = new bool[ctx.Shape.Heads];
+        Parallel.For(0, ctx.Shape.Heads, new ParallelOptions { MaxDegreeOfParallelism = options.MaxThreads ?? Environment.ProcessorCount }, h =>
         {
             // The pattern is decided on the first non-empty sequence and kept for the head (heads are the unit of the pattern).
             bool decided = false;
@@ -73,14 +73,14 @@ public static class FlexPrefill
                 float[] p = ctx.LastRowsSoftmax(s, h, first, rows);
                 if (!decided)
                 {
-                    queryAware[h] = JensenShannonDistance(ref ctx, s, h, p, rows, first) < tau;
-                    plan.SetBlockHead(h, queryAware[h]);
+                    aware[h] = JensenShannonDistance(ctx, s, h, p, rows, first) < tau;
+                    plan.SetBlockHead(h, aware[h]);
                     decided = true;
                 }
-                if (queryAware[h]) SelectQueryAware(ref ctx, s, h, gamma, plan);
-                else SelectVerticalSlash(ref ctx, s, h, p, rows, first, gamma, plan);
+                if (aware[h]) SelectQueryAware(ctx, s, h, gamma, plan);
+                else SelectVerticalSlash(ctx, s, h, p, rows, first, gamma, plan);
             }
-        }
+        });
         return plan;
     }
 
@@ -96,7 +96,7 @@ public static class FlexPrefill
     }
 
     // √JSD between the pooled estimate and the true block distribution of the last query block.
-    private static double JensenShannonDistance(ref SelectorContext ctx, int s, int h, float[] p, int rows, int first)
+    private static double JensenShannonDistance(SelectorContext ctx, int s, int h, float[] p, int rows, int first)
     {
         const int bs = HybridSparsePlan.BlockSize;
         int tk = ctx.Shape.KLen[s], d = ctx.Shape.Dim, kBlocks = (tk + bs - 1) / bs;
@@ -123,7 +123,7 @@ public static class FlexPrefill
         return Math.Sqrt(Math.Max(0, jsd));
     }
 
-    private static void SelectQueryAware(ref SelectorContext ctx, int s, int h, double gamma, HybridSparsePlan plan)
+    private static void SelectQueryAware(SelectorContext ctx, int s, int h, double gamma, HybridSparsePlan plan)
     {
         float[] scores = ctx.PooledBlockScores(s, h, out int qBlocks, out int kBlocks);
         for (int qb = 0; qb < qBlocks; qb++)
@@ -140,7 +140,7 @@ public static class FlexPrefill
         }
     }
 
-    private static void SelectVerticalSlash(ref SelectorContext ctx, int s, int h, float[] p, int rows, int first, double gamma, HybridSparsePlan plan)
+    private static void SelectVerticalSlash(SelectorContext ctx, int s, int h, float[] p, int rows, int first, double gamma, HybridSparsePlan plan)
     {
         const int bs = HybridSparsePlan.BlockSize;
         int tk = ctx.Shape.KLen[s];

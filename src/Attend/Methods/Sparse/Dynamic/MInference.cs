@@ -136,12 +136,16 @@ public static class MInference
         var plans = new HybridSparsePlan[candidates.Count];
         for (int c = 0; c < candidates.Count; c++)
         {
-            plans[c] = ctx.NewPlan();
-            for (int h = 0; h < ctx.Shape.Heads; h++) Build(ref ctx, 0, h, candidates[c], options.LastQueries ?? 64, plans[c]);
+            HybridSparsePlan plan = plans[c] = ctx.NewPlan();
+            MInferenceHeadPattern candidate = candidates[c];
+            ctx.ForEachHead(options.MaxThreads, (s, h) =>
+            {
+                if (s == 0) Build(ctx, 0, h, candidate, options.LastQueries ?? 64, plan);
+            });
         }
-        var covered = new bool[tk];
-        for (int h = 0; h < ctx.Shape.Heads; h++)
+        Parallel.For(0, ctx.Shape.Heads, new ParallelOptions { MaxDegreeOfParallelism = options.MaxThreads ?? Environment.ProcessorCount }, h =>
         {
+            var covered = new bool[tk];
             float[] qs = new float[(long)rows * ctx.Shape.Dim];
             var positions = new int[rows];
             for (int r = 0; r < rows; r++)
@@ -167,7 +171,7 @@ public static class MInference
                     result[h] = candidates[c];
                 }
             }
-        }
+        });
         return result;
     }
 
@@ -185,8 +189,7 @@ public static class MInference
         int lastQueries = options.LastQueries ?? 64;
         if (lastQueries < 1) throw new ArgumentOutOfRangeException(nameof(options), lastQueries, "options.LastQueries must be ≥ 1.");
         HybridSparsePlan plan = ctx.NewPlan();
-        for (int s = 0; s < ctx.Shape.Sequences; s++)
-            for (int h = 0; h < ctx.Shape.Heads; h++) Build(ref ctx, s, h, heads[h], lastQueries, plan);
+        ctx.ForEachHead(options.MaxThreads, (s, h) => Build(ctx, s, h, heads[h], lastQueries, plan));
         return plan;
     }
 
@@ -201,7 +204,7 @@ public static class MInference
         return (plan, ms);
     }
 
-    private static void Build(ref SelectorContext ctx, int s, int h, MInferenceHeadPattern pattern, int lastQueries, HybridSparsePlan plan)
+    private static void Build(SelectorContext ctx, int s, int h, MInferenceHeadPattern pattern, int lastQueries, HybridSparsePlan plan)
     {
         int tq = ctx.Shape.QLen[s], tk = ctx.Shape.KLen[s];
         if (tq == 0 || tk == 0) return;

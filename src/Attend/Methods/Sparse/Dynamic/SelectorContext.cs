@@ -6,54 +6,59 @@ namespace Attend.Methods.Sparse.Dynamic;
 /// The inputs of one selector call, validated, with the reads the selectors share: a head's query rows, its keys
 /// (cached per KV head), the column and diagonal mass of the last query rows, and mean-pooled block scores.
 /// </summary>
-internal unsafe ref struct SelectorContext
+internal sealed unsafe class SelectorContext
 {
-    private readonly ReadOnlyTensorSpan<float> _q, _k;
+    private readonly float[][] _queries; // per (sequence, head): [Tq][D]
+    private readonly float[][] _keys; // per (sequence, KV head): [Tk][D]
     private readonly SeqOffsets? _offsets;
-    private int _cachedSeq, _cachedKvHead;
-    private float[]? _cachedKeys;
 
+    // The rows are copied once (O(T·H·D), a memory copy) so that heads can be selected in parallel.
     public SelectorContext(ReadOnlyTensorSpan<float> q, ReadOnlyTensorSpan<float> k, ReadOnlyTensorSpan<float> v, SeqOffsets? offsets, float? scale)
     {
         Shape = AttentionShape.Validate(q, k, v, new AttentionOptions { QueryOffsets = offsets, Scale = scale });
-        _q = q;
-        _k = k;
         _offsets = offsets;
         Scale = scale ?? 1f / MathF.Sqrt(Shape.Dim);
-        _cachedSeq = -1;
-        _cachedKvHead = -1;
+        AttentionShape sh = Shape;
+        _queries = new float[sh.Sequences * sh.Heads][];
+        _keys = new float[sh.Sequences * sh.KvHeads][];
+        fixed (float* pq = &q.GetPinnableReference())
+        fixed (float* pk = &k.GetPinnableReference())
+        {
+            TensorView<float> vq = Views.Of(q, pq), vk = Views.Of(k, pk);
+            for (int s = 0; s < sh.Sequences; s++)
+            {
+                for (int h = 0; h < sh.Heads; h++) _queries[s * sh.Heads + h] = SelectorMath.Rows(vq, sh.SeqBatch[s], sh.QStart[s], sh.QLen[s], h);
+                for (int hk = 0; hk < sh.KvHeads; hk++) _keys[s * sh.KvHeads + hk] = SelectorMath.Rows(vk, sh.SeqBatch[s], sh.KStart[s], sh.KLen[s], hk);
+            }
+        }
+    }
+
+    /// <summary>Runs <paramref name="body"/> for every (sequence, head), heads in parallel.</summary>
+    public void ForEachHead(int? maxThreads, Action<int, int> body)
+    {
+        int heads = Shape.Heads;
+        Parallel.For(0, Shape.Sequences * heads, new ParallelOptions { MaxDegreeOfParallelism = maxThreads ?? Environment.ProcessorCount },
+            u => body(u / heads, u % heads));
     }
 
     public AttentionShape Shape { get; }
 
     public float Scale { get; }
 
-    public readonly HybridSparsePlan NewPlan() =>
+    public HybridSparsePlan NewPlan() =>
         new(Shape.IsVarlen ? 1 : Shape.Batch, Shape.Heads, Shape.QueryTokens, Shape.KeyTokens, _offsets);
 
     /// <summary>Query rows [start, start + count) of sequence <paramref name="s"/>, head <paramref name="h"/>, as [count][D].</summary>
-    public readonly float[] Queries(int s, int h, int start, int count)
-    {
-        fixed (float* p = &_q.GetPinnableReference())
-            return SelectorMath.Rows(Views.Of(_q, p), Shape.SeqBatch[s], Shape.QStart[s] + start, count, h);
-    }
+    public ReadOnlySpan<float> Queries(int s, int h, int start, int count) =>
+        _queries[s * Shape.Heads + h].AsSpan(start * Shape.Dim, count * Shape.Dim);
 
-    public readonly float[] QueryRow(int s, int h, int i) => Queries(s, h, i, 1);
+    public ReadOnlySpan<float> QueryRow(int s, int h, int i) => Queries(s, h, i, 1);
 
     /// <summary>All keys of sequence <paramref name="s"/> for the KV head of query head <paramref name="h"/>, as [Tk][D].</summary>
-    public float[] Keys(int s, int h)
-    {
-        int hk = h / Shape.GroupSize;
-        if (_cachedKeys is not null && _cachedSeq == s && _cachedKvHead == hk) return _cachedKeys;
-        fixed (float* p = &_k.GetPinnableReference())
-            _cachedKeys = SelectorMath.Rows(Views.Of(_k, p), Shape.SeqBatch[s], Shape.KStart[s], Shape.KLen[s], hk);
-        _cachedSeq = s;
-        _cachedKvHead = hk;
-        return _cachedKeys;
-    }
+    public float[] Keys(int s, int h) => _keys[s * Shape.KvHeads + h / Shape.GroupSize];
 
     /// <summary>Key position of query row <paramref name="i"/> of sequence <paramref name="s"/>.</summary>
-    public readonly int Position(int s, int i) => i + Shape.KLen[s] - Shape.QLen[s];
+    public int Position(int s, int i) => i + Shape.KLen[s] - Shape.QLen[s];
 
     /// <summary>
     /// The causal softmax of the last <paramref name="lastQueries"/> query rows over all keys, summed over rows per key
@@ -81,7 +86,7 @@ internal unsafe ref struct SelectorContext
     public float[] LastRowsSoftmax(int s, int h, int first, int rows)
     {
         int tk = Shape.KLen[s];
-        float[] qs = Queries(s, h, first, rows);
+        ReadOnlySpan<float> qs = Queries(s, h, first, rows);
         float[] p = SelectorMath.Scores(qs, rows, Keys(s, h), tk, Shape.Dim, Scale);
         var positions = new int[rows];
         for (int r = 0; r < rows; r++) positions[r] = Position(s, first + r);
@@ -101,7 +106,7 @@ internal unsafe ref struct SelectorContext
     }
 
     /// <summary>The key block holding the last position of query block <paramref name="qb"/>, or −1 when it sees no key.</summary>
-    public readonly int LastVisibleKeyBlock(int s, int qb)
+    public int LastVisibleKeyBlock(int s, int qb)
     {
         int last = Math.Min(Shape.QLen[s], (qb + 1) * HybridSparsePlan.BlockSize) - 1;
         int pos = Math.Min(Position(s, last), Shape.KLen[s] - 1);
