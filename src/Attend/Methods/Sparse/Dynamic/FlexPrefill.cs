@@ -108,11 +108,7 @@ public static class FlexPrefill
         float[] est = SelectorMath.Scores(meanQ, 1, pooledK, kBlocks, d, ctx.Scale);
         int visible = Math.Min(kBlocks, ctx.Position(s, first + rows - 1) / bs + 1);
         est.AsSpan(visible).Clear();
-        Span<float> live = est.AsSpan(0, visible);
-        float max = TensorPrimitives.Max(live);
-        TensorPrimitives.Subtract(live, max, live);
-        TensorPrimitives.Exp(live, live);
-        TensorPrimitives.Multiply(live, 1f / TensorPrimitives.Sum(live), live);
+        SelectorMath.Softmax(est.AsSpan(0, visible));
         double jsd = 0;
         for (int b = 0; b < kBlocks; b++)
         {
@@ -131,9 +127,7 @@ public static class FlexPrefill
             int last = ctx.LastVisibleKeyBlock(s, qb);
             if (last < 0) continue;
             Span<float> live = scores.AsSpan(qb * kBlocks, last + 1);
-            float max = TensorPrimitives.Max(live);
-            TensorPrimitives.Subtract(live, max, live);
-            TensorPrimitives.Exp(live, live);
+            SelectorMath.Softmax(live);
             foreach (int kb in SelectorMath.CumulativeMass(live, gamma)) plan.Blocks.Select(s, h, qb, kb);
             plan.Blocks.Select(s, h, qb, 0);
             plan.Blocks.Select(s, h, qb, last);

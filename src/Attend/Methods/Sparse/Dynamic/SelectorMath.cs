@@ -75,12 +75,45 @@ internal static unsafe class SelectorMath
             int visible = Math.Clamp(positions[r] + 1, 0, n);
             row[visible..].Clear();
             if (visible == 0) continue;
-            Span<float> live = row[..visible];
-            float max = TensorPrimitives.Max(live);
-            TensorPrimitives.Subtract(live, max, live);
-            TensorPrimitives.Exp(live, live);
-            TensorPrimitives.Multiply(live, 1f / TensorPrimitives.Sum(live), live);
+            Softmax(row[..visible]);
         }
+    }
+
+    /// <summary>In place: softmax of <paramref name="values"/> (e^(x − max) / Σ), with the kernels' vector exponential.</summary>
+    public static void Softmax(Span<float> values)
+    {
+        if (values.IsEmpty) return;
+        float max = TensorPrimitives.Max(values);
+        // TensorPrimitives.Exp measured ~100 ns per element here; the kernels' FastExp is a few ns.
+        float sum = Isa512.IsSupported ? ExpShifted<Isa512, System.Runtime.Intrinsics.Vector512<float>>(values, max)
+            : Isa256.IsSupported ? ExpShifted<Isa256, System.Runtime.Intrinsics.Vector256<float>>(values, max)
+            : ExpShifted<Isa128, System.Runtime.Intrinsics.Vector128<float>>(values, max);
+        TensorPrimitives.Multiply(values, 1f / sum, values);
+    }
+
+    // values[i] = e^(values[i] − shift); returns the sum.
+    private static float ExpShifted<TIsa, TVec>(Span<float> values, float shift)
+        where TIsa : struct, IVectorIsa<TVec>
+        where TVec : unmanaged
+    {
+        int w = TIsa.Width, n = values.Length, i = 0;
+        TVec vs = TIsa.Splat(shift), acc = TIsa.Zero;
+        float sum = 0;
+        fixed (float* p = values)
+        {
+            for (; i + w <= n; i += w)
+            {
+                TVec e = TIsa.Exp(TIsa.Sub(TIsa.Load(p + i), vs));
+                TIsa.Store(e, p + i);
+                acc = TIsa.Add(acc, e);
+            }
+            for (; i < n; i++)
+            {
+                p[i] = MathF.Exp(p[i] - shift);
+                sum += p[i];
+            }
+        }
+        return sum + TIsa.Sum(acc);
     }
 
     /// <summary>Indices of the <paramref name="k"/> largest values (ties: lower index first), ascending by index.</summary>
