@@ -22,8 +22,10 @@ namespace Attend.Methods.Sparse.Dynamic;
 // A-shape 64 + (B − 64), vertical-slash B/7 + 6B/7 (the 1000:6096 ratio of the released configs) and B/2 + B/2,
 // block-sparse B/64 blocks). (2) block-sparse heads always keep the diagonal block as well (so no causal row is empty).
 // (3) Blocks are 64×64 (the CPU tile) for the pooling, where the authors use 64 queries × 64 keys too. (4) CPU, float32.
-// (5) When `attend run` / the bench give no separate calibration input, the search runs on the input itself; its time
-// is reported apart (search_ms) and not counted as selector time, since in the paper it is paid once offline.
+// (5) `attend run` and the bench have no separate calibration input: the adapter's default gives every head the
+// vertical-slash pattern (the pattern most heads get in the released configurations) with a budget of max(128, Tk/16)
+// keys per row; `pattern=search` runs the search on the input itself, its time reported apart (search_ms) and not as
+// selector time, since in the paper it is paid once offline.
 
 /// <summary>The sparse pattern of one MInference head.</summary>
 public enum MInferencePattern
