@@ -12,7 +12,7 @@ namespace Attend.Cli;
 /// <summary>One row of <c>attend bench sparse</c>.</summary>
 internal sealed record SparseBenchResult(
     string Method, string Workload, int T, double? Density, double Recall, double RelErr, double SelectorMs,
-    double KernelMs, double KernelSpreadMs, double ExactMs, string? Error)
+    double KernelMs, double KernelSpreadMs, double ExactMs, string? Error, double CpuMs = double.NaN, double ExactCpuMs = double.NaN)
 {
     /// <summary>Exact time over the method's whole time (selector + kernel).</summary>
     public double Speedup => ExactMs / Math.Max(1e-9, KernelMs + SelectorMs);
@@ -78,7 +78,7 @@ internal static class BenchSparseCommand
         var results = new List<SparseBenchResult>();
         var sweep = new List<SparseBenchResult>();
         var wall = Stopwatch.StartNew();
-        int total = lengths.Count * workloads.Count * (methods.Count + 1) + (noSweep ? 0 : SweepDensities.Length + 1);
+        int total = lengths.Count * workloads.Count * (methods.Count + 1) + (noSweep ? 0 : runs);
         console.Progress()
             .AutoClear(true)
             .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn())
@@ -87,7 +87,7 @@ internal static class BenchSparseCommand
                 ProgressTask task = ctx.AddTask("sparse", maxValue: total);
                 foreach (int t in lengths)
                 {
-                    double exactMs = double.NaN;
+                    double exactMs = double.NaN, exactCpuMs = double.NaN;
                     foreach (string name in workloads)
                     {
                         task.Description = Markup.Escape($"{name} T={t}: exact");
@@ -95,14 +95,14 @@ internal static class BenchSparseCommand
                         MethodInputs inputs = w.ToInputs();
                         // The exact kernel's time does not depend on the values: time it on the first workload of each
                         // length, and only compute the reference output on the others.
-                        (float[] exactOut, double ms) = TimeExact(inputs, double.IsNaN(exactMs) ? runs : 0);
-                        if (double.IsNaN(exactMs)) exactMs = ms;
+                        (float[] exactOut, double ms, double cpuMs) = TimeExact(inputs, double.IsNaN(exactMs) ? runs : 0);
+                        if (double.IsNaN(exactMs)) (exactMs, exactCpuMs) = (ms, cpuMs);
                         task.Increment(1);
                         var sampler = new RecallSampler(w);
                         foreach (IAttentionMethod m in methods)
                         {
                             task.Description = Markup.Escape($"{name} T={t}: {m.Info.Name}");
-                            results.Add(RunCase(m, [], w, inputs, exactOut, exactMs, sampler, runs));
+                            results.Add(RunCase(m, [], w, inputs, exactOut, exactMs, sampler, runs) with { ExactCpuMs = exactCpuMs });
                             task.Increment(1);
                         }
                     }
@@ -110,22 +110,8 @@ internal static class BenchSparseCommand
                 if (!noSweep)
                 {
                     int t = lengths.Max();
-                    task.Description = Markup.Escape($"sweep T={t}: exact");
-                    Workload w = WorkloadGenerator.Generate(WorkloadPresets.Get(WorkloadPresets.Random, t, Heads, KvHeads, HeadDim), seed: 99);
-                    MethodInputs inputs = w.ToInputs();
-                    (float[] exactOut, double exactMs) = TimeExact(inputs, runs);
-                    task.Increment(1);
-                    var sampler = new RecallSampler(w);
-                    IAttentionMethod window = MethodCatalog.FindRunnable("streaming-llm")!;
-                    foreach (double d in SweepDensities)
-                    {
-                        // A causal window of w keys covers about T·w − w²/2 of the T²/2 causal pairs: solve for d.
-                        int width = Math.Max(1, (int)Math.Round(t * (1 - Math.Sqrt(1 - d))));
-                        task.Description = Markup.Escape($"sweep T={t}: window {width}");
-                        string[] args = ["sinks=0", "window=" + width.ToString(CultureInfo.InvariantCulture)];
-                        sweep.Add(RunCase(window, args, w, inputs, exactOut, exactMs, sampler, runs) with { Workload = $"sweep:window={width}" });
-                        task.Increment(1);
-                    }
+                    task.Description = Markup.Escape($"sweep T={t}");
+                    sweep.AddRange(Sweep(t, shape, runs, () => task.Increment(1)));
                 }
                 task.Description = "done";
             });
@@ -137,7 +123,8 @@ internal static class BenchSparseCommand
             foreach (SparseBenchResult r in sweep)
                 if (r.Density is double d)
                     console.MarkupLine(Markup.Escape(string.Create(CultureInfo.InvariantCulture,
-                        $"  {r.Workload}: density {d:P1}, kernel {r.KernelMs:F1} ms = {r.KernelMs / (d * r.ExactMs):F2} x (density x exact {r.ExactMs:F1} ms)")));
+                        $"  {r.Workload}: density {d:P1}: wall {r.KernelMs:F1} ms = {r.KernelMs / (d * r.ExactMs):F2} x density x exact ({r.ExactMs:F1} ms); " +
+                        $"CPU time {r.CpuMs:F1} ms = {r.CpuMs / (d * r.ExactCpuMs):F2} x density x exact ({r.ExactCpuMs:F1} ms)")));
         }
         console.MarkupLine(Markup.Escape($"{results.Count + sweep.Count} cases in {wall.Elapsed.TotalSeconds:F0} s; {Environment.ProcessorCount} cores; timings on a shared machine are noisy."));
         if (jsonPath is not null)
@@ -152,6 +139,57 @@ internal static class BenchSparseCommand
     }
 
     private static readonly double[] SweepDensities = [0.05, 0.1, 0.25, 0.5];
+
+    /// <summary>
+    /// The density sweep: the exact causal kernel and a causal sliding window at each of <see cref="SweepDensities"/>,
+    /// timed in interleaved rounds (exact, then each window, repeated) so that the load of a shared machine falls on
+    /// all of them alike; wall and process CPU time are both kept.
+    /// </summary>
+    private static List<SparseBenchResult> Sweep(int t, Shape shape, int runs, Action progress)
+    {
+        Workload w = WorkloadGenerator.Generate(WorkloadPresets.Get(WorkloadPresets.Random, t, shape.Heads, shape.KvHeads, shape.HeadDim), seed: 99);
+        MethodInputs inputs = w.ToInputs();
+        IAttentionMethod window = MethodCatalog.FindRunnable("streaming-llm")!;
+        var exact = new ExactAttentionMethod();
+        var configs = new List<(IAttentionMethod Method, string[] Args, string Label)> { (exact, ["mask=causal"], "exact") };
+        foreach (double d in SweepDensities)
+        {
+            // A causal window of w keys covers about T·w − w²/2 of the T²/2 causal pairs: solve for the density d.
+            int width = Math.Max(1, (int)Math.Round(t * (1 - Math.Sqrt(1 - d))));
+            configs.Add((window, ["sinks=0", "window=" + width.ToString(CultureInfo.InvariantCulture)], $"sweep:window={width}"));
+        }
+        var first = new MethodResult?[configs.Count];
+        var wall = configs.Select(_ => new List<double>()).ToArray();
+        var cpu = configs.Select(_ => new List<double>()).ToArray();
+        var selector = configs.Select(_ => new List<double>()).ToArray();
+        for (int round = 0; round < Math.Max(1, runs); round++)
+        {
+            for (int c = 0; c < configs.Count; c++)
+            {
+                TimeSpan cpu0 = ProcessCpu();
+                long start = Stopwatch.GetTimestamp();
+                MethodResult r = configs[c].Method.Run(inputs, Copy(configs[c].Args));
+                double ms = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
+                double sel = r.SelectorMs ?? 0;
+                wall[c].Add(ms - sel);
+                cpu[c].Add((ProcessCpu() - cpu0).TotalMilliseconds);
+                selector[c].Add(sel);
+                first[c] ??= r;
+            }
+            progress();
+        }
+        var sampler = new RecallSampler(w);
+        float[] exactOut = first[0]!.Output.Data;
+        double exactMs = Median(wall[0]), exactCpu = Median(cpu[0]);
+        var results = new List<SparseBenchResult>();
+        for (int c = 1; c < configs.Count; c++)
+        {
+            MethodResult r = first[c]!;
+            results.Add(new SparseBenchResult("streaming-llm", configs[c].Label, t, r.Density, sampler.Recall(r.Coverage!), RelativeError(r.Output.Data, exactOut),
+                Median(selector[c]), Median(wall[c]), wall[c].Max() - wall[c].Min(), exactMs, null, Median(cpu[c]), exactCpu));
+        }
+        return results;
+    }
 
     private static List<IAttentionMethod> SelectMethods(string? list)
     {
@@ -189,7 +227,7 @@ internal static class BenchSparseCommand
         return lengths;
     }
 
-    private static (float[] Output, double Ms) TimeExact(MethodInputs inputs, int runs)
+    private static (float[] Output, double Ms, double CpuMs) TimeExact(MethodInputs inputs, int runs)
     {
         var exact = new ExactAttentionMethod();
         MethodArguments Args() => new MethodArguments().Set("mask", "causal");
@@ -197,14 +235,17 @@ internal static class BenchSparseCommand
         // of three drops one slow start); the first run's output is the reference.
         MethodResult? result = null;
         var times = new List<double>();
+        var cpu = new List<double>();
         for (int i = 0; i < Math.Max(1, runs); i++)
         {
+            TimeSpan cpu0 = ProcessCpu();
             long start = Stopwatch.GetTimestamp();
             MethodResult r = exact.Run(inputs, Args());
             times.Add(Stopwatch.GetElapsedTime(start).TotalMilliseconds);
+            cpu.Add((ProcessCpu() - cpu0).TotalMilliseconds);
             result ??= r;
         }
-        return (result!.Output.Data, Median(times));
+        return (result!.Output.Data, Median(times), Median(cpu));
     }
 
     private static SparseBenchResult RunCase(IAttentionMethod method, string[] template, Workload w, MethodInputs inputs,
@@ -217,11 +258,14 @@ internal static class BenchSparseCommand
                         if (exactMs < 2000) first = method.Run(inputs, Copy(template));
             var kernel = new List<double>();
             var selector = new List<double>();
+            var cpu = new List<double>();
             for (int i = 0; i < runs; i++)
             {
+                TimeSpan cpu0 = ProcessCpu();
                 long start = Stopwatch.GetTimestamp();
                 MethodResult r = method.Run(inputs, Copy(template));
                 double ms = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
+                cpu.Add((ProcessCpu() - cpu0).TotalMilliseconds);
                 double sel = r.SelectorMs ?? 0;
                 selector.Add(sel);
                 kernel.Add(Math.Max(0, ms - sel));
@@ -231,7 +275,7 @@ internal static class BenchSparseCommand
             string? problem = double.IsFinite(relErr) ? null : "the output has NaN or infinite values";
             double recall = first.Coverage is null ? double.NaN : sampler.Recall(first.Coverage);
             return new SparseBenchResult(method.Info.Name, w.Name, w.Length, first.Density, recall, relErr, Median(selector),
-                Median(kernel), kernel.Max() - kernel.Min(), exactMs, problem);
+                Median(kernel), kernel.Max() - kernel.Min(), exactMs, problem, Median(cpu));
         }
         catch (Exception e) when (e is ArgumentException or NotSupportedException or InvalidOperationException)
         {
@@ -252,6 +296,14 @@ internal static class BenchSparseCommand
             den += (double)expected[i] * expected[i];
         }
         return den == 0 ? (num == 0 ? 0 : double.PositiveInfinity) : Math.Sqrt(num / den);
+    }
+
+    // CPU time of the whole process (all worker threads): on a machine shared with other jobs it follows the work done
+    // more closely than the wall clock, which also counts the time the cores were lent to others.
+    private static TimeSpan ProcessCpu()
+    {
+        using var p = Process.GetCurrentProcess();
+        return p.TotalProcessorTime;
     }
 
     private static double Median(List<double> values)
@@ -359,6 +411,8 @@ internal static class BenchSparseCommand
             Number(w, "ms_median", r.KernelMs);
             Number(w, "ms_spread", r.KernelSpreadMs);
             Number(w, "exact_ms", r.ExactMs);
+            Number(w, "cpu_ms", r.CpuMs);
+            Number(w, "exact_cpu_ms", r.ExactCpuMs);
             Number(w, "speedup", r.Error is null ? r.Speedup : double.NaN);
             if (r.Error is not null) w.WriteString("error", r.Error);
             w.WriteEndObject();

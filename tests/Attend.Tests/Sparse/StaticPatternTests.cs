@@ -26,13 +26,41 @@ public sealed class StaticPatternTests
         { "sinklora", ["group=24", "sinks=2"], ["group=1000000", "sinks=0"] },
         { "moa", ["windows=5,40,9", "sinks=2"], ["windows=100000", "sinks=0"] },
         { "moa", ["alpha=3,10", "beta=0.1,0.25", "sinks=1"], ["alpha=100000", "beta=0", "sinks=0"] },
+        { "neighborhood", ["kernel=9", "dilation=2"], ["kernel=100000"] },
+        { "neighborhood", ["kernel=21"], ["kernel=100000"] },
+        { "neighborhood", ["kernel=6"], ["kernel=100000"] },
+        { "neighborhood", ["grid={grid2}", "kernel=3x5", "dilation=2x1"], ["grid={grid2}", "kernel=100000", "causal=false"] },
+        { "neighborhood", ["grid={grid3}", "kernel=3", "dilation=1x2x1", "causal=false"], ["grid={grid3}", "kernel=100000", "causal=false"] },
+        { "axial", ["grid={grid2}"], ["grid=1x{T}"] },
+        { "maxvit", ["grid={grid2}", "window=3", "gridsize=2"], ["grid={grid2}", "window=100000", "mode=block"] },
+        { "maxvit", ["grid={grid2}", "window=2", "gridsize=3", "mode=grid"], ["grid={grid2}", "gridsize=100000", "mode=grid"] },
+        { "halonet", ["grid={grid2}", "block=3", "halo=1"], ["grid={grid2}", "block=4", "halo=100000"] },
     };
+
+    // Grid parameters that depend on the length: {grid2} (near-square 2D), {grid3} (3D), {T}.
+    private static string[] ForLength(string[] pairs, int t)
+    {
+        TokenGrid g2 = AxialAttentionMethod.SquareGrid(t);
+        int a = (int)Math.Cbrt(Math.Max(1, t));
+        while (a > 1 && t % a != 0) a--;
+        TokenGrid rest = AxialAttentionMethod.SquareGrid(Math.Max(1, t) / a);
+        return [.. pairs.Select(p => p.Replace("{grid2}", g2.ToString(), StringComparison.Ordinal)
+            .Replace("{grid3}", $"{a}x{rest}", StringComparison.Ordinal).Replace("{T}", t.ToString(System.Globalization.CultureInfo.InvariantCulture), StringComparison.Ordinal))];
+    }
 
     private static StaticPatternMethod Method(string name) =>
         (StaticPatternMethod)(MethodCatalog.FindRunnable(name) ?? throw new InvalidOperationException($"{name} is not registered"));
 
     private static IMaskMod Mask(string name, string[] pairs, int keys, int heads, bool causal) =>
-        Method(name).CreateMask(MethodArguments.Parse(pairs), keys, heads, causal);
+        Method(name).CreateMask(MethodArguments.Parse(ForLength(pairs, keys)), keys, heads, causal);
+
+    private static MethodResult Run(string name, string[] pairs, MethodInputs inputs, int keys) =>
+        Method(name).Run(inputs, MethodArguments.Parse(ForLength(pairs, keys)));
+
+    // A pattern's own causal parameter (the neighborhood's per-axis causal) when the pairs set it, else true.
+    private static bool CausalOf(string[] pairs) => !pairs.Contains("causal=false");
+
+    private static string[] WithoutCausal(string[] pairs) => [.. pairs.Where(p => !p.StartsWith("causal=", StringComparison.Ordinal))];
 
     [Theory]
     [MemberData(nameof(Patterns))]
@@ -44,7 +72,7 @@ public sealed class StaticPatternTests
         {
             foreach (bool causal in new[] { true, false })
             {
-                IMaskMod mask = Mask(name, pairs, tk, heads, causal);
+                IMaskMod mask = Mask(name, WithoutCausal(pairs), tk, heads, causal);
                 foreach ((int bq, int bk) in new[] { (64, 64), (16, 32), (7, 5) })
                 {
                     BlockMask blocks = BlockMask.Create(mask, tq, tk, 1, heads, bq, bk);
@@ -93,8 +121,8 @@ public sealed class StaticPatternTests
         {
             float[] q = Gaussian(rng, (long)b * t * h * d), k = Gaussian(rng, (long)b * t * hkv * d), v = Gaussian(rng, (long)b * t * hkv * d);
             var inputs = new MethodInputs(new MethodTensor(q, b, t, h, d), new MethodTensor(k, b, t, hkv, d), new MethodTensor(v, b, t, hkv, d));
-            MethodResult result = Method(name).Run(inputs, MethodArguments.Parse(pairs));
-            IMaskMod mask = Mask(name, pairs, t, h, causal: true);
+            MethodResult result = Run(name, pairs, inputs, t);
+            IMaskMod mask = Mask(name, WithoutCausal(pairs), t, h, CausalOf(pairs));
             ReferenceForwardResult r = ReferenceAttention.Forward<float>(
                 AttentionLayout.Bthd<float>(q, b, t, h, d), AttentionLayout.Bthd<float>(k, b, t, hkv, d), AttentionLayout.Bthd<float>(v, b, t, hkv, d),
                 new AttentionOptions { Mask = mask });
@@ -122,13 +150,13 @@ public sealed class StaticPatternTests
         const int b = 1, t = 150, h = 4, hkv = 2, d = 64;
         float[] q = Gaussian(rng, (long)b * t * h * d), k = Gaussian(rng, (long)b * t * hkv * d), v = Gaussian(rng, (long)b * t * hkv * d);
         var inputs = new MethodInputs(new MethodTensor(q, b, t, h, d), new MethodTensor(k, b, t, hkv, d), new MethodTensor(v, b, t, hkv, d));
-        MethodResult sparse = Method(name).Run(inputs, MethodArguments.Parse(keepAll));
+        MethodResult sparse = Run(name, keepAll, inputs, t);
         ReferenceForwardResult exact = ReferenceAttention.Forward<float>(
             AttentionLayout.Bthd<float>(q, b, t, h, d), AttentionLayout.Bthd<float>(k, b, t, hkv, d), AttentionLayout.Bthd<float>(v, b, t, hkv, d),
-            new AttentionOptions { Mask = new CausalMask() });
+            new AttentionOptions { Mask = CausalOf(keepAll) ? new CausalMask() : null });
         Assert.Equal(1.0, sparse.Density!.Value, 12);
         double err = TestData.RelativeError<float>(sparse.Output.Data, exact.Output);
-        Assert.True(err <= Tolerance, $"{name} [{string.Join(' ', keepAll)}]: error {err:E2} against exact causal");
+        Assert.True(err <= Tolerance, $"{name} [{string.Join(' ', keepAll)}]: error {err:E2} against exact {(CausalOf(keepAll) ? "causal" : "full")} attention");
     }
 
     [Theory]
@@ -141,8 +169,9 @@ public sealed class StaticPatternTests
         int t = offsets.TotalTokens, h = 4, hkv = 2, d = 32;
         float[] q = Gaussian(rng, (long)t * h * d), k = Gaussian(rng, (long)t * hkv * d), v = Gaussian(rng, (long)t * hkv * d);
         var inputs = new MethodInputs(new MethodTensor(q, 1, t, h, d), new MethodTensor(k, 1, t, hkv, d), new MethodTensor(v, 1, t, hkv, d)) { Offsets = offsets };
-        MethodResult result = Method(name).Run(inputs, MethodArguments.Parse(pairs));
-        IMaskMod mask = Mask(name, pairs, 90, h, causal: true);
+        if (pairs.Any(p => p.StartsWith("grid=", StringComparison.Ordinal))) return; // a grid describes one length
+        MethodResult result = Run(name, pairs, inputs, 90);
+        IMaskMod mask = Mask(name, WithoutCausal(pairs), 90, h, CausalOf(pairs));
         ReferenceForwardResult r = ReferenceAttention.Forward<float>(
             AttentionLayout.Bthd<float>(q, 1, t, h, d), AttentionLayout.Bthd<float>(k, 1, t, hkv, d), AttentionLayout.Bthd<float>(v, 1, t, hkv, d),
             new AttentionOptions { Mask = mask, QueryOffsets = offsets, KeyOffsets = offsets });
@@ -157,7 +186,7 @@ public sealed class StaticPatternTests
         _ = keepAll;
         var rng = TestData.Rng(31);
         const int b = 1, t = 101, h = 4, hkv = 2, d = 48;
-        IMaskMod mask = Mask(name, pairs, t, h, causal: true);
+        IMaskMod mask = Mask(name, WithoutCausal(pairs), t, h, CausalOf(pairs));
         float[] q = Gaussian(rng, (long)b * t * h * d), k = Gaussian(rng, (long)b * t * hkv * d), v = Gaussian(rng, (long)b * t * hkv * d);
         float[] dO = Gaussian(rng, (long)b * t * h * d);
         var options = new AttentionOptions { Mask = mask };
@@ -189,6 +218,13 @@ public sealed class StaticPatternTests
     [InlineData("moa", "windows=4,0", "windows")]
     [InlineData("moa", "alpha=1,2", "beta")]
     [InlineData("moa", "bogus=1", "bogus")]
+    [InlineData("neighborhood", "kernel=0", "kernel")]
+    [InlineData("neighborhood", "grid=3x3", "grid")]
+    [InlineData("neighborhood", "dilation=1x2", "dilation")]
+    [InlineData("axial", "grid=4", "grid")]
+    [InlineData("maxvit", "window=0", "window")]
+    [InlineData("maxvit", "mode=rows", "mode")]
+    [InlineData("halonet", "halo=-1", "halo")]
     public void BadParametersThrowNamingTheParameter(string name, string pair, string parameter)
     {
         var inputs = new MethodInputs(new MethodTensor(new float[64], 1, 4, 2, 8), new MethodTensor(new float[32], 1, 4, 1, 8), new MethodTensor(new float[32], 1, 4, 1, 8));

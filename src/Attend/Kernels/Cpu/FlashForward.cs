@@ -88,6 +88,57 @@ internal sealed unsafe class FlashForward<T, TMask, TScore, TIsa, TVec> : IWorkI
         }
     }
 
+    // Bits lo … hi − 1 set (none when hi ≤ lo).
+    private static ulong RangeBits(int lo, int hi) =>
+        hi <= lo ? 0UL : (hi - lo == 64 ? ulong.MaxValue : ((1UL << (hi - lo)) - 1) << lo);
+
+    // Rows per group of a partial block's product: the work skipped is decided per group and per column range.
+    private const int Group = 16;
+
+    // Evaluates the mask on a partial block into visible[r] (bit c: row r sees key c) and, per group of Group rows,
+    // the column range [lo, hi) that holds visible keys, widened to whole vectors (empty when lo ≥ hi). The block is
+    // classified in Group × Group sub-tiles first (closed-form masks answer in O(1)); only partial sub-tiles are
+    // evaluated pair by pair, so a causal diagonal or a window edge costs a quarter of the evaluations.
+    private void PartialRanges(ulong* visible, Span<int> lo, Span<int> hi, int mr, int mp, int kc, int groups, int s, int h, int qPos, int kPos)
+    {
+        int w = TIsa.Width;
+        for (int gr = 0; gr < groups; gr++)
+        {
+            int r0 = gr * Group, r1 = Math.Min(mp, r0 + Group), rv = Math.Min(mr, r1);
+            for (int r = r0; r < r1; r++) visible[r] = 0;
+            for (int c0 = 0; c0 < kc && r0 < rv; c0 += Group)
+            {
+                int c1 = Math.Min(kc, c0 + Group);
+                BlockKind kind = _mask.ClassifyBlock(s, h, qPos + r0, qPos + rv, kPos + c0, kPos + c1);
+                if (kind == BlockKind.Empty) continue;
+                if (kind == BlockKind.Full)
+                {
+                    ulong span = (c1 - c0 == 64 ? ulong.MaxValue : (1UL << (c1 - c0)) - 1) << c0;
+                    for (int r = r0; r < rv; r++) visible[r] |= span;
+                    continue;
+                }
+                for (int r = r0; r < rv; r++)
+                {
+                    ulong bits = 0;
+                    for (int c = c0; c < c1; c++)
+                        if (_mask.IsVisible(s, h, qPos + r, kPos + c)) bits |= 1UL << c;
+                    visible[r] |= bits;
+                }
+            }
+            ulong any = 0;
+            for (int r = r0; r < r1; r++) any |= visible[r];
+            if (any == 0)
+            {
+                lo[gr] = 0;
+                hi[gr] = 0;
+                continue;
+            }
+            int first = System.Numerics.BitOperations.TrailingZeroCount(any), last = 63 - System.Numerics.BitOperations.LeadingZeroCount(any);
+            lo[gr] = first / w * w;
+            hi[gr] = Math.Min(Bk, (last / w + 1) * w);
+        }
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Execute(int index)
     {
@@ -105,13 +156,14 @@ internal sealed unsafe class FlashForward<T, TMask, TScore, TIsa, TVec> : IWorkI
         int dp = _dp, d = sh.Dim, w = TIsa.Width;
         int qPos = i0 + tk - tq;
 
-        float* q = Scratch.Get((long)mp * dp * 2 + (long)mp * Bk + 4L * Bq);
+        float* q = Scratch.Get((long)mp * dp * 2 + (long)mp * Bk + 4L * Bq + 2L * Bq);
         float* o = q + (long)mp * dp;
         float* p = o + (long)mp * dp;
         float* m = p + (long)mp * Bk;
         float* l = m + Bq;
         float* alpha = l + Bq;
         float* rowMax = alpha + Bq;
+        ulong* visible = (ulong*)(rowMax + Bq); // one 64-bit row of the partial block's mask per query row
         // The scale is folded into Q once per tile, so scores come out of the product already scaled.
         TVec vscale = TIsa.Splat(_call.Scale);
         for (int r = 0; r < mp; r++)
@@ -129,12 +181,11 @@ internal sealed unsafe class FlashForward<T, TMask, TScore, TIsa, TVec> : IWorkI
 
         // Full and partial blocks in ascending key order (a fixed order keeps results reproducible).
         var blocks = new MergedBlocks(_call.Blocks.FullKeyBlocks(s, h, qb), _call.Blocks.PartialKeyBlocks(s, h, qb));
+        Span<int> colLo = stackalloc int[Bq / Group], colHi = stackalloc int[Bq / Group];
         while (blocks.Next(out int kb, out bool partial))
         {
             int kc = Math.Min(Bk, tk - kb * Bk);
-            ScoreTile.Compute<TIsa, TVec, TMask, TScore>(q, _panels.KTransposed(u, kb), p, null, rowMax, mp, mr, kc, dp, 1f,
-                partial, _mask, _score, s, h, qPos, kb * Bk);
-            OnlineSoftmax.Update<TIsa, TVec>(p, mp, Bk, rowMax, m, l, alpha);
+            float* kt = _panels.KTransposed(u, kb);
             float* vb;
             nint ldv;
             if (_vDirect)
@@ -147,7 +198,58 @@ internal sealed unsafe class FlashForward<T, TMask, TScore, TIsa, TVec> : IWorkI
                 vb = _panels.VRows(u, kb);
                 ldv = dp;
             }
-            TileGemm.MultiplyAccumulate<TIsa, TVec>(p, Bk, vb, ldv, o, dp, alpha, mp, dp, kc);
+            if (!partial)
+            {
+                ScoreTile.Compute<TIsa, TVec, TMask, TScore>(q, kt, p, null, rowMax, mp, mr, kc, dp, 1f,
+                    false, _mask, _score, s, h, qPos, kb * Bk);
+                OnlineSoftmax.Update<TIsa, TVec>(p, mp, Bk, rowMax, m, l, alpha);
+                TileGemm.MultiplyAccumulate<TIsa, TVec>(p, Bk, vb, ldv, o, dp, alpha, mp, dp, kc);
+                continue;
+            }
+            // A partial block: evaluate the mask once, then multiply only the row groups × column ranges that hold
+            // visible pairs (the rest of the tile is −∞ and contributes exactly 0). Sliding windows and causal
+            // diagonals leave triangles of such blocks empty, which otherwise cost as much as full blocks and keep
+            // the kernel's time from following its density at low density.
+            int groups = (mp + Group - 1) / Group;
+            PartialRanges(visible, colLo, colHi, mr, mp, kc, groups, s, h, qPos, kb * Bk);
+            new Span<float>(p, mp * Bk).Fill(float.NegativeInfinity);
+            for (int gr = 0; gr < groups; gr++)
+            {
+                if (colHi[gr] <= colLo[gr]) continue;
+                int r0 = gr * Group, rows = Math.Min(Group, mp - r0);
+                TileGemm.MultiplyTransposed<TIsa, TVec>(q + (long)r0 * dp, dp, kt + colLo[gr], Bk, p + (long)r0 * Bk + colLo[gr], Bk,
+                    rows, colHi[gr] - colLo[gr], dp);
+            }
+            if (_score.IsIdentity)
+            {
+                // Outside a group's computed range the tile is −∞ from the fill, and without a score mod nothing can
+                // change that: mark those columns visible so the mask pass only writes inside the range.
+                for (int gr = 0; gr < groups; gr++)
+                {
+                    ulong outside = ~RangeBits(colLo[gr], colHi[gr]);
+                    for (int r = gr * Group; r < Math.Min(mr, (gr + 1) * Group); r++) visible[r] |= outside;
+                }
+            }
+            ScoreTile.Finish<TIsa, TVec, TMask, TScore>(p, null, rowMax, mp, mr, kc, 1f, true, _mask, _score, s, h, qPos, kb * Bk, visible);
+            OnlineSoftmax.Update<TIsa, TVec>(p, mp, Bk, rowMax, m, l, alpha);
+            for (int gr = 0; gr < groups; gr++)
+            {
+                int r0 = gr * Group, rows = Math.Min(Group, mp - r0);
+                int c0 = colLo[gr], c1 = Math.Min(colHi[gr], kc);
+                if (c1 > c0)
+                {
+                    TileGemm.MultiplyAccumulate<TIsa, TVec>(p + (long)r0 * Bk + c0, Bk, vb + c0 * ldv, ldv, o + (long)r0 * dp, dp, alpha + r0, rows, dp, c1 - c0);
+                    continue;
+                }
+                // No visible key in these rows: their running maximum did not move, so alpha is 1 (or 0 on a row that
+                // has seen nothing yet, whose output is still 0); rescale only if the exp rounding says otherwise.
+                for (int r = r0; r < r0 + rows; r++)
+                {
+                    if (alpha[r] == 1f) continue;
+                    float* orow = o + (long)r * dp;
+                    for (int x = 0; x < dp; x += w) TIsa.Store(TIsa.Mul(TIsa.Load(orow + x), TIsa.Splat(alpha[r])), orow + x);
+                }
+            }
         }
 
         for (int r = 0; r < mr; r++)

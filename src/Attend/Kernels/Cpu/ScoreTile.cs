@@ -29,8 +29,10 @@ internal static unsafe class ScoreTile
 
     /// <summary>The part after the product: scale, score mod, mask, sequence end, row maxima.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    // visible: when not null (partial blocks), bit c of visible[r] says whether row r sees column c, evaluated by the
+    // caller already (the forward evaluates the mask first to skip the empty parts of the block).
     public static void Finish<TIsa, TVec, TMask, TScore>(float* s, float* derivative, float* rowMax,
-        int mp, int mr, int kc, float scale, bool partial, in TMask mask, in TScore score, int seq, int head, int qPos, int kPos)
+        int mp, int mr, int kc, float scale, bool partial, in TMask mask, in TScore score, int seq, int head, int qPos, int kPos, ulong* visible = null)
         where TIsa : struct, IVectorIsa<TVec>
         where TVec : unmanaged
         where TMask : struct, IMaskMod<TMask>
@@ -75,7 +77,18 @@ internal static unsafe class ScoreTile
                     row[c] = score.Apply(row[c], seq, head, qPos + r, kPos + c);
                 }
             }
-            if (partial)
+            if (partial && visible != null)
+            {
+                // Only the hidden columns are touched, one set bit at a time (a partial block's rows are mostly
+                // visible or mostly out of the computed range, which the caller marks visible when it is −∞ already).
+                ulong hidden = ~visible[r] & (kc == Keys ? ulong.MaxValue : (1UL << kc) - 1);
+                while (hidden != 0)
+                {
+                    row[System.Numerics.BitOperations.TrailingZeroCount(hidden)] = float.NegativeInfinity;
+                    hidden &= hidden - 1;
+                }
+            }
+            else if (partial)
             {
                 for (int c = 0; c < kc; c++)
                     if (!mask.IsVisible(seq, head, qPos + r, kPos + c)) row[c] = float.NegativeInfinity;

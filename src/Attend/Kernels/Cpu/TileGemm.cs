@@ -15,7 +15,8 @@ internal static unsafe class TileGemm
     /// <summary>
     /// C[m, n] = A[m, k] · Bt[k, n]: A rows at stride <paramref name="lda"/>, Bt (the transposed right operand, e.g. a
     /// packed Kᵀ panel) rows at stride <paramref name="ldb"/>, C rows at stride <paramref name="ldc"/>.
-    /// m % 4 == 0, n % (4·W) == 0.
+    /// m % 4 == 0, n % W == 0 (columns in groups of 4 vectors, then single vectors: sparse kernels multiply only the
+    /// column range of a partial block that holds visible keys).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void MultiplyTransposed<TIsa, TVec>(float* a, int lda, float* bt, int ldb, float* c, int ldc, int m, int n, int k)
@@ -26,7 +27,8 @@ internal static unsafe class TileGemm
         for (int i = 0; i < m; i += 4)
         {
             float* a0 = a + (nint)i * lda, a1 = a0 + lda, a2 = a1 + lda, a3 = a2 + lda;
-            for (int j = 0; j < n; j += 4 * w)
+            int j4 = n - n % (4 * w);
+            for (int j = 0; j < j4; j += 4 * w)
             {
                 TVec c00 = TIsa.Zero, c01 = TIsa.Zero, c02 = TIsa.Zero, c03 = TIsa.Zero;
                 TVec c10 = TIsa.Zero, c11 = TIsa.Zero, c12 = TIsa.Zero, c13 = TIsa.Zero;
@@ -50,6 +52,22 @@ internal static unsafe class TileGemm
                 TIsa.Store(c10, r1); TIsa.Store(c11, r1 + w); TIsa.Store(c12, r1 + 2 * w); TIsa.Store(c13, r1 + 3 * w);
                 TIsa.Store(c20, r2); TIsa.Store(c21, r2 + w); TIsa.Store(c22, r2 + 2 * w); TIsa.Store(c23, r2 + 3 * w);
                 TIsa.Store(c30, r3); TIsa.Store(c31, r3 + w); TIsa.Store(c32, r3 + 2 * w); TIsa.Store(c33, r3 + 3 * w);
+            }
+            for (int j = j4; j < n; j += w)
+            {
+                // 4 rows × 1 vector for the columns left over.
+                TVec c0 = TIsa.Zero, c1 = TIsa.Zero, c2 = TIsa.Zero, c3 = TIsa.Zero;
+                float* b = bt + j;
+                for (int x = 0; x < k; x++, b += ldb)
+                {
+                    TVec b0 = TIsa.Load(b);
+                    c0 = TIsa.Fma(TIsa.Splat(a0[x]), b0, c0);
+                    c1 = TIsa.Fma(TIsa.Splat(a1[x]), b0, c1);
+                    c2 = TIsa.Fma(TIsa.Splat(a2[x]), b0, c2);
+                    c3 = TIsa.Fma(TIsa.Splat(a3[x]), b0, c3);
+                }
+                float* r0 = c + (nint)i * ldc + j;
+                TIsa.Store(c0, r0); TIsa.Store(c1, r0 + ldc); TIsa.Store(c2, r0 + 2 * ldc); TIsa.Store(c3, r0 + 3 * ldc);
             }
         }
     }

@@ -13,5 +13,10 @@ public static class StaticSparseMethods
         new S2AttentionMethod(),
         new SinkLoraMethod(),
         new MoaMethod(),
+        new NeighborhoodAttentionMethod(),
+        new AxialAttentionMethod(),
+        new MaxVitMethod(),
+        new HaloNetMethod(),
+        new CombinerMethod(),
     ];
 }
