@@ -32,6 +32,7 @@ internal sealed unsafe class ColumnSparseForward<T, TIsa, TVec> : IWorkItems
     // A pair on the diagonal path costs about this many pairs of a band tile: every pair reads its own K and V rows
     // (no reuse across the block's rows). Measured 6–9x at T = 4096, D = 128.
     private const int DiagonalCost = 8;
+    private const int GatherCost = 2; // a block's own column: packed per tile, then computed like a band key
 
     private readonly AttentionShape _sh;
     private readonly TensorView<T> _q, _k, _v, _o;
@@ -256,9 +257,11 @@ internal sealed unsafe class ColumnSparseForward<T, TIsa, TVec> : IWorkItems
                 }
                 c0 = c1 + 1;
             }
-            // When the diagonal path would cost more than every key of the block, compute [0, p_last] as one band (the
-            // bias still keeps only the plan's pairs).
-            if ((long)DiagonalCost * diagonalCount > pLast + 1)
+            // When the diagonal path, or gathering the block's own columns, would cost more than every key of the
+            // block, compute [0, p_last] as one band (the bias still keeps only the plan's pairs; columns in a band are
+            // skipped by the column tiles).
+            int ownCount = CountAtMost(ownColumns, pLast);
+            if ((long)DiagonalCost * diagonalCount + GatherCost * ownCount > pLast + 1)
             {
                 ranges[0] = 0;
                 ranges[1] = pLast;
