@@ -59,20 +59,24 @@ public class DynamicSelectorTests
         Assert.Equal(heads, heads2.Length);
     }
 
-    [Fact]
-    public void MInferenceVarlenEqualsReference()
+    [Theory]
+    [InlineData("minference", "pattern=vertical-slash")]
+    [InlineData("minference", "pattern=block-sparse")]
+    [InlineData("flexprefill", "tau=0")]
+    [InlineData("flexprefill", "tau=100")]
+    [InlineData("anchor-attention", "theta=0.2")]
+    public void VarlenEqualsReference(string method, string arg)
     {
         Random rng = TestData.Rng(4201);
         var c = new AttnCase { H = 4, Hkv = 2, D = 32, Mask = Masks.Causal };
-        int[] lens = [150, 1, 0, 90];
+        int[] lens = [150, 1, 0, 200];
         c.SetVarlen(lens, lens);
         AttnInputs<float> x = AttnInputs<float>.Gaussian(c, rng);
         var offsets = SeqOffsets.FromLengths(lens);
-        foreach (string pattern in (string[])["vertical-slash", "block-sparse"])
-        {
-            MethodResult r = new MInferenceMethod().Run(Inputs(c, x, offsets), MethodArguments.Parse([$"pattern={pattern}", "budget=80"]));
-            AssertMatches(r, PlanReference(c, x, (HybridSparsePlan)r.Coverage!));
-        }
+        string[] args = method == "minference" ? [arg, "budget=80"] : [arg];
+        MethodResult r = MethodCatalog.FindRunnable(method)!.Run(Inputs(c, x, offsets), MethodArguments.Parse(args));
+        AssertMatches(r, PlanReference(c, x, (HybridSparsePlan)r.Coverage!));
+        Assert.InRange(r.Density!.Value, 0.0, 1.0);
     }
 
     [Fact]
