@@ -141,52 +141,49 @@ internal static class BenchSparseCommand
     private static readonly double[] SweepDensities = [0.05, 0.1, 0.25, 0.5];
 
     /// <summary>
-    /// The density sweep: the exact causal kernel and a causal sliding window at each of <see cref="SweepDensities"/>,
-    /// timed in interleaved rounds (exact, then each window, repeated) so that the load of a shared machine falls on
-    /// all of them alike; wall and process CPU time are both kept.
+    /// The density sweep: the kernel alone (<see cref="Attention.Forward{T}(System.Numerics.Tensors.ReadOnlyTensorSpan{T}, System.Numerics.Tensors.ReadOnlyTensorSpan{T}, System.Numerics.Tensors.ReadOnlyTensorSpan{T}, AttentionOptions?, System.Numerics.Tensors.TensorSpan{T}, System.Numerics.Tensors.TensorSpan{float})"/>
+    /// with a prebuilt block mask and preallocated outputs) on exact causal attention and on a causal sliding window at
+    /// each of <see cref="SweepDensities"/>, timed in interleaved rounds (exact, then each window, repeated) so that the
+    /// load of a shared machine falls on all of them alike; wall and process CPU time are both kept.
     /// </summary>
     private static List<SparseBenchResult> Sweep(int t, Shape shape, int runs, Action progress)
     {
         Workload w = WorkloadGenerator.Generate(WorkloadPresets.Get(WorkloadPresets.Random, t, shape.Heads, shape.KvHeads, shape.HeadDim), seed: 99);
-        MethodInputs inputs = w.ToInputs();
-        IAttentionMethod window = MethodCatalog.FindRunnable("streaming-llm")!;
-        var exact = new ExactAttentionMethod();
-        var configs = new List<(IAttentionMethod Method, string[] Args, string Label)> { (exact, ["mask=causal"], "exact") };
-        foreach (double d in SweepDensities)
+        int h = w.Heads, hkv = w.KvHeads, d = w.HeadDim;
+        var configs = new List<(IMaskMod Mask, string Label)> { (new CausalMask(), "exact") };
+        foreach (double density in SweepDensities)
         {
-            // A causal window of w keys covers about T·w − w²/2 of the T²/2 causal pairs: solve for the density d.
-            int width = Math.Max(1, (int)Math.Round(t * (1 - Math.Sqrt(1 - d))));
-            configs.Add((window, ["sinks=0", "window=" + width.ToString(CultureInfo.InvariantCulture)], $"sweep:window={width}"));
+            // A causal window of w keys covers about T·w − w²/2 of the T²/2 causal pairs: solve for the density.
+            int width = Math.Max(1, (int)Math.Round(t * (1 - Math.Sqrt(1 - density))));
+            configs.Add((MaskSpec.Intersect(new Methods.Sparse.Static.SinkWindowMask(0, width), new CausalMask()), $"sweep:window={width}"));
         }
-        var first = new MethodResult?[configs.Count];
+        var plans = configs.Select(c => BlockMask.Create(c.Mask, t, t, 1, h)).ToArray();
+        var outputs = configs.Select(_ => new float[(long)t * h * d]).ToArray();
+        var lse = new float[(long)h * t];
         var wall = configs.Select(_ => new List<double>()).ToArray();
         var cpu = configs.Select(_ => new List<double>()).ToArray();
-        var selector = configs.Select(_ => new List<double>()).ToArray();
         for (int round = 0; round < Math.Max(1, runs); round++)
         {
             for (int c = 0; c < configs.Count; c++)
             {
+                var options = new AttentionOptions { Mask = configs[c].Mask, BlockMask = plans[c] };
                 TimeSpan cpu0 = ProcessCpu();
                 long start = Stopwatch.GetTimestamp();
-                MethodResult r = configs[c].Method.Run(inputs, Copy(configs[c].Args));
-                double ms = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
-                double sel = r.SelectorMs ?? 0;
-                wall[c].Add(ms - sel);
+                Attention.Forward<float>(AttentionLayout.Bthd<float>(w.Q, 1, t, h, d), AttentionLayout.Bthd<float>(w.K, 1, t, hkv, d),
+                    AttentionLayout.Bthd<float>(w.V, 1, t, hkv, d), options, AttentionLayout.Bthd<float>(outputs[c], 1, t, h, d), AttentionLayout.Lse(lse, 1, h, t));
+                wall[c].Add(Stopwatch.GetElapsedTime(start).TotalMilliseconds);
                 cpu[c].Add((ProcessCpu() - cpu0).TotalMilliseconds);
-                selector[c].Add(sel);
-                first[c] ??= r;
             }
             progress();
         }
         var sampler = new RecallSampler(w);
-        float[] exactOut = first[0]!.Output.Data;
         double exactMs = Median(wall[0]), exactCpu = Median(cpu[0]);
         var results = new List<SparseBenchResult>();
         for (int c = 1; c < configs.Count; c++)
         {
-            MethodResult r = first[c]!;
-            results.Add(new SparseBenchResult("streaming-llm", configs[c].Label, t, r.Density, sampler.Recall(r.Coverage!), RelativeError(r.Output.Data, exactOut),
-                Median(selector[c]), Median(wall[c]), wall[c].Max() - wall[c].Min(), exactMs, null, Median(cpu[c]), exactCpu));
+            results.Add(new SparseBenchResult("streaming-llm", configs[c].Label, t, Methods.Sparse.Static.StaticPatternMethod.Density(plans[c], causal: true),
+                sampler.Recall(new MaskCoverage(configs[c].Mask, t, t)), RelativeError(outputs[c], outputs[0]),
+                0, Median(wall[c]), wall[c].Max() - wall[c].Min(), exactMs, null, Median(cpu[c]), exactCpu));
         }
         return results;
     }

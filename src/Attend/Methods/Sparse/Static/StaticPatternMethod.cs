@@ -101,9 +101,6 @@ public abstract class StaticPatternMethod : IAttentionMethod
         return max;
     }
 
-    /// <summary>An integer parameter ≥ <paramref name="min"/> (the message names it).</summary>
-    protected static int AtLeast(MethodArguments arguments, string name, int fallback, int min) => arguments.GetInt(name, fallback, min);
-
     /// <summary>A comma-separated list of integers ≥ <paramref name="min"/>, or null when the parameter is absent.</summary>
     /// <exception cref="ArgumentException">A malformed or out-of-range entry; the message names the parameter.</exception>
     protected static int[]? IntList(MethodArguments arguments, string name, int min)
