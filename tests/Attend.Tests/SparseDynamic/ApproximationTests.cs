@@ -93,3 +93,29 @@ public class ApproximationTests
         Assert.True(err < sparseOnly, $"scatterbrain {err} vs sparse only {sparseOnly}; seed {TestData.RunSeed}");
     }
 }
+
+public class SortLshTests
+{
+    [Fact]
+    public void NearbyDirectionsShareBucketsMoreOftenThanRandomOnesAndOrdersAreStable()
+    {
+        Random rng = TestData.Rng(4310);
+        var lsh = new SortLsh(7, 32, seed: 5);
+        int same = 0, sameRandom = 0;
+        for (int t = 0; t < 200; t++)
+        {
+            float[] x = TestData.Gaussian<float>(rng, 32), noise = TestData.Gaussian<float>(rng, 32, 0.05), y = TestData.Gaussian<float>(rng, 32);
+            float[] near = x.Zip(noise, (a, b) => a + b).ToArray();
+            if (lsh.Bucket(x) == lsh.Bucket(near)) same++;
+            if (lsh.Bucket(x) == lsh.Bucket(y)) sameRandom++;
+        }
+        Assert.True(same > 150 && sameRandom < 40, $"near {same}/200, random {sameRandom}/200; seed {TestData.RunSeed}");
+        // The scaled copy of a vector has the same bucket; the sort order lists every row once.
+        float[] rows = TestData.Gaussian<float>(rng, 50 * 32);
+        int[] order = lsh.SortOrder(rows, 50, 32);
+        Assert.Equal(Enumerable.Range(0, 50), order.OrderBy(i => i));
+        for (int i = 1; i < 50; i++)
+            Assert.True(lsh.Bucket(rows.AsSpan(order[i - 1] * 32, 32)) <= lsh.Bucket(rows.AsSpan(order[i] * 32, 32)));
+        Assert.Equal("bits", Assert.Throws<ArgumentOutOfRangeException>(() => new SortLsh(0, 4, 1)).ParamName);
+    }
+}
