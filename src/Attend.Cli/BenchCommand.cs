@@ -18,7 +18,7 @@ internal static class BenchCommand
         var command = new Command("bench",
             "Measure the FMA peak and copy bandwidth, then time exact attention (forward, backward, decode) on the default workload, " +
             "checked against the float64 reference. Times: median and spread (max - min) of >= 3 runs after a warm-up.")
-        { json, quick };
+        { json, quick, BenchLinearCommand.Create(output, error) };
         command.SetAction(parse => Execute(parse.GetValue(json), parse.GetValue(quick), output, error));
         command.Subcommands.Add(BenchSparseCommand.Create(output, error));
         return command;

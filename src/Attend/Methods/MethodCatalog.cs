@@ -43,8 +43,11 @@ public static class MethodCatalog
     private static readonly IAttentionMethod[] s_runnable =
     [
         new ExactAttentionMethod(),
+        .. Linear.LinearMethods.All,
+        .. Linear.LinearExtraMethods.All,
         .. Sparse.Static.StaticSparseMethods.All,
         .. Sparse.Dynamic.DynamicSparseMethods.All,
+        .. Sparse.Routing.RoutingSparseMethods.All,
     ];
 
     /// <summary>Every method <c>attend run --method</c> can run, in catalog order.</summary>

@@ -53,10 +53,11 @@ internal sealed class CpuSplitKvDecode : AttentionKernel
 /// <summary>
 /// The work of <see cref="CpuSplitKvDecode"/>: items are (sequence, group of KV heads, key range). A group holds as
 /// many consecutive KV heads as fit 64 query rows (and 256 KB of packed block), so that an item reads whole token rows
-/// of the [B, T, Hkv, D] cache, and each 64-key block is first copied token by token into a float32 scratch that the
-/// tile products then read. Decode is bound by that stream, and its order matters on this machine: one head's slice of
-/// every token row streamed at 8 GB/s against 25 for whole rows, and a block read head by head at 15 against 29 read
-/// token by token (two cores, pure reads, measured while tuning).
+/// of the [B, T, Hkv, D] cache. A float32 cache is read in place, token by token across the group's heads; other
+/// element types are first converted block by block, token by token, into a float32 scratch. Decode is bound by that
+/// stream, and its order matters on this machine: one head's slice of every token row streamed at 8 GB/s against 25
+/// for whole rows, and a block read head by head at 15 against 29 read token by token (two cores, pure reads,
+/// measured while tuning).
 /// </summary>
 internal sealed unsafe class SplitKvDecode<T, TMask, TScore, TIsa, TVec> : IWorkItems
     where T : unmanaged
@@ -148,21 +149,35 @@ internal sealed unsafe class SplitKvDecode<T, TMask, TScore, TIsa, TVec> : IWork
         new Span<float>(o, rp * dp).Clear();
         BlockMask blocksMask = _call.Blocks;
         TensorView<T> kView = _call.K, vView = _call.V;
+        // float32 caches whose rows need no padding are read in place, token by token across the item's heads (address
+        // order); other element types are converted into a packed block first.
+        bool inPlace = typeof(T) == typeof(float) && d == dp;
         for (int kb = kb0; kb < kb1; kb++)
         {
             int kc = Math.Min(Bk, tk - kb * Bk);
             int token0 = sh.KStart[s] + kb * Bk;
             if (kb + PrefetchBlocks < kb1)
                 Prefetch(kView, vView, b, token0 + PrefetchBlocks * Bk, hk0, hk1, Math.Min(Bk, tk - (kb + PrefetchBlocks) * Bk));
-            // Copy the block's keys and values token by token (whole token rows in address order): the same bytes
-            // read head by head streamed at half the rate from DRAM on this machine (15 against 29 GB/s).
-            PackBlock(kView, b, token0, hk0, hk1, kc, kPack);
-            PackBlock(vView, b, token0, hk0, hk1, kc, vPack);
+            if (inPlace)
+            {
+                ScoresInPlace(q, kView, b, token0, hk0, hk1, kc, rpk, dp, p);
+            }
+            else
+            {
+                // Copy the block's keys and values token by token (whole token rows in address order): the same bytes
+                // read head by head streamed at half the rate from DRAM on this machine (15 against 29 GB/s).
+                PackBlock(kView, b, token0, hk0, hk1, kc, kPack);
+                PackBlock(vView, b, token0, hk0, hk1, kc, vPack);
+                for (int hk = hk0; hk < hk1; hk++)
+                {
+                    // One dot product per (row, key); each key is read once for its whole group of query heads.
+                    int r0 = (hk - hk0) * rpk;
+                    Scores(q + (long)r0 * dp, perKv, kPack + (long)(hk - hk0) * Bk * dp, dp, kc, dp, p + (long)r0 * Bk);
+                }
+            }
             for (int hk = hk0; hk < hk1; hk++)
             {
-                // Scores: one dot product per (row, key); each key is read once for its whole group of query heads.
                 int r0 = (hk - hk0) * rpk;
-                Scores(q + (long)r0 * dp, perKv, kPack + (long)(hk - hk0) * Bk * dp, dp, kc, dp, p + (long)r0 * Bk);
                 for (int gi = 0; gi < g; gi++)
                 {
                     int h = hk * g + gi;
@@ -184,6 +199,11 @@ internal sealed unsafe class SplitKvDecode<T, TMask, TScore, TIsa, TVec> : IWork
                 }
             }
             OnlineSoftmax.Update<TIsa, TVec>(p, rp, Bk, rowMax, m, l, alpha);
+            if (inPlace)
+            {
+                AccumulateInPlace(p, vView, b, token0, hk0, hk1, kc, rpk, dp, alpha, o);
+                continue;
+            }
             for (int hk = hk0; hk < hk1; hk++)
             {
                 int r0 = (hk - hk0) * rpk;
@@ -247,6 +267,101 @@ internal sealed unsafe class SplitKvDecode<T, TMask, TScore, TIsa, TVec> : IWork
                 }
                 ElementConvert.ToSingle(view.Row(b, token0 + c, hk), row, d);
                 for (int x = d; x < _dp; x++) row[x] = 0;
+            }
+        }
+    }
+
+    /// <summary>
+    /// p[r][c] = q_r · k_c for a block of keys read in place from a float32 cache: token by token, and for each token
+    /// the item's KV heads in turn, so the reads walk the [B, T, Hkv, D] cache in address order. Four rows share
+    /// each key load (rows per head are a multiple of four).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void ScoresInPlace(float* q, TensorView<T> keys, int b, int token0, int hk0, int hk1, int count, int rpk, int dp, float* p)
+    {
+        int w = TIsa.Width;
+        for (int c = 0; c < count; c++)
+        {
+            for (int hk = hk0; hk < hk1; hk++)
+            {
+                float* k = (float*)keys.Row(b, token0 + c, hk);
+                int r0 = (hk - hk0) * rpk;
+                for (int r = r0; r < r0 + rpk; r += 4)
+                {
+                    float* q0 = q + (long)r * dp, q1 = q0 + dp, q2 = q1 + dp, q3 = q2 + dp;
+                    TVec a0 = TIsa.Zero, a1 = TIsa.Zero, a2 = TIsa.Zero, a3 = TIsa.Zero;
+                    for (int x = 0; x < dp; x += w)
+                    {
+                        TVec kx = TIsa.Load(k + x);
+                        a0 = TIsa.Fma(TIsa.Load(q0 + x), kx, a0);
+                        a1 = TIsa.Fma(TIsa.Load(q1 + x), kx, a1);
+                        a2 = TIsa.Fma(TIsa.Load(q2 + x), kx, a2);
+                        a3 = TIsa.Fma(TIsa.Load(q3 + x), kx, a3);
+                    }
+                    Vector128<float> sums = Sum4(a0, a1, a2, a3);
+                    p[r * Bk + c] = sums.GetElement(0);
+                    p[(r + 1) * Bk + c] = sums.GetElement(1);
+                    p[(r + 2) * Bk + c] = sums.GetElement(2);
+                    p[(r + 3) * Bk + c] = sums.GetElement(3);
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// o_r ← α_r·o_r + Σ_c p[r][c]·v_c for a block of values read in place from a float32 cache, four tokens at a time
+    /// and the item's heads in turn (address order again). Each value vector loaded serves the four rows of its
+    /// group, whose 16 probabilities stay in registers.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void AccumulateInPlace(float* p, TensorView<T> values, int b, int token0, int hk0, int hk1, int count, int rpk, int dp, float* alpha, float* o)
+    {
+        int w = TIsa.Width, rows = (hk1 - hk0) * rpk;
+        for (int r = 0; r < rows; r++)
+        {
+            TVec a = TIsa.Splat(alpha[r]);
+            float* orow = o + (long)r * dp;
+            for (int x = 0; x < dp; x += w) TIsa.Store(TIsa.Mul(TIsa.Load(orow + x), a), orow + x);
+        }
+        int c = 0;
+        for (; c + 4 <= count; c += 4)
+        {
+            for (int hk = hk0; hk < hk1; hk++)
+            {
+                float* v0 = (float*)values.Row(b, token0 + c, hk), v1 = (float*)values.Row(b, token0 + c + 1, hk);
+                float* v2 = (float*)values.Row(b, token0 + c + 2, hk), v3 = (float*)values.Row(b, token0 + c + 3, hk);
+                int r0 = (hk - hk0) * rpk;
+                for (int r = r0; r < r0 + rpk; r += 4)
+                {
+                    float* p0 = p + (long)r * Bk + c, p1 = p0 + Bk, p2 = p1 + Bk, p3 = p2 + Bk;
+                    TVec s00 = TIsa.Splat(p0[0]), s01 = TIsa.Splat(p0[1]), s02 = TIsa.Splat(p0[2]), s03 = TIsa.Splat(p0[3]);
+                    TVec s10 = TIsa.Splat(p1[0]), s11 = TIsa.Splat(p1[1]), s12 = TIsa.Splat(p1[2]), s13 = TIsa.Splat(p1[3]);
+                    TVec s20 = TIsa.Splat(p2[0]), s21 = TIsa.Splat(p2[1]), s22 = TIsa.Splat(p2[2]), s23 = TIsa.Splat(p2[3]);
+                    TVec s30 = TIsa.Splat(p3[0]), s31 = TIsa.Splat(p3[1]), s32 = TIsa.Splat(p3[2]), s33 = TIsa.Splat(p3[3]);
+                    float* o0 = o + (long)r * dp, o1 = o0 + dp, o2 = o1 + dp, o3 = o2 + dp;
+                    for (int x = 0; x < dp; x += w)
+                    {
+                        TVec x0 = TIsa.Load(v0 + x), x1 = TIsa.Load(v1 + x), x2 = TIsa.Load(v2 + x), x3 = TIsa.Load(v3 + x);
+                        TIsa.Store(TIsa.Fma(s03, x3, TIsa.Fma(s02, x2, TIsa.Fma(s01, x1, TIsa.Fma(s00, x0, TIsa.Load(o0 + x))))), o0 + x);
+                        TIsa.Store(TIsa.Fma(s13, x3, TIsa.Fma(s12, x2, TIsa.Fma(s11, x1, TIsa.Fma(s10, x0, TIsa.Load(o1 + x))))), o1 + x);
+                        TIsa.Store(TIsa.Fma(s23, x3, TIsa.Fma(s22, x2, TIsa.Fma(s21, x1, TIsa.Fma(s20, x0, TIsa.Load(o2 + x))))), o2 + x);
+                        TIsa.Store(TIsa.Fma(s33, x3, TIsa.Fma(s32, x2, TIsa.Fma(s31, x1, TIsa.Fma(s30, x0, TIsa.Load(o3 + x))))), o3 + x);
+                    }
+                }
+            }
+        }
+        for (; c < count; c++)
+        {
+            for (int hk = hk0; hk < hk1; hk++)
+            {
+                float* v0 = (float*)values.Row(b, token0 + c, hk);
+                int r0 = (hk - hk0) * rpk;
+                for (int r = r0; r < r0 + rpk; r++)
+                {
+                    TVec sc = TIsa.Splat(p[(long)r * Bk + c]);
+                    float* orow = o + (long)r * dp;
+                    for (int x = 0; x < dp; x += w) TIsa.Store(TIsa.Fma(sc, TIsa.Load(v0 + x), TIsa.Load(orow + x)), orow + x);
+                }
             }
         }
     }

@@ -1,0 +1,267 @@
+using Attend.Linear;
+using Attend.Methods;
+using Attend.Methods.Linear;
+using Attend.Reference;
+using Xunit;
+
+namespace Attend.Tests.Linear;
+
+/// <summary>Every linear method: naive = chunked = recurrent, final states, decode continuation, varlen and GQA.</summary>
+public class LinearMethodTests
+{
+    public static TheoryData<string> Names
+    {
+        get
+        {
+            var data = new TheoryData<string>();
+            foreach (IAttentionMethod m in LinearMethods.All) data.Add(m.Info.Name);
+            return data;
+        }
+    }
+
+    private static IAttentionMethod Method(string name) => MethodCatalog.FindRunnable(name) ?? throw new InvalidOperationException(name);
+
+    /// <summary>Inputs for <paramref name="name"/>: q/k/v and whatever gates, β or weights the method reads.</summary>
+    internal static MethodInputs InputsFor(string name, Random rng, int b, int t, int h, int hkv, int d, SeqOffsets? offsets = null, string regime = "mid")
+    {
+        if (name == "based") d = Math.Min(d, 8);
+        float[] q = TestData.Gaussian<float>(rng, (long)b * t * h * d, 0.5), k = TestData.Gaussian<float>(rng, (long)b * t * hkv * d, 0.5);
+        float[] v = TestData.Gaussian<float>(rng, (long)b * t * hkv * d);
+        var inputs = new MethodInputs(new MethodTensor(q, b, t, h, d), new MethodTensor(k, b, t, hkv, d), new MethodTensor(v, b, t, hkv, d)) { Offsets = offsets };
+        float Gate() => regime switch
+        {
+            "zero" => (float)(-20 - 10 * rng.NextDouble()),
+            "one" => (float)(-1e-4 * rng.NextDouble()),
+            _ => (float)Math.Log(0.8 + 0.2 * rng.NextDouble()),
+        };
+        if (name is "gla" or "kda")
+            inputs.Add("g", new MethodTensor(Fill((long)b * t * h * d, Gate), b, t, h, d));
+        if (name is "gated-deltanet")
+            inputs.Add("g", new MethodTensor(Fill((long)b * t * h, Gate), b, t, h));
+        if (name is "deltanet" or "gated-deltanet" or "kda")
+            inputs.Add("beta", new MethodTensor(Fill((long)b * t * h, () => (float)(0.1 + 0.9 * rng.NextDouble())), b, t, h));
+        if (name is "hedgehog")
+        {
+            // A perturbed identity so the map is not trivial; F = Dk.
+            float[] w = new float[h * d * d];
+            for (int x = 0; x < h; x++)
+                for (int i = 0; i < d; i++)
+                    for (int j = 0; j < d; j++) w[(x * d + i) * d + j] = (i == j ? 1f : 0f) + (float)(0.1 * (rng.NextDouble() - 0.5));
+            inputs.Add("w", new MethodTensor(w, h, d, d));
+        }
+        return inputs;
+    }
+
+    private static float[] Fill(long n, Func<float> f)
+    {
+        var a = new float[n];
+        for (long i = 0; i < n; i++) a[i] = f();
+        return a;
+    }
+
+    private static MethodResult Run(string name, MethodInputs inputs, string form, int chunk = 16, params string[] extra) =>
+        Method(name).Run(inputs, MethodArguments.Parse([$"form={form}", $"chunk={chunk}", .. extra]));
+
+    private static double Err(float[] a, float[] expected) => TestData.RelativeError<float>(a, Array.ConvertAll(expected, x => (double)x));
+
+    [Theory]
+    [MemberData(nameof(Names))]
+    public void FormsAgreeAndReturnTheState(string name)
+    {
+        Random rng = TestData.Rng(name.Length * 97 + name[0]);
+        foreach ((int t, int h, int hkv, int d, int chunk) in new[] { (1, 2, 1, 16, 16), (37, 4, 2, 32, 16), (50, 2, 2, 20, 32) })
+        {
+            MethodInputs inputs = InputsFor(name, rng, 2, t, h, hkv, d);
+            MethodResult naive = Run(name, inputs, "naive", chunk), chunked = Run(name, inputs, "chunked", chunk), recurrent = Run(name, inputs, "recurrent", chunk);
+            string where = $"{name} T{t} H{h}/{hkv} D{d} chunk {chunk} seed {TestData.RunSeed}";
+            Assert.True(Err(chunked.Output.Data, naive.Output.Data) < 2e-4, $"chunked vs naive output {Err(chunked.Output.Data, naive.Output.Data):E2}, {where}");
+            Assert.True(Err(recurrent.Output.Data, naive.Output.Data) < 2e-4, $"recurrent vs naive output, {where}");
+            if (!naive.Extras.ContainsKey("state")) continue; // TransNormer's DiagAttention has none
+            Assert.True(Err(chunked.Extras["state"].Data, naive.Extras["state"].Data) < 2e-4, $"chunked state, {where}");
+            Assert.True(Err(recurrent.Extras["state"].Data, naive.Extras["state"].Data) < 2e-4, $"recurrent state, {where}");
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Names))]
+    public void DecodeStepsContinueAChunkedPrefill(string name)
+    {
+        Random rng = TestData.Rng(name.Length * 7 + 3);
+        const int total = 41, prefix = 30;
+        MethodInputs whole = InputsFor(name, rng, 1, total, 2, 2, 16);
+        MethodResult reference = Run(name, whole, "chunked");
+        if (!reference.Extras.ContainsKey("state")) return;
+        MethodTensor state = Run(name, Slice(whole, 0, prefix), "chunked").Extras["state"];
+        int dv = whole.V.Dim(3), h = whole.Q.Dim(2);
+        for (int t = prefix; t < total; t++)
+        {
+            MethodInputs step = Slice(whole, t, 1);
+            step.Add("state", state);
+            MethodResult r = Run(name, step, "recurrent");
+            float[] expected = reference.Output.Data.AsSpan(t * h * dv, h * dv).ToArray();
+            Assert.True(Err(r.Output.Data, expected) < 2e-4, $"{name} decode token {t}: {Err(r.Output.Data, expected):E2}, seed {TestData.RunSeed}");
+            state = r.Extras["state"];
+        }
+        Assert.True(Err(state.Data, reference.Extras["state"].Data) < 2e-4, $"{name} final state after decode, seed {TestData.RunSeed}");
+    }
+
+    [Theory]
+    [InlineData("gla")]
+    [InlineData("kda")]
+    [InlineData("gated-deltanet")]
+    [InlineData("retnet")]
+    [InlineData("linear-attention")]
+    public void VarlenMatchesNaiveWithGatesAtTheExtremes(string name)
+    {
+        Random rng = TestData.Rng(name.Length * 13);
+        var offsets = SeqOffsets.FromLengths([9, 1, 33]);
+        foreach (string regime in new[] { "zero", "one" })
+        {
+            MethodInputs inputs = InputsFor(name, rng, 1, offsets.TotalTokens, 2, 1, 16, offsets, regime);
+            MethodResult naive = Run(name, inputs, "naive"), chunked = Run(name, inputs, "chunked");
+            Assert.Equal(3, naive.Extras["state"].Dim(0));
+            Assert.True(Err(chunked.Output.Data, naive.Output.Data) < 2e-4, $"{name} {regime} varlen, seed {TestData.RunSeed}");
+            Assert.True(Err(chunked.Extras["state"].Data, naive.Extras["state"].Data) < 2e-4, $"{name} {regime} varlen state, seed {TestData.RunSeed}");
+        }
+    }
+
+    internal static MethodInputs Slice(MethodInputs all, int start, int len)
+    {
+        MethodTensor Cut(MethodTensor x)
+        {
+            int per = (int)(x.Data.LongLength / x.Dim(1));
+            int[] shape = [.. x.Shape];
+            shape[1] = len;
+            return new MethodTensor(x.Data.AsSpan(start * per, len * per).ToArray(), shape);
+        }
+        var r = new MethodInputs(Cut(all.Q), Cut(all.K), Cut(all.V));
+        foreach (string n in all.Names)
+        {
+            if (n is "q" or "k" or "v") continue;
+            MethodTensor x = all.Find(n)!;
+            r.Add(n, n is "w" or "b" ? x : Cut(x));
+        }
+        return r;
+    }
+
+    [Fact]
+    public void TransNormerDiagAttentionIsBlockDiagonalSoftmax()
+    {
+        Random rng = TestData.Rng(71);
+        MethodInputs inputs = InputsFor("transnormer", rng, 1, 45, 2, 2, 16);
+        MethodResult diag = Run("transnormer", inputs, "chunked", 16, "attention=diag", "block=16");
+        // The reference: each block of 16 alone under a causal softmax.
+        for (int start = 0; start < 45; start += 16)
+        {
+            int len = Math.Min(16, 45 - start);
+            MethodInputs part = Slice(inputs, start, len);
+            MethodResult exact = Method("exact").Run(part, MethodArguments.Parse(["mask=causal"]));
+            float[] got = diag.Output.Data.AsSpan(start * 2 * 16, len * 2 * 16).ToArray();
+            Assert.True(Err(got, exact.Output.Data) < 1e-5, $"block at {start}, seed {TestData.RunSeed}");
+        }
+    }
+
+    [Fact]
+    public void BasedWindowBranchIsSlidingWindowSoftmax()
+    {
+        Random rng = TestData.Rng(73);
+        MethodInputs inputs = InputsFor("based", rng, 1, 40, 2, 2, 8);
+        MethodResult r = Run("based", inputs, "chunked", 16, "window=8");
+        MethodResult exact = Method("exact").Run(inputs, MethodArguments.Parse(["mask=window:7,0"]));
+        Assert.Equal(exact.Output.Data, r.Extras["window"].Data);
+        MethodResult sum = Run("based", inputs, "chunked", 16, "window=8", "combine=sum");
+        float[] expected = new float[sum.Output.Data.Length];
+        for (int i = 0; i < expected.Length; i++) expected[i] = r.Output.Data[i] + exact.Output.Data[i];
+        Assert.True(Err(sum.Output.Data, expected) < 1e-6);
+    }
+
+    [Fact]
+    public void HedgehogDistillationGradientMatchesFiniteDifferencesAndLowersTheLoss()
+    {
+        Random rng = TestData.Rng(79);
+        var shape = new LinearShape(1, 12, 2, 1, 4, 4);
+        float[] q = TestData.Gaussian<float>(rng, 12 * 2 * 4), k = TestData.Gaussian<float>(rng, 12 * 1 * 4);
+        var w = new HedgehogWeights(2, 4, 4, TestData.Gaussian<float>(rng, 2 * 4 * 4, 0.5), TestData.Gaussian<float>(rng, 2 * 4, 0.1));
+        var dW = new double[w.W.Length];
+        var dB = new double[w.B.Length];
+        HedgehogDistillation.Loss(q, k, shape, w, dW, dB);
+        foreach ((double[] p, double[] g) in new[] { (w.W, dW), (w.B, dB) })
+            for (int i = 0; i < p.Length; i += 3)
+            {
+                double keep = p[i], step = 1e-5;
+                p[i] = keep + step; double up = HedgehogDistillation.Loss(q, k, shape, w, null, null);
+                p[i] = keep - step; double down = HedgehogDistillation.Loss(q, k, shape, w, null, null);
+                p[i] = keep;
+                Assert.True(Math.Abs((up - down) / (2 * step) - g[i]) < 1e-6 * Math.Max(1, Math.Abs(g[i])), $"gradient {i}: fd {(up - down) / (2 * step)} vs {g[i]}");
+            }
+        double[] losses = HedgehogDistillation.Train(q, k, shape, w, 100, 0.5);
+        Assert.True(losses[0] > 0 && losses[^1] < 0.7 * losses[0], $"distillation KL {losses[0]:F4} -> {losses[^1]:F4}");
+    }
+
+    [Fact]
+    public void NormAwareMapGradientsMatchTheReference()
+    {
+        // The map's Backward enters the engine's and the reference's gradients; check it against finite differences.
+        var map = new NormAwareMap(2f);
+        Random rng = TestData.Rng(83);
+        double[] x = Array.ConvertAll(TestData.Gaussian<float>(rng, 6), v => (double)v);
+        double[] dy = Array.ConvertAll(TestData.Gaussian<float>(rng, 12), v => (double)v);
+        var dx = new double[6];
+        map.Backward<double>(0, false, x, dy, dx);
+        var y = new double[12];
+        for (int i = 0; i < 6; i++)
+        {
+            double keep = x[i], step = 1e-6;
+            x[i] = keep + step; map.Apply<double>(0, false, x, y); double up = Dot(y, dy);
+            x[i] = keep - step; map.Apply<double>(0, false, x, y); double down = Dot(y, dy);
+            x[i] = keep;
+            Assert.True(Math.Abs((up - down) / (2 * step) - dx[i]) < 1e-6, $"dx[{i}]");
+        }
+        // φ is non-negative and unit-norm; a larger norm makes it spikier (lower entropy of φ²).
+        double[] small = x.Select(v => v * 0.1).ToArray(), large = x.Select(v => v * 10).ToArray();
+        var ys = new double[12]; var yl = new double[12];
+        map.Apply<double>(0, false, small, ys); map.Apply<double>(0, false, large, yl);
+        Assert.All(ys, v => Assert.True(v >= 0));
+        Assert.Equal(1.0, Dot(ys, ys), 9);
+        Assert.True(Entropy(yl) < Entropy(ys));
+    }
+
+    private static double Dot(double[] a, double[] b) => a.Zip(b, (p, q) => p * q).Sum();
+
+    private static double Entropy(double[] y) => -y.Where(v => v > 0).Sum(v => v * v * Math.Log(v * v));
+
+    [Theory]
+    [InlineData("nalaformer")]
+    [InlineData("hedgehog")]
+    public void LearnedAndNormAwareMapsBackpropagateThroughTheEngine(string name)
+    {
+        Random rng = TestData.Rng(89);
+        MethodInputs m = InputsFor(name, rng, 1, 11, 2, 1, 6);
+        FeatureMap map = name == "nalaformer" ? new NormAwareMap(2f) : new HedgehogFeatureMap(new HedgehogWeights(2, 6, 6, m.Find("w")!.Data));
+        var options = new LinearAttentionOptions { FeatureMap = map, Normalization = LinearNormalization.Denominator, ChunkSize = 4 };
+        var inputs = new LinearInputs { Shape = new LinearShape(1, 11, 2, 1, 6, 6), Q = m.Q.Data, K = m.K.Data, V = m.V.Data };
+        float[] dO = TestData.Gaussian<float>(rng, 11 * 2 * 6);
+        ReferenceLinearGradients r = ReferenceLinearAttention.Backward(inputs, options, dO, default);
+        float[] dq = new float[m.Q.Data.Length], dk = new float[m.K.Data.Length];
+        LinearAttention.Backward(inputs, options, dO, default, new LinearGradients { Q = dq, K = dk });
+        Assert.True(TestData.RelativeError<float>(dq, r.Q) < 1e-4, $"dq, seed {TestData.RunSeed}");
+        Assert.True(TestData.RelativeError<float>(dk, r.K) < 1e-4, $"dk, seed {TestData.RunSeed}");
+    }
+
+    [Fact]
+    public void MethodParametersAreCheckedAndNamed()
+    {
+        Random rng = TestData.Rng(97);
+        MethodInputs inputs = InputsFor("gla", rng, 1, 8, 2, 2, 16);
+        var e = Assert.Throws<ArgumentException>(() => Run("gla", inputs, "sideways"));
+        Assert.Equal("form", e.ParamName);
+        var gamma = Assert.Throws<ArgumentException>(() => Run("retnet", inputs, "chunked", 16, "gamma=-0.5"));
+        Assert.Equal("gamma", gamma.ParamName);
+        MethodInputs noGate = InputsFor("retnet", rng, 1, 8, 2, 2, 16);
+        var g = Assert.Throws<ArgumentException>(() => Run("gla", noGate, "chunked"));
+        Assert.Equal("g", g.ParamName);
+        noGate.Add("state", new MethodTensor(new float[7], 7));
+        var s = Assert.Throws<ArgumentException>(() => Run("retnet", noGate, "chunked"));
+        Assert.Equal("state", s.ParamName);
+    }
+}

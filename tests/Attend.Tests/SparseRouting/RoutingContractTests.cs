@@ -1,0 +1,98 @@
+using Xunit;
+
+namespace Attend.Tests.SparseRouting;
+
+/// <summary>The properties every routing / retrieval selector must have, for each method.</summary>
+public class RoutingContractTests
+{
+    public static TheoryData<string> Methods => RoutingMethodsUnderTest.Names();
+
+    public static TheoryData<string> Retrievers => RoutingMethodsUnderTest.Retrievers();
+
+    public static TheoryData<string> KeepAll => RoutingMethodsUnderTest.KeepAllMethods();
+
+    private static int Salt(string name) => name.GetHashCode(StringComparison.Ordinal) & 0xffff;
+
+    [Theory]
+    [MemberData(nameof(Methods))]
+    public void OutputEqualsFloat64ReferenceOfThePlan(string name)
+    {
+        RoutingUnderTest m = RoutingMethodsUnderTest.Get(name);
+        Random rng = TestData.Rng(900 + Salt(name));
+        // Odd length, grouped-query, two sequences; one T below a block; a packed batch with a length-1 sequence;
+        // head dim 128 and bidirectional; decode-like Tq < Tk.
+        RoutingProblem[] cases =
+        [
+            RoutingProblem.Random(rng, 2, 77, 4, 2, 32),
+            RoutingProblem.Random(rng, 1, 9, 2, 1, 64),
+            RoutingProblem.Random(rng, 1, 1, 3, 1, 32),
+            RoutingProblem.Random(rng, 1, 0, 2, 2, 32, lens: [70, 1, 45]),
+            RoutingProblem.Random(rng, 1, 130, 2, 2, 128),
+            RoutingProblem.Random(rng, 1, 5, 4, 1, 64, tk: 150),
+            // More queries than keys: the first 40 causal rows see nothing (output 0, LSE −∞); large logits.
+            RoutingProblem.Random(rng, 1, 100, 2, 1, 32, tk: 60),
+            RoutingProblem.Random(rng, 1, 90, 2, 2, 64, scale: 4),
+            RoutingProblem.Random(rng, 1, 37, 3, 3, 256),
+        ];
+        for (int i = 0; i < cases.Length; i++)
+        {
+            bool causal = i != 4;
+            RoutingProblem p = cases[i];
+            p.AssertMatchesReference(m.Sparse(p.Input, causal));
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(KeepAll))]
+    public void PlanThatKeepsEverythingIsExactAttention(string name)
+    {
+        RoutingUnderTest m = RoutingMethodsUnderTest.Get(name);
+        Random rng = TestData.Rng(910 + Salt(name));
+        RoutingProblem p = RoutingProblem.Random(rng, 2, 150, 4, 2, 64);
+        p.AssertKeepsEverything(m.KeepAll!(p.Input, true), causal: true);
+        RoutingProblem packed = RoutingProblem.Random(rng, 1, 0, 2, 1, 32, lens: [61, 90]);
+        packed.AssertKeepsEverything(m.KeepAll!(packed.Input, m.CausalOnly), causal: m.CausalOnly);
+    }
+
+    [Theory]
+    [MemberData(nameof(Retrievers))]
+    public void PlantedNeedleIsFound(string name)
+    {
+        RoutingUnderTest m = RoutingMethodsUnderTest.Get(name);
+        Random rng = TestData.Rng(920 + Salt(name));
+        RoutingProblem p = RoutingProblem.Random(rng, 2, 512, 4, 2, 64, scale: 0.5);
+        p.PlantNeedle(rng, position: 37, firstRow: 448, strength: 8f);
+        SparsePlanCheck(p, m.Sparse(p.Input, true), 37, 448);
+    }
+
+    public static TheoryData<string> SingleQueryRetrievers => RoutingMethodsUnderTest.SingleQueryRetrievers();
+
+    [Theory]
+    [MemberData(nameof(SingleQueryRetrievers))]
+    public void GeneratedNeedlesOfSingleQueriesAreFound(string name)
+    {
+        // The shared workload generator's needle preset: each needle is one query row that must find one distant key.
+        RoutingUnderTest m = RoutingMethodsUnderTest.Get(name);
+        Attend.Workloads.WorkloadOptions o = Attend.Workloads.WorkloadPresets.Get(Attend.Workloads.WorkloadPresets.Needle, 512, heads: 4, kvHeads: 2, headDim: 64);
+        Attend.Workloads.Workload w = Attend.Workloads.WorkloadGenerator.Generate(o, TestData.RunSeed);
+        var x = new Attend.Methods.Sparse.Routing.SelectorInput(w.Q, w.K, w.Batch, w.Length, w.Length, w.Heads, w.KvHeads, w.HeadDim);
+        Attend.Methods.Sparse.Routing.SparsePlan plan = m.Sparse(x, true);
+        Assert.NotEmpty(w.Needles);
+        foreach (Attend.Workloads.PlantedNeedle n in w.Needles)
+            Assert.True(plan.Mask.IsVisible(n.Batch, n.Head, n.Query, n.Key), $"{name} misses needle {n} (density {plan.Density:f3}); seed {TestData.RunSeed}");
+        Assert.True(plan.Density < 0.9, $"density {plan.Density:f3}");
+    }
+
+    private static void SparsePlanCheck(RoutingProblem p, Attend.Methods.Sparse.Routing.SparsePlan plan, int position, int firstRow)
+    {
+        p.AssertFindsNeedle(plan, position, firstRow);
+        // And the output of those rows is dominated by the needle's value (10 in every channel).
+        var (o, _) = p.Run(plan);
+        for (int b = 0; b < p.B; b++)
+            for (int h = 0; h < p.H; h++)
+            {
+                long at = (((long)b * p.T + p.T - 1) * p.H + h) * p.Dv;
+                Assert.True(o[at] > 5, $"last row of batch {b} head {h} has {o[at]} instead of the needle's value; {p}");
+            }
+    }
+}
