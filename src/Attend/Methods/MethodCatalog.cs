@@ -46,6 +46,7 @@ public static class MethodCatalog
         .. Linear.LinearMethods.All,
         .. Linear.LinearExtraMethods.All,
         .. Sparse.Static.StaticSparseMethods.All,
+        .. Sparse.Dynamic.DynamicSparseMethods.All,
         .. Sparse.Routing.RoutingSparseMethods.All,
     ];
 

@@ -1,0 +1,283 @@
+namespace Attend.Methods.Sparse;
+
+/// <summary>
+/// A token-level sparse plan for causal attention (the plan of MInference's vertical-slash heads, FlexPrefill's
+/// vertical-slash heads and AnchorAttention's stripes): per (sequence, head) a set of <em>vertical</em> key columns
+/// every query sees, a set of <em>slash</em> offsets (diagonals: query at position p sees key p − o), and optionally,
+/// per query block of <see cref="QueryBlockSize"/> rows, further key columns only that block sees. Query row i of a
+/// sequence with Tq queries and Tk keys sits at position p = i + Tk − Tq (bottom-right alignment, as every mask);
+/// it computes key k exactly when k ≤ p and (k is vertical, or a column of its block, or p − k is a slash offset).
+/// </summary>
+/// <remarks>
+/// <para>Each pair counts once, however many parts of the plan name it. <see cref="VerticalSlashAttention"/> runs the
+/// plan on the CPU (gathered columns plus diagonal bands, online softmax in float32), and
+/// <see cref="VerticalSlashAttention.Reference{T}"/> computes the same definition in float64.</para>
+/// <para>A plan is filled by its selector (<see cref="SetVertical"/>, <see cref="SetSlash"/>,
+/// <see cref="SetBlockColumns"/>) and then only read; it is not safe to fill from several threads at once.</para>
+/// </remarks>
+public sealed class VerticalSlashPlan : IPairCoverage
+{
+    /// <summary>Query rows per block of <see cref="SetBlockColumns"/> (the kernel's tile height).</summary>
+    public const int QueryBlockSize = 64;
+
+    private readonly int[] _queryLengths, _keyLengths;
+    private readonly int[][] _vertical, _slash;
+    private readonly int[]?[][] _blockColumns;
+
+    /// <summary>An empty plan (nothing computed) for <paramref name="batch"/> sequences of equal lengths.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">A count below 1 or a negative length.</exception>
+    public VerticalSlashPlan(int batch, int heads, int queryLength, int keyLength)
+        : this(Filled(batch, queryLength, nameof(batch), nameof(queryLength)), Filled(batch, keyLength, nameof(batch), nameof(keyLength)), heads)
+    {
+    }
+
+    /// <summary>An empty plan for a packed variable-length batch.</summary>
+    /// <exception cref="ArgumentException">The offsets describe different numbers of sequences.</exception>
+    public VerticalSlashPlan(SeqOffsets queries, SeqOffsets keys, int heads)
+        : this(Lengths(queries, nameof(queries)), Lengths(keys, nameof(keys)), heads)
+    {
+        if (queries.Count != keys.Count)
+            throw new ArgumentException($"Query and key offsets describe different numbers of sequences ({queries.Count} and {keys.Count}).", nameof(keys));
+        IsVarlen = true;
+    }
+
+    private VerticalSlashPlan(int[] queryLengths, int[] keyLengths, int heads)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(heads, 1);
+        _queryLengths = queryLengths;
+        _keyLengths = keyLengths;
+        Heads = heads;
+        int units = queryLengths.Length * heads;
+        _vertical = new int[units][];
+        _slash = new int[units][];
+        _blockColumns = new int[]?[units][];
+        for (int u = 0; u < units; u++)
+        {
+            _vertical[u] = [];
+            _slash[u] = [];
+            _blockColumns[u] = new int[]?[QueryBlocks(u / heads)];
+        }
+    }
+
+    private static int[] Filled(int count, int length, string countName, string lengthName)
+    {
+        if (count < 1) throw new ArgumentOutOfRangeException(countName, count, "The batch size must be ≥ 1.");
+        if (length < 0) throw new ArgumentOutOfRangeException(lengthName, length, "A length must be ≥ 0.");
+        var a = new int[count];
+        Array.Fill(a, length);
+        return a;
+    }
+
+    private static int[] Lengths(SeqOffsets offsets, string name)
+    {
+        ArgumentNullException.ThrowIfNull(offsets, name);
+        var a = new int[offsets.Count];
+        for (int s = 0; s < a.Length; s++) a[s] = offsets.Length(s);
+        return a;
+    }
+
+    /// <summary>True when the plan was made for a packed variable-length batch.</summary>
+    public bool IsVarlen { get; }
+
+    /// <summary>Number of sequences.</summary>
+    public int Sequences => _queryLengths.Length;
+
+    /// <summary>Number of query heads (one plan each).</summary>
+    public int Heads { get; }
+
+    /// <summary>Query length of sequence <paramref name="sequence"/>.</summary>
+    public int QueryLength(int sequence) => _queryLengths[sequence];
+
+    /// <summary>Key length of sequence <paramref name="sequence"/>.</summary>
+    public int KeyLength(int sequence) => _keyLengths[sequence];
+
+    /// <summary>Query blocks of sequence <paramref name="sequence"/>.</summary>
+    public int QueryBlocks(int sequence) => (_queryLengths[sequence] + QueryBlockSize - 1) / QueryBlockSize;
+
+    /// <summary>Sets the vertical key columns of one sequence and head (any order; duplicates are dropped).</summary>
+    /// <exception cref="ArgumentOutOfRangeException">A key outside [0, Tk), or a bad sequence or head.</exception>
+    public void SetVertical(int sequence, int head, ReadOnlySpan<int> keys) =>
+        _vertical[Unit(sequence, head)] = Normalized(keys, KeyLength(sequence), nameof(keys));
+
+    /// <summary>Sets the slash offsets (query position − key) of one sequence and head; duplicates are dropped.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">An offset outside [0, Tk), or a bad sequence or head.</exception>
+    public void SetSlash(int sequence, int head, ReadOnlySpan<int> offsets) =>
+        _slash[Unit(sequence, head)] = Normalized(offsets, KeyLength(sequence), nameof(offsets));
+
+    /// <summary>Sets the key columns only query block <paramref name="queryBlock"/> of one sequence and head sees.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">A key outside [0, Tk), or a bad sequence, head or block.</exception>
+    public void SetBlockColumns(int sequence, int head, int queryBlock, ReadOnlySpan<int> keys)
+    {
+        int u = Unit(sequence, head);
+        if ((uint)queryBlock >= (uint)QueryBlocks(sequence))
+            throw new ArgumentOutOfRangeException(nameof(queryBlock), queryBlock, $"Sequence {sequence} has {QueryBlocks(sequence)} query blocks.");
+        int[] cols = Normalized(keys, KeyLength(sequence), nameof(keys));
+        _blockColumns[u][queryBlock] = cols.Length == 0 ? null : cols;
+    }
+
+    /// <summary>The vertical columns of one sequence and head, ascending.</summary>
+    public ReadOnlySpan<int> Vertical(int sequence, int head) => _vertical[Unit(sequence, head)];
+
+    /// <summary>The slash offsets of one sequence and head, ascending.</summary>
+    public ReadOnlySpan<int> Slash(int sequence, int head) => _slash[Unit(sequence, head)];
+
+    /// <summary>The columns of one query block, ascending (empty when it has none of its own).</summary>
+    public ReadOnlySpan<int> BlockColumns(int sequence, int head, int queryBlock) => _blockColumns[Unit(sequence, head)][queryBlock];
+
+    /// <summary>True when some query block of this sequence and head has columns of its own.</summary>
+    public bool HasBlockColumns(int sequence, int head)
+    {
+        foreach (int[]? c in _blockColumns[Unit(sequence, head)])
+            if (c is not null) return true;
+        return false;
+    }
+
+    private int Unit(int sequence, int head)
+    {
+        if ((uint)sequence >= (uint)Sequences) throw new ArgumentOutOfRangeException(nameof(sequence), sequence, $"There are {Sequences} sequences.");
+        if ((uint)head >= (uint)Heads) throw new ArgumentOutOfRangeException(nameof(head), head, $"There are {Heads} heads.");
+        return sequence * Heads + head;
+    }
+
+    private static int[] Normalized(ReadOnlySpan<int> values, int keyLength, string name)
+    {
+        int[] a = values.ToArray();
+        Array.Sort(a);
+        int n = 0;
+        for (int i = 0; i < a.Length; i++)
+        {
+            if ((uint)a[i] >= (uint)keyLength)
+                throw new ArgumentOutOfRangeException(name, a[i], $"Every value must be in [0, {keyLength}) (the sequence's key length).");
+            if (n == 0 || a[n - 1] != a[i]) a[n++] = a[i];
+        }
+        return n == a.Length ? a : a[..n];
+    }
+
+    /// <summary>Whether query row <paramref name="row"/> of a sequence and head computes key <paramref name="key"/>.</summary>
+    public bool Covers(int sequence, int head, int row, int key)
+    {
+        int u = Unit(sequence, head);
+        int p = row + KeyLength(sequence) - QueryLength(sequence);
+        if (key < 0 || key > p || (uint)row >= (uint)QueryLength(sequence)) return false;
+        if (Array.BinarySearch(_vertical[u], key) >= 0 || Array.BinarySearch(_slash[u], p - key) >= 0) return true;
+        int[]? cols = _blockColumns[u][row / QueryBlockSize];
+        return cols is not null && Array.BinarySearch(cols, key) >= 0;
+    }
+
+    /// <inheritdoc/>
+    /// <remarks><paramref name="batch"/> is the sequence (the batch entry, or the varlen sequence); <paramref name="query"/> its row.</remarks>
+    public void CoveredKeys(int batch, int head, int query, Span<bool> covered)
+    {
+        int u = Unit(batch, head), tk = KeyLength(batch);
+        if (covered.Length != tk)
+            throw new ArgumentException($"The span has {covered.Length} entries but sequence {batch} has {tk} keys.", nameof(covered));
+        covered.Clear();
+        int p = query + tk - QueryLength(batch);
+        if (p < 0 || (uint)query >= (uint)QueryLength(batch)) return;
+        foreach (int k in _vertical[u])
+        {
+            if (k > p) break;
+            covered[k] = true;
+        }
+        foreach (int o in _slash[u])
+        {
+            if (o > p) break;
+            covered[p - o] = true;
+        }
+        int[]? cols = _blockColumns[u][query / QueryBlockSize];
+        if (cols is null) return;
+        foreach (int k in cols)
+        {
+            if (k > p) break;
+            covered[k] = true;
+        }
+    }
+
+    /// <summary>Number of (head, query, key) pairs the plan computes, over all sequences.</summary>
+    public long ComputedPairs()
+    {
+        long total = 0;
+        for (int s = 0; s < Sequences; s++)
+            for (int h = 0; h < Heads; h++) total += ComputedPairs(s, h);
+        return total;
+    }
+
+    /// <summary>Number of causally visible (head, query, key) pairs, over all sequences: the denominator of the density.</summary>
+    public long CausalPairs()
+    {
+        long total = 0;
+        for (int s = 0; s < Sequences; s++)
+        {
+            int tq = QueryLength(s), tk = KeyLength(s);
+            for (int i = 0; i < tq; i++) total += Math.Clamp(i + tk - tq + 1, 0, tk);
+        }
+        return total * Heads;
+    }
+
+    /// <summary>Computed pairs over causally visible pairs (1 when nothing is visible).</summary>
+    public double Density
+    {
+        get
+        {
+            long visible = CausalPairs();
+            return visible == 0 ? 1 : (double)ComputedPairs() / visible;
+        }
+    }
+
+    // Per row p: verticals ≤ p, plus the block's own columns ≤ p that are not vertical, plus diagonals o ≤ p, minus the
+    // pairs a diagonal and a column both name. Those overlaps are counted per column: column k meets the diagonals
+    // o ∈ [max(p₀, k) − k, p₁ − k] of a block with positions [p₀, p₁]. O(T·log + blocks·columns·log) per head.
+    private long ComputedPairs(int s, int h)
+    {
+        int u = s * Heads + h, tq = QueryLength(s), tk = KeyLength(s), shift = tk - tq;
+        int[] vertical = _vertical[u], slash = _slash[u];
+        long total = 0;
+        for (int qb = 0; qb < QueryBlocks(s); qb++)
+        {
+            int[]? cols = _blockColumns[u][qb];
+            int i0 = qb * QueryBlockSize, i1 = Math.Min(tq, i0 + QueryBlockSize);
+            int p0 = Math.Max(i0 + shift, 0), p1 = i1 - 1 + shift;
+            if (p1 < 0) continue;
+            for (int p = p0; p <= p1; p++) total += CountAtMost(vertical, p) + CountAtMost(slash, p);
+            total -= Overlaps(vertical, slash, p0, p1);
+            if (cols is null) continue;
+            var own = new List<int>();
+            foreach (int k in cols)
+                if (Array.BinarySearch(vertical, k) < 0) own.Add(k);
+            int[] ownArray = own.ToArray();
+            for (int p = p0; p <= p1; p++) total += CountAtMost(ownArray, p);
+            total -= Overlaps(ownArray, slash, p0, p1);
+        }
+        return total;
+    }
+
+    // Pairs (p, k) with p ∈ [p0, p1], k a column ≤ p and p − k a diagonal.
+    private static long Overlaps(int[] columns, int[] slash, int p0, int p1)
+    {
+        long n = 0;
+        foreach (int k in columns)
+        {
+            if (k > p1) break;
+            int lo = Math.Max(p0, k) - k, hi = p1 - k;
+            n += CountAtMost(slash, hi) - CountAtMost(slash, lo - 1);
+        }
+        return n;
+    }
+
+    private static int CountAtMost(int[] sorted, int value)
+    {
+        int i = Array.BinarySearch(sorted, value);
+        return i >= 0 ? i + 1 : ~i;
+    }
+
+    /// <summary>A plan that computes every causally visible pair (all slash offsets), for checks against exact attention.</summary>
+    public static VerticalSlashPlan Everything(int batch, int heads, int queryLength, int keyLength)
+    {
+        var plan = new VerticalSlashPlan(batch, heads, queryLength, keyLength);
+        var all = new int[keyLength];
+        for (int i = 0; i < all.Length; i++) all[i] = i;
+        for (int s = 0; s < batch; s++)
+            for (int h = 0; h < heads; h++) plan.SetSlash(s, h, all);
+        return plan;
+    }
+}
