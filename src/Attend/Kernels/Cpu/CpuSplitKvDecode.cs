@@ -279,7 +279,6 @@ internal sealed unsafe class SplitKvDecode<T, TMask, TScore, TIsa, TVec> : IWork
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void ScoresInPlace(float* q, TensorView<T> keys, int b, int token0, int hk0, int hk1, int count, int rpk, int dp, float* p)
     {
-        int w = TIsa.Width;
         for (int c = 0; c < count; c++)
         {
             for (int hk = hk0; hk < hk1; hk++)
@@ -288,21 +287,7 @@ internal sealed unsafe class SplitKvDecode<T, TMask, TScore, TIsa, TVec> : IWork
                 int r0 = (hk - hk0) * rpk;
                 for (int r = r0; r < r0 + rpk; r += 4)
                 {
-                    float* q0 = q + (long)r * dp, q1 = q0 + dp, q2 = q1 + dp, q3 = q2 + dp;
-                    TVec a0 = TIsa.Zero, a1 = TIsa.Zero, a2 = TIsa.Zero, a3 = TIsa.Zero;
-                    for (int x = 0; x < dp; x += w)
-                    {
-                        TVec kx = TIsa.Load(k + x);
-                        a0 = TIsa.Fma(TIsa.Load(q0 + x), kx, a0);
-                        a1 = TIsa.Fma(TIsa.Load(q1 + x), kx, a1);
-                        a2 = TIsa.Fma(TIsa.Load(q2 + x), kx, a2);
-                        a3 = TIsa.Fma(TIsa.Load(q3 + x), kx, a3);
-                    }
-                    Vector128<float> sums = Sum4(a0, a1, a2, a3);
-                    p[r * Bk + c] = sums.GetElement(0);
-                    p[(r + 1) * Bk + c] = sums.GetElement(1);
-                    p[(r + 2) * Bk + c] = sums.GetElement(2);
-                    p[(r + 3) * Bk + c] = sums.GetElement(3);
+                    Dot4(q + (long)r * dp, dp, k, p + (long)r * Bk + c);
                 }
             }
         }
@@ -367,8 +352,8 @@ internal sealed unsafe class SplitKvDecode<T, TMask, TScore, TIsa, TVec> : IWork
     }
 
     /// <summary>
-    /// p[r][c] = q_r · k_c for the group's rows and a block of keys. Four rows share each key load; each dot product
-    /// keeps two independent accumulator chains so FMA latency overlaps.
+    /// p[r][c] = q_r · k_c for the group's rows and a block of packed keys: four rows at a time share each key load
+    /// (<see cref="Dot4"/>), the remaining rows one by one.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void Scores(float* q, int rows, float* keys, nint keyStride, int count, int dp, float* p)
@@ -380,21 +365,7 @@ internal sealed unsafe class SplitKvDecode<T, TMask, TScore, TIsa, TVec> : IWork
             int r = 0;
             for (; r + 4 <= rows; r += 4)
             {
-                float* q0 = q + (long)r * dp, q1 = q0 + dp, q2 = q1 + dp, q3 = q2 + dp;
-                TVec a0 = TIsa.Zero, a1 = TIsa.Zero, a2 = TIsa.Zero, a3 = TIsa.Zero;
-                for (int x = 0; x < dp; x += w)
-                {
-                    TVec kx = TIsa.Load(k + x);
-                    a0 = TIsa.Fma(TIsa.Load(q0 + x), kx, a0);
-                    a1 = TIsa.Fma(TIsa.Load(q1 + x), kx, a1);
-                    a2 = TIsa.Fma(TIsa.Load(q2 + x), kx, a2);
-                    a3 = TIsa.Fma(TIsa.Load(q3 + x), kx, a3);
-                }
-                Vector128<float> sums = Sum4(a0, a1, a2, a3);
-                p[r * Bk + c] = sums.GetElement(0);
-                p[(r + 1) * Bk + c] = sums.GetElement(1);
-                p[(r + 2) * Bk + c] = sums.GetElement(2);
-                p[(r + 3) * Bk + c] = sums.GetElement(3);
+                Dot4(q + (long)r * dp, dp, k, p + (long)r * Bk + c);
             }
             for (; r < rows; r++)
             {
@@ -404,6 +375,30 @@ internal sealed unsafe class SplitKvDecode<T, TMask, TScore, TIsa, TVec> : IWork
                 p[r * Bk + c] = TIsa.Sum(a);
             }
         }
+    }
+
+    /// <summary>
+    /// Four consecutive rows' dot products with one key: <c>p[i·Bk] = q_i · k</c> for i = 0..3, the key loaded once for
+    /// all four, each row its own accumulator chain.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Dot4(float* q, int dp, float* k, float* p)
+    {
+        float* q0 = q, q1 = q0 + dp, q2 = q1 + dp, q3 = q2 + dp;
+        TVec a0 = TIsa.Zero, a1 = TIsa.Zero, a2 = TIsa.Zero, a3 = TIsa.Zero;
+        for (int x = 0; x < dp; x += TIsa.Width)
+        {
+            TVec kx = TIsa.Load(k + x);
+            a0 = TIsa.Fma(TIsa.Load(q0 + x), kx, a0);
+            a1 = TIsa.Fma(TIsa.Load(q1 + x), kx, a1);
+            a2 = TIsa.Fma(TIsa.Load(q2 + x), kx, a2);
+            a3 = TIsa.Fma(TIsa.Load(q3 + x), kx, a3);
+        }
+        Vector128<float> sums = Sum4(a0, a1, a2, a3);
+        p[0] = sums.GetElement(0);
+        p[Bk] = sums.GetElement(1);
+        p[2 * Bk] = sums.GetElement(2);
+        p[3 * Bk] = sums.GetElement(3);
     }
 
     /// <summary>
