@@ -16,7 +16,7 @@ public sealed class CudaFlashKernel : AttentionKernel
 
     /// <inheritdoc/>
     public override string Summary => "FlashAttention-2 forward on tensor cores (mma.sync m16n8k16, ldmatrix, cp.async double buffering), bf16/fp16; " +
-        "deterministic backward on CUDA cores";
+        "deterministic backward on tensor cores at D = 64/128 (CUDA cores at D = 256)";
 
     /// <inheritdoc/>
     public override int QueryBlockSize => FlashBlockPlan.QueryBlock;
