@@ -183,7 +183,7 @@ for r in backward_rows:
             res[name] = None
         torch.cuda.empty_cache()
     o = r['tflops'] if r['passed'] else None
-    print(f"{T:6d} {str(H)+'/'+str(Hkv):>5s} {D:4d} {f(o)} {f(res.get('flash'))} {f(res.get('cudnn'))} {ratio(o, res.get('flash'))} {ratio(o, res.get('cudnn'))}")
+    print(f"{T:6d} {str(H)+'/'+str(Hkv):>5s} {D:4d} {f(o)} {f(res.get('flash'))} {f(res.get('cudnn'))} {ratio(o, res.get('flash'))} {ratio(o, res.get('cudnn'))}  {r['name']}")
     bwd.append({'ours': r, 'peers': res})
 
 # ---- 3. decode: one query token per sequence against the cache; bytes of K+V read per second ----

@@ -80,13 +80,15 @@ internal static class CudaBench
             output.WriteLine(Format(r));
         }
         output.WriteLine($"  bwd kernels (D=128 bf16): {CudaFlashBackwardMma.Describe(ctx, 128, ElementType.BFloat16)}");
-        foreach (var (t, dim) in quick ? (IEnumerable<(int, int)>)[(1024, 128)] : [(4096, 128), (16384, 128), (16384, 64)])
+        // Rows: (T, D, deterministic). The default (Deterministic = false) adds dQ with float32 atomics, as SDPA's flash does.
+        foreach (var (t, dim, det) in quick ? (IEnumerable<(int, int, bool)>)[(1024, 128, false), (1024, 128, true)]
+                     : [(4096, 128, false), (4096, 128, true), (16384, 128, false), (16384, 128, true), (16384, 64, false)])
         {
-            GpuResult r = CudaBackwardBench.Run(ctx, t, quick ? 16 : 64, quick ? 4 : 8, dim, hostQ, hostK, hostV, quick);
+            GpuResult r = CudaBackwardBench.Run(ctx, t, quick ? 16 : 64, quick ? 4 : 8, dim, hostQ, hostK, hostV, quick, det);
             results.Add(r);
             output.WriteLine(r.Passed
                 ? string.Create(CultureInfo.InvariantCulture,
-                    $"  bwd causal               T={t,6} H={r.Heads}/{r.KvHeads} D={dim,3}: {r.MedianMs,9:F3} ms ± {r.SpreadMs:F3} ({r.Runs} runs)  {r.Tflops,6:F1} TFLOP/s  dQ err={r.SampledError:E2}")
+                    $"  bwd causal{(det ? " deterministic" : "              ")} T={t,6} H={r.Heads}/{r.KvHeads} D={dim,3}: {r.MedianMs,9:F3} ms ± {r.SpreadMs:F3} ({r.Runs} runs)  {r.Tflops,6:F1} TFLOP/s  dQ err={r.SampledError:E2}")
                 : $"  bwd causal T={t}: FAILED {r.Error}");
         }
         foreach (int t in backwardOnly ? [] : quick ? (int[])[4096] : [4096, 32768, 131072])

@@ -30,13 +30,14 @@ internal static unsafe class CudaFlashBackward
                 new CudaKernelFunction(context, image, "attend_bwd_dq", SharedBytes(d)));
         });
 
-    /// <summary>Runs the backward and waits (tensor cores at D = 64/128, else the three CUDA-core kernels here). Tensors are contiguous [B, T, H, D]; <paramref name="lse"/> is [B, H, Tq] float32.</summary>
-    public static void Run(CudaContext context, CudaGeometry g, ElementType type, FlashBlockPlan plan, CudaScoreForm score, float scale,
+    /// <summary>Runs the backward and waits (tensor cores at D = 64/128, else the three CUDA-core kernels here, which are
+    /// deterministic whatever <paramref name="deterministic"/> says). Tensors are contiguous [B, T, H, D]; <paramref name="lse"/> is [B, H, Tq] float32.</summary>
+    public static void Run(CudaContext context, CudaGeometry g, ElementType type, FlashBlockPlan plan, CudaScoreForm score, float scale, bool deterministic,
         CudaTensor q, CudaTensor k, CudaTensor v, CudaTensor o, CudaTensor dO, DeviceBuffer lse, CudaTensor dq, CudaTensor dk, CudaTensor dv)
     {
         if (CudaFlashBackwardMma.Supports(g.Dim))
         {
-            CudaFlashBackwardMma.Run(context, g, type, plan, score, scale, q, k, v, o, dO, lse, dq, dk, dv);
+            CudaFlashBackwardMma.Run(context, g, type, plan, score, scale, deterministic, q, k, v, o, dO, lse, dq, dk, dv);
             return;
         }
         if (g.Sequences == 0 || g.Heads == 0) return;

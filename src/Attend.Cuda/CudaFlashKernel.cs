@@ -103,7 +103,7 @@ public sealed class CudaFlashKernel : AttentionKernel
         using CudaTensor dq = CudaTensor.Create(context, type, g.Batch, g.TokensQ, g.Heads, g.Dim);
         using CudaTensor dk = CudaTensor.Create(context, type, g.Batch, g.TokensK, g.KvHeads, g.Dim);
         using CudaTensor dv = CudaTensor.Create(context, type, g.Batch, g.TokensK, g.KvHeads, g.Dim);
-        CudaFlashBackward.Run(context, g, type, blocks, form, call.Scale, q, k, v, o, dO, lse, dq, dk, dv);
+        CudaFlashBackward.Run(context, g, type, blocks, form, call.Scale, call.Deterministic, q, k, v, o, dO, lse, dq, dk, dv);
         Download(dq, call.DQ);
         Download(dk, call.DK);
         Download(dv, call.DV);

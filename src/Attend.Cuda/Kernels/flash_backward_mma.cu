@@ -16,7 +16,12 @@
 // Masks: the forward plan's lists and 64-bit mask words (partial blocks only); keys past the sequence's end masked on
 // tail blocks. Score mods: soft cap (derivative 1 − tanh²) and ALiBi (additive: no derivative term).
 //
-// Defines: HEAD_DIM (64 | 128), ELEM_BF16, SOFTCAP, ALIBI, BR (query rows per dK/dV step: 32 | 64).
+// With DQ_ATOMIC = 1 (AttentionOptions.Deterministic false) dQ is not a separate kernel: the dK/dV kernel writes dSᵀ to
+// shared memory and each warp adds its 16 rows of dS K into a float32 dQ buffer with atomics (FlashAttention-2's own
+// scheme: five products instead of seven), and attend_bwdm_dq_convert rounds it to the element type.
+//
+// Defines: HEAD_DIM (64 | 128), ELEM_BF16, SOFTCAP, ALIBI, BR (query rows per dK/dV step: 32 | 64; 64 with DQ_ATOMIC),
+// DQ_ATOMIC.
 // Fragment, ldmatrix and swizzle helpers are a copy of flash_forward.cu's (NVRTC sources here carry no includes).
 
 #ifndef HEAD_DIM
@@ -24,6 +29,12 @@
 #endif
 #ifndef BR
 #define BR 64
+#endif
+#ifndef DQ_ATOMIC
+#define DQ_ATOMIC 0
+#endif
+#if DQ_ATOMIC && BR != 64
+#error "DQ_ATOMIC needs BR = 64 (4 warps x 16 query rows)"
 #endif
 
 #define NWARPS 4
@@ -195,7 +206,7 @@ extern "C" __global__ void __launch_bounds__(NT, 2)
 attend_bwdm_dkdv(
     const elem_t* __restrict__ Q, const elem_t* __restrict__ K, const elem_t* __restrict__ V, const elem_t* __restrict__ dO,
     const float* __restrict__ Lse, const float* __restrict__ Delta,
-    elem_t* __restrict__ dK, elem_t* __restrict__ dV,
+    elem_t* __restrict__ dK, elem_t* __restrict__ dV, float* __restrict__ dQacc,
     const SeqInfo* __restrict__ seqs,
     const int* __restrict__ colPtr,              // [(entry * maskHeads + head) * maxKBlocks + kb] → first column item; +1 → end
     const int2* __restrict__ colItems,           // (query block, partial index or -1), ascending query blocks
@@ -221,6 +232,7 @@ attend_bwdm_dkdv(
     const unsigned qStage = BR * HEAD_DIM * 2;
     float* sL = (float*)(smem + 2 * KB * HEAD_DIM * 2 + 4 * BR * HEAD_DIM * 2); // [2][BR] LSE, then [2][BR] Δ
     float* sD = sL + 2 * BR;
+    const unsigned sdS = smem_addr(sD + 2 * BR);                                  // [KB][BR] dSᵀ (DQ_ATOMIC)
 
     load_tile<KB>(sK, K + kOff, kStride, kValid, tid);
     load_tile<KB>(sV, V + kOff, kStride, kValid, tid);
@@ -371,6 +383,19 @@ attend_bwdm_dkdv(
                 }
             }
         (void)slope; (void)qRow0;
+#if DQ_ATOMIC
+        // dSᵀ to shared memory as [key][query], 16-byte chunks XOR-swizzled by the key row (conflict-free stores and
+        // transposed ldmatrix loads below).
+#pragma unroll
+        for (int j = 0; j < QTILES; j++)
+#pragma unroll
+            for (int half = 0; half < 2; half++)
+            {
+                const int kc = warpKey + g + half * 8;
+                const unsigned at = sdS + (unsigned)((kc * BR + ((j ^ (kc & 7)) << 3)) * 2 + 4 * t);
+                asm volatile("st.shared.b32 [%0], %1;\n" :: "r"(at), "r"(pack2(dpt[j][half * 2], dpt[j][half * 2 + 1])));
+            }
+#endif
 
         // dV += Pᵀ dO and dK += dSᵀ Q: two adjacent query tiles of the accumulators are one A fragment (k = queries).
 #pragma unroll
@@ -392,6 +417,51 @@ attend_bwdm_dkdv(
                 mma16816(accK[2 * dp + 1], d0, d1, d2, d3, b2, b3);
             }
         }
+#if DQ_ATOMIC
+        __syncthreads(); // dSᵀ complete
+        {
+            // dQ[16 rows of this warp] += dS K over the block's 64 keys; A = dS read transposed from [key][query].
+            const int qr = warp * 16;
+            unsigned af[KB / 16][4];
+#pragma unroll
+            for (int kk = 0; kk < KB / 16; kk++)
+            {
+                const int kr = kk * 16 + (lane & 7) + ((lane >> 4) << 3);
+                const int ch = qr / 8 + ((lane >> 3) & 1);
+                ldsm_x4_t(sdS + (unsigned)((kr * BR + ((ch ^ (kr & 7)) << 3)) * 2), af[kk][0], af[kk][1], af[kk][2], af[kk][3]);
+            }
+            const int r0 = qRow0 + qr + g;
+            float* row0 = dQacc + (((long long)seq.batch * tokensQ + seq.qStart + r0) * heads + h) * HEAD_DIM;
+            float* row1 = row0 + 8LL * heads * HEAD_DIM;
+            const bool ok0 = r0 < seq.qLen, ok1 = r0 + 8 < seq.qLen;
+#pragma unroll
+            for (int dpi = 0; dpi < DTILES / 2; dpi++)
+            {
+                float c0[4] = {0.f, 0.f, 0.f, 0.f}, c1[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+                for (int kk = 0; kk < KB / 16; kk++)
+                {
+                    unsigned b0, b1, b2, b3;
+                    ldsm_x4_t(sK + tile_offset(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), 2 * dpi + (lane >> 4)), b0, b1, b2, b3);
+                    mma16816(c0, af[kk][0], af[kk][1], af[kk][2], af[kk][3], b0, b1);
+                    mma16816(c1, af[kk][0], af[kk][1], af[kk][2], af[kk][3], b2, b3);
+                }
+                const int col = dpi * 16 + 2 * t;
+                if (ok0)
+                {
+                    atomicAdd(row0 + col, c0[0]); atomicAdd(row0 + col + 1, c0[1]);
+                    atomicAdd(row0 + col + 8, c1[0]); atomicAdd(row0 + col + 9, c1[1]);
+                }
+                if (ok1)
+                {
+                    atomicAdd(row1 + col, c0[2]); atomicAdd(row1 + col + 1, c0[3]);
+                    atomicAdd(row1 + col + 8, c1[2]); atomicAdd(row1 + col + 9, c1[3]);
+                }
+            }
+        }
+#else
+        (void)dQacc;
+#endif
         __syncthreads(); // every warp is done with this stage before it is refilled
         cur = nxt;
         stage ^= 1;
@@ -590,4 +660,13 @@ attend_bwdm_dq(
                 *(unsigned*)(out + j * 8 + 2 * t) = pack2(acc[j][half * 2], acc[j][half * 2 + 1]);
         }
     }
+}
+
+// dQ = the float32 atomic accumulator rounded to the element type (DQ_ATOMIC); n elements, 4 per thread.
+extern "C" __global__ void attend_bwdm_dq_convert(const float* __restrict__ acc, elem_t* __restrict__ dQ, long long n)
+{
+    const long long i = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * 4;
+    if (i >= n) return;
+    const float4 a = *(const float4*)(acc + i);
+    *(uint2*)(dQ + i) = make_uint2(pack2(a.x, a.y), pack2(a.z, a.w));
 }
