@@ -118,8 +118,9 @@ internal static class CheckCommand
                     if (g.Ok) passed++;
                     else failures++;
                     (g.Ok ? output : error).WriteLine(gline);
-                    if (kernel.Backend != "cuda") continue;
-                    // The CUDA backward has two dQ paths (float32 atomics by default, a separate kernel when deterministic): check both.
+                    if (kernel.Backend != "cuda" || Environment.GetEnvironmentVariable("ATTEND_CUDA_BWD_ATOMIC_DQ") != "1") continue;
+                    // With the development switch on, the CUDA backward has two dQ paths (float32 atomics when not
+                    // deterministic, a separate kernel when deterministic): check both.
                     Outcome gd = type switch
                     {
                         ElementType.Float16 => RunBackward<Half>(kernel, c, type, rng, deterministic: true),

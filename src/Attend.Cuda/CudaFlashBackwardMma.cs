@@ -8,12 +8,22 @@ namespace Attend.Cuda;
 /// of its group and the query blocks that see it (the plan's transposed lists, mask words on partial blocks); dQ per 64
 /// query rows over the forward's key block list when <see cref="AttentionOptions.Deterministic"/> is set (no atomics:
 /// grouped-query gradients sum inside one CTA in a fixed order, so the gradients are bitwise reproducible); otherwise
-/// dQ is added with float32 atomics from the dK/dV kernel (five matrix products instead of seven) and then rounded. Head dims 64 and 128; other head dims run on the CUDA-core backward (<see cref="CudaFlashBackward"/>).
+/// dQ can be added with float32 atomics from the dK/dV kernel (five matrix products instead of seven; slower as measured,
+/// so only behind a development switch below): the default is the separate dQ kernel whatever Deterministic says. Head dims 64 and 128; other head dims run on the CUDA-core backward (<see cref="CudaFlashBackward"/>).
 /// </summary>
 internal static unsafe class CudaFlashBackwardMma
 {
     private const int Threads = 128;
-    private const int KeyBlock = 64, QueryRowsPerStep = 64, QueryRowsPerDqBlock = 64;
+    private const int KeyBlock = 64, QueryRowsPerDqBlock = 64;
+
+    // Kernel-development switches (environment, read once; docs/CUDA-KERNELS.md records what they measured):
+    //   ATTEND_CUDA_BWD_BR=32           query rows per dK/dV step (default 64);
+    //   ATTEND_CUDA_BWD_ATOMIC_DQ=1     dQ by float32 atomics from the dK/dV kernel when not Deterministic (measured 0.58×
+    //                                   the separate dQ kernel at causal 16k, so off by default);
+    //   ATTEND_CUDA_BWD_SKIP=dkdv       skip the dK/dV launch (timing of Δ + dQ alone; dK and dV stay zero).
+    private static readonly int QueryRowsPerStep = Environment.GetEnvironmentVariable("ATTEND_CUDA_BWD_BR") == "32" ? 32 : 64;
+    private static readonly bool AtomicDqAllowed = Environment.GetEnvironmentVariable("ATTEND_CUDA_BWD_ATOMIC_DQ") == "1" && QueryRowsPerStep == 64;
+    private static readonly bool SkipDkDv = Environment.GetEnvironmentVariable("ATTEND_CUDA_BWD_SKIP") == "dkdv";
     private static readonly ConcurrentDictionary<(CudaContext, int, ElementType, bool, bool, bool), (CudaKernelFunction Delta, CudaKernelFunction DkDv, CudaKernelFunction Dq, CudaKernelFunction Convert)> s_loaded = new();
 
     /// <summary>Whether the tensor-core backward takes this head dim (64 or 128: the register budget of the dK/dV accumulators).</summary>
@@ -57,7 +67,7 @@ internal static unsafe class CudaFlashBackwardMma
         if (g.Sequences == 0 || g.Heads == 0) return;
         if (score.AlibiSlopes is { } sl && sl.Length < g.Heads)
             throw new ArgumentException($"ALiBi has {sl.Length} slopes; the call has {g.Heads} query heads.", "options");
-        bool atomic = !deterministic;
+        bool atomic = !deterministic && AtomicDqAllowed;
         var (deltaK, dkdvK, dqK, convertK) = Get(context, g.Dim, type, score.Softcap is not null, score.AlibiSlopes is not null, atomic);
         long dqElements = (long)g.Batch * g.TokensQ * g.Heads * g.Dim;
         using DeviceBuffer? dqAcc = atomic ? new DeviceBuffer(context, dqElements * sizeof(float)) : null;
@@ -92,7 +102,7 @@ internal static unsafe class CudaFlashBackwardMma
         b[0] = &pq; b[1] = &pk; b[2] = &pv; b[3] = &pdo; b[4] = &pl; b[5] = &pdelta; b[6] = &pdk; b[7] = &pdv; b[8] = &pacc; b[9] = &pseq;
         b[10] = &pcol; b[11] = &pcolItems; b[12] = &pbits; b[13] = &pslopes; b[14] = &heads; b[15] = &kvHeads; b[16] = &tokensQ; b[17] = &tokensK;
         b[18] = &perSeq; b[19] = &maskHeads; b[20] = &maxKb; b[21] = &sc; b[22] = &cap;
-        if (maxKb > 0) dkdvK.Launch((uint)maxKb, (uint)kvHeads, (uint)g.Sequences, Threads, (uint)DkDvSharedBytes(g.Dim, atomic), null, b);
+        if (maxKb > 0 && !SkipDkDv) dkdvK.Launch((uint)maxKb, (uint)kvHeads, (uint)g.Sequences, Threads, (uint)DkDvSharedBytes(g.Dim, atomic), null, b);
         if (atomic)
         {
             long n = dqElements;
