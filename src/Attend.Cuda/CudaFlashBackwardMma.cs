@@ -54,9 +54,10 @@ internal static unsafe class CudaFlashBackwardMma
     public static string Describe(CudaContext context, int d, ElementType type)
     {
         var (_, dkdv, dq, _) = Get(context, d, type, false, false, false);
+        string text = $"BR={QueryRowsPerStep}: dK/dV {dkdv.Registers} regs, {dkdv.LocalBytes} B local; dQ {dq.Registers} regs, {dq.LocalBytes} B local";
+        if (!AtomicDqAllowed) return text;
         var (_, dkdvA, _, _) = Get(context, d, type, false, false, true);
-        return $"dK/dV {dkdv.Registers} regs, {dkdv.LocalBytes} B local; dQ {dq.Registers} regs, {dq.LocalBytes} B local; " +
-            $"dK/dV with atomic dQ {dkdvA.Registers} regs, {dkdvA.LocalBytes} B local";
+        return text + $"; dK/dV with atomic dQ {dkdvA.Registers} regs, {dkdvA.LocalBytes} B local";
     }
 
     /// <summary>Runs the kernels and waits. Tensors are contiguous [B, T, H, D]; <paramref name="lse"/> is [B, H, Tq] float32.

@@ -143,6 +143,12 @@ __device__ __forceinline__ void cp_async4(unsigned dst, const void* src, int byt
 
 struct SeqInfo { int batch, qStart, qLen, kStart, kLen; };
 
+// Two adjacent float32 atomic adds in one vector reduction (sm_90: red.global.add.v2.f32; 8-byte aligned address).
+__device__ __forceinline__ void red_add2(float* p, float a, float b)
+{
+    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" :: "l"(p), "f"(a), "f"(b) : "memory");
+}
+
 __device__ __forceinline__ float elem_to_float(elem_t x)
 {
 #if ELEM_BF16
@@ -449,13 +455,13 @@ attend_bwdm_dkdv(
                 const int col = dpi * 16 + 2 * t;
                 if (ok0)
                 {
-                    atomicAdd(row0 + col, c0[0]); atomicAdd(row0 + col + 1, c0[1]);
-                    atomicAdd(row0 + col + 8, c1[0]); atomicAdd(row0 + col + 9, c1[1]);
+                    red_add2(row0 + col, c0[0], c0[1]);
+                    red_add2(row0 + col + 8, c1[0], c1[1]);
                 }
                 if (ok1)
                 {
-                    atomicAdd(row1 + col, c0[2]); atomicAdd(row1 + col + 1, c0[3]);
-                    atomicAdd(row1 + col + 8, c1[2]); atomicAdd(row1 + col + 9, c1[3]);
+                    red_add2(row1 + col, c0[2], c0[3]);
+                    red_add2(row1 + col + 8, c1[2], c1[3]);
                 }
             }
         }
