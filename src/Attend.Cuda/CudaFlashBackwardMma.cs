@@ -103,7 +103,11 @@ internal static unsafe class CudaFlashBackwardMma
         b[0] = &pq; b[1] = &pk; b[2] = &pv; b[3] = &pdo; b[4] = &pl; b[5] = &pdelta; b[6] = &pdk; b[7] = &pdv; b[8] = &pacc; b[9] = &pseq;
         b[10] = &pcol; b[11] = &pcolItems; b[12] = &pbits; b[13] = &pslopes; b[14] = &heads; b[15] = &kvHeads; b[16] = &tokensQ; b[17] = &tokensK;
         b[18] = &perSeq; b[19] = &maskHeads; b[20] = &maxKb; b[21] = &sc; b[22] = &cap;
-        if (maxKb > 0 && !SkipDkDv) dkdvK.Launch((uint)maxKb, (uint)kvHeads, (uint)g.Sequences, Threads, (uint)DkDvSharedBytes(g.Dim, atomic), null, b);
+        // dK/dV and dQ are independent once Δ is written: in the deterministic path they run side by side on two streams
+        // (blocking streams, so both wait for the fills and Δ on the default stream), filling each other's tail waves.
+        using CudaStream? dkdvStream = atomic ? null : new CudaStream(context);
+        using CudaStream? dqStream = atomic ? null : new CudaStream(context);
+        if (maxKb > 0 && !SkipDkDv) dkdvK.Launch((uint)maxKb, (uint)kvHeads, (uint)g.Sequences, Threads, (uint)DkDvSharedBytes(g.Dim, atomic), dkdvStream, b);
         if (atomic)
         {
             long n = dqElements;
@@ -119,7 +123,7 @@ internal static unsafe class CudaFlashBackwardMma
         c[0] = &pq; c[1] = &pk; c[2] = &pv; c[3] = &pdo; c[4] = &pl; c[5] = &pdelta; c[6] = &pdq; c[7] = &pseq;
         c[8] = &prow; c[9] = &pitems; c[10] = &pbits; c[11] = &pslopes; c[12] = &heads; c[13] = &kvHeads; c[14] = &tokensQ; c[15] = &tokensK;
         c[16] = &perSeq; c[17] = &maskHeads; c[18] = &maxQb; c[19] = &sc; c[20] = &cap;
-        if (chunks > 0) dqK.Launch((uint)heads, (uint)chunks, (uint)g.Sequences, Threads, (uint)DqSharedBytes(g.Dim), null, c);
+        if (chunks > 0) dqK.Launch((uint)heads, (uint)chunks, (uint)g.Sequences, Threads, (uint)DqSharedBytes(g.Dim), dqStream, c);
         context.Synchronize(); // the temporary buffers above are freed on return
     }
 }
