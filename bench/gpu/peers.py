@@ -164,7 +164,7 @@ for r, res, note in rows:
 bwd = []
 if backward_rows:
     print('\nBackward TFLOP/s (causal, 2.5 x forward FLOPs)')
-    print(f"{'T':>6s} {'H':>5s} {'ours':>7s} {'flash':>7s} {'cuDNN':>7s} {'/flash':>7s} {'/cuDNN':>7s}")
+    print(f"{'T':>6s} {'H':>5s} {'D':>4s} {'ours':>7s} {'flash':>7s} {'cuDNN':>7s} {'/flash':>7s} {'/cuDNN':>7s}")
 for r in backward_rows:
     T, H, Hkv, D = r['tokens'], r['heads'], r['kv_heads'], r['dim']
     flops = 2.5 * 4 * H * D * (T * (T + 1) / 2)
@@ -183,7 +183,7 @@ for r in backward_rows:
             res[name] = None
         torch.cuda.empty_cache()
     o = r['tflops'] if r['passed'] else None
-    print(f"{T:6d} {str(H)+'/'+str(Hkv):>5s} {f(o)} {f(res.get('flash'))} {f(res.get('cudnn'))} {ratio(o, res.get('flash'))} {ratio(o, res.get('cudnn'))}")
+    print(f"{T:6d} {str(H)+'/'+str(Hkv):>5s} {D:4d} {f(o)} {f(res.get('flash'))} {f(res.get('cudnn'))} {ratio(o, res.get('flash'))} {ratio(o, res.get('cudnn'))}  {r['name']}")
     bwd.append({'ours': r, 'peers': res})
 
 # ---- 3. decode: one query token per sequence against the cache; bytes of K+V read per second ----

@@ -7,7 +7,7 @@
 #                                             the same shapes; error of ours vs SDPA on the same inputs (through attend run);
 #                                             one table: ours, theirs, ratio
 # Expects the published self-contained `attend` beside it in ./attend (see docs/CUDA-KERNELS.md for the publish command).
-# Usage: bash run.sh [--quick]     Results and logs go to $OUT (or /tmp/attend-gpu).
+# Usage: bash run.sh [--quick | --bwd | --probe]     Results and logs go to $OUT (or /tmp/attend-gpu).
 set -u -o pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ATTEND="$HERE/attend/Attend.Cli"
@@ -18,6 +18,8 @@ export PYTHONUNBUFFERED=1
 rm -rf "$ATTEND_CUDA_CACHE"                       # cold cache: the check pays (and reports) NVRTC, the bench reads the cache
 QUICK=""
 [ "${1:-}" = "--quick" ] && QUICK="--quick"
+# --bwd: the same four steps, but the bench and the peers only on the backward rows (saves device time).
+[ "${1:-}" = "--bwd" ] && export ATTEND_BENCH_PART=backward
 if [ "${1:-}" = "--probe" ]; then   # kernel development: tile shapes through CuPy/NVRTC beside SDPA flash
   exec python3 "$HERE/kernel_probe.py" "$HERE/flash_forward.cu"
 fi

@@ -118,6 +118,19 @@ internal static class CheckCommand
                     if (g.Ok) passed++;
                     else failures++;
                     (g.Ok ? output : error).WriteLine(gline);
+                    if (kernel.Backend != "cuda" || Environment.GetEnvironmentVariable("ATTEND_CUDA_BWD_ATOMIC_DQ") != "1") continue;
+                    // With the development switch on, the CUDA backward has two dQ paths (float32 atomics when not
+                    // deterministic, a separate kernel when deterministic): check both.
+                    Outcome gd = type switch
+                    {
+                        ElementType.Float16 => RunBackward<Half>(kernel, c, type, rng, deterministic: true),
+                        _ => RunBackward<BFloat16>(kernel, c, type, rng, deterministic: true),
+                    };
+                    string dline = string.Create(CultureInfo.InvariantCulture,
+                        $"  {(gd.Ok ? "ok  " : "FAIL")} {kernel.Name,-18} {type.ShortName(),-4} {"backward det: " + c.Name,-34} B={c.B} Tq={c.Tq} Tk={c.Tk} H={c.H}/{c.Hkv} D={c.D}  rel={gd.Error:E2} (tol {GradientTolerance(type):G2}){(gd.Problem is null ? "" : "  " + gd.Problem)}");
+                    if (gd.Ok) passed++;
+                    else failures++;
+                    (gd.Ok ? output : error).WriteLine(dline);
                 }
             }
         }
@@ -213,7 +226,7 @@ internal static class CheckCommand
     }
 
     // The variant's own forward (output and LSE), then its backward into poisoned gradients, against the float64 backward.
-    private static Outcome RunBackward<T>(AttentionKernel kernel, CheckCase c, ElementType type, Random rng) where T : unmanaged
+    private static Outcome RunBackward<T>(AttentionKernel kernel, CheckCase c, ElementType type, Random rng, bool deterministic = false) where T : unmanaged
     {
         var problem = new KernelProblem(AttentionPass.Backward, type, c.Options.QueryOffsets?.Count ?? c.B, c.H, c.Hkv, c.D,
             c.Options.QueryOffsets?.MaxLength ?? c.Tq, (c.Options.KeyOffsets ?? c.Options.QueryOffsets)?.MaxLength ?? c.Tk);
@@ -227,7 +240,7 @@ internal static class CheckCommand
         var o = new T[q.Length];
         var lse = new float[c.B * c.H * c.Tq];
         T[] dq = Poisoned<T>(q.Length), dk = Poisoned<T>(k.Length), dv = Poisoned<T>(v.Length);
-        AttentionOptions options = c.Options with { Variant = kernel.Name };
+        AttentionOptions options = c.Options with { Variant = kernel.Name, Deterministic = deterministic || c.Options.Deterministic };
         if (c.PrebuiltBlocks)
             options = options with { Mask = null, BlockMask = BlockMask.Create(c.Options.Mask!, c.Tq, c.Tk, c.B, c.H, kernel.QueryBlockSize, kernel.KeyBlockSize) };
         TensorSpan<T> Q(T[] a) => AttentionLayout.Bthd<T>(a, c.B, c.Tq, c.H, c.D);

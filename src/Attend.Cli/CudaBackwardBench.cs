@@ -11,9 +11,10 @@ namespace Attend.Cli;
 /// </summary>
 internal static class CudaBackwardBench
 {
-    public static CudaBench.GpuResult Run(CudaContext ctx, int tokens, int heads, int kvHeads, int dim, BFloat16[] hq, BFloat16[] hk, BFloat16[] hv, bool quick)
+    public static CudaBench.GpuResult Run(CudaContext ctx, int tokens, int heads, int kvHeads, int dim, BFloat16[] hq, BFloat16[] hk, BFloat16[] hv, bool quick,
+        bool deterministic = false)
     {
-        const string name = "backward causal";
+        string name = deterministic ? "backward causal det" : "backward causal";
         int t = tokens;
         try
         {
@@ -36,7 +37,7 @@ internal static class CudaBackwardBench
             FlashBlockPlan plan = FlashBlockPlan.Build(blocks, mask);
             var geometry = new CudaGeometry(1, t, t, heads, kvHeads, dim, [0, 0, t, 0, t]);
             float scale = 1f / MathF.Sqrt(dim);
-            void Backward() => CudaFlashBackward.Run(ctx, geometry, ElementType.BFloat16, plan, default, scale, q, k, v, o, dO, lse, dq, dk, dv);
+            void Backward() => CudaFlashBackward.Run(ctx, geometry, ElementType.BFloat16, plan, default, scale, deterministic, q, k, v, o, dO, lse, dq, dk, dv);
             dq.Buffer.Fill(0xFF);
             Backward();
             var gq = new BFloat16[dq.Length];

@@ -71,22 +71,28 @@ internal static class CudaBench
         BFloat16[] hostK = Bf16(GaussianData.Create((long)maxT * maxHkv * maxD, 102));
         BFloat16[] hostV = Bf16(GaussianData.Create((long)maxT * maxHkv * maxD, 103));
         var results = new List<GpuResult>();
-        foreach (GpuCase c in cases)
+        // ATTEND_BENCH_PART=backward runs only the backward rows (kernel development on a device-time budget).
+        bool backwardOnly = Environment.GetEnvironmentVariable("ATTEND_BENCH_PART") == "backward";
+        foreach (GpuCase c in backwardOnly ? [] : cases)
         {
             GpuResult r = Run(ctx, c, hostQ, hostK, hostV, quick);
             results.Add(r);
             output.WriteLine(Format(r));
         }
-        foreach (int t in quick ? (int[])[1024] : [4096, 16384])
+        output.WriteLine($"  bwd kernels (D=128 bf16): {CudaFlashBackwardMma.Describe(ctx, 128, ElementType.BFloat16)}");
+        // Rows: (T, D, deterministic). Deterministic = false may take the atomic dQ path (a development switch, see
+        // CudaFlashBackwardMma); by default both run the same deterministic kernels.
+        foreach (var (t, dim, det) in quick ? (IEnumerable<(int, int, bool)>)[(1024, 128, false)]
+                     : [(4096, 128, false), (16384, 128, false), (16384, 64, false)])
         {
-            GpuResult r = CudaBackwardBench.Run(ctx, t, quick ? 16 : 64, quick ? 4 : 8, 128, hostQ, hostK, hostV, quick);
+            GpuResult r = CudaBackwardBench.Run(ctx, t, quick ? 16 : 64, quick ? 4 : 8, dim, hostQ, hostK, hostV, quick, det);
             results.Add(r);
             output.WriteLine(r.Passed
                 ? string.Create(CultureInfo.InvariantCulture,
-                    $"  bwd causal               T={t,6} H={r.Heads}/{r.KvHeads} D=128: {r.MedianMs,9:F3} ms ± {r.SpreadMs:F3} ({r.Runs} runs)  {r.Tflops,6:F1} TFLOP/s  dQ err={r.SampledError:E2}")
+                    $"  bwd causal{(det ? " deterministic" : "              ")} T={t,6} H={r.Heads}/{r.KvHeads} D={dim,3}: {r.MedianMs,9:F3} ms ± {r.SpreadMs:F3} ({r.Runs} runs)  {r.Tflops,6:F1} TFLOP/s  dQ err={r.SampledError:E2}")
                 : $"  bwd causal T={t}: FAILED {r.Error}");
         }
-        foreach (int t in quick ? (int[])[4096] : [4096, 32768, 131072])
+        foreach (int t in backwardOnly ? [] : quick ? (int[])[4096] : [4096, 32768, 131072])
         {
             GpuResult r = CudaDecodeBench.Run(ctx, batch: 8, heads: 32, kvHeads: 8, dim: 128, tokens: t, pageSize: 16, quick);
             results.Add(r);

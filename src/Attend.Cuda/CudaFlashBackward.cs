@@ -6,7 +6,8 @@ namespace Attend.Cuda;
 /// The backward pass on the GPU (<c>flash_backward.cu</c>): Δ = rowsum(dO ⊙ O), then dK/dV per key block (grouped query
 /// heads summed inside one CTA) and dQ per 32 query rows, all recomputing P from the forward's LSE. No atomics, so the
 /// gradients are bitwise reproducible (<see cref="AttentionOptions.Deterministic"/> holds by construction). CUDA cores
-/// and float32 arithmetic: correct first; tensor cores are the next version (docs/CUDA-KERNELS.md).
+/// and float32 arithmetic. Head dims 64 and 128 go to the tensor-core backward (<see cref="CudaFlashBackwardMma"/>); this
+/// CUDA-core path remains for the others (256), so every head dim the forward takes also has a backward.
 /// </summary>
 internal static unsafe class CudaFlashBackward
 {
@@ -29,10 +30,16 @@ internal static unsafe class CudaFlashBackward
                 new CudaKernelFunction(context, image, "attend_bwd_dq", SharedBytes(d)));
         });
 
-    /// <summary>Runs the three kernels and waits. Tensors are contiguous [B, T, H, D]; <paramref name="lse"/> is [B, H, Tq] float32.</summary>
-    public static void Run(CudaContext context, CudaGeometry g, ElementType type, FlashBlockPlan plan, CudaScoreForm score, float scale,
+    /// <summary>Runs the backward and waits (tensor cores at D = 64/128, else the three CUDA-core kernels here, which are
+    /// deterministic whatever <paramref name="deterministic"/> says). Tensors are contiguous [B, T, H, D]; <paramref name="lse"/> is [B, H, Tq] float32.</summary>
+    public static void Run(CudaContext context, CudaGeometry g, ElementType type, FlashBlockPlan plan, CudaScoreForm score, float scale, bool deterministic,
         CudaTensor q, CudaTensor k, CudaTensor v, CudaTensor o, CudaTensor dO, DeviceBuffer lse, CudaTensor dq, CudaTensor dk, CudaTensor dv)
     {
+        if (CudaFlashBackwardMma.Supports(g.Dim))
+        {
+            CudaFlashBackwardMma.Run(context, g, type, plan, score, scale, deterministic, q, k, v, o, dO, lse, dq, dk, dv);
+            return;
+        }
         if (g.Sequences == 0 || g.Heads == 0) return;
         if (score.AlibiSlopes is { } sl && sl.Length < g.Heads)
             throw new ArgumentException($"ALiBi has {sl.Length} slopes; the call has {g.Heads} query heads.", "options");

@@ -16,7 +16,7 @@ public sealed class CudaFlashKernel : AttentionKernel
 
     /// <inheritdoc/>
     public override string Summary => "FlashAttention-2 forward on tensor cores (mma.sync m16n8k16, ldmatrix, cp.async double buffering), bf16/fp16; " +
-        "deterministic backward on CUDA cores";
+        "deterministic backward on tensor cores at D = 64/128 (CUDA cores at D = 256)";
 
     /// <inheritdoc/>
     public override int QueryBlockSize => FlashBlockPlan.QueryBlock;
@@ -103,7 +103,7 @@ public sealed class CudaFlashKernel : AttentionKernel
         using CudaTensor dq = CudaTensor.Create(context, type, g.Batch, g.TokensQ, g.Heads, g.Dim);
         using CudaTensor dk = CudaTensor.Create(context, type, g.Batch, g.TokensK, g.KvHeads, g.Dim);
         using CudaTensor dv = CudaTensor.Create(context, type, g.Batch, g.TokensK, g.KvHeads, g.Dim);
-        CudaFlashBackward.Run(context, g, type, blocks, form, call.Scale, q, k, v, o, dO, lse, dq, dk, dv);
+        CudaFlashBackward.Run(context, g, type, blocks, form, call.Scale, call.Deterministic, q, k, v, o, dO, lse, dq, dk, dv);
         Download(dq, call.DQ);
         Download(dk, call.DK);
         Download(dv, call.DV);

@@ -92,7 +92,9 @@ public static class MethodCatalog
     {
         // A probe problem the variant's own kind of call would be: decode for the split-KV kernel, a square forward otherwise.
         int queries = kernel is Kernels.Cpu.CpuSplitKvDecode ? 1 : 64;
-        var probe = new KernelProblem(AttentionPass.Forward, ElementType.Float32, 1, 1, 1, 64, queries, 64);
+        // GPU (backend "cuda") kernels take bf16/fp16 only (tensor cores): probe them with bf16, the CPU ones with float32.
+        ElementType probeType = kernel.Backend == "cuda" ? ElementType.BFloat16 : ElementType.Float32;
+        var probe = new KernelProblem(AttentionPass.Forward, probeType, 1, 1, 1, 64, queries, 64);
         string status = kernel.IsSupported(probe, out string why) ? "implemented" : $"unavailable: {why}";
         string paper = kernel switch
         {
