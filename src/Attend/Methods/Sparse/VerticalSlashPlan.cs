@@ -142,7 +142,13 @@ public sealed class VerticalSlashPlan : IPairCoverage
     private static int[] Normalized(ReadOnlySpan<int> values, int keyLength, string name)
     {
         int[] a = values.ToArray();
-        Array.Sort(a);
+        // Selectors usually hand over ascending lists (stripes found left to right): sort only when needed.
+        for (int i = 1; i < a.Length; i++)
+        {
+            if (a[i] > a[i - 1]) continue;
+            Array.Sort(a);
+            break;
+        }
         int n = 0;
         for (int i = 0; i < a.Length; i++)
         {

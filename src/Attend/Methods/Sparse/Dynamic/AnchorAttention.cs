@@ -82,7 +82,7 @@ public static class AnchorAttention
                 // Keys every row of the block sees through its window (j > p_last − 64) need no stripe.
                 for (int j = region; j <= Math.Min(pLast - region, tk - 1); j++)
                     if (est[j] >= threshold) stripes.Add(j);
-                if (stripes.Count > 0) plan.Tokens.SetBlockColumns(s, h, qb, stripes.ToArray());
+                if (stripes.Count > 0) plan.Tokens.SetBlockColumns(s, h, qb, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(stripes));
             }
         });
         return plan;

@@ -51,8 +51,18 @@ internal static unsafe class SelectorMath
         var ap = new float[(long)mp * d];
         for (int i = 0; i < m; i++) TensorPrimitives.Multiply(a.Slice(i * d, d), scale, ap.AsSpan(i * d, d));
         var bt = new float[(long)d * Math.Max(np, block)];
-        for (int j = 0; j < n; j++)
-            for (int x = 0; x < d; x++) bt[(long)x * np + j] = b[j * d + x];
+        // Transposed 64 keys at a time: each pass writes 64 consecutive floats per feature row and reads a 64 × d slab
+        // that stays in L1 (a key-by-key transpose wrote one float per 4·np-byte row and missed the cache every time).
+        const int keyTile = 64;
+        for (int j0 = 0; j0 < n; j0 += keyTile)
+        {
+            int j1 = Math.Min(n, j0 + keyTile);
+            for (int x = 0; x < d; x++)
+            {
+                Span<float> row = bt.AsSpan((int)((long)x * np), np);
+                for (int j = j0; j < j1; j++) row[j] = b[j * d + x];
+            }
+        }
         var c = new float[(long)mp * Math.Max(np, block)];
         if (m > 0 && n > 0)
             fixed (float* pa = ap, pb = bt, pc = c)
