@@ -4,7 +4,10 @@
 import os, sys, time, math
 import numpy as np, torch, cupy as cp
 torch.backends.cuda.matmul.allow_tf32 = False
-SRC = open(sys.argv[1] if len(sys.argv) > 1 else 'src/Attend.Cuda/Kernels/flash_forward.cu').read()
+_PATH = sys.argv[1] if len(sys.argv) > 1 else 'src/Attend.Cuda/Kernels/flash_forward.cu'
+# Expand `#include "x.cuh"` from the source's folder, as KernelCompiler.Source does for the embedded copies.
+SRC = ''.join(open(os.path.join(os.path.dirname(_PATH), l.strip()[10:-1])).read() + '\n' if l.strip().startswith('#include "') else l
+              for l in open(_PATH).read().splitlines(True))
 BM, BN = 128, 64
 _mods = {}
 def kernel(D, bf16, nw, mt, qreg, bn=64, softcap=0, alibi=0):

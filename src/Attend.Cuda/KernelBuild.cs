@@ -81,9 +81,29 @@ public static unsafe class KernelCompiler
         }
     }
 
-    /// <summary>The text of an embedded kernel source, e.g. <c>flash_forward.cu</c>.</summary>
-    /// <exception cref="ArgumentException">No such resource.</exception>
+    /// <summary>
+    /// The text of an embedded kernel source, e.g. <c>flash_forward.cu</c>, with each <c>#include "name.cuh"</c> line
+    /// replaced by that embedded header's text (one level: headers include nothing). The kernels share their tile
+    /// helpers this way; the cache key hashes the expanded text, so a header change rebuilds every kernel using it.
+    /// </summary>
+    /// <exception cref="ArgumentException">No such resource, or an include of a missing header.</exception>
     public static string Source(string fileName)
+    {
+        string text = Resource(fileName);
+        if (!text.Contains("#include \"", StringComparison.Ordinal)) return text;
+        var expanded = new StringBuilder(text.Length * 2);
+        foreach (string line in text.Split('\n'))
+        {
+            string trimmed = line.Trim();
+            if (trimmed.StartsWith("#include \"", StringComparison.Ordinal) && trimmed.EndsWith('"'))
+                expanded.Append(Resource(trimmed["#include \"".Length..^1])).Append('\n');
+            else
+                expanded.Append(line).Append('\n');
+        }
+        return expanded.ToString();
+    }
+
+    private static string Resource(string fileName)
     {
         using Stream? s = typeof(KernelCompiler).Assembly.GetManifestResourceStream("Attend.Cuda.Kernels." + fileName)
             ?? throw new ArgumentException($"No embedded kernel source '{fileName}'.", nameof(fileName));

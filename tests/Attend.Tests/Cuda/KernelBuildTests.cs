@@ -8,6 +8,20 @@ public class KernelBuildTests
 {
     private static readonly string[] s_options = ["-DHEAD_DIM=128", "-DELEM_BF16=1", "--use_fast_math"];
 
+    [Theory]
+    [InlineData("flash_forward.cu")]
+    [InlineData("flash_backward_mma.cu")]
+    public void SharedTileHelpersAreExpandedIntoTheKernelsThatIncludeThem(string file)
+    {
+        string source = KernelCompiler.Source(file);
+        Assert.DoesNotContain("#include \"", source);
+        // Defined once, in mma_tiles.cuh, and present exactly once after the expansion.
+        int first = source.IndexOf("void mma16816(", StringComparison.Ordinal);
+        Assert.True(first >= 0, "the shared m16n8k16 helper is missing");
+        Assert.Equal(-1, source.IndexOf("void mma16816(", first + 1, StringComparison.Ordinal));
+        Assert.Contains("void load_tile(", source);
+    }
+
     [Fact]
     public void SameSourceOptionsAndArchitectureShareAFile()
     {
