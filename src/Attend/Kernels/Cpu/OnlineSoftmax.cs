@@ -48,4 +48,46 @@ internal static unsafe class OnlineSoftmax
             sum[r] = sum[r] * alpha[r] + TIsa.Sum(acc);
         }
     }
+
+    /// <summary>
+    /// <see cref="Update{TIsa,TVec}(float*,int,int,float*,float*,float*,float*)"/> for a tile whose rows, in groups of
+    /// <paramref name="groupRows"/>, hold finite scores only in columns [<paramref name="columnLo"/>[g],
+    /// <paramref name="columnHi"/>[g]) (whole vectors; empty when lo ≥ hi): the exps are taken in that range alone and
+    /// the columns outside it are left as they are (their P would be exactly 0, so a caller that multiplies P by V over
+    /// the same range gets the same result, and the row sums are bitwise those of the full pass, whose extra terms are
+    /// +0). The row statistics are updated for every row, as in the full pass.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void Update<TIsa, TVec>(float* s, int rows, int count, float* rowMax, float* max, float* sum, float* alpha,
+        ReadOnlySpan<int> columnLo, ReadOnlySpan<int> columnHi, int groupRows)
+        where TIsa : struct, IVectorIsa<TVec>
+        where TVec : unmanaged
+    {
+        int w = TIsa.Width;
+        TVec negInf = TIsa.Splat(float.NegativeInfinity);
+        for (int r = 0; r < rows; r += w)
+        {
+            TVec old = TIsa.Load(max + r);
+            TVec newMax = TIsa.Max(old, TIsa.Load(rowMax + r));
+            TVec shift = TIsa.Select(TIsa.Equal(newMax, negInf), TIsa.Zero, newMax);
+            TIsa.Store(TIsa.Exp(TIsa.Sub(old, shift)), alpha + r);
+            TIsa.Store(newMax, max + r);
+            TIsa.Store(shift, rowMax + r);
+        }
+        for (int r = 0; r < rows; r++)
+        {
+            int g = r / groupRows;
+            int lo = columnLo[g], hi = Math.Min(count, columnHi[g]);
+            float* row = s + (long)r * count;
+            TVec vs = TIsa.Splat(rowMax[r]);
+            TVec acc = TIsa.Zero;
+            for (int c = lo; c < hi; c += w)
+            {
+                TVec e = TIsa.Exp(TIsa.Sub(TIsa.Load(row + c), vs));
+                TIsa.Store(e, row + c);
+                acc = TIsa.Add(acc, e);
+            }
+            sum[r] = sum[r] * alpha[r] + TIsa.Sum(acc);
+        }
+    }
 }

@@ -53,9 +53,61 @@ internal static unsafe class TileGemm
                 TIsa.Store(c20, r2); TIsa.Store(c21, r2 + w); TIsa.Store(c22, r2 + 2 * w); TIsa.Store(c23, r2 + 3 * w);
                 TIsa.Store(c30, r3); TIsa.Store(c31, r3 + w); TIsa.Store(c32, r3 + 2 * w); TIsa.Store(c33, r3 + 3 * w);
             }
+            int left = (n - j4) / w;
+            if (left >= 2)
+            {
+                // 4 rows × 2 or 3 vectors in one pass for the columns left over (partial blocks of a sparse mask
+                // multiply column ranges of 2–3 vectors: one vector at a time re-broadcast the 4 rows' values per
+                // vector and ran at half the FMA rate).
+                TVec c00 = TIsa.Zero, c01 = TIsa.Zero, c02 = TIsa.Zero;
+                TVec c10 = TIsa.Zero, c11 = TIsa.Zero, c12 = TIsa.Zero;
+                TVec c20 = TIsa.Zero, c21 = TIsa.Zero, c22 = TIsa.Zero;
+                TVec c30 = TIsa.Zero, c31 = TIsa.Zero, c32 = TIsa.Zero;
+                float* b = bt + j4;
+                if (left == 3)
+                {
+                    for (int x = 0; x < k; x++, b += ldb)
+                    {
+                        TVec b0 = TIsa.Load(b), b1 = TIsa.Load(b + w), b2 = TIsa.Load(b + 2 * w);
+                        TVec s = TIsa.Splat(a0[x]);
+                        c00 = TIsa.Fma(s, b0, c00); c01 = TIsa.Fma(s, b1, c01); c02 = TIsa.Fma(s, b2, c02);
+                        s = TIsa.Splat(a1[x]);
+                        c10 = TIsa.Fma(s, b0, c10); c11 = TIsa.Fma(s, b1, c11); c12 = TIsa.Fma(s, b2, c12);
+                        s = TIsa.Splat(a2[x]);
+                        c20 = TIsa.Fma(s, b0, c20); c21 = TIsa.Fma(s, b1, c21); c22 = TIsa.Fma(s, b2, c22);
+                        s = TIsa.Splat(a3[x]);
+                        c30 = TIsa.Fma(s, b0, c30); c31 = TIsa.Fma(s, b1, c31); c32 = TIsa.Fma(s, b2, c32);
+                    }
+                }
+                else
+                {
+                    for (int x = 0; x < k; x++, b += ldb)
+                    {
+                        TVec b0 = TIsa.Load(b), b1 = TIsa.Load(b + w);
+                        TVec s = TIsa.Splat(a0[x]);
+                        c00 = TIsa.Fma(s, b0, c00); c01 = TIsa.Fma(s, b1, c01);
+                        s = TIsa.Splat(a1[x]);
+                        c10 = TIsa.Fma(s, b0, c10); c11 = TIsa.Fma(s, b1, c11);
+                        s = TIsa.Splat(a2[x]);
+                        c20 = TIsa.Fma(s, b0, c20); c21 = TIsa.Fma(s, b1, c21);
+                        s = TIsa.Splat(a3[x]);
+                        c30 = TIsa.Fma(s, b0, c30); c31 = TIsa.Fma(s, b1, c31);
+                    }
+                }
+                float* r0 = c + (nint)i * ldc + j4, r1 = r0 + ldc, r2 = r1 + ldc, r3 = r2 + ldc;
+                TIsa.Store(c00, r0); TIsa.Store(c01, r0 + w);
+                TIsa.Store(c10, r1); TIsa.Store(c11, r1 + w);
+                TIsa.Store(c20, r2); TIsa.Store(c21, r2 + w);
+                TIsa.Store(c30, r3); TIsa.Store(c31, r3 + w);
+                if (left == 3)
+                {
+                    TIsa.Store(c02, r0 + 2 * w); TIsa.Store(c12, r1 + 2 * w); TIsa.Store(c22, r2 + 2 * w); TIsa.Store(c32, r3 + 2 * w);
+                }
+                continue;
+            }
             for (int j = j4; j < n; j += w)
             {
-                // 4 rows × 1 vector for the columns left over.
+                // 4 rows × 1 vector for the column left over.
                 TVec c0 = TIsa.Zero, c1 = TIsa.Zero, c2 = TIsa.Zero, c3 = TIsa.Zero;
                 float* b = bt + j;
                 for (int x = 0; x < k; x++, b += ldb)
