@@ -47,10 +47,33 @@ internal static unsafe class SelectorMath
         where TIsa : struct, IVectorIsa<TVec>
         where TVec : unmanaged
     {
-        int block = 4 * TIsa.Width, mp = (m + 3) & ~3, np = (n + block - 1) / block * block;
+        int block = 4 * TIsa.Width, mp = (m + 3) & ~3;
         var ap = new float[(long)mp * d];
         for (int i = 0; i < m; i++) TensorPrimitives.Multiply(a.Slice(i * d, d), scale, ap.AsSpan(i * d, d));
-        var bt = new float[(long)d * Math.Max(np, block)];
+        float[] bt = TransposeKeys(b, n, d, out int np);
+        var c = new float[(long)mp * Math.Max(np, block)];
+        if (m > 0 && n > 0)
+            fixed (float* pa = ap, pb = bt, pc = c)
+                TileGemm.MultiplyTransposed<TIsa, TVec>(pa, d, pb, np, pc, np, mp, np, d);
+        if (np == n && mp == m) return c;
+        var result = new float[(long)m * n];
+        for (int i = 0; i < m; i++) c.AsSpan(i * np, n).CopyTo(result.AsSpan(i * n, n));
+        return result;
+    }
+
+    /// <summary>Columns per group of the score product (<see cref="ScoreRows"/>): 4 vectors of the widest ISA here.</summary>
+    public static int ColumnBlock => 4 * (Isa512.IsSupported ? Isa512.Width : Isa256.IsSupported ? Isa256.Width : Isa128.Width);
+
+    /// <summary>
+    /// Keys [n][d] transposed to [d][np], np = n rounded up to a whole <see cref="ColumnBlock"/> (at least one), the
+    /// padding zero: the right operand of <see cref="ScoreRows"/>, built once and shared by every query head that
+    /// reads these keys.
+    /// </summary>
+    public static float[] TransposeKeys(ReadOnlySpan<float> b, int n, int d, out int np)
+    {
+        int block = ColumnBlock;
+        np = Math.Max(block, (n + block - 1) / block * block);
+        var bt = new float[(long)d * np];
         // Transposed 64 keys at a time: each pass writes 64 consecutive floats per feature row and reads a 64 × d slab
         // that stays in L1 (a key-by-key transpose wrote one float per 4·np-byte row and missed the cache every time).
         const int keyTile = 64;
@@ -63,14 +86,30 @@ internal static unsafe class SelectorMath
                 for (int j = j0; j < j1; j++) row[j] = b[j * d + x];
             }
         }
-        var c = new float[(long)mp * Math.Max(np, block)];
-        if (m > 0 && n > 0)
-            fixed (float* pa = ap, pb = bt, pc = c)
-                TileGemm.MultiplyTransposed<TIsa, TVec>(pa, d, pb, np, pc, np, mp, np, d);
-        if (np == n && mp == m) return c;
-        var result = new float[(long)m * n];
-        for (int i = 0; i < m; i++) c.AsSpan(i * np, n).CopyTo(result.AsSpan(i * n, n));
-        return result;
+        return bt;
+    }
+
+    /// <summary>
+    /// C[m][0, cols) = A[m][d] · Bt[d][0, cols) with C rows at stride <paramref name="ldc"/>: the score product over the
+    /// first <paramref name="cols"/> keys of transposed keys (<see cref="TransposeKeys"/>, row stride
+    /// <paramref name="np"/>). m % 4 == 0 (zero rows pad), cols a multiple of <see cref="ColumnBlock"/> and ≤ np.
+    /// Column slabs of 256 keys keep the right operand in L2 while every row of A passes over it. Each score is the
+    /// same sequence of FMAs as in <see cref="Scores"/>, so the two agree bitwise.
+    /// </summary>
+    public static void ScoreRows(float* a, int m, float* bt, int np, int cols, int d, float* c, int ldc)
+    {
+        if (Isa512.IsSupported) ScoreRows<Isa512, System.Runtime.Intrinsics.Vector512<float>>(a, m, bt, np, cols, d, c, ldc);
+        else if (Isa256.IsSupported) ScoreRows<Isa256, System.Runtime.Intrinsics.Vector256<float>>(a, m, bt, np, cols, d, c, ldc);
+        else ScoreRows<Isa128, System.Runtime.Intrinsics.Vector128<float>>(a, m, bt, np, cols, d, c, ldc);
+    }
+
+    private static void ScoreRows<TIsa, TVec>(float* a, int m, float* bt, int np, int cols, int d, float* c, int ldc)
+        where TIsa : struct, IVectorIsa<TVec>
+        where TVec : unmanaged
+    {
+        const int slab = 256;
+        for (int j0 = 0; j0 < cols; j0 += slab)
+            TileGemm.MultiplyTransposed<TIsa, TVec>(a, d, bt + j0, np, c + j0, ldc, m, Math.Min(slab, cols - j0), d);
     }
 
     /// <summary>
