@@ -90,6 +90,56 @@ public class VerticalSlashAttentionTests
         Assert.True(TestData.LseError(lse, r.Lse) < 1e-5, $"seed {TestData.RunSeed}");
     }
 
+    // Scattered slash lines (offsets 17–40 apart, each its own cluster) all take the transposed diagonal path; with more
+    // than 64 per block they come in several chunks. Verticals and block columns cross them (each pair counted once).
+    [Theory]
+    [InlineData(new[] { 2000 }, new[] { 2000 }, 4, 1, 128, false)]
+    [InlineData(new[] { 700 }, new[] { 900 }, 2, 2, 96, false)] // Tq < Tk, odd number of vectors per row
+    [InlineData(new[] { 500 }, new[] { 330 }, 4, 2, 32, false)] // Tq > Tk: early rows see nothing, diagonals start before key 0
+    [InlineData(new[] { 613, 1, 0, 1500 }, new[] { 613, 1, 0, 1500 }, 4, 2, 64, true)] // varlen with an empty sequence
+    public void ScatteredSlashLinesEqualTheFloat64Reference(int[] qLens, int[] kLens, int heads, int hkv, int dim, bool varlen)
+    {
+        Random rng = TestData.Rng(4120 + qLens.Sum() + dim);
+        var c = new AttnCase { H = heads, Hkv = hkv, D = dim };
+        if (varlen) c.SetVarlen(qLens, kLens);
+        else
+        {
+            c.Tq = qLens[0];
+            c.Tk = kLens[0];
+        }
+        AttnInputs<float> x = AttnInputs<float>.Gaussian(c, rng, scale: 1.5); // large logits
+        var plan = varlen
+            ? new VerticalSlashPlan(SeqOffsets.FromLengths(qLens), SeqOffsets.FromLengths(kLens), heads)
+            : new VerticalSlashPlan(1, heads, qLens[0], kLens[0]);
+        for (int s = 0; s < plan.Sequences; s++)
+        {
+            int tk = plan.KeyLength(s);
+            for (int h = 0; h < heads; h++)
+            {
+                var slash = new List<int>();
+                if (tk > 0) slash.Add(0);
+                for (int o = 1 + rng.Next(17, 40); o < tk; o += rng.Next(17, 41)) slash.Add(o);
+                var vert = new List<int>();
+                for (int j = 0; j < tk; j++)
+                    if (rng.NextDouble() < 0.03) vert.Add(j);
+                plan.SetSlash(s, h, slash.ToArray());
+                plan.SetVertical(s, h, vert.ToArray());
+                for (int qb = 0; qb < plan.QueryBlocks(s); qb += 2)
+                {
+                    var cols = new List<int>();
+                    for (int j = 0; j < tk; j++)
+                        if (rng.NextDouble() < 0.05) cols.Add(j);
+                    plan.SetBlockColumns(s, h, qb, cols.ToArray());
+                }
+            }
+        }
+        var (o1, lse) = Run(c, x, plan, threads: 2);
+        ReferenceForwardResult r = Reference(c, x, plan);
+        Assert.True(TestData.RelativeError<float>(o1, r.Output) < 1e-5, $"output, seed {TestData.RunSeed}");
+        Assert.True(TestData.LseError(lse, r.Lse) < 1e-5, $"lse, seed {TestData.RunSeed}");
+        Assert.DoesNotContain(o1, v => float.IsNaN(v));
+    }
+
     [Fact]
     public void VarlenWithAnEmptySequenceEqualsReference()
     {

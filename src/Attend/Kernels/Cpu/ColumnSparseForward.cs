@@ -32,9 +32,12 @@ internal sealed unsafe class ColumnSparseForward<T, TIsa, TVec> : IWorkItems
     private const int Bk = 64;
     private const int MergeGap = 16; // ranges closer than this are computed as one (fewer partial tiles)
     private const int ClusterGap = 16; // diagonals at most this many offsets apart form one cluster
-    // A pair on the diagonal path costs about this many pairs of a band tile: every pair reads its own K and V rows
-    // (no reuse across the block's rows). Measured 4.6–5.1x at T = 4096, D = 128 (K rows read as sequential streams).
-    private const int DiagonalCost = 6;
+    // A pair on the diagonal path costs about this many pairs of a band tile. The path runs transposed (a diagonal's
+    // keys are consecutive Kᵀ/Vᵀ panel columns, four diagonals register-blocked, as many FMAs per pair as a tile), but
+    // each query block still streams the part of the panels its diagonals reach, reused only ~3× (once per diagonal
+    // that meets a key): measured ≈3.3× a dense pair at T = 16384, D = 128. It had read one K and one V row per pair
+    // and cost 4.6–5.1× at T = 4096 (the constant was 6).
+    private const int DiagonalCost = 3;
     private const int GatherCost = 2; // a block's own column: packed per tile, then computed like a band key
 
     private readonly AttentionShape _sh;
@@ -46,7 +49,8 @@ internal sealed unsafe class ColumnSparseForward<T, TIsa, TVec> : IWorkItems
 
     // The current unit.
     private int _seq, _kvHead, _tk, _tkPad, _nvPad;
-    private float* _kt, _kRows, _vRows, _causalRev;
+    private long _panelStride; // row stride of the Kᵀ and Vᵀ panels: Bk zero keys before key 0, then _tkPad keys
+    private float* _kt, _vt, _vRows, _causalRev;
     private float*[] _slashRev = [], _columnBias = [], _vertKt = [], _vertV = [];
     private int[] _items = [];
     private int _stage; // 0: packing, 1: query blocks
@@ -101,11 +105,18 @@ internal sealed unsafe class ColumnSparseForward<T, TIsa, TVec> : IWorkItems
         for (int gi = 0; gi < g; gi++) nv = Math.Max(nv, _plan.Vertical(s, hk * g + gi).Length);
         _nvPad = (nv + Bk - 1) / Bk * Bk;
         long revLength = (long)_tkPad + _tk + 1;
-        long floats = 3L * dp * _tkPad + revLength + g * (revLength + _tkPad + 2L * dp * _nvPad);
+        // Kᵀ and Vᵀ panels start Bk zero keys early: a diagonal's keys for a block's first rows may lie before key 0.
+        _panelStride = _tkPad + Bk;
+        long floats = 2L * dp * _panelStride + (long)dp * _tkPad + revLength + g * (revLength + _tkPad + 2L * dp * _nvPad);
         float* p = SharedBuffer.Rent(0, floats).Pointer;
-        _kt = p; p += (long)dp * _tkPad;
+        _kt = p + Bk; p += (long)dp * _panelStride;
+        _vt = p + Bk; p += (long)dp * _panelStride;
         _vRows = p; p += (long)dp * _tkPad;
-        _kRows = p; p += (long)dp * _tkPad;
+        for (int x = 0; x < dp; x++)
+        {
+            new Span<float>(_kt + x * _panelStride - Bk, Bk).Clear();
+            new Span<float>(_vt + x * _panelStride - Bk, Bk).Clear();
+        }
         _causalRev = p; p += revLength;
         for (int gi = 0; gi < g; gi++)
         {
@@ -138,7 +149,7 @@ internal sealed unsafe class ColumnSparseForward<T, TIsa, TVec> : IWorkItems
         else PrepareHead(index - blocks);
     }
 
-    // Kᵀ panel columns and V rows of one 64-key block (and the zero padding after the last).
+    // Kᵀ and Vᵀ panel columns and V rows of one 64-key block (and the zero padding after the last).
     private void PackKeys(int block)
     {
         int dp = _dp, d = _sh.Dim, b = _sh.SeqBatch[_seq], k0 = _sh.KStart[_seq];
@@ -148,9 +159,10 @@ internal sealed unsafe class ColumnSparseForward<T, TIsa, TVec> : IWorkItems
         {
             bool valid = key < _tk;
             LoadRow(_k, b, k0 + key, valid, row, d, dp);
-            for (int x = 0; x < dp; x++) _kt[(long)x * _tkPad + key] = row[x];
-            new Span<float>(row, dp).CopyTo(new Span<float>(_kRows + (long)key * dp, dp));
-            LoadRow(_v, b, k0 + key, valid, _vRows + (long)key * dp, d, dp);
+            for (int x = 0; x < dp; x++) _kt[x * _panelStride + key] = row[x];
+            float* vr = _vRows + (long)key * dp;
+            LoadRow(_v, b, k0 + key, valid, vr, d, dp);
+            for (int x = 0; x < dp; x++) _vt[x * _panelStride + key] = vr[x];
         }
     }
 
@@ -201,7 +213,8 @@ internal sealed unsafe class ColumnSparseForward<T, TIsa, TVec> : IWorkItems
         int pos0 = i0 + tk - tq, pLast = pos0 + mr - 1;
         ReadOnlySpan<int> slash = _plan.Slash(s, h), vertical = _plan.Vertical(s, h), ownColumns = _plan.BlockColumns(s, h, qb);
 
-        long need = 2L * mp * dp + (long)mp * Bk + 5L * Bq + _tkPad + 2L * dp * Bk + 3L * (slash.Length + 1) + Bk;
+        long need = 2L * mp * dp + (long)mp * Bk + 5L * Bq + _tkPad + 2L * dp * Bk + 3L * (slash.Length + 1) + Bk
+            + 2L * dp * Bq + (long)Bk * Bq + 16;
         float* q = Scratch.Get(need);
         float* o = q + (long)mp * dp;
         float* p = o + (long)mp * dp;
@@ -216,6 +229,10 @@ internal sealed unsafe class ColumnSparseForward<T, TIsa, TVec> : IWorkItems
         float* column = gatherV + (long)dp * Bk;
         int* ranges = (int*)(column + Bk);
         int* diagonals = ranges + 2 * (slash.Length + 1);
+        float* qT = (float*)(diagonals + slash.Length + 1); // the diagonal path's transposed Q, O and scores
+        qT += (16 - ((nint)qT & 63) / 4) % 16; // 64-byte aligned (the 16 floats of slack at the end of `need`)
+        float* oT = qT + (long)dp * Bq;
+        float* pT = oT + (long)dp * Bq;
 
         TVec vscale = TIsa.Splat(_scale);
         for (int r = 0; r < mp; r++)
@@ -291,7 +308,7 @@ internal sealed unsafe class ColumnSparseForward<T, TIsa, TVec> : IWorkItems
                 for (int a = lo; a <= hi; a += Bk)
                 {
                     int kc = Math.Min(Bk, hi - a + 1);
-                    TileGemm.MultiplyTransposed<TIsa, TVec>(q, dp, _kt + a, _tkPad, p, Bk, mp, Bk, dp);
+                    TileGemm.MultiplyTransposed<TIsa, TVec>(q, dp, _kt + a, (int)_panelStride, p, Bk, mp, Bk, dp);
                     for (int r = 0; r < mp; r++)
                     {
                         float* row = p + (long)r * Bk;
@@ -326,13 +343,20 @@ internal sealed unsafe class ColumnSparseForward<T, TIsa, TVec> : IWorkItems
 
             if (diagonalCount > 0)
             {
+                // The diagonal path runs transposed: vector lanes run over the block's rows, so a diagonal's 64 keys
+                // (consecutive columns of the Kᵀ and Vᵀ panels) are whole vector loads, and its scores, exps and
+                // value updates are whole vectors too, register-blocked like a tile product.
+                Transpose(q, mp, dp, qT);
+                Transpose(o, mp, dp, oT);
                 for (int d0 = 0; d0 < diagonalCount; d0 += Bk)
                 {
                     int nd = Math.Min(Bk, diagonalCount - d0);
-                    DiagonalScores(q, diagonals + d0, nd, pos0, mr, mp, ranges, rangeCount, columnBias, p, column, rowMax);
-                    OnlineSoftmax.Update<TIsa, TVec>(p, mp, Bk, rowMax, m, l, alpha);
-                    DiagonalValues(p, diagonals + d0, nd, pos0, mr, alpha, o);
+                    DiagonalScores(qT, diagonals + d0, nd, pos0, mr, ranges, rangeCount, columnBias, pT, rowMax);
+                    OnlineSoftmax.UpdateColumns<TIsa, TVec>(pT, nd, Bq, rowMax, m, l, alpha);
+                    DiagonalValues(pT, diagonals + d0, nd, pos0, alpha, oT);
                 }
+                for (int r = 0; r < mp; r++)
+                    for (int x = 0; x < dp; x++) o[(long)r * dp + x] = oT[(long)x * Bq + r];
             }
 
             // Vertical columns at or before the block's last position, from the head's gathered panel.
@@ -358,7 +382,7 @@ internal sealed unsafe class ColumnSparseForward<T, TIsa, TVec> : IWorkItems
                 if (!any) continue;
                 for (int x = 0; x < dp; x++)
                 {
-                    float* src = _kt + (long)x * _tkPad;
+                    float* src = _kt + x * _panelStride;
                     float* dst = gatherKt + (long)x * Bk;
                     for (int c = 0; c < kc; c++) dst[c] = src[keys[c]];
                     for (int c = kc; c < Bk; c++) dst[c] = 0;
@@ -384,97 +408,144 @@ internal sealed unsafe class ColumnSparseForward<T, TIsa, TVec> : IWorkItems
         }
     }
 
-    // Scores of up to 64 diagonals as the columns of a tile: p[r][c] = q_r · k(pos0 + r − offset_c), −∞ where the key is
-    // before 0, lies in a range tile, or is a column (vertical or the block's own; the column tiles count those pairs).
-    // A diagonal's keys are 64 consecutive K rows, read as one sequential stream (the rows are packed per unit).
-    private void DiagonalScores(float* q, int* offsets, int count, int pos0, int mr, int mp, int* ranges, int rangeCount, float* columnBias,
-        float* p, float* column, float* rowMax)
+    // qT[x][r] = q[r][x] for the block's mp rows; rows mp … Bq − 1 are 0.
+    private static void Transpose(float* q, int mp, int dp, float* qT)
+    {
+        for (int x = 0; x < dp; x++)
+        {
+            float* dst = qT + (long)x * Bq;
+            for (int r = 0; r < mp; r++) dst[r] = q[(long)r * dp + x];
+            for (int r = mp; r < Bq; r++) dst[r] = 0;
+        }
+    }
+
+    // Scores of up to 64 diagonals, transposed: sT[c][r] = q_r · k(pos0 + r − offset_c), −∞ where the row is padding,
+    // the key is before 0, lies in a range tile, or is a column (vertical or the block's own; the column tiles count
+    // those pairs); rowMax[r] = the row's largest score. Diagonal c's keys for rows r … r + 4W − 1 are consecutive
+    // columns of the Kᵀ panel, so four diagonals × 4 row vectors are accumulated over the head dim at once.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private void DiagonalScores(float* qT, int* offsets, int count, int pos0, int mr, int* ranges, int rangeCount, float* columnBias,
+        float* sT, float* rowMax)
     {
         int w = TIsa.Width, dp = _dp;
-        for (int c = 0; c < Bk; c++)
+        long ps = _panelStride;
+        for (int rc = 0; rc < Bq; rc += 4 * w)
         {
-            if (c >= count)
+            int c = 0;
+            for (; c + 4 <= count; c += 4)
             {
-                for (int r = 0; r < mp; r++) p[(long)r * Bk + c] = float.NegativeInfinity;
-                continue;
-            }
-            int key0 = pos0 - offsets[c];
-            for (int r = Math.Max(0, -key0); r < mr; r++)
-            {
-                float* qr = q + (long)r * dp;
-                float* kr = _kRows + (long)(key0 + r) * dp;
-                TVec a0 = TIsa.Zero, a1 = TIsa.Zero;
-                int x = 0;
-                for (; x + 2 * w <= dp; x += 2 * w)
+                float* k0 = _kt + (pos0 - offsets[c] + rc), k1 = _kt + (pos0 - offsets[c + 1] + rc);
+                float* k2 = _kt + (pos0 - offsets[c + 2] + rc), k3 = _kt + (pos0 - offsets[c + 3] + rc);
+                TVec a00 = TIsa.Zero, a01 = TIsa.Zero, a02 = TIsa.Zero, a03 = TIsa.Zero;
+                TVec a10 = TIsa.Zero, a11 = TIsa.Zero, a12 = TIsa.Zero, a13 = TIsa.Zero;
+                TVec a20 = TIsa.Zero, a21 = TIsa.Zero, a22 = TIsa.Zero, a23 = TIsa.Zero;
+                TVec a30 = TIsa.Zero, a31 = TIsa.Zero, a32 = TIsa.Zero, a33 = TIsa.Zero;
+                float* qx = qT + rc;
+                for (int x = 0; x < dp; x++, qx += Bq, k0 += ps, k1 += ps, k2 += ps, k3 += ps)
                 {
-                    a0 = TIsa.Fma(TIsa.Load(qr + x), TIsa.Load(kr + x), a0);
-                    a1 = TIsa.Fma(TIsa.Load(qr + x + w), TIsa.Load(kr + x + w), a1);
+                    TVec q0 = TIsa.Load(qx), q1 = TIsa.Load(qx + w), q2 = TIsa.Load(qx + 2 * w), q3 = TIsa.Load(qx + 3 * w);
+                    a00 = TIsa.Fma(q0, TIsa.Load(k0), a00); a01 = TIsa.Fma(q1, TIsa.Load(k0 + w), a01);
+                    a02 = TIsa.Fma(q2, TIsa.Load(k0 + 2 * w), a02); a03 = TIsa.Fma(q3, TIsa.Load(k0 + 3 * w), a03);
+                    a10 = TIsa.Fma(q0, TIsa.Load(k1), a10); a11 = TIsa.Fma(q1, TIsa.Load(k1 + w), a11);
+                    a12 = TIsa.Fma(q2, TIsa.Load(k1 + 2 * w), a12); a13 = TIsa.Fma(q3, TIsa.Load(k1 + 3 * w), a13);
+                    a20 = TIsa.Fma(q0, TIsa.Load(k2), a20); a21 = TIsa.Fma(q1, TIsa.Load(k2 + w), a21);
+                    a22 = TIsa.Fma(q2, TIsa.Load(k2 + 2 * w), a22); a23 = TIsa.Fma(q3, TIsa.Load(k2 + 3 * w), a23);
+                    a30 = TIsa.Fma(q0, TIsa.Load(k3), a30); a31 = TIsa.Fma(q1, TIsa.Load(k3 + w), a31);
+                    a32 = TIsa.Fma(q2, TIsa.Load(k3 + 2 * w), a32); a33 = TIsa.Fma(q3, TIsa.Load(k3 + 3 * w), a33);
                 }
-                if (x < dp) a0 = TIsa.Fma(TIsa.Load(qr + x), TIsa.Load(kr + x), a0);
-                column[r] = TIsa.Sum(TIsa.Add(a0, a1));
+                float* s0 = sT + (long)c * Bq + rc, s1 = s0 + Bq, s2 = s1 + Bq, s3 = s2 + Bq;
+                TIsa.Store(a00, s0); TIsa.Store(a01, s0 + w); TIsa.Store(a02, s0 + 2 * w); TIsa.Store(a03, s0 + 3 * w);
+                TIsa.Store(a10, s1); TIsa.Store(a11, s1 + w); TIsa.Store(a12, s1 + 2 * w); TIsa.Store(a13, s1 + 3 * w);
+                TIsa.Store(a20, s2); TIsa.Store(a21, s2 + w); TIsa.Store(a22, s2 + 2 * w); TIsa.Store(a23, s2 + 3 * w);
+                TIsa.Store(a30, s3); TIsa.Store(a31, s3 + w); TIsa.Store(a32, s3 + 2 * w); TIsa.Store(a33, s3 + 3 * w);
             }
-            for (int r = 0; r < mp; r++)
+            for (; c < count; c++)
             {
-                int key = key0 + r;
-                bool hidden = r >= mr || key < 0 || columnBias[key] == 0;
-                p[(long)r * Bk + c] = hidden ? float.NegativeInfinity : column[r];
+                float* k0 = _kt + (pos0 - offsets[c] + rc);
+                TVec a0 = TIsa.Zero, a1 = TIsa.Zero, a2 = TIsa.Zero, a3 = TIsa.Zero;
+                float* qx = qT + rc;
+                for (int x = 0; x < dp; x++, qx += Bq, k0 += ps)
+                {
+                    a0 = TIsa.Fma(TIsa.Load(qx), TIsa.Load(k0), a0);
+                    a1 = TIsa.Fma(TIsa.Load(qx + w), TIsa.Load(k0 + w), a1);
+                    a2 = TIsa.Fma(TIsa.Load(qx + 2 * w), TIsa.Load(k0 + 2 * w), a2);
+                    a3 = TIsa.Fma(TIsa.Load(qx + 3 * w), TIsa.Load(k0 + 3 * w), a3);
+                }
+                float* s0 = sT + (long)c * Bq + rc;
+                TIsa.Store(a0, s0); TIsa.Store(a1, s0 + w); TIsa.Store(a2, s0 + 2 * w); TIsa.Store(a3, s0 + 3 * w);
+            }
+        }
+        TVec negInf = TIsa.Splat(float.NegativeInfinity);
+        for (int c = 0; c < count; c++)
+        {
+            int key0 = pos0 - offsets[c];
+            float* sc = sT + (long)c * Bq;
+            for (int r0 = 0; r0 < Bq; r0 += w)
+            {
+                if (r0 + w <= mr && key0 + r0 >= 0)
+                {
+                    // Column keys (bias 0) are hidden here; every other key of the diagonal is visible.
+                    TVec bias = TIsa.Load(columnBias + key0 + r0);
+                    TIsa.Store(TIsa.Add(TIsa.Load(sc + r0), TIsa.Select(TIsa.Equal(bias, TIsa.Zero), negInf, TIsa.Zero)), sc + r0);
+                    continue;
+                }
+                for (int r = r0; r < r0 + w; r++)
+                {
+                    int key = key0 + r;
+                    if (r >= mr || key < 0 || columnBias[key] == 0) sc[r] = float.NegativeInfinity;
+                }
             }
             // Rows whose key falls in a range tile: that tile counted the pair.
             for (int rg = 0; rg < rangeCount; rg++)
             {
                 int lo = ranges[2 * rg] - key0, hi = ranges[2 * rg + 1] - key0;
-                for (int r = Math.Max(lo, 0); r <= Math.Min(hi, mr - 1); r++) p[(long)r * Bk + c] = float.NegativeInfinity;
+                for (int r = Math.Max(lo, 0); r <= Math.Min(hi, mr - 1); r++) sc[r] = float.NegativeInfinity;
             }
         }
-        for (int r = 0; r < mp; r++)
+        for (int r0 = 0; r0 < Bq; r0 += w)
         {
-            float* row = p + (long)r * Bk;
-            TVec mx = TIsa.Load(row);
-            for (int c = w; c < Bk; c += w) mx = TIsa.Max(mx, TIsa.Load(row + c));
-            rowMax[r] = TIsa.MaxAcross(mx);
+            TVec mx = negInf;
+            for (int c = 0; c < count; c++) mx = TIsa.Max(mx, TIsa.Load(sT + (long)c * Bq + r0));
+            TIsa.Store(mx, rowMax + r0);
         }
     }
 
-    // o[r] = alpha[r]·o[r] + Σ_c p[r][c]·v(pos0 + r − offset_c), a row's output held in registers four vectors at a time.
-    private void DiagonalValues(float* p, int* offsets, int count, int pos0, int mr, float* alpha, float* o)
+    // oT[x][r] = alpha[r]·oT[x][r] + Σ_c pT[c][r]·v(pos0 + r − offset_c)[x]: diagonal c's values for rows r … r + 4W − 1
+    // are consecutive columns of the Vᵀ panel; 4 features × 4 row vectors are accumulated over the diagonals at once.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private void DiagonalValues(float* pT, int* offsets, int count, int pos0, float* alpha, float* oT)
     {
         int w = TIsa.Width, dp = _dp;
-        for (int r = 0; r < mr; r++)
+        long ps = _panelStride;
+        for (int rc = 0; rc < Bq; rc += 4 * w)
         {
-            float* orow = o + (long)r * dp;
-            float* prow = p + (long)r * Bk;
-            float* vbase = _vRows + (long)(pos0 + r) * dp;
-            TVec a = TIsa.Splat(alpha[r]);
-            int x0 = 0;
-            for (; x0 + 4 * w <= dp; x0 += 4 * w)
+            TVec g0 = TIsa.Load(alpha + rc), g1 = TIsa.Load(alpha + rc + w), g2 = TIsa.Load(alpha + rc + 2 * w), g3 = TIsa.Load(alpha + rc + 3 * w);
+            for (int x = 0; x < dp; x += 4)
             {
-                TVec o0 = TIsa.Mul(TIsa.Load(orow + x0), a), o1 = TIsa.Mul(TIsa.Load(orow + x0 + w), a);
-                TVec o2 = TIsa.Mul(TIsa.Load(orow + x0 + 2 * w), a), o3 = TIsa.Mul(TIsa.Load(orow + x0 + 3 * w), a);
+                float* o0 = oT + (long)x * Bq + rc, o1 = o0 + Bq, o2 = o1 + Bq, o3 = o2 + Bq;
+                TVec a00 = TIsa.Mul(g0, TIsa.Load(o0)), a01 = TIsa.Mul(g1, TIsa.Load(o0 + w)), a02 = TIsa.Mul(g2, TIsa.Load(o0 + 2 * w)), a03 = TIsa.Mul(g3, TIsa.Load(o0 + 3 * w));
+                TVec a10 = TIsa.Mul(g0, TIsa.Load(o1)), a11 = TIsa.Mul(g1, TIsa.Load(o1 + w)), a12 = TIsa.Mul(g2, TIsa.Load(o1 + 2 * w)), a13 = TIsa.Mul(g3, TIsa.Load(o1 + 3 * w));
+                TVec a20 = TIsa.Mul(g0, TIsa.Load(o2)), a21 = TIsa.Mul(g1, TIsa.Load(o2 + w)), a22 = TIsa.Mul(g2, TIsa.Load(o2 + 2 * w)), a23 = TIsa.Mul(g3, TIsa.Load(o2 + 3 * w));
+                TVec a30 = TIsa.Mul(g0, TIsa.Load(o3)), a31 = TIsa.Mul(g1, TIsa.Load(o3 + w)), a32 = TIsa.Mul(g2, TIsa.Load(o3 + 2 * w)), a33 = TIsa.Mul(g3, TIsa.Load(o3 + 3 * w));
+                float* vx = _vt + x * ps + pos0 + rc;
                 for (int c = 0; c < count; c++)
                 {
-                    float pc = prow[c];
-                    if (pc == 0) continue;
-                    float* v = vbase - (long)offsets[c] * dp + x0;
-                    TVec sv = TIsa.Splat(pc);
-                    o0 = TIsa.Fma(sv, TIsa.Load(v), o0);
-                    o1 = TIsa.Fma(sv, TIsa.Load(v + w), o1);
-                    o2 = TIsa.Fma(sv, TIsa.Load(v + 2 * w), o2);
-                    o3 = TIsa.Fma(sv, TIsa.Load(v + 3 * w), o3);
+                    float* pc = pT + (long)c * Bq + rc;
+                    TVec p0 = TIsa.Load(pc), p1 = TIsa.Load(pc + w), p2 = TIsa.Load(pc + 2 * w), p3 = TIsa.Load(pc + 3 * w);
+                    float* v0 = vx - offsets[c], v1 = v0 + ps, v2 = v1 + ps, v3 = v2 + ps;
+                    a00 = TIsa.Fma(p0, TIsa.Load(v0), a00); a01 = TIsa.Fma(p1, TIsa.Load(v0 + w), a01);
+                    a02 = TIsa.Fma(p2, TIsa.Load(v0 + 2 * w), a02); a03 = TIsa.Fma(p3, TIsa.Load(v0 + 3 * w), a03);
+                    a10 = TIsa.Fma(p0, TIsa.Load(v1), a10); a11 = TIsa.Fma(p1, TIsa.Load(v1 + w), a11);
+                    a12 = TIsa.Fma(p2, TIsa.Load(v1 + 2 * w), a12); a13 = TIsa.Fma(p3, TIsa.Load(v1 + 3 * w), a13);
+                    a20 = TIsa.Fma(p0, TIsa.Load(v2), a20); a21 = TIsa.Fma(p1, TIsa.Load(v2 + w), a21);
+                    a22 = TIsa.Fma(p2, TIsa.Load(v2 + 2 * w), a22); a23 = TIsa.Fma(p3, TIsa.Load(v2 + 3 * w), a23);
+                    a30 = TIsa.Fma(p0, TIsa.Load(v3), a30); a31 = TIsa.Fma(p1, TIsa.Load(v3 + w), a31);
+                    a32 = TIsa.Fma(p2, TIsa.Load(v3 + 2 * w), a32); a33 = TIsa.Fma(p3, TIsa.Load(v3 + 3 * w), a33);
                 }
-                TIsa.Store(o0, orow + x0);
-                TIsa.Store(o1, orow + x0 + w);
-                TIsa.Store(o2, orow + x0 + 2 * w);
-                TIsa.Store(o3, orow + x0 + 3 * w);
-            }
-            for (; x0 < dp; x0 += w)
-            {
-                TVec acc = TIsa.Mul(TIsa.Load(orow + x0), a);
-                for (int c = 0; c < count; c++)
-                {
-                    float pc = prow[c];
-                    if (pc != 0) acc = TIsa.Fma(TIsa.Splat(pc), TIsa.Load(vbase - (long)offsets[c] * dp + x0), acc);
-                }
-                TIsa.Store(acc, orow + x0);
+                TIsa.Store(a00, o0); TIsa.Store(a01, o0 + w); TIsa.Store(a02, o0 + 2 * w); TIsa.Store(a03, o0 + 3 * w);
+                TIsa.Store(a10, o1); TIsa.Store(a11, o1 + w); TIsa.Store(a12, o1 + 2 * w); TIsa.Store(a13, o1 + 3 * w);
+                TIsa.Store(a20, o2); TIsa.Store(a21, o2 + w); TIsa.Store(a22, o2 + 2 * w); TIsa.Store(a23, o2 + 3 * w);
+                TIsa.Store(a30, o3); TIsa.Store(a31, o3 + w); TIsa.Store(a32, o3 + 2 * w); TIsa.Store(a33, o3 + 3 * w);
             }
         }
     }

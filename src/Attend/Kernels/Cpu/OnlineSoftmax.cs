@@ -90,4 +90,37 @@ internal static unsafe class OnlineSoftmax
             sum[r] = sum[r] * alpha[r] + TIsa.Sum(acc);
         }
     }
+
+    /// <summary>
+    /// <see cref="Update{TIsa,TVec}(float*,int,int,float*,float*,float*,float*)"/> for a transposed tile:
+    /// <paramref name="sT"/> holds <paramref name="columns"/> columns of <paramref name="rows"/> scores each (column c's
+    /// score of row r at sT[c·rows + r]; rows a multiple of the vector width), so the exps and the row sums are whole
+    /// vectors over rows. Overwritten with P = exp(S − new max); the statistics are updated as in the row form.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void UpdateColumns<TIsa, TVec>(float* sT, int columns, int rows, float* rowMax, float* max, float* sum, float* alpha)
+        where TIsa : struct, IVectorIsa<TVec>
+        where TVec : unmanaged
+    {
+        int w = TIsa.Width;
+        TVec negInf = TIsa.Splat(float.NegativeInfinity);
+        for (int r = 0; r < rows; r += w)
+        {
+            TVec old = TIsa.Load(max + r);
+            TVec newMax = TIsa.Max(old, TIsa.Load(rowMax + r));
+            TVec shift = TIsa.Select(TIsa.Equal(newMax, negInf), TIsa.Zero, newMax);
+            TVec a = TIsa.Exp(TIsa.Sub(old, shift));
+            TIsa.Store(a, alpha + r);
+            TIsa.Store(newMax, max + r);
+            TVec acc = TIsa.Zero;
+            for (int c = 0; c < columns; c++)
+            {
+                float* x = sT + (long)c * rows + r;
+                TVec e = TIsa.Exp(TIsa.Sub(TIsa.Load(x), shift));
+                TIsa.Store(e, x);
+                acc = TIsa.Add(acc, e);
+            }
+            TIsa.Store(TIsa.Add(TIsa.Mul(TIsa.Load(sum + r), a), acc), sum + r);
+        }
+    }
 }
