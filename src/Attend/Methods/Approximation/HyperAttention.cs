@@ -94,6 +94,22 @@ public static class HyperAttention
         return coverage;
     }
 
+    /// <summary>
+    /// Approximate attention of a packed variable-length batch (self-attention): q [T, H, D], k and v [T, Hkv, D], the
+    /// sequences delimited by <paramref name="offsets"/>, into <paramref name="output"/> [T, H, D] and
+    /// <paramref name="lse"/> [H, T]. Each sequence is approximated on its own, exactly as a batch of one with the same
+    /// options (same hyperplanes and samples), so no sequence sees another's keys.
+    /// </summary>
+    /// <exception cref="ArgumentException">Shapes that disagree with the offsets, or a bad option (named).</exception>
+    public static VarlenLshCoverage ForwardVarlen(float[] q, float[] k, float[] v, SeqOffsets offsets, int heads, int kvHeads, int dim,
+        HyperAttentionOptions options, float[] output, float[] lse)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        _ = new Settings(options, dim); // bad options fail before any work
+        return VarlenLshCoverage.Run(q, k, v, offsets, heads, kvHeads, dim, output, lse,
+            (qs, ks, vs, n, o, l) => Forward(qs, ks, vs, 1, n, heads, kvHeads, dim, options, o, l));
+    }
+
     internal sealed class Settings
     {
         public readonly bool Causal;
@@ -270,7 +286,6 @@ public sealed class HyperAttentionMethod : IAttentionMethod
     {
         ArgumentNullException.ThrowIfNull(inputs);
         ArgumentNullException.ThrowIfNull(arguments);
-        if (inputs.Offsets is not null) throw new ArgumentException("hyperattention does not take varlen offsets; run each sequence as its own batch entry.", "offsets");
         MethodTensor q = inputs.Q, k = inputs.K;
         int b = q.Dim(0), t = q.Dim(1), h = q.Dim(2), d = q.Dim(3), hkv = k.Dim(2);
         if (k.Dim(1) != t) throw new ArgumentException($"hyperattention needs as many keys as queries; k has {k.Dim(1)} tokens (dimension 1), q has {t}.", "k");
@@ -289,8 +304,18 @@ public sealed class HyperAttentionMethod : IAttentionMethod
         var o = new float[(long)b * t * h * d];
         var lse = new float[(long)b * h * t];
         var watch = Stopwatch.StartNew();
-        LshCoverage coverage = HyperAttention.Forward(q.Data, k.Data, inputs.V.Data, b, t, h, hkv, d, options, o, lse);
-        var result = new MethodResult(new MethodTensor(o, b, t, h, d)) { Density = coverage.Density(options.Causal ?? true), Coverage = coverage };
+        MethodResult result;
+        if (inputs.Offsets is SeqOffsets offsets)
+        {
+            // Varlen: each packed sequence on its own (b is 1, t the packed total).
+            VarlenLshCoverage packed = HyperAttention.ForwardVarlen(q.Data, k.Data, inputs.V.Data, offsets, h, hkv, d, options, o, lse);
+            result = new MethodResult(new MethodTensor(o, b, t, h, d)) { Density = packed.Density(options.Causal ?? true), Coverage = packed };
+        }
+        else
+        {
+            LshCoverage coverage = HyperAttention.Forward(q.Data, k.Data, inputs.V.Data, b, t, h, hkv, d, options, o, lse);
+            result = new MethodResult(new MethodTensor(o, b, t, h, d)) { Density = coverage.Density(options.Causal ?? true), Coverage = coverage };
+        }
         result.Extras["lse"] = new MethodTensor(lse, b, h, t);
         result.Report.Add(new("total_ms", watch.Elapsed.TotalMilliseconds.ToString("F1", System.Globalization.CultureInfo.InvariantCulture)));
         return result;

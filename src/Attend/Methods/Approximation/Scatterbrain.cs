@@ -152,6 +152,130 @@ public static class Scatterbrain
         return coverage;
     }
 
+    /// <summary>
+    /// Approximate attention of a packed variable-length batch (self-attention): q [T, H, D], k and v [T, Hkv, D], the
+    /// sequences delimited by <paramref name="offsets"/>, into <paramref name="output"/> [T, H, D] and
+    /// <paramref name="lse"/> [H, T]. Each sequence is approximated on its own, exactly as a batch of one with the same
+    /// options (same hyperplanes and features): no sequence's keys enter another's sparse or low-rank part.
+    /// </summary>
+    /// <exception cref="ArgumentException">Shapes that disagree with the offsets, or a bad option (named).</exception>
+    public static VarlenLshCoverage ForwardVarlen(float[] q, float[] k, float[] v, SeqOffsets offsets, int heads, int kvHeads, int dim,
+        ScatterbrainOptions options, float[] output, float[] lse)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        return VarlenLshCoverage.Run(q, k, v, offsets, heads, kvHeads, dim, output, lse,
+            (qs, ks, vs, n, o, l) => Forward(qs, ks, vs, 1, n, n, heads, kvHeads, dim, options, o, l));
+    }
+
+    /// <summary>
+    /// The float64 definition of the method, the oracle of its tests: for query row i (position p) of head h, with the
+    /// same support (equal blocks of the two sortLSH orders, keys ≤ p when causal) and the same random features W, each
+    /// visible key j gets weight exp(scale·q·k) on the support and φ(x)·φ(y) = (1/r)·Σ_f exp(w_f·x − ‖x‖²/2 + w_f·y −
+    /// ‖y‖²/2) (x = √scale·q, y = √scale·k) off it; the output is the weighted mean of the values and the LSE the log of
+    /// the weights' sum (computed in log space, so no stabilising shift is needed). Rows that see no key give 0 and −∞.
+    /// O(Tq·Tk·r) per head: small shapes only.
+    /// </summary>
+    internal static (double[] Output, double[] Lse) Reference(float[] q, float[] k, float[] v, int batch, int queryTokens, int keyTokens,
+        int heads, int kvHeads, int dim, ScatterbrainOptions options)
+    {
+        int r = options.Features ?? 64, bs = options.BlockSize ?? 128, bits = options.HashBits ?? 7, seed = options.Seed ?? 0;
+        bool causal = options.Causal ?? true;
+        double scale = options.Scale ?? 1f / MathF.Sqrt(dim);
+        int nq = queryTokens, nk = keyTokens, hd = heads * dim, kd = kvHeads * dim, g = heads / kvHeads, shift = nk - nq;
+        var lsh = new SortLsh(bits, dim, seed);
+        float[] w = Gaussian(r * dim, seed + 1);
+        var output = new double[(long)batch * nq * hd];
+        var lse = new double[(long)batch * heads * nq];
+        double root = Math.Sqrt(scale);
+        for (int b = 0; b < batch; b++)
+        {
+            ReadOnlySpan<float> qb = q.AsSpan(b * nq * hd, nq * hd), kb = k.AsSpan(b * nk * kd, nk * kd), vb = v.AsSpan(b * nk * kd, nk * kd);
+            for (int h = 0; h < heads; h++)
+            {
+                int hk = h / g;
+                int[] qOrder = lsh.SortOrder(qb[(h * dim)..], nq, hd), kOrder = lsh.SortOrder(kb[(hk * dim)..], nk, kd);
+                var qBlock = new int[nq];
+                var kBlock = new int[nk];
+                for (int i = 0; i < nq; i++) qBlock[qOrder[i]] = i / bs;
+                for (int j = 0; j < nk; j++) kBlock[kOrder[j]] = j / bs;
+                double[] keyFeature = LogFeatures(kb, nk, kd, hk * dim, dim, root, w, r); // [nk][r]: w_f·y − ‖y‖²/2
+                double[] queryFeature = LogFeatures(qb, nq, hd, h * dim, dim, root, w, r);
+                var logWeight = new double[nk];
+                var terms = new double[r];
+                for (int i = 0; i < nq; i++)
+                {
+                    int end = causal ? Math.Clamp(i + shift + 1, 0, nk) : nk;
+                    long outAt = ((long)b * nq + i) * hd + h * dim;
+                    long lseAt = ((long)b * heads + h) * nq + i;
+                    if (end == 0)
+                    {
+                        lse[lseAt] = double.NegativeInfinity;
+                        continue;
+                    }
+                    double max = double.NegativeInfinity;
+                    for (int j = 0; j < end; j++)
+                    {
+                        if (qBlock[i] == kBlock[j])
+                        {
+                            double dot = 0;
+                            for (int x = 0; x < dim; x++) dot += (double)qb[i * hd + h * dim + x] * kb[j * kd + hk * dim + x];
+                            logWeight[j] = scale * dot;
+                        }
+                        else
+                        {
+                            for (int f = 0; f < r; f++) terms[f] = queryFeature[(long)i * r + f] + keyFeature[(long)j * r + f];
+                            logWeight[j] = LogSumExp(terms) - Math.Log(r);
+                        }
+                        max = Math.Max(max, logWeight[j]);
+                    }
+                    double sum = 0;
+                    for (int j = 0; j < end; j++)
+                    {
+                        double e = Math.Exp(logWeight[j] - max);
+                        sum += e;
+                        for (int x = 0; x < dim; x++) output[outAt + x] += e * vb[j * kd + hk * dim + x];
+                    }
+                    for (int x = 0; x < dim; x++) output[outAt + x] /= sum;
+                    lse[lseAt] = max + Math.Log(sum);
+                }
+            }
+        }
+        return (output, lse);
+    }
+
+    // [n][r]: w_f·(root·row) − ‖root·row‖²/2 for the rows of one head (row i at data[i·stride + offset …]).
+    private static double[] LogFeatures(ReadOnlySpan<float> data, int n, int stride, int offset, int dim, double root, float[] w, int r)
+    {
+        var result = new double[(long)n * r];
+        var x = new double[dim];
+        for (int i = 0; i < n; i++)
+        {
+            double norm = 0;
+            for (int c = 0; c < dim; c++)
+            {
+                x[c] = root * data[i * stride + offset + c];
+                norm += x[c] * x[c];
+            }
+            for (int f = 0; f < r; f++)
+            {
+                double dot = 0;
+                for (int c = 0; c < dim; c++) dot += w[f * dim + c] * x[c];
+                result[(long)i * r + f] = dot - norm / 2;
+            }
+        }
+        return result;
+    }
+
+    private static double LogSumExp(double[] values)
+    {
+        double max = double.NegativeInfinity;
+        foreach (double x in values) max = Math.Max(max, x);
+        if (double.IsNegativeInfinity(max)) return max;
+        double sum = 0;
+        foreach (double x in values) sum += Math.Exp(x - max);
+        return max + Math.Log(sum);
+    }
+
     private static float[] Gaussian(int count, int seed)
     {
         var rng = new Random(seed);
@@ -226,7 +350,6 @@ public sealed class ScatterbrainMethod : IAttentionMethod
     {
         ArgumentNullException.ThrowIfNull(inputs);
         ArgumentNullException.ThrowIfNull(arguments);
-        if (inputs.Offsets is not null) throw new ArgumentException("scatterbrain does not take varlen offsets; run each sequence as its own batch entry.", "offsets");
         MethodTensor q = inputs.Q, k = inputs.K;
         int b = q.Dim(0), tq = q.Dim(1), h = q.Dim(2), d = q.Dim(3), tk = k.Dim(1), hkv = k.Dim(2);
         var options = new ScatterbrainOptions
@@ -243,8 +366,19 @@ public sealed class ScatterbrainMethod : IAttentionMethod
         var o = new float[(long)b * tq * h * d];
         var lse = new float[(long)b * h * tq];
         var watch = Stopwatch.StartNew();
-        LshCoverage coverage = Scatterbrain.Forward(q.Data, k.Data, inputs.V.Data, b, tq, tk, h, hkv, d, options, o, lse);
-        var result = new MethodResult(new MethodTensor(o, b, tq, h, d)) { Density = coverage.ExactDensity(tq, options.Causal ?? true), Coverage = coverage };
+        MethodResult result;
+        if (inputs.Offsets is SeqOffsets offsets)
+        {
+            // Varlen (self-attention): each packed sequence on its own (b is 1, tq = tk the packed total).
+            if (tk != tq) throw new ArgumentException($"Varlen scatterbrain is self-attention; k has {tk} tokens (dimension 1), q has {tq}.", "k");
+            VarlenLshCoverage packed = Scatterbrain.ForwardVarlen(q.Data, k.Data, inputs.V.Data, offsets, h, hkv, d, options, o, lse);
+            result = new MethodResult(new MethodTensor(o, b, tq, h, d)) { Density = packed.Density(options.Causal ?? true), Coverage = packed };
+        }
+        else
+        {
+            LshCoverage coverage = Scatterbrain.Forward(q.Data, k.Data, inputs.V.Data, b, tq, tk, h, hkv, d, options, o, lse);
+            result = new MethodResult(new MethodTensor(o, b, tq, h, d)) { Density = coverage.ExactDensity(tq, options.Causal ?? true), Coverage = coverage };
+        }
         result.Extras["lse"] = new MethodTensor(lse, b, h, tq);
         result.Report.Add(new("total_ms", watch.Elapsed.TotalMilliseconds.ToString("F1", System.Globalization.CultureInfo.InvariantCulture)));
         return result;

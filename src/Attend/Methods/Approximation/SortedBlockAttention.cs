@@ -178,6 +178,20 @@ public sealed class LshCoverage : IPairCoverage
         }
     }
 
+    /// <summary>Exact (and, for HyperAttention, sampled) pairs counted so far.</summary>
+    internal long ComputedPairs => _computed;
+
+    /// <summary>Key tokens per batch entry.</summary>
+    internal int Tokens => _tokens;
+
+    /// <summary>Visible pairs of <paramref name="queryTokens"/> queries per batch entry, over all heads and entries.</summary>
+    internal long VisiblePairs(int queryTokens, bool causal)
+    {
+        long visible = 0;
+        for (int i = 0; i < queryTokens; i++) visible += causal ? Math.Clamp(i + _tokens - queryTokens + 1, 0, _tokens) : _tokens;
+        return visible * _heads * Batch;
+    }
+
     /// <summary>Exact plus sampled pairs over the visible pairs of the mask (causal or full).</summary>
     public double Density(bool causal)
     {
@@ -215,3 +229,78 @@ public sealed class LshCoverage : IPairCoverage
     }
 }
 
+
+/// <summary>
+/// <see cref="LshCoverage"/> of a packed variable-length batch: each sequence was approximated on its own (as a batch of
+/// one, with the same options), so its coverage is its own. <see cref="CoveredKeys"/> takes the sequence as
+/// <c>batch</c> and the row within it as <c>query</c>, and marks that sequence's keys.
+/// </summary>
+public sealed class VarlenLshCoverage : IPairCoverage
+{
+    private readonly LshCoverage[] _sequences;
+
+    internal VarlenLshCoverage(LshCoverage[] sequences) => _sequences = sequences;
+
+    /// <summary>Number of sequences.</summary>
+    public int Sequences => _sequences.Length;
+
+    /// <summary>Exact (and sampled) pairs over the visible pairs of every sequence (causal or full).</summary>
+    public double Density(bool causal)
+    {
+        long computed = 0, visible = 0;
+        foreach (LshCoverage c in _sequences)
+        {
+            computed += c.ComputedPairs;
+            visible += c.VisiblePairs(c.Tokens, causal);
+        }
+        return visible == 0 ? 1 : (double)computed / visible;
+    }
+
+    /// <inheritdoc/>
+    /// <exception cref="ArgumentOutOfRangeException">A sequence outside the batch.</exception>
+    public void CoveredKeys(int batch, int head, int query, Span<bool> covered)
+    {
+        if ((uint)batch >= (uint)_sequences.Length) throw new ArgumentOutOfRangeException(nameof(batch), batch, $"There are {_sequences.Length} sequences.");
+        _sequences[batch].CoveredKeys(0, head, query, covered);
+    }
+
+    /// <summary>
+    /// Runs <paramref name="runOne"/> (q, k, v, tokens, output, lse of one sequence as a batch of one) on every sequence of
+    /// a packed batch (self-attention: the same offsets for queries and keys) and writes the packed output [T, H, D] and
+    /// LSE [H, T].
+    /// </summary>
+    internal static VarlenLshCoverage Run(float[] q, float[] k, float[] v, SeqOffsets offsets, int heads, int kvHeads, int dim, float[] output, float[] lse,
+        Func<float[], float[], float[], int, float[], float[], LshCoverage> runOne)
+    {
+        ArgumentNullException.ThrowIfNull(q);
+        ArgumentNullException.ThrowIfNull(k);
+        ArgumentNullException.ThrowIfNull(v);
+        ArgumentNullException.ThrowIfNull(offsets);
+        ArgumentNullException.ThrowIfNull(output);
+        ArgumentNullException.ThrowIfNull(lse);
+        if (heads < 1 || kvHeads < 1 || heads % kvHeads != 0) throw new ArgumentException($"kvHeads ({kvHeads}) must divide heads ({heads}).", nameof(kvHeads));
+        int total = offsets.TotalTokens, hd = heads * dim, kd = kvHeads * dim;
+        if (q.LongLength != (long)total * hd) throw new ArgumentException($"q has {q.LongLength} values; the offsets' {total} tokens × H × D need {(long)total * hd}.", nameof(q));
+        if (k.LongLength != (long)total * kd) throw new ArgumentException($"k has {k.LongLength} values; the offsets' {total} tokens × Hkv × D need {(long)total * kd}.", nameof(k));
+        if (v.LongLength != k.LongLength) throw new ArgumentException($"v has {v.LongLength} values; k has {k.LongLength}.", nameof(v));
+        if (output.LongLength != q.LongLength) throw new ArgumentException($"output has {output.LongLength} values; expected {q.LongLength}.", nameof(output));
+        if (lse.LongLength != (long)heads * total) throw new ArgumentException($"lse has {lse.LongLength} values; [H, T] needs {(long)heads * total}.", nameof(lse));
+        var coverages = new LshCoverage[offsets.Count];
+        for (int s = 0; s < offsets.Count; s++)
+        {
+            int start = offsets.Start(s), n = offsets.Length(s);
+            if (n == 0)
+            {
+                coverages[s] = new LshCoverage(1, heads, kvHeads, 0);
+                continue;
+            }
+            var o = new float[n * hd];
+            var l = new float[heads * n];
+            coverages[s] = runOne(q.AsSpan(start * hd, n * hd).ToArray(), k.AsSpan(start * kd, n * kd).ToArray(),
+                v.AsSpan(start * kd, n * kd).ToArray(), n, o, l);
+            o.CopyTo(output.AsSpan(start * hd, n * hd));
+            for (int h = 0; h < heads; h++) l.AsSpan(h * n, n).CopyTo(lse.AsSpan(h * total + start, n));
+        }
+        return new VarlenLshCoverage(coverages);
+    }
+}
