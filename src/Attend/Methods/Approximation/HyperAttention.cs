@@ -19,7 +19,10 @@ namespace Attend.Methods.Approximation;
 // (2) samples are drawn per KV head, shared by the query heads of a group (grouped-query layout); (3) the bottom-left
 // quarter gets no further approximation of the sampled residual's normaliser beyond the uniform estimate; (4) CPU,
 // float32; exact parts on the flash kernel with a "same sorted block" mask. The error is reported, not bounded: this is
-// an approximation (its output is not the exact attention).
+// an approximation (its output is not the exact attention). Varlen (ForwardVarlen): each packed sequence is
+// approximated on its own, as a batch of one with the same options (so its exact leaves, blocks and samples are those
+// of that sequence alone); there is no float64 reference of the sampled recursion, so the varlen tests check equality
+// with the per-sequence runs and exactness of sequences at or below MinSeqLen.
 
 /// <summary>Options of <see cref="HyperAttention"/>. Null fields take the defaults (the authors' defaults).</summary>
 public sealed record HyperAttentionOptions
