@@ -51,6 +51,26 @@ public class ApproximationVarlenTests
         Assert.True(TestData.RelativeError<float>(output.Select(x => (float)x).ToArray(), exact.Output) > 1e-2);
     }
 
+    [Theory]
+    [InlineData(true, 1, 700, 4, 2, 32, 128, 64, 16)] // three recursion levels, GQA
+    [InlineData(false, 2, 500, 2, 1, 64, 128, 128, 40)] // full attention: one sorted-block node + samples, batch 2
+    [InlineData(true, 1, 257, 2, 2, 16, 64, 64, 300)] // more samples than keys in a node (duplicates count twice)
+    public void HyperAttentionEqualsItsFloat64Definition(bool causal, int batch, int t, int heads, int kvHeads, int dim, int minSeqLen, int block, int samples)
+    {
+        Random rng = TestData.Rng(4324 + t + dim);
+        float[] q = TestData.Gaussian<float>(rng, (long)batch * t * heads * dim, 0.8);
+        float[] k = TestData.Gaussian<float>(rng, (long)batch * t * kvHeads * dim, 0.8);
+        float[] v = TestData.Gaussian<float>(rng, (long)batch * t * kvHeads * dim);
+        var options = new HyperAttentionOptions { Causal = causal, MinSeqLen = minSeqLen, BlockSize = block, SampleSize = samples, HashBits = 4, Seed = 5 };
+        float[] o = TestData.Poisoned<float>(q.LongLength), lse = TestData.Poisoned<float>((long)batch * heads * t);
+        HyperAttention.Forward(q, k, v, batch, t, heads, kvHeads, dim, options, o, lse);
+        AssertClose(o, lse, HyperAttention.Reference(q, k, v, batch, t, heads, kvHeads, dim, options), 1e-4, "hyperattention");
+        // The oracle is not exact attention: the sampled residual is an estimate.
+        var c = new AttnCase { B = batch, Tq = t, Tk = t, H = heads, Hkv = kvHeads, D = dim, Mask = causal ? Masks.Causal : null };
+        ReferenceForwardResult exact = Harness.Reference(c, new AttnInputs<float> { Q = q, K = k, V = v, DO = v });
+        Assert.True(TestData.RelativeError<float>(o, exact.Output) > 1e-3, $"seed {TestData.RunSeed}");
+    }
+
     private static MethodResult RunVarlen(IAttentionMethod method, float[] q, float[] k, float[] v, int[] lens, int heads, int kvHeads, int dim, params string[] args) =>
         method.Run(new MethodInputs(new MethodTensor(q, 1, lens.Sum(), heads, dim), new MethodTensor(k, 1, lens.Sum(), kvHeads, dim),
             new MethodTensor(v, 1, lens.Sum(), kvHeads, dim)) { Offsets = SeqOffsets.FromLengths(lens) }, MethodArguments.Parse(args));
@@ -109,8 +129,10 @@ public class ApproximationVarlenTests
             float[] qs = Slice(q, lens, s, heads * dim), ks = Slice(k, lens, s, kvHeads * dim), vs = Slice(v, lens, s, kvHeads * dim);
             float[] o = TestData.Poisoned<float>(n * heads * dim), l = TestData.Poisoned<float>(heads * n);
             HyperAttention.Forward(qs, ks, vs, 1, n, heads, kvHeads, dim, options, o, l);
-            // The packed run computes each sequence exactly as a batch of one (same hyperplanes and samples).
+            // The packed run computes each sequence exactly as a batch of one (same hyperplanes and samples), which is
+            // the float64 definition of that sequence.
             Assert.Equal(o, r.Output.Data.AsSpan(start * heads * dim, n * heads * dim).ToArray());
+            AssertClose(o, l, HyperAttention.Reference(qs, ks, vs, 1, n, heads, kvHeads, dim, options), 1e-4, $"sequence {s}");
             for (int h = 0; h < heads; h++) Assert.Equal(l.AsSpan(h * n, n).ToArray(), lse.AsSpan(h * total + start, n).ToArray());
             if (n > 128) continue;
             // At or below min_seq_len a sequence is exact causal attention (float64 reference of that sequence alone).

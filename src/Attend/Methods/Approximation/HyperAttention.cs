@@ -21,8 +21,8 @@ namespace Attend.Methods.Approximation;
 // float32; exact parts on the flash kernel with a "same sorted block" mask. The error is reported, not bounded: this is
 // an approximation (its output is not the exact attention). Varlen (ForwardVarlen): each packed sequence is
 // approximated on its own, as a batch of one with the same options (so its exact leaves, blocks and samples are those
-// of that sequence alone); there is no float64 reference of the sampled recursion, so the varlen tests check equality
-// with the per-sequence runs and exactness of sequences at or below MinSeqLen.
+// of that sequence alone). `Reference` is the float64 computation of this definition (same recursion, blocks and
+// samples), the oracle of the tests.
 
 /// <summary>Options of <see cref="HyperAttention"/>. Null fields take the defaults (the authors' defaults).</summary>
 public sealed record HyperAttentionOptions
@@ -111,6 +111,119 @@ public static class HyperAttention
         _ = new Settings(options, dim); // bad options fail before any work
         return VarlenLshCoverage.Run(q, k, v, offsets, heads, kvHeads, dim, output, lse,
             (qs, ks, vs, n, o, l) => Forward(qs, ks, vs, 1, n, heads, kvHeads, dim, options, o, l));
+    }
+
+    /// <summary>
+    /// The float64 definition of the method, the oracle of its tests. It walks the same recursion (same halves, same
+    /// sortLSH blocks, same samples: the generator is seeded per node exactly as in <see cref="Forward"/>, so it must run
+    /// in the same process) and, for each query row, lists what every part contributes: each key of an exact leaf and of
+    /// the query's sorted block with weight exp(scale·q·k), each sampled key outside that block with weight
+    /// exp(scale·q·k)·n_k/m (a key sampled twice counts twice). The output is the weighted mean of the values and the LSE
+    /// the log of the weights' sum: the LSE merges of <see cref="Forward"/> are exactly this sum. Small shapes only.
+    /// </summary>
+    internal static (double[] Output, double[] Lse) Reference(float[] q, float[] k, float[] v, int batch, int tokens, int heads, int kvHeads,
+        int dim, HyperAttentionOptions options)
+    {
+        var p = new Settings(options, dim);
+        int hd = heads * dim, kd = kvHeads * dim, g = heads / kvHeads, t = tokens;
+        var output = new double[(long)batch * t * hd];
+        var lse = new double[(long)batch * heads * t];
+        for (int b = 0; b < batch; b++)
+        {
+            float[] qs = q.AsSpan(b * t * hd, t * hd).ToArray(), ks = k.AsSpan(b * t * kd, t * kd).ToArray(), vs = v.AsSpan(b * t * kd, t * kd).ToArray();
+            var parts = new List<(int Key, double LogFactor)>[heads * t];
+            for (int i = 0; i < parts.Length; i++) parts[i] = [];
+            int nodes = 0;
+            void Add(int h, int row, int key, double logFactor) => parts[h * t + row].Add((key, logFactor));
+            void NonCausal(int qa, int nq, int ka, int nk)
+            {
+                var qBlock = new int[heads][];
+                var kBlock = new int[kvHeads][];
+                for (int h = 0; h < heads; h++)
+                {
+                    int[] order = p.Lsh.SortOrder(qs.AsSpan(qa * hd + h * dim, nq * hd - h * dim), nq, hd);
+                    qBlock[h] = new int[nq];
+                    for (int i = 0; i < nq; i++) qBlock[h][order[i]] = i / p.BlockSize;
+                }
+                for (int hk = 0; hk < kvHeads; hk++)
+                {
+                    int[] order = p.Lsh.SortOrder(ks.AsSpan(ka * kd + hk * dim, nk * kd - hk * dim), nk, kd);
+                    kBlock[hk] = new int[nk];
+                    for (int j = 0; j < nk; j++) kBlock[hk][order[j]] = j / p.BlockSize;
+                }
+                int m = p.SampleSize;
+                var rng = new Random(HashCode.Combine(p.Seed, b, qa, ka, nodes++));
+                var sampled = new int[kvHeads][];
+                for (int hk = 0; hk < kvHeads; hk++)
+                {
+                    sampled[hk] = new int[m];
+                    for (int j = 0; j < m; j++) sampled[hk][j] = rng.Next(nk);
+                }
+                double weight = MathF.Log((float)nk / m);
+                for (int h = 0; h < heads; h++)
+                    for (int i = 0; i < nq; i++)
+                    {
+                        int hk = h / g;
+                        for (int j = 0; j < nk; j++)
+                            if (kBlock[hk][j] == qBlock[h][i]) Add(h, qa + i, ka + j, 0);
+                        foreach (int j in sampled[hk])
+                            if (kBlock[hk][j] != qBlock[h][i]) Add(h, qa + i, ka + j, weight);
+                    }
+            }
+            void Causal(int a, int n)
+            {
+                if (n <= p.MinSeqLen)
+                {
+                    for (int h = 0; h < heads; h++)
+                        for (int i = 0; i < n; i++)
+                            for (int j = 0; j <= i; j++) Add(h, a + i, a + j, 0);
+                    return;
+                }
+                int top = n / 2;
+                Causal(a, top);
+                Causal(a + top, n - top);
+                NonCausal(a + top, n - top, a, top);
+            }
+            if (p.Causal) Causal(0, t);
+            else if (t <= p.MinSeqLen)
+            {
+                for (int h = 0; h < heads; h++)
+                    for (int i = 0; i < t; i++)
+                        for (int j = 0; j < t; j++) Add(h, i, j, 0);
+            }
+            else NonCausal(0, t, 0, t);
+
+            for (int h = 0; h < heads; h++)
+                for (int i = 0; i < t; i++)
+                {
+                    List<(int Key, double LogFactor)> list = parts[h * t + i];
+                    long outAt = ((long)b * t + i) * hd + h * dim, lseAt = ((long)b * heads + h) * t + i;
+                    if (list.Count == 0)
+                    {
+                        lse[lseAt] = double.NegativeInfinity;
+                        continue;
+                    }
+                    var logWeight = new double[list.Count];
+                    double max = double.NegativeInfinity;
+                    for (int c = 0; c < list.Count; c++)
+                    {
+                        double dot = 0;
+                        for (int x = 0; x < dim; x++) dot += (double)qs[i * hd + h * dim + x] * ks[list[c].Key * kd + (h / g) * dim + x];
+                        logWeight[c] = p.Scale * dot + list[c].LogFactor;
+                        max = Math.Max(max, logWeight[c]);
+                    }
+                    double sum = 0;
+                    for (int c = 0; c < list.Count; c++)
+                    {
+                        double e = Math.Exp(logWeight[c] - max);
+                        sum += e;
+                        for (int x = 0; x < dim; x++) output[outAt + x] += e * vs[list[c].Key * kd + (h / g) * dim + x];
+                    }
+                    for (int x = 0; x < dim; x++) output[outAt + x] /= sum;
+                    lse[lseAt] = max + Math.Log(sum);
+                }
+        }
+        return (output, lse);
     }
 
     internal sealed class Settings
