@@ -5,22 +5,28 @@ import os, sys, time, math
 import numpy as np, torch, cupy as cp
 torch.backends.cuda.matmul.allow_tf32 = False
 _PATH = sys.argv[1] if len(sys.argv) > 1 else 'src/Attend.Cuda/Kernels/flash_forward.cu'
+_OLD = sys.argv[2] if len(sys.argv) > 2 else None   # an earlier version of the kernel (old signature, 3-D grid) for A/B
 # Expand `#include "x.cuh"` from the source's folder, as KernelCompiler.Source does for the embedded copies.
-SRC = ''.join(open(os.path.join(os.path.dirname(_PATH), l.strip()[10:-1])).read() + '\n' if l.strip().startswith('#include "') else l
-              for l in open(_PATH).read().splitlines(True))
+def _expand(path):
+    return ''.join(open(os.path.join(os.path.dirname(path), l.strip()[10:-1])).read() + '\n' if l.strip().startswith('#include "') else l
+                   for l in open(path).read().splitlines(True))
+SRC = _expand(_PATH)
+SRC_OLD = _expand(_OLD) if _OLD else None
+VARIANT = ['new', 'persistent']   # which kernel ours() launches: ['new', 'persistent' | 'pertile'] or ['old']
 BM, BN = 128, 64
 _mods = {}
 def kernel(D, bf16, nw, mt, qreg, bn=64, softcap=0, alibi=0):
-    key = (D, bf16, nw, mt, qreg, bn, softcap, alibi)
+    old = VARIANT[0] == 'old'
+    key = (D, bf16, nw, mt, qreg, bn, softcap, alibi, old)
     if key not in _mods:
         opts = (f'-DHEAD_DIM={D}', f'-DELEM_BF16={int(bf16)}', f'-DNWARPS={nw}', f'-DMT={mt}', f'-DBLOCK_N={bn}', f'-DQREG={qreg}',
                 f'-DSOFTCAP={softcap}', f'-DALIBI={alibi}', '--use_fast_math', '-arch=sm_90a', '-std=c++17')
         t0 = time.time()
-        m = cp.RawModule(code=SRC, options=opts, backend='nvrtc')
+        m = cp.RawModule(code=SRC_OLD if old else SRC, options=opts, backend='nvrtc')
         k = m.get_function('attend_flash_forward')
         smem = (16 * mt * nw * D + 4 * bn * D) * 2
         k.max_dynamic_shared_size_bytes = smem
-        print(f'  compiled D={D} bf16={bf16} nw={nw} mt={mt} qreg={qreg} bn={bn} sc={softcap} al={alibi}: {time.time()-t0:.2f}s regs={k.num_regs} local={k.local_size_bytes} smem={smem}', flush=True)
+        print(f'  compiled {"old" if old else "new"} D={D} bf16={bf16} nw={nw} mt={mt} qreg={qreg} bn={bn} sc={softcap} al={alibi}: {time.time()-t0:.2f}s regs={k.num_regs} local={k.local_size_bytes} smem={smem}', flush=True)
         _mods[key] = (k, smem)
     return _mods[key]
 
@@ -37,7 +43,10 @@ def plan(mask, tq, tk, BN=64, BM=128):
     shift = tk - tq
     for qb in range(nqb):
         q = np.arange(qb * BM, qb * BM + BM)[:, None]
-        for kb in range(nkb):
+        lo, hi = 0, nkb
+        if mask[0] == 'causal': hi = min(nkb, (qb * BM + BM - 1 + shift) // BN + 1)
+        if mask[0] == 'window': lo, hi = max(0, (qb * BM + shift - mask[1]) // BN), min(nkb, (qb * BM + BM - 1 + shift + mask[2]) // BN + 1)
+        for kb in range(lo, hi):
             k = np.arange(kb * BN, kb * BN + BN)[None, :]
             vis = visible(mask, q + shift, k) & (q < tq) & (k < tk)
             validq = (q < tq) & (k < tk)
@@ -67,7 +76,13 @@ def ours(q, k, v, mask, cfg, scale=None, softcap=None, slopes=None, lse_out=True
     args = (c(q), c(k), c(v), c(o), cp.asarray(lse), seqs, rowptr, items, bits, sl,
             np.int32(H), np.int32(hkv), np.int32(tq), np.int32(tk), np.int32(0), np.int32(1), np.int32(nqb),
             np.float32(scale if scale else 1 / math.sqrt(D)), np.float32(softcap or 1.0))
-    grid = (H, nqb, B)
+    if VARIANT[0] == 'old':
+        grid = (H, nqb, B)
+    else:
+        args = args + (np.int32(B),)
+        tiles = H * nqb * B
+        resident = (1 if cfg[0] >= 8 else 2) * torch.cuda.get_device_properties(0).multi_processor_count
+        grid = (min(tiles, resident) if VARIANT[1] == 'persistent' else tiles, 1, 1)
     nt = cfg[0] * 32
     def launch(): kern(grid, (nt,), args, shared_mem=smem)
     launch()
@@ -120,40 +135,51 @@ def bench_ms(fn, reps=20):
 
 def main():
     print('device:', torch.cuda.get_device_name(), 'torch', torch.__version__, flush=True)
-    cfgs = [(4, 2, 0), (8, 2, 0)]
     allok = True
-    for cfg in cfgs:
+    variants = [['new', 'persistent'], ['new', 'pertile']] + ([['old']] if SRC_OLD else [])
+    for var in variants:
+        VARIANT[:] = var
+        print('variant', var, flush=True)
+        cfg = (4, 2, 0)
         allok &= check('causal gqa', 2, 333, 333, 8, 2, 128, torch.bfloat16, ('causal',), cfg)
-        allok &= check('full d64 f16', 1, 200, 517, 4, 4, 64, torch.float16, ('full',), cfg)
+        allok &= check('full d64 f16', 1, 200, 517, 4, 4, 64, torch.float16, ('full',), (4, 2, 1))
         allok &= check('decode', 3, 1, 300, 8, 1, 128, torch.bfloat16, ('causal',), cfg)
         allok &= check('window empty rows', 1, 300, 100, 4, 2, 128, torch.bfloat16, ('window', 16, 0), cfg)
+        allok &= check('window 100', 2, 700, 700, 4, 2, 128, torch.bfloat16, ('window', 100, 0), cfg)
         allok &= check('softcap alibi', 1, 257, 257, 4, 2, 128, torch.bfloat16, ('causal',), cfg, softcap=5.0, slopes=[0.5, 0.25, 0.125, 0.0625])
-    allok &= check('d256', 1, 190, 190, 2, 1, 256, torch.bfloat16, ('causal',), (8, 1, 0))
-    allok &= check('d64 bm256', 1, 390, 390, 2, 1, 64, torch.bfloat16, ('causal',), (8, 2, 1))
+        allok &= check('d256', 1, 190, 190, 2, 1, 256, torch.bfloat16, ('causal',), (8, 1, 0))
     print('ALL OK' if allok else 'SOME FAILED', flush=True)
-    # timing: tile shapes per head dim, beside SDPA flash, on the protocol shape at 16k
+    # timing: every variant on the protocol shapes, SDPA flash beside where it has the mask
     from torch.nn.attention import sdpa_kernel, SDPBackend
     import torch.nn.functional as F
-    H, hkv, T = 64, 8, 16384
-    for D, cfgs_d in ((128, [(4, 2, 0), (8, 2, 0)]), (64, [(4, 2, 1), (8, 2, 1)])):
-        for causal in (True, False):
-            if D == 64 and not causal: continue
-            torch.manual_seed(T)
-            q = torch.randn(1, T, H, D, device='cuda', dtype=torch.bfloat16)
-            k = torch.randn(1, T, hkv, D, device='cuda', dtype=torch.bfloat16)
-            v = torch.randn(1, T, hkv, D, device='cuda', dtype=torch.bfloat16)
-            flops = 4 * H * D * (T * (T + 1) / 2 if causal else T * T)
-            mask = ('causal',) if causal else ('full',)
-            pl = {(64, 128): plan(mask, T, T, 64, 128), (64, 256): plan(mask, T, T, 64, 256)}
-            line = f'D={D} T={T} {"causal" if causal else "full  "}'
-            for cfg in cfgs_d:
-                _, _, launch = ours(q, k, v, mask, cfg, pl=pl)
-                ms, sp = bench_ms(launch)
-                line += f' ours{cfg}={flops/ms/1e9:6.1f}TF(±{sp:.2f}ms)'
+    H, hkv = 64, 8
+    rows = [(128, 16384, ('causal',)), (128, 32768, ('causal',)), (128, 32768, ('window', 1024, 0)), (128, 16384, ('window', 1024, 0)),
+            (128, 4096, ('causal',)), (64, 16384, ('causal',))]
+    for D, T, mask in rows:
+        torch.manual_seed(T)
+        q = torch.randn(1, T, H, D, device='cuda', dtype=torch.bfloat16)
+        k = torch.randn(1, T, hkv, D, device='cuda', dtype=torch.bfloat16)
+        v = torch.randn(1, T, hkv, D, device='cuda', dtype=torch.bfloat16)
+        if mask[0] == 'causal': pairs = T * (T + 1) / 2
+        else: pairs = sum(min(i, mask[1]) + 1 for i in range(T))
+        flops = 4 * H * D * pairs
+        cfg = (4, 2, 1) if D == 64 else (4, 2, 0)
+        pl = {(64, 128): plan(mask, T, T, 64, 128)}
+        computed = int(pl[(64, 128)][1].shape[0]) * 64 * 128
+        line = f'D={D} T={T} {mask}: pairs/computed={pairs / computed:.3f}'
+        for var in variants:
+            VARIANT[:] = var
+            _, _, launch = ours(q, k, v, mask, cfg, pl=pl)
+            ms, sp = bench_ms(launch)
+            ms2, _ = bench_ms(launch)
+            line += f' {"/".join(var)}={flops/ms/1e9:6.1f}|{flops/ms2/1e9:6.1f}TF'
+        if mask[0] == 'causal':
             qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
             with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-                ms, sp = bench_ms(lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal, enable_gqa=True))
+                ms, sp = bench_ms(lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=True))
             line += f' sdpa-flash={flops/ms/1e9:6.1f}TF'
-            print(line, flush=True)
+        print(line, flush=True)
+        del q, k, v
+        torch.cuda.empty_cache()
 
 main()
