@@ -5,28 +5,23 @@ import os, sys, time, math
 import numpy as np, torch, cupy as cp
 torch.backends.cuda.matmul.allow_tf32 = False
 _PATH = sys.argv[1] if len(sys.argv) > 1 else 'src/Attend.Cuda/Kernels/flash_forward.cu'
-_OLD = sys.argv[2] if len(sys.argv) > 2 else None   # an earlier version of the kernel (old signature, 3-D grid) for A/B
 # Expand `#include "x.cuh"` from the source's folder, as KernelCompiler.Source does for the embedded copies.
-def _expand(path):
-    return ''.join(open(os.path.join(os.path.dirname(path), l.strip()[10:-1])).read() + '\n' if l.strip().startswith('#include "') else l
-                   for l in open(path).read().splitlines(True))
-SRC = _expand(_PATH)
-SRC_OLD = _expand(_OLD) if _OLD else None
-VARIANT = ['new', 'persistent']   # which kernel ours() launches: ['new', 'persistent' | 'pertile'] or ['old']
+SRC = ''.join(open(os.path.join(os.path.dirname(_PATH), l.strip()[10:-1])).read() + '\n' if l.strip().startswith('#include "') else l
+              for l in open(_PATH).read().splitlines(True))
 BM, BN = 128, 64
+VARIANT = {}   # extra defines (flash_forward.cu's variant switches) for the kernels ours() compiles
 _mods = {}
 def kernel(D, bf16, nw, mt, qreg, bn=64, softcap=0, alibi=0):
-    old = VARIANT[0] == 'old'
-    key = (D, bf16, nw, mt, qreg, bn, softcap, alibi, old)
+    key = (D, bf16, nw, mt, qreg, bn, softcap, alibi, tuple(sorted(VARIANT.items())))
     if key not in _mods:
-        opts = (f'-DHEAD_DIM={D}', f'-DELEM_BF16={int(bf16)}', f'-DNWARPS={nw}', f'-DMT={mt}', f'-DBLOCK_N={bn}', f'-DQREG={qreg}',
+        opts = tuple(f'-D{k}={v}' for k, v in VARIANT.items()) + (f'-DHEAD_DIM={D}', f'-DELEM_BF16={int(bf16)}', f'-DNWARPS={nw}', f'-DMT={mt}', f'-DBLOCK_N={bn}', f'-DQREG={qreg}',
                 f'-DSOFTCAP={softcap}', f'-DALIBI={alibi}', '--use_fast_math', '-arch=sm_90a', '-std=c++17')
         t0 = time.time()
-        m = cp.RawModule(code=SRC_OLD if old else SRC, options=opts, backend='nvrtc')
+        m = cp.RawModule(code=SRC, options=opts, backend='nvrtc')
         k = m.get_function('attend_flash_forward')
         smem = (16 * mt * nw * D + 4 * bn * D) * 2
         k.max_dynamic_shared_size_bytes = smem
-        print(f'  compiled {"old" if old else "new"} D={D} bf16={bf16} nw={nw} mt={mt} qreg={qreg} bn={bn} sc={softcap} al={alibi}: {time.time()-t0:.2f}s regs={k.num_regs} local={k.local_size_bytes} smem={smem}', flush=True)
+        print(f'  compiled {VARIANT} D={D} bf16={bf16} nw={nw} mt={mt} qreg={qreg} bn={bn} sc={softcap} al={alibi}: {time.time()-t0:.2f}s regs={k.num_regs} local={k.local_size_bytes} smem={smem}', flush=True)
         _mods[key] = (k, smem)
     return _mods[key]
 
@@ -76,13 +71,7 @@ def ours(q, k, v, mask, cfg, scale=None, softcap=None, slopes=None, lse_out=True
     args = (c(q), c(k), c(v), c(o), cp.asarray(lse), seqs, rowptr, items, bits, sl,
             np.int32(H), np.int32(hkv), np.int32(tq), np.int32(tk), np.int32(0), np.int32(1), np.int32(nqb),
             np.float32(scale if scale else 1 / math.sqrt(D)), np.float32(softcap or 1.0))
-    if VARIANT[0] == 'old':
-        grid = (H, nqb, B)
-    else:
-        args = args + (np.int32(B),)
-        tiles = H * nqb * B
-        resident = (1 if cfg[0] >= 8 else 2) * torch.cuda.get_device_properties(0).multi_processor_count
-        grid = (min(tiles, resident) if VARIANT[1] == 'persistent' else tiles, 1, 1)
+    grid = (H, nqb, B)
     nt = cfg[0] * 32
     def launch(): kern(grid, (nt,), args, shared_mem=smem)
     launch()
@@ -136,20 +125,22 @@ def bench_ms(fn, reps=20):
 def main():
     print('device:', torch.cuda.get_device_name(), 'torch', torch.__version__, flush=True)
     allok = True
-    variants = [['new', 'persistent'], ['new', 'pertile']] + ([['old']] if SRC_OLD else [])
-    for var in variants:
-        VARIANT[:] = var
-        print('variant', var, flush=True)
+    variants = {'base': dict(MASK32=0, WSKIP=0, RSKIP=0, CSKIP=0), 'm32': dict(MASK32=1, WSKIP=0, RSKIP=0, CSKIP=0),
+                'm32+ws': dict(MASK32=1, WSKIP=1, RSKIP=0, CSKIP=0), 'm32+ws+cs': dict(MASK32=1, WSKIP=1, RSKIP=0, CSKIP=1),
+                'rs': dict(MASK32=0, WSKIP=0, RSKIP=1, CSKIP=0), 'all': dict(MASK32=1, WSKIP=1, RSKIP=1, CSKIP=1)}
+    for name, var in variants.items():
+        VARIANT.clear(); VARIANT.update(var)
+        print('variant', name, flush=True)
         cfg = (4, 2, 0)
         allok &= check('causal gqa', 2, 333, 333, 8, 2, 128, torch.bfloat16, ('causal',), cfg)
         allok &= check('full d64 f16', 1, 200, 517, 4, 4, 64, torch.float16, ('full',), (4, 2, 1))
         allok &= check('decode', 3, 1, 300, 8, 1, 128, torch.bfloat16, ('causal',), cfg)
         allok &= check('window empty rows', 1, 300, 100, 4, 2, 128, torch.bfloat16, ('window', 16, 0), cfg)
         allok &= check('window 100', 2, 700, 700, 4, 2, 128, torch.bfloat16, ('window', 100, 0), cfg)
+        allok &= check('window 40 d64', 1, 500, 500, 4, 2, 64, torch.bfloat16, ('window', 40, 0), (4, 2, 1))
         allok &= check('softcap alibi', 1, 257, 257, 4, 2, 128, torch.bfloat16, ('causal',), cfg, softcap=5.0, slopes=[0.5, 0.25, 0.125, 0.0625])
-        allok &= check('d256', 1, 190, 190, 2, 1, 256, torch.bfloat16, ('causal',), (8, 1, 0))
+        allok &= check('d256 window', 1, 390, 390, 2, 1, 256, torch.bfloat16, ('window', 70, 0), (8, 1, 0))
     print('ALL OK' if allok else 'SOME FAILED', flush=True)
-    # timing: every variant on the protocol shapes, SDPA flash beside where it has the mask
     from torch.nn.attention import sdpa_kernel, SDPBackend
     import torch.nn.functional as F
     H, hkv = 64, 8
@@ -166,18 +157,19 @@ def main():
         cfg = (4, 2, 1) if D == 64 else (4, 2, 0)
         pl = {(64, 128): plan(mask, T, T, 64, 128)}
         computed = int(pl[(64, 128)][1].shape[0]) * 64 * 128
-        line = f'D={D} T={T} {mask}: pairs/computed={pairs / computed:.3f}'
-        for var in variants:
-            VARIANT[:] = var
+        line = f'D={D} T={T} {mask[:2]} pairs/computed={pairs / computed:.3f}:'
+        for name, var in variants.items():
+            VARIANT.clear(); VARIANT.update(var)
             _, _, launch = ours(q, k, v, mask, cfg, pl=pl)
             ms, sp = bench_ms(launch)
             ms2, _ = bench_ms(launch)
-            line += f' {"/".join(var)}={flops/ms/1e9:6.1f}|{flops/ms2/1e9:6.1f}TF'
+            line += f' {name}={flops/ms/1e9:5.1f}|{flops/ms2/1e9:5.1f}'
         if mask[0] == 'causal':
             qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
             with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
                 ms, sp = bench_ms(lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=True))
-            line += f' sdpa-flash={flops/ms/1e9:6.1f}TF'
+                ms2, sp = bench_ms(lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=True))
+            line += f' sdpa-flash={flops/ms/1e9:5.1f}|{flops/ms2/1e9:5.1f}'
         print(line, flush=True)
         del q, k, v
         torch.cuda.empty_cache()

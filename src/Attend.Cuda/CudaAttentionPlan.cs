@@ -27,15 +27,6 @@ public sealed unsafe class CudaAttentionPlan : IDisposable
         if (score.AlibiSlopes is { } slopes && slopes.Length < geometry.Heads)
             throw new ArgumentException($"ALiBi has {slopes.Length} slopes; the call has {geometry.Heads} query heads.", "options");
         _kernel = CudaFlashForward.Get(context, geometry.Dim, type, score.Softcap is not null, score.AlibiSlopes is not null);
-        // One CTA per tile, or (the default) a persistent grid of as many CTAs as fit on the GPU at once, each walking
-        // its share of the tiles and prefetching the next tile's Q and first K/V (flash_forward.cu's header says how).
-        long tiles = (long)geometry.Heads * blocks.MaxQueryBlocks * geometry.Sequences;
-        if (tiles > int.MaxValue)
-            throw new NotSupportedException($"{tiles} (sequence, head, query block) tiles exceed the kernel's 32-bit tile numbering.");
-        int resident = CudaFlashForward.Persistent
-            ? Math.Max(1, _kernel.ActiveBlocksPerMultiprocessor(CudaFlashForward.Threads(geometry.Dim), CudaFlashForward.SharedBytes(geometry.Dim))) * context.Multiprocessors
-            : int.MaxValue;
-        GridSize = (int)Math.Min(tiles, resident);
         var owned = new List<DeviceBuffer>();
         try
         {
@@ -70,9 +61,6 @@ public sealed unsafe class CudaAttentionPlan : IDisposable
     /// <summary>Registers per thread of the loaded kernel (from the driver).</summary>
     public int KernelRegisters => _kernel.Registers;
 
-    /// <summary>CTAs launched per call (the tile count, or the resident CTAs of a persistent grid, whichever is smaller).</summary>
-    public int GridSize { get; }
-
     /// <summary>NVRTC seconds this plan's kernel cost (0 when it came from the disk cache or an earlier plan).</summary>
     public double CompileSeconds => _kernel.Image.CompileSeconds;
 
@@ -98,15 +86,14 @@ public sealed unsafe class CudaAttentionPlan : IDisposable
             Seqs = _sequences.Pointer, RowPtr = _rowPtr.Pointer, Items = _items.Pointer, Bits = _bits.Pointer, Slopes = _slopes.Pointer,
             Heads = g.Heads, KvHeads = g.KvHeads, TokensQ = g.TokensQ, TokensK = g.TokensK,
             MaskPerSequence = _blocks.PerSequence ? 1 : 0, MaskHeads = _blocks.MaskHeads, MaxQBlocks = _blocks.MaxQueryBlocks,
-            Scale = _scale, Softcap = _softcap, Sequences = g.Sequences,
+            Scale = _scale, Softcap = _softcap,
         };
-        void** p = stackalloc void*[20];
+        void** p = stackalloc void*[19];
         p[0] = &args.Q; p[1] = &args.K; p[2] = &args.V; p[3] = &args.O; p[4] = &args.Lse;
         p[5] = &args.Seqs; p[6] = &args.RowPtr; p[7] = &args.Items; p[8] = &args.Bits; p[9] = &args.Slopes;
         p[10] = &args.Heads; p[11] = &args.KvHeads; p[12] = &args.TokensQ; p[13] = &args.TokensK;
         p[14] = &args.MaskPerSequence; p[15] = &args.MaskHeads; p[16] = &args.MaxQBlocks; p[17] = &args.Scale; p[18] = &args.Softcap;
-        p[19] = &args.Sequences;
-        _kernel.Launch((uint)GridSize, 1, 1, (uint)CudaFlashForward.Threads(g.Dim),
+        _kernel.Launch((uint)g.Heads, (uint)_blocks.MaxQueryBlocks, (uint)g.Sequences, (uint)CudaFlashForward.Threads(g.Dim),
             (uint)CudaFlashForward.SharedBytes(g.Dim), stream, p);
     }
 
@@ -125,7 +112,6 @@ public sealed unsafe class CudaAttentionPlan : IDisposable
         public ulong Q, K, V, O, Lse, Seqs, RowPtr, Items, Bits, Slopes;
         public int Heads, KvHeads, TokensQ, TokensK, MaskPerSequence, MaskHeads, MaxQBlocks;
         public float Scale, Softcap;
-        public int Sequences;
     }
 
     /// <summary>Frees the plan's device buffers (the loaded kernel stays for later plans).</summary>

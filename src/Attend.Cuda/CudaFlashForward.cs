@@ -52,12 +52,6 @@ internal static class CudaFlashForward
         ];
     }
 
-    /// <summary>
-    /// Whether plans launch the persistent grid (default) or one CTA per tile; <c>ATTEND_CUDA_FWD_PERSISTENT=0</c> turns
-    /// it off (a development switch for comparing the two in one run).
-    /// </summary>
-    public static bool Persistent { get; } = Environment.GetEnvironmentVariable("ATTEND_CUDA_FWD_PERSISTENT") != "0";
-
     /// <summary>Threads per CTA of a head dim's specialisation.</summary>
     public static int Threads(int headDim) => TileShape(headDim).Warps * 32;
 

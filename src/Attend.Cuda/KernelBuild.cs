@@ -234,15 +234,6 @@ internal sealed unsafe class CudaKernelFunction : IDisposable
     public int LocalBytes { get; }
     public CompiledKernel Image { get; }
 
-    /// <summary>CTAs of <paramref name="threads"/> threads and <paramref name="sharedBytes"/> dynamic shared memory that fit on one SM at once.</summary>
-    public int ActiveBlocksPerMultiprocessor(int threads, int sharedBytes)
-    {
-        _context.MakeCurrent();
-        CudaException.CheckDriver(Driver.cuOccupancyMaxActiveBlocksPerMultiprocessor(out int blocks, Function, threads, (nuint)sharedBytes),
-            nameof(Driver.cuOccupancyMaxActiveBlocksPerMultiprocessor));
-        return blocks;
-    }
-
     public void Launch(uint gridX, uint gridY, uint gridZ, uint threads, uint sharedBytes, CudaStream? stream, void** arguments)
     {
         _context.MakeCurrent();

@@ -50,7 +50,6 @@ internal static unsafe partial class Driver
     [LibraryImport(NativeLibraries.Driver, StringMarshalling = StringMarshalling.Utf8)] public static partial int cuModuleGetFunction(out nint function, nint module, string name);
     [LibraryImport(NativeLibraries.Driver)] public static partial int cuFuncSetAttribute(nint function, int attribute, int value);
     [LibraryImport(NativeLibraries.Driver)] public static partial int cuFuncGetAttribute(out int value, int attribute, nint function);
-    [LibraryImport(NativeLibraries.Driver)] public static partial int cuOccupancyMaxActiveBlocksPerMultiprocessor(out int blocks, nint function, int blockSize, nuint dynamicSharedBytes);
     [LibraryImport(NativeLibraries.Driver)]
     public static partial int cuLaunchKernel(nint function, uint gridX, uint gridY, uint gridZ, uint blockX, uint blockY, uint blockZ,
         uint sharedBytes, nint stream, void** parameters, void** extra);
