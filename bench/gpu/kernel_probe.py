@@ -125,9 +125,9 @@ def bench_ms(fn, reps=20):
 def main():
     print('device:', torch.cuda.get_device_name(), 'torch', torch.__version__, flush=True)
     allok = True
-    variants = {'base': dict(MASK32=0, WSKIP=0, RSKIP=0, CSKIP=0), 'm32': dict(MASK32=1, WSKIP=0, RSKIP=0, CSKIP=0),
-                'm32+ws': dict(MASK32=1, WSKIP=1, RSKIP=0, CSKIP=0), 'm32+ws+cs': dict(MASK32=1, WSKIP=1, RSKIP=0, CSKIP=1),
-                'rs': dict(MASK32=0, WSKIP=0, RSKIP=1, CSKIP=0), 'all': dict(MASK32=1, WSKIP=1, RSKIP=1, CSKIP=1)}
+    off = dict(MASK32=0, WSKIP=0, RSKIP=0, CSKIP=0, MMA_NOVOLATILE=0, SEPI=0)
+    variants = {'v2': off, 'f2': {**off, 'MASK32': 1, 'WSKIP': 1}, 'f2+nv': {**off, 'MASK32': 1, 'WSKIP': 1, 'MMA_NOVOLATILE': 1},
+                'f2+sepi': {**off, 'MASK32': 1, 'WSKIP': 1, 'SEPI': 1}, 'f2+nv+sepi': {**off, 'MASK32': 1, 'WSKIP': 1, 'MMA_NOVOLATILE': 1, 'SEPI': 1}}
     for name, var in variants.items():
         VARIANT.clear(); VARIANT.update(var)
         print('variant', name, flush=True)
@@ -144,7 +144,7 @@ def main():
     from torch.nn.attention import sdpa_kernel, SDPBackend
     import torch.nn.functional as F
     H, hkv = 64, 8
-    rows = [(128, 16384, ('causal',)), (128, 32768, ('causal',)), (128, 32768, ('window', 1024, 0)), (128, 16384, ('window', 1024, 0)),
+    rows = [(128, 16384, ('causal',)), (128, 32768, ('causal',)), (128, 32768, ('window', 1024, 0)),
             (128, 4096, ('causal',)), (64, 16384, ('causal',))]
     for D, T, mask in rows:
         torch.manual_seed(T)

@@ -22,6 +22,9 @@
 //              (0: a 64-bit shift and two compares per score)
 //   WSKIP      1: on a partial block, a warp whose rows see none of the block's keys skips it (exact)
 //   RSKIP      1: the accumulator rescale is skipped when no row of the warp moved its max (exact: the factor is 1)
+//   MMA_NOVOLATILE 1: the mma.sync asm is not volatile (the compiler may schedule it among the other instructions)
+//   SEPI       1: the epilogue stages the normalised O tile in shared memory (the Q tile's space) and stores it with
+//              coalesced 16-byte writes (0: 4-byte stores straight from the accumulators)
 //   CSKIP      1 (with WSKIP): on a partial block, a warp also skips the QKᵀ and PV products of each 16-key column
 //              group that none of its rows sees (the far half of a diagonal block, the near half at a window's start)
 
@@ -39,6 +42,12 @@
 #endif
 #ifndef CSKIP
 #define CSKIP 0
+#endif
+#ifndef MMA_NOVOLATILE
+#define MMA_NOVOLATILE 1
+#endif
+#ifndef SEPI
+#define SEPI 1
 #endif
 
 #define NT (NWARPS * 32)
@@ -381,6 +390,9 @@ attend_flash_forward(
         __syncthreads(); // every warp is done with this stage before the next iteration refills it
     }
     cp_async_wait<0>();
+#if SEPI
+    __syncthreads();   // every warp is past its last read of the Q tile, whose space now takes the output tile
+#endif
 
     // Finish: full row sums, normalise, store output and LSE (natural log). Fully masked rows: 0 and −∞.
 #pragma unroll
@@ -395,12 +407,21 @@ attend_flash_forward(
             const float inv = l > 0.f ? 1.f / l : 0.f;
             const int rIn = warpRow + mt * 16 + g + half * 8;
             const int rSeq = qRow0 + rIn;
+#if SEPI
+            // Conflict-free: the 8 rows of a store sit in 8 different 16-byte chunk columns of the swizzled tile.
+#pragma unroll
+            for (int j = 0; j < DTILES; j++)
+                asm volatile("st.shared.b32 [%0], %1;\n" :: "r"(sQ + tile_offset(rIn, j) + 4 * t),
+                             "r"(pack2(acc[mt][j][half * 2] * inv, acc[mt][j][half * 2 + 1] * inv)));
+#endif
             if (rSeq < seq.qLen)
             {
+#if !SEPI
                 elem_t* out = O + ((long long)seq.batch * tokensQ + seq.qStart + rSeq) * qStride + (long long)h * HEAD_DIM;
 #pragma unroll
                 for (int j = 0; j < DTILES; j++)
                     *(unsigned*)(out + j * 8 + 2 * t) = pack2(acc[mt][j][half * 2] * inv, acc[mt][j][half * 2 + 1] * inv);
+#endif
                 if (t == 0 && Lse != 0)
                 {
                     const float lse = l > 0.f ? (mrow[mt][half] * UNIT + __log2f(l)) * 0.6931471805599453f : NEG_INF;
@@ -409,4 +430,19 @@ attend_flash_forward(
             }
         }
     }
+#if SEPI
+    __syncthreads();
+    elem_t* oBase = O + ((long long)seq.batch * tokensQ + seq.qStart + qRow0) * qStride + (long long)h * HEAD_DIM;
+#pragma unroll
+    for (int i = 0; i < BLOCK_M * DC / NT; i++)
+    {
+        const int idx = tid + i * NT, r = idx / DC, c = idx % DC;
+        if (qRow0 + r < seq.qLen)
+        {
+            uint4 v;
+            asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(sQ + tile_offset(r, c)));
+            *(uint4*)(oBase + (long long)r * qStride + c * 8) = v;
+        }
+    }
+#endif
 }
