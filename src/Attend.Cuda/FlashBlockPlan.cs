@@ -92,6 +92,16 @@ internal sealed class FlashBlockPlan
     /// <summary>Number of items (visited blocks).</summary>
     public int ItemCount => Items.Length / 2;
 
+    /// <summary>Number of partial items (visited blocks that carry mask words).</summary>
+    public int PartialCount => Bits.Length / QueryBlock;
+
+    /// <summary>
+    /// True when at least 1/8 of the visited blocks are partial (sliding windows, short causal calls): the forward then
+    /// uses its partial-block specialisation (cheaper mask tests; warps skip blocks their rows cannot see), which
+    /// measured faster there and slower on plans made almost only of full blocks.
+    /// </summary>
+    public bool PartialHeavy => PartialCount > 0 && PartialCount * 8L >= ItemCount;
+
     /// <summary>Flattens <paramref name="blocks"/>, evaluating <paramref name="mask"/> on its partial blocks.</summary>
     /// <exception cref="ArgumentException">A block mask of another block size.</exception>
     public static FlashBlockPlan Build<TMask>(BlockMask blocks, TMask mask) where TMask : struct, IMaskMod<TMask>

@@ -17,7 +17,10 @@
 //   ALIBI      1 subtracts slope[h]*|qpos-kpos|
 // No headers: NVRTC needs none, and conversions are written in PTX.
 //
-// Variant switches (defaults are the chosen version; kernel_probe.py overrides them to compare in one run):
+// Variant switches (default 0; the host sets MASK32 = WSKIP = 1 for plans whose visited blocks are at least 1/8
+// partial, such as sliding windows, where they measured +2 %; on dense causal they measured −3 % at 32k, so those plans
+// keep the plain code; the others measured slower and stay off; docs/CUDA-KERNELS.md records each; kernel_probe.py
+// sets them to compare variants in one run):
 //   MASK32     1: partial blocks test their mask with one 32-bit shift per row and constant bit tests
 //              (0: a 64-bit shift and two compares per score)
 //   WSKIP      1: on a partial block, a warp whose rows see none of the block's keys skips it (exact)
@@ -32,10 +35,10 @@
 #error "HEAD_DIM must be defined"
 #endif
 #ifndef MASK32
-#define MASK32 1
+#define MASK32 0
 #endif
 #ifndef WSKIP
-#define WSKIP 1
+#define WSKIP 0
 #endif
 #ifndef RSKIP
 #define RSKIP 0
@@ -44,10 +47,10 @@
 #define CSKIP 0
 #endif
 #ifndef MMA_NOVOLATILE
-#define MMA_NOVOLATILE 1
+#define MMA_NOVOLATILE 0
 #endif
 #ifndef SEPI
-#define SEPI 1
+#define SEPI 0
 #endif
 
 #define NT (NWARPS * 32)
