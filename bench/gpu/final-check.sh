@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # cuda-speed: correctness of the final composite (plain + partial-heavy forward specialisations, new decode)
+# Runs from the carry folder on the device machine (docs/CUDA-KERNELS.md, "How to re-run"): the published attend in
+# ./attend and copies of run.sh, peers.py, kernel_probe.py and src/Attend.Cuda/Kernels/*.cu, *.cuh beside this script.
+# Logs go to $OUT.
 cd "$(dirname "$0")"
 export ATTEND_CUDA_CACHE=/tmp/attend-cuda-cache
 timeout 200 ./attend/Attend.Cli check --backend cuda 2>&1 | tee $OUT/check.log | grep -v "^  ok "

@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # cuda-speed: full record (check, memcheck, bench, peers) + racecheck on a small check + backward A/B + forward probe
+# Runs from the carry folder on the device machine (docs/CUDA-KERNELS.md, "How to re-run"): the published attend in
+# ./attend and copies of run.sh, peers.py, kernel_probe.py and src/Attend.Cuda/Kernels/*.cu, *.cuh beside this script.
+# Logs go to $OUT.
 cd "$(dirname "$0")"
 export PYTHONUNBUFFERED=1
 bash run.sh "$@" 2>&1 | grep -v "^  ok "
