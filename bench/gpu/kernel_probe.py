@@ -1,6 +1,8 @@
 # Kernel-level probe: compiles src/Attend.Cuda/Kernels/flash_forward.cu with NVRTC (through CuPy), checks it against a
 # float64 reference on random data (fresh inputs, poisoned outputs) and times it beside PyTorch SDPA backends.
 # Used while developing the kernel; the product path is `attend check/bench --backend cuda` (run.sh).
+# main() compiles each entry of `variants` (flash_forward.cu's variant switches as -D defines), checks every one on small
+# problems, then times them all (twice each) beside SDPA flash on the protocol shapes, so variants compare within one run.
 import os, sys, time, math
 import numpy as np, torch, cupy as cp
 torch.backends.cuda.matmul.allow_tf32 = False
