@@ -8,6 +8,7 @@ Usage: python3 linear_peers.py [--ours FILE] [--T 16384] [--H 16] [--D 128]
 """
 import argparse
 import json
+import os
 import sys
 
 import torch
@@ -36,7 +37,7 @@ def inputs(T, H, D, kind, device="cuda"):
     if kind in ("simple_gla", "gated_delta"):
         extra["g"] = (F.logsigmoid(torch.randn(B, T, H, device=device)) / 16).float()
     if kind == "gla":
-        extra["g"] = (F.logsigmoid(torch.randn(B, T, H, D, device=device)) / 16).to(torch.bfloat16)
+        extra["g"] = (F.logsigmoid(torch.randn(B, T, H, D, device=device)) / 16).float()
     if kind in ("delta", "gated_delta"):
         k = F.normalize(k.float(), p=2, dim=-1).to(torch.bfloat16)
         extra["beta"] = torch.rand(B, T, H, device=device, dtype=torch.bfloat16).sigmoid()
@@ -87,7 +88,7 @@ def time_fla(kind, T, H, D, warmup, rep):
 def main():
     a = parse()
     ours = {}
-    if a.ours:
+    if a.ours and os.path.exists(a.ours):
         with open(a.ours) as f:
             data = json.load(f)
         for r in data["results"]:

@@ -82,7 +82,7 @@ internal static class CudaLinearBench
     {
         var shape = LinearShape.Mha(1, t, Heads, Dim);
         long n = (long)t * Heads * Dim;
-        using CudaTensor q = Random(ctx, n, t, 11), k = Random(ctx, n, t, 12), v = Random(ctx, n, t, 13);
+        using CudaTensor q = Random(ctx, 1, t, 11), k = Random(ctx, 1, t, 12), v = Random(ctx, 1, t, 13);
         using CudaTensor o = CudaTensor.Create(ctx, ElementType.BFloat16, 1, t, Heads, Dim);
         using CudaTensor oRef = CudaTensor.Create(ctx, ElementType.BFloat16, 1, t, Heads, Dim);
         using DeviceBuffer? gate = m.Decay switch
@@ -116,7 +116,7 @@ internal static class CudaLinearBench
     {
         var shape = LinearShape.Mha(batch, 1, Heads, Dim);
         long n = (long)batch * Heads * Dim;
-        using CudaTensor q = Random(ctx, n, batch, 21), k = Random(ctx, n, batch, 22), v = Random(ctx, n, batch, 23);
+        using CudaTensor q = Random(ctx, batch, 1, 21), k = Random(ctx, batch, 1, 22), v = Random(ctx, batch, 1, 23);
         using CudaTensor o = CudaTensor.Create(ctx, ElementType.BFloat16, batch, 1, Heads, Dim);
         using DeviceBuffer? gate = m.Decay switch
         {
@@ -149,12 +149,13 @@ internal static class CudaLinearBench
         return times[reps / 2];
     }
 
-    private static CudaTensor Random(CudaContext ctx, long count, int t, int seed)
+    private static CudaTensor Random(CudaContext ctx, int batch, int t, int seed)
     {
+        long count = (long)batch * t * Heads * Dim;
         float[] data = GaussianData.Create(count, seed);
         var packed = new BFloat16[count];
         for (long i = 0; i < count; i++) packed[i] = (BFloat16)data[i];
-        return CudaTensor.FromHost<BFloat16>(ctx, packed, (int)(count / ((long)t * Heads * Dim)), t, Heads, Dim);
+        return CudaTensor.FromHost<BFloat16>(ctx, packed, batch, t, Heads, Dim);
     }
 
     // GLA-style log gates: logsigmoid(x) / 16 for standard normal x.

@@ -25,7 +25,7 @@ internal static class CudaLinearCheck
         [
             new("no decay, initial state", 2, Odd(65, 400), 4, 4, 128, 128, LinearDecay.None, true, LinearForm.Chunked),
             new("fixed decay per head, GQA 2:1", 1, Odd(129, 500), 4, 2, 64, 64, LinearDecay.FixedPerHead, false, LinearForm.Chunked),
-            new("scalar gate, T = 64k+r, state", 1, 64 * rng.Next(2, 6) + rng.Next(1, 63), 4, 4, 128, 128, LinearDecay.ScalarGate, true, LinearForm.Chunked),
+            new("scalar gate, T = 64m + r, state", 1, 64 * rng.Next(2, 6) + rng.Next(1, 63), 4, 4, 128, 128, LinearDecay.ScalarGate, true, LinearForm.Chunked),
             new("channel gate (GLA), state", 1, Odd(65, 400), 4, 4, 128, 128, LinearDecay.ChannelGate, true, LinearForm.Chunked),
             new("channel gate, strong gates, Dv 256", 1, Odd(65, 300), 2, 1, 64, 256, LinearDecay.ChannelGate, false, LinearForm.Chunked, GateScale: 8f),
             new("T = 1, initial state", 3, 1, 4, 2, 128, 128, LinearDecay.FixedPerHead, true, LinearForm.Chunked),

@@ -28,8 +28,14 @@
 #error "DK must be defined"
 #endif
 
-#define NT 128
+#if GATE == 2
+#define NWARPS 8     // two groups of 4 warps, one per 64-column half of a 128-column value block, sharing the gate work
+#define VH 2
+#else
 #define NWARPS 4
+#define VH 1
+#endif
+#define NT (NWARPS * 32)
 #define CHUNK 64
 #define BV 64
 #define HEAD_DIM DK
@@ -117,26 +123,42 @@ __device__ __forceinline__ void load_gtile(unsigned tile, const float* g, long l
 }
 #endif
 
-// Shared memory (bytes): Q, K (2 stages each), V (2 stages), the state tile, then per gate kind: K̂ (decayed keys of
-// the state update), K̃ (bf16 keys of the gated intra-chunk product), the raw gate tiles (2 stages) and the cumulative
-// log decay.
+// Shared memory (bytes): Q, K (2 stages each), V (2 stages), the state tile (2 buffers, so one barrier per chunk
+// suffices; 1 for GATE 2, which has no room for two), then per gate kind: GATE 1 the raw scalar gates (2 stages);
+// GATE 2 K̂ (decayed keys of the state update), K̃ (bf16 keys of the gated intra-chunk product), the raw gate tiles
+// (2 stages) and the cumulative log decay.
 #define Q_BYTES (CHUNK * DK * 2)
 #define V_BYTES (CHUNK * BV * 2)
+#define S_BYTES (DK * BV * 2)
 #define OFF_Q 0
 #define OFF_K (OFF_Q + 2 * Q_BYTES)
 #define OFF_V (OFF_K + 2 * Q_BYTES)
-#define OFF_S (OFF_V + 2 * V_BYTES)
-#define OFF_KH (OFF_S + DK * BV * 2)
+#define OFF_S (OFF_V + 2 * VH * V_BYTES)
 #if GATE == 0
-#define SMEM_BYTES OFF_KH
+#define SMEM_BYTES (OFF_S + 2 * S_BYTES)
 #elif GATE == 1
-#define OFF_B (OFF_KH + Q_BYTES)
-#define SMEM_BYTES (OFF_B + CHUNK * 4)
+#define OFF_GR (OFF_S + 2 * S_BYTES)
+#define SMEM_BYTES (OFF_GR + 2 * CHUNK * 4)
 #else
+#define OFF_KH (OFF_S + VH * S_BYTES)
 #define OFF_KT (OFF_KH + Q_BYTES)
 #define OFF_G (OFF_KT + Q_BYTES)
-#define OFF_B (OFF_G + 2 * CHUNK * DK * 4)
-#define SMEM_BYTES (OFF_B + CHUNK * DK * 4)
+#define SMEM_BYTES (OFF_G + 2 * CHUNK * DK * 4)
+#endif
+
+#if GATE == 1
+// The in-chunk cumulative log decay b (inclusive) lives in registers: lane l holds b[2l] and b[2l+1]. Every lane of
+// the warp must call this (two shuffles).
+__device__ __forceinline__ float bget(float b0, float b1, int x)
+{
+    const float e = __shfl_sync(0xffffffffu, b0, x >> 1), o = __shfl_sync(0xffffffffu, b1, x >> 1);
+    return (x & 1) ? o : e;
+}
+
+__device__ __forceinline__ void cp_async4(unsigned dst, const void* src, int bytes)
+{
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" :: "r"(dst), "l"(src), "r"(bytes));
+}
 #endif
 
 extern "C" __global__ void __launch_bounds__(NT)
@@ -154,23 +176,23 @@ attend_linear_chunk(
     extern __shared__ __align__(128) unsigned char smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
-    const int vb = blockIdx.x, h = blockIdx.y;
+    const int h = blockIdx.y;
+    const int wq = warp & 3, vh = warp >> 2;    // query rows / state rows of this warp; its value half (GATE 2)
+    const int vb = blockIdx.x * VH + vh;       // this warp's 64-column value block
     const LinSeg seg = segs[blockIdx.z];
     const int hk = h / (heads / kvHeads);
     const long long qStride = (long long)heads * DK, kStride = (long long)kvHeads * DK;
     const long long vStride = (long long)kvHeads * dv, oStride = (long long)heads * dv;
     const elem_t* qBase = Q + (long long)seg.tokStart * qStride + (long long)h * DK;
     const elem_t* kBase = K + (long long)seg.tokStart * kStride + (long long)hk * DK;
-    const elem_t* vBase = V + (long long)seg.tokStart * vStride + (long long)hk * dv + vb * BV;
+    const elem_t* vBase = V + (long long)seg.tokStart * vStride + (long long)hk * dv + blockIdx.x * VH * BV;
     const unsigned base = smem_addr(smem);
-    const int stateRow0 = warp * 16 * MS;   // this warp's first state row (key channel)
-    const int wr = warp * 16;               // this warp's first query row in a chunk
+    const int stateRow0 = wq * 16 * MS;     // this warp's first state row (key channel)
+    const int wr = wq * 16;                 // this warp's first query row in a chunk
 #if GATE == 2
     const float* gBase = gate + ((long long)seg.tokStart * heads + h) * DK;
-    const float* sB = (const float*)(smem + OFF_B);
     float decayAcc = 0.f;                   // thread c < DK: the segment's total log decay of channel c
 #elif GATE == 1
-    const float* sB = (const float*)(smem + OFF_B);
     float decayAcc = 0.f;
 #endif
     (void)qBase;
@@ -213,7 +235,7 @@ attend_linear_chunk(
                     }
                     st[m][j][2 * half] = s.x;
                     st[m][j][2 * half + 1] = s.y;
-                    *(unsigned*)(smem + OFF_S + voff(row, j) + 4 * t) = pack2(s.x, s.y);
+                    *(unsigned*)(smem + OFF_S + vh * S_BYTES + voff(row, j) + 4 * t) = pack2(s.x, s.y);
                 }
             }
     }
@@ -224,9 +246,13 @@ attend_linear_chunk(
         const int valid = seg.len < CHUNK ? seg.len : CHUNK;
         if (pass == 1) load_tile<CHUNK>(base + OFF_Q, qBase, qStride, valid, tid);
         load_tile<CHUNK>(base + OFF_K, kBase, kStride, valid, tid);
-        load_vtile(base + OFF_V, vBase, vStride, valid, tid);
+#pragma unroll
+        for (int hv = 0; hv < VH; hv++) load_vtile(base + OFF_V + hv * V_BYTES, vBase + hv * BV, vStride, valid, tid);
 #if GATE == 2
         load_gtile(base + OFF_G, gBase, (long long)heads * DK, valid, tid);
+#elif GATE == 1
+        if (headLogDecay == 0 && tid < CHUNK)
+            cp_async4(base + OFF_GR + tid * 4, tid < valid ? gate + (long long)(seg.tokStart + tid) * heads + h : gate, tid < valid ? 4 : 0);
 #endif
     }
     cp_async_commit();
@@ -236,6 +262,9 @@ attend_linear_chunk(
         const int stage = c & 1;
         const int c0 = c * CHUNK;
         const int len = seg.len - c0 < CHUNK ? seg.len - c0 : CHUNK;
+        // This chunk's tiles have landed and every warp is done with the previous chunk: the other stage is free.
+        cp_async_wait<0>();
+        __syncthreads();
         if (c + 1 < nChunks)
         {
             const int n0 = c0 + CHUNK;
@@ -243,68 +272,71 @@ attend_linear_chunk(
             const int ns = stage ^ 1;
             if (pass == 1) load_tile<CHUNK>(base + OFF_Q + ns * Q_BYTES, qBase + (long long)n0 * qStride, qStride, nvalid, tid);
             load_tile<CHUNK>(base + OFF_K + ns * Q_BYTES, kBase + (long long)n0 * kStride, kStride, nvalid, tid);
-            load_vtile(base + OFF_V + ns * V_BYTES, vBase + (long long)n0 * vStride, vStride, nvalid, tid);
+#pragma unroll
+            for (int hv = 0; hv < VH; hv++)
+                load_vtile(base + OFF_V + (ns * VH + hv) * V_BYTES, vBase + (long long)n0 * vStride + hv * BV, vStride, nvalid, tid);
 #if GATE == 2
             load_gtile(base + OFF_G + ns * CHUNK * DK * 4, gBase + (long long)n0 * heads * DK, (long long)heads * DK, nvalid, tid);
+#elif GATE == 1
+            if (headLogDecay == 0 && tid < CHUNK)
+                cp_async4(base + OFF_GR + (ns * CHUNK + tid) * 4, tid < nvalid ? gate + (long long)(seg.tokStart + n0 + tid) * heads + h : gate,
+                          tid < nvalid ? 4 : 0);
 #endif
         }
         cp_async_commit();
-        cp_async_wait<1>();
-        __syncthreads();
 
         const unsigned sQ = base + OFF_Q + stage * Q_BYTES;
         const unsigned sK = base + OFF_K + stage * Q_BYTES;
-        const unsigned sV = base + OFF_V + stage * V_BYTES;
+        const unsigned sV = base + OFF_V + (stage * VH + vh) * V_BYTES;
 
         // The in-chunk cumulative log decay b (inclusive); rows past the end decay nothing, so b[CHUNK-1] is the chunk's total.
 #if GATE == 1
-        if (warp == 0)
+        float b0, b1;   // b[2 lane], b[2 lane + 1]
         {
-            float a0 = 0.f, a1 = 0.f;
             const int i0 = 2 * lane, i1 = 2 * lane + 1;
             if (headLogDecay != 0)
             {
                 const float lg = headLogDecay[h];
-                a0 = i0 < len ? lg : 0.f;
-                a1 = i1 < len ? lg : 0.f;
+                b0 = lg * (float)(i0 < len ? i0 + 1 : len);
+                b1 = lg * (float)(i1 < len ? i1 + 1 : len);
             }
             else
             {
-                if (i0 < len) a0 = gate[(long long)(seg.tokStart + c0 + i0) * heads + h];
-                if (i1 < len) a1 = gate[(long long)(seg.tokStart + c0 + i1) * heads + h];
-            }
-            float pair = a0 + a1, scan = pair;
+                const float2 a = *(const float2*)(smem + OFF_GR + (stage * CHUNK + i0) * 4);
+                const float pair = a.x + a.y;
+                float scan = pair;
 #pragma unroll
-            for (int o = 1; o < 32; o <<= 1)
-            {
-                float y = __shfl_up_sync(0xffffffffu, scan, o);
-                if (lane >= o) scan += y;
+                for (int o = 1; o < 32; o <<= 1)
+                {
+                    const float y = __shfl_up_sync(0xffffffffu, scan, o);
+                    if (lane >= o) scan += y;
+                }
+                b0 = scan - pair + a.x;
+                b1 = scan;
             }
-            float* b = (float*)(smem + OFF_B);
-            b[i0] = scan - pair + a0;
-            b[i1] = scan;
         }
-        __syncthreads();
-        decayAcc += sB[CHUNK - 1];
+        const float bLast = __shfl_sync(0xffffffffu, b1, 31);
+        decayAcc += bLast;
 #elif GATE == 2
+        // In place: the raw gate tile of this stage becomes the cumulative log decay (the next chunk's gates go to the other stage).
+        float* const sB = (float*)(smem + OFF_G + stage * CHUNK * DK * 4);
         if (tid < DK)
         {
-            const float* raw = (const float*)(smem + OFF_G + stage * CHUNK * DK * 4);
-            float* b = (float*)(smem + OFF_B);
             float run = 0.f;
 #pragma unroll 8
             for (int i = 0; i < CHUNK; i++)
             {
-                run += raw[i * DK + tid];
-                b[i * DK + tid] = run;
+                run += sB[i * DK + tid];
+                sB[i * DK + tid] = run;
             }
             decayAcc += run;
         }
         __syncthreads();
 #endif
 
-        // Decayed keys: K̂_j = k_j ⊙ exp(b_last − b_j) for the state update; GATE 2 also K̃_j = k_j ⊙ exp(b_e(j) − b_j) in bf16.
-#if GATE >= 1
+        // GATE 2: decayed keys K̂_j = k_j ⊙ exp(b_last − b_j) for the state update and K̃_j = k_j ⊙ exp(b_e(j) − b_j) in
+        // bf16 for the intra-chunk product (GATE 1 scales the key fragments of the state update in registers instead).
+#if GATE == 2
 #pragma unroll
         for (int i = 0; i < CHUNK * DC / NT; i++)
         {
@@ -314,11 +346,6 @@ attend_linear_chunk(
             const uint4 kv = *(const uint4*)(smem + OFF_K + stage * Q_BYTES + off);
             const unsigned kw[4] = {kv.x, kv.y, kv.z, kv.w};
             unsigned hw[4];
-#if GATE == 1
-            const float f = exp_e(sB[CHUNK - 1] - sB[r]);
-#pragma unroll
-            for (int e = 0; e < 4; e++) hw[e] = pack2(elem_lo(kw[e]) * f, elem_hi(kw[e]) * f);
-#else
             unsigned tw[4];
             const int rEnd = r | 15;
 #pragma unroll
@@ -331,7 +358,6 @@ attend_linear_chunk(
                 tw[e] = pack_bf16(lo * exp_e(sB[rEnd * DK + ch] - br0), hi * exp_e(sB[rEnd * DK + ch + 1] - br1));
             }
             *(uint4*)(smem + OFF_KT + off) = make_uint4(tw[0], tw[1], tw[2], tw[3]);
-#endif
             *(uint4*)(smem + OFF_KH + off) = make_uint4(hw[0], hw[1], hw[2], hw[3]);
         }
         __syncthreads();
@@ -355,7 +381,7 @@ attend_linear_chunk(
 #pragma unroll
                 for (int np = 0; np < 4; np++)
                 {
-                    if (np > warp) break;
+                    if (np > wq) break;
                     unsigned b0, b1, b2, b3;
                     ldsm_x4(sK + tile_offset(np * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)), b0, b1, b2, b3);
                     mma16816(sc[2 * np], a0, a1, a2, a3, b0, b1);
@@ -367,7 +393,7 @@ attend_linear_chunk(
 #pragma unroll
             for (int np = 0; np < 4; np++)
             {
-                if (np > warp) break;
+                if (np > wq) break;
                 const int rEnd = np * 16 + 15;
 #pragma unroll
                 for (int kk = 0; kk < KS; kk++)
@@ -391,23 +417,35 @@ attend_linear_chunk(
             }
 #endif
             // Causal mask inside the chunk (inclusive); GATE 1 decays each pair by exp(b_i − b_j).
+#if GATE == 1
+            const float bRow0 = bget(b0, b1, wr + g), bRow1 = bget(b0, b1, wr + g + 8);
+#endif
 #pragma unroll
             for (int j = 0; j < 8; j++)
+            {
+#if GATE == 1
+                const float bc0 = bget(b0, b1, 8 * j + 2 * t), bc1 = bget(b0, b1, 8 * j + 2 * t + 1);
+#endif
 #pragma unroll
                 for (int e = 0; e < 4; e++)
                 {
                     const int row = wr + g + 8 * (e >> 1), col = 8 * j + 2 * t + (e & 1);
                     if (col > row) sc[j][e] = 0.f;
 #if GATE == 1
-                    else sc[j][e] *= exp_e(sB[row] - sB[col]);
+                    else sc[j][e] *= exp_e(((e >> 1) ? bRow1 : bRow0) - ((e & 1) ? bc1 : bc0));
 #endif
                 }
+            }
 
             // O = Q̂ S (the state before this chunk, decayed to each row) + A V.
             float oa[8][4];
 #pragma unroll
             for (int j = 0; j < 8; j++) oa[j][0] = oa[j][1] = oa[j][2] = oa[j][3] = 0.f;
-            const unsigned sS = base + OFF_S;
+#if GATE == 2
+            const unsigned sS = base + OFF_S + vh * S_BYTES;
+#else
+            const unsigned sS = base + OFF_S + stage * S_BYTES;
+#endif
 #pragma unroll
             for (int kk = 0; kk < KS; kk++)
             {
@@ -433,7 +471,7 @@ attend_linear_chunk(
             }
 #if GATE == 1
             {
-                const float f0 = exp_e(sB[wr + g]), f1 = exp_e(sB[wr + g + 8]);
+                const float f0 = exp_e(bRow0), f1 = exp_e(bRow1);
 #pragma unroll
                 for (int j = 0; j < 8; j++)
                 {
@@ -445,7 +483,7 @@ attend_linear_chunk(
 #pragma unroll
             for (int kk = 0; kk < 4; kk++)
             {
-                if (kk > warp) break;
+                if (kk > wq) break;
                 const unsigned p0 = pack2(sc[2 * kk][0], sc[2 * kk][1]);
                 const unsigned p1 = pack2(sc[2 * kk][2], sc[2 * kk][3]);
                 const unsigned p2 = pack2(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
@@ -476,7 +514,7 @@ attend_linear_chunk(
         // S = decay ⊙ S + K̂ᵀ V.
 #if GATE == 1
         {
-            const float f = exp_e(sB[CHUNK - 1]);
+            const float f = exp_e(bLast);
 #pragma unroll
             for (int m = 0; m < MS; m++)
 #pragma unroll
@@ -507,6 +545,22 @@ attend_linear_chunk(
             for (int m = 0; m < MS; m++)
                 ldsm_x4_t(sKh + tile_offset(kk * 16 + (lane & 7) + ((lane >> 4) << 3), (stateRow0 + 16 * m) / 8 + ((lane >> 3) & 1)),
                           a[m][0], a[m][1], a[m][2], a[m][3]);
+#if GATE == 1
+            {
+                // K̂ = K ⊙ exp(b_last − b_token): a0/a1 hold tokens 2t, 2t+1 of this 16-token step, a2/a3 tokens 2t+8, 2t+9.
+                const int tk = kk * 16 + 2 * t;
+                const float f0 = exp_e(bLast - bget(b0, b1, tk)), f1 = exp_e(bLast - bget(b0, b1, tk + 1));
+                const float f8 = exp_e(bLast - bget(b0, b1, tk + 8)), f9 = exp_e(bLast - bget(b0, b1, tk + 9));
+#pragma unroll
+                for (int m = 0; m < MS; m++)
+                {
+                    a[m][0] = pack2(elem_lo(a[m][0]) * f0, elem_hi(a[m][0]) * f1);
+                    a[m][1] = pack2(elem_lo(a[m][1]) * f0, elem_hi(a[m][1]) * f1);
+                    a[m][2] = pack2(elem_lo(a[m][2]) * f8, elem_hi(a[m][2]) * f9);
+                    a[m][3] = pack2(elem_lo(a[m][3]) * f8, elem_hi(a[m][3]) * f9);
+                }
+            }
+#endif
 #pragma unroll
             for (int dp = 0; dp < 4; dp++)
             {
@@ -521,8 +575,14 @@ attend_linear_chunk(
             }
         }
 
-        // Every warp is done with this chunk's tiles and the state tile: refresh the state tile for the next chunk.
+        // The state tile of the next chunk: GATE 0/1 write the other buffer (its last reader, the previous chunk, is done
+        // since the barrier at the top); GATE 2 has one buffer and waits until every warp has read it.
+#if GATE == 2
         __syncthreads();
+        const int sNext = OFF_S + vh * S_BYTES;
+#else
+        const int sNext = OFF_S + (stage ^ 1) * S_BYTES;
+#endif
         if (pass == 1)
         {
 #pragma unroll
@@ -533,7 +593,7 @@ attend_linear_chunk(
                     const int row = stateRow0 + 16 * m + g + 8 * half;
 #pragma unroll
                     for (int j = 0; j < 8; j++)
-                        *(unsigned*)(smem + OFF_S + voff(row, j) + 4 * t) = pack2(st[m][j][2 * half], st[m][j][2 * half + 1]);
+                        *(unsigned*)(smem + sNext + voff(row, j) + 4 * t) = pack2(st[m][j][2 * half], st[m][j][2 * half + 1]);
                 }
         }
     }
@@ -549,7 +609,7 @@ attend_linear_chunk(
 #if GATE == 1
         if (vb == 0 && tid == 0) partDecay[(long long)seg.part * heads + h] = decayAcc;
 #elif GATE == 2
-        if (vb == 0 && tid < DK) partDecay[((long long)seg.part * heads + h) * DK + tid] = decayAcc;
+        if (blockIdx.x == 0 && tid < DK) partDecay[((long long)seg.part * heads + h) * DK + tid] = decayAcc;
 #endif
     }
     else if (seg.isLast && ST != 0)

@@ -29,7 +29,7 @@ internal static class CudaLinearKernels
     public const string RecurrentEntry = "attend_linear_recurrent";
 
     /// <summary>Tokens per chunk and value columns per CTA of the chunked kernel.</summary>
-    public const int Chunk = 64, ValueBlock = 64, ChunkThreads = 128, RecurrentThreads = 256, RecurrentColumns = 32;
+    public const int Chunk = 64, ValueBlock = 64, RecurrentThreads = 256, RecurrentColumns = 32;
 
     private static readonly ConcurrentDictionary<(CudaContext, string, int, ElementType, CudaLinearGate), CudaKernelFunction> s_loaded = new();
     private static readonly Lock s_gate = new();
@@ -37,15 +37,24 @@ internal static class CudaLinearKernels
     /// <summary>Dynamic shared memory of the chunked kernel (mirrors the OFF_* layout of linear_chunk.cu).</summary>
     public static int ChunkSharedBytes(int keyDim, CudaLinearGate gate)
     {
-        int q = Chunk * keyDim * 2, v = Chunk * ValueBlock * 2;
-        int common = 4 * q + 2 * v + keyDim * ValueBlock * 2;
+        int q = Chunk * keyDim * 2, v = Chunk * ValueBlock * 2, state = keyDim * ValueBlock * 2;
+        int common = 4 * q + 2 * v;
         return gate switch
         {
-            CudaLinearGate.None => common,
-            CudaLinearGate.Scalar => common + q + Chunk * 4,
-            _ => common + 2 * q + 2 * Chunk * keyDim * 4 + Chunk * keyDim * 4,
+            CudaLinearGate.None => common + 2 * state,
+            CudaLinearGate.Scalar => common + 2 * state + 2 * Chunk * 4,
+            _ => common + 2 * v + 2 * state + 2 * q + 2 * Chunk * keyDim * 4,
         };
     }
+
+    /// <summary>Threads per CTA of the chunked kernel: 8 warps for the channel gate (two value halves share the gate work), else 4.</summary>
+    public static int ChunkThreadsFor(CudaLinearGate gate) => gate == CudaLinearGate.Channel ? 256 : 128;
+
+    /// <summary>Value columns per CTA of the chunked kernel: 128 for the channel gate, else 64.</summary>
+    public static int ChunkColumnsFor(CudaLinearGate gate) => gate == CudaLinearGate.Channel ? 2 * ValueBlock : ValueBlock;
+
+    /// <summary>CTAs of the chunked kernel one SM holds at once (shared memory is the limit: 228 KB per SM, 1 KB reserved per CTA).</summary>
+    public static int ChunkCtasPerSm(int keyDim, CudaLinearGate gate) => Math.Max(1, 233472 / (ChunkSharedBytes(keyDim, gate) + 1024));
 
     public static CudaKernelFunction Chunked(CudaContext context, int keyDim, ElementType type, CudaLinearGate gate) =>
         Get(context, ChunkSource, ChunkEntry, keyDim, type, gate, ChunkSharedBytes(keyDim, gate));

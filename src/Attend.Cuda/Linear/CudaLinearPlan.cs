@@ -100,7 +100,8 @@ public sealed unsafe class CudaLinearPlan : IDisposable
             }
             else
             {
-                (int[] all, int[] parts, int segmentCount, int partCount) = BuildSegments(context, shape, starts, lengths);
+                int slots = context.Multiprocessors * CudaLinearKernels.ChunkCtasPerSm(shape.KeyDim, _gate);
+                (int[] all, int[] parts, int segmentCount, int partCount) = BuildSegments(slots, CudaLinearKernels.ChunkColumnsFor(_gate), shape, starts, lengths);
                 _segmentCount = segmentCount;
                 _partCount = partCount;
                 _segments = Track(DeviceBuffer.From<int>(context, all), owned);
@@ -160,6 +161,8 @@ public sealed unsafe class CudaLinearPlan : IDisposable
             reason = $"the chunked CUDA kernel is specialised for key dims 64 and 128; got Dk = {shape.KeyDim}";
         else if (form == LinearForm.Chunked && (shape.ValueDim <= 0 || shape.ValueDim % CudaLinearKernels.ValueBlock != 0))
             reason = $"the chunked CUDA kernel takes value dims that are multiples of {CudaLinearKernels.ValueBlock}; got Dv = {shape.ValueDim}";
+        else if (form == LinearForm.Chunked && options.Decay == LinearDecay.ChannelGate && shape.ValueDim % (2 * CudaLinearKernels.ValueBlock) != 0)
+            reason = $"the chunked CUDA kernel with a channel gate takes value dims that are multiples of {2 * CudaLinearKernels.ValueBlock}; got Dv = {shape.ValueDim}";
         else if (form == LinearForm.Recurrent && (shape.KeyDim <= 0 || shape.KeyDim % 8 != 0 || shape.KeyDim > 256))
             reason = $"the recurrent CUDA kernel takes key dims that are multiples of 8 up to 256; got Dk = {shape.KeyDim}";
         else if (shape.ValueDim <= 0)
@@ -167,16 +170,17 @@ public sealed unsafe class CudaLinearPlan : IDisposable
         return reason.Length == 0;
     }
 
-    // The chunked form's segment table: each sequence cut into segments of whole chunks so that about two CTAs per
-    // SM run, at most 32 segments per sequence (each CTA folds the local states of the segments before it).
-    private static (int[] All, int[] Parts, int SegmentCount, int PartCount) BuildSegments(CudaContext context, LinearShape shape, int[] starts, int[] lengths)
+    // The chunked form's segment table: each sequence cut into segments of whole chunks so that the CTAs fill the
+    // GPU's resident slots once (not 1.1 waves: a second, mostly empty wave would cost a whole segment's time), at
+    // least 4 chunks and at most 32 segments per sequence (each CTA folds the local states of the segments before it).
+    private static (int[] All, int[] Parts, int SegmentCount, int PartCount) BuildSegments(int slots, int columns, LinearShape shape, int[] starts, int[] lengths)
     {
         const int c = CudaLinearKernels.Chunk;
         long totalChunks = 0;
         foreach (int len in lengths) totalChunks += Math.Max(1, (len + c - 1) / c);
-        long ctasPerSegment = (long)shape.Heads * (shape.ValueDim / CudaLinearKernels.ValueBlock);
-        long target = 2L * context.Multiprocessors;
-        int segChunks = (int)Math.Max(4, (totalChunks * ctasPerSegment + target - 1) / target);
+        long ctasPerSegment = (long)shape.Heads * (shape.ValueDim / columns);
+        long segmentsThatFit = Math.Max(1, slots / ctasPerSegment);
+        int segChunks = (int)Math.Max(4, (totalChunks + segmentsThatFit - 1) / segmentsThatFit);
         var all = new List<int>();
         var parts = new List<int>();
         int partCount = 0, segmentCount = 0;
@@ -258,17 +262,18 @@ public sealed unsafe class CudaLinearPlan : IDisposable
         p[0] = &a.Q; p[1] = &a.K; p[2] = &a.V; p[3] = &a.O; p[4] = &a.Gate; p[5] = &a.HeadLogDecay; p[6] = &a.S0; p[7] = &a.ST;
         p[8] = &a.PartState; p[9] = &a.PartDecay; p[10] = &a.Segs; p[11] = &a.Heads; p[12] = &a.KvHeads; p[13] = &a.Dv; p[14] = &a.Scale;
         p[15] = &a.Pass;
-        uint blocks = (uint)(s.ValueDim / CudaLinearKernels.ValueBlock);
+        uint blocks = (uint)(s.ValueDim / CudaLinearKernels.ChunkColumnsFor(_gate));
+        uint threads = (uint)CudaLinearKernels.ChunkThreadsFor(_gate);
         uint smem = (uint)CudaLinearKernels.ChunkSharedBytes(s.KeyDim, _gate);
         if (_partCount > 0)
         {
             a.Segs = _partSegments.Pointer;
             a.Pass = 0;
-            _kernel.Launch(blocks, (uint)s.Heads, (uint)_partCount, CudaLinearKernels.ChunkThreads, smem, stream, p);
+            _kernel.Launch(blocks, (uint)s.Heads, (uint)_partCount, threads, smem, stream, p);
         }
         a.Segs = _segments.Pointer;
         a.Pass = 1;
-        _kernel.Launch(blocks, (uint)s.Heads, (uint)_segmentCount, CudaLinearKernels.ChunkThreads, smem, stream, p);
+        _kernel.Launch(blocks, (uint)s.Heads, (uint)_segmentCount, threads, smem, stream, p);
     }
 
     private void Require(CudaTensor t, string name, int heads, int dim)
