@@ -42,6 +42,9 @@ internal static class CudaLinearBench
         output.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"ceilings: cuBLAS bf16 GEMM {ceilings.GemmTflops:F0} TFLOP/s ({ceilings.GemmSize}^3), device copy {ceilings.CopyGbps:F0} GB/s (read+write)"));
         int[] lengths = quick ? [1024] : [4096, 16384, 65536];
+        // ATTEND_BENCH_LINEAR_T=16384[,...] times only those lengths (a short device call next to the peers).
+        if (Environment.GetEnvironmentVariable("ATTEND_BENCH_LINEAR_T") is { Length: > 0 } only)
+            lengths = only.Split(',').Select(x => int.Parse(x, CultureInfo.InvariantCulture)).ToArray();
         var records = new List<LinearRecord>();
         int failed = 0;
         output.WriteLine($"{"method",-12} {"form",-9} {"T",6} {"ms",9} {"M tok/s",9} {"TFLOP/s",8} {"GB/s",7} {"rel err",9}  (H = {Heads}, D = {Dim}, bf16, B = 1)");

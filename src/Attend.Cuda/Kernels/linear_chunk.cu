@@ -423,6 +423,7 @@ attend_linear_chunk(
 #pragma unroll
             for (int j = 0; j < 8; j++)
             {
+                if (j > 2 * wq + 1) break;   // key tiles past this warp's rows were never accumulated: they stay 0
 #if GATE == 1
                 const float bc0 = bget(b0, b1, 8 * j + 2 * t), bc1 = bget(b0, b1, 8 * j + 2 * t + 1);
 #endif
