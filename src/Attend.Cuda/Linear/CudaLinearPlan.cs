@@ -173,7 +173,7 @@ public sealed unsafe class CudaLinearPlan : IDisposable
     // The chunked form's segment table: each sequence cut into segments of whole chunks so that the CTAs fill the
     // GPU's resident slots once (not 1.1 waves: a second, mostly empty wave would cost a whole segment's time), at
     // least 4 chunks and at most 32 segments per sequence (each CTA folds the local states of the segments before it).
-    private static (int[] All, int[] Parts, int SegmentCount, int PartCount) BuildSegments(int slots, int columns, LinearShape shape, int[] starts, int[] lengths)
+    internal static (int[] All, int[] Parts, int SegmentCount, int PartCount) BuildSegments(int slots, int columns, LinearShape shape, int[] starts, int[] lengths)
     {
         const int c = CudaLinearKernels.Chunk;
         long totalChunks = 0;

@@ -54,6 +54,67 @@ public class CudaLinearTests
         Assert.Contains("bf16", reason);
     }
 
+    [Theory]
+    [InlineData(264, 32, new[] { 16384 })]
+    [InlineData(264, 32, new[] { 65536 })]
+    [InlineData(132, 16, new[] { 1, 0, 70, 4097, 64, 20000 })]
+    [InlineData(264, 2, new[] { 1000000 })]
+    [InlineData(8, 64, new[] { 63 })]
+    public void SegmentsCoverEveryTokenOnceInWholeChunks(int slots, int heads, int[] lengths)
+    {
+        var shape = new LinearShape(1, lengths.Sum(), heads, heads, 128, 128);
+        int[] starts = new int[lengths.Length];
+        for (int n = 1; n < lengths.Length; n++) starts[n] = starts[n - 1] + lengths[n - 1];
+        (int[] all, int[] parts, int segments, int partCount) = CudaLinearPlan.BuildSegments(slots, 64, shape, starts, lengths);
+        var covered = new int[shape.Tokens];
+        var perSequence = new int[lengths.Length];
+        int seenParts = 0;
+        for (int i = 0; i < segments; i++)
+        {
+            int seq = all[8 * i], start = all[8 * i + 1], len = all[8 * i + 2], part = all[8 * i + 3];
+            int firstPart = all[8 * i + 4], index = all[8 * i + 5], last = all[8 * i + 6];
+            Assert.Equal(perSequence[seq]++, index);
+            if (last == 0)
+            {
+                Assert.Equal(0, len % 64);                       // a segment before the last is whole chunks
+                Assert.Equal(firstPart + index, part);           // the local states of a sequence are consecutive
+                Assert.Equal(part, parts[8 * seenParts + 3]);    // and pass 0 runs exactly these
+                seenParts++;
+            }
+            else Assert.Equal(-1, part);
+            for (int x = start; x < start + len; x++) covered[x]++;
+            Assert.InRange(start, starts[seq], starts[seq] + lengths[seq]);
+        }
+        Assert.Equal(partCount, seenParts);
+        Assert.All(covered, c => Assert.Equal(1, c));
+        for (int n = 0; n < lengths.Length; n++) Assert.InRange(perSequence[n], 1, 32);
+        // A long single sequence fills the slots once: segments × heads × value blocks ≤ slots.
+        if (lengths.Length == 1 && lengths[0] >= 64 * 4 * slots) Assert.True(segments * heads * 2 <= slots);
+    }
+
+    [Fact]
+    public void BenchLinearOnCudaWithoutAGpuSaysWhy()
+    {
+        if (CudaBackend.IsAvailable(out string why)) return;
+        (int code, _, string error) = Attend.Tests.Cli.CliHarness.Run("bench", "linear", "--backend", "cuda");
+        Assert.Equal(2, code);
+        Assert.Contains(why, error);
+        (code, _, error) = Attend.Tests.Cli.CliHarness.Run("bench", "linear", "--backend", "tpu");
+        Assert.Equal(2, code);
+        Assert.Contains("tpu", error);
+    }
+
+    [CudaLinearTheory]
+    [InlineData(0)]
+    public void CheckCommandLinearCasesPassOnTheGpu(int unused)
+    {
+        _ = unused;
+        var output = new StringWriter();
+        var error = new StringWriter();
+        (int passed, int failed) = Attend.Cli.CudaLinearCheck.Run(TestData.RunSeed, output, error);
+        Assert.True(failed == 0 && passed > 0, $"seed {TestData.RunSeed}: {error}");
+    }
+
     [CudaLinearTheory]
     [InlineData(LinearDecay.None, LinearForm.Chunked, 0)]
     [InlineData(LinearDecay.FixedPerHead, LinearForm.Chunked, 0)]
