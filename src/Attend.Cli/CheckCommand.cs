@@ -139,6 +139,9 @@ internal static class CheckCommand
             (int p, int f) = CudaDecodeCheck.Run(seed, output, error);
             passed += p;
             failures += f;
+            (int lp, int lf) = CudaLinearCheck.Run(seed, output, error);
+            passed += lp;
+            failures += lf;
         }
         foreach (var (key, (count, first)) in skipped) output.WriteLine($"  skipped {count} problem(s) on {key}, not supported by the variant (e.g. {first})");
         if (backends.Contains("cuda") && CudaBackend.IsAvailable(out _))

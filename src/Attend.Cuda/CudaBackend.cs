@@ -21,6 +21,7 @@ public static class CudaBackend
     public static void Register()
     {
         foreach (AttentionKernel k in Kernels) KernelRegistry.Register(k);
+        Attend.Linear.LinearBackends.Register(new Linear.CudaLinearBackend());
     }
 
     /// <summary>True when the driver loads, initialises and reports at least one device; otherwise <paramref name="reason"/> says why.</summary>

@@ -32,6 +32,12 @@ public static class LinearAttention
         LinearConfig.CheckOutput("output", output.Length, (long)s.Batch * s.Tokens * s.Heads * s.ValueDim, "[B, T, H, Dv]", optional: false);
         LinearConfig.CheckOutput("finalState", finalState.Length, c.StateLength, $"[N, H, Df = {c.FeatureDim}, Dv' = {c.StateColumns}]", optional: true);
 
+        if (c.Form != LinearForm.Naive && IsOtherBackend(options))
+        {
+            LinearBackends.Get(options!.Backend!).Forward(inputs, options, output, finalState);
+            return;
+        }
+
         if (c.Form == LinearForm.Naive)
         {
             (double[] o, double[] st) = ReferenceLinearAttention.Forward(inputs, options);
@@ -93,6 +99,9 @@ public static class LinearAttention
         LinearConfig.CheckOutput("gradients.Gate", gradients.Gate.Length, inputs.Gate.Length, "the gate's shape", optional: true);
         LinearConfig.CheckOutput("gradients.Beta", gradients.Beta.Length, inputs.Beta.Length, "β's shape", optional: true);
         LinearConfig.CheckOutput("gradients.InitialState", gradients.InitialState.Length, c.StateLength, "the state's shape", optional: true);
+
+        if (c.Form != LinearForm.Naive && IsOtherBackend(options))
+            throw new NotSupportedException($"Backend '{options!.Backend}' has no linear-attention backward yet; use the CPU (Backend null or \"cpu\").");
 
         if (c.Form == LinearForm.Naive)
         {
@@ -182,6 +191,9 @@ public static class LinearAttention
         if (!gradients.Beta.IsEmpty) dBeta.CopyTo(gradients.Beta);
         if (!gradients.InitialState.IsEmpty) dS0.CopyTo(gradients.InitialState);
     }
+
+    private static bool IsOtherBackend(LinearAttentionOptions? options) =>
+        options?.Backend is { } name && !name.Equals("cpu", StringComparison.OrdinalIgnoreCase);
 
     private static void Narrow(double[] source, Span<float> destination)
     {
