@@ -51,7 +51,83 @@ internal static class CudaLinearCheck
                 if (ok) passed++;
                 else failed++;
             }
+        // The chunked backward (no decay, fixed decay per head): dq, dk, dv and dS0 against the float64 naive form's gradients.
+        LinearCheckCase[] backward =
+        [
+            new("bwd: no decay, S0 and dS_T", 2, Odd(65, 400), 4, 4, 128, 128, LinearDecay.None, true, LinearForm.Chunked),
+            new("bwd: fixed decay, GQA 2:1, Dk 64", 1, Odd(129, 500), 4, 2, 64, 64, LinearDecay.FixedPerHead, false, LinearForm.Chunked),
+            new("bwd: fixed decay, segments, state", 1, Odd(1200, 1700), 2, 2, 128, 128, LinearDecay.FixedPerHead, true, LinearForm.Chunked),
+            new("bwd: varlen (1-token seq), GQA 4:1", 1, 0, 4, 1, 128, 64, LinearDecay.FixedPerHead, true, LinearForm.Chunked, [1, rng.Next(2, 200), rng.Next(300, 900)]),
+            new("bwd: T = 1, S0 and dS_T", 3, 1, 4, 2, 64, 128, LinearDecay.None, true, LinearForm.Chunked),
+        ];
+        foreach (LinearCheckCase c in backward)
+            foreach (ElementType type in (ElementType[])[ElementType.BFloat16, ElementType.Float16])
+            {
+                (double[] errs, string? problem) = type == ElementType.BFloat16 ? OneBackward<BFloat16>(c, type, rng) : OneBackward<Half>(c, type, rng);
+                double tol = CheckCommand.GradientTolerance(type);
+                bool ok = problem is null && errs.All(e => e <= tol);
+                int t = c.Lengths?.Sum() ?? c.T;
+                string line = string.Create(CultureInfo.InvariantCulture,
+                    $"  {(ok ? "ok  " : "FAIL")} {"CudaLinear backward",-18} {type.ShortName(),-4} {c.Name,-34} B={c.B} T={t} H={c.H}/{c.Hkv} Dk={c.Dk} Dv={c.Dv} {c.Decay}  dq={errs[0]:E2} dk={errs[1]:E2} dv={errs[2]:E2} dS0={errs[3]:E2} (tol {tol:G2}){(problem is null ? "" : "  " + problem)}");
+                (ok ? output : error).WriteLine(line);
+                if (ok) passed++;
+                else failed++;
+            }
         return (passed, failed);
+    }
+
+    // Relative L2 errors of dq, dk, dv, dS0 (0 when the case has no initial state) against the float64 naive form's gradients.
+    private static (double[] Errors, string? Problem) OneBackward<T>(LinearCheckCase c, ElementType type, Random rng) where T : unmanaged
+    {
+        SeqOffsets? offsets = c.Lengths is null ? null : SeqOffsets.FromLengths(c.Lengths);
+        int tokens = offsets?.TotalTokens ?? c.T, n = offsets?.Count ?? c.B;
+        var shape = new LinearShape(c.B, tokens, c.H, c.Hkv, c.Dk, c.Dv);
+        long rows = (long)c.B * tokens;
+        float[] q = Rounded<T>(rng, rows * c.H * c.Dk, 1.0), k = Rounded<T>(rng, rows * c.Hkv * c.Dk, 1.0), v = Rounded<T>(rng, rows * c.Hkv * c.Dv, 1.0);
+        float[] dO = Rounded<T>(rng, rows * c.H * c.Dv, 1.0);
+        float[]? gamma = c.Decay == LinearDecay.FixedPerHead ? Enumerable.Range(0, c.H).Select(_ => (float)(1 - Math.Pow(2, -rng.Next(2, 8)))).ToArray() : null;
+        long stateLength = (long)n * c.H * c.Dk * c.Dv;
+        float[] s0 = c.InitialState ? Rounded<float>(rng, stateLength, 1.0) : [];
+        float[] dST = c.InitialState ? Rounded<float>(rng, stateLength, 1.0) : [];
+        var options = new LinearAttentionOptions { Form = c.Form, Decay = c.Decay, HeadDecay = gamma, Scale = 1f / MathF.Sqrt(c.Dk) };
+        var inputs = new LinearInputs { Shape = shape, Q = q, K = k, V = v, InitialState = s0, Offsets = offsets };
+        float[] rq = new float[q.Length], rk = new float[k.Length], rv = new float[v.Length], rs = new float[stateLength];
+        LinearAttention.Backward(inputs, options with { Form = LinearForm.Naive }, dO, dST, new LinearGradients { Q = rq, K = rk, V = rv, InitialState = rs });
+
+        CudaContext context = CudaContext.Default;
+        try
+        {
+            using var plan = new CudaLinearPlan(context, shape, type, options, offsets);
+            using CudaTensor tq = Upload<T>(context, q, c.B, tokens, c.H, c.Dk);
+            using CudaTensor tk = Upload<T>(context, k, c.B, tokens, c.Hkv, c.Dk);
+            using CudaTensor tv = Upload<T>(context, v, c.B, tokens, c.Hkv, c.Dv);
+            using CudaTensor tdO = Upload<T>(context, dO, c.B, tokens, c.H, c.Dv);
+            using DeviceBuffer? ds0 = s0.Length == 0 ? null : DeviceBuffer.From<float>(context, s0);
+            using DeviceBuffer? ddST = dST.Length == 0 ? null : DeviceBuffer.From<float>(context, dST);
+            using var gq = new DeviceBuffer(context, Math.Max(4, q.Length * 4L));
+            using var gk = new DeviceBuffer(context, Math.Max(4, k.Length * 4L));
+            using var gv = new DeviceBuffer(context, Math.Max(4, v.Length * 4L));
+            using var gs = new DeviceBuffer(context, Math.Max(4, stateLength * 4));
+            gq.Fill(0xFF);
+            gk.Fill(0xFF);
+            gv.Fill(0xFF);
+            gs.Fill(0xFF);
+            plan.Backward(tq, tk, tv, ds0, tdO, ddST, gq, gk, gv, gs);
+            context.Synchronize();
+            float[] aq = new float[q.Length], ak = new float[k.Length], av = new float[v.Length], aS = new float[stateLength];
+            gq.CopyTo<float>(aq);
+            gk.CopyTo<float>(ak);
+            gv.CopyTo<float>(av);
+            gs.CopyTo<float>(aS);
+            double eq = Relative<float>(aq, rq, out int n1), ek = Relative<float>(ak, rk, out int n2), ev = Relative<float>(av, rv, out int n3);
+            double es = Relative<float>(aS, rs, out int n4);
+            int nan = n1 + n2 + n3 + n4;
+            return ([eq, ek, ev, es], nan > 0 ? $"{nan} NaN/unwritten gradient entries" : null);
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            return ([double.PositiveInfinity, double.PositiveInfinity, double.PositiveInfinity, double.PositiveInfinity], $"{e.GetType().Name}: {AttendApp.OneLine(e)}");
+        }
     }
 
     private static (double Output, double State, string? Problem) One<T>(LinearCheckCase c, ElementType type, Random rng) where T : unmanaged

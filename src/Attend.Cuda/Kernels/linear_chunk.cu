@@ -10,6 +10,7 @@
 // order, keeping its [DK, 64] slice of the state in float32 registers (the state accumulators of the K̂ᵀV product).
 // Per chunk: A = Q Kᵀ masked (and decayed) inside the chunk, O = A V + Q̂ S, then S = decay ⊙ S + K̂ᵀ V. The state
 // read by Q̂ S is rounded to the element type in shared memory (like the chunked kernels of flash-linear-attention).
+// Pass 2 (the backward's forward sweep) is pass 1 without Q and outputs: it writes the state at each chunk's start.
 // Segments split long sequences so the grid fills the GPU: pass 0 runs every segment but a sequence's last from a
 // zero state and writes its local state and total log decay (partState, partDecay); pass 1 starts each segment from
 // the sequence's initial state folded with the local states of the segments before it, writes the outputs, and the
@@ -171,7 +172,8 @@ attend_linear_chunk(
     float* __restrict__ partState,           // [parts, H, DK, dv]
     float* __restrict__ partDecay,           // [parts, H, DK] (GATE 2) or [parts, H] (GATE 1)
     const LinSeg* __restrict__ segs,
-    int heads, int kvHeads, int dv, float scale, int pass)
+    int heads, int kvHeads, int dv, float scale, int pass,
+    elem_t* __restrict__ chunkStates)        // pass 2: [chunks, H, DK, dv], the state at each chunk's start (seg.pad: the segment's first chunk)
 {
     extern __shared__ __align__(128) unsigned char smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -204,7 +206,7 @@ attend_linear_chunk(
 #pragma unroll
         for (int j = 0; j < 8; j++) st[m][j][0] = st[m][j][1] = st[m][j][2] = st[m][j][3] = 0.f;
 
-    if (pass == 1)
+    if (pass != 0)
     {
         // The segment's initial state: the sequence's own, then folded with the local states of the earlier segments.
 #pragma unroll
@@ -262,6 +264,21 @@ attend_linear_chunk(
         const int stage = c & 1;
         const int c0 = c * CHUNK;
         const int len = seg.len - c0 < CHUNK ? seg.len - c0 : CHUNK;
+        if (pass == 2)
+        {
+            // The backward's checkpoint: the state at this chunk's start, rounded to the element type.
+            elem_t* dst = chunkStates + ((long long)(seg.pad + c) * heads + h) * DK * dv + vb * BV;
+#pragma unroll
+            for (int m = 0; m < MS; m++)
+#pragma unroll
+                for (int half = 0; half < 2; half++)
+                {
+                    const int row = stateRow0 + 16 * m + g + 8 * half;
+#pragma unroll
+                    for (int j = 0; j < 8; j++)
+                        *(unsigned*)(dst + (long long)row * dv + 8 * j + 2 * t) = pack2(st[m][j][2 * half], st[m][j][2 * half + 1]);
+                }
+        }
         // This chunk's tiles have landed and every warp is done with the previous chunk: the other stage is free.
         cp_async_wait<0>();
         __syncthreads();

@@ -27,11 +27,18 @@ internal static class CudaLinearKernels
     public const string ChunkEntry = "attend_linear_chunk";
     public const string RecurrentSource = "linear_recurrent.cu";
     public const string RecurrentEntry = "attend_linear_recurrent";
+    public const string BackwardSource = "linear_chunk_bwd.cu";
+    public const string BackwardEntry = "attend_linear_chunk_bwd";
+    public const string StateGradientEntry = "attend_linear_dstate";
+
+    /// <summary>Value columns the chunked backward holds per CTA at most (one or two 64-column blocks).</summary>
+    public const int BackwardMaxValueDim = 128;
 
     /// <summary>Tokens per chunk and value columns per CTA of the chunked kernel.</summary>
     public const int Chunk = 64, ValueBlock = 64, RecurrentThreads = 256, RecurrentColumns = 32;
 
     private static readonly ConcurrentDictionary<(CudaContext, string, int, ElementType, CudaLinearGate), CudaKernelFunction> s_loaded = new();
+    private static readonly ConcurrentDictionary<(CudaContext, string, int, ElementType, CudaLinearGate), CompiledKernel> s_images = new();
     private static readonly Lock s_gate = new();
 
     /// <summary>Dynamic shared memory of the chunked kernel (mirrors the OFF_* layout of linear_chunk.cu).</summary>
@@ -59,12 +66,25 @@ internal static class CudaLinearKernels
     public static CudaKernelFunction Chunked(CudaContext context, int keyDim, ElementType type, CudaLinearGate gate) =>
         Get(context, ChunkSource, ChunkEntry, keyDim, type, gate, ChunkSharedBytes(keyDim, gate));
 
+    /// <summary>Dynamic shared memory of <c>attend_linear_chunk_bwd</c> (mirrors its OFF_* layout): Q, K, two V and dO blocks, two state slices.</summary>
+    public static int BackwardSharedBytes(int keyDim) => 2 * Chunk * keyDim * 2 + 4 * Chunk * ValueBlock * 2 + 2 * keyDim * ValueBlock * 2;
+
+    /// <summary>Dynamic shared memory of <c>attend_linear_dstate</c>: Q and one dO block, two stages each.</summary>
+    public static int StateGradientSharedBytes(int keyDim) => 2 * Chunk * keyDim * 2 + 2 * Chunk * ValueBlock * 2;
+
+    public static CudaKernelFunction ChunkBackward(CudaContext context, int keyDim, ElementType type, CudaLinearGate gate) =>
+        Get(context, BackwardSource, BackwardEntry, keyDim, type, gate, BackwardSharedBytes(keyDim));
+
+    public static CudaKernelFunction StateGradient(CudaContext context, int keyDim, ElementType type, CudaLinearGate gate) =>
+        Get(context, BackwardSource, StateGradientEntry, keyDim, type, gate, StateGradientSharedBytes(keyDim));
+
     public static CudaKernelFunction Recurrent(CudaContext context, int keyDim, ElementType type, CudaLinearGate gate) =>
         Get(context, RecurrentSource, RecurrentEntry, keyDim, type, gate, 0);
 
     private static CudaKernelFunction Get(CudaContext context, string file, string entry, int keyDim, ElementType type, CudaLinearGate gate, int smem)
     {
-        var key = (context, file, keyDim, type, gate);
+        // One entry per (file, kernel) pair: linear_chunk_bwd.cu has two kernels.
+        var key = (context, file + ":" + entry, keyDim, type, gate);
         if (s_loaded.TryGetValue(key, out CudaKernelFunction? f)) return f;
         lock (s_gate)
         {
@@ -79,7 +99,10 @@ internal static class CudaLinearKernels
                 "--use_fast_math",
                 "--std=c++17",
             ];
-            CompiledKernel image = KernelCompiler.Build(file, KernelCompiler.Source(file), options, context.Architecture);
+            CompiledKernel image = s_images.TryGetValue((context, file, keyDim, type, gate), out CompiledKernel? built)
+                ? built
+                : KernelCompiler.Build(file, KernelCompiler.Source(file), options, context.Architecture);
+            s_images[(context, file, keyDim, type, gate)] = image;
             f = new CudaKernelFunction(context, image, entry, smem);
             s_loaded[key] = f;
             return f;

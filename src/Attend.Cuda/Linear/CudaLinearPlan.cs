@@ -27,6 +27,11 @@ public sealed unsafe class CudaLinearPlan : IDisposable
     private readonly DeviceBuffer _segments, _partSegments, _partState, _partDecay, _headLogDecay;
     private readonly int _segmentCount, _partCount, _sequences;
     private readonly float _scale;
+    private readonly int[] _starts, _lengths;
+    // The backward's tables and checkpoints, made at its first call: chunk and sequence tables, the state at each
+    // chunk's start and the state gradient at each chunk's end ([chunks, H, Dk, Dv] in the element type).
+    private DeviceBuffer? _chunkTable, _sequenceTable, _chunkStates, _chunkStateGradients;
+    private int _chunkCount;
 
     /// <summary>Plans a call of <paramref name="shape"/> with <paramref name="options"/> (form chunked or recurrent).</summary>
     /// <exception cref="NotSupportedException">A configuration the CUDA kernels do not compute; the message says why.</exception>
@@ -80,6 +85,8 @@ public sealed unsafe class CudaLinearPlan : IDisposable
             lengths[n] = offsets is null ? shape.Tokens : offsets.Length(n);
         }
 
+        _starts = starts;
+        _lengths = lengths;
         _kernel = Form == LinearForm.Recurrent
             ? CudaLinearKernels.Recurrent(context, shape.KeyDim, elementType, _gate)
             : CudaLinearKernels.Chunked(context, shape.KeyDim, elementType, _gate);
@@ -183,7 +190,7 @@ public sealed unsafe class CudaLinearPlan : IDisposable
         int segChunks = (int)Math.Max(4, (totalChunks + segmentsThatFit - 1) / segmentsThatFit);
         var all = new List<int>();
         var parts = new List<int>();
-        int partCount = 0, segmentCount = 0;
+        int partCount = 0, segmentCount = 0, chunkBase = 0;
         for (int n = 0; n < starts.Length; n++)
         {
             int chunks = (lengths[n] + c - 1) / c;
@@ -196,7 +203,8 @@ public sealed unsafe class CudaLinearPlan : IDisposable
                 int begin = i * per * c;
                 int len = Math.Max(0, Math.Min(lengths[n] - begin, per * c));
                 bool last = i == count - 1;
-                int[] row = [n, starts[n] + begin, len, last ? -1 : partCount, firstPart, i, last ? 1 : 0, 0];
+                // The last field is the segment's first chunk in the sequence-major chunk numbering (the backward's checkpoints).
+                int[] row = [n, starts[n] + begin, len, last ? -1 : partCount, firstPart, i, last ? 1 : 0, chunkBase + i * per];
                 all.AddRange(row);
                 if (!last)
                 {
@@ -205,6 +213,7 @@ public sealed unsafe class CudaLinearPlan : IDisposable
                 }
                 segmentCount++;
             }
+            chunkBase += chunks;
         }
         if (parts.Count == 0) parts.AddRange(new int[8]);
         if (all.Count == 0) all.AddRange(new int[8]);
@@ -218,13 +227,17 @@ public sealed unsafe class CudaLinearPlan : IDisposable
     /// </summary>
     /// <exception cref="ArgumentException">Tensors that do not match the plan; the message names the argument.</exception>
     public void Run(CudaTensor q, CudaTensor k, CudaTensor v, DeviceBuffer? gate, DeviceBuffer? initialState, CudaTensor output, DeviceBuffer? finalState,
-        CudaStream? stream = null)
+        CudaStream? stream = null) => Launch(q, k, v, gate, initialState, output, finalState, stream, 0);
+
+    // chunkStates != 0: pass 2 instead of pass 1 (no outputs; the state at each chunk's start written there).
+    private void Launch(CudaTensor q, CudaTensor k, CudaTensor v, DeviceBuffer? gate, DeviceBuffer? initialState, CudaTensor? output, DeviceBuffer? finalState,
+        CudaStream? stream, ulong chunkStates)
     {
         LinearShape s = Shape;
         Require(q, nameof(q), s.Heads, s.KeyDim);
         Require(k, nameof(k), s.KvHeads, s.KeyDim);
         Require(v, nameof(v), s.KvHeads, s.ValueDim);
-        Require(output, nameof(output), s.Heads, s.ValueDim);
+        if (chunkStates == 0) Require(output!, nameof(output), s.Heads, s.ValueDim);
         long rows = (long)s.Batch * s.Tokens * s.Heads;
         long stateBytes = (long)_sequences * s.Heads * s.KeyDim * s.ValueDim * 4;
         if (Decay is LinearDecay.ScalarGate or LinearDecay.ChannelGate)
@@ -243,7 +256,7 @@ public sealed unsafe class CudaLinearPlan : IDisposable
 
         var a = new Arguments
         {
-            Q = q.Buffer.Pointer, K = k.Buffer.Pointer, V = v.Buffer.Pointer, O = output.Buffer.Pointer,
+            Q = q.Buffer.Pointer, K = k.Buffer.Pointer, V = v.Buffer.Pointer, O = output?.Buffer.Pointer ?? 0,
             Gate = gate?.Pointer ?? 0, HeadLogDecay = Decay == LinearDecay.FixedPerHead ? _headLogDecay.Pointer : 0,
             S0 = initialState?.Pointer ?? 0, ST = finalState?.Pointer ?? 0,
             PartState = _partState.Pointer, PartDecay = _partDecay.Pointer, Segs = _segments.Pointer,
@@ -258,10 +271,10 @@ public sealed unsafe class CudaLinearPlan : IDisposable
             _kernel.Launch(columns, (uint)s.Heads, (uint)_sequences, CudaLinearKernels.RecurrentThreads, 0, stream, r);
             return;
         }
-        void** p = stackalloc void*[16];
+        void** p = stackalloc void*[17];
         p[0] = &a.Q; p[1] = &a.K; p[2] = &a.V; p[3] = &a.O; p[4] = &a.Gate; p[5] = &a.HeadLogDecay; p[6] = &a.S0; p[7] = &a.ST;
         p[8] = &a.PartState; p[9] = &a.PartDecay; p[10] = &a.Segs; p[11] = &a.Heads; p[12] = &a.KvHeads; p[13] = &a.Dv; p[14] = &a.Scale;
-        p[15] = &a.Pass;
+        p[15] = &a.Pass; p[16] = &a.ChunkStates;
         uint blocks = (uint)(s.ValueDim / CudaLinearKernels.ChunkColumnsFor(_gate));
         uint threads = (uint)CudaLinearKernels.ChunkThreadsFor(_gate);
         uint smem = (uint)CudaLinearKernels.ChunkSharedBytes(s.KeyDim, _gate);
@@ -272,8 +285,138 @@ public sealed unsafe class CudaLinearPlan : IDisposable
             _kernel.Launch(blocks, (uint)s.Heads, (uint)_partCount, threads, smem, stream, p);
         }
         a.Segs = _segments.Pointer;
-        a.Pass = 1;
+        a.Pass = chunkStates == 0 ? 1 : 2;
+        a.ChunkStates = chunkStates;
         _kernel.Launch(blocks, (uint)s.Heads, (uint)_segmentCount, threads, smem, stream, p);
+    }
+
+    /// <summary>
+    /// Whether <see cref="Backward"/> computes this configuration: the chunked form with no decay or a fixed decay per
+    /// head, Dk 64 or 128 and Dv 64 or 128; otherwise <paramref name="reason"/> says why.
+    /// </summary>
+    public static bool IsBackwardSupported(LinearShape shape, ElementType elementType, LinearAttentionOptions? options, out string reason)
+    {
+        options ??= new LinearAttentionOptions();
+        if (!IsSupported(shape, elementType, options, out reason)) return false;
+        LinearDecay decay = options.Decay ?? (options.HeadDecay != null ? LinearDecay.FixedPerHead : LinearDecay.None);
+        if ((options.Form ?? LinearForm.Chunked) != LinearForm.Chunked)
+            reason = "the CUDA linear backward is the chunked form's";
+        else if (decay is not (LinearDecay.None or LinearDecay.FixedPerHead))
+            reason = $"the CUDA linear backward covers no decay and a fixed decay per head; {decay} (and its gate gradient) is not on the GPU yet";
+        else if (shape.ValueDim > CudaLinearKernels.BackwardMaxValueDim)
+            reason = $"the CUDA linear backward takes value dims 64 and 128; got Dv = {shape.ValueDim}";
+        return reason.Length == 0;
+    }
+
+    /// <summary>
+    /// Queues the gradients of <c>L = Σ dO·O + Σ dS_T·S_T</c> on <paramref name="stream"/>: a forward sweep that keeps
+    /// the state at each chunk's start, a reverse sweep per sequence for the state gradient at each chunk's end (and
+    /// <paramref name="initialStateGradient"/>), then dq, dk, dv per chunk. q, k, v, <paramref name="outputGradient"/> as
+    /// for <see cref="Run"/>; <paramref name="initialState"/>, <paramref name="finalStateGradient"/> float32
+    /// <c>[N, H, Dk, Dv]</c> or null (zero). The gradients are float32: <paramref name="queryGradient"/> <c>[B, T, H, Dk]</c>,
+    /// <paramref name="keyGradient"/> <c>[B, T, Hkv, Dk]</c>, <paramref name="valueGradient"/> <c>[B, T, Hkv, Dv]</c> (summed over
+    /// the query heads of a group), <paramref name="initialStateGradient"/> <c>[N, H, Dk, Dv]</c> or null (not wanted).
+    /// The first call allocates the checkpoints (two <c>[chunks, H, Dk, Dv]</c> arrays of the element type); later calls allocate nothing.
+    /// </summary>
+    /// <exception cref="NotSupportedException">A configuration <see cref="IsBackwardSupported"/> rejects.</exception>
+    /// <exception cref="ArgumentException">Tensors that do not match the plan; the message names the argument.</exception>
+    public void Backward(CudaTensor q, CudaTensor k, CudaTensor v, DeviceBuffer? initialState, CudaTensor outputGradient, DeviceBuffer? finalStateGradient,
+        DeviceBuffer queryGradient, DeviceBuffer keyGradient, DeviceBuffer valueGradient, DeviceBuffer? initialStateGradient, CudaStream? stream = null)
+    {
+        LinearShape s = Shape;
+        if (Form != LinearForm.Chunked)
+            throw new NotSupportedException("the CUDA linear backward is the chunked form's; this plan is recurrent");
+        if (Decay is not (LinearDecay.None or LinearDecay.FixedPerHead))
+            throw new NotSupportedException($"the CUDA linear backward covers no decay and a fixed decay per head; {Decay} (and its gate gradient) is not on the GPU yet");
+        if (s.ValueDim > CudaLinearKernels.BackwardMaxValueDim)
+            throw new NotSupportedException($"the CUDA linear backward takes value dims 64 and 128; got Dv = {s.ValueDim}");
+        Require(q, nameof(q), s.Heads, s.KeyDim);
+        Require(k, nameof(k), s.KvHeads, s.KeyDim);
+        Require(v, nameof(v), s.KvHeads, s.ValueDim);
+        Require(outputGradient, nameof(outputGradient), s.Heads, s.ValueDim);
+        long rows = (long)s.Batch * s.Tokens;
+        long stateBytes = (long)_sequences * s.Heads * s.KeyDim * s.ValueDim * 4;
+        RequireBytes(queryGradient, nameof(queryGradient), rows * s.Heads * s.KeyDim * 4);
+        RequireBytes(keyGradient, nameof(keyGradient), rows * s.KvHeads * s.KeyDim * 4);
+        RequireBytes(valueGradient, nameof(valueGradient), rows * s.KvHeads * s.ValueDim * 4);
+        if (finalStateGradient is not null) RequireBytes(finalStateGradient, nameof(finalStateGradient), stateBytes);
+        if (initialStateGradient is not null) RequireBytes(initialStateGradient, nameof(initialStateGradient), stateBytes);
+        if (_sequences == 0) return;
+        EnsureBackwardBuffers();
+        if (s.Heads != s.KvHeads)
+        {
+            // Summed atomically over the query heads of a group (the memset runs on the legacy stream, which blocking streams wait for).
+            keyGradient.Fill(0);
+            valueGradient.Fill(0);
+        }
+
+        // 1. The state at each chunk's start (the forward's pass 2).
+        if (_chunkCount > 0) Launch(q, k, v, null, initialState, null, null, stream, _chunkStates!.Pointer);
+
+        // 2. The state gradient at each chunk's end, last chunk to first, and dS0.
+        var a = new BackwardArguments
+        {
+            Q = q.Buffer.Pointer, K = k.Buffer.Pointer, V = v.Buffer.Pointer, DO = outputGradient.Buffer.Pointer,
+            HeadLogDecay = _headLogDecay.Pointer, DST = finalStateGradient?.Pointer ?? 0, DS0 = initialStateGradient?.Pointer ?? 0,
+            H0s = _chunkStates!.Pointer, DHs = _chunkStateGradients!.Pointer, DQ = queryGradient.Pointer, DK = keyGradient.Pointer,
+            DV = valueGradient.Pointer, Sequences = _sequenceTable!.Pointer, Chunks = _chunkTable!.Pointer,
+            Heads = s.Heads, KvHeads = s.KvHeads, Dv = s.ValueDim, Scale = _scale,
+        };
+        CudaKernelFunction dstate = CudaLinearKernels.StateGradient(_context, s.KeyDim, ElementType, _gate);
+        void** r = stackalloc void*[11];
+        r[0] = &a.Q; r[1] = &a.DO; r[2] = &a.HeadLogDecay; r[3] = &a.DST; r[4] = &a.DS0; r[5] = &a.DHs; r[6] = &a.Sequences;
+        r[7] = &a.Heads; r[8] = &a.Dv; r[9] = &a.Scale;
+        dstate.Launch((uint)(s.ValueDim / CudaLinearKernels.ValueBlock), (uint)s.Heads, (uint)_sequences, 128,
+            (uint)CudaLinearKernels.StateGradientSharedBytes(s.KeyDim), stream, r);
+        if (_chunkCount == 0) return;
+
+        // 3. dq, dk, dv per (chunk, query head).
+        CudaKernelFunction chunk = CudaLinearKernels.ChunkBackward(_context, s.KeyDim, ElementType, _gate);
+        void** p = stackalloc void*[16];
+        p[0] = &a.Q; p[1] = &a.K; p[2] = &a.V; p[3] = &a.DO; p[4] = &a.HeadLogDecay; p[5] = &a.H0s; p[6] = &a.DHs; p[7] = &a.DQ;
+        p[8] = &a.DK; p[9] = &a.DV; p[10] = &a.Chunks; p[11] = &a.Heads; p[12] = &a.KvHeads; p[13] = &a.Dv; p[14] = &a.Scale;
+        chunk.Launch((uint)_chunkCount, (uint)s.Heads, 1, 128, (uint)CudaLinearKernels.BackwardSharedBytes(s.KeyDim), stream, p);
+    }
+
+    private void EnsureBackwardBuffers()
+    {
+        if (_chunkTable is not null) return;
+        const int c = CudaLinearKernels.Chunk;
+        var chunks = new List<int>();
+        var sequences = new int[Math.Max(1, _sequences) * 4];
+        int count = 0;
+        for (int n = 0; n < _sequences; n++)
+        {
+            sequences[4 * n] = _starts[n];
+            sequences[4 * n + 1] = _lengths[n];
+            sequences[4 * n + 2] = count;
+            for (int begin = 0; begin < _lengths[n]; begin += c)
+            {
+                chunks.AddRange([n, _starts[n] + begin, Math.Min(c, _lengths[n] - begin), 0]);
+                count++;
+            }
+        }
+        if (chunks.Count == 0) chunks.AddRange(new int[4]);
+        long checkpointBytes = Math.Max(1L, (long)count * Shape.Heads * Shape.KeyDim * Shape.ValueDim * 2);
+        _chunkCount = count;
+        _chunkTable = DeviceBuffer.From<int>(_context, chunks.ToArray());
+        _sequenceTable = DeviceBuffer.From<int>(_context, sequences);
+        _chunkStates = new DeviceBuffer(_context, checkpointBytes);
+        _chunkStateGradients = new DeviceBuffer(_context, checkpointBytes);
+    }
+
+    private static void RequireBytes(DeviceBuffer b, string name, long bytes)
+    {
+        ArgumentNullException.ThrowIfNull(b, name);
+        if (b.Bytes < bytes) throw new ArgumentException($"{name} holds {b.Bytes} bytes; it needs {bytes} (float32).", name);
+    }
+
+    [StructLayout(LayoutKind.Sequential)]
+    private struct BackwardArguments
+    {
+        public ulong Q, K, V, DO, HeadLogDecay, DST, DS0, H0s, DHs, DQ, DK, DV, Sequences, Chunks;
+        public int Heads, KvHeads, Dv;
+        public float Scale;
     }
 
     private void Require(CudaTensor t, string name, int heads, int dim)
@@ -292,6 +435,7 @@ public sealed unsafe class CudaLinearPlan : IDisposable
         public int Heads, KvHeads, Dv;
         public float Scale;
         public int Pass;
+        public ulong ChunkStates;
     }
 
     /// <summary>Frees the plan's device buffers (the loaded kernel stays for later plans).</summary>
@@ -302,5 +446,9 @@ public sealed unsafe class CudaLinearPlan : IDisposable
         _partState.Dispose();
         _partDecay.Dispose();
         _headLogDecay.Dispose();
+        _chunkTable?.Dispose();
+        _sequenceTable?.Dispose();
+        _chunkStates?.Dispose();
+        _chunkStateGradients?.Dispose();
     }
 }

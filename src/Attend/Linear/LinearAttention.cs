@@ -101,7 +101,10 @@ public static class LinearAttention
         LinearConfig.CheckOutput("gradients.InitialState", gradients.InitialState.Length, c.StateLength, "the state's shape", optional: true);
 
         if (c.Form != LinearForm.Naive && IsOtherBackend(options))
-            throw new NotSupportedException($"Backend '{options!.Backend}' has no linear-attention backward yet; use the CPU (Backend null or \"cpu\").");
+        {
+            LinearBackends.Get(options!.Backend!).Backward(inputs, options, outputGradient, finalStateGradient, gradients);
+            return;
+        }
 
         if (c.Form == LinearForm.Naive)
         {

@@ -15,6 +15,16 @@ public interface ILinearAttentionBackend
     /// </summary>
     /// <exception cref="NotSupportedException">This backend cannot compute this configuration; the message says why.</exception>
     void Forward(in LinearInputs inputs, LinearAttentionOptions options, Span<float> output, Span<float> finalState);
+
+    /// <summary>
+    /// Computes the chunked form's gradients as <see cref="LinearAttention.Backward"/> does (each gradient span written
+    /// only when not empty). The inputs, options and span lengths were already checked. A backend without a backward
+    /// keeps this default, which says so.
+    /// </summary>
+    /// <exception cref="NotSupportedException">This backend has no backward for this configuration; the message says why.</exception>
+    void Backward(in LinearInputs inputs, LinearAttentionOptions options, ReadOnlySpan<float> outputGradient, ReadOnlySpan<float> finalStateGradient,
+        in LinearGradients gradients) =>
+        throw new NotSupportedException($"Backend '{Name}' has no linear-attention backward; use the CPU (Backend null or \"cpu\").");
 }
 
 /// <summary>The registered <see cref="ILinearAttentionBackend"/>s (the CPU engine itself is <c>cpu</c> and needs none).</summary>

@@ -32,13 +32,38 @@ public class CudaLinearTests
     }
 
     [Fact]
-    public void BackwardOnAnotherBackendSaysItIsMissing()
+    public void BackwardOnABackendWithoutOneSaysItIsMissing()
     {
-        LinearCase c = LinearCase.Create(TestData.Rng(903), LinearShape.Mha(1, 5, 1, 8), new LinearAttentionOptions { Backend = "cuda" });
+        LinearBackends.Register(new ForwardOnlyBackend());
+        LinearCase c = LinearCase.Create(TestData.Rng(903), LinearShape.Mha(1, 5, 1, 8), new LinearAttentionOptions { Backend = "forward-only-test" });
         var dO = new float[c.Q.Length];
         NotSupportedException e = Assert.Throws<NotSupportedException>(() =>
             LinearAttention.Backward(c.Inputs, c.Options, dO, [], new LinearGradients { Q = new float[c.Q.Length] }));
         Assert.Contains("backward", e.Message);
+        Assert.Contains("forward-only-test", e.Message);
+    }
+
+    [Theory]
+    [InlineData(LinearDecay.ScalarGate, LinearForm.Chunked, 128, "ScalarGate")]
+    [InlineData(LinearDecay.ChannelGate, LinearForm.Chunked, 128, "ChannelGate")]
+    [InlineData(LinearDecay.None, LinearForm.Recurrent, 128, "chunked")]
+    [InlineData(LinearDecay.None, LinearForm.Chunked, 256, "value dims 64 and 128")]
+    public void BackwardUnsupportedConfigurationsSayWhy(LinearDecay decay, LinearForm form, int dv, string expected)
+    {
+        var shape = new LinearShape(1, 10, 2, 2, 64, dv);
+        var options = new LinearAttentionOptions { Decay = decay, Form = form };
+        Assert.True(CudaLinearPlan.IsSupported(shape, ElementType.BFloat16, options, out _));
+        Assert.False(CudaLinearPlan.IsBackwardSupported(shape, ElementType.BFloat16, options, out string reason));
+        Assert.Contains(expected, reason);
+        Assert.True(CudaLinearPlan.IsBackwardSupported(shape with { ValueDim = 128 }, ElementType.Float16,
+            new LinearAttentionOptions { HeadDecay = [0.9f, 0.5f] }, out reason), reason);
+    }
+
+    private sealed class ForwardOnlyBackend : ILinearAttentionBackend
+    {
+        public string Name => "forward-only-test";
+
+        public void Forward(in LinearInputs inputs, LinearAttentionOptions options, Span<float> output, Span<float> finalState) => output.Clear();
     }
 
     [Theory]
@@ -146,6 +171,41 @@ public class CudaLinearTests
         LinearAttention.Forward(c.Inputs, c.Options with { Form = LinearForm.Naive, Backend = null }, refO, refS);
         double eo = Relative(o, refO), es = Relative(s, refS);
         Assert.True(eo <= 1e-2 && es <= 1e-2, $"seed {TestData.RunSeed}: output rel {eo:E2}, state rel {es:E2} (NaN counts as unwritten)");
+    }
+
+    [CudaLinearTheory]
+    [InlineData(LinearDecay.None, 0)]
+    [InlineData(LinearDecay.FixedPerHead, 0)]
+    [InlineData(LinearDecay.FixedPerHead, 1)]
+    public void GpuBackwardMatchesTheFloat64Gradients(LinearDecay decay, int varlen)
+    {
+        CudaBackend.Register();
+        Random rng = TestData.Rng(930 + (int)decay * 10 + varlen);
+        int[]? lengths = varlen == 1 ? [1, rng.Next(2, 90), rng.Next(130, 300)] : null;
+        var shape = new LinearShape(2, rng.Next(65, 260) | 1, 4, 2, 64, 128);
+        var options = new LinearAttentionOptions
+        {
+            Decay = decay, Backend = "cuda", Scale = 0.125f,
+            HeadDecay = decay == LinearDecay.FixedPerHead ? [0.99f, 0.9f, 0.7f, 1f] : null,
+        };
+        LinearCase c = LinearCase.Create(rng, shape, options, lengths, qkScale: 1.0);
+        RoundToBf16(c.Q);
+        RoundToBf16(c.K);
+        RoundToBf16(c.V);
+        long outLength = (long)c.Shape.Batch * c.Shape.Tokens * c.Shape.Heads * c.Shape.ValueDim;
+        float[] dO = new float[outLength];
+        for (int i = 0; i < dO.Length; i++) dO[i] = (float)(BFloat16)(float)(rng.NextDouble() * 2 - 1);
+        float[] dST = new float[c.Config.StateLength];
+        for (int i = 0; i < dST.Length; i++) dST[i] = (float)(rng.NextDouble() * 2 - 1);
+        float[] gq = TestData.Poisoned<float>(c.Q.Length), gk = TestData.Poisoned<float>(c.K.Length), gv = TestData.Poisoned<float>(c.V.Length);
+        float[] gs = TestData.Poisoned<float>(c.Config.StateLength);
+        LinearAttention.Backward(c.Inputs, c.Options, dO, dST, new LinearGradients { Q = gq, K = gk, V = gv, InitialState = gs });
+        float[] rq = new float[gq.Length], rk = new float[gk.Length], rv = new float[gv.Length], rs = new float[gs.Length];
+        LinearAttention.Backward(c.Inputs, c.Options with { Form = LinearForm.Naive, Backend = null }, dO, dST,
+            new LinearGradients { Q = rq, K = rk, V = rv, InitialState = rs });
+        double eq = Relative(gq, rq), ek = Relative(gk, rk), ev = Relative(gv, rv), es = Relative(gs, rs);
+        Assert.True(eq <= 2e-2 && ek <= 2e-2 && ev <= 2e-2 && es <= 2e-2,
+            $"seed {TestData.RunSeed}: dq {eq:E2}, dk {ek:E2}, dv {ev:E2}, dS0 {es:E2} (NaN counts as unwritten)");
     }
 
     private static void RoundToBf16(float[] x)
