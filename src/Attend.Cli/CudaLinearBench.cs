@@ -57,6 +57,17 @@ internal static class CudaLinearBench
                 output.WriteLine(string.Create(CultureInfo.InvariantCulture,
                     $"{m.Name,-12} {"chunked",-9} {t,6} {(r.Passed ? ms.ToString("F3", CultureInfo.InvariantCulture) : "-"),9} {(r.Passed ? (r.TokensPerS!.Value / 1e6).ToString("F1", CultureInfo.InvariantCulture) : "FAILED"),9} {r.Gflops / 1e3,8:F1} {gbps,7:F0} {r.MaxRelErr,9:E2}"));
             }
+        // Forward + backward (the decays the CUDA backward covers), as flash-linear-attention's peers are timed: o = forward, then dq, dk, dv.
+        foreach (int t in lengths)
+            foreach (Method m in s_methods)
+            {
+                if (m.Decay is not (LinearDecay.None or LinearDecay.FixedPerHead)) continue;
+                LinearRecord r = ForwardBackward(ctx, m, t, quick, out double ms, out double backwardMs);
+                records.Add(r);
+                if (!r.Passed) failed++;
+                output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"{m.Name,-12} {"fwd+bwd",-9} {t,6} {(r.Passed ? ms.ToString("F3", CultureInfo.InvariantCulture) : "-"),9} {(r.Passed ? (r.TokensPerS!.Value / 1e6).ToString("F1", CultureInfo.InvariantCulture) : "FAILED"),9}   (backward alone {backwardMs:F3} ms; gradients {(r.Passed ? "finite" : "NOT finite")})"));
+            }
         foreach (Method m in s_methods)
         {
             LinearRecord r = Decode(ctx, m, batch: 8, quick);
@@ -113,6 +124,38 @@ internal static class CudaLinearBench
         return new LinearRecord(m.Name, "chunked", t, Dim, Heads, passed ? t / seconds : null, null, passed ? flops / seconds / 1e12 / ceilings.GemmTflops : null,
             err, 0)
         { Gflops = flops / seconds / 1e9, Passed = passed };
+    }
+
+    // Forward (output and final state) then backward (dq, dk, dv float32, dS0) on device-resident tensors. The gradients'
+    // correctness is attend check's (against the float64 reference); here they must be finite and written.
+    private static LinearRecord ForwardBackward(CudaContext ctx, Method m, int t, bool quick, out double ms, out double backwardMs)
+    {
+        var shape = LinearShape.Mha(1, t, Heads, Dim);
+        long n = (long)t * Heads * Dim;
+        using CudaTensor q = Random(ctx, 1, t, 31), k = Random(ctx, 1, t, 32), v = Random(ctx, 1, t, 33), dO = Random(ctx, 1, t, 34);
+        using CudaTensor o = CudaTensor.Create(ctx, ElementType.BFloat16, 1, t, Heads, Dim);
+        using var dq = new DeviceBuffer(ctx, n * 4);
+        using var dk = new DeviceBuffer(ctx, n * 4);
+        using var dv = new DeviceBuffer(ctx, n * 4);
+        using var plan = new CudaLinearPlan(ctx, shape, ElementType.BFloat16, Options(m, LinearForm.Chunked));
+        using var stream = new CudaStream(ctx);
+        dq.Fill(0xFF);
+        dk.Fill(0xFF);
+        dv.Fill(0xFF);
+        plan.Run(q, k, v, null, null, o, null, stream);
+        plan.Backward(q, k, v, null, dO, null, dq, dk, dv, null, stream);
+        stream.Synchronize();
+        bool passed = true;
+        foreach (DeviceBuffer b in (DeviceBuffer[])[dq, dk, dv])
+        {
+            var host = new float[n];
+            b.CopyTo<float>(host);
+            foreach (float x in host) if (!float.IsFinite(x)) { passed = false; break; }
+        }
+        int reps = quick ? 5 : 20;
+        ms = Median(() => { plan.Run(q, k, v, null, null, o, null, stream); plan.Backward(q, k, v, null, dO, null, dq, dk, dv, null, stream); }, ctx, stream, reps);
+        backwardMs = Median(() => plan.Backward(q, k, v, null, dO, null, dq, dk, dv, null, stream), ctx, stream, reps);
+        return new LinearRecord(m.Name, "fwd+bwd", t, Dim, Heads, passed ? t / (ms / 1e3) : null, null, null, null, 0) { Passed = passed };
     }
 
     private static LinearRecord Decode(CudaContext ctx, Method m, int batch, bool quick)
