@@ -12,8 +12,9 @@
 //   dH(previous chunk) = e^{b_C} dH + scale · (diag(e^b) Q)ᵀ dO,  dS0 = dH before the first chunk
 //
 // Three launches: the forward kernel (linear_chunk.cu, pass 2) writes H0 of every chunk (element type, like the
-// state the forward's Q̂S reads); attend_linear_dstate walks each sequence's chunks last to first with its [DK, 64]
-// slice of dH in float32 registers and writes dH of every chunk (element type) and dS0 (float32); then
+// state the forward's Q̂S reads); attend_linear_dstate walks each segment's chunks last to first with its [DK, 64]
+// slice of dH in float32 registers and writes dH of every chunk (element type) and dS0 (float32), on the forward's
+// segments mirrored (pass 0: local contributions of all but a sequence's first segment; pass 1: the rest); then
 // attend_linear_chunk_bwd, one CTA per (chunk, query head), computes dQ, dK, dV of the chunk from its tiles, H0 and dH.
 // The gradients are float32: dQ [tokens, H, DK] stored, dK [tokens, Hkv, DK] and dV [tokens, Hkv, dv] stored when
 // H = Hkv, else added atomically over the query heads of a group (the caller zeroes them first).
@@ -108,19 +109,23 @@ __device__ __forceinline__ void load_stile(unsigned tile, const elem_t* g, long 
     }
 }
 
-// One sequence: its first token, length and first global chunk.
-struct LinSeq { int tokStart, len, chunkBase, pad; };
 // One chunk: its sequence, first token and length (1..64).
 struct LinChunk { int seq, tokStart, len, pad; };
 
 // ---------------------------------------------------------------------------------------------------------------
-// dH of every chunk, walking each sequence's chunks last to first. CTA = (64 value columns, query head, sequence).
+// dH of every chunk, walking each segment's chunks last to first. CTA = (64 value columns, query head, segment), on
+// the forward's segment table (LinSeg; chunk0 = the segment's first global chunk). Pass 0: every segment but a sequence's
+// first computes its local contribution to the gradient at its start from zero (partLocal, slot firstPart + index − 1);
+// pass 1: each segment starts from the sequence's dS_T folded with the local contributions of the segments after it
+// (each decayed by its total e^{len · log γ}), writes dH of its chunks and, the first segment, dS0.
 // ---------------------------------------------------------------------------------------------------------------
 #define DS_Q_BYTES (CHUNK * DK * 2)
 #define DS_V_BYTES (CHUNK * BV * 2)
 #define DS_OFF_Q 0
 #define DS_OFF_DO (2 * DS_Q_BYTES)
 #define DS_SMEM_BYTES (DS_OFF_DO + 2 * DS_V_BYTES)
+
+struct LinSeg { int seq, tokStart, len, part, firstPart, index, isLast, chunk0; };
 
 extern "C" __global__ void __launch_bounds__(NT)
 attend_linear_dstate(
@@ -129,14 +134,16 @@ attend_linear_dstate(
     const float* __restrict__ dST,            // [N, H, DK, dv] or null (zero)
     float* __restrict__ dS0,                  // [N, H, DK, dv] or null (not wanted)
     elem_t* __restrict__ dHs,                 // [chunks, H, DK, dv]: the gradient of the state at each chunk's end
-    const LinSeq* __restrict__ seqs,
-    int heads, int dv, float scale)
+    float* __restrict__ partLocal,            // [parts, H, DK, dv]: local contributions of segments after a sequence's first
+    const LinSeg* __restrict__ segs,
+    int heads, int dv, float scale, int pass)
 {
     extern __shared__ __align__(128) unsigned char smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
-    const int h = blockIdx.y, vb = blockIdx.x, n = blockIdx.z;
-    const LinSeq sq = seqs[n];
+    const int h = blockIdx.y, vb = blockIdx.x, z = blockIdx.z;
+    const LinSeg sq = segs[z];
+    if (pass == 0 && sq.index == 0) return;   // the whole CTA: no barrier is reached
     const long long qStride = (long long)heads * DK, oStride = (long long)heads * dv;
     const elem_t* qBase = Q + (long long)sq.tokStart * qStride + (long long)h * DK;
     const elem_t* oBase = dO + (long long)sq.tokStart * oStride + (long long)h * dv + vb * BV;
@@ -148,10 +155,12 @@ attend_linear_dstate(
     const float lg = 0.f;
     (void)headLogDecay;
 #endif
-    const long long stateHead = ((long long)n * heads + h) * DK;
+    const long long stateHead = ((long long)sq.seq * heads + h) * DK;
 
     // dS slice as accumulators: element (m, j, e) is row stateRow0 + 16m + g + 8(e>>1), column 8j + 2t + (e&1) of this value block.
     float st[MS][8][4];
+    int zLast = z;
+    if (pass == 1) while (!segs[zLast].isLast) zLast++;
 #pragma unroll
     for (int m = 0; m < MS; m++)
 #pragma unroll
@@ -161,8 +170,20 @@ attend_linear_dstate(
 #pragma unroll
             for (int j = 0; j < 8; j++)
             {
+                const int col = vb * BV + 8 * j + 2 * t;
                 float2 s = make_float2(0.f, 0.f);
-                if (dST != 0) s = *(const float2*)(dST + (stateHead + row) * dv + vb * BV + 8 * j + 2 * t);
+                if (pass == 1)
+                {
+                    if (dST != 0) s = *(const float2*)(dST + (stateHead + row) * dv + col);
+                    for (int y = zLast; y > z; y--)
+                    {
+                        const LinSeg o = segs[y];
+                        const float f = exp_e(lg * (float)o.len);
+                        const float2 l = *(const float2*)(partLocal + (((long long)(o.firstPart + o.index - 1) * heads + h) * DK + row) * dv + col);
+                        s.x = fmaf(f, s.x, l.x);
+                        s.y = fmaf(f, s.y, l.y);
+                    }
+                }
                 st[m][j][2 * half] = s.x;
                 st[m][j][2 * half + 1] = s.y;
             }
@@ -186,8 +207,9 @@ attend_linear_dstate(
         const int len = sq.len - c0 < CHUNK ? sq.len - c0 : CHUNK;
 
         // The gradient of the state at this chunk's end.
+        if (pass == 1)
         {
-            elem_t* dst = dHs + ((long long)(sq.chunkBase + c) * heads + h) * DK * dv + vb * BV;
+            elem_t* dst = dHs + ((long long)(sq.chunk0 + c) * heads + h) * DK * dv + vb * BV;
 #pragma unroll
             for (int m = 0; m < MS; m++)
 #pragma unroll
@@ -264,7 +286,20 @@ attend_linear_dstate(
     }
     cp_async_wait<0>();
 
-    if (dS0 != 0)
+    // Pass 0: this segment's local contribution. Pass 1: dS0 from the sequence's first segment.
+    float* target = 0;
+    long long targetRow0 = 0;
+    if (pass == 0)
+    {
+        target = partLocal;
+        targetRow0 = ((long long)(sq.firstPart + sq.index - 1) * heads + h) * DK;
+    }
+    else if (sq.index == 0 && dS0 != 0)
+    {
+        target = dS0;
+        targetRow0 = stateHead;
+    }
+    if (target != 0)
     {
 #pragma unroll
         for (int m = 0; m < MS; m++)
@@ -274,7 +309,7 @@ attend_linear_dstate(
                 const int row = stateRow0 + 16 * m + g + 8 * half;
 #pragma unroll
                 for (int j = 0; j < 8; j++)
-                    *(float2*)(dS0 + (stateHead + row) * dv + vb * BV + 8 * j + 2 * t) = make_float2(st[m][j][2 * half], st[m][j][2 * half + 1]);
+                    *(float2*)(target + (targetRow0 + row) * dv + vb * BV + 8 * j + 2 * t) = make_float2(st[m][j][2 * half], st[m][j][2 * half + 1]);
             }
     }
 }

@@ -28,9 +28,9 @@ public sealed unsafe class CudaLinearPlan : IDisposable
     private readonly int _segmentCount, _partCount, _sequences;
     private readonly float _scale;
     private readonly int[] _starts, _lengths;
-    // The backward's tables and checkpoints, made at its first call: chunk and sequence tables, the state at each
-    // chunk's start and the state gradient at each chunk's end ([chunks, H, Dk, Dv] in the element type).
-    private DeviceBuffer? _chunkTable, _sequenceTable, _chunkStates, _chunkStateGradients;
+    // The backward's tables and checkpoints, made at its first call: the chunk table, the segments' local state
+    // gradients, the state at each chunk's start and the state gradient at each chunk's end ([chunks, H, Dk, Dv] in the element type).
+    private DeviceBuffer? _chunkTable, _partStateGradient, _chunkStates, _chunkStateGradients;
     private int _chunkCount;
 
     /// <summary>Plans a call of <paramref name="shape"/> with <paramref name="options"/> (form chunked or recurrent).</summary>
@@ -310,7 +310,7 @@ public sealed unsafe class CudaLinearPlan : IDisposable
 
     /// <summary>
     /// Queues the gradients of <c>L = Σ dO·O + Σ dS_T·S_T</c> on <paramref name="stream"/>: a forward sweep that keeps
-    /// the state at each chunk's start, a reverse sweep per sequence for the state gradient at each chunk's end (and
+    /// the state at each chunk's start, a reverse sweep (on the forward's segments) for the state gradient at each chunk's end (and
     /// <paramref name="initialStateGradient"/>), then dq, dk, dv per chunk. q, k, v, <paramref name="outputGradient"/> as
     /// for <see cref="Run"/>; <paramref name="initialState"/>, <paramref name="finalStateGradient"/> float32
     /// <c>[N, H, Dk, Dv]</c> or null (zero). The gradients are float32: <paramref name="queryGradient"/> <c>[B, T, H, Dk]</c>,
@@ -356,18 +356,26 @@ public sealed unsafe class CudaLinearPlan : IDisposable
         // 2. The state gradient at each chunk's end, last chunk to first, and dS0.
         var a = new BackwardArguments
         {
+            PartLocal = _partStateGradient!.Pointer, Segs = _segments.Pointer,
             Q = q.Buffer.Pointer, K = k.Buffer.Pointer, V = v.Buffer.Pointer, DO = outputGradient.Buffer.Pointer,
             HeadLogDecay = _headLogDecay.Pointer, DST = finalStateGradient?.Pointer ?? 0, DS0 = initialStateGradient?.Pointer ?? 0,
             H0s = _chunkStates!.Pointer, DHs = _chunkStateGradients!.Pointer, DQ = queryGradient.Pointer, DK = keyGradient.Pointer,
-            DV = valueGradient.Pointer, Sequences = _sequenceTable!.Pointer, Chunks = _chunkTable!.Pointer,
+            DV = valueGradient.Pointer, Chunks = _chunkTable!.Pointer,
             Heads = s.Heads, KvHeads = s.KvHeads, Dv = s.ValueDim, Scale = _scale,
         };
         CudaKernelFunction dstate = CudaLinearKernels.StateGradient(_context, s.KeyDim, ElementType, _gate);
-        void** r = stackalloc void*[11];
-        r[0] = &a.Q; r[1] = &a.DO; r[2] = &a.HeadLogDecay; r[3] = &a.DST; r[4] = &a.DS0; r[5] = &a.DHs; r[6] = &a.Sequences;
-        r[7] = &a.Heads; r[8] = &a.Dv; r[9] = &a.Scale;
-        dstate.Launch((uint)(s.ValueDim / CudaLinearKernels.ValueBlock), (uint)s.Heads, (uint)_sequences, 128,
-            (uint)CudaLinearKernels.StateGradientSharedBytes(s.KeyDim), stream, r);
+        void** r = stackalloc void*[12];
+        r[0] = &a.Q; r[1] = &a.DO; r[2] = &a.HeadLogDecay; r[3] = &a.DST; r[4] = &a.DS0; r[5] = &a.DHs; r[6] = &a.PartLocal;
+        r[7] = &a.Segs; r[8] = &a.Heads; r[9] = &a.Dv; r[10] = &a.Scale; r[11] = &a.Pass;
+        // On the forward's segments, mirrored: pass 0 the local contributions of all but each sequence's first segment, pass 1 the rest.
+        uint valueBlocks = (uint)(s.ValueDim / CudaLinearKernels.ValueBlock), dstateSmem = (uint)CudaLinearKernels.StateGradientSharedBytes(s.KeyDim);
+        if (_partCount > 0)
+        {
+            a.Pass = 0;
+            dstate.Launch(valueBlocks, (uint)s.Heads, (uint)_segmentCount, 128, dstateSmem, stream, r);
+        }
+        a.Pass = 1;
+        dstate.Launch(valueBlocks, (uint)s.Heads, (uint)_segmentCount, 128, dstateSmem, stream, r);
         if (_chunkCount == 0) return;
 
         // 3. dq, dk, dv per (chunk, query head).
@@ -383,13 +391,9 @@ public sealed unsafe class CudaLinearPlan : IDisposable
         if (_chunkTable is not null) return;
         const int c = CudaLinearKernels.Chunk;
         var chunks = new List<int>();
-        var sequences = new int[Math.Max(1, _sequences) * 4];
         int count = 0;
         for (int n = 0; n < _sequences; n++)
         {
-            sequences[4 * n] = _starts[n];
-            sequences[4 * n + 1] = _lengths[n];
-            sequences[4 * n + 2] = count;
             for (int begin = 0; begin < _lengths[n]; begin += c)
             {
                 chunks.AddRange([n, _starts[n] + begin, Math.Min(c, _lengths[n] - begin), 0]);
@@ -400,7 +404,7 @@ public sealed unsafe class CudaLinearPlan : IDisposable
         long checkpointBytes = Math.Max(1L, (long)count * Shape.Heads * Shape.KeyDim * Shape.ValueDim * 2);
         _chunkCount = count;
         _chunkTable = DeviceBuffer.From<int>(_context, chunks.ToArray());
-        _sequenceTable = DeviceBuffer.From<int>(_context, sequences);
+        _partStateGradient = new DeviceBuffer(_context, Math.Max(1L, (long)_partCount * Shape.Heads * Shape.KeyDim * Shape.ValueDim) * 4);
         _chunkStates = new DeviceBuffer(_context, checkpointBytes);
         _chunkStateGradients = new DeviceBuffer(_context, checkpointBytes);
     }
@@ -414,9 +418,10 @@ public sealed unsafe class CudaLinearPlan : IDisposable
     [StructLayout(LayoutKind.Sequential)]
     private struct BackwardArguments
     {
-        public ulong Q, K, V, DO, HeadLogDecay, DST, DS0, H0s, DHs, DQ, DK, DV, Sequences, Chunks;
+        public ulong Q, K, V, DO, HeadLogDecay, DST, DS0, H0s, DHs, DQ, DK, DV, PartLocal, Segs, Chunks;
         public int Heads, KvHeads, Dv;
         public float Scale;
+        public int Pass;
     }
 
     private void Require(CudaTensor t, string name, int heads, int dim)
@@ -447,7 +452,7 @@ public sealed unsafe class CudaLinearPlan : IDisposable
         _partDecay.Dispose();
         _headLogDecay.Dispose();
         _chunkTable?.Dispose();
-        _sequenceTable?.Dispose();
+        _partStateGradient?.Dispose();
         _chunkStates?.Dispose();
         _chunkStateGradients?.Dispose();
     }
