@@ -76,7 +76,9 @@ public static class LinearAttention
     /// the initial state (each written only when its span is not empty). <see cref="LinearForm.Chunked"/>: chunked
     /// matrix products for the additive rule with no or a fixed decay, else the chunk-checkpointed reverse recurrence
     /// (float32); <see cref="LinearForm.Recurrent"/>: the reverse recurrence; <see cref="LinearForm.Naive"/>: the
-    /// float64 reference.
+    /// float64 reference. With <see cref="LinearAttentionOptions.Backend"/> naming a registered backend, that backend's
+    /// backward runs (CUDA: the chunked form with no or a fixed decay; it throws <see cref="NotSupportedException"/> with
+    /// the reason for the rest).
     /// </summary>
     /// <param name="inputs">The forward inputs.</param>
     /// <param name="options">The forward options.</param>
@@ -84,6 +86,7 @@ public static class LinearAttention
     /// <param name="finalStateGradient">dL/dS_T (the state's shape), or empty.</param>
     /// <param name="gradients">Where the gradients go.</param>
     /// <exception cref="ArgumentException">A mis-shaped tensor or an invalid option.</exception>
+    /// <exception cref="NotSupportedException">The named backend has no backward for this configuration.</exception>
     public static unsafe void Backward(in LinearInputs inputs, LinearAttentionOptions? options, ReadOnlySpan<float> outputGradient,
         ReadOnlySpan<float> finalStateGradient, in LinearGradients gradients)
     {
