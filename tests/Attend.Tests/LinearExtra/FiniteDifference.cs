@@ -7,13 +7,15 @@ internal static class FiniteDifference
     /// The worst |fd − grad| / max(1e-3, max |grad|) over up to <paramref name="samples"/> evenly spread entries of
     /// <paramref name="x"/> (perturbed in place and restored). The step is relative (1e-3·max(1, |x|)) and the difference
     /// divides by the float32 values actually taken, so rounding of the step does not bias it.
+    /// Entries for which <paramref name="skip"/> is true are left alone.
     /// </summary>
-    public static double WorstError(float[] x, ReadOnlySpan<float> grad, Func<double> loss, int samples = 16, float relativeStep = 1e-3f)
+    public static double WorstError(float[] x, ReadOnlySpan<float> grad, Func<double> loss, int samples = 16, float relativeStep = 1e-3f, Func<int, bool>? skip = null)
     {
         double scale = 1e-3, worst = 0;
         foreach (float g in grad) scale = Math.Max(scale, Math.Abs(g));
         for (int i = 0; i < x.Length; i += Math.Max(1, x.Length / samples))
         {
+            if (skip != null && skip(i)) continue;
             float keep = x[i];
             float step = relativeStep * Math.Max(1f, Math.Abs(keep));
             x[i] = keep + step; double up = loss(); float hi = x[i];
