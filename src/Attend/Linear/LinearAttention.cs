@@ -17,7 +17,7 @@ namespace Attend.Linear;
 /// Methods of the family (Methods/Linear) call this and never a kernel class. The output of token t includes token t
 /// itself (causal, inclusive). With a denominator the state holds the normaliser sum z as an extra last column.
 /// </remarks>
-public static class LinearAttention
+public static partial class LinearAttention
 {
     /// <summary>Computes the outputs <c>[B, T, H, Dv]</c> and, when <paramref name="finalState"/> is not empty, the final states.</summary>
     /// <param name="inputs">Q, K, V, optional gates, β, initial state and varlen offsets.</param>
