@@ -68,8 +68,8 @@ public static partial class LinearAttention
     /// <summary>
     /// Gradients of <c>L = Σ outputGradient·O + Σ finalStateGradient·S_T</c> with respect to q, k, v, the gates, β and
     /// the initial state (each written only when its span is not empty). <see cref="LinearForm.Chunked"/>: chunked
-    /// matrix products for the additive rule with no or a fixed decay, else the chunk-checkpointed reverse recurrence
-    /// (float32); <see cref="LinearForm.Recurrent"/>: the reverse recurrence; <see cref="LinearForm.Naive"/>: the
+    /// matrix products (every rule and decay; a channel gate whose cumulative value inside a chunk falls below −60 takes
+    /// the chunk-checkpointed reverse recurrence, float32); <see cref="LinearForm.Recurrent"/>: the reverse recurrence; <see cref="LinearForm.Naive"/>: the
     /// float64 reference.
     /// </summary>
     /// <param name="inputs">The forward inputs.</param>
@@ -133,9 +133,11 @@ public static partial class LinearAttention
                 Q = pdq, K = pdk, V = pdv, Gate = inputs.Gate.IsEmpty ? null : pdg, Beta = inputs.Beta.IsEmpty ? null : pdb,
                 InitialState = pds0,
             };
-            // The chunked form's backward is a chain of matrix products where it exists (additive rule, no or fixed
-            // decay); gates and the delta rules (and the recurrent form) reverse the recurrence.
+            // The chunked form's backward is a chain of matrix products: the additive rule with no or a fixed decay, then
+            // gates and the delta rules (a channel gate only where it factorises); the rest (and the recurrent form)
+            // reverse the recurrence.
             if (c.Form == LinearForm.Chunked && ChunkedBackwardKernel.Supports(c)) ChunkedBackwardKernel.Run(problem, targets);
+            else if (c.Form == LinearForm.Chunked && !ReverseRecurrenceBackward && ChunkedGatedBackwardKernel.Supports(problem)) ChunkedGatedBackwardKernel.Run(problem, targets);
             else StateBackwardKernel.Run(problem, targets);
         }
 

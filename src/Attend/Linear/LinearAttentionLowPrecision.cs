@@ -61,6 +61,15 @@ public readonly ref struct LinearGradients<T> where T : unmanaged
 public static partial class LinearAttention
 {
     /// <summary>
+    /// When true, the chunked backward of gates and delta rules takes the chunk-checkpointed reverse recurrence instead
+    /// of the matrix-product kernel (for paired before/after timings and as a second oracle in tests). Per calling
+    /// thread, so a test that sets it does not change another's run.
+    /// </summary>
+    internal static bool ReverseRecurrenceBackward { get => t_reverseRecurrence; set => t_reverseRecurrence = value; }
+
+    [ThreadStatic] private static bool t_reverseRecurrence;
+
+    /// <summary>
     /// <see cref="Forward(in LinearInputs, LinearAttentionOptions?, Span{float}, Span{float})"/> on 16-bit q, k, v: they
     /// are widened to float32 once (exactly: every Half and BFloat16 is a float), the state and every product accumulate
     /// in float32, and the output is rounded to <typeparamref name="T"/> (round to nearest even). The final state stays
