@@ -68,8 +68,8 @@ public static partial class LinearAttention
     /// <summary>
     /// Gradients of <c>L = Σ outputGradient·O + Σ finalStateGradient·S_T</c> with respect to q, k, v, the gates, β and
     /// the initial state (each written only when its span is not empty). <see cref="LinearForm.Chunked"/>: chunked
-    /// matrix products (every rule and decay; a channel gate whose cumulative value inside a chunk falls below −60 takes
-    /// the chunk-checkpointed reverse recurrence, float32); <see cref="LinearForm.Recurrent"/>: the reverse recurrence; <see cref="LinearForm.Naive"/>: the
+    /// matrix products (every rule and decay; a sequence and head whose channel gate's cumulative value inside a chunk
+    /// falls below −60 takes the chunk-checkpointed reverse recurrence, float32); <see cref="LinearForm.Recurrent"/>: the reverse recurrence; <see cref="LinearForm.Naive"/>: the
     /// float64 reference.
     /// </summary>
     /// <param name="inputs">The forward inputs.</param>
@@ -134,10 +134,10 @@ public static partial class LinearAttention
                 InitialState = pds0,
             };
             // The chunked form's backward is a chain of matrix products: the additive rule with no or a fixed decay, then
-            // gates and the delta rules (a channel gate only where it factorises); the rest (and the recurrent form)
-            // reverse the recurrence.
+            // gates and the delta rules (a channel gate only where it factorises, else per sequence and head the reverse
+            // recurrence); the recurrent form reverses the recurrence.
             if (c.Form == LinearForm.Chunked && ChunkedBackwardKernel.Supports(c)) ChunkedBackwardKernel.Run(problem, targets);
-            else if (c.Form == LinearForm.Chunked && !ReverseRecurrenceBackward && ChunkedGatedBackwardKernel.Supports(problem)) ChunkedGatedBackwardKernel.Run(problem, targets);
+            else if (c.Form == LinearForm.Chunked && !ReverseRecurrenceBackward && ChunkedGatedBackwardKernel.Supports(c)) ChunkedGatedBackwardKernel.Run(problem, targets);
             else StateBackwardKernel.Run(problem, targets);
         }
 

@@ -27,7 +27,7 @@ public class ChunkedGatedBackwardTests
     public void ChunkedBackwardMatchesTheReferenceAndTheReverseRecurrence(string configuration, int chunk, string regime, bool varlen)
     {
         Random rng = TestData.Rng(641 + chunk + regime.Length);
-        int[]? lengths = varlen ? [33, 1, 40, chunk] : null;
+        int[]? lengths = varlen ? [33, 1, 0, 40, chunk] : null;
         var shape = new LinearShape(2, 75, 4, 2, chunk % 2 == 0 ? 32 : 48, chunk % 2 == 0 ? 24 : 40);
         LinearCase c = LinearCase.Create(rng, shape, LinearFormsTests.Parse(configuration, 4, chunk), lengths, regime, qkScale: 0.4);
         float[] dO = TestData.Gaussian<float>(rng, c.OutputLength);
@@ -60,6 +60,30 @@ public class ChunkedGatedBackwardTests
             Assert.True(e < 2e-4, $"chunked {name} error {e:E2} against the reference, {c}");
             double e2 = TestData.RelativeError<float>(actual, Array.ConvertAll(other, x => (double)x));
             Assert.True(e2 < 2e-4, $"chunked {name} differs from the reverse recurrence by {e2:E2}, {c}");
+        }
+    }
+
+    [Theory]
+    [InlineData("identity channel additive none")]
+    [InlineData("l2 channel gated none")]
+    public void HeadsWhoseChannelGateLeavesTheFactorisedRangeAreExactToo(string configuration)
+    {
+        // Head 1 of every token gets gates near 0 (its chunks fall far below −60 and take the reverse recurrence); the
+        // other heads stay in range (matrix products). Both kinds of item in one call.
+        Random rng = TestData.Rng(653);
+        LinearCase c = LinearCase.Create(rng, new LinearShape(1, 70, 3, 1, 16, 16), LinearFormsTests.Parse(configuration, 3, 16), [31, 0, 39], qkScale: 0.5);
+        int df = c.Config.FeatureDim;
+        for (int t = 0; t < c.Shape.Tokens; t++)
+            for (int i = 0; i < df; i++) c.Gate[((long)t * 3 + 1) * df + i] = -20f - i % 7;
+        float[] dO = TestData.Gaussian<float>(rng, c.OutputLength), dST = TestData.Gaussian<float>(rng, c.Config.StateLength);
+        ReferenceLinearGradients r = ReferenceLinearAttention.Backward(c.Inputs, c.Options, dO, dST);
+        float[] dq = TestData.Poisoned<float>(c.Q.Length), dk = TestData.Poisoned<float>(c.K.Length), dv = TestData.Poisoned<float>(c.V.Length);
+        float[] dg = TestData.Poisoned<float>(c.Gate.Length), ds = TestData.Poisoned<float>(c.State.Length);
+        LinearAttention.Backward(c.Inputs, c.Options, dO, dST, new LinearGradients { Q = dq, K = dk, V = dv, Gate = dg, InitialState = ds });
+        foreach ((string name, float[] actual, double[] expected) in new[] { ("dq", dq, r.Q), ("dk", dk, r.K), ("dv", dv, r.V), ("dgate", dg, r.Gate), ("dS0", ds, r.InitialState) })
+        {
+            double e = TestData.RelativeError<float>(actual, expected);
+            Assert.True(e < 2e-4, $"{name} error {e:E2}, {c}");
         }
     }
 

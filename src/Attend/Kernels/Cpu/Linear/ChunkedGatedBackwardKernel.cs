@@ -25,38 +25,36 @@ namespace Attend.Kernels.Cpu.Linear;
 /// </code>
 /// A scalar decay (fixed or gated) never factorises: its scores are multiplied by D_ts = e^{b_t − b_s} ≤ 1 after the
 /// product (as in the forward), so any gate strength is exact. A channel gate factorises, which is exact while e^{−b}
-/// stays in float range: <see cref="Supports"/> sends a call whose cumulative channel gate inside some chunk falls
-/// below <see cref="ChunkedStateKernel.FactorisedLimit"/> to <see cref="StateBackwardKernel"/> (the reverse recurrence).
+/// stays in float range: a (sequence, head) whose cumulative channel gate inside some chunk falls below
+/// <see cref="ChunkedStateKernel.FactorisedLimit"/> is computed by <see cref="StateBackwardKernel"/> (the reverse
+/// recurrence) instead, the others here.
 /// </summary>
 internal static unsafe class ChunkedGatedBackwardKernel
 {
+    /// <summary>True for the configurations this kernel computes: a delta rule (any decay), or the additive rule with a scalar or channel gate.</summary>
+    public static bool Supports(LinearConfig c) => !(c.Update == LinearUpdate.Additive && c.Decay is LinearDecay.None or LinearDecay.FixedPerHead);
+
     /// <summary>
-    /// True for the configurations this kernel computes: a delta rule (any decay), or the additive rule with a scalar or
-    /// channel gate; and for a channel gate only when every chunk's cumulative gate stays above the factorised limit.
+    /// Whether the channel gate of (sequence <paramref name="n"/>, head <paramref name="h"/>) factorises in every chunk:
+    /// each channel's cumulative gate at a chunk's end (its minimum in the chunk) stays above the factorised limit.
     /// </summary>
-    public static bool Supports(StateProblem problem)
+    private static bool Factorises(StateProblem problem, int n, int h)
     {
         LinearConfig c = problem.Config;
-        if (c.Update == LinearUpdate.Additive && c.Decay is LinearDecay.None or LinearDecay.FixedPerHead) return false;
         if (c.Decay != LinearDecay.ChannelGate) return true;
-        // Scan every chunk of every sequence and head: the cumulative gate of each channel at the chunk's end is its minimum.
         int heads = problem.Heads, df = problem.Df, chunk = c.ChunkSize;
-        var sum = new float[df];
-        for (int n = 0; n < c.Sequences; n++)
+        c.Range(n, out int batch, out int start, out int end);
+        Span<float> sum = df <= 1024 ? stackalloc float[df] : new float[df];
+        for (int c0 = start; c0 < end; c0 += chunk)
         {
-            c.Range(n, out int batch, out int start, out int end);
-            for (int h = 0; h < heads; h++)
-                for (int c0 = start; c0 < end; c0 += chunk)
-                {
-                    Array.Clear(sum);
-                    int c1 = Math.Min(end, c0 + chunk);
-                    for (int t = c0; t < c1; t++)
-                    {
-                        float* g = problem.Gate + (((long)batch * problem.Tokens + t) * heads + h) * df;
-                        for (int i = 0; i < df; i++) sum[i] += g[i];
-                    }
-                    for (int i = 0; i < df; i++) if (sum[i] < ChunkedStateKernel.FactorisedLimit) return false;
-                }
+            sum.Clear();
+            int c1 = Math.Min(end, c0 + chunk);
+            for (int t = c0; t < c1; t++)
+            {
+                float* g = problem.Gate + (((long)batch * problem.Tokens + t) * heads + h) * df;
+                for (int i = 0; i < df; i++) sum[i] += g[i];
+            }
+            for (int i = 0; i < df; i++) if (sum[i] < ChunkedStateKernel.FactorisedLimit) return false;
         }
         return true;
     }
@@ -77,7 +75,12 @@ internal static unsafe class ChunkedGatedBackwardKernel
         where TIsa : struct, IVectorIsa<TVec>
         where TVec : unmanaged
     {
-        public void Execute(int index) => new Item<TIsa, TVec>(problem, grads, index).Run();
+        public void Execute(int index)
+        {
+            // A (sequence, head) whose channel gate leaves the factorised range takes the reverse recurrence (exact).
+            if (Factorises(problem, index / problem.Heads, index % problem.Heads)) new Item<TIsa, TVec>(problem, grads, index).Run();
+            else StateBackwardKernel.Item<TIsa, TVec>(problem, grads, index);
+        }
     }
 
     private static int RoundUp(int x, int m) => (x + m - 1) / m * m;
