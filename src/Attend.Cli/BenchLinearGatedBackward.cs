@@ -28,7 +28,7 @@ internal static class BenchLinearGatedBackward
         int h = quick ? 2 : 8, d = quick ? 32 : 128;
         output.WriteLine($"forward + backward, chunk 64, H = {h}, D = {d}, float32, {Environment.ProcessorCount} threads; " +
                          $"{pairs} A/B pairs alternating (A = reverse recurrence, B = matrix products), medians");
-        output.WriteLine("method          T      A tok/s    B tok/s   B/A   A fwd+bwd ms  B fwd+bwd ms  max rel diff B vs A");
+        output.WriteLine("method          T      A tok/s    B tok/s   B/A   A fwd+bwd ms  B fwd+bwd ms  A bwd ms  B bwd ms  bwd B/A  max rel diff B vs A");
         foreach (int t in lengths)
             foreach (Config config in Configs)
                 output.WriteLine(Line(config, t, h, d, pairs));
@@ -54,7 +54,7 @@ internal static class BenchLinearGatedBackward
         float[] o = new float[n], dq = new float[n], dk = new float[n], dv = new float[n], dg = new float[gateCount];
         float[] dqA = new float[n];
 
-        double Once(bool reverse, float[] dqInto)
+        (double Total, double Backward) Once(bool reverse, float[] dqInto)
         {
             var inputs = new LinearInputs { Shape = shape, Q = q, K = k, V = v, Gate = gate, Beta = beta };
             LinearAttention.ReverseRecurrenceBackward = reverse;
@@ -62,8 +62,9 @@ internal static class BenchLinearGatedBackward
             {
                 long start = Stopwatch.GetTimestamp();
                 LinearAttention.Forward(inputs, options, o, default);
+                long middle = Stopwatch.GetTimestamp();
                 LinearAttention.Backward(inputs, options, dO, default, new LinearGradients { Q = dqInto, K = dk, V = dv, Gate = dg });
-                return Stopwatch.GetElapsedTime(start).TotalMilliseconds;
+                return (Stopwatch.GetElapsedTime(start).TotalMilliseconds, Stopwatch.GetElapsedTime(middle).TotalMilliseconds);
             }
             finally { LinearAttention.ReverseRecurrenceBackward = false; }
         }
@@ -72,15 +73,18 @@ internal static class BenchLinearGatedBackward
         Once(reverse: false, dq);
         var a = new List<double>();
         var b = new List<double>();
+        var aBack = new List<double>();
+        var bBack = new List<double>();
         for (int i = 0; i < pairs; i++)
         {
-            a.Add(Once(reverse: true, dqA));
-            b.Add(Once(reverse: false, dq));
+            (double ta, double ba) = Once(reverse: true, dqA);
+            (double tb, double bb) = Once(reverse: false, dq);
+            a.Add(ta); aBack.Add(ba); b.Add(tb); bBack.Add(bb);
         }
         double diff = Fidelity.MaxRelativeError<float>(dq, Array.ConvertAll(dqA, x => (double)x));
-        double ma = Median(a), mb = Median(b);
+        double ma = Median(a), mb = Median(b), mab = Median(aBack), mbb = Median(bBack);
         return string.Create(CultureInfo.InvariantCulture,
-            $"{config.Method,-14} {t,6} {t / (ma / 1e3),10:F0} {t / (mb / 1e3),10:F0} {ma / mb,5:F2} {ma,13:F1} {mb,13:F1}  {diff:E1} (dq)");
+            $"{config.Method,-14} {t,6} {t / (ma / 1e3),10:F0} {t / (mb / 1e3),10:F0} {ma / mb,5:F2} {ma,13:F1} {mb,13:F1} {mab,9:F1} {mbb,9:F1} {mab / mbb,8:F2}  {diff:E1} (dq)");
     }
 
     private static double Median(List<double> x)
