@@ -57,7 +57,7 @@ internal static class BenchLinearGatedBackward
         (double Total, double Backward) Once(bool reverse, float[] dqInto)
         {
             var inputs = new LinearInputs { Shape = shape, Q = q, K = k, V = v, Gate = gate, Beta = beta };
-            LinearAttention.ReverseRecurrenceBackward = reverse;
+            LinearAttention.GatedBackward = reverse ? GatedBackwardPath.ReverseRecurrence : GatedBackwardPath.MatrixProducts;
             try
             {
                 long start = Stopwatch.GetTimestamp();
@@ -66,7 +66,7 @@ internal static class BenchLinearGatedBackward
                 LinearAttention.Backward(inputs, options, dO, default, new LinearGradients { Q = dqInto, K = dk, V = dv, Gate = dg });
                 return (Stopwatch.GetElapsedTime(start).TotalMilliseconds, Stopwatch.GetElapsedTime(middle).TotalMilliseconds);
             }
-            finally { LinearAttention.ReverseRecurrenceBackward = false; }
+            finally { LinearAttention.GatedBackward = GatedBackwardPath.Auto; }
         }
 
         Once(reverse: true, dqA); // warm-up (JIT, pages) for both paths

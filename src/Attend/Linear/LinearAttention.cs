@@ -68,8 +68,9 @@ public static partial class LinearAttention
     /// <summary>
     /// Gradients of <c>L = Σ outputGradient·O + Σ finalStateGradient·S_T</c> with respect to q, k, v, the gates, β and
     /// the initial state (each written only when its span is not empty). <see cref="LinearForm.Chunked"/>: chunked
-    /// matrix products (every rule and decay; a sequence and head whose channel gate's cumulative value inside a chunk
-    /// falls below −60 takes the chunk-checkpointed reverse recurrence, float32); <see cref="LinearForm.Recurrent"/>: the reverse recurrence; <see cref="LinearForm.Naive"/>: the
+    /// matrix products (every rule and decay, except the delta rules with feature width below 64; a sequence and head
+    /// whose channel gate's cumulative value inside a chunk falls below −60 takes the chunk-checkpointed reverse
+    /// recurrence, float32, as do those delta rules); <see cref="LinearForm.Recurrent"/>: the reverse recurrence; <see cref="LinearForm.Naive"/>: the
     /// float64 reference.
     /// </summary>
     /// <param name="inputs">The forward inputs.</param>
@@ -137,7 +138,13 @@ public static partial class LinearAttention
             // gates and the delta rules (a channel gate only where it factorises, else per sequence and head the reverse
             // recurrence); the recurrent form reverses the recurrence.
             if (c.Form == LinearForm.Chunked && ChunkedBackwardKernel.Supports(c)) ChunkedBackwardKernel.Run(problem, targets);
-            else if (c.Form == LinearForm.Chunked && !ReverseRecurrenceBackward && ChunkedGatedBackwardKernel.Supports(c)) ChunkedGatedBackwardKernel.Run(problem, targets);
+            else if (c.Form == LinearForm.Chunked && ChunkedGatedBackwardKernel.Supports(c) && GatedBackward switch
+                     {
+                         GatedBackwardPath.MatrixProducts => true,
+                         GatedBackwardPath.ReverseRecurrence => false,
+                         _ => ChunkedGatedBackwardKernel.Preferred(c),
+                     })
+                ChunkedGatedBackwardKernel.Run(problem, targets);
             else StateBackwardKernel.Run(problem, targets);
         }
 

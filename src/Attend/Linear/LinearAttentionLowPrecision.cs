@@ -2,6 +2,19 @@ using System.Buffers;
 
 namespace Attend.Linear;
 
+/// <summary>The chunked backward of gates and delta rules, for <see cref="LinearAttention.GatedBackward"/>.</summary>
+internal enum GatedBackwardPath
+{
+    /// <summary>Chosen by the configuration.</summary>
+    Auto,
+
+    /// <summary>Always the matrix-product kernel (where it applies).</summary>
+    MatrixProducts,
+
+    /// <summary>Always the chunk-checkpointed reverse recurrence.</summary>
+    ReverseRecurrence,
+}
+
 /// <summary>
 /// The inputs of one linear-attention call in a 16-bit element type (<see cref="Half"/> or <see cref="BFloat16"/>;
 /// float also works): q, k, v in <typeparamref name="T"/>; gates, β and the initial state stay float32, like the state
@@ -61,13 +74,14 @@ public readonly ref struct LinearGradients<T> where T : unmanaged
 public static partial class LinearAttention
 {
     /// <summary>
-    /// When true, the chunked backward of gates and delta rules takes the chunk-checkpointed reverse recurrence instead
-    /// of the matrix-product kernel (for paired before/after timings and as a second oracle in tests). Per calling
-    /// thread, so a test that sets it does not change another's run.
+    /// Which chunked backward computes gates and delta rules: <see cref="GatedBackwardPath.Auto"/> (the default: matrix
+    /// products, except the delta rules with Df &lt; 64, where the reverse recurrence measured faster), or one forced
+    /// (paired before/after timings; tests that check one against the other). Per calling thread, so a test that sets
+    /// it does not change another's run.
     /// </summary>
-    internal static bool ReverseRecurrenceBackward { get => t_reverseRecurrence; set => t_reverseRecurrence = value; }
+    internal static GatedBackwardPath GatedBackward { get => t_gatedBackward; set => t_gatedBackward = value; }
 
-    [ThreadStatic] private static bool t_reverseRecurrence;
+    [ThreadStatic] private static GatedBackwardPath t_gatedBackward;
 
     /// <summary>
     /// <see cref="Forward(in LinearInputs, LinearAttentionOptions?, Span{float}, Span{float})"/> on 16-bit q, k, v: they

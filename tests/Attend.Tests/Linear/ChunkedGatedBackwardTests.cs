@@ -38,12 +38,12 @@ public class ChunkedGatedBackwardTests
         {
             float[] dq = TestData.Poisoned<float>(c.Q.Length), dk = TestData.Poisoned<float>(c.K.Length), dv = TestData.Poisoned<float>(c.V.Length);
             float[] dg = TestData.Poisoned<float>(c.Gate.Length), db = TestData.Poisoned<float>(c.Beta.Length), ds = TestData.Poisoned<float>(c.State.Length);
-            LinearAttention.ReverseRecurrenceBackward = reverse;
+            LinearAttention.GatedBackward = reverse ? GatedBackwardPath.ReverseRecurrence : GatedBackwardPath.MatrixProducts;
             try
             {
                 LinearAttention.Backward(c.Inputs, c.Options, dO, dST, new LinearGradients { Q = dq, K = dk, V = dv, Gate = dg, Beta = db, InitialState = ds });
             }
-            finally { LinearAttention.ReverseRecurrenceBackward = false; }
+            finally { LinearAttention.GatedBackward = GatedBackwardPath.Auto; }
             return (dq, dk, dv, dg, db, ds);
         }
 
@@ -79,7 +79,12 @@ public class ChunkedGatedBackwardTests
         ReferenceLinearGradients r = ReferenceLinearAttention.Backward(c.Inputs, c.Options, dO, dST);
         float[] dq = TestData.Poisoned<float>(c.Q.Length), dk = TestData.Poisoned<float>(c.K.Length), dv = TestData.Poisoned<float>(c.V.Length);
         float[] dg = TestData.Poisoned<float>(c.Gate.Length), ds = TestData.Poisoned<float>(c.State.Length);
-        LinearAttention.Backward(c.Inputs, c.Options, dO, dST, new LinearGradients { Q = dq, K = dk, V = dv, Gate = dg, InitialState = ds });
+        LinearAttention.GatedBackward = GatedBackwardPath.MatrixProducts; // (Df = 16: the delta rule would otherwise take the recurrence)
+        try
+        {
+            LinearAttention.Backward(c.Inputs, c.Options, dO, dST, new LinearGradients { Q = dq, K = dk, V = dv, Gate = dg, InitialState = ds });
+        }
+        finally { LinearAttention.GatedBackward = GatedBackwardPath.Auto; }
         foreach ((string name, float[] actual, double[] expected) in new[] { ("dq", dq, r.Q), ("dk", dk, r.K), ("dv", dv, r.V), ("dgate", dg, r.Gate), ("dS0", ds, r.InitialState) })
         {
             double e = TestData.RelativeError<float>(actual, expected);
