@@ -292,7 +292,7 @@ internal static unsafe class ChunkedGatedBackwardKernel
             {
                 // L = strict tril(K̃K̂ᵀ) (channel) or strict tril(KKᵀ) ⊙ D (scalar).
                 TileGemm.MultiplyTransposed<TIsa, TVec>(channel ? Kt : K, dkp, KhT, cn, L, cn, cr, cn, dkp);
-                Mask(L, len, inclusive: false);
+                Mask(L, len, inclusive: false, decay: true);
                 // N = (I + diag(β)L)⁻¹ by forward substitution; T = N diag(β).
                 InvertUnitLower(L, beta, N, len);
                 for (int t = 0; t < cr; t++)
@@ -313,7 +313,7 @@ internal static unsafe class ChunkedGatedBackwardKernel
             if (!scores) return;
             // A = tril(Q̃K̂ᵀ) (channel) or tril(QKᵀ) ⊙ D (scalar).
             TileGemm.MultiplyTransposed<TIsa, TVec>(channel ? Qt : Q, dkp, KhT, cn, A, cn, cr, cn, dkp);
-            Mask(A, len, inclusive: true);
+            Mask(A, len, inclusive: true, decay: true);
         }
 
         /// <summary>One chunk's reverse step; dS (the gradient at the chunk's end) becomes the gradient at its start.</summary>
@@ -333,7 +333,7 @@ internal static unsafe class ChunkedGatedBackwardKernel
 
             // dA = tril(dO Uᵀ) (⊙ D for a scalar decay: then dA is the gradient of the undecayed scores).
             TileGemm.MultiplyTransposed<TIsa, TVec>(dO, dvp, UT, cn, dA, cn, cr, cn, dvp);
-            Mask(dA, len, inclusive: true);
+            Mask(dA, len, inclusive: true, decay: false);
 
             for (int t = 0; t < cn; t++) db[t] = 0;
             // Channel gate: the diagonal score q_t·k_t carries no decay, so its gradient goes to q and k directly (through
@@ -377,7 +377,7 @@ internal static unsafe class ChunkedGatedBackwardKernel
                 TileGemm.MultiplyTransposedAccumulate<TIsa, TVec>(T, cn, dU, dvp, dW, dvp, cr, dvp, len);
                 Transpose.Block(Wm, dvp, WT, cn, cr, dvp);
                 TileGemm.MultiplyTransposed<TIsa, TVec>(dU, dvp, WT, cn, dT, cn, cr, cn, dvp);
-                Mask(dT, len, inclusive: true);
+                Mask(dT, len, inclusive: true, decay: false);
                 TileGemm.MultiplyTransposed<TIsa, TVec>(dW, dvp, S0T, dkn, dKt, dkn, cr, dkn, dvp);
                 for (long x = 0; x < (long)cr * dkn; x += w) TIsa.Store(TIsa.Sub(TIsa.Zero, TIsa.Load(dKt + x)), dKt + x);
 
@@ -550,14 +550,17 @@ internal static unsafe class ChunkedGatedBackwardKernel
             }
         }
 
-        /// <summary>Keeps s ≤ t (inclusive) or s &lt; t of the first len rows, zero elsewhere; a scalar decay multiplies the kept entries by D_ts.</summary>
-        private readonly void Mask(float* a, int len, bool inclusive)
+        /// <summary>
+        /// Keeps s ≤ t (inclusive) or s &lt; t of the first len rows, zero elsewhere; with <paramref name="decay"/> (scores,
+        /// not their gradients) a scalar decay multiplies the kept entries by D_ts.
+        /// </summary>
+        private readonly void Mask(float* a, int len, bool inclusive, bool decay)
         {
             for (int t = 0; t < cr; t++)
             {
                 float* row = a + (long)t * cn;
                 int keep = t >= len ? 0 : (inclusive ? t + 1 : t);
-                if (scalar && a != dA && a != dT)
+                if (scalar && decay)
                     for (int s = 0; s < keep; s++) row[s] *= MathF.Exp(bS[t] - bS[s]);
                 new Span<float>(row + keep, cn - keep).Clear();
             }
