@@ -42,6 +42,13 @@ internal static unsafe class ChunkedGatedBackwardKernel
     public static bool Preferred(LinearConfig c) => Supports(c) && (!c.IsDelta || c.FeatureDim >= 64);
 
     /// <summary>
+    /// The backward's own chunk: the call's chunk, but no wider than the feature width rounded up to 16 (at least 16).
+    /// The gradient does not depend on the grouping; a chunk much wider than Df spends its time in the C×C products and
+    /// the C³ transform gradient instead of the Df×Dv state products.
+    /// </summary>
+    private static int Chunk(LinearConfig c) => Math.Min(c.ChunkSize, Math.Max(16, RoundUp(c.FeatureDim, 16)));
+
+    /// <summary>
     /// Whether the channel gate of (sequence <paramref name="n"/>, head <paramref name="h"/>) factorises in every chunk:
     /// each channel's cumulative gate at a chunk's end (its minimum in the chunk) stays above the factorised limit.
     /// </summary>
@@ -49,7 +56,7 @@ internal static unsafe class ChunkedGatedBackwardKernel
     {
         LinearConfig c = problem.Config;
         if (c.Decay != LinearDecay.ChannelGate) return true;
-        int heads = problem.Heads, df = problem.Df, chunk = c.ChunkSize;
+        int heads = problem.Heads, df = problem.Df, chunk = Chunk(c);
         c.Range(n, out int batch, out int start, out int end);
         Span<float> sum = df <= 1024 ? stackalloc float[df] : new float[df];
         for (int c0 = start; c0 < end; c0 += chunk)
@@ -120,7 +127,7 @@ internal static unsafe class ChunkedGatedBackwardKernel
             w = TIsa.Width;
             df = p.Df;
             dv = p.Dv;
-            chunk = cfg.ChunkSize;
+            chunk = Chunk(cfg);
             dkp = RoundUp(df, w);
             dvp = RoundUp(dv, w);
             dkn = RoundUp(df, 4 * w);
