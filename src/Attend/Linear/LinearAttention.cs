@@ -70,8 +70,8 @@ public static partial class LinearAttention
     /// the initial state (each written only when its span is not empty). <see cref="LinearForm.Chunked"/>: chunked
     /// matrix products (every rule and decay, except the delta rules with feature width below 64; a sequence and head
     /// whose channel gate's cumulative value inside a chunk falls below −60 takes the chunk-checkpointed reverse
-    /// recurrence, float32, as do those delta rules); <see cref="LinearForm.Recurrent"/>: the reverse recurrence; <see cref="LinearForm.Naive"/>: the
-    /// float64 reference.
+    /// recurrence, float32, as do those delta rules); <see cref="LinearForm.Recurrent"/>: the reverse recurrence;
+    /// <see cref="LinearForm.Naive"/>: the float64 reference.
     /// </summary>
     /// <param name="inputs">The forward inputs.</param>
     /// <param name="options">The forward options.</param>

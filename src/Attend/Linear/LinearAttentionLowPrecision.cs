@@ -2,19 +2,6 @@ using System.Buffers;
 
 namespace Attend.Linear;
 
-/// <summary>The chunked backward of gates and delta rules, for <see cref="LinearAttention.GatedBackward"/>.</summary>
-internal enum GatedBackwardPath
-{
-    /// <summary>Chosen by the configuration.</summary>
-    Auto,
-
-    /// <summary>Always the matrix-product kernel (where it applies).</summary>
-    MatrixProducts,
-
-    /// <summary>Always the chunk-checkpointed reverse recurrence.</summary>
-    ReverseRecurrence,
-}
-
 /// <summary>
 /// The inputs of one linear-attention call in a 16-bit element type (<see cref="Half"/> or <see cref="BFloat16"/>;
 /// float also works): q, k, v in <typeparamref name="T"/>; gates, β and the initial state stay float32, like the state
@@ -73,16 +60,6 @@ public readonly ref struct LinearGradients<T> where T : unmanaged
 
 public static partial class LinearAttention
 {
-    /// <summary>
-    /// Which chunked backward computes gates and delta rules: <see cref="GatedBackwardPath.Auto"/> (the default: matrix
-    /// products, except the delta rules with Df &lt; 64, where the reverse recurrence measured faster), or one forced
-    /// (paired before/after timings; tests that check one against the other). Per calling thread, so a test that sets
-    /// it does not change another's run.
-    /// </summary>
-    internal static GatedBackwardPath GatedBackward { get => t_gatedBackward; set => t_gatedBackward = value; }
-
-    [ThreadStatic] private static GatedBackwardPath t_gatedBackward;
-
     /// <summary>
     /// <see cref="Forward(in LinearInputs, LinearAttentionOptions?, Span{float}, Span{float})"/> on 16-bit q, k, v: they
     /// are widened to float32 once (exactly: every Half and BFloat16 is a float), the state and every product accumulate
