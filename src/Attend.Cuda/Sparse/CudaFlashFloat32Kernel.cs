@@ -27,6 +27,11 @@ public sealed class CudaFlashFloat32Kernel : AttentionKernel
     /// <inheritdoc/>
     public override bool IsSupported(in KernelProblem problem, out string reason)
     {
+        if (problem.Pass != AttentionPass.Forward)
+        {
+            reason = "the float32 path is forward-only: run the backward with bf16 or fp16 tensors (CudaFlashMma)";
+            return false;
+        }
         if (problem.ElementType != ElementType.Float32)
         {
             reason = $"this variant takes float32 host tensors; {problem.ElementType.ShortName()} runs on CudaFlashMma";
@@ -63,32 +68,5 @@ public sealed class CudaFlashFloat32Kernel : AttentionKernel
         context.Synchronize();
         HostStaging.Download(output, call.O);
         if (lse is not null) HostStaging.DownloadLse(lse, call.Lse, geometry.Batch, geometry.Heads, geometry.TokensQ);
-    }
-
-    internal override unsafe void Backward<T, TMask, TScore>(BackwardCall<T> call, TMask mask, TScore score)
-    {
-        CudaScoreForm form = CudaScoreForm.Of(score);
-        CudaGeometry g = CudaGeometry.From(call.Shape);
-        CudaContext context = CudaContext.Default;
-        FlashBlockPlan blocks = FineBlockPlan.Build(call.Blocks, mask);
-        ElementType type = HostStaging.DeviceType<T>();
-        using CudaTensor q = HostStaging.Upload(context, call.Q);
-        using CudaTensor k = HostStaging.Upload(context, call.K);
-        using CudaTensor v = HostStaging.Upload(context, call.V);
-        using CudaTensor o = HostStaging.Upload(context, call.O);
-        using CudaTensor dO = HostStaging.Upload(context, call.DO);
-        var lseHost = new float[(long)g.Batch * g.Heads * g.TokensQ];
-        for (int b = 0; b < g.Batch; b++)
-            for (int h = 0; h < g.Heads; h++)
-                for (int t = 0; t < g.TokensQ; t++)
-                    lseHost[((long)b * g.Heads + h) * g.TokensQ + t] = *call.Lse.At(b, h, t);
-        using DeviceBuffer lse = DeviceBuffer.From<float>(context, lseHost);
-        using CudaTensor dq = CudaTensor.Create(context, type, g.Batch, g.TokensQ, g.Heads, g.Dim);
-        using CudaTensor dk = CudaTensor.Create(context, type, g.Batch, g.TokensK, g.KvHeads, g.Dim);
-        using CudaTensor dv = CudaTensor.Create(context, type, g.Batch, g.TokensK, g.KvHeads, g.Dim);
-        CudaFlashBackward.Run(context, g, type, blocks, form, call.Scale, call.Deterministic, q, k, v, o, dO, lse, dq, dk, dv);
-        HostStaging.Download(dq, call.DQ);
-        HostStaging.Download(dk, call.DK);
-        HostStaging.Download(dv, call.DV);
     }
 }
