@@ -50,7 +50,7 @@ internal static class BenchSparseCommand
         { json, quick, methods, workloads, lengths, runs, noSweep, heads, kvHeads, headDim, backend };
         command.SetAction(parse => parse.GetValue(backend)?.ToLowerInvariant() is "cuda"
             ? BenchSparseCuda.Execute(parse.GetValue(json), parse.GetValue(quick), parse.GetValue(methods), parse.GetValue(workloads),
-                parse.GetValue(lengths), parse.GetValue(runs),
+                parse.GetValue(lengths), parse.GetValue(runs), parse.GetValue(noSweep),
                 new Shape(parse.GetValue(heads) ?? 8, parse.GetValue(kvHeads) ?? 2, parse.GetValue(headDim) ?? 128), output, error)
             : parse.GetValue(backend) is { } other && !other.Equals("cpu", StringComparison.OrdinalIgnoreCase)
                 ? throw new UserError($"--backend: unknown backend '{other}' (cpu or cuda).")

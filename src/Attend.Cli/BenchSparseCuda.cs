@@ -32,7 +32,7 @@ internal static class BenchSparseCuda
     }
 
     public static int Execute(string? jsonPath, bool quick, string? methodList, string? workloadList, string? lengthList, int? runCount,
-        BenchSparseCommand.Shape shape, TextWriter output, TextWriter error)
+        bool noSweep, BenchSparseCommand.Shape shape, TextWriter output, TextWriter error)
     {
         if (shape.Heads < 1 || shape.KvHeads < 1 || shape.Heads % shape.KvHeads != 0)
             throw new UserError($"--heads {shape.Heads} and --kv-heads {shape.KvHeads}: the KV heads must divide the query heads.");
@@ -76,7 +76,7 @@ internal static class BenchSparseCuda
                 }
             }
         }
-        if (lengths.Count > 0 && !quick)
+        if (lengths.Count > 0 && !quick && !noSweep)
         {
             foreach (Row r in Sweep(lengths.Max(), shape, runs))
             {
