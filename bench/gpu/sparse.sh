@@ -19,7 +19,7 @@ status=0
 echo "== $(date -u '+%Y-%m-%d %H:%M:%S UTC') on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader); $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GB"
 
 echo "== 1. attend check --backend cuda"
-timeout 120 "$ATTEND" check --backend cuda 2>&1 | tee "$OUT/check.log" | grep -v '^  ok  Cuda\|^  ok  Cpu\|^  ok  Reference' ; rc=${PIPESTATUS[0]}
+timeout 120 "$ATTEND" check --backend cuda 2>&1 | tee "$OUT/check.log" | grep -v '^  ok   Cuda\|^  ok   Cpu\|^  ok   Reference\|^  skipped' ; rc=${PIPESTATUS[0]}
 echo "check exit code: $rc"; [ "$rc" = 0 ] || status=1
 if grep -q "NVRTC_ERROR\|CudaException\|CUDA_ERROR" "$OUT/check.log"; then echo "== compile or driver error: stopping"; exit 3; fi
 
