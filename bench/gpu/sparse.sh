@@ -19,12 +19,12 @@ status=0
 echo "== $(date -u '+%Y-%m-%d %H:%M:%S UTC') on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader); $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GB"
 
 echo "== 1. attend check --backend cuda"
-timeout 120 "$ATTEND" check --backend cuda 2>&1 | tee "$OUT/check.log" | grep -v '^  ok   Cuda\|^  ok   Cpu\|^  ok   Reference\|^  skipped' ; rc=${PIPESTATUS[0]}
+timeout 100 "$ATTEND" check --backend cuda 2>&1 | tee "$OUT/check.log" | grep -v '^  ok   Cuda\|^  ok   Cpu\|^  ok   Reference\|^  skipped' ; rc=${PIPESTATUS[0]}
 echo "check exit code: $rc"; [ "$rc" = 0 ] || status=1
 if grep -q "NVRTC_ERROR\|CudaException\|CUDA_ERROR" "$OUT/check.log"; then echo "== compile or driver error: stopping"; exit 3; fi
 
 echo "== 2. compute-sanitizer memcheck (one flash problem, decode and sparse cases)"
-timeout 80 compute-sanitizer --tool memcheck --error-exitcode 9 "$ATTEND" check --backend cuda --cases 1 --seed 7 > "$OUT/sanitizer.log" 2>&1; rc=$?
+timeout 70 compute-sanitizer --tool memcheck --error-exitcode 9 "$ATTEND" check --backend cuda --cases 1 --seed 7 > "$OUT/sanitizer.log" 2>&1; rc=$?
 grep -E "ERROR SUMMARY|Invalid|attend check:|FAIL" "$OUT/sanitizer.log" | head -20
 echo "sanitizer exit code: $rc"; [ "$rc" = 0 ] || status=1
 echo "== 2b. attend run --method NAME --backend cuda on .npy inputs (a block plan and a token-level plan)"
@@ -45,13 +45,13 @@ done
 [ "${1:-}" = "--quick" ] && { echo "== done (quick), exit $status"; exit $status; }
 
 echo "== 3a. attend bench sparse --backend cuda, every method at 16k"
-timeout 120 "$ATTEND" bench sparse --backend cuda --lengths 16384 --workloads random,llm --runs 2 --no-sweep \
+timeout 100 "$ATTEND" bench sparse --backend cuda --lengths 16384 --workloads random,llm --runs 1 --no-sweep \
   --json "$OUT/sparse-16k.json" > "$OUT/bench-16k.log" 2>&1; rc=$?
 grep -v "^  " "$OUT/bench-16k.log" | tail -5; echo "bench 16k exit code: $rc"
 
 echo "== 3b. attend bench sparse --backend cuda, 128k"
 M128=streaming-llm,a-shape,power-attention,dilated-window,sinklora,moa,s2-attention,minference,anchor-attention,biformer,hip,longheads,cca,superlinear,flexprefill
-timeout 150 "$ATTEND" bench sparse --backend cuda --lengths 131072 --workloads random,llm --runs 1 --methods "$M128" \
+timeout 120 "$ATTEND" bench sparse --backend cuda --lengths 131072 --workloads random,llm --runs 1 --methods "$M128" \
   --json "$OUT/sparse-128k.json" > "$OUT/bench-128k.log" 2>&1; rc=$?
 grep -v "^  " "$OUT/bench-128k.log" | tail -5; echo "bench 128k exit code: $rc"
 echo "== tables"
