@@ -19,7 +19,7 @@ status=0
 if [ "${1:-}" = "--extra" ]; then   # a second look at 128k: the llm workload (random repeated beside it) and the density sweep
   echo "== $(date -u '+%Y-%m-%d %H:%M:%S UTC') on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
   timeout 170 "$ATTEND" bench sparse --backend cuda --lengths 131072 --workloads llm --runs 1 \
-    --methods streaming-llm,power-attention,moa,biformer,hip,longheads,cca,minference,anchor-attention \
+    --methods streaming-llm,power-attention,moa,biformer,hip,longheads,cca,minference \
     --json "$OUT/sparse-128k-llm.json" > "$OUT/bench-128k-llm.log" 2>&1; rc=$?
   grep -v "^  " "$OUT/bench-128k-llm.log" | tail -4; echo "bench exit code: $rc"
   grep "^  " "$OUT/bench-128k-llm.log" | cut -c1-230
