@@ -150,7 +150,7 @@ internal static class BenchSparseCuda
             try
             {
                 (MethodResult r, double kMs, _, double wMs) = Time(exact, inputs, [$"mask=causal+window:{width - 1},0"], runs, warm: false);
-                double d = (t * (double)width - width * (width - 1) / 2.0) / (t * (t + 1) / 2.0);
+                double d = ((double)t * width - (double)width * (width - 1) / 2) / ((double)t * (t + 1) / 2);
                 rows.Add(new Row("streaming-llm", $"sweep:window={width}", t, d, double.NaN, BenchSparseCommand.RelativeError(r.Output.Data, full.Output.Data),
                     0, kMs, 0, Math.Max(0, wMs - kMs), wMs, exactMs, exactWall, null));
             }
