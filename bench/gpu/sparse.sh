@@ -7,7 +7,8 @@
 #   2. compute-sanitizer memcheck         the same check on one flash problem plus the decode and sparse cases
 #   3. attend bench sparse --backend cuda every sparse method at 16k (workloads random, llm), then the methods whose
 #                                         selectors and plans stay cheap at 128k, then the density sweep at 128k
-# Usage: bash sparse.sh [--quick | --extra]   (--extra: only a 128k bench on the llm workload and the density sweep)      Logs and JSON go to $OUT (or /tmp/attend-sparse).
+# Usage: bash sparse.sh [--quick | --extra | --sweep]   (--extra: only a 128k bench on the llm workload and the density
+# sweep; --sweep: only the 128k density sweep, flash windows beside the same bands on the token-level kernel)      Logs and JSON go to $OUT (or /tmp/attend-sparse).
 set -u -o pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ATTEND="$HERE/attend/Attend.Cli"
@@ -16,6 +17,14 @@ mkdir -p "$OUT"
 export ATTEND_CUDA_CACHE=/tmp/attend-cuda-cache
 rm -rf "$ATTEND_CUDA_CACHE"
 status=0
+if [ "${1:-}" = "--sweep" ]; then   # the 128k density sweep alone: flash windows, the same bands on the token-level kernel
+  echo "== $(date -u '+%Y-%m-%d %H:%M:%S UTC') on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
+  timeout 150 "$ATTEND" bench sparse --backend cuda --lengths 131072 --workloads random --runs 1 --methods streaming-llm \
+    --json "$OUT/sparse-128k-sweep.json" > "$OUT/bench-128k-sweep.log" 2>&1; rc=$?
+  grep -v "^  " "$OUT/bench-128k-sweep.log" | tail -4; echo "bench exit code: $rc"
+  grep "^  " "$OUT/bench-128k-sweep.log" | cut -c1-230
+  exit $rc
+fi
 if [ "${1:-}" = "--extra" ]; then   # a second look at 128k: the llm workload (random repeated beside it) and the density sweep
   echo "== $(date -u '+%Y-%m-%d %H:%M:%S UTC') on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
   timeout 170 "$ATTEND" bench sparse --backend cuda --lengths 131072 --workloads llm --runs 1 \

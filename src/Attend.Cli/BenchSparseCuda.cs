@@ -17,8 +17,9 @@ namespace Attend.Cli;
 /// the GPU (so both sides carry bf16 rounding), the selector's time (CPU), the kernel's device time (CUDA events
 /// around every launch of the run, <see cref="CudaKernelClock"/>), the rest of the run's wall time (host packing,
 /// bf16 conversion, copies, flattening the plan: <c>host_ms</c>), and two speed-ups: the kernel's over the exact
-/// kernel's device time, and the exact kernel's over selector + kernel. Then a density sweep (sliding windows) at the
-/// longest length. Results are written to <c>--json</c> after every case, so a run cut short keeps what it measured.
+/// kernel's device time, and the exact kernel's over selector + kernel. Then a density sweep at the longest length: causal
+/// sliding windows on the flash kernel, the same pairs as a band of slash offsets on the token-level kernel, and the 5%
+/// band plus 1000 scattered diagonals. Results are written to <c>--json</c> after every case, so a run cut short keeps what it measured.
 /// </summary>
 internal static class BenchSparseCuda
 {
@@ -158,8 +159,42 @@ internal static class BenchSparseCuda
             {
                 rows.Add(new Row("streaming-llm", $"sweep:window={width}", t, null, double.NaN, double.NaN, 0, 0, 0, 0, 0, exactMs, exactWall, $"{e.GetType().Name}: {AttendApp.OneLine(e)}"));
             }
+            // The same pairs as a token-level plan (a band of slash offsets 0 .. width − 1) on column_sparse_forward.cu,
+            // and the band plus scattered diagonals (MInference-like): how the token-level kernel follows density.
+            rows.Add(TokenSweepRow(w, full.Output.Data, width, 0, exactMs, exactWall));
+            if (density == SweepDensities[0]) rows.Add(TokenSweepRow(w, full.Output.Data, width, 1000, exactMs, exactWall));
         }
         return rows;
+    }
+
+    private static Row TokenSweepRow(Workload w, float[] exactOut, int width, int scattered, double exactMs, double exactWall)
+    {
+        int t = w.Length, h = w.Heads, hkv = w.KvHeads, d = w.HeadDim;
+        string label = scattered == 0 ? $"sweep:band={width}" : $"sweep:band={width}+{scattered}diag";
+        try
+        {
+            var plan = new Attend.Methods.Sparse.VerticalSlashPlan(1, h, t, t);
+            var rng = new Random(5);
+            for (int head = 0; head < h; head++)
+            {
+                var offsets = new List<int>(width + scattered);
+                for (int o = 0; o < width; o++) offsets.Add(o);
+                for (int i = 0; i < scattered; i++) offsets.Add(rng.Next(width, t));
+                plan.SetSlash(0, head, offsets.ToArray());
+            }
+            var o32 = new float[(long)t * h * d];
+            CudaKernelClock.Reset();
+            long start = Stopwatch.GetTimestamp();
+            Attend.Methods.Sparse.VerticalSlashAttention.Forward<float>(AttentionLayout.Bthd<float>(w.Q, 1, t, h, d), AttentionLayout.Bthd<float>(w.K, 1, t, hkv, d),
+                AttentionLayout.Bthd<float>(w.V, 1, t, hkv, d), plan, new AttentionOptions { Backend = CudaBackend.Name }, AttentionLayout.Bthd<float>(o32, 1, t, h, d));
+            double wMs = Stopwatch.GetElapsedTime(start).TotalMilliseconds, kMs = CudaKernelClock.TotalMilliseconds;
+            return new Row("vertical-slash", label, t, plan.Density, double.NaN, BenchSparseCommand.RelativeError(o32, exactOut), 0, kMs, 0,
+                Math.Max(0, wMs - kMs), wMs, exactMs, exactWall, null);
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            return new Row("vertical-slash", label, t, null, double.NaN, double.NaN, 0, 0, 0, 0, 0, exactMs, exactWall, $"{e.GetType().Name}: {AttendApp.OneLine(e)}");
+        }
     }
 
     private static string F(double v, string format) => double.IsFinite(v) ? v.ToString(format, CultureInfo.InvariantCulture) : "-";
