@@ -18,7 +18,7 @@ internal sealed class FlashBlockPlan
     /// <summary>Keys per block (≤ 64: one mask word per row).</summary>
     public const int KeyBlock = 64;
 
-    private FlashBlockPlan(int[] rowPtr, int[] items, ulong[] bits, int maxQueryBlocks, bool perSequence, int maskHeads, int maxKeyBlocks)
+    internal FlashBlockPlan(int[] rowPtr, int[] items, ulong[] bits, int maxQueryBlocks, bool perSequence, int maskHeads, int maxKeyBlocks)
     {
         MaxKeyBlocks = maxKeyBlocks;
         (ColumnPtr, ColumnItems) = Transpose(rowPtr, items, maxQueryBlocks, maskHeads, rowPtr.Length == 0 ? 0 : (rowPtr.Length - 1) / Math.Max(1, maskHeads * maxQueryBlocks), maxKeyBlocks);

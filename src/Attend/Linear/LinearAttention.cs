@@ -17,7 +17,7 @@ namespace Attend.Linear;
 /// Methods of the family (Methods/Linear) call this and never a kernel class. The output of token t includes token t
 /// itself (causal, inclusive). With a denominator the state holds the normaliser sum z as an extra last column.
 /// </remarks>
-public static class LinearAttention
+public static partial class LinearAttention
 {
     /// <summary>Computes the outputs <c>[B, T, H, Dv]</c> and, when <paramref name="finalState"/> is not empty, the final states.</summary>
     /// <param name="inputs">Q, K, V, optional gates, β, initial state and varlen offsets.</param>
@@ -74,11 +74,12 @@ public static class LinearAttention
     /// <summary>
     /// Gradients of <c>L = Σ outputGradient·O + Σ finalStateGradient·S_T</c> with respect to q, k, v, the gates, β and
     /// the initial state (each written only when its span is not empty). <see cref="LinearForm.Chunked"/>: chunked
-    /// matrix products for the additive rule with no or a fixed decay, else the chunk-checkpointed reverse recurrence
-    /// (float32); <see cref="LinearForm.Recurrent"/>: the reverse recurrence; <see cref="LinearForm.Naive"/>: the
-    /// float64 reference. With <see cref="LinearAttentionOptions.Backend"/> naming a registered backend, that backend's
-    /// backward runs (CUDA: the chunked form with no or a fixed decay; it throws <see cref="NotSupportedException"/> with
-    /// the reason for the rest).
+    /// matrix products (every rule and decay, except the delta rules with feature width below 64; a sequence and head
+    /// whose channel gate's cumulative value inside a chunk falls below −60 takes the chunk-checkpointed reverse
+    /// recurrence, float32, as do those delta rules); <see cref="LinearForm.Recurrent"/>: the reverse recurrence;
+    /// <see cref="LinearForm.Naive"/>: the float64 reference. With <see cref="LinearAttentionOptions.Backend"/> naming a
+    /// registered backend, that backend's backward runs (CUDA: the chunked form with no or a fixed decay; it throws
+    /// <see cref="NotSupportedException"/> with the reason for the rest).
     /// </summary>
     /// <param name="inputs">The forward inputs.</param>
     /// <param name="options">The forward options.</param>
@@ -148,9 +149,17 @@ public static class LinearAttention
                 Q = pdq, K = pdk, V = pdv, Gate = inputs.Gate.IsEmpty ? null : pdg, Beta = inputs.Beta.IsEmpty ? null : pdb,
                 InitialState = pds0,
             };
-            // The chunked form's backward is a chain of matrix products where it exists (additive rule, no or fixed
-            // decay); gates and the delta rules (and the recurrent form) reverse the recurrence.
+            // The chunked form's backward is a chain of matrix products: the additive rule with no or a fixed decay, then
+            // gates and the delta rules (a channel gate only where it factorises, else per sequence and head the reverse
+            // recurrence); the recurrent form reverses the recurrence.
             if (c.Form == LinearForm.Chunked && ChunkedBackwardKernel.Supports(c)) ChunkedBackwardKernel.Run(problem, targets);
+            else if (c.Form == LinearForm.Chunked && ChunkedGatedBackwardKernel.Supports(c) && GatedBackward switch
+                     {
+                         GatedBackwardPath.MatrixProducts => true,
+                         GatedBackwardPath.ReverseRecurrence => false,
+                         _ => ChunkedGatedBackwardKernel.Preferred(c),
+                     })
+                ChunkedGatedBackwardKernel.Run(problem, targets);
             else StateBackwardKernel.Run(problem, targets);
         }
 
