@@ -1,6 +1,8 @@
 # Kernel-level probe: compiles src/Attend.Cuda/Kernels/flash_forward.cu with NVRTC (through CuPy), checks it against a
 # float64 reference on random data (fresh inputs, poisoned outputs) and times it beside PyTorch SDPA backends.
 # Used while developing the kernel; the product path is `attend check/bench --backend cuda` (run.sh).
+# main() compiles each entry of `variants` (flash_forward.cu's variant switches as -D defines), checks every one on small
+# problems, then times them all (twice each) beside SDPA flash on the protocol shapes, so variants compare within one run.
 import os, sys, time, math
 import numpy as np, torch, cupy as cp
 torch.backends.cuda.matmul.allow_tf32 = False
@@ -9,18 +11,19 @@ _PATH = sys.argv[1] if len(sys.argv) > 1 else 'src/Attend.Cuda/Kernels/flash_for
 SRC = ''.join(open(os.path.join(os.path.dirname(_PATH), l.strip()[10:-1])).read() + '\n' if l.strip().startswith('#include "') else l
               for l in open(_PATH).read().splitlines(True))
 BM, BN = 128, 64
+VARIANT = {}   # extra defines (flash_forward.cu's variant switches) for the kernels ours() compiles
 _mods = {}
 def kernel(D, bf16, nw, mt, qreg, bn=64, softcap=0, alibi=0):
-    key = (D, bf16, nw, mt, qreg, bn, softcap, alibi)
+    key = (D, bf16, nw, mt, qreg, bn, softcap, alibi, tuple(sorted(VARIANT.items())))
     if key not in _mods:
-        opts = (f'-DHEAD_DIM={D}', f'-DELEM_BF16={int(bf16)}', f'-DNWARPS={nw}', f'-DMT={mt}', f'-DBLOCK_N={bn}', f'-DQREG={qreg}',
+        opts = tuple(f'-D{k}={v}' for k, v in VARIANT.items()) + (f'-DHEAD_DIM={D}', f'-DELEM_BF16={int(bf16)}', f'-DNWARPS={nw}', f'-DMT={mt}', f'-DBLOCK_N={bn}', f'-DQREG={qreg}',
                 f'-DSOFTCAP={softcap}', f'-DALIBI={alibi}', '--use_fast_math', '-arch=sm_90a', '-std=c++17')
         t0 = time.time()
         m = cp.RawModule(code=SRC, options=opts, backend='nvrtc')
         k = m.get_function('attend_flash_forward')
         smem = (16 * mt * nw * D + 4 * bn * D) * 2
         k.max_dynamic_shared_size_bytes = smem
-        print(f'  compiled D={D} bf16={bf16} nw={nw} mt={mt} qreg={qreg} bn={bn} sc={softcap} al={alibi}: {time.time()-t0:.2f}s regs={k.num_regs} local={k.local_size_bytes} smem={smem}', flush=True)
+        print(f'  compiled {VARIANT} D={D} bf16={bf16} nw={nw} mt={mt} qreg={qreg} bn={bn} sc={softcap} al={alibi}: {time.time()-t0:.2f}s regs={k.num_regs} local={k.local_size_bytes} smem={smem}', flush=True)
         _mods[key] = (k, smem)
     return _mods[key]
 
@@ -37,7 +40,10 @@ def plan(mask, tq, tk, BN=64, BM=128):
     shift = tk - tq
     for qb in range(nqb):
         q = np.arange(qb * BM, qb * BM + BM)[:, None]
-        for kb in range(nkb):
+        lo, hi = 0, nkb
+        if mask[0] == 'causal': hi = min(nkb, (qb * BM + BM - 1 + shift) // BN + 1)
+        if mask[0] == 'window': lo, hi = max(0, (qb * BM + shift - mask[1]) // BN), min(nkb, (qb * BM + BM - 1 + shift + mask[2]) // BN + 1)
+        for kb in range(lo, hi):
             k = np.arange(kb * BN, kb * BN + BN)[None, :]
             vis = visible(mask, q + shift, k) & (q < tq) & (k < tk)
             validq = (q < tq) & (k < tk)
@@ -120,40 +126,54 @@ def bench_ms(fn, reps=20):
 
 def main():
     print('device:', torch.cuda.get_device_name(), 'torch', torch.__version__, flush=True)
-    cfgs = [(4, 2, 0), (8, 2, 0)]
     allok = True
-    for cfg in cfgs:
+    off = dict(MASK32=0, WSKIP=0, RSKIP=0, CSKIP=0, MMA_NOVOLATILE=0, SEPI=0)
+    variants = {'v2': off, 'f2': {**off, 'MASK32': 1, 'WSKIP': 1}, 'f2+nv': {**off, 'MASK32': 1, 'WSKIP': 1, 'MMA_NOVOLATILE': 1},
+                'f2+sepi': {**off, 'MASK32': 1, 'WSKIP': 1, 'SEPI': 1}, 'f2+nv+sepi': {**off, 'MASK32': 1, 'WSKIP': 1, 'MMA_NOVOLATILE': 1, 'SEPI': 1}}
+    for name, var in variants.items():
+        VARIANT.clear(); VARIANT.update(var)
+        print('variant', name, flush=True)
+        cfg = (4, 2, 0)
         allok &= check('causal gqa', 2, 333, 333, 8, 2, 128, torch.bfloat16, ('causal',), cfg)
-        allok &= check('full d64 f16', 1, 200, 517, 4, 4, 64, torch.float16, ('full',), cfg)
+        allok &= check('full d64 f16', 1, 200, 517, 4, 4, 64, torch.float16, ('full',), (4, 2, 1))
         allok &= check('decode', 3, 1, 300, 8, 1, 128, torch.bfloat16, ('causal',), cfg)
         allok &= check('window empty rows', 1, 300, 100, 4, 2, 128, torch.bfloat16, ('window', 16, 0), cfg)
+        allok &= check('window 100', 2, 700, 700, 4, 2, 128, torch.bfloat16, ('window', 100, 0), cfg)
+        allok &= check('window 40 d64', 1, 500, 500, 4, 2, 64, torch.bfloat16, ('window', 40, 0), (4, 2, 1))
         allok &= check('softcap alibi', 1, 257, 257, 4, 2, 128, torch.bfloat16, ('causal',), cfg, softcap=5.0, slopes=[0.5, 0.25, 0.125, 0.0625])
-    allok &= check('d256', 1, 190, 190, 2, 1, 256, torch.bfloat16, ('causal',), (8, 1, 0))
-    allok &= check('d64 bm256', 1, 390, 390, 2, 1, 64, torch.bfloat16, ('causal',), (8, 2, 1))
+        allok &= check('d256 window', 1, 390, 390, 2, 1, 256, torch.bfloat16, ('window', 70, 0), (8, 1, 0))
     print('ALL OK' if allok else 'SOME FAILED', flush=True)
-    # timing: tile shapes per head dim, beside SDPA flash, on the protocol shape at 16k
     from torch.nn.attention import sdpa_kernel, SDPBackend
     import torch.nn.functional as F
-    H, hkv, T = 64, 8, 16384
-    for D, cfgs_d in ((128, [(4, 2, 0), (8, 2, 0)]), (64, [(4, 2, 1), (8, 2, 1)])):
-        for causal in (True, False):
-            if D == 64 and not causal: continue
-            torch.manual_seed(T)
-            q = torch.randn(1, T, H, D, device='cuda', dtype=torch.bfloat16)
-            k = torch.randn(1, T, hkv, D, device='cuda', dtype=torch.bfloat16)
-            v = torch.randn(1, T, hkv, D, device='cuda', dtype=torch.bfloat16)
-            flops = 4 * H * D * (T * (T + 1) / 2 if causal else T * T)
-            mask = ('causal',) if causal else ('full',)
-            pl = {(64, 128): plan(mask, T, T, 64, 128), (64, 256): plan(mask, T, T, 64, 256)}
-            line = f'D={D} T={T} {"causal" if causal else "full  "}'
-            for cfg in cfgs_d:
-                _, _, launch = ours(q, k, v, mask, cfg, pl=pl)
-                ms, sp = bench_ms(launch)
-                line += f' ours{cfg}={flops/ms/1e9:6.1f}TF(±{sp:.2f}ms)'
+    H, hkv = 64, 8
+    rows = [(128, 16384, ('causal',)), (128, 32768, ('causal',)), (128, 32768, ('window', 1024, 0)),
+            (128, 4096, ('causal',)), (64, 16384, ('causal',))]
+    for D, T, mask in rows:
+        torch.manual_seed(T)
+        q = torch.randn(1, T, H, D, device='cuda', dtype=torch.bfloat16)
+        k = torch.randn(1, T, hkv, D, device='cuda', dtype=torch.bfloat16)
+        v = torch.randn(1, T, hkv, D, device='cuda', dtype=torch.bfloat16)
+        if mask[0] == 'causal': pairs = T * (T + 1) / 2
+        else: pairs = sum(min(i, mask[1]) + 1 for i in range(T))
+        flops = 4 * H * D * pairs
+        cfg = (4, 2, 1) if D == 64 else (4, 2, 0)
+        pl = {(64, 128): plan(mask, T, T, 64, 128)}
+        computed = int(pl[(64, 128)][1].shape[0]) * 64 * 128
+        line = f'D={D} T={T} {mask[:2]} pairs/computed={pairs / computed:.3f}:'
+        for name, var in variants.items():
+            VARIANT.clear(); VARIANT.update(var)
+            _, _, launch = ours(q, k, v, mask, cfg, pl=pl)
+            ms, sp = bench_ms(launch)
+            ms2, _ = bench_ms(launch)
+            line += f' {name}={flops/ms/1e9:5.1f}|{flops/ms2/1e9:5.1f}'
+        if mask[0] == 'causal':
             qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
             with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-                ms, sp = bench_ms(lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal, enable_gqa=True))
-            line += f' sdpa-flash={flops/ms/1e9:6.1f}TF'
-            print(line, flush=True)
+                ms, sp = bench_ms(lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=True))
+                ms2, sp = bench_ms(lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=True))
+            line += f' sdpa-flash={flops/ms/1e9:5.1f}|{flops/ms2/1e9:5.1f}'
+        print(line, flush=True)
+        del q, k, v
+        torch.cuda.empty_cache()
 
 main()

@@ -53,11 +53,23 @@ internal static class BenchLinearCommand
         var quick = new Option<bool>("--quick") { Description = "A tiny sweep that runs in seconds (tests, smoke checks)." };
         var full = new Option<bool>("--full") { Description = "The long sweep: T from 1k to 64k at D = 128, decode contexts to 1M (many minutes)." };
         var decodeOnly = new Option<bool>("--decode-only") { Description = "Only the decode time per token at contexts 1k to 1M (H = 8, D = 128)." };
+        var backend = new Option<string>("--backend") { Description = "cpu (default) or cuda (chunked forward and decode step on the GPU, bf16, H = 16, D = 128).", DefaultValueFactory = _ => "cpu" };
+        var gatedBackward = new Option<bool>("--gated-backward")
+        {
+            Description = "Only forward + backward tokens/s of GLA, Gated DeltaNet, DeltaNet and KDA at T = 4k and 16k (H = 8, D = 128): " +
+                          "the matrix-product backward against the reverse recurrence, in paired A/B runs (--quick: T = 512).",
+        };
         var command = new Command("linear",
             "Linear / recurrent attention: chunked forward vs the FMA peak, every linear method's prefill tokens/s and decode µs/token " +
             "against exact causal attention (crossover length), decode time per token from 1k to 1M of context.")
-        { json, quick, full, decodeOnly };
-        command.SetAction(parse => Execute(parse.GetValue(json), parse.GetValue(quick), parse.GetValue(full), output, error, parse.GetValue(decodeOnly)));
+        { json, quick, full, decodeOnly, backend, gatedBackward };
+        command.SetAction(parse => parse.GetValue(backend)!.ToLowerInvariant() switch
+        {
+            "cpu" when parse.GetValue(gatedBackward) => BenchLinearGatedBackward.Execute(parse.GetValue(quick), parse.GetValue(quick) ? 1 : 3, output),
+            "cpu" => Execute(parse.GetValue(json), parse.GetValue(quick), parse.GetValue(full), output, error, parse.GetValue(decodeOnly)),
+            "cuda" => CudaLinearBench.Execute(parse.GetValue(json), parse.GetValue(quick), output, error),
+            string other => throw new UserError($"--backend: unknown backend '{other}' (cpu or cuda)."),
+        });
         return command;
     }
 

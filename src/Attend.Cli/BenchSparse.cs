@@ -43,11 +43,18 @@ internal static class BenchSparseCommand
         var heads = new Option<int?>("--heads") { Description = "Query heads (default 4)." };
         var kvHeads = new Option<int?>("--kv-heads") { Description = "Key/value heads (default 1)." };
         var headDim = new Option<int?>("--head-dim") { Description = "Head dimension (default 128; the workloads' structure needs room, see WorkloadGenerator)." };
+        var backend = new Option<string?>("--backend") { Description = "cpu (default) or cuda: selectors on the CPU, kernels on the GPU in bf16 (BenchSparseCuda; defaults H=8/2)." };
         var command = new Command("sparse",
             "Sparse and approximate methods x workloads x lengths: density, attention recall, relative error vs exact, selector and kernel time, " +
             "speed-up over the exact causal kernel; then a sliding-window density sweep (kernel time must follow density).")
-        { json, quick, methods, workloads, lengths, runs, noSweep, heads, kvHeads, headDim };
-        command.SetAction(parse => Execute(parse.GetValue(json), parse.GetValue(quick), parse.GetValue(methods), parse.GetValue(workloads),
+        { json, quick, methods, workloads, lengths, runs, noSweep, heads, kvHeads, headDim, backend };
+        command.SetAction(parse => parse.GetValue(backend)?.ToLowerInvariant() is "cuda"
+            ? BenchSparseCuda.Execute(parse.GetValue(json), parse.GetValue(quick), parse.GetValue(methods), parse.GetValue(workloads),
+                parse.GetValue(lengths), parse.GetValue(runs), parse.GetValue(noSweep),
+                new Shape(parse.GetValue(heads) ?? 8, parse.GetValue(kvHeads) ?? 2, parse.GetValue(headDim) ?? 128), output, error)
+            : parse.GetValue(backend) is { } other && !other.Equals("cpu", StringComparison.OrdinalIgnoreCase)
+                ? throw new UserError($"--backend: unknown backend '{other}' (cpu or cuda).")
+                : Execute(parse.GetValue(json), parse.GetValue(quick), parse.GetValue(methods), parse.GetValue(workloads),
             parse.GetValue(lengths), parse.GetValue(runs), parse.GetValue(noSweep),
             new Shape(parse.GetValue(heads) ?? 4, parse.GetValue(kvHeads) ?? 1, parse.GetValue(headDim) ?? 128), output, error));
         return command;
@@ -188,7 +195,7 @@ internal static class BenchSparseCommand
         return results;
     }
 
-    private static List<IAttentionMethod> SelectMethods(string? list)
+    internal static List<IAttentionMethod> SelectMethods(string? list)
     {
         var all = MethodCatalog.Runnable.Where(m => m.Info.Family is "sparse" or "approximation").ToList();
         if (string.IsNullOrWhiteSpace(list)) return all;
@@ -199,7 +206,7 @@ internal static class BenchSparseCommand
         return chosen;
     }
 
-    private static List<string> SelectWorkloads(string? list, bool quick)
+    internal static List<string> SelectWorkloads(string? list, bool quick)
     {
         List<string> names = string.IsNullOrWhiteSpace(list)
             ? quick ? [WorkloadPresets.Random, WorkloadPresets.Llm] : [WorkloadPresets.Random, WorkloadPresets.Llm, WorkloadPresets.Needle]
@@ -211,7 +218,7 @@ internal static class BenchSparseCommand
         return names;
     }
 
-    private static List<int> SelectLengths(string? list, bool quick)
+    internal static List<int> SelectLengths(string? list, bool quick)
     {
         if (string.IsNullOrWhiteSpace(list)) return quick ? [1024] : [4096, 8192, 16384];
         var lengths = new List<int>();
@@ -292,7 +299,7 @@ internal static class BenchSparseCommand
     // MethodArguments tracks what was read, so every run parses a fresh copy of the same pairs.
     private static MethodArguments Copy(string[] pairs) => MethodArguments.Parse(pairs);
 
-    private static double RelativeError(float[] actual, float[] expected)
+    internal static double RelativeError(float[] actual, float[] expected)
     {
         double num = 0, den = 0;
         for (int i = 0; i < expected.Length; i++)
@@ -312,7 +319,7 @@ internal static class BenchSparseCommand
         return p.TotalProcessorTime;
     }
 
-    private static double Median(List<double> values)
+    internal static double Median(List<double> values)
     {
         var v = values.Order().ToList();
         int n = v.Count;
@@ -320,7 +327,7 @@ internal static class BenchSparseCommand
     }
 
     /// <summary>Exact causal softmax rows in float64 for a fixed sample of (head, query) pairs, reused across methods.</summary>
-    private sealed class RecallSampler
+    internal sealed class RecallSampler
     {
         private readonly List<(int Head, int Query, double[] P)> _rows = [];
         private readonly int _length;

@@ -104,6 +104,7 @@ internal static class CudaBench
         output.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"NVRTC: {KernelCompiler.Compiled} specialisation(s) compiled in {KernelCompiler.TotalCompileSeconds:F2} s, {KernelCompiler.CacheHits} read from the disk cache (not in the times above)"));
         foreach (string line in CudaFlashForward.Describe()) output.WriteLine("  " + line);
+        foreach (string line in CudaDecode.Describe()) output.WriteLine("  " + line);
         if (jsonPath is not null)
         {
             WriteJson(jsonPath, ceilings, results);

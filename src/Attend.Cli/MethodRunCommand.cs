@@ -11,7 +11,11 @@ namespace Attend.Cli;
 internal static class MethodRunCommand
 {
     internal sealed record Request(string Method, string Q, string K, string V, string Out, string? Lse, string? StateOut,
-        string[] Params, string[] Inputs, string? Form);
+        string[] Params, string[] Inputs, string? Form)
+    {
+        /// <summary>cpu (null) or cuda: where the method's kernel calls run (its selector stays on the CPU).</summary>
+        public string? Backend { get; init; }
+    }
 
     internal static int Execute(Request r, TextWriter output)
     {
@@ -38,8 +42,17 @@ internal static class MethodRunCommand
             catch (ArgumentException e) { throw new UserError($"--input: {AttendApp.OneLine(e)}"); }
         }
 
+        bool cuda = string.Equals(r.Backend, "cuda", StringComparison.OrdinalIgnoreCase);
+        if (r.Backend is not null && !cuda && !string.Equals(r.Backend, "cpu", StringComparison.OrdinalIgnoreCase))
+            throw new UserError($"--backend: unknown backend '{r.Backend}' (cpu or cuda).");
+        if (cuda) Attend.Cuda.CudaBackend.Register();
+
         MethodResult result;
-        try { result = method.Run(inputs, arguments); }
+        try { result = method.Run(inputs, arguments, cuda ? "cuda" : null); }
+        catch (NotSupportedException e) when (cuda)
+        {
+            throw new UserError($"--backend cuda: {method.Info.Name}: {AttendApp.OneLine(e)}");
+        }
         catch (ArgumentException e) when (e.ParamName is "q" or "k" or "v")
         {
             string file = e.ParamName switch { "q" => r.Q, "k" => r.K, _ => r.V };
@@ -58,7 +71,7 @@ internal static class MethodRunCommand
         if (r.Lse is not null) written.Add(WriteExtra(result, "lse", r.Lse, method.Info.Name));
         if (r.StateOut is not null) written.Add(WriteExtra(result, "state", r.StateOut, method.Info.Name));
 
-        output.WriteLine($"{method.Info.Name}: wrote {string.Join(", ", written)}");
+        output.WriteLine($"{method.Info.Name}: wrote {string.Join(", ", written)}" + (cuda ? " (kernels on cuda, bf16)" : ""));
         if (result.Density is double density) output.WriteLine($"  density: {density:0.####}");
         if (result.SelectorMs is double ms) output.WriteLine($"  selector_ms: {ms:0.###}");
         foreach (var (key, value) in result.Report) output.WriteLine($"  {key}: {value}");

@@ -22,7 +22,7 @@ internal static class RunCommand
         var scale = new Option<float?>("--scale") { Description = "Score scale; default 1/sqrt(D)." };
         var softcap = new Option<float?>("--softcap") { Description = "Logit soft cap C: C*tanh(s/C)." };
         var variant = new Option<string?>("--variant") { Description = "Force a kernel variant (see `attend methods`)." };
-        var backend = new Option<string?>("--backend") { Description = "cpu (default) or cuda (float32 inputs then run in bf16 on the GPU; the output is written as float32)." };
+        var backend = new Option<string?>("--backend") { Description = "cpu (default) or cuda (float32 inputs then run in bf16 on the GPU; the output is written as float32). With --method: the method's kernel calls run there, its selector on the CPU." };
         var method = new Option<string?>("--method") { Description = "Run a named method (see `attend methods`) instead of exact attention." };
         var param = new Option<string[]>("--param") { Description = "A method parameter name=value (repeatable).", AllowMultipleArgumentsPerToken = false };
         var input = new Option<string[]>("--input") { Description = "A further named input name=file.npy for the method (gates, betas, initial state; repeatable)." };
@@ -38,7 +38,10 @@ internal static class RunCommand
             {
                 var methodRequest = new MethodRunCommand.Request(name, parse.GetValue(q)!, parse.GetValue(k)!, parse.GetValue(v)!,
                     parse.GetValue(outPath)!, parse.GetValue(lse), parse.GetValue(stateOut), parse.GetValue(param) ?? [],
-                    parse.GetValue(input) ?? [], parse.GetValue(form));
+                    parse.GetValue(input) ?? [], parse.GetValue(form))
+                {
+                    Backend = parse.GetValue(backend),
+                };
                 if (parse.GetValue(mask) is not null || parse.GetValue(scale) is not null || parse.GetValue(softcap) is not null || parse.GetValue(variant) is not null)
                     throw new UserError("--mask, --scale, --softcap and --variant apply to exact attention; with --method pass them as --param name=value.");
                 return MethodRunCommand.Execute(methodRequest, output);

@@ -26,7 +26,7 @@ public sealed unsafe class CudaAttentionPlan : IDisposable
         _softcap = score.Softcap ?? 1f;
         if (score.AlibiSlopes is { } slopes && slopes.Length < geometry.Heads)
             throw new ArgumentException($"ALiBi has {slopes.Length} slopes; the call has {geometry.Heads} query heads.", "options");
-        _kernel = CudaFlashForward.Get(context, geometry.Dim, type, score.Softcap is not null, score.AlibiSlopes is not null);
+        _kernel = CudaFlashForward.Get(context, geometry.Dim, type, score.Softcap is not null, score.AlibiSlopes is not null, blocks.PartialHeavy);
         var owned = new List<DeviceBuffer>();
         try
         {

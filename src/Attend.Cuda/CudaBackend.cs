@@ -15,12 +15,14 @@ public static class CudaBackend
     public const string Name = "cuda";
 
     /// <summary>The backend's variants.</summary>
-    public static IReadOnlyList<AttentionKernel> Kernels { get; } = [new CudaFlashKernel()];
+    public static IReadOnlyList<AttentionKernel> Kernels { get; } = [new CudaFlashKernel(), new Sparse.CudaFlashFloat32Kernel()];
 
     /// <summary>Registers the variants (idempotent). Works on machines without a GPU: the variants then say why they cannot run.</summary>
     public static void Register()
     {
         foreach (AttentionKernel k in Kernels) KernelRegistry.Register(k);
+        Attend.Linear.LinearBackends.Register(new Linear.CudaLinearBackend());
+        Attend.Methods.Sparse.ColumnSparseKernels.Register(new Sparse.CudaColumnSparseKernel());
     }
 
     /// <summary>True when the driver loads, initialises and reports at least one device; otherwise <paramref name="reason"/> says why.</summary>

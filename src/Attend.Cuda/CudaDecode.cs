@@ -73,7 +73,23 @@ public static class CudaDecode
         return (int)Math.Max(256, (keys + 255) / 256 * 256);
     }
 
+    /// <summary>
+    /// Dynamic shared memory of the split kernel: its pipeline of 64-key stages of K and V rows (paged_decode.cu's
+    /// STAGE_KEYS and STAGES: 3 stages at D = 128, 4 at D = 64, so two CTAs fit on an SM).
+    /// </summary>
+    internal static int SharedBytes(int dim) => (dim == 128 ? 3 : 4) * 64 * dim * 2 * 2;
+
     private static readonly ConcurrentDictionary<(CudaContext, int, int, int, ElementType), (CudaKernelFunction Split, CudaKernelFunction Merge)> s_loaded = new();
+
+    /// <summary>One line per loaded decode specialisation: head dim, group, page size, registers and local memory of the split kernel.</summary>
+    public static IEnumerable<string> Describe()
+    {
+        foreach (KeyValuePair<(CudaContext, int, int, int, ElementType), (CudaKernelFunction Split, CudaKernelFunction Merge)> entry in s_loaded)
+        {
+            (_, int dim, int group, int pageSize, ElementType type) = entry.Key;
+            yield return $"paged_decode D={dim} group={group} page={pageSize} {type.ShortName()}: split kernel {entry.Value.Split.Registers} registers, {entry.Value.Split.LocalBytes} B local, {SharedBytes(dim)} B shared";
+        }
+    }
 
     /// <summary>Why a decode problem has no kernel (null when it has one).</summary>
     public static string? Unsupported(int heads, int kvHeads, int dim, int pageSize)
@@ -123,11 +139,10 @@ public static class CudaDecode
             [
                 $"-DHEAD_DIM={dim}", $"-DGROUP={group}", $"-DPAGE_SIZE={pageSize}",
                 $"-DELEM_BF16={(type == ElementType.BFloat16 ? 1 : 0)}",
-                $"-DUNROLL={(group <= 4 ? 2 : 1)}", // two keys in flight per lane group where the registers allow
                 "--use_fast_math", "--std=c++17",
             ];
             CompiledKernel image = KernelCompiler.Build("paged_decode.cu", source, options, context.Architecture);
-            return (new CudaKernelFunction(context, image, "attend_decode_split", 0), new CudaKernelFunction(context, image, "attend_decode_merge", 0));
+            return (new CudaKernelFunction(context, image, "attend_decode_split", SharedBytes(dim)), new CudaKernelFunction(context, image, "attend_decode_merge", 0));
         });
 }
 
@@ -206,7 +221,7 @@ public sealed unsafe class CudaDecodePlan : IDisposable
         void** a = stackalloc void*[13];
         a[0] = &pq; a[1] = &pk; a[2] = &pv; a[3] = &pi; a[4] = &px; a[5] = &pl; a[6] = &po; a[7] = &ps;
         a[8] = &batch; a[9] = &heads; a[10] = &kvHeads; a[11] = &scaleLog2; a[12] = &splitKeys;
-        _split.Launch((uint)batch, (uint)kvHeads, (uint)splits, 128, 0, stream, a);
+        _split.Launch((uint)batch, (uint)kvHeads, (uint)splits, 128, (uint)CudaDecode.SharedBytes(_cache.Dim), stream, a);
         void** m = stackalloc void*[7];
         m[0] = &po; m[1] = &ps; m[2] = &splits; m[3] = &batch; m[4] = &heads; m[5] = &pout; m[6] = &plse;
         _merge.Launch((uint)(batch * heads), 1, 1, (uint)q.Dim, 0, stream, m);

@@ -20,10 +20,12 @@ internal static unsafe class CudaFlashBackwardMma
     //   ATTEND_CUDA_BWD_BR=32           query rows per dK/dV step (default 64);
     //   ATTEND_CUDA_BWD_ATOMIC_DQ=1     dQ by float32 atomics from the dK/dV kernel when not Deterministic (measured 0.58×
     //                                   the separate dQ kernel at causal 16k, so off by default);
-    //   ATTEND_CUDA_BWD_SKIP=dkdv       skip the dK/dV launch (timing of Δ + dQ alone; dK and dV stay zero).
+    //   ATTEND_CUDA_BWD_SKIP=dkdv       skip the dK/dV launch (timing of Δ + dQ alone; dK and dV stay zero);
+    //   ATTEND_CUDA_BWD_NOVOLATILE=1    compile the mma.sync asm without `volatile` (mma_tiles.cuh's MMA_NOVOLATILE).
     private static readonly int QueryRowsPerStep = Environment.GetEnvironmentVariable("ATTEND_CUDA_BWD_BR") == "32" ? 32 : 64;
     private static readonly bool AtomicDqAllowed = Environment.GetEnvironmentVariable("ATTEND_CUDA_BWD_ATOMIC_DQ") == "1" && QueryRowsPerStep == 64;
     private static readonly bool SkipDkDv = Environment.GetEnvironmentVariable("ATTEND_CUDA_BWD_SKIP") == "dkdv";
+    private static readonly bool MmaNotVolatile = Environment.GetEnvironmentVariable("ATTEND_CUDA_BWD_NOVOLATILE") == "1";
     private static readonly ConcurrentDictionary<(CudaContext, int, ElementType, bool, bool, bool), (CudaKernelFunction Delta, CudaKernelFunction DkDv, CudaKernelFunction Dq, CudaKernelFunction Convert)> s_loaded = new();
 
     /// <summary>Whether the tensor-core backward takes this head dim (64 or 128: the register budget of the dK/dV accumulators).</summary>
@@ -41,7 +43,7 @@ internal static unsafe class CudaFlashBackwardMma
             string[] options =
             [
                 $"-DHEAD_DIM={d}", $"-DELEM_BF16={(type == ElementType.BFloat16 ? 1 : 0)}", $"-DSOFTCAP={(softcap ? 1 : 0)}", $"-DALIBI={(alibi ? 1 : 0)}",
-                $"-DBR={QueryRowsPerStep}", $"-DDQ_ATOMIC={(atomic ? 1 : 0)}", "--use_fast_math", "--std=c++17",
+                $"-DBR={QueryRowsPerStep}", $"-DDQ_ATOMIC={(atomic ? 1 : 0)}", $"-DMMA_NOVOLATILE={(MmaNotVolatile ? 1 : 0)}", "--use_fast_math", "--std=c++17",
             ];
             CompiledKernel image = KernelCompiler.Build("flash_backward_mma.cu", KernelCompiler.Source("flash_backward_mma.cu"), options, context.Architecture);
             return (new CudaKernelFunction(context, image, "attend_bwdm_delta", 0),

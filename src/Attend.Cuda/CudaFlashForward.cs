@@ -4,7 +4,8 @@ using System.Globalization;
 namespace Attend.Cuda;
 
 /// <summary>
-/// The specialisations of <c>flash_forward.cu</c>: one compiled kernel per (head dim, element type, soft cap, ALiBi),
+/// The specialisations of <c>flash_forward.cu</c>: one compiled kernel per (head dim, element type, soft cap, ALiBi,
+/// partial-heavy plan),
 /// with the tile shape chosen per head dim (docs/CUDA-KERNELS.md records why), loaded once per context.
 /// </summary>
 internal static class CudaFlashForward
@@ -12,7 +13,7 @@ internal static class CudaFlashForward
     public const string SourceFile = "flash_forward.cu";
     public const string EntryPoint = "attend_flash_forward";
 
-    private static readonly ConcurrentDictionary<(CudaContext, int, ElementType, bool, bool), CudaKernelFunction> s_loaded = new();
+    private static readonly ConcurrentDictionary<(CudaContext, int, ElementType, bool, bool, bool), CudaKernelFunction> s_loaded = new();
     private static readonly Lock s_gate = new();
 
     /// <summary>Warps, m16 tiles per warp, and whether Q stays in registers, per head dim (128 query rows in every case).</summary>
@@ -33,8 +34,12 @@ internal static class CudaFlashForward
     /// <summary>Dynamic shared memory: the Q tile and two stages of K and V tiles.</summary>
     public static int SharedBytes(int headDim) => (FlashBlockPlan.QueryBlock * headDim + 4 * FlashBlockPlan.KeyBlock * headDim) * 2;
 
-    /// <summary>The NVRTC options of a specialisation (defines first, then flags).</summary>
-    public static IReadOnlyList<string> Options(int headDim, ElementType type, bool softcap, bool alibi)
+    /// <summary>
+    /// The NVRTC options of a specialisation (defines first, then flags). <paramref name="partialHeavy"/> (a plan whose
+    /// visited blocks are at least 1/8 partial, <see cref="FlashBlockPlan.PartialHeavy"/>) turns on the kernel's
+    /// partial-block switches MASK32 and WSKIP.
+    /// </summary>
+    public static IReadOnlyList<string> Options(int headDim, ElementType type, bool softcap, bool alibi, bool partialHeavy = false)
     {
         (int warps, int mt, bool qreg) = TileShape(headDim);
         return
@@ -47,6 +52,8 @@ internal static class CudaFlashForward
             $"-DQREG={(qreg ? 1 : 0)}",
             $"-DSOFTCAP={(softcap ? 1 : 0)}",
             $"-DALIBI={(alibi ? 1 : 0)}",
+            $"-DMASK32={(partialHeavy ? 1 : 0)}",
+            $"-DWSKIP={(partialHeavy ? 1 : 0)}",
             "--use_fast_math",
             "--std=c++17",
         ];
@@ -56,9 +63,9 @@ internal static class CudaFlashForward
     public static int Threads(int headDim) => TileShape(headDim).Warps * 32;
 
     /// <summary>The loaded kernel of a specialisation (compiled or read from the disk cache on first use).</summary>
-    public static CudaKernelFunction Get(CudaContext context, int headDim, ElementType type, bool softcap, bool alibi)
+    public static CudaKernelFunction Get(CudaContext context, int headDim, ElementType type, bool softcap, bool alibi, bool partialHeavy = false)
     {
-        var key = (context, headDim, type, softcap, alibi);
+        var key = (context, headDim, type, softcap, alibi, partialHeavy);
         if (s_loaded.TryGetValue(key, out CudaKernelFunction? f)) return f;
         lock (s_gate)
         {
@@ -66,7 +73,7 @@ internal static class CudaFlashForward
             int smem = SharedBytes(headDim);
             if (smem > context.MaxSharedBytesPerBlock)
                 throw new NotSupportedException($"head dim {headDim} needs {smem} bytes of shared memory per block; {context.Name} allows {context.MaxSharedBytesPerBlock}.");
-            CompiledKernel image = KernelCompiler.Build(SourceFile, KernelCompiler.Source(SourceFile), Options(headDim, type, softcap, alibi), context.Architecture);
+            CompiledKernel image = KernelCompiler.Build(SourceFile, KernelCompiler.Source(SourceFile), Options(headDim, type, softcap, alibi, partialHeavy), context.Architecture);
             f = new CudaKernelFunction(context, image, EntryPoint, smem);
             s_loaded[key] = f;
             return f;
@@ -76,12 +83,12 @@ internal static class CudaFlashForward
     /// <summary>One line per loaded specialisation: options, registers, local memory, compile time.</summary>
     public static IEnumerable<string> Describe()
     {
-        foreach (KeyValuePair<(CudaContext, int, ElementType, bool, bool), CudaKernelFunction> entry in s_loaded)
+        foreach (KeyValuePair<(CudaContext, int, ElementType, bool, bool, bool), CudaKernelFunction> entry in s_loaded)
         {
-            (_, int d, ElementType type, bool sc, bool al) = entry.Key;
+            (_, int d, ElementType type, bool sc, bool al, bool ph) = entry.Key;
             CudaKernelFunction f = entry.Value;
             string origin = f.Image.FromCache ? "from the disk cache" : string.Create(CultureInfo.InvariantCulture, $"compiled in {f.Image.CompileSeconds:F2} s");
-            yield return $"flash_forward D={d} {type.ShortName()} softcap={sc} alibi={al}: {f.Registers} registers, {f.LocalBytes} B local, {origin}";
+            yield return $"flash_forward D={d} {type.ShortName()} softcap={sc} alibi={al} partial-heavy={ph}: {f.Registers} registers, {f.LocalBytes} B local, {origin}";
         }
     }
 }

@@ -18,7 +18,7 @@ internal sealed class FlashBlockPlan
     /// <summary>Keys per block (≤ 64: one mask word per row).</summary>
     public const int KeyBlock = 64;
 
-    private FlashBlockPlan(int[] rowPtr, int[] items, ulong[] bits, int maxQueryBlocks, bool perSequence, int maskHeads, int maxKeyBlocks)
+    internal FlashBlockPlan(int[] rowPtr, int[] items, ulong[] bits, int maxQueryBlocks, bool perSequence, int maskHeads, int maxKeyBlocks)
     {
         MaxKeyBlocks = maxKeyBlocks;
         (ColumnPtr, ColumnItems) = Transpose(rowPtr, items, maxQueryBlocks, maskHeads, rowPtr.Length == 0 ? 0 : (rowPtr.Length - 1) / Math.Max(1, maskHeads * maxQueryBlocks), maxKeyBlocks);
@@ -91,6 +91,16 @@ internal sealed class FlashBlockPlan
 
     /// <summary>Number of items (visited blocks).</summary>
     public int ItemCount => Items.Length / 2;
+
+    /// <summary>Number of partial items (visited blocks that carry mask words).</summary>
+    public int PartialCount => Bits.Length / QueryBlock;
+
+    /// <summary>
+    /// True when at least 1/8 of the visited blocks are partial (sliding windows, short causal calls): the forward then
+    /// uses its partial-block specialisation (cheaper mask tests; warps skip blocks their rows cannot see), which
+    /// measured faster there and slower on plans made almost only of full blocks.
+    /// </summary>
+    public bool PartialHeavy => PartialCount > 0 && PartialCount * 8L >= ItemCount;
 
     /// <summary>Flattens <paramref name="blocks"/>, evaluating <paramref name="mask"/> on its partial blocks.</summary>
     /// <exception cref="ArgumentException">A block mask of another block size.</exception>

@@ -32,7 +32,7 @@ public static class Attention
         shape.RequireLike<T>(output, nameof(output), shape.QueryTokens, shape.Heads);
         if (!lse.IsEmpty) shape.RequireLse(lse, nameof(lse));
         var problem = Problem<T>(shape, AttentionPass.Forward);
-        AttentionKernel kernel = KernelRegistry.Select(problem, options.Variant, options.Backend);
+        AttentionKernel kernel = KernelRegistry.Select(problem, options.Variant, AttentionBackend.Resolve(options));
         IMaskMod mask = options.Mask ?? options.BlockMask?.Mask ?? new FullMask();
         BlockMask blocks = shape.ResolveBlockMask(options, mask, kernel.QueryBlockSize, kernel.KeyBlockSize);
         fixed (T* pq = &q.GetPinnableReference())
@@ -101,7 +101,7 @@ public static class Attention
         shape.RequireLike<T>(dk, nameof(dk), shape.KeyTokens, shape.KvHeads);
         shape.RequireLike<T>(dv, nameof(dv), shape.KeyTokens, shape.KvHeads);
         var problem = Problem<T>(shape, AttentionPass.Backward);
-        AttentionKernel kernel = KernelRegistry.Select(problem, options.Variant, options.Backend);
+        AttentionKernel kernel = KernelRegistry.Select(problem, options.Variant, AttentionBackend.Resolve(options));
         IMaskMod mask = options.Mask ?? options.BlockMask?.Mask ?? new FullMask();
         BlockMask blocks = shape.ResolveBlockMask(options, mask, kernel.QueryBlockSize, kernel.KeyBlockSize);
         fixed (T* pq = &q.GetPinnableReference())

@@ -48,7 +48,9 @@ public sealed record AttentionOptions
     /// <summary>
     /// The backend to run on: <c>cpu</c> (the default when null) or <c>cuda</c> (after <c>Attend.Cuda.CudaBackend.Register()</c>;
     /// host spans are then copied to the GPU and back). A call picks among that backend's variants only; a
-    /// <see cref="Variant"/> forced by name runs on its own backend.
+    /// <see cref="Variant"/> forced by name runs on its own backend. Float32 host tensors on <c>cuda</c> are rounded to bf16
+    /// on the way in and the output widened back (bf16 precision; forward only). Null also defers to an
+    /// <see cref="AttentionBackend.Use"/> scope, through which whole methods run on a backend.
     /// </summary>
     public string? Backend { get; init; }
 

@@ -16,9 +16,41 @@
 //   SOFTCAP    1 applies cap*tanh(s/cap) to the scaled score
 //   ALIBI      1 subtracts slope[h]*|qpos-kpos|
 // No headers: NVRTC needs none, and conversions are written in PTX.
+//
+// Variant switches (default 0; the host sets MASK32 = WSKIP = 1 for plans whose visited blocks are at least 1/8
+// partial, such as sliding windows, where they measured +2 %; on dense causal they measured −3 % at 32k, so those plans
+// keep the plain code; the others measured slower and stay off; docs/CUDA-KERNELS.md records each; kernel_probe.py
+// sets them to compare variants in one run):
+//   MASK32     1: partial blocks test their mask with one 32-bit shift per row and constant bit tests
+//              (0: a 64-bit shift and two compares per score)
+//   WSKIP      1: on a partial block, a warp whose rows see none of the block's keys skips it (exact)
+//   RSKIP      1: the accumulator rescale is skipped when no row of the warp moved its max (exact: the factor is 1)
+//   MMA_NOVOLATILE 1: the mma.sync asm is not volatile (the compiler may schedule it among the other instructions)
+//   SEPI       1: the epilogue stages the normalised O tile in shared memory (the Q tile's space) and stores it with
+//              coalesced 16-byte writes (0: 4-byte stores straight from the accumulators)
+//   CSKIP      1 (with WSKIP): on a partial block, a warp also skips the QKᵀ and PV products of each 16-key column
+//              group that none of its rows sees (the far half of a diagonal block, the near half at a window's start)
 
 #ifndef HEAD_DIM
 #error "HEAD_DIM must be defined"
+#endif
+#ifndef MASK32
+#define MASK32 0
+#endif
+#ifndef WSKIP
+#define WSKIP 0
+#endif
+#ifndef RSKIP
+#define RSKIP 0
+#endif
+#ifndef CSKIP
+#define CSKIP 0
+#endif
+#ifndef MMA_NOVOLATILE
+#define MMA_NOVOLATILE 0
+#endif
+#ifndef SEPI
+#define SEPI 0
 #endif
 
 #define NT (NWARPS * 32)
@@ -116,6 +148,34 @@ attend_flash_forward(
             load_tile<BLOCK_N>(sV0 + (stage ^ 1) * kvStage, vBase + (long long)kb * BLOCK_N * kStride, kStride, seq.kLen - kb * BLOCK_N, tid);
         }
         cp_async_commit();
+        const int2 item = items[it];
+#if WSKIP
+        // A partial block whose mask hides all of this warp's rows: the warp skips it (no max, sum or output change).
+        bool warpEmpty = false;
+        unsigned colLive = 0xfu;   // 16-key column groups some row of this warp sees
+        if (item.y >= 0)
+        {
+            unsigned lo = 0, hi = 0;
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int half = 0; half < 2; half++)
+                {
+                    const unsigned long long w = bits[(long long)item.y * BLOCK_M + warpRow + mt * 16 + g + half * 8];
+                    lo |= (unsigned)w;
+                    hi |= (unsigned)(w >> 32);
+                }
+#pragma unroll
+            for (int off = 4; off <= 16; off <<= 1)
+            {
+                lo |= __shfl_xor_sync(0xffffffffu, lo, off);
+                hi |= __shfl_xor_sync(0xffffffffu, hi, off);
+            }
+            warpEmpty = (lo | hi) == 0u;
+            colLive = ((lo & 0xffffu) ? 1u : 0u) | ((lo >> 16) ? 2u : 0u) | ((hi & 0xffffu) ? 4u : 0u) | ((hi >> 16) ? 8u : 0u);
+        }
+        (void)colLive;
+#endif
         cp_async_wait<1>();
         __syncthreads();
 
@@ -131,6 +191,10 @@ attend_flash_forward(
         }
 #endif
         const unsigned sK = sK0 + stage * kvStage, sV = sV0 + stage * kvStage;
+#if WSKIP
+        if (!warpEmpty)
+        {
+#endif
 
         // S = Q Kᵀ for this warp's rows.
         float sc[MT][NTILES][4];
@@ -150,6 +214,9 @@ attend_flash_forward(
 #pragma unroll
             for (int np = 0; np < NTILES / 2; np++)
             {
+#if WSKIP && CSKIP
+                if (!((colLive >> np) & 1u)) continue;
+#endif
                 unsigned b0, b1, b2, b3;
                 ldsm_x4(sK + tile_offset(np * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)), b0, b1, b2, b3);
 #pragma unroll
@@ -169,7 +236,6 @@ attend_flash_forward(
         // Score mods (when compiled in) turn raw q·k into base-2 logits; without them the raw score stays and the
         // scale is folded into the exponent's FMA below (LOGIT = raw · UNIT). Full blocks away from the key tail skip
         // the mask entirely; partial blocks read their row's mask word.
-        const int2 item = items[it];
         const int kPos0 = item.x * BLOCK_N;
         const bool tail = kPos0 + BLOCK_N > seq.kLen;
 #if SOFTCAP || ALIBI
@@ -206,8 +272,19 @@ attend_flash_forward(
                 for (int half = 0; half < 2; half++)
                 {
                     const int rIn = warpRow + mt * 16 + g + half * 8; // row within the query block
-                    const unsigned long long word = item.y >= 0 ? bits[(long long)item.y * BLOCK_M + rIn] : ~0ull;
                     const int keysLeft = seq.kLen - kPos0;
+#if MASK32
+                    unsigned long long word = item.y >= 0 ? bits[(long long)item.y * BLOCK_M + rIn] : ~0ull;
+                    if (keysLeft < 64) word &= (1ull << keysLeft) - 1ull;   // keys past the end (keysLeft >= 1)
+                    // This thread's columns are j*8 + 2t + e: one shift by 2t, then every test is of a constant bit.
+                    const unsigned lo = (unsigned)word >> (2 * t), hi = (unsigned)(word >> 32) >> (2 * t);
+#pragma unroll
+                    for (int j = 0; j < NTILES; j++)
+#pragma unroll
+                        for (int e = 0; e < 2; e++)
+                            if (((j < 4 ? lo : hi) & (1u << ((j & 3) * 8 + e))) == 0u) sc[mt][j][half * 2 + e] = NEG_INF;
+#else
+                    const unsigned long long word = item.y >= 0 ? bits[(long long)item.y * BLOCK_M + rIn] : ~0ull;
 #pragma unroll
                     for (int j = 0; j < NTILES; j++)
 #pragma unroll
@@ -217,11 +294,16 @@ attend_flash_forward(
                             const bool visible = ((word >> c) & 1ull) != 0ull && c < keysLeft;
                             if (!visible) sc[mt][j][half * 2 + e] = NEG_INF;
                         }
+#endif
                 }
         }
         (void)shift;
 
         // Online softmax: per row, new max, rescale, exponentiate (row sums stay per thread until the end).
+#if RSKIP
+        float corrs[MT][2];
+        bool moved = false;
+#endif
 #pragma unroll
         for (int mt = 0; mt < MT; mt++)
         {
@@ -247,19 +329,42 @@ attend_flash_forward(
                     sum += p0 + p1;
                 }
                 lrow[mt][half] = lrow[mt][half] * corr + sum;
+#if RSKIP
+                corrs[mt][half] = corr;
+                moved |= corr != 1.f;
+#else
 #pragma unroll
                 for (int j = 0; j < DTILES; j++)
                 {
                     acc[mt][j][half * 2] *= corr;
                     acc[mt][j][half * 2 + 1] *= corr;
                 }
+#endif
             }
         }
+#if RSKIP
+        if (__any_sync(0xffffffffu, moved))
+        {
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int j = 0; j < DTILES; j++)
+                {
+                    acc[mt][j][0] *= corrs[mt][0];
+                    acc[mt][j][1] *= corrs[mt][0];
+                    acc[mt][j][2] *= corrs[mt][1];
+                    acc[mt][j][3] *= corrs[mt][1];
+                }
+        }
+#endif
 
         // O += P V: the score accumulators of two adjacent key tiles are exactly an A fragment.
 #pragma unroll
         for (int kk = 0; kk < BLOCK_N / 16; kk++)
         {
+#if WSKIP && CSKIP
+            if (!((colLive >> kk) & 1u)) continue;
+#endif
             unsigned pa[MT][4];
 #pragma unroll
             for (int mt = 0; mt < MT; mt++)
@@ -282,9 +387,15 @@ attend_flash_forward(
                 }
             }
         }
+#if WSKIP
+        }
+#endif
         __syncthreads(); // every warp is done with this stage before the next iteration refills it
     }
     cp_async_wait<0>();
+#if SEPI
+    __syncthreads();   // every warp is past its last read of the Q tile, whose space now takes the output tile
+#endif
 
     // Finish: full row sums, normalise, store output and LSE (natural log). Fully masked rows: 0 and −∞.
 #pragma unroll
@@ -299,12 +410,21 @@ attend_flash_forward(
             const float inv = l > 0.f ? 1.f / l : 0.f;
             const int rIn = warpRow + mt * 16 + g + half * 8;
             const int rSeq = qRow0 + rIn;
+#if SEPI
+            // Conflict-free: the 8 rows of a store sit in 8 different 16-byte chunk columns of the swizzled tile.
+#pragma unroll
+            for (int j = 0; j < DTILES; j++)
+                asm volatile("st.shared.b32 [%0], %1;\n" :: "r"(sQ + tile_offset(rIn, j) + 4 * t),
+                             "r"(pack2(acc[mt][j][half * 2] * inv, acc[mt][j][half * 2 + 1] * inv)));
+#endif
             if (rSeq < seq.qLen)
             {
+#if !SEPI
                 elem_t* out = O + ((long long)seq.batch * tokensQ + seq.qStart + rSeq) * qStride + (long long)h * HEAD_DIM;
 #pragma unroll
                 for (int j = 0; j < DTILES; j++)
                     *(unsigned*)(out + j * 8 + 2 * t) = pack2(acc[mt][j][half * 2] * inv, acc[mt][j][half * 2 + 1] * inv);
+#endif
                 if (t == 0 && Lse != 0)
                 {
                     const float lse = l > 0.f ? (mrow[mt][half] * UNIT + __log2f(l)) * 0.6931471805599453f : NEG_INF;
@@ -313,4 +433,19 @@ attend_flash_forward(
             }
         }
     }
+#if SEPI
+    __syncthreads();
+    elem_t* oBase = O + ((long long)seq.batch * tokensQ + seq.qStart + qRow0) * qStride + (long long)h * HEAD_DIM;
+#pragma unroll
+    for (int i = 0; i < BLOCK_M * DC / NT; i++)
+    {
+        const int idx = tid + i * NT, r = idx / DC, c = idx % DC;
+        if (qRow0 + r < seq.qLen)
+        {
+            uint4 v;
+            asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(sQ + tile_offset(r, c)));
+            *(uint4*)(oBase + (long long)r * qStride + c * 8) = v;
+        }
+    }
+#endif
 }

@@ -17,7 +17,7 @@ namespace Attend.Linear;
 /// Methods of the family (Methods/Linear) call this and never a kernel class. The output of token t includes token t
 /// itself (causal, inclusive). With a denominator the state holds the normaliser sum z as an extra last column.
 /// </remarks>
-public static class LinearAttention
+public static partial class LinearAttention
 {
     /// <summary>Computes the outputs <c>[B, T, H, Dv]</c> and, when <paramref name="finalState"/> is not empty, the final states.</summary>
     /// <param name="inputs">Q, K, V, optional gates, β, initial state and varlen offsets.</param>
@@ -31,6 +31,12 @@ public static class LinearAttention
         LinearShape s = c.Shape;
         LinearConfig.CheckOutput("output", output.Length, (long)s.Batch * s.Tokens * s.Heads * s.ValueDim, "[B, T, H, Dv]", optional: false);
         LinearConfig.CheckOutput("finalState", finalState.Length, c.StateLength, $"[N, H, Df = {c.FeatureDim}, Dv' = {c.StateColumns}]", optional: true);
+
+        if (c.Form != LinearForm.Naive && IsOtherBackend(options))
+        {
+            LinearBackends.Get(options!.Backend!).Forward(inputs, options, output, finalState);
+            return;
+        }
 
         if (c.Form == LinearForm.Naive)
         {
@@ -68,9 +74,12 @@ public static class LinearAttention
     /// <summary>
     /// Gradients of <c>L = Σ outputGradient·O + Σ finalStateGradient·S_T</c> with respect to q, k, v, the gates, β and
     /// the initial state (each written only when its span is not empty). <see cref="LinearForm.Chunked"/>: chunked
-    /// matrix products for the additive rule with no or a fixed decay, else the chunk-checkpointed reverse recurrence
-    /// (float32); <see cref="LinearForm.Recurrent"/>: the reverse recurrence; <see cref="LinearForm.Naive"/>: the
-    /// float64 reference.
+    /// matrix products (every rule and decay, except the delta rules with feature width below 64; a sequence and head
+    /// whose channel gate's cumulative value inside a chunk falls below −60 takes the chunk-checkpointed reverse
+    /// recurrence, float32, as do those delta rules); <see cref="LinearForm.Recurrent"/>: the reverse recurrence;
+    /// <see cref="LinearForm.Naive"/>: the float64 reference. With <see cref="LinearAttentionOptions.Backend"/> naming a
+    /// registered backend, that backend's backward runs (CUDA: the chunked form with no or a fixed decay; it throws
+    /// <see cref="NotSupportedException"/> with the reason for the rest).
     /// </summary>
     /// <param name="inputs">The forward inputs.</param>
     /// <param name="options">The forward options.</param>
@@ -78,6 +87,7 @@ public static class LinearAttention
     /// <param name="finalStateGradient">dL/dS_T (the state's shape), or empty.</param>
     /// <param name="gradients">Where the gradients go.</param>
     /// <exception cref="ArgumentException">A mis-shaped tensor or an invalid option.</exception>
+    /// <exception cref="NotSupportedException">The named backend has no backward for this configuration.</exception>
     public static unsafe void Backward(in LinearInputs inputs, LinearAttentionOptions? options, ReadOnlySpan<float> outputGradient,
         ReadOnlySpan<float> finalStateGradient, in LinearGradients gradients)
     {
@@ -93,6 +103,12 @@ public static class LinearAttention
         LinearConfig.CheckOutput("gradients.Gate", gradients.Gate.Length, inputs.Gate.Length, "the gate's shape", optional: true);
         LinearConfig.CheckOutput("gradients.Beta", gradients.Beta.Length, inputs.Beta.Length, "β's shape", optional: true);
         LinearConfig.CheckOutput("gradients.InitialState", gradients.InitialState.Length, c.StateLength, "the state's shape", optional: true);
+
+        if (c.Form != LinearForm.Naive && IsOtherBackend(options))
+        {
+            LinearBackends.Get(options!.Backend!).Backward(inputs, options, outputGradient, finalStateGradient, gradients);
+            return;
+        }
 
         if (c.Form == LinearForm.Naive)
         {
@@ -133,9 +149,17 @@ public static class LinearAttention
                 Q = pdq, K = pdk, V = pdv, Gate = inputs.Gate.IsEmpty ? null : pdg, Beta = inputs.Beta.IsEmpty ? null : pdb,
                 InitialState = pds0,
             };
-            // The chunked form's backward is a chain of matrix products where it exists (additive rule, no or fixed
-            // decay); gates and the delta rules (and the recurrent form) reverse the recurrence.
+            // The chunked form's backward is a chain of matrix products: the additive rule with no or a fixed decay, then
+            // gates and the delta rules (a channel gate only where it factorises, else per sequence and head the reverse
+            // recurrence); the recurrent form reverses the recurrence.
             if (c.Form == LinearForm.Chunked && ChunkedBackwardKernel.Supports(c)) ChunkedBackwardKernel.Run(problem, targets);
+            else if (c.Form == LinearForm.Chunked && ChunkedGatedBackwardKernel.Supports(c) && GatedBackward switch
+                     {
+                         GatedBackwardPath.MatrixProducts => true,
+                         GatedBackwardPath.ReverseRecurrence => false,
+                         _ => ChunkedGatedBackwardKernel.Preferred(c),
+                     })
+                ChunkedGatedBackwardKernel.Run(problem, targets);
             else StateBackwardKernel.Run(problem, targets);
         }
 
@@ -182,6 +206,9 @@ public static class LinearAttention
         if (!gradients.Beta.IsEmpty) dBeta.CopyTo(gradients.Beta);
         if (!gradients.InitialState.IsEmpty) dS0.CopyTo(gradients.InitialState);
     }
+
+    private static bool IsOtherBackend(LinearAttentionOptions? options) =>
+        options?.Backend is { } name && !name.Equals("cpu", StringComparison.OrdinalIgnoreCase);
 
     private static void Narrow(double[] source, Span<float> destination)
     {

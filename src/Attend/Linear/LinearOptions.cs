@@ -104,6 +104,13 @@ public sealed record LinearAttentionOptions
 
     /// <summary>Worker threads; default all cores.</summary>
     public int? Threads { get; init; }
+
+    /// <summary>
+    /// Where the chunked or recurrent form runs: null or <c>cpu</c> for this engine, else a registered
+    /// <see cref="ILinearAttentionBackend"/> (e.g. <c>cuda</c> once <c>Attend.Cuda.CudaBackend.Register()</c> ran). The naive form
+    /// always runs on the CPU.
+    /// </summary>
+    public string? Backend { get; init; }
 }
 
 /// <summary>

@@ -95,6 +95,22 @@ public class FlashBlockPlanTests
         Assert.Contains("128x64", e.Message);
     }
 
+    [Theory]
+    [InlineData("window:1024,0", 4096, true)]   // 18 blocks per query block, 4 of them partial
+    [InlineData("causal", 4096, false)]          // 2 partial blocks per query block of up to 64
+    [InlineData("causal", 300, true)]            // short: mostly diagonal blocks
+    [InlineData("full", 4096, false)]            // no partial block at all
+    public void PartialHeavyFollowsTheShareOfPartialBlocks(string spec, int t, bool heavy)
+    {
+        IMaskMod mask = MaskSpec.Parse(spec, t) ?? new FullMask();
+        FlashBlockPlan plan = Build(BlockMask.Create(mask, t, t, 1, 1, Bq, Bk), mask);
+        int partial = 0;
+        for (int it = 0; it < plan.ItemCount; it++) if (plan.Items[2 * it + 1] >= 0) partial++;
+        Assert.Equal(partial, plan.PartialCount);
+        Assert.Equal(heavy, plan.PartialHeavy);
+        Assert.Equal(partial > 0 && 8 * partial >= plan.ItemCount, plan.PartialHeavy);
+    }
+
     private static FlashBlockPlan Build(BlockMask blocks, IMaskMod mask)
     {
         var visitor = new Builder(blocks);

@@ -61,6 +61,11 @@ public class KernelBuildTests
         Assert.Contains("-DELEM_BF16=0", CudaFlashForward.Options(128, ElementType.Float16, false, false));
         Assert.Contains("-DALIBI=1", CudaFlashForward.Options(64, ElementType.BFloat16, false, true));
         Assert.Contains("-DSOFTCAP=1", CudaFlashForward.Options(256, ElementType.BFloat16, true, false));
+        Assert.Contains("-DWSKIP=0", bf16);
+        Assert.Contains("-DMASK32=0", bf16);
+        IReadOnlyList<string> heavy = CudaFlashForward.Options(128, ElementType.BFloat16, false, false, partialHeavy: true);
+        Assert.Contains("-DWSKIP=1", heavy);
+        Assert.Contains("-DMASK32=1", heavy);
     }
 
     [Theory]

@@ -77,4 +77,17 @@ public class LinearCliTests
         }
         Assert.Contains(results, r => r.GetProperty("method").GetString() == "core" && r.GetProperty("peak_fraction").ValueKind == JsonValueKind.Number);
     }
+
+    [Fact]
+    public void BenchGatedBackwardComparesBothBackwardsAndTheyAgree()
+    {
+        var (code, output, err) = CliHarness.Run("bench", "linear", "--gated-backward", "--quick");
+        Assert.True(code == 0, err + output);
+        foreach (string method in new[] { "gla", "gated-deltanet", "deltanet", "kda" })
+        {
+            string line = output.Split('\n').Single(l => l.StartsWith(method + " ", StringComparison.Ordinal));
+            string diff = line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[^2];
+            Assert.True(double.Parse(diff, System.Globalization.CultureInfo.InvariantCulture) < 1e-4, line);
+        }
+    }
 }

@@ -40,7 +40,7 @@ public sealed record KernelizedRpeOptions
 /// h / (H / Hkv) serves query head h; the bias is per query head.</para>
 /// <para>Bias layout <c>[H, 2R − 1]</c>: b_d for d = j − i ∈ (−R, R) at index d + R − 1, R ≥ the longest sequence.</para>
 /// </remarks>
-public static unsafe class KernelizedRpe
+public static unsafe partial class KernelizedRpe
 {
     /// <summary>A seeded Gaussian feature matrix <c>[m, Dk]</c> (Box–Muller on <see cref="Random"/>(seed)).</summary>
     public static float[] RandomFeatures(int features, int keyDim, int seed)

@@ -38,7 +38,7 @@ public sealed record LocalLinearAttentionOptions
 /// reproduced, so there is no recurrent form (LLA's state is the whole KV prefix, as softmax attention's is).
 /// Grouped-query: key/value head h / (H / Hkv) serves query head h.</para>
 /// </remarks>
-public static unsafe class LocalLinearAttention
+public static unsafe partial class LocalLinearAttention
 {
     /// <summary>LLA of <paramref name="q"/>, <paramref name="k"/>, <paramref name="v"/> into <paramref name="output"/> <c>[B, T, H, Dv]</c> (causal).</summary>
     /// <exception cref="ArgumentException">Mis-sized spans, or λ ≤ 0; the message names it.</exception>
@@ -82,51 +82,14 @@ public static unsafe class LocalLinearAttention
             int start = Shape.Start(n), dk = Shape.KeyDim, dv = Shape.ValueDim, count = row + 1;
             // The covariances are two products over the prefix, Σ = Xᵀ·X and C = Yᵀ·X with X = √s ⊙ (K − k̄) and
             // Y = √s ⊙ (V − v̄), done by the register-blocked TileGemm (its padding: rows to 4, columns to 4 vectors).
-            int dkp = RoundUp(dk, 4 * VectorWidth), dkr = RoundUp(dk, 4), dvr = RoundUp(dv, 4);
+            int dkp = Round(dk, 4 * Width), dkr = Round(dk, 4), dvr = Round(dv, 4);
             long need = (long)count + 2L * dk + 2L * dv + (long)dkr * dkp + (long)dvr * dkp + (long)count * dkp + (long)(dkr + dvr) * count;
             float* buf = Scratch.Get(need);
             float* s = buf, kbar = s + count, diff = kbar + dk, vbar = diff + dk, dvv = vbar + dv;
             float* sigma = dvv + dv, cross = sigma + (long)dkr * dkp, x = cross + (long)dvr * dkp, xt = x + (long)count * dkp, yt = xt + (long)dkr * count;
             var qi = new ReadOnlySpan<float>(Q + Shape.Q(start + row, h), dk);
-
-            // Pass 1: weights and weighted means.
-            float max = float.NegativeInfinity;
-            for (int j = 0; j < count; j++)
-            {
-                s[j] = Scale * TensorPrimitives.Dot(qi, new ReadOnlySpan<float>(K + Shape.K(start + j, g), dk));
-                max = MathF.Max(max, s[j]);
-            }
-            var weights = new Span<float>(s, count);
-            TensorPrimitives.Subtract(weights, max, weights);
-            TensorPrimitives.Exp(weights, weights);
-            TensorPrimitives.Multiply(weights, 1 / TensorPrimitives.Sum(weights), weights);
-            var kb = new Span<float>(kbar, dk);
-            var vb = new Span<float>(vbar, dv);
-            kb.Clear();
-            vb.Clear();
-            for (int j = 0; j < count; j++)
-            {
-                TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(K + Shape.K(start + j, g), dk), s[j], kb, kb);
-                TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(V + Shape.V(start + j, g), dv), s[j], vb, vb);
-            }
-
-            // Pass 2: the centred, √s-weighted rows (X row-major and transposed, Y transposed; padding zero), then the products.
-            new Span<float>(x, (int)((long)count * dkp)).Clear();
-            new Span<float>(xt, (int)((long)(dkr + dvr) * count)).Clear();
-            for (int j = 0; j < count; j++)
-            {
-                float r = MathF.Sqrt(s[j]);
-                float* xj = x + (long)j * dkp, kj = K + Shape.K(start + j, g), vj = V + Shape.V(start + j, g);
-                for (int c = 0; c < dk; c++)
-                {
-                    float e = r * (kj[c] - kbar[c]);
-                    xj[c] = e;
-                    xt[(long)c * count + j] = e;
-                }
-                for (int o = 0; o < dv; o++) yt[(long)o * count + j] = r * (vj[o] - vbar[o]);
-            }
-            Gemm(xt, count, x, dkp, sigma, dkp, dkr, dkp, count);
-            Gemm(yt, count, x, dkp, cross, dkp, dvr, dkp, count);
+            Moments(Shape, K, V, start, g, Q + Shape.Q(start + row, h), count, Scale, s, kbar, vbar);
+            Covariances(Shape, K, V, start, g, count, s, kbar, vbar, x, xt, yt, sigma, cross, dkp, dkr, dvr);
 
             // Solve (Σ + λI) z = q − k̄ in float64 (Cholesky; the matrix is symmetric positive definite for λ > 0).
             double[] a2 = t_system is { } cached && cached.Length >= dk * dk + 2 * dk ? cached : (t_system = new double[dk * dk + 2 * dk]);
@@ -141,9 +104,62 @@ public static unsafe class LocalLinearAttention
             for (int o = 0; o < dv; o++) o2[o] = vbar[o] + TensorPrimitives.Dot(new ReadOnlySpan<float>(cross + (long)o * dkp, dk), zf);
         }
 
-        private static int VectorWidth => Isa512.IsSupported ? Isa512.Width : Isa256.IsSupported ? Isa256.Width : Isa128.Width;
+        internal static int Width => Isa512.IsSupported ? Isa512.Width : Isa256.IsSupported ? Isa256.Width : Isa128.Width;
 
-        private static int RoundUp(int x, int to) => (x + to - 1) / to * to;
+        internal static int Round(int x, int to) => (x + to - 1) / to * to;
+
+        /// <summary>Pass 1 of a query row: the softmax weights s of scale·q·k over the prefix and the weighted means k̄, v̄.</summary>
+        internal static void Moments(LinearExtraShape shape, float* k, float* v, int start, int g, float* q, int count, float scale,
+            float* s, float* kbar, float* vbar)
+        {
+            int dk = shape.KeyDim, dv = shape.ValueDim;
+            var qi = new ReadOnlySpan<float>(q, dk);
+            float max = float.NegativeInfinity;
+            for (int j = 0; j < count; j++)
+            {
+                s[j] = scale * TensorPrimitives.Dot(qi, new ReadOnlySpan<float>(k + shape.K(start + j, g), dk));
+                max = MathF.Max(max, s[j]);
+            }
+            var weights = new Span<float>(s, count);
+            TensorPrimitives.Subtract(weights, max, weights);
+            TensorPrimitives.Exp(weights, weights);
+            TensorPrimitives.Multiply(weights, 1 / TensorPrimitives.Sum(weights), weights);
+            var kb = new Span<float>(kbar, dk);
+            var vb = new Span<float>(vbar, dv);
+            kb.Clear();
+            vb.Clear();
+            for (int j = 0; j < count; j++)
+            {
+                TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(k + shape.K(start + j, g), dk), s[j], kb, kb);
+                TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(v + shape.V(start + j, g), dv), s[j], vb, vb);
+            }
+        }
+
+        /// <summary>
+        /// Pass 2: the centred, √s-weighted rows (X row-major and transposed, Y transposed; padding zero), then
+        /// Σ = XᵀX <c>[dkr][dkp]</c> and C = YᵀX <c>[dvr][dkp]</c>.
+        /// </summary>
+        internal static void Covariances(LinearExtraShape shape, float* k, float* v, int start, int g, int count, float* s, float* kbar, float* vbar,
+            float* x, float* xt, float* yt, float* sigma, float* cross, int dkp, int dkr, int dvr)
+        {
+            int dk = shape.KeyDim, dv = shape.ValueDim;
+            new Span<float>(x, (int)((long)count * dkp)).Clear();
+            new Span<float>(xt, (int)((long)(dkr + dvr) * count)).Clear();
+            for (int j = 0; j < count; j++)
+            {
+                float r = MathF.Sqrt(s[j]);
+                float* xj = x + (long)j * dkp, kj = k + shape.K(start + j, g), vj = v + shape.V(start + j, g);
+                for (int c = 0; c < dk; c++)
+                {
+                    float e = r * (kj[c] - kbar[c]);
+                    xj[c] = e;
+                    xt[(long)c * count + j] = e;
+                }
+                for (int o = 0; o < dv; o++) yt[(long)o * count + j] = r * (vj[o] - vbar[o]);
+            }
+            Gemm(xt, count, x, dkp, sigma, dkp, dkr, dkp, count);
+            Gemm(yt, count, x, dkp, cross, dkp, dvr, dkp, count);
+        }
 
         // C[m, n] = A[m, k]·B[k, n] on the widest vectors the machine has.
         private static void Gemm(float* a, int lda, float* b, int ldb, float* c, int ldc, int m, int n, int k)
@@ -155,6 +171,13 @@ public static unsafe class LocalLinearAttention
 
         // In place: a (upper triangle, row-major d×d) becomes its Cholesky factor Rᵀ·R; b becomes a⁻¹·b.
         private static void CholeskySolve(double[] a, int d, Span<double> b)
+        {
+            Cholesky(a, d);
+            CholeskySolveFactored(a, d, b);
+        }
+
+        /// <summary>In place: the upper triangle of a (row-major d×d, symmetric positive definite) becomes R with a = Rᵀ·R.</summary>
+        internal static void Cholesky(double[] a, int d)
         {
             for (int j = 0; j < d; j++)
             {
@@ -169,6 +192,11 @@ public static unsafe class LocalLinearAttention
                     a[j * d + c] = x / diag;
                 }
             }
+        }
+
+        /// <summary>b ← (RᵀR)⁻¹·b for the factor R that <see cref="Cholesky"/> left in a.</summary>
+        internal static void CholeskySolveFactored(double[] a, int d, Span<double> b)
+        {
             for (int r = 0; r < d; r++) // Rᵀ y = b
             {
                 double x = b[r];

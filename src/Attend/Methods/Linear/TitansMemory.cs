@@ -72,7 +72,7 @@ public readonly ref struct TitansGates(ReadOnlySpan<float> Alpha, ReadOnlySpan<f
 /// as a float, in [0, b)). Without an initial state, W1 and W2 start as truncated identities and S as 0
 /// (<see cref="InitialState"/>): a memory of zeros would never move, since both its gradients would be 0.</para>
 /// </remarks>
-public static unsafe class TitansMemory
+public static unsafe partial class TitansMemory
 {
     /// <summary>Floats of one memory: W1, W2, S1, S2, G1, G2 and the position in the chunk.</summary>
     public static int StateRow(int keyDim, int hidden, int valueDim) => 3 * (hidden * keyDim + valueDim * hidden) + 1;

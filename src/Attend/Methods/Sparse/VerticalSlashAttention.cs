@@ -11,7 +11,9 @@ namespace Attend.Methods.Sparse;
 /// <remarks>
 /// Layout [B, T, H, D] with any strides in the first three dimensions, grouped-query K/V, varlen through
 /// <see cref="AttentionOptions.QueryOffsets"/>. The plan is causal by definition; <see cref="AttentionOptions.Mask"/>,
-/// score mods, soft cap and a block mask are not supported here (an exception says so). Forward only.
+/// score mods, soft cap and a block mask are not supported here (an exception says so). Forward only. On another
+/// backend (<see cref="AttentionOptions.Backend"/> or the <see cref="AttentionBackend"/> scope) the call goes to its
+/// registered <see cref="ColumnSparseKernel"/> (CUDA: <c>column_sparse_forward.cu</c>).
 /// </remarks>
 public static class VerticalSlashAttention
 {
@@ -37,6 +39,16 @@ public static class VerticalSlashAttention
             throw new ArgumentOutOfRangeException(nameof(options), n, "options.MaxThreads must be ≥ 1.");
         int threads = Math.Min(options.MaxThreads ?? Environment.ProcessorCount, Environment.ProcessorCount);
         float scale = options.Scale ?? 1f / MathF.Sqrt(shape.Dim);
+        if (OtherBackend(options, shape.Dim, ElementTypes.Of<T>()) is { } device)
+        {
+            fixed (T* pq = &q.GetPinnableReference())
+            fixed (T* pk = &k.GetPinnableReference())
+            fixed (T* pv = &v.GetPinnableReference())
+            fixed (T* po = &output.GetPinnableReference())
+            fixed (float* pl = &lse.GetPinnableReference())
+                device.Forward(shape, Views.Of(q, pq), Views.Of(k, pk), Views.Of(v, pv), Views.Of<T>(output, po), Views.Lse(lse, pl), plan, scale);
+            return;
+        }
         fixed (T* pq = &q.GetPinnableReference())
         fixed (T* pk = &k.GetPinnableReference())
         fixed (T* pv = &v.GetPinnableReference())
@@ -117,6 +129,18 @@ public static class VerticalSlashAttention
             }
         }
         return result;
+    }
+
+    // The registered kernel of the call's backend (options, else the AttentionBackend scope), or null for the CPU.
+    private static ColumnSparseKernel? OtherBackend(AttentionOptions options, int headDim, ElementType type)
+    {
+        string? backend = AttentionBackend.Resolve(options);
+        if (backend is null || string.Equals(backend, KernelRegistry.DefaultBackend, StringComparison.OrdinalIgnoreCase)) return null;
+        ColumnSparseKernel kernel = ColumnSparseKernels.Find(backend)
+            ?? throw new ArgumentException($"No token-level sparse kernel of backend '{backend}' is registered.", "options.Backend");
+        if (!kernel.IsSupported(type, headDim, out string why))
+            throw new NotSupportedException($"The token-level sparse kernel of backend '{backend}' cannot run this call: {why}");
+        return kernel;
     }
 
     private static AttentionShape Validate<T>(in ReadOnlyTensorSpan<T> q, in ReadOnlyTensorSpan<T> k, in ReadOnlyTensorSpan<T> v,

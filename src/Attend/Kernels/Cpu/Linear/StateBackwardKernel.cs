@@ -55,7 +55,7 @@ internal static unsafe class StateBackwardKernel
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Item<TIsa, TVec>(StateProblem p, StateGradients gr, int item)
+    internal static void Item<TIsa, TVec>(StateProblem p, StateGradients gr, int item)
         where TIsa : struct, IVectorIsa<TVec>
         where TVec : unmanaged
     {

@@ -1,0 +1,459 @@
+using System.Runtime.InteropServices;
+using Attend.Linear;
+
+namespace Attend.Cuda.Linear;
+
+/// <summary>
+/// A linear-attention call prepared for the GPU (additive update, identity feature map, no normalisation; decay none,
+/// a fixed scalar per head, a scalar gate per token or a gate per key channel): the segment table, the per-head decays
+/// and the scratch for the segments' local states uploaded once, the kernel loaded. <see cref="Run"/> then only
+/// launches. Tensors stay on the device: q <c>[B, T, H, Dk]</c>, k <c>[B, T, Hkv, Dk]</c>, v <c>[B, T, Hkv, Dv]</c>,
+/// output <c>[B, T, H, Dv]</c> in bf16 or fp16; gates (log α ≤ 0), initial and final states <c>[N, H, Dk, Dv]</c> in
+/// float32. A varlen call (offsets) has B = 1 and one state per sequence.
+/// </summary>
+/// <remarks>
+/// The chunked form splits each sequence into segments of whole 64-token chunks so the grid fills the GPU: the local
+/// states of all but the last segment are computed first (pass 0), then every segment starts from the sequence's
+/// initial state folded with the local states before it and writes its outputs (pass 1). The recurrent form walks the
+/// tokens one by one with the state in registers (decode). <see cref="LinearAttentionOptions.ChunkSize"/> and
+/// <see cref="LinearAttentionOptions.Threads"/> apply to the CPU engine only: the CUDA chunk is 64 tokens.
+/// </remarks>
+public sealed unsafe class CudaLinearPlan : IDisposable
+{
+    private const int MaxSegmentsPerSequence = 32;
+    private readonly CudaContext _context;
+    private readonly CudaKernelFunction _kernel;
+    private readonly CudaLinearGate _gate;
+    private readonly DeviceBuffer _segments, _partSegments, _partState, _partDecay, _headLogDecay;
+    private readonly int _segmentCount, _partCount, _sequences;
+    private readonly float _scale;
+    private readonly int[] _starts, _lengths;
+    // The backward's tables and checkpoints, made at its first call: the chunk table, the segments' local state
+    // gradients, the state at each chunk's start and the state gradient at each chunk's end ([chunks, H, Dk, Dv] in the element type).
+    private DeviceBuffer? _chunkTable, _partStateGradient, _chunkStates, _chunkStateGradients;
+    private int _chunkCount;
+
+    /// <summary>Plans a call of <paramref name="shape"/> with <paramref name="options"/> (form chunked or recurrent).</summary>
+    /// <exception cref="NotSupportedException">A configuration the CUDA kernels do not compute; the message says why.</exception>
+    /// <exception cref="ArgumentException">Invalid options or offsets (as on the CPU).</exception>
+    public CudaLinearPlan(CudaContext context, LinearShape shape, ElementType elementType, LinearAttentionOptions? options, SeqOffsets? offsets = null)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        options ??= new LinearAttentionOptions();
+        if (!IsSupported(shape, elementType, options, out string reason)) throw new NotSupportedException(reason);
+        if (shape.Batch < 0 || shape.Tokens < 0 || shape.Heads <= 0 || shape.KvHeads <= 0 || shape.Heads % shape.KvHeads != 0)
+            throw new ArgumentException($"Shape {shape}: B and T must not be negative and H must be a positive multiple of Hkv.", nameof(shape));
+        if (offsets is not null && (shape.Batch != 1 || offsets.TotalTokens != shape.Tokens))
+            throw new ArgumentException($"A varlen call needs B = 1 and offsets covering T = {shape.Tokens} tokens; got B = {shape.Batch}, {offsets.TotalTokens} tokens.", nameof(offsets));
+        _context = context;
+        Shape = shape;
+        ElementType = elementType;
+        Form = options.Form ?? LinearForm.Chunked;
+        _scale = options.Scale ?? 1f;
+        if (!float.IsFinite(_scale)) throw new ArgumentException($"Scale must be finite; got {_scale}.", nameof(options));
+        Decay = options.Decay ?? (options.HeadDecay != null ? LinearDecay.FixedPerHead : LinearDecay.None);
+        _gate = Decay switch
+        {
+            LinearDecay.None => CudaLinearGate.None,
+            LinearDecay.ChannelGate => CudaLinearGate.Channel,
+            _ => CudaLinearGate.Scalar,
+        };
+        float[] logDecay = [0f];
+        if (Decay == LinearDecay.FixedPerHead)
+        {
+            IReadOnlyList<float> gamma = options.HeadDecay ?? throw new ArgumentException("Decay FixedPerHead needs HeadDecay (one γ per query head).", nameof(options));
+            if (gamma.Count != shape.Heads)
+                throw new ArgumentException($"HeadDecay has {gamma.Count} values; it needs one per query head (H = {shape.Heads}).", nameof(options));
+            logDecay = new float[shape.Heads];
+            for (int h = 0; h < shape.Heads; h++)
+            {
+                if (!(gamma[h] > 0f && gamma[h] <= 1f))
+                    throw new ArgumentOutOfRangeException(nameof(options), $"HeadDecay[{h}] = {gamma[h]}: a decay must be in (0, 1].");
+                logDecay[h] = MathF.Log(gamma[h]);
+            }
+        }
+        else if (options.HeadDecay != null)
+            throw new ArgumentException($"HeadDecay is given but the decay is {Decay}; it applies to FixedPerHead only.", nameof(options));
+
+        // Sequences: (first token in the flattened [B·T] axis, length).
+        _sequences = offsets?.Count ?? shape.Batch;
+        var starts = new int[_sequences];
+        var lengths = new int[_sequences];
+        for (int n = 0; n < _sequences; n++)
+        {
+            starts[n] = offsets is null ? n * shape.Tokens : offsets.Start(n);
+            lengths[n] = offsets is null ? shape.Tokens : offsets.Length(n);
+        }
+
+        _starts = starts;
+        _lengths = lengths;
+        _kernel = Form == LinearForm.Recurrent
+            ? CudaLinearKernels.Recurrent(context, shape.KeyDim, elementType, _gate)
+            : CudaLinearKernels.Chunked(context, shape.KeyDim, elementType, _gate);
+
+        var owned = new List<DeviceBuffer>();
+        try
+        {
+            _headLogDecay = Track(DeviceBuffer.From<float>(context, logDecay), owned);
+            if (Form == LinearForm.Recurrent)
+            {
+                var table = new int[Math.Max(1, _sequences) * 2];
+                for (int n = 0; n < _sequences; n++) { table[2 * n] = starts[n]; table[2 * n + 1] = lengths[n]; }
+                _segments = Track(DeviceBuffer.From<int>(context, table), owned);
+                _segmentCount = _sequences;
+                _partSegments = Track(new DeviceBuffer(context, 4), owned);
+                _partState = Track(new DeviceBuffer(context, 4), owned);
+                _partDecay = Track(new DeviceBuffer(context, 4), owned);
+            }
+            else
+            {
+                int slots = context.Multiprocessors * CudaLinearKernels.ChunkCtasPerSm(shape.KeyDim, _gate);
+                (int[] all, int[] parts, int segmentCount, int partCount) = BuildSegments(slots, CudaLinearKernels.ChunkColumnsFor(_gate), shape, starts, lengths);
+                _segmentCount = segmentCount;
+                _partCount = partCount;
+                _segments = Track(DeviceBuffer.From<int>(context, all), owned);
+                _partSegments = Track(DeviceBuffer.From<int>(context, parts), owned);
+                _partState = Track(new DeviceBuffer(context, Math.Max(1L, (long)partCount * shape.Heads * shape.KeyDim * shape.ValueDim) * 4), owned);
+                _partDecay = Track(new DeviceBuffer(context, Math.Max(1L, (long)partCount * shape.Heads * shape.KeyDim) * 4), owned);
+            }
+        }
+        catch
+        {
+            foreach (DeviceBuffer b in owned) b.Dispose();
+            throw;
+        }
+    }
+
+    private static DeviceBuffer Track(DeviceBuffer b, List<DeviceBuffer> owned)
+    {
+        owned.Add(b);
+        return b;
+    }
+
+    /// <summary>The planned dimensions.</summary>
+    public LinearShape Shape { get; }
+
+    /// <summary>bf16 or fp16.</summary>
+    public ElementType ElementType { get; }
+
+    /// <summary>Chunked or recurrent.</summary>
+    public LinearForm Form { get; }
+
+    /// <summary>The decay kind.</summary>
+    public LinearDecay Decay { get; }
+
+    /// <summary>Segments the chunked form runs (CTAs per head and value block); the sequences for the recurrent form.</summary>
+    public int Segments => _segmentCount;
+
+    /// <summary>Registers per thread of the loaded kernel.</summary>
+    public int KernelRegisters => _kernel.Registers;
+
+    /// <summary>Whether the CUDA kernels compute this configuration; otherwise <paramref name="reason"/> says why.</summary>
+    public static bool IsSupported(LinearShape shape, ElementType elementType, LinearAttentionOptions? options, out string reason)
+    {
+        options ??= new LinearAttentionOptions();
+        LinearForm form = options.Form ?? LinearForm.Chunked;
+        reason = "";
+        if (elementType is not (ElementType.BFloat16 or ElementType.Float16))
+            reason = $"the CUDA linear kernels take bf16 or fp16 tensors (tensor cores); got {elementType.ShortName()}";
+        else if (form == LinearForm.Naive)
+            reason = "the naive form is the float64 CPU reference";
+        else if (options.FeatureMap is { } map && !ReferenceEquals(map, FeatureMaps.Identity))
+            reason = $"the CUDA linear kernels take the identity feature map (apply '{map.Name}' to q and k first)";
+        else if ((options.Update ?? LinearUpdate.Additive) != LinearUpdate.Additive)
+            reason = $"the CUDA linear kernels compute the additive update; the {options.Update} rule is not on the GPU yet";
+        else if ((options.Normalization ?? LinearNormalization.None) != LinearNormalization.None)
+            reason = $"the CUDA linear kernels compute no normalisation; {options.Normalization} is not on the GPU yet";
+        else if (form == LinearForm.Chunked && shape.KeyDim is not (64 or 128))
+            reason = $"the chunked CUDA kernel is specialised for key dims 64 and 128; got Dk = {shape.KeyDim}";
+        else if (form == LinearForm.Chunked && (shape.ValueDim <= 0 || shape.ValueDim % CudaLinearKernels.ValueBlock != 0))
+            reason = $"the chunked CUDA kernel takes value dims that are multiples of {CudaLinearKernels.ValueBlock}; got Dv = {shape.ValueDim}";
+        else if (form == LinearForm.Chunked && options.Decay == LinearDecay.ChannelGate && shape.ValueDim % (2 * CudaLinearKernels.ValueBlock) != 0)
+            reason = $"the chunked CUDA kernel with a channel gate takes value dims that are multiples of {2 * CudaLinearKernels.ValueBlock}; got Dv = {shape.ValueDim}";
+        else if (form == LinearForm.Recurrent && (shape.KeyDim <= 0 || shape.KeyDim % 8 != 0 || shape.KeyDim > 256))
+            reason = $"the recurrent CUDA kernel takes key dims that are multiples of 8 up to 256; got Dk = {shape.KeyDim}";
+        else if (shape.ValueDim <= 0)
+            reason = $"Dv must be positive; got {shape.ValueDim}";
+        return reason.Length == 0;
+    }
+
+    // The chunked form's segment table: each sequence cut into segments of whole chunks so that the CTAs fill the
+    // GPU's resident slots once (not 1.1 waves: a second, mostly empty wave would cost a whole segment's time), at
+    // least 4 chunks and at most 32 segments per sequence (each CTA folds the local states of the segments before it).
+    internal static (int[] All, int[] Parts, int SegmentCount, int PartCount) BuildSegments(int slots, int columns, LinearShape shape, int[] starts, int[] lengths)
+    {
+        const int c = CudaLinearKernels.Chunk;
+        long totalChunks = 0;
+        foreach (int len in lengths) totalChunks += Math.Max(1, (len + c - 1) / c);
+        long ctasPerSegment = (long)shape.Heads * (shape.ValueDim / columns);
+        long segmentsThatFit = Math.Max(1, slots / ctasPerSegment);
+        int segChunks = (int)Math.Max(4, (totalChunks + segmentsThatFit - 1) / segmentsThatFit);
+        var all = new List<int>();
+        var parts = new List<int>();
+        int partCount = 0, segmentCount = 0, chunkBase = 0;
+        for (int n = 0; n < starts.Length; n++)
+        {
+            int chunks = (lengths[n] + c - 1) / c;
+            int count = Math.Max(1, Math.Min(MaxSegmentsPerSequence, (chunks + segChunks - 1) / segChunks));
+            int per = count == 0 ? 0 : (chunks + count - 1) / count;
+            count = per == 0 ? 1 : (chunks + per - 1) / per;
+            int firstPart = partCount;
+            for (int i = 0; i < count; i++)
+            {
+                int begin = i * per * c;
+                int len = Math.Max(0, Math.Min(lengths[n] - begin, per * c));
+                bool last = i == count - 1;
+                // The last field is the segment's first chunk in the sequence-major chunk numbering (the backward's checkpoints).
+                int[] row = [n, starts[n] + begin, len, last ? -1 : partCount, firstPart, i, last ? 1 : 0, chunkBase + i * per];
+                all.AddRange(row);
+                if (!last)
+                {
+                    parts.AddRange(row);
+                    partCount++;
+                }
+                segmentCount++;
+            }
+            chunkBase += chunks;
+        }
+        if (parts.Count == 0) parts.AddRange(new int[8]);
+        if (all.Count == 0) all.AddRange(new int[8]);
+        return (all.ToArray(), parts.ToArray(), segmentCount, partCount);
+    }
+
+    /// <summary>
+    /// Queues the call on <paramref name="stream"/> (null: the default stream). <paramref name="gate"/>: float32 log
+    /// gates <c>[B, T, H]</c> (ScalarGate) or <c>[B, T, H, Dk]</c> (ChannelGate), else null; <paramref name="initialState"/>
+    /// and <paramref name="finalState"/>: float32 <c>[N, H, Dk, Dv]</c> or null (zero / not wanted). Allocates nothing.
+    /// </summary>
+    /// <exception cref="ArgumentException">Tensors that do not match the plan; the message names the argument.</exception>
+    public void Run(CudaTensor q, CudaTensor k, CudaTensor v, DeviceBuffer? gate, DeviceBuffer? initialState, CudaTensor output, DeviceBuffer? finalState,
+        CudaStream? stream = null) => Launch(q, k, v, gate, initialState, output, finalState, stream, 0);
+
+    // chunkStates != 0: pass 2 instead of pass 1 (no outputs; the state at each chunk's start written there).
+    private void Launch(CudaTensor q, CudaTensor k, CudaTensor v, DeviceBuffer? gate, DeviceBuffer? initialState, CudaTensor? output, DeviceBuffer? finalState,
+        CudaStream? stream, ulong chunkStates)
+    {
+        LinearShape s = Shape;
+        Require(q, nameof(q), s.Heads, s.KeyDim);
+        Require(k, nameof(k), s.KvHeads, s.KeyDim);
+        Require(v, nameof(v), s.KvHeads, s.ValueDim);
+        if (chunkStates == 0) Require(output!, nameof(output), s.Heads, s.ValueDim);
+        long rows = (long)s.Batch * s.Tokens * s.Heads;
+        long stateBytes = (long)_sequences * s.Heads * s.KeyDim * s.ValueDim * 4;
+        if (Decay is LinearDecay.ScalarGate or LinearDecay.ChannelGate)
+        {
+            long want = rows * (Decay == LinearDecay.ChannelGate ? s.KeyDim : 1) * 4;
+            if (gate is null || gate.Bytes < want)
+                throw new ArgumentException($"Decay {Decay} needs a float32 gate of {want} bytes; got {(gate is null ? "none" : gate.Bytes + " bytes")}.", nameof(gate));
+        }
+        else if (gate is not null)
+            throw new ArgumentException($"A gate was given but the decay is {Decay}.", nameof(gate));
+        if (initialState is not null && initialState.Bytes < stateBytes)
+            throw new ArgumentException($"initialState holds {initialState.Bytes} bytes; [N, H, Dk, Dv] float32 needs {stateBytes}.", nameof(initialState));
+        if (finalState is not null && finalState.Bytes < stateBytes)
+            throw new ArgumentException($"finalState holds {finalState.Bytes} bytes; [N, H, Dk, Dv] float32 needs {stateBytes}.", nameof(finalState));
+        if (_sequences == 0) return;
+
+        var a = new Arguments
+        {
+            Q = q.Buffer.Pointer, K = k.Buffer.Pointer, V = v.Buffer.Pointer, O = output?.Buffer.Pointer ?? 0,
+            Gate = gate?.Pointer ?? 0, HeadLogDecay = Decay == LinearDecay.FixedPerHead ? _headLogDecay.Pointer : 0,
+            S0 = initialState?.Pointer ?? 0, ST = finalState?.Pointer ?? 0,
+            PartState = _partState.Pointer, PartDecay = _partDecay.Pointer, Segs = _segments.Pointer,
+            Heads = s.Heads, KvHeads = s.KvHeads, Dv = s.ValueDim, Scale = _scale,
+        };
+        if (Form == LinearForm.Recurrent)
+        {
+            void** r = stackalloc void*[13];
+            r[0] = &a.Q; r[1] = &a.K; r[2] = &a.V; r[3] = &a.O; r[4] = &a.Gate; r[5] = &a.HeadLogDecay; r[6] = &a.S0; r[7] = &a.ST;
+            r[8] = &a.Segs; r[9] = &a.Heads; r[10] = &a.KvHeads; r[11] = &a.Dv; r[12] = &a.Scale;
+            uint columns = (uint)((s.ValueDim + CudaLinearKernels.RecurrentColumns - 1) / CudaLinearKernels.RecurrentColumns);
+            _kernel.Launch(columns, (uint)s.Heads, (uint)_sequences, CudaLinearKernels.RecurrentThreads, 0, stream, r);
+            return;
+        }
+        void** p = stackalloc void*[17];
+        p[0] = &a.Q; p[1] = &a.K; p[2] = &a.V; p[3] = &a.O; p[4] = &a.Gate; p[5] = &a.HeadLogDecay; p[6] = &a.S0; p[7] = &a.ST;
+        p[8] = &a.PartState; p[9] = &a.PartDecay; p[10] = &a.Segs; p[11] = &a.Heads; p[12] = &a.KvHeads; p[13] = &a.Dv; p[14] = &a.Scale;
+        p[15] = &a.Pass; p[16] = &a.ChunkStates;
+        uint blocks = (uint)(s.ValueDim / CudaLinearKernels.ChunkColumnsFor(_gate));
+        uint threads = (uint)CudaLinearKernels.ChunkThreadsFor(_gate);
+        uint smem = (uint)CudaLinearKernels.ChunkSharedBytes(s.KeyDim, _gate);
+        if (_partCount > 0)
+        {
+            a.Segs = _partSegments.Pointer;
+            a.Pass = 0;
+            _kernel.Launch(blocks, (uint)s.Heads, (uint)_partCount, threads, smem, stream, p);
+        }
+        a.Segs = _segments.Pointer;
+        a.Pass = chunkStates == 0 ? 1 : 2;
+        a.ChunkStates = chunkStates;
+        _kernel.Launch(blocks, (uint)s.Heads, (uint)_segmentCount, threads, smem, stream, p);
+    }
+
+    /// <summary>
+    /// Whether <see cref="Backward"/> computes this configuration: the chunked form with no decay or a fixed decay per
+    /// head, Dk 64 or 128 and Dv 64 or 128; otherwise <paramref name="reason"/> says why.
+    /// </summary>
+    public static bool IsBackwardSupported(LinearShape shape, ElementType elementType, LinearAttentionOptions? options, out string reason)
+    {
+        options ??= new LinearAttentionOptions();
+        if (!IsSupported(shape, elementType, options, out reason)) return false;
+        LinearDecay decay = options.Decay ?? (options.HeadDecay != null ? LinearDecay.FixedPerHead : LinearDecay.None);
+        if ((options.Form ?? LinearForm.Chunked) != LinearForm.Chunked)
+            reason = "the CUDA linear backward is the chunked form's";
+        else if (decay is not (LinearDecay.None or LinearDecay.FixedPerHead))
+            reason = $"the CUDA linear backward covers no decay and a fixed decay per head; {decay} (and its gate gradient) is not on the GPU yet";
+        else if (shape.ValueDim > CudaLinearKernels.BackwardMaxValueDim)
+            reason = $"the CUDA linear backward takes value dims 64 and 128; got Dv = {shape.ValueDim}";
+        return reason.Length == 0;
+    }
+
+    /// <summary>
+    /// Queues the gradients of <c>L = Σ dO·O + Σ dS_T·S_T</c> on <paramref name="stream"/>: a forward sweep that keeps
+    /// the state at each chunk's start, a reverse sweep (on the forward's segments) for the state gradient at each chunk's end (and
+    /// <paramref name="initialStateGradient"/>), then dq, dk, dv per chunk. q, k, v, <paramref name="outputGradient"/> as
+    /// for <see cref="Run"/>; <paramref name="initialState"/>, <paramref name="finalStateGradient"/> float32
+    /// <c>[N, H, Dk, Dv]</c> or null (zero). The gradients are float32: <paramref name="queryGradient"/> <c>[B, T, H, Dk]</c>,
+    /// <paramref name="keyGradient"/> <c>[B, T, Hkv, Dk]</c>, <paramref name="valueGradient"/> <c>[B, T, Hkv, Dv]</c> (summed over
+    /// the query heads of a group), <paramref name="initialStateGradient"/> <c>[N, H, Dk, Dv]</c> or null (not wanted).
+    /// The first call allocates the checkpoints (two <c>[chunks, H, Dk, Dv]</c> arrays of the element type); later calls allocate nothing.
+    /// </summary>
+    /// <exception cref="NotSupportedException">A configuration <see cref="IsBackwardSupported"/> rejects.</exception>
+    /// <exception cref="ArgumentException">Tensors that do not match the plan; the message names the argument.</exception>
+    public void Backward(CudaTensor q, CudaTensor k, CudaTensor v, DeviceBuffer? initialState, CudaTensor outputGradient, DeviceBuffer? finalStateGradient,
+        DeviceBuffer queryGradient, DeviceBuffer keyGradient, DeviceBuffer valueGradient, DeviceBuffer? initialStateGradient, CudaStream? stream = null)
+    {
+        LinearShape s = Shape;
+        if (Form != LinearForm.Chunked)
+            throw new NotSupportedException("the CUDA linear backward is the chunked form's; this plan is recurrent");
+        if (Decay is not (LinearDecay.None or LinearDecay.FixedPerHead))
+            throw new NotSupportedException($"the CUDA linear backward covers no decay and a fixed decay per head; {Decay} (and its gate gradient) is not on the GPU yet");
+        if (s.ValueDim > CudaLinearKernels.BackwardMaxValueDim)
+            throw new NotSupportedException($"the CUDA linear backward takes value dims 64 and 128; got Dv = {s.ValueDim}");
+        Require(q, nameof(q), s.Heads, s.KeyDim);
+        Require(k, nameof(k), s.KvHeads, s.KeyDim);
+        Require(v, nameof(v), s.KvHeads, s.ValueDim);
+        Require(outputGradient, nameof(outputGradient), s.Heads, s.ValueDim);
+        long rows = (long)s.Batch * s.Tokens;
+        long stateBytes = (long)_sequences * s.Heads * s.KeyDim * s.ValueDim * 4;
+        RequireBytes(queryGradient, nameof(queryGradient), rows * s.Heads * s.KeyDim * 4);
+        RequireBytes(keyGradient, nameof(keyGradient), rows * s.KvHeads * s.KeyDim * 4);
+        RequireBytes(valueGradient, nameof(valueGradient), rows * s.KvHeads * s.ValueDim * 4);
+        if (finalStateGradient is not null) RequireBytes(finalStateGradient, nameof(finalStateGradient), stateBytes);
+        if (initialStateGradient is not null) RequireBytes(initialStateGradient, nameof(initialStateGradient), stateBytes);
+        if (_sequences == 0) return;
+        EnsureBackwardBuffers();
+        if (s.Heads != s.KvHeads)
+        {
+            // Summed atomically over the query heads of a group (the memset runs on the legacy stream, which blocking streams wait for).
+            keyGradient.Fill(0);
+            valueGradient.Fill(0);
+        }
+
+        // 1. The state at each chunk's start (the forward's pass 2).
+        if (_chunkCount > 0) Launch(q, k, v, null, initialState, null, null, stream, _chunkStates!.Pointer);
+
+        // 2. The state gradient at each chunk's end, last chunk to first, and dS0.
+        var a = new BackwardArguments
+        {
+            PartLocal = _partStateGradient!.Pointer, Segs = _segments.Pointer,
+            Q = q.Buffer.Pointer, K = k.Buffer.Pointer, V = v.Buffer.Pointer, DO = outputGradient.Buffer.Pointer,
+            HeadLogDecay = _headLogDecay.Pointer, DST = finalStateGradient?.Pointer ?? 0, DS0 = initialStateGradient?.Pointer ?? 0,
+            H0s = _chunkStates!.Pointer, DHs = _chunkStateGradients!.Pointer, DQ = queryGradient.Pointer, DK = keyGradient.Pointer,
+            DV = valueGradient.Pointer, Chunks = _chunkTable!.Pointer,
+            Heads = s.Heads, KvHeads = s.KvHeads, Dv = s.ValueDim, Scale = _scale,
+        };
+        CudaKernelFunction dstate = CudaLinearKernels.StateGradient(_context, s.KeyDim, ElementType, _gate);
+        void** r = stackalloc void*[12];
+        r[0] = &a.Q; r[1] = &a.DO; r[2] = &a.HeadLogDecay; r[3] = &a.DST; r[4] = &a.DS0; r[5] = &a.DHs; r[6] = &a.PartLocal;
+        r[7] = &a.Segs; r[8] = &a.Heads; r[9] = &a.Dv; r[10] = &a.Scale; r[11] = &a.Pass;
+        // On the forward's segments, mirrored: pass 0 the local contributions of all but each sequence's first segment, pass 1 the rest.
+        uint valueBlocks = (uint)(s.ValueDim / CudaLinearKernels.ValueBlock), dstateSmem = (uint)CudaLinearKernels.StateGradientSharedBytes(s.KeyDim);
+        if (_partCount > 0)
+        {
+            a.Pass = 0;
+            dstate.Launch(valueBlocks, (uint)s.Heads, (uint)_segmentCount, 128, dstateSmem, stream, r);
+        }
+        a.Pass = 1;
+        dstate.Launch(valueBlocks, (uint)s.Heads, (uint)_segmentCount, 128, dstateSmem, stream, r);
+        if (_chunkCount == 0) return;
+
+        // 3. dq, dk, dv per (chunk, query head).
+        CudaKernelFunction chunk = CudaLinearKernels.ChunkBackward(_context, s.KeyDim, ElementType, _gate);
+        void** p = stackalloc void*[16];
+        p[0] = &a.Q; p[1] = &a.K; p[2] = &a.V; p[3] = &a.DO; p[4] = &a.HeadLogDecay; p[5] = &a.H0s; p[6] = &a.DHs; p[7] = &a.DQ;
+        p[8] = &a.DK; p[9] = &a.DV; p[10] = &a.Chunks; p[11] = &a.Heads; p[12] = &a.KvHeads; p[13] = &a.Dv; p[14] = &a.Scale;
+        chunk.Launch((uint)_chunkCount, (uint)s.Heads, 1, 128, (uint)CudaLinearKernels.BackwardSharedBytes(s.KeyDim), stream, p);
+    }
+
+    private void EnsureBackwardBuffers()
+    {
+        if (_chunkTable is not null) return;
+        const int c = CudaLinearKernels.Chunk;
+        var chunks = new List<int>();
+        int count = 0;
+        for (int n = 0; n < _sequences; n++)
+        {
+            for (int begin = 0; begin < _lengths[n]; begin += c)
+            {
+                chunks.AddRange([n, _starts[n] + begin, Math.Min(c, _lengths[n] - begin), 0]);
+                count++;
+            }
+        }
+        if (chunks.Count == 0) chunks.AddRange(new int[4]);
+        long checkpointBytes = Math.Max(1L, (long)count * Shape.Heads * Shape.KeyDim * Shape.ValueDim * 2);
+        _chunkCount = count;
+        _chunkTable = DeviceBuffer.From<int>(_context, chunks.ToArray());
+        _partStateGradient = new DeviceBuffer(_context, Math.Max(1L, (long)_partCount * Shape.Heads * Shape.KeyDim * Shape.ValueDim) * 4);
+        _chunkStates = new DeviceBuffer(_context, checkpointBytes);
+        _chunkStateGradients = new DeviceBuffer(_context, checkpointBytes);
+    }
+
+    private static void RequireBytes(DeviceBuffer b, string name, long bytes)
+    {
+        ArgumentNullException.ThrowIfNull(b, name);
+        if (b.Bytes < bytes) throw new ArgumentException($"{name} holds {b.Bytes} bytes; it needs {bytes} (float32).", name);
+    }
+
+    [StructLayout(LayoutKind.Sequential)]
+    private struct BackwardArguments
+    {
+        public ulong Q, K, V, DO, HeadLogDecay, DST, DS0, H0s, DHs, DQ, DK, DV, PartLocal, Segs, Chunks;
+        public int Heads, KvHeads, Dv;
+        public float Scale;
+        public int Pass;
+    }
+
+    private void Require(CudaTensor t, string name, int heads, int dim)
+    {
+        ArgumentNullException.ThrowIfNull(t, name);
+        if (t.ElementType != ElementType)
+            throw new ArgumentException($"{name} holds {t.ElementType.ShortName()}; the plan is for {ElementType.ShortName()}.", name);
+        if (t.Batch != Shape.Batch || t.Tokens != Shape.Tokens || t.Heads != heads || t.Dim != dim)
+            throw new ArgumentException($"{name} must have shape [{Shape.Batch}, {Shape.Tokens}, {heads}, {dim}] as planned; got [{t.Batch}, {t.Tokens}, {t.Heads}, {t.Dim}].", name);
+    }
+
+    [StructLayout(LayoutKind.Sequential)]
+    private struct Arguments
+    {
+        public ulong Q, K, V, O, Gate, HeadLogDecay, S0, ST, PartState, PartDecay, Segs;
+        public int Heads, KvHeads, Dv;
+        public float Scale;
+        public int Pass;
+        public ulong ChunkStates;
+    }
+
+    /// <summary>Frees the plan's device buffers (the loaded kernel stays for later plans).</summary>
+    public void Dispose()
+    {
+        _segments.Dispose();
+        _partSegments.Dispose();
+        _partState.Dispose();
+        _partDecay.Dispose();
+        _headLogDecay.Dispose();
+        _chunkTable?.Dispose();
+        _partStateGradient?.Dispose();
+        _chunkStates?.Dispose();
+        _chunkStateGradients?.Dispose();
+    }
+}
