@@ -10,6 +10,17 @@ internal static class TestData
 
     public static Random Rng(int salt) => new(unchecked(RunSeed * 31 + salt));
 
+    /// <summary>
+    /// A salt from a name that is the same in every process (FNV-1a of its characters). string.GetHashCode is randomised
+    /// per process, so a salt made from it would make a failing ATTEND_TEST_SEED impossible to reproduce.
+    /// </summary>
+    public static int Salt(string name)
+    {
+        uint h = 2166136261;
+        foreach (char c in name) h = unchecked((h ^ c) * 16777619);
+        return (int)(h & 0x7fffffff);
+    }
+
     /// <summary>Gaussian values scaled by <paramref name="scale"/>, as <typeparamref name="T"/>.</summary>
     public static T[] Gaussian<T>(Random rng, long count, double scale = 1.0) where T : unmanaged
     {

@@ -118,6 +118,8 @@ public static class MethodCatalog
         Feature("score-mod:relative-bias", "score-mod", "learned relative-position bias table (T5)"),
     ];
 
+    // Every mask reaches the CUDA kernel through the host's BlockMask (block lists plus mask words on partial blocks), and the
+    // kernel has softcap and ALiBi built in; the relative-bias table has no CUDA form yet.
     private static MethodInfo Feature(string name, string kind, string summary) =>
-        new(name, "softmax", kind, "", ["cpu"], "implemented", summary);
+        new(name, "softmax", kind, "", name == "score-mod:relative-bias" ? ["cpu"] : ["cpu", "cuda"], "implemented", summary);
 }

@@ -382,7 +382,7 @@ public sealed class HyperAttentionMethod : IAttentionMethod
     public const string Name = "hyperattention";
 
     /// <inheritdoc />
-    public MethodInfo Info { get; } = new(Name, "approximation", "method", HyperAttention.Paper, ["cpu"], "implemented",
+    public MethodInfo Info { get; } = new(Name, "approximation", "method", HyperAttention.Paper, ["cpu", "cuda"], "implemented",
         "sortLSH block-diagonal exact part + uniformly sampled residual, joined by LSE; causal recursion; approximate")
     {
         Parameters =

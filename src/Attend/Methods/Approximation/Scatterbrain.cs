@@ -343,7 +343,7 @@ public sealed class ScatterbrainMethod : IAttentionMethod
     public const string Name = "scatterbrain";
 
     /// <inheritdoc />
-    public MethodInfo Info { get; } = new(Name, "approximation", "method", Scatterbrain.Paper, ["cpu"], "implemented",
+    public MethodInfo Info { get; } = new(Name, "approximation", "method", Scatterbrain.Paper, ["cpu", "cuda"], "implemented",
         "sortLSH sparse exact part + Performer random-feature low rank on the complement (overlap removed), joined by LSE; causal or full; approximate")
     {
         Parameters =

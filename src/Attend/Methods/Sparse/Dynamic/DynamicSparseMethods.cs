@@ -69,7 +69,7 @@ public sealed class MInferenceMethod : IAttentionMethod
     public const string Name = "minference";
 
     /// <inheritdoc />
-    public MethodInfo Info { get; } = new(Name, "sparse", "method", MInference.Paper, ["cpu"], "implemented",
+    public MethodInfo Info { get; } = new(Name, "sparse", "method", MInference.Paper, ["cpu", "cuda"], "implemented",
         "per-head A-shape / vertical-slash (token-level path) / block-sparse (block kernel); offline pattern search, online index build; causal")
     {
         Parameters =
@@ -133,7 +133,7 @@ public sealed class FlexPrefillMethod : IAttentionMethod
     public const string Name = "flexprefill";
 
     /// <inheritdoc />
-    public MethodInfo Info { get; } = new(Name, "sparse", "method", FlexPrefill.Paper, ["cpu"], "implemented",
+    public MethodInfo Info { get; } = new(Name, "sparse", "method", FlexPrefill.Paper, ["cpu", "cuda"], "implemented",
         "per head: query-aware blocks or vertical-slash by Jensen-Shannon distance, budgets by cumulative attention γ; causal")
     {
         Parameters =
@@ -169,7 +169,7 @@ public sealed class AnchorAttentionMethod : IAttentionMethod
     public const string Name = "anchor-attention";
 
     /// <inheritdoc />
-    public MethodInfo Info { get; } = new(Name, "sparse", "method", AnchorAttention.Paper, ["cpu"], "implemented",
+    public MethodInfo Info { get; } = new(Name, "sparse", "method", AnchorAttention.Paper, ["cpu", "cuda"], "implemented",
         "anchor = max score over sinks + local window; stripes within θ of it per query block, on the token-level path; causal")
     {
         Parameters =

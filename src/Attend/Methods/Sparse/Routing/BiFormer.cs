@@ -98,7 +98,7 @@ public sealed class BiFormerMethod : IAttentionMethod
 {
     /// <inheritdoc/>
     public MethodInfo Info { get; } = new("biformer", "sparse", "method",
-        "BiFormer: Vision Transformer with Bi-Level Routing Attention (Zhu et al., CVPR 2023)", ["cpu"], "implemented",
+        "BiFormer: Vision Transformer with Bi-Level Routing Attention (Zhu et al., CVPR 2023)", ["cpu", "cuda"], "implemented",
         "region top-k routing from mean-pooled queries/keys, then exact attention over the routed regions")
     {
         Parameters =

@@ -279,7 +279,7 @@ public sealed class CcaMethod : IAttentionMethod
 {
     /// <inheritdoc/>
     public MethodInfo Info { get; } = new("cca", "sparse", "method",
-        "Core Context Aware Transformers for Long Context Language Modeling (CCA-Attention, Chen et al., 2024)", ["cpu"], "implemented",
+        "Core Context Aware Transformers for Long Context Language Modeling (CCA-Attention, Chen et al., 2024)", ["cpu", "cuda"], "implemented",
         "groups pooled into significance-weighted core tokens + exact local groups, one softmax over both (causal)")
     {
         Parameters =

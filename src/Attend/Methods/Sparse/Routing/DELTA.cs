@@ -134,7 +134,7 @@ public sealed class DeltaMethod : IAttentionMethod
 {
     /// <inheritdoc/>
     public MethodInfo Info { get; } = new("delta", "sparse", "method",
-        "DELTA: Dynamic Layer-Aware Token Attention for Efficient Long-Context Reasoning (2025)", ["cpu"], "implemented",
+        "DELTA: Dynamic Layer-Aware Token Attention for Efficient Long-Context Reasoning (2025)", ["cpu", "cuda"], "implemented",
         "a selection layer sums head-level attention to pick salient tokens (+ sinks, window) that later layers attend to")
     {
         Parameters =

@@ -132,7 +132,7 @@ public sealed class DhsaMethod : IAttentionMethod
 {
     /// <inheritdoc/>
     public MethodInfo Info { get; } = new("dhsa", "sparse", "method",
-        "Long-Context Modeling Made Easy: Dynamic Hierarchical Sparse Attention for On-Device LLMs (DHSA, 2025)", ["cpu"], "implemented",
+        "Long-Context Modeling Made Easy: Dynamic Hierarchical Sparse Attention for On-Device LLMs (DHSA, 2025)", ["cpu", "cuda"], "implemented",
         "dynamic chunks (cut at dissimilar adjacent keys), chunk similarity of mean×sqrt(len) summaries, top chunks to a token budget")
     {
         Parameters =

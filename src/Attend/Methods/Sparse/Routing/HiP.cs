@@ -124,7 +124,7 @@ public sealed class HiPMethod : IAttentionMethod
 {
     /// <inheritdoc/>
     public MethodInfo Info { get; } = new("hip", "sparse", "method",
-        "HiP Attention: Sparse Sub-Quadratic Attention with Hierarchical Attention Pruning (Lee et al., 2024)", ["cpu"], "implemented",
+        "HiP Attention: Sparse Sub-Quadratic Attention with Hierarchical Attention Pruning (Lee et al., 2024)", ["cpu", "cuda"], "implemented",
         "tree search: 2k chunks scored by their centre key, keep k, halve, repeat to key blocks; exact attention on them")
     {
         Parameters =

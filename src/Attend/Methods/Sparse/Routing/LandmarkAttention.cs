@@ -87,7 +87,7 @@ public sealed class LandmarkMethod : IAttentionMethod
 {
     /// <inheritdoc/>
     public MethodInfo Info { get; } = new("landmark", "sparse", "method",
-        "Landmark Attention: Random-Access Infinite Context Length for Transformers (Mohtashami, Jaggi, NeurIPS 2023)", ["cpu"], "implemented",
+        "Landmark Attention: Random-Access Infinite Context Length for Transformers (Mohtashami, Jaggi, NeurIPS 2023)", ["cpu", "cuda"], "implemented",
         "each query scores block landmarks (mean keys), retrieves its top-k blocks plus its own; exact attention on them")
     {
         Parameters =

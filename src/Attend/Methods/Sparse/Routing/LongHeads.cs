@@ -118,7 +118,7 @@ public sealed class LongHeadsMethod : IAttentionMethod
 {
     /// <inheritdoc/>
     public MethodInfo Info { get; } = new("longheads", "sparse", "method",
-        "LongHeads: Multi-Head Attention is Secretly a Long Context Processor (Lu et al., 2024)", ["cpu"], "implemented",
+        "LongHeads: Multi-Head Attention is Secretly a Long Context Processor (Lu et al., 2024)", ["cpu", "cuda"], "implemented",
         "each head picks its own chunks (first + own + top by query/chunk-summary correlation); exact attention on them")
     {
         Parameters =

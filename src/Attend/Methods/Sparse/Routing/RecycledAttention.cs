@@ -232,7 +232,7 @@ public sealed class RecycledMethod : IAttentionMethod
 {
     /// <inheritdoc/>
     public MethodInfo Info { get; } = new("recycled", "sparse", "method",
-        "Recycled Attention: Efficient Inference for Long-Context Language Models (Xu, Goyal, Choi, 2024)", ["cpu"], "implemented",
+        "Recycled Attention: Efficient Inference for Long-Context Language Models (Xu, Goyal, Choi, 2024)", ["cpu", "cuda"], "implemented",
         "a full step every stride queries records its top-K keys; the steps in between attend to them and the newer tokens")
     {
         Parameters =

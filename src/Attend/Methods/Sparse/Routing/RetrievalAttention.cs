@@ -240,7 +240,7 @@ public sealed class RetrievalAttentionMethod : IAttentionMethod
 {
     /// <inheritdoc/>
     public MethodInfo Info { get; } = new("retrieval-attention", "sparse", "method",
-        "RetrievalAttention: Accelerating Long-Context LLM Inference via Vector Retrieval (Liu et al., 2024)", ["cpu"], "implemented",
+        "RetrievalAttention: Accelerating Long-Context LLM Inference via Vector Retrieval (Liu et al., 2024)", ["cpu", "cuda"], "implemented",
         "sinks + recent window + top-k keys from an inverted-file nearest-neighbour index over the cached keys")
     {
         Parameters =

@@ -230,7 +230,7 @@ public sealed class RoutingTransformerMethod : IAttentionMethod
 {
     /// <inheritdoc/>
     public MethodInfo Info { get; } = new("routing-transformer", "sparse", "method",
-        "Efficient Content-Based Sparse Attention with Routing Transformers (Roy, Saffar, Vaswani, Grangier, TACL 2021)", ["cpu"], "implemented",
+        "Efficient Content-Based Sparse Attention with Routing Transformers (Roy, Saffar, Vaswani, Grangier, TACL 2021)", ["cpu", "cuda"], "implemented",
         "online k-means routes queries and keys to shared centroids; attention within the cluster plus a local window")
     {
         Parameters =

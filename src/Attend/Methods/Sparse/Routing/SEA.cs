@@ -132,7 +132,7 @@ public sealed class SeaMethod : IAttentionMethod
 {
     /// <inheritdoc/>
     public MethodInfo Info { get; } = new("sea", "sparse", "method",
-        "SEA: Sparse Linear Attention with Estimated Attention Mask (Lee, Kim, Hwang, ICLR 2024)", ["cpu"], "implemented",
+        "SEA: Sparse Linear Attention with Estimated Attention Mask (Lee, Kim, Hwang, ICLR 2024)", ["cpu", "cuda"], "implemented",
         "a linear-attention (Taylor kernel) estimate of each key block's attention mass; top-k blocks, then exact attention")
     {
         Parameters =

@@ -237,7 +237,7 @@ public sealed class SpAttenMethod : IAttentionMethod
 {
     /// <inheritdoc/>
     public MethodInfo Info { get; } = new("spatten", "sparse", "method",
-        "SpAtten: Efficient Sparse Attention Architecture with Cascade Token and Head Pruning (Wang, Zhang, Han, HPCA 2021)", ["cpu"], "implemented",
+        "SpAtten: Efficient Sparse Attention Architecture with Cascade Token and Head Pruning (Wang, Zhang, Han, HPCA 2021)", ["cpu", "cuda"], "implemented",
         "tokens ranked by accumulated attention probability and heads by output magnitude; cascade pruning of both")
     {
         Parameters =

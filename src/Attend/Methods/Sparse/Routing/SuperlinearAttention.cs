@@ -117,7 +117,7 @@ public sealed class SuperlinearMethod : IAttentionMethod
 {
     /// <inheritdoc/>
     public MethodInfo Info { get; } = new("superlinear", "sparse", "method",
-        "Superlinear Multi-Step Attention (2025)", ["cpu"], "implemented",
+        "Superlinear Multi-Step Attention (2025)", ["cpu", "cuda"], "implemented",
         "N-step span search (spans of L^((N-n)/N), top-k per step, mean-key scores), then exact attention in the picked spans")
     {
         Parameters =

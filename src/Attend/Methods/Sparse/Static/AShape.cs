@@ -60,7 +60,7 @@ public sealed class AShapeMethod : StaticPatternMethod
 {
     /// <inheritdoc/>
     public override MethodInfo Info { get; } = new("a-shape", "sparse", "static",
-        "MInference 1.0: Accelerating Pre-filling for Long-Context LLMs via Dynamic Sparse Attention (Jiang et al., 2024)", ["cpu"], "implemented",
+        "MInference 1.0: Accelerating Pre-filling for Long-Context LLMs via Dynamic Sparse Attention (Jiang et al., 2024)", ["cpu", "cuda"], "implemented",
         "MInference's A-shape: sink blocks plus a local band of blocks")
     {
         Parameters =

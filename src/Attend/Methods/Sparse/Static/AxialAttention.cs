@@ -54,7 +54,7 @@ public sealed class AxialAttentionMethod : StaticPatternMethod
 {
     /// <inheritdoc/>
     public override MethodInfo Info { get; } = new("axial", "sparse", "static",
-        "Axial Attention in Multidimensional Transformers (Ho, Kalchbrenner, Weissenborn, Salimans, 2019)", ["cpu"], "implemented",
+        "Axial Attention in Multidimensional Transformers (Ho, Kalchbrenner, Weissenborn, Salimans, 2019)", ["cpu", "cuda"], "implemented",
         "row + column attention on a 2D token grid (one layer's union)")
     {
         Parameters = [new("grid", "RxC", "near-square factorisation of T", "token grid rows x columns (size = T)"), CausalParameter],

@@ -252,7 +252,7 @@ public sealed class CombinerMethod : IAttentionMethod
 {
     /// <inheritdoc/>
     public MethodInfo Info { get; } = new("combiner", "approximation", "static",
-        "Combiner: Full Attention Transformer with Sparse Computation Cost (Ren et al., 2021)", ["cpu"], "implemented",
+        "Combiner: Full Attention Transformer with Sparse Computation Cost (Ren et al., 2021)", ["cpu", "cuda"], "implemented",
         "exact local blocks + one mean summary per far block, merged through the LSE (causal)")
     {
         Parameters = [new("block", "int", "64", "tokens per block / summary"), new("local", "int", "8", "blocks attended exactly (own included)")],

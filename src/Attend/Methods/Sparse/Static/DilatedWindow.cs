@@ -68,7 +68,7 @@ public sealed class DilatedWindowMethod : StaticPatternMethod
 {
     /// <inheritdoc/>
     public override MethodInfo Info { get; } = new("dilated-window", "sparse", "static",
-        "Longformer: The Long-Document Transformer (Beltagy, Peters, Cohan, 2020)", ["cpu"], "implemented",
+        "Longformer: The Long-Document Transformer (Beltagy, Peters, Cohan, 2020)", ["cpu", "cuda"], "implemented",
         "dilated sliding window: keys spaced `dilation` apart, `window` per side")
     {
         Parameters =

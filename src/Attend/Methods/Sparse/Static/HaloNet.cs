@@ -74,7 +74,7 @@ public sealed class HaloNetMethod : StaticPatternMethod
 {
     /// <inheritdoc/>
     public override MethodInfo Info { get; } = new("halonet", "sparse", "static",
-        "Scaling Local Self-Attention for Parameter Efficient Visual Backbones (Vaswani et al., 2021)", ["cpu"], "implemented",
+        "Scaling Local Self-Attention for Parameter Efficient Visual Backbones (Vaswani et al., 2021)", ["cpu", "cuda"], "implemented",
         "blocked local attention: b×b query blocks see the block plus a halo on a 2D token grid")
     {
         Parameters =

@@ -82,7 +82,7 @@ public sealed class MaxVitMethod : StaticPatternMethod
 {
     /// <inheritdoc/>
     public override MethodInfo Info { get; } = new("maxvit", "sparse", "static",
-        "MaxViT: Multi-Axis Vision Transformer (Tu et al., 2022)", ["cpu"], "implemented",
+        "MaxViT: Multi-Axis Vision Transformer (Tu et al., 2022)", ["cpu", "cuda"], "implemented",
         "block (P×P windows) + grid (G×G dilated) attention on a 2D token grid")
     {
         Parameters =

@@ -142,7 +142,7 @@ public sealed class MoaMethod : StaticPatternMethod
 {
     /// <inheritdoc/>
     public override MethodInfo Info { get; } = new("moa", "sparse", "static",
-        "MoA: Mixture of Sparse Attention for Automatic Large Language Model Compression (Fu et al., 2024)", ["cpu"], "implemented",
+        "MoA: Mixture of Sparse Attention for Automatic Large Language Model Compression (Fu et al., 2024)", ["cpu", "cuda"], "implemented",
         "a different sliding window per head (plus sinks), from a per-head profile")
     {
         Parameters =

@@ -130,7 +130,7 @@ public sealed class NeighborhoodAttentionMethod : StaticPatternMethod
 {
     /// <inheritdoc/>
     public override MethodInfo Info { get; } = new("neighborhood", "sparse", "static",
-        "Neighborhood Attention Transformer (Hassani et al., 2023); Generalized Neighborhood Attention (Hassani et al., 2025)", ["cpu"], "implemented",
+        "Neighborhood Attention Transformer (Hassani et al., 2023); Generalized Neighborhood Attention (Hassani et al., 2025)", ["cpu", "cuda"], "implemented",
         "1D/2D/3D neighborhood attention with dilation; causal = per-axis causal (GNA)")
     {
         Parameters =

@@ -65,7 +65,7 @@ public sealed class PowerAttentionMethod : StaticPatternMethod
 {
     /// <inheritdoc/>
     public override MethodInfo Info { get; } = new("power-attention", "sparse", "static",
-        "PowerAttention: Exponentially Scaling of Receptive Fields for Effective Sparse Attention (Chen et al., 2025)", ["cpu"], "implemented",
+        "PowerAttention: Exponentially Scaling of Receptive Fields for Effective Sparse Attention (Chen et al., 2025)", ["cpu", "cuda"], "implemented",
         "blocks at power-of-two distances plus a local window and a sink block")
     {
         Parameters =

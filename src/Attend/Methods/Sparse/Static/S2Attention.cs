@@ -60,7 +60,7 @@ public sealed class S2AttentionMethod : StaticPatternMethod
 {
     /// <inheritdoc/>
     public override MethodInfo Info { get; } = new("s2-attention", "sparse", "static",
-        "S2-Attention: Hardware-Aware Context Sharding Among Attention Heads (Lin et al., 2024)", ["cpu"], "implemented",
+        "S2-Attention: Hardware-Aware Context Sharding Among Attention Heads (Lin et al., 2024)", ["cpu", "cuda"], "implemented",
         "each head sees its own strided shard of blocks plus a local window")
     {
         Parameters =

@@ -65,7 +65,7 @@ public sealed class SinkLoraMethod : StaticPatternMethod
 {
     /// <inheritdoc/>
     public override MethodInfo Info { get; } = new("sinklora", "sparse", "static",
-        "SinkLoRA: Enhanced Efficiency and Chat Capabilities for Long-Context Large Language Models (Zhang, 2024)", ["cpu"], "implemented",
+        "SinkLoRA: Enhanced Efficiency and Chat Capabilities for Long-Context Large Language Models (Zhang, 2024)", ["cpu", "cuda"], "implemented",
         "shifted group attention (half the heads shifted by half a group) plus global sink tokens")
     {
         Parameters = [new("group", "int", "1024", "tokens per group"), new("sinks", "int", "4", "sink tokens"), CausalParameter],

@@ -54,7 +54,7 @@ public sealed class StreamingLlmMethod : StaticPatternMethod
 {
     /// <inheritdoc/>
     public override MethodInfo Info { get; } = new("streaming-llm", "sparse", "static",
-        "Efficient Streaming Language Models with Attention Sinks (Xiao et al., 2023)", ["cpu"], "implemented",
+        "Efficient Streaming Language Models with Attention Sinks (Xiao et al., 2023)", ["cpu", "cuda"], "implemented",
         "sliding window plus attention sinks (first tokens), as a prefill mask")
     {
         Parameters = [new("sinks", "int", "4", "sink keys at the start"), new("window", "int", "1024", "keys in the window (self included)"), CausalParameter],
