@@ -67,6 +67,8 @@ internal static class BenchLinearCommand
         {
             "cpu" when parse.GetValue(gatedBackward) => BenchLinearGatedBackward.Execute(parse.GetValue(quick), parse.GetValue(quick) ? 1 : 3, output),
             "cpu" => Execute(parse.GetValue(json), parse.GetValue(quick), parse.GetValue(full), output, error, parse.GetValue(decodeOnly)),
+            "cuda" when parse.GetValue(gatedBackward) || parse.GetValue(full) || parse.GetValue(decodeOnly) =>
+                throw new UserError("--backend cuda runs its own fixed set (chunked forward, forward+backward, decode step); --gated-backward, --full and --decode-only are CPU options."),
             "cuda" => CudaLinearBench.Execute(parse.GetValue(json), parse.GetValue(quick), output, error),
             string other => throw new UserError($"--backend: unknown backend '{other}' (cpu or cuda)."),
         });

@@ -42,7 +42,7 @@ internal static class CudaLinearCheck
             foreach (ElementType type in (ElementType[])[ElementType.BFloat16, ElementType.Float16])
             {
                 (double err, double stateErr, string? problem) = type == ElementType.BFloat16 ? One<BFloat16>(c, type, rng) : One<Half>(c, type, rng);
-                double tol = CheckCommand.Tolerance(ElementType.BFloat16);
+                double tol = CheckCommand.Tolerance(type);
                 bool ok = problem is null && err <= tol && stateErr <= tol;
                 int t = c.Lengths?.Sum() ?? c.T;
                 string line = string.Create(CultureInfo.InvariantCulture,

@@ -54,7 +54,7 @@ extern "C" __global__ void __launch_bounds__(RW * 32)
 attend_linear_recurrent(
     const elem_t* __restrict__ Q, const elem_t* __restrict__ K, const elem_t* __restrict__ V, elem_t* __restrict__ O,
     const float* __restrict__ gate, const float* __restrict__ headLogDecay,
-    const float* __restrict__ S0, float* __restrict__ ST,
+    const float* S0, float* ST,  // may be one buffer (decode updates the state in place): not __restrict__
     const LinSeq* __restrict__ seqs, int heads, int kvHeads, int dv, float scale)
 {
     __shared__ float red[RW][32];

@@ -37,7 +37,7 @@ internal static class CudaLinearKernels
     /// <summary>Tokens per chunk and value columns per CTA of the chunked kernel.</summary>
     public const int Chunk = 64, ValueBlock = 64, RecurrentThreads = 256, RecurrentColumns = 32;
 
-    private static readonly ConcurrentDictionary<(CudaContext, string, int, ElementType, CudaLinearGate), CudaKernelFunction> s_loaded = new();
+    private static readonly ConcurrentDictionary<(CudaContext, string, string, int, ElementType, CudaLinearGate), CudaKernelFunction> s_loaded = new();
     private static readonly ConcurrentDictionary<(CudaContext, string, int, ElementType, CudaLinearGate), CompiledKernel> s_images = new();
     private static readonly Lock s_gate = new();
 
@@ -84,7 +84,7 @@ internal static class CudaLinearKernels
     private static CudaKernelFunction Get(CudaContext context, string file, string entry, int keyDim, ElementType type, CudaLinearGate gate, int smem)
     {
         // One entry per (file, kernel) pair: linear_chunk_bwd.cu has two kernels.
-        var key = (context, file + ":" + entry, keyDim, type, gate);
+        var key = (context, file, entry, keyDim, type, gate); // a tuple of the parts: no string built per call
         if (s_loaded.TryGetValue(key, out CudaKernelFunction? f)) return f;
         lock (s_gate)
         {
@@ -112,12 +112,12 @@ internal static class CudaLinearKernels
     /// <summary>One line per loaded specialisation: registers, local memory, compile time.</summary>
     public static IEnumerable<string> Describe()
     {
-        foreach (KeyValuePair<(CudaContext, string, int, ElementType, CudaLinearGate), CudaKernelFunction> entry in s_loaded)
+        foreach (KeyValuePair<(CudaContext, string, string, int, ElementType, CudaLinearGate), CudaKernelFunction> entry in s_loaded)
         {
-            (_, string file, int dk, ElementType type, CudaLinearGate gate) = entry.Key;
+            (_, string file, string kernel, int dk, ElementType type, CudaLinearGate gate) = entry.Key;
             CudaKernelFunction f = entry.Value;
             string origin = f.Image.FromCache ? "from the disk cache" : string.Create(CultureInfo.InvariantCulture, $"compiled in {f.Image.CompileSeconds:F2} s");
-            yield return $"{file} Dk={dk} {type.ShortName()} gate={gate}: {f.Registers} registers, {f.LocalBytes} B local, {origin}";
+            yield return $"{file}:{kernel} Dk={dk} {type.ShortName()} gate={gate}: {f.Registers} registers, {f.LocalBytes} B local, {origin}";
         }
     }
 }

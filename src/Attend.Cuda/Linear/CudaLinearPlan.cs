@@ -252,6 +252,10 @@ public sealed unsafe class CudaLinearPlan : IDisposable
             throw new ArgumentException($"initialState holds {initialState.Bytes} bytes; [N, H, Dk, Dv] float32 needs {stateBytes}.", nameof(initialState));
         if (finalState is not null && finalState.Bytes < stateBytes)
             throw new ArgumentException($"finalState holds {finalState.Bytes} bytes; [N, H, Dk, Dv] float32 needs {stateBytes}.", nameof(finalState));
+        // In place is safe only for the recurrent step (each thread owns its state entries). The chunked form reads the
+        // initial state in every segment while the last segment writes the final one, in the same launch.
+        if (Form != LinearForm.Recurrent && initialState is not null && finalState is not null && initialState.Pointer == finalState.Pointer)
+            throw new ArgumentException("finalState is the same buffer as initialState; the chunked form needs two buffers (only the recurrent step updates in place).", nameof(finalState));
         if (_sequences == 0) return;
 
         var a = new Arguments
@@ -402,11 +406,29 @@ public sealed unsafe class CudaLinearPlan : IDisposable
         }
         if (chunks.Count == 0) chunks.AddRange(new int[4]);
         long checkpointBytes = Math.Max(1L, (long)count * Shape.Heads * Shape.KeyDim * Shape.ValueDim * 2);
+        // All four buffers or none: a failed allocation (out of memory on a long sequence) must not leave a half-built
+        // plan that the next call would take as ready.
+        DeviceBuffer? table = null, partGradient = null, states = null, stateGradients = null;
+        try
+        {
+            table = DeviceBuffer.From<int>(_context, chunks.ToArray());
+            partGradient = new DeviceBuffer(_context, Math.Max(1L, (long)_partCount * Shape.Heads * Shape.KeyDim * Shape.ValueDim) * 4);
+            states = new DeviceBuffer(_context, checkpointBytes);
+            stateGradients = new DeviceBuffer(_context, checkpointBytes);
+        }
+        catch
+        {
+            table?.Dispose();
+            partGradient?.Dispose();
+            states?.Dispose();
+            stateGradients?.Dispose();
+            throw;
+        }
         _chunkCount = count;
-        _chunkTable = DeviceBuffer.From<int>(_context, chunks.ToArray());
-        _partStateGradient = new DeviceBuffer(_context, Math.Max(1L, (long)_partCount * Shape.Heads * Shape.KeyDim * Shape.ValueDim) * 4);
-        _chunkStates = new DeviceBuffer(_context, checkpointBytes);
-        _chunkStateGradients = new DeviceBuffer(_context, checkpointBytes);
+        _partStateGradient = partGradient;
+        _chunkStates = states;
+        _chunkStateGradients = stateGradients;
+        _chunkTable = table;
     }
 
     private static void RequireBytes(DeviceBuffer b, string name, long bytes)

@@ -64,8 +64,10 @@ public sealed class CudaFlashFloat32Kernel : AttentionKernel
         using CudaTensor output = CudaTensor.Create(context, type, geometry.Batch, geometry.TokensQ, geometry.Heads, geometry.Dim);
         using DeviceBuffer? lse = call.Lse.IsNull ? null : new DeviceBuffer(context, (long)geometry.Batch * geometry.Heads * geometry.TokensQ * sizeof(float));
         using (var plan = new CudaAttentionPlan(context, geometry, type, blocks, form, call.Scale))
+        {
             CudaKernelClock.Time(context, () => plan.Run(q, k, v, output, lse));
-        context.Synchronize();
+            context.Synchronize(); // the plan's block tables are freed only after its kernels have finished
+        }
         HostStaging.Download(output, call.O);
         if (lse is not null) HostStaging.DownloadLse(lse, call.Lse, geometry.Batch, geometry.Heads, geometry.TokensQ);
     }

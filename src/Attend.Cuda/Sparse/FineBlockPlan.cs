@@ -86,12 +86,17 @@ internal static class FineBlockPlan
             unitBits[u] = bits;
             unitRows[u] = rows;
         });
-        int totalItems = 0, totalBits = 0;
+        long totalItems = 0, totalBits = 0;
         for (int u = 0; u < unitItems.Length; u++)
         {
             totalItems += unitItems[u].Count;
             totalBits += unitBits[u].Count;
         }
+        // A plan partial almost everywhere at 128k with many heads can pass 2³¹ entries: say so instead of failing on a
+        // negative array size.
+        if (totalItems > Array.MaxLength || totalBits > Array.MaxLength)
+            throw new ArgumentException($"The mask's block plan needs {totalItems} block entries and {totalBits} mask words, more than one array holds " +
+                "(a mask that is partial on nearly every block at this length and head count); use fewer heads per call or a block-aligned mask.", nameof(mask));
         var rowPtr = new int[entries * heads * maxQb + 1];
         var allItems = new int[totalItems];
         var allBits = new ulong[totalBits];

@@ -34,7 +34,7 @@ public static partial class LinearAttention
 
         if (c.Form != LinearForm.Naive && IsOtherBackend(options))
         {
-            LinearBackends.Get(options!.Backend!).Forward(inputs, options, output, finalState);
+            LinearBackends.Get(options!.Backend!, "options.Backend").Forward(inputs, options, output, finalState);
             return;
         }
 
@@ -106,7 +106,7 @@ public static partial class LinearAttention
 
         if (c.Form != LinearForm.Naive && IsOtherBackend(options))
         {
-            LinearBackends.Get(options!.Backend!).Backward(inputs, options, outputGradient, finalStateGradient, gradients);
+            LinearBackends.Get(options!.Backend!, "options.Backend").Backward(inputs, options, outputGradient, finalStateGradient, gradients);
             return;
         }
 

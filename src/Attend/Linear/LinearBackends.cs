@@ -52,11 +52,15 @@ public static class LinearBackends
 
     /// <summary>The backend named <paramref name="name"/>.</summary>
     /// <exception cref="ArgumentException">No backend of that name is registered; the message lists those that are.</exception>
-    public static ILinearAttentionBackend Get(string name)
+    public static ILinearAttentionBackend Get(string name) => Get(name, nameof(name));
+
+    /// <summary>The backend named <paramref name="name"/>; an unknown name is reported against <paramref name="argumentName"/> (the caller's own argument, e.g. <c>options.Backend</c>).</summary>
+    /// <exception cref="ArgumentException">No backend of that name is registered; the message lists those that are.</exception>
+    public static ILinearAttentionBackend Get(string name, string argumentName)
     {
         foreach (ILinearAttentionBackend b in All)
             if (b.Name.Equals(name, StringComparison.OrdinalIgnoreCase)) return b;
         string known = All.Count == 0 ? "none registered" : string.Join(", ", All.Select(b => b.Name));
-        throw new ArgumentException($"Backend '{name}' has no linear-attention implementation (cpu, or a registered one: {known}).", nameof(name));
+        throw new ArgumentException($"Backend '{name}' has no linear-attention implementation (cpu, or a registered one: {known}).", argumentName);
     }
 }

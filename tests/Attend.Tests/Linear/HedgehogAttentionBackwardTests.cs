@@ -29,6 +29,7 @@ public class HedgehogAttentionBackwardTests
         var dW = new double[weights.W.Length];
         var dB = new double[weights.B.Length];
         Array.Fill(dW, double.NaN);
+        Array.Fill(dB, double.NaN);
         HedgehogAttention.Backward(c.Inputs, weights, options, dO, dST, new LinearGradients { Q = dq, K = dkk, V = dvv, InitialState = ds }, dW, dB);
         foreach ((string name, float[] actual, double[] expected) in new[] { ("dq", dq, r.Q), ("dk", dkk, r.K), ("dv", dvv, r.V), ("dS0", ds, r.InitialState) })
         {

@@ -60,7 +60,7 @@ public class TitansMemoryBackwardTests
         var options = new TitansMemoryOptions { Hidden = 6, ChunkSize = 4, Alpha = 0.05f, Eta = 0.8f, Theta = 0.1f };
         float[] init = TitansMemory.InitialState(s, 6), dO = TestData.Gaussian<float>(rng, s.OutputCount);
         long count = (long)s.Batch * s.Tokens * s.KvHeads;
-        float[] ga = new float[count];
+        float[] ga = TestData.Poisoned<float>(count);
         TitansMemory.Backward(c.Q, c.K, c.V, s, default, options, init, dO, [], new TitansGradients { Alpha = ga });
         // The scalar option's derivative, by a float64 difference of the definition.
         double Loss(float a) => FiniteDifference.Dot(TitansMemoryReference.Forward(c.Q, c.K, c.V, s, null, null, null, options with { Alpha = a }, init).Output, dO);

@@ -115,8 +115,8 @@ public static class HyperAttention
 
     /// <summary>
     /// The float64 definition of the method, the oracle of its tests. It walks the same recursion (same halves, same
-    /// sortLSH blocks, same samples: the generator is seeded per node exactly as in <see cref="Forward"/>, so it must run
-    /// in the same process) and, for each query row, lists what every part contributes: each key of an exact leaf and of
+    /// sortLSH blocks, same samples: the generator is seeded per node exactly as in <see cref="Forward"/> (by <see cref="SampleSeed"/>,
+    /// the same in every process) and, for each query row, lists what every part contributes: each key of an exact leaf and of
     /// the query's sorted block with weight exp(scale·q·k), each sampled key outside that block with weight
     /// exp(scale·q·k)·n_k/m (a key sampled twice counts twice). The output is the weighted mean of the values and the LSE
     /// the log of the weights' sum: the LSE merges of <see cref="Forward"/> are exactly this sum. Small shapes only.
@@ -152,7 +152,7 @@ public static class HyperAttention
                     for (int j = 0; j < nk; j++) kBlock[hk][order[j]] = j / p.BlockSize;
                 }
                 int m = p.SampleSize;
-                var rng = new Random(HashCode.Combine(p.Seed, b, qa, ka, nodes++));
+                var rng = new Random(SampleSeed.Of(p.Seed, b, qa, ka, nodes++));
                 var sampled = new int[kvHeads][];
                 for (int hk = 0; hk < kvHeads; hk++)
                 {
@@ -321,7 +321,7 @@ public static class HyperAttention
 
             // The residual: m uniform samples of the keys (per KV head), pairs of the query's own block masked out.
             int m = p.SampleSize;
-            var rng = new Random(HashCode.Combine(p.Seed, batch, qa, ka, _nodes++));
+            var rng = new Random(SampleSeed.Of(p.Seed, batch, qa, ka, _nodes++));
             var sampleBlock = new int[kvHeads][];
             var kr = new float[m * kd];
             var vr = new float[m * kd];
@@ -424,6 +424,8 @@ public sealed class HyperAttentionMethod : IAttentionMethod
         if (inputs.Offsets is SeqOffsets offsets)
         {
             // Varlen: each packed sequence on its own (b is 1, t the packed total).
+            if (b != 1) throw new ArgumentException($"With offsets (varlen) q holds the packed sequences as a batch of one; it has {b} (dimension 0).", "q");
+            if (offsets.TotalTokens != t) throw new ArgumentException($"The offsets cover {offsets.TotalTokens} tokens but q has {t} (dimension 1).", "q");
             VarlenLshCoverage packed = HyperAttention.ForwardVarlen(q.Data, k.Data, inputs.V.Data, offsets, h, hkv, d, options, o, lse);
             result = new MethodResult(new MethodTensor(o, b, t, h, d)) { Density = packed.Density(options.Causal ?? true), Coverage = packed };
         }

@@ -67,6 +67,15 @@ public static class Scatterbrain
     /// <summary>The paper.</summary>
     public const string Paper = "Scatterbrain: Unifying Sparse and Low-rank Attention Approximation (Chen et al., 2021)";
 
+    // Options are checked before any work (the varlen entry would otherwise write earlier sequences first).
+    private static void CheckOptions(ScatterbrainOptions options)
+    {
+        int r = options.Features ?? 64, bs = options.BlockSize ?? 128, bits = options.HashBits ?? 7;
+        if (r < 1) throw new ArgumentOutOfRangeException(nameof(options.Features), r, "Features must be ≥ 1.");
+        if (bs < 64 || bs % 64 != 0) throw new ArgumentOutOfRangeException(nameof(options.BlockSize), bs, "BlockSize must be a positive multiple of 64.");
+        if (bits < 1 || bits > 20) throw new ArgumentOutOfRangeException(nameof(options.HashBits), bits, "HashBits must be in [1, 20].");
+    }
+
     /// <summary>
     /// Approximate causal (or, with <see cref="ScatterbrainOptions.Causal"/> false, full) attention of dense [B, Tq, H, D] queries against [B, Tk, Hkv, D] keys and values
     /// into <paramref name="output"/> [B, Tq, H, D] and <paramref name="lse"/> [B, H, Tq]; returns the exact support.
@@ -81,9 +90,8 @@ public static class Scatterbrain
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(output);
         ArgumentNullException.ThrowIfNull(lse);
+        CheckOptions(options);
         int r = options.Features ?? 64, bs = options.BlockSize ?? 128, bits = options.HashBits ?? 7, seed = options.Seed ?? 0;
-        if (r < 1) throw new ArgumentOutOfRangeException(nameof(options.Features), r, "Features must be ≥ 1.");
-        if (bs < 64 || bs % 64 != 0) throw new ArgumentOutOfRangeException(nameof(options.BlockSize), bs, "BlockSize must be a positive multiple of 64.");
         if (heads < 1 || kvHeads < 1 || heads % kvHeads != 0) throw new ArgumentException($"kvHeads ({kvHeads}) must divide heads ({heads}).", nameof(kvHeads));
         int nq = queryTokens, nk = keyTokens, hd = heads * dim, kd = kvHeads * dim, g = heads / kvHeads;
         if (q.LongLength != (long)batch * nq * hd) throw new ArgumentException($"q has {q.LongLength} values; [B, Tq, H, D] needs {(long)batch * nq * hd}.", nameof(q));
@@ -175,6 +183,7 @@ public static class Scatterbrain
         ScatterbrainOptions options, float[] output, float[] lse)
     {
         ArgumentNullException.ThrowIfNull(options);
+        CheckOptions(options); // bad options fail before the first sequence is written
         return VarlenLshCoverage.Run(q, k, v, offsets, heads, kvHeads, dim, output, lse,
             (qs, ks, vs, n, o, l) => Forward(qs, ks, vs, 1, n, n, heads, kvHeads, dim, options, o, l));
     }
@@ -382,6 +391,8 @@ public sealed class ScatterbrainMethod : IAttentionMethod
         if (inputs.Offsets is SeqOffsets offsets)
         {
             // Varlen (self-attention): each packed sequence on its own (b is 1, tq = tk the packed total).
+            if (b != 1) throw new ArgumentException($"With offsets (varlen) q holds the packed sequences as a batch of one; it has {b} (dimension 0).", "q");
+            if (offsets.TotalTokens != tq) throw new ArgumentException($"The offsets cover {offsets.TotalTokens} tokens but q has {tq} (dimension 1).", "q");
             if (tk != tq) throw new ArgumentException($"Varlen scatterbrain is self-attention; k has {tk} tokens (dimension 1), q has {tq}.", "k");
             VarlenLshCoverage packed = Scatterbrain.ForwardVarlen(q.Data, k.Data, inputs.V.Data, offsets, h, hkv, d, options, o, lse);
             result = new MethodResult(new MethodTensor(o, b, tq, h, d)) { Density = packed.Density(options.Causal ?? true), Coverage = packed };

@@ -13,7 +13,9 @@ namespace Attend.Methods.Sparse;
 /// plan on the CPU (gathered columns plus diagonal bands, online softmax in float32), and
 /// <see cref="VerticalSlashAttention.Reference{T}"/> computes the same definition in float64.</para>
 /// <para>A plan is filled by its selector (<see cref="SetVertical"/>, <see cref="SetSlash"/>,
-/// <see cref="SetBlockColumns"/>) and then only read; it is not safe to fill from several threads at once.</para>
+/// <see cref="SetBlockColumns"/>) and then only read. <see cref="SetBlockColumns"/> for distinct (sequence, head, block)
+/// cells may run on several threads at once (each writes its own pre-allocated slot); <see cref="SetVertical"/> and
+/// <see cref="SetSlash"/> may not.</para>
 /// </remarks>
 public sealed class VerticalSlashPlan : IPairCoverage
 {
