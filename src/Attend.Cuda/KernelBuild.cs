@@ -220,6 +220,7 @@ internal sealed unsafe class CudaKernelFunction : IDisposable
             CudaException.CheckDriver(Driver.cuModuleLoadData(out _module, p), nameof(Driver.cuModuleLoadData));
         CudaException.CheckDriver(Driver.cuModuleGetFunction(out nint function, _module, entryPoint), nameof(Driver.cuModuleGetFunction));
         Function = function;
+        EntryPoint = entryPoint;
         if (dynamicSharedBytes > 48 * 1024)
             CudaException.CheckDriver(Driver.cuFuncSetAttribute(function, Driver.FuncAttrMaxDynamicSharedSizeBytes, dynamicSharedBytes), nameof(Driver.cuFuncSetAttribute));
         CudaException.CheckDriver(Driver.cuFuncGetAttribute(out int regs, Driver.FuncAttrNumRegs, function), nameof(Driver.cuFuncGetAttribute));
@@ -230,12 +231,19 @@ internal sealed unsafe class CudaKernelFunction : IDisposable
     }
 
     public nint Function { get; }
+    public string EntryPoint { get; }
     public int Registers { get; }
     public int LocalBytes { get; }
     public CompiledKernel Image { get; }
 
     public void Launch(uint gridX, uint gridY, uint gridZ, uint threads, uint sharedBytes, CudaStream? stream, void** arguments)
     {
+        // The hardware's grid limits (x < 2³¹, y and z ≤ 65535): a problem that outgrows them gets an argument error that
+        // names the grid axis, not the driver's CUDA_ERROR_INVALID_VALUE.
+        if (gridX > int.MaxValue || gridY > 65535 || gridZ > 65535)
+            throw new ArgumentOutOfRangeException(gridX > int.MaxValue ? nameof(gridX) : gridY > 65535 ? nameof(gridY) : nameof(gridZ),
+                $"{EntryPoint} needs a grid of {gridX} x {gridY} x {gridZ} blocks; CUDA allows at most 2147483647 x 65535 x 65535 " +
+                "(y and z count heads, query blocks, segments or sequences: split the call).");
         _context.MakeCurrent();
         CudaException.CheckDriver(Driver.cuLaunchKernel(Function, gridX, gridY, gridZ, threads, 1, 1, sharedBytes, stream?.Handle ?? 0, arguments, null),
             nameof(Driver.cuLaunchKernel));
