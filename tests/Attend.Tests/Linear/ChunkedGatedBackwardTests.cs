@@ -123,6 +123,20 @@ public class ChunkedGatedBackwardTests
         AssertLongBackwardMatchesTheReference(rng, c, configuration, GatedBackwardPath.MatrixProducts);
     }
 
+    [Fact]
+    public void CheckpointsAboveTheRetainedSizeAreCallOwnedAndExact()
+    {
+        // With the retained size at 0 every call allocates its checkpoints for the call (the long-sequence path); the
+        // result must match the reference as the retained path does, with GQA, varlen and several workers.
+        Random rng = TestData.Rng(667);
+        LinearCase c = LinearCase.Create(rng, new LinearShape(1, 300, 4, 2, 32, 24), LinearFormsTests.Parse("l2 channel gated none", 4, 16),
+            [120, 0, 1, 179], "mid", qkScale: 0.5);
+        long retained = Attend.Kernels.Cpu.Linear.ChunkedGatedBackwardKernel.RetainedCheckpointFloats;
+        Attend.Kernels.Cpu.Linear.ChunkedGatedBackwardKernel.RetainedCheckpointFloats = 0;
+        try { AssertLongBackwardMatchesTheReference(rng, c, "call-owned checkpoints", GatedBackwardPath.MatrixProducts); }
+        finally { Attend.Kernels.Cpu.Linear.ChunkedGatedBackwardKernel.RetainedCheckpointFloats = retained; }
+    }
+
     private static void AssertLongBackwardMatchesTheReference(Random rng, LinearCase c, string label, GatedBackwardPath path = GatedBackwardPath.Auto)
     {
         float[] dO = TestData.Gaussian<float>(rng, c.OutputLength);

@@ -85,7 +85,8 @@ internal static unsafe class ChunkedGatedBackwardKernel
     /// the calling thread for the next call; above it (long sequences: T = 128k, D = 128 needs ~134 MB per worker) they
     /// are allocated for the call and dropped with it, so no thread holds a whole-sequence buffer for its life.
     /// </summary>
-    private const long RetainedCheckpointFloats = 4L << 20;
+    /// (Settable so that a test can force the call-owned path; every path gives the same result.)
+    internal static long RetainedCheckpointFloats { get; set; } = 4L << 20;
 
     /// <summary>The <see cref="SharedBuffer"/> slot of the checkpoints (0 and 1 are the flash kernels').</summary>
     private const int CheckpointSlot = 3;
