@@ -92,19 +92,72 @@ public class ChunkedGatedBackwardTests
         }
     }
 
-    [Fact]
-    public void LongSequencesWithExtremeGatesStayFinite()
+    [Theory]
+    [InlineData("one")]
+    [InlineData("zero")]
+    public void LongSequencesWithExtremeGatesMatchTheReference(string regime)
     {
-        Random rng = TestData.Rng(659);
-        foreach (string regime in new[] { "one", "zero" })
-            foreach (string configuration in new[] { "l2 scalar gated none", "identity channel additive none", "l2 channel gated none" })
-            {
-                LinearCase c = LinearCase.Create(rng, new LinearShape(1, 4096, 1, 1, 16, 16), LinearFormsTests.Parse(configuration, 1, 64), gateRegime: regime, qkScale: 1);
-                float[] dO = TestData.Gaussian<float>(rng, c.OutputLength);
-                float[] dq = TestData.Poisoned<float>(c.Q.Length), dk = TestData.Poisoned<float>(c.K.Length), dg = TestData.Poisoned<float>(c.Gate.Length);
-                LinearAttention.Backward(c.Inputs, c.Options, dO, [], new LinearGradients { Q = dq, K = dk, Gate = dg });
-                foreach ((string name, float[] x) in new[] { ("dq", dq), ("dk", dk), ("dgate", dg) })
-                    Assert.True(Array.TrueForAll(x, float.IsFinite), $"{regime} {configuration}: non-finite {name}, {c}");
-            }
+        // T = 4096 with gates near 1 (the state carries across 256 chunks) or near 0 (channel gates leave the factorised
+        // range and take the reverse recurrence): both against the float64 reference, not only for finiteness.
+        Random rng = TestData.Rng(659 + regime.Length);
+        foreach (string configuration in new[] { "l2 scalar gated none", "identity channel additive none", "l2 channel gated none" })
+        {
+            LinearCase c = LinearCase.Create(rng, new LinearShape(1, 4096, 1, 1, 16, 16), LinearFormsTests.Parse(configuration, 1, 64), gateRegime: regime, qkScale: 1);
+            AssertLongBackwardMatchesTheReference(rng, c, $"{regime} {configuration}");
+        }
+    }
+
+    [Theory]
+    [InlineData("identity channel additive none")]
+    [InlineData("l2 channel gated none")]
+    public void ChannelGatesJustAboveTheFactorisedLimitTakeTheMatrixProductsExactly(string configuration)
+    {
+        // Every key channel's gate sums to −54.5 … −56 inside each of the backward's 16-token chunks (Df = 16): just
+        // above the −60 cut-off, so e^{−b} reaches ~e^{56} and the matrix products (not the reverse recurrence) run.
+        Random rng = TestData.Rng(661 + configuration.Length);
+        LinearCase c = LinearCase.Create(rng, new LinearShape(1, 4096, 1, 1, 16, 16), LinearFormsTests.Parse(configuration, 1, 16), qkScale: 1);
+        int df = c.Config.FeatureDim;
+        for (int t = 0; t < c.Shape.Tokens; t++)
+            for (int i = 0; i < df; i++) c.Gate[(long)t * df + i] = (-54.5f - 1.5f * i / (df - 1)) / 16f;
+        Assert.Equal(16, df);
+        AssertLongBackwardMatchesTheReference(rng, c, configuration, GatedBackwardPath.MatrixProducts);
+    }
+
+    [Fact]
+    public void CheckpointsAboveTheRetainedSizeAreCallOwnedAndExact()
+    {
+        // With the retained size at 0 every call allocates its checkpoints for the call (the long-sequence path); the
+        // result must match the reference as the retained path does, with GQA, varlen and several workers.
+        Random rng = TestData.Rng(667);
+        LinearCase c = LinearCase.Create(rng, new LinearShape(1, 300, 4, 2, 32, 24), LinearFormsTests.Parse("l2 channel gated none", 4, 16),
+            [120, 0, 1, 179], "mid", qkScale: 0.5);
+        long retained = Attend.Kernels.Cpu.Linear.ChunkedGatedBackwardKernel.RetainedCheckpointFloats;
+        Attend.Kernels.Cpu.Linear.ChunkedGatedBackwardKernel.RetainedCheckpointFloats = 0;
+        try { AssertLongBackwardMatchesTheReference(rng, c, "call-owned checkpoints", GatedBackwardPath.MatrixProducts); }
+        finally { Attend.Kernels.Cpu.Linear.ChunkedGatedBackwardKernel.RetainedCheckpointFloats = retained; }
+    }
+
+    private static void AssertLongBackwardMatchesTheReference(Random rng, LinearCase c, string label, GatedBackwardPath path = GatedBackwardPath.Auto)
+    {
+        float[] dO = TestData.Gaussian<float>(rng, c.OutputLength);
+        float[] dST = TestData.Gaussian<float>(rng, c.Config.StateLength);
+        ReferenceLinearGradients r = ReferenceLinearAttention.Backward(c.Inputs, c.Options, dO, dST);
+        float[] dq = TestData.Poisoned<float>(c.Q.Length), dk = TestData.Poisoned<float>(c.K.Length), dv = TestData.Poisoned<float>(c.V.Length);
+        float[] dg = TestData.Poisoned<float>(c.Gate.Length), ds = TestData.Poisoned<float>(c.State.Length);
+        float[] db = TestData.Poisoned<float>(c.Beta.Length);
+        LinearAttention.GatedBackward = path;
+        try
+        {
+            LinearAttention.Backward(c.Inputs, c.Options, dO, dST,
+                new LinearGradients { Q = dq, K = dk, V = dv, Gate = dg, Beta = c.Beta.Length > 0 ? db : null, InitialState = ds });
+        }
+        finally { LinearAttention.GatedBackward = GatedBackwardPath.Auto; }
+        var pairs = new List<(string, float[], double[])> { ("dq", dq, r.Q), ("dk", dk, r.K), ("dv", dv, r.V), ("dgate", dg, r.Gate), ("dS0", ds, r.InitialState) };
+        if (c.Beta.Length > 0) pairs.Add(("dbeta", db, r.Beta));
+        foreach ((string name, float[] actual, double[] expected) in pairs)
+        {
+            double e = TestData.RelativeError<float>(actual, expected);
+            Assert.True(e < 2e-4, $"{label}: {name} error {e:E2} against the reference, {c}");
+        }
     }
 }

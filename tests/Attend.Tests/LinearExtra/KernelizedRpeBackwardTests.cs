@@ -49,4 +49,26 @@ public class KernelizedRpeBackwardTests
         ex = Assert.Throws<ArgumentException>(() => KernelizedRpe.Backward(c.Q, c.K, c.V, c.Shape, w, bias, null, dO, [], new float[2], [], []));
         Assert.Equal("keyGradient", ex.ParamName);
     }
+
+    [Fact]
+    public void OneRequestedGradientEqualsTheFullCallAcrossRepeatedCalls()
+    {
+        // Absent gradients live in pooled scratch: the second call reuses the first call's (dirty) arrays, which must not
+        // leak into the requested gradient.
+        var rng = TestData.Rng(573);
+        var c = ExtraCase.Make(rng, new LinearExtraShape(2, 9, 2, 1, 4, 3));
+        float[] w = KernelizedRpe.RandomFeatures(5, 4, rng.Next()), bias = TestData.Gaussian<float>(rng, 2 * (2 * 9 - 1));
+        float[] dO = TestData.Gaussian<float>(rng, c.Shape.OutputCount);
+        float[] gq = TestData.Poisoned<float>(c.Q.Length), gk = TestData.Poisoned<float>(c.K.Length), gv = TestData.Poisoned<float>(c.V.Length);
+        float[] gb = TestData.Poisoned<float>(bias.Length);
+        KernelizedRpe.Backward(c.Q, c.K, c.V, c.Shape, w, bias, null, dO, gq, gk, gv, gb);
+        for (int call = 0; call < 2; call++)
+        {
+            float[] onlyK = TestData.Poisoned<float>(c.K.Length);
+            KernelizedRpe.Backward(c.Q, c.K, c.V, c.Shape, w, bias, null, dO, [], onlyK, [], []);
+            Assert.Equal(gk, onlyK);
+        }
+        Assert.DoesNotContain(gq, float.IsNaN);
+        Assert.DoesNotContain(gb, float.IsNaN);
+    }
 }

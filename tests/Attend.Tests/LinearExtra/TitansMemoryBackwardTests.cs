@@ -73,4 +73,29 @@ public class TitansMemoryBackwardTests
         ex = Assert.Throws<ArgumentException>(() => TitansMemory.Backward(c.Q, c.K, c.V, s, default, options, init, dO, new float[5], default));
         Assert.Equal("finalStateGradient", ex.ParamName);
     }
+
+    [Fact]
+    public void OneRequestedGradientEqualsTheFullCallAcrossRepeatedCalls()
+    {
+        // Absent gradients live in pooled scratch: the second call reuses the first call's (dirty) arrays, which must not
+        // leak into the requested gradient.
+        var rng = TestData.Rng(587);
+        var s = new LinearExtraShape(1, 11, 2, 2, 6, 5, SeqOffsets.FromLengths([6, 0, 5]));
+        var c = ExtraCase.Make(rng, s);
+        var options = new TitansMemoryOptions { Hidden = 6, ChunkSize = 4, Alpha = 0.05f, Eta = 0.8f, Theta = 0.1f };
+        float[] init = TitansMemory.InitialState(s, 6), dO = TestData.Gaussian<float>(rng, s.OutputCount);
+        long count = (long)s.Batch * s.Tokens * s.KvHeads;
+        float[] gq = TestData.Poisoned<float>(c.Q.Length), gk = TestData.Poisoned<float>(c.K.Length), gv = TestData.Poisoned<float>(c.V.Length);
+        float[] ga = TestData.Poisoned<float>(count), ge = TestData.Poisoned<float>(count), gt = TestData.Poisoned<float>(count), gs = TestData.Poisoned<float>(init.Length);
+        TitansMemory.Backward(c.Q, c.K, c.V, s, default, options, init, dO, [],
+            new TitansGradients { Q = gq, K = gk, V = gv, Alpha = ga, Eta = ge, Theta = gt, InitialState = gs });
+        foreach (float[] g in new[] { gq, gk, gv, ga, ge, gt, gs }) Assert.DoesNotContain(g, float.IsNaN);
+        for (int call = 0; call < 2; call++)
+        {
+            float[] onlyV = TestData.Poisoned<float>(c.V.Length), onlyEta = TestData.Poisoned<float>(count);
+            TitansMemory.Backward(c.Q, c.K, c.V, s, default, options, init, dO, [], new TitansGradients { V = onlyV, Eta = onlyEta });
+            Assert.Equal(gv, onlyV);
+            Assert.Equal(ge, onlyEta);
+        }
+    }
 }

@@ -32,6 +32,9 @@ public sealed class SortLsh
     /// <summary>Vector length.</summary>
     public int Dim { get; }
 
+    /// <summary>The hyperplanes, [bits][dim] row-major (for tests that recompute the codes on their own).</summary>
+    internal ReadOnlySpan<float> Planes => _planes;
+
     /// <summary>The bucket (rank of the code along the Gray-code order) of one vector.</summary>
     public int Bucket(ReadOnlySpan<float> x)
     {

@@ -44,11 +44,14 @@ public static unsafe partial class KernelizedRpe
         CheckGradient(nameof(keyGradient), keyGradient.Length, shape.KeyCount, "[B, T, Hkv, Dk]");
         CheckGradient(nameof(valueGradient), valueGradient.Length, shape.ValueCount, "[B, T, Hkv, Dv]");
         CheckGradient(nameof(biasGradient), biasGradient.Length, bias.Length, "[H, 2R − 1]");
-        float[] dq = new float[shape.QueryCount], dk = new float[shape.KeyCount], dv = new float[shape.ValueCount];
+        // Written straight into the caller's spans (zeroed first: the items accumulate); pooled scratch for an absent one.
+        using var dq = new GradientTarget(queryGradient, shape.QueryCount);
+        using var dk = new GradientTarget(keyGradient, shape.KeyCount);
+        using var dv = new GradientTarget(valueGradient, shape.ValueCount);
         int items = shape.Sequences * shape.KvHeads;
         // One bias gradient per item (its group's heads), summed after: items of different sequences share the bias.
         var db = new double[(long)items * shape.Group * (2 * radius - 1)];
-        fixed (float* pq = q, pk = k, pv = v, pw = features, pb = bias, pdo = outputGradient, pdq = dq, pdk = dk, pdv = dv)
+        fixed (float* pq = q, pk = k, pv = v, pw = features, pb = bias, pdo = outputGradient, pdq = dq.Span, pdk = dk.Span, pdv = dv.Span)
         {
             var work = new FftBackwardWork
             {
@@ -58,9 +61,6 @@ public static unsafe partial class KernelizedRpe
             };
             ParallelWork.Run(items, options.MaxThreads ?? Environment.ProcessorCount, work);
         }
-        if (!queryGradient.IsEmpty) dq.CopyTo(queryGradient);
-        if (!keyGradient.IsEmpty) dk.CopyTo(keyGradient);
-        if (!valueGradient.IsEmpty) dv.CopyTo(valueGradient);
         if (!biasGradient.IsEmpty)
         {
             int width = 2 * radius - 1, group = shape.Group;

@@ -41,9 +41,12 @@ public static unsafe partial class LocalLinearAttention
         CheckGradient(nameof(queryGradient), queryGradient.Length, shape.QueryCount, "[B, T, H, Dk]");
         CheckGradient(nameof(keyGradient), keyGradient.Length, shape.KeyCount, "[B, T, Hkv, Dk]");
         CheckGradient(nameof(valueGradient), valueGradient.Length, shape.ValueCount, "[B, T, Hkv, Dv]");
-        // Own buffers so that absent gradients need no branches in the loop (and caller spans may be poisoned).
-        float[] dq = new float[shape.QueryCount], dk = new float[shape.KeyCount], dv = new float[shape.ValueCount];
-        fixed (float* pq = q, pk = k, pv = v, pdo = outputGradient, pdq = dq, pdk = dk, pdv = dv)
+        // The caller's spans (zeroed first: the loop accumulates, and they may be poisoned); pooled scratch for an absent
+        // gradient, so the loop needs no branches.
+        using var dq = new GradientTarget(queryGradient, shape.QueryCount);
+        using var dk = new GradientTarget(keyGradient, shape.KeyCount);
+        using var dv = new GradientTarget(valueGradient, shape.ValueCount);
+        fixed (float* pq = q, pk = k, pv = v, pdo = outputGradient, pdq = dq.Span, pdk = dk.Span, pdv = dv.Span)
         {
             var work = new BackwardWork
             {
@@ -52,9 +55,6 @@ public static unsafe partial class LocalLinearAttention
             };
             ParallelWork.Run(shape.Sequences * shape.KvHeads, options.MaxThreads ?? Environment.ProcessorCount, work);
         }
-        if (!queryGradient.IsEmpty) dq.CopyTo(queryGradient);
-        if (!keyGradient.IsEmpty) dk.CopyTo(keyGradient);
-        if (!valueGradient.IsEmpty) dv.CopyTo(valueGradient);
     }
 
     private static void CheckGradient(string name, int length, long want, string layout)

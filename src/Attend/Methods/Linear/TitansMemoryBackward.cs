@@ -87,12 +87,18 @@ public static unsafe partial class TitansMemory
                 throw new ArgumentException($"initialState: the position slot (last of each memory) must be an integer in [0, chunk = {o.Chunk}); got {pos}.", nameof(initialState));
         }
 
-        // Own buffers: every gradient is written in full by its item, whatever the caller asked for.
-        float[] dq = new float[shape.QueryCount], dk = new float[shape.KeyCount], dv = new float[shape.ValueCount];
-        float[] da = new float[tokens], de = new float[tokens], dt = new float[tokens], ds0 = new float[size];
+        // Every gradient is written by its item whatever the caller asked for: straight into the caller's span (zeroed
+        // first), or pooled scratch for an absent one.
+        using var dq = new GradientTarget(gradients.Q, shape.QueryCount);
+        using var dk = new GradientTarget(gradients.K, shape.KeyCount);
+        using var dv = new GradientTarget(gradients.V, shape.ValueCount);
+        using var da = new GradientTarget(gradients.Alpha, tokens);
+        using var de = new GradientTarget(gradients.Eta, tokens);
+        using var dt = new GradientTarget(gradients.Theta, tokens);
+        using var ds0 = new GradientTarget(gradients.InitialState, size);
         fixed (float* pq = q, pk = k, pv = v, pdo = outputGradient, pst = finalStateGradient, ps0 = initialState)
         fixed (float* pa = gates.Alpha, pe = gates.Eta, pt = gates.Theta)
-        fixed (float* pdq = dq, pdk = dk, pdv = dv, pda = da, pde = de, pdt = dt, pds0 = ds0)
+        fixed (float* pdq = dq.Span, pdk = dk.Span, pdv = dv.Span, pda = da.Span, pde = de.Span, pdt = dt.Span, pds0 = ds0.Span)
         {
             var work = new BackwardWork
             {
@@ -103,13 +109,6 @@ public static unsafe partial class TitansMemory
             };
             ParallelWork.Run(shape.Sequences * shape.KvHeads, options.MaxThreads ?? Environment.ProcessorCount, work);
         }
-        if (!gradients.Q.IsEmpty) dq.CopyTo(gradients.Q);
-        if (!gradients.K.IsEmpty) dk.CopyTo(gradients.K);
-        if (!gradients.V.IsEmpty) dv.CopyTo(gradients.V);
-        if (!gradients.Alpha.IsEmpty) da.CopyTo(gradients.Alpha);
-        if (!gradients.Eta.IsEmpty) de.CopyTo(gradients.Eta);
-        if (!gradients.Theta.IsEmpty) dt.CopyTo(gradients.Theta);
-        if (!gradients.InitialState.IsEmpty) ds0.CopyTo(gradients.InitialState);
     }
 
     private static void CheckSize(string name, int length, long want, string layout)

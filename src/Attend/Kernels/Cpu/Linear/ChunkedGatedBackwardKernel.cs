@@ -80,20 +80,62 @@ internal static unsafe class ChunkedGatedBackwardKernel
         else Run<Isa128, Vector128<float>>(problem, grads);
     }
 
+    /// <summary>
+    /// Checkpoints of all workers together up to this many floats (16 MB) live in a <see cref="SharedBuffer"/> kept by
+    /// the calling thread for the next call; above it (long sequences: T = 128k, D = 128 needs ~134 MB per worker) they
+    /// are allocated for the call and dropped with it, so no thread holds a whole-sequence buffer for its life.
+    /// </summary>
+    /// (Settable so that a test can force the call-owned path; every path gives the same result.)
+    internal static long RetainedCheckpointFloats { get; set; } = 4L << 20;
+
+    /// <summary>The <see cref="SharedBuffer"/> slot of the checkpoints (0 and 1 are the flash kernels').</summary>
+    private const int CheckpointSlot = 3;
+
     private static void Run<TIsa, TVec>(StateProblem problem, StateGradients grads)
         where TIsa : struct, IVectorIsa<TVec>
         where TVec : unmanaged
-        => ParallelWork.Run(problem.Items, problem.Config.Threads, new Items<TIsa, TVec>(problem, grads));
+    {
+        LinearConfig c = problem.Config;
+        int items = problem.Items, workers = Math.Max(1, Math.Min(c.Threads, items)), chunk = Chunk(c), w = TIsa.Width;
+        int longest = 0;
+        for (int n = 0; n < c.Sequences; n++)
+        {
+            c.Range(n, out _, out int start, out int end);
+            longest = Math.Max(longest, end - start);
+        }
+        long perWorker = ((long)(longest + chunk - 1) / chunk + 1) * RoundUp(problem.Df, w) * RoundUp(problem.Dv, w);
+        long total = perWorker * workers;
+        float[]? callOwned = null;
+        float* checkpoints;
+        if (total <= RetainedCheckpointFloats) checkpoints = SharedBuffer.Rent(CheckpointSlot, Math.Max(1, total)).Pointer;
+        else
+        {
+            callOwned = GC.AllocateUninitializedArray<float>(checked((int)(total + 16)), pinned: true);
+            fixed (float* a = callOwned) checkpoints = (float*)(((nint)a + 63) & ~(nint)63); // pinned: the pointer stays valid
+        }
+        ParallelWork.Run(items, c.Threads, new Items<TIsa, TVec>(problem, grads, checkpoints, perWorker, workers));
+        GC.KeepAlive(callOwned);
+    }
 
-    private sealed class Items<TIsa, TVec>(StateProblem problem, StateGradients grads) : IWorkItems
+    private sealed class Items<TIsa, TVec>(StateProblem problem, StateGradients grads, float* checkpoints, long perWorker, int workers) : IWorkItems
         where TIsa : struct, IVectorIsa<TVec>
         where TVec : unmanaged
     {
+        // busy[s] = 1 while an item uses checkpoint region s; at most `workers` items run at once, so one is always free.
+        private readonly int[] _busy = new int[workers];
+
         public void Execute(int index)
         {
             // A (sequence, head) whose channel gate leaves the factorised range takes the reverse recurrence (exact).
-            if (Factorises(problem, index / problem.Heads, index % problem.Heads)) new Item<TIsa, TVec>(problem, grads, index).Run();
-            else StateBackwardKernel.Item<TIsa, TVec>(problem, grads, index);
+            if (!Factorises(problem, index / problem.Heads, index % problem.Heads))
+            {
+                StateBackwardKernel.Item<TIsa, TVec>(problem, grads, index);
+                return;
+            }
+            int slot = 0;
+            while (Interlocked.CompareExchange(ref _busy[slot], 1, 0) != 0) slot = (slot + 1) % workers;
+            try { new Item<TIsa, TVec>(problem, grads, index, checkpoints + slot * perWorker).Run(); }
+            finally { Volatile.Write(ref _busy[slot], 0); }
         }
     }
 
@@ -114,7 +156,8 @@ internal static unsafe class ChunkedGatedBackwardKernel
         private readonly float* V, dO, Wm, U, dU, dW, KhT, UT, WT, A, dA, L, dL, N, T, dT, X, NT;
         private readonly float* bS, eb, ed, beta, dbeta, db, cs, diag, rowDecay, stateGate;
 
-        public Item(StateProblem problem, StateGradients grads, int item)
+        // checkpointRegion: room for (chunks + 1) states of this item, owned by it while it runs.
+        public Item(StateProblem problem, StateGradients grads, int item, float* checkpointRegion)
         {
             p = problem;
             gr = grads;
@@ -140,11 +183,11 @@ internal static unsafe class ChunkedGatedBackwardKernel
             state = (long)dkp * dvp;
 
             long rowK = (long)cr * dkn, rowV = (long)cr * dvp, cc = (long)cr * cn;
-            long sz = (chunks + 1) * state + 2 * state + 2L * dvp * dkn + 16 * rowK + 6 * rowV + (long)dkp * cn + 2L * dvp * cn
+            long sz = 2 * state + 2L * dvp * dkn + 16 * rowK + 6 * rowV + (long)dkp * cn + 2L * dvp * cn
                       + 8 * cc + (long)cn * cn + 8L * cn + 2L * dkn + 64;
             float* m = Scratch.Get(sz);
             new Span<float>(m, checked((int)sz)).Clear();
-            checkpoints = m; m += (chunks + 1) * state;   // S at every chunk boundary (the last: the final state)
+            checkpoints = checkpointRegion;               // S at every chunk boundary (the last: the final state)
             S = m; m += state;                             // the forward sweep's state
             dS = m; m += state;                            // gradient of the state at the current chunk's end
             dST = m; m += (long)dvp * dkn;                 // dSᵀ
