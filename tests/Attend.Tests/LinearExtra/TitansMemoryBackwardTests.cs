@@ -45,7 +45,9 @@ public class TitansMemoryBackwardTests
         foreach ((float[] x, float[] grad, string name) in new[]
                  { (c.Q, gq, "q"), (c.K, gk, "k"), (c.V, gv, "v"), (alpha, ga, "alpha"), (eta, ge, "eta"), (theta, gt, "theta"), (init, gs, "S0") })
         {
-            double e = FiniteDifference.WorstError(x, grad, Loss, samples: 40, skip: name == "S0" ? i => i % row == row - 1 : null);
+            // Step 1e-4: the memory's inner gradient step is strongly curved in θ, and at 1e-3 the central difference's
+            // truncation error alone reached 1.5e-2 on some seeds (it falls as the step squared; the loss is float64).
+            double e = FiniteDifference.WorstError(x, grad, Loss, samples: 40, relativeStep: 1e-4f, skip: name == "S0" ? i => i % row == row - 1 : null);
             Assert.True(e < 2e-3, $"chunk {chunk}: d{name} vs finite differences {e:E2}; {c.Description}");
         }
         for (int r = row - 1; r < gs.Length; r += row) Assert.Equal(0f, gs[r]);
