@@ -17,7 +17,7 @@ namespace Attend.Cli;
 /// <param name="TokensPerS">Tokens (over all heads) per second.</param>
 /// <param name="UsPerToken">Decode: microseconds per generated token (all heads).</param>
 /// <param name="PeakFraction">Chunked: FLOP/s over the measured FMA peak (FLOP convention in the docs).</param>
-/// <param name="MaxRelErr">Error against the float64 naive form in the same run.</param>
+/// <param name="MaxRelErr">max|a − e| / max|e| against the run's reference form (float64 naive on the CPU, the recurrent form on the GPU).</param>
 /// <param name="Spread">Relative spread (max − min) / median of the timed runs.</param>
 internal sealed record LinearRecord(string Method, string Form, int T, int D, int H, double? TokensPerS, double? UsPerToken, double? PeakFraction, double? MaxRelErr, double Spread)
 {
@@ -27,6 +27,37 @@ internal sealed record LinearRecord(string Method, string Form, int T, int D, in
     /// <summary>FLOPs per CPU-second of this process over FMA FLOPs per CPU-second: the fraction of the peak while the
     /// kernel actually held a core (robust to other tenants taking turns on a shared machine; not to their cache use).</summary>
     public double? CpuPeakFraction { get; init; }
+
+    /// <summary>
+    /// Writes the record as one JSON object with the fields, the same for every backend (the CPU bench and the
+    /// CUDA one share it, so a field means the same thing in both); <c>cpu_peak_fraction</c> and <c>spread</c> are the
+    /// CPU bench's own and are written only for it.
+    /// </summary>
+    public void Write(Utf8JsonWriter w, string backend)
+    {
+        w.WriteStartObject();
+        w.WriteString("method", Method);
+        w.WriteString("form", Form);
+        w.WriteString("backend", backend);
+        w.WriteNumber("T", T);
+        w.WriteNumber("D", D);
+        w.WriteNumber("H", H);
+        Number(w, "tokens_per_s", TokensPerS);
+        Number(w, "us_per_token", UsPerToken);
+        Number(w, "gflops", Gflops);
+        Number(w, "peak_fraction", PeakFraction);
+        if (backend == "cpu") Number(w, "cpu_peak_fraction", CpuPeakFraction);
+        Number(w, "max_rel_err", MaxRelErr);
+        if (backend == "cpu") Number(w, "spread", Spread);
+        w.WriteString("status", Passed ? "ok" : "FAILED");
+        w.WriteEndObject();
+    }
+
+    private static void Number(Utf8JsonWriter w, string name, double? value)
+    {
+        if (value is double v && double.IsFinite(v)) w.WriteNumber(name, v);
+        else w.WriteNull(name);
+    }
 }
 
 /// <summary>
@@ -571,32 +602,8 @@ internal static class BenchLinearCommand
         w.WriteNumber("fma_gflops", ceilings.FmaGflops);
         w.WriteString("flop_convention", "chunked: per head and chunk of L tokens, causal pairs L(L+1)/2 x 2(Df+Dv) + state read/write 4 L Df Dv (+ delta-rule terms); masked work not counted");
         w.WriteStartArray("results");
-        foreach (LinearRecord r in records)
-        {
-            w.WriteStartObject();
-            w.WriteString("method", r.Method);
-            w.WriteString("form", r.Form);
-            w.WriteString("backend", "cpu");
-            w.WriteNumber("T", r.T);
-            w.WriteNumber("D", r.D);
-            w.WriteNumber("H", r.H);
-            Number(w, "tokens_per_s", r.TokensPerS);
-            Number(w, "us_per_token", r.UsPerToken);
-            Number(w, "gflops", r.Gflops);
-            Number(w, "peak_fraction", r.PeakFraction);
-            Number(w, "cpu_peak_fraction", r.CpuPeakFraction);
-            Number(w, "max_rel_err", r.MaxRelErr);
-            Number(w, "spread", r.Spread);
-            w.WriteString("status", r.Passed ? "ok" : "FAILED");
-            w.WriteEndObject();
-        }
+        foreach (LinearRecord r in records) r.Write(w, "cpu");
         w.WriteEndArray();
         w.WriteEndObject();
-    }
-
-    private static void Number(Utf8JsonWriter w, string name, double? value)
-    {
-        if (value is double v && double.IsFinite(v)) w.WriteNumber(name, v);
-        else w.WriteNull(name);
     }
 }
