@@ -10,6 +10,9 @@ namespace Attend.Cuda;
 /// grouped-query gradients sum inside one CTA in a fixed order, so the gradients are bitwise reproducible); otherwise
 /// dQ can be added with float32 atomics from the dK/dV kernel (five matrix products instead of seven; slower as measured,
 /// so only behind a development switch below): the default is the separate dQ kernel whatever Deterministic says. Head dims 64 and 128; other head dims run on the CUDA-core backward (<see cref="CudaFlashBackward"/>).
+/// On Hopper (the <c>sm_90a</c> target) the same two kernels are compiled with <c>WGMMA=1</c>: every matrix product is a
+/// warpgroup product (<c>wgmma.mma_async</c>, the CTA's 4 warps being one warpgroup), the rest of the code unchanged;
+/// other GPUs, and <c>ATTEND_CUDA_BWD_WGMMA=0</c>, run the mma.sync form.
 /// </summary>
 internal static unsafe class CudaFlashBackwardMma
 {
@@ -21,44 +24,55 @@ internal static unsafe class CudaFlashBackwardMma
     //   ATTEND_CUDA_BWD_ATOMIC_DQ=1     dQ by float32 atomics from the dK/dV kernel when not Deterministic (measured 0.58×
     //                                   the separate dQ kernel at causal 16k, so off by default);
     //   ATTEND_CUDA_BWD_SKIP=dkdv       skip the dK/dV launch (timing of Δ + dQ alone; dK and dV stay zero);
-    //   ATTEND_CUDA_BWD_NOVOLATILE=1    compile the mma.sync asm without `volatile` (mma_tiles.cuh's MMA_NOVOLATILE).
+    //   ATTEND_CUDA_BWD_NOVOLATILE=1    compile the mma.sync asm without `volatile` (mma_tiles.cuh's MMA_NOVOLATILE);
+    //   ATTEND_CUDA_BWD_WGMMA=0         the mma.sync kernels on Hopper too (default there: the wgmma form);
+    //   ATTEND_CUDA_BWD_WG_QREG=0       wgmma dQ kernel: Q and dO operands from shared memory instead of registers.
     private static readonly int QueryRowsPerStep = Environment.GetEnvironmentVariable("ATTEND_CUDA_BWD_BR") == "32" ? 32 : 64;
     private static readonly bool AtomicDqAllowed = Environment.GetEnvironmentVariable("ATTEND_CUDA_BWD_ATOMIC_DQ") == "1" && QueryRowsPerStep == 64;
     private static readonly bool SkipDkDv = Environment.GetEnvironmentVariable("ATTEND_CUDA_BWD_SKIP") == "dkdv";
     private static readonly bool MmaNotVolatile = Environment.GetEnvironmentVariable("ATTEND_CUDA_BWD_NOVOLATILE") == "1";
-    private static readonly ConcurrentDictionary<(CudaContext, int, ElementType, bool, bool, bool), (CudaKernelFunction Delta, CudaKernelFunction DkDv, CudaKernelFunction Dq, CudaKernelFunction Convert)> s_loaded = new();
+    private static readonly bool WgmmaAllowed = Environment.GetEnvironmentVariable("ATTEND_CUDA_BWD_WGMMA") != "0" && QueryRowsPerStep == 64;
+    private static readonly bool WgmmaDqFromRegisters = Environment.GetEnvironmentVariable("ATTEND_CUDA_BWD_WG_QREG") != "0";
+    private static readonly ConcurrentDictionary<(CudaContext, int, ElementType, bool, bool, bool, bool), (CudaKernelFunction Delta, CudaKernelFunction DkDv, CudaKernelFunction Dq, CudaKernelFunction Convert)> s_loaded = new();
+
+    // The wgmma form needs the sm_90a target (wgmma is an architecture-specific instruction) and no atomic dQ.
+    private static bool UsesWgmma(CudaContext context, bool atomic) => WgmmaAllowed && !atomic && context.Architecture == "sm_90a";
 
     /// <summary>Whether the tensor-core backward takes this head dim (64 or 128: the register budget of the dK/dV accumulators).</summary>
     public static bool Supports(int headDim) => headDim is 64 or 128;
 
-    private static int DkDvSharedBytes(int d, bool atomic) =>
-        2 * KeyBlock * d * 2 + 4 * QueryRowsPerStep * d * 2 + 4 * QueryRowsPerStep * sizeof(float) + (atomic ? KeyBlock * QueryRowsPerStep * 2 : 0);
+    // The wgmma form aligns its tiles to 1024 bytes inside the dynamic shared memory: 1 KB more.
+    private static int DkDvSharedBytes(int d, bool atomic, bool wgmma) =>
+        2 * KeyBlock * d * 2 + 4 * QueryRowsPerStep * d * 2 + 4 * QueryRowsPerStep * sizeof(float) + (atomic ? KeyBlock * QueryRowsPerStep * 2 : 0) + (wgmma ? 1024 : 0);
 
-    private static int DqSharedBytes(int d) => 2 * QueryRowsPerDqBlock * d * 2 + 4 * KeyBlock * d * 2;
+    private static int DqSharedBytes(int d, bool wgmma) => 2 * QueryRowsPerDqBlock * d * 2 + 4 * KeyBlock * d * 2 + (wgmma ? 1024 : 0);
 
     private static (CudaKernelFunction Delta, CudaKernelFunction DkDv, CudaKernelFunction Dq, CudaKernelFunction Convert) Get(
-        CudaContext context, int d, ElementType type, bool softcap, bool alibi, bool atomic) =>
-        s_loaded.GetOrAdd((context, d, type, softcap, alibi, atomic), _ =>
+        CudaContext context, int d, ElementType type, bool softcap, bool alibi, bool atomic, bool wgmma) =>
+        s_loaded.GetOrAdd((context, d, type, softcap, alibi, atomic, wgmma), _ =>
         {
             string[] options =
             [
                 $"-DHEAD_DIM={d}", $"-DELEM_BF16={(type == ElementType.BFloat16 ? 1 : 0)}", $"-DSOFTCAP={(softcap ? 1 : 0)}", $"-DALIBI={(alibi ? 1 : 0)}",
-                $"-DBR={QueryRowsPerStep}", $"-DDQ_ATOMIC={(atomic ? 1 : 0)}", $"-DMMA_NOVOLATILE={(MmaNotVolatile ? 1 : 0)}", "--use_fast_math", "--std=c++17",
+                $"-DBR={QueryRowsPerStep}", $"-DDQ_ATOMIC={(atomic ? 1 : 0)}", $"-DMMA_NOVOLATILE={(MmaNotVolatile ? 1 : 0)}",
+                $"-DWGMMA={(wgmma ? 1 : 0)}", $"-DWG_DQ_QREG={(WgmmaDqFromRegisters ? 1 : 0)}", "--use_fast_math", "--std=c++17",
             ];
             CompiledKernel image = KernelCompiler.Build("flash_backward_mma.cu", KernelCompiler.Source("flash_backward_mma.cu"), options, context.Architecture);
             return (new CudaKernelFunction(context, image, "attend_bwdm_delta", 0),
-                new CudaKernelFunction(context, image, "attend_bwdm_dkdv", DkDvSharedBytes(d, atomic)),
-                new CudaKernelFunction(context, image, "attend_bwdm_dq", DqSharedBytes(d)),
+                new CudaKernelFunction(context, image, "attend_bwdm_dkdv", DkDvSharedBytes(d, atomic, wgmma)),
+                new CudaKernelFunction(context, image, "attend_bwdm_dq", DqSharedBytes(d, wgmma)),
                 new CudaKernelFunction(context, image, "attend_bwdm_dq_convert", 0));
         });
 
     /// <summary>Registers and spilled (local) bytes per thread of the dK/dV and dQ kernels, for the bench's notes.</summary>
     public static string Describe(CudaContext context, int d, ElementType type)
     {
-        var (_, dkdv, dq, _) = Get(context, d, type, false, false, false);
-        string text = $"BR={QueryRowsPerStep}: dK/dV {dkdv.Registers} regs, {dkdv.LocalBytes} B local; dQ {dq.Registers} regs, {dq.LocalBytes} B local";
+        bool wgmma = UsesWgmma(context, false);
+        var (_, dkdv, dq, _) = Get(context, d, type, false, false, false, wgmma);
+        string text = $"BR={QueryRowsPerStep}{(wgmma ? $", wgmma (dQ operands from {(WgmmaDqFromRegisters ? "registers" : "shared memory")})" : ", mma.sync")}: " +
+            $"dK/dV {dkdv.Registers} regs, {dkdv.LocalBytes} B local; dQ {dq.Registers} regs, {dq.LocalBytes} B local";
         if (!AtomicDqAllowed) return text;
-        var (_, dkdvA, _, _) = Get(context, d, type, false, false, true);
+        var (_, dkdvA, _, _) = Get(context, d, type, false, false, true, false);
         return text + $"; dK/dV with atomic dQ {dkdvA.Registers} regs, {dkdvA.LocalBytes} B local";
     }
 
@@ -71,7 +85,8 @@ internal static unsafe class CudaFlashBackwardMma
         if (score.AlibiSlopes is { } sl && sl.Length < g.Heads)
             throw new ArgumentException($"ALiBi has {sl.Length} slopes; the call has {g.Heads} query heads.", "options");
         bool atomic = !deterministic && AtomicDqAllowed;
-        var (deltaK, dkdvK, dqK, convertK) = Get(context, g.Dim, type, score.Softcap is not null, score.AlibiSlopes is not null, atomic);
+        bool wgmma = UsesWgmma(context, atomic);
+        var (deltaK, dkdvK, dqK, convertK) = Get(context, g.Dim, type, score.Softcap is not null, score.AlibiSlopes is not null, atomic, wgmma);
         long dqElements = (long)g.Batch * g.TokensQ * g.Heads * g.Dim;
         using DeviceBuffer? dqAcc = atomic ? new DeviceBuffer(context, dqElements * sizeof(float)) : null;
         dqAcc?.Fill(0);
@@ -109,7 +124,7 @@ internal static unsafe class CudaFlashBackwardMma
         // (blocking streams, so both wait for the fills and Δ on the default stream), filling each other's tail waves.
         using CudaStream? dkdvStream = atomic ? null : new CudaStream(context);
         using CudaStream? dqStream = atomic ? null : new CudaStream(context);
-        if (maxKb > 0 && !SkipDkDv) dkdvK.Launch((uint)maxKb, (uint)kvHeads, (uint)g.Sequences, Threads, (uint)DkDvSharedBytes(g.Dim, atomic), dkdvStream, b);
+        if (maxKb > 0 && !SkipDkDv) dkdvK.Launch((uint)maxKb, (uint)kvHeads, (uint)g.Sequences, Threads, (uint)DkDvSharedBytes(g.Dim, atomic, wgmma), dkdvStream, b);
         if (atomic)
         {
             long n = dqElements;
@@ -125,7 +140,7 @@ internal static unsafe class CudaFlashBackwardMma
         c[0] = &pq; c[1] = &pk; c[2] = &pv; c[3] = &pdo; c[4] = &pl; c[5] = &pdelta; c[6] = &pdq; c[7] = &pseq;
         c[8] = &prow; c[9] = &pitems; c[10] = &pbits; c[11] = &pslopes; c[12] = &heads; c[13] = &kvHeads; c[14] = &tokensQ; c[15] = &tokensK;
         c[16] = &perSeq; c[17] = &maskHeads; c[18] = &maxQb; c[19] = &sc; c[20] = &cap;
-        if (chunks > 0) dqK.Launch((uint)heads, (uint)chunks, (uint)g.Sequences, Threads, (uint)DqSharedBytes(g.Dim), dqStream, c);
+        if (chunks > 0) dqK.Launch((uint)heads, (uint)chunks, (uint)g.Sequences, Threads, (uint)DqSharedBytes(g.Dim, wgmma), dqStream, c);
         context.Synchronize(); // the temporary buffers above are freed on return
     }
 }

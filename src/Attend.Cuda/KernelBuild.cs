@@ -162,6 +162,10 @@ public static unsafe class KernelCompiler
                 {
                     int result = Nvrtc.nvrtcCompileProgram(program, options.Count, (byte**)p);
                     if (result != 0) CudaException.CheckNvrtc(result, nameof(Nvrtc.nvrtcCompileProgram), Log(program));
+                    // Kernel development: ATTEND_CUDA_NVRTC_LOG=1 prints the compiler's warnings of a successful build
+                    // (e.g. ptxas serialising wgmma instructions), which are otherwise dropped.
+                    if (Environment.GetEnvironmentVariable("ATTEND_CUDA_NVRTC_LOG") == "1" && Log(program) is { Length: > 0 } log)
+                        Console.Error.WriteLine($"nvrtc {name} [{string.Join(' ', options)}]:\n{log}");
                 }
             }
             finally

@@ -20,8 +20,17 @@
 // shared memory and each warp adds its 16 rows of dS K into a float32 dQ buffer with atomics (FlashAttention-2's own
 // scheme: five products instead of seven), and attend_bwdm_dq_convert rounds it to the element type.
 //
-// Defines: HEAD_DIM (64 | 128), ELEM_BF16, SOFTCAP, ALIBI, BR (query rows per dK/dV step: 32 | 64; 64 with DQ_ATOMIC),
-// DQ_ATOMIC.
+// With WGMMA = 1 (Hopper, sm_90a) the matrix products of both kernels are warpgroup products (wgmma.mma_async): a CTA's
+// 4 warps are one warpgroup, so its 64 rows (keys in dK/dV, queries in dQ) are the wgmma's M = 64 and every warp keeps
+// the same accumulator layout as with mma.sync (warp w: rows 16w..16w+15, the m16n8 C fragment per 8 columns); the
+// softmax and mask code is shared. Tiles then use the 128-byte-swizzled layout the wgmma descriptors name
+// ([HEAD_DIM / 64][rows][64], 16-byte chunk c of row r at (c ^ (r & 7))), 1024-byte aligned. dK/dV: Sᵀ = K Qᵀ and
+// dPᵀ = V dOᵀ with both operands from shared memory; dV += Pᵀ dO and dK += dSᵀ Q with Pᵀ / dSᵀ from registers and dO / Q
+// read N-major (transposed) from the same tiles. dQ: Q and dO fragments stay in registers for the whole CTA (WG_DQ_QREG,
+// else from shared memory); dQ += dS K with dS from registers and K read N-major.
+//
+// Defines: HEAD_DIM (64 | 128), ELEM_BF16, SOFTCAP, ALIBI, BR (query rows per dK/dV step: 32 | 64; 64 with DQ_ATOMIC
+// or WGMMA), DQ_ATOMIC, WGMMA, WG_DQ_QREG.
 // Fragment, ldmatrix and swizzle helpers are a copy of flash_forward.cu's (NVRTC sources here carry no includes).
 
 #ifndef HEAD_DIM
@@ -35,6 +44,15 @@
 #endif
 #if DQ_ATOMIC && BR != 64
 #error "DQ_ATOMIC needs BR = 64 (4 warps x 16 query rows)"
+#endif
+#ifndef WGMMA
+#define WGMMA 0
+#endif
+#ifndef WG_DQ_QREG
+#define WG_DQ_QREG 1
+#endif
+#if WGMMA && (BR != 64 || DQ_ATOMIC)
+#error "WGMMA needs BR = 64 (the wgmma N of the Sᵀ product) and no DQ_ATOMIC"
 #endif
 
 #define NWARPS 4
@@ -53,6 +71,126 @@ typedef unsigned short elem_t;
 #define LOG2E 1.4426950408889634f
 
 #include "mma_tiles.cuh"
+
+#if WGMMA
+// ---- Hopper warpgroup products (sm_90a) ----
+#if ELEM_BF16
+#define WG_T "bf16"
+#else
+#define WG_T "f16"
+#endif
+
+// Byte offset of 16-byte chunk `chunk` of row `row` in a [ROWS][HEAD_DIM] tile stored as HEAD_DIM / 64 column blocks of
+// [ROWS][64 elements] with the 128-byte swizzle (chunk ^ row % 8 inside each 128-byte row): the layout a wgmma
+// descriptor with swizzle mode 1 describes, both K-major and N-major. The tile must start 1024-byte aligned.
+template <int ROWS>
+__device__ __forceinline__ unsigned wtile_offset(int row, int chunk)
+{
+    return (unsigned)((chunk >> 3) * ROWS * 128 + row * 128 + (((chunk & 7) ^ (row & 7)) << 4));
+}
+
+// Copies `rows` rows (global row stride `stride` elements) into a wgmma tile; rows past `valid` are zero-filled.
+template <int ROWS>
+__device__ __forceinline__ void load_wtile(unsigned tile, const elem_t* g, long long stride, int valid, int tid)
+{
+#pragma unroll
+    for (int i = 0; i < ROWS * DC / NT; i++)
+    {
+        int idx = tid + i * NT;
+        int r = idx / DC, c = idx % DC;
+        bool ok = r < valid;
+        const elem_t* src = ok ? g + (long long)r * stride + c * 8 : g;
+        cp_async16(tile + wtile_offset<ROWS>(r, c), src, ok ? 16 : 0);
+    }
+}
+
+// A shared-memory matrix descriptor: start address, leading byte offset, stride byte offset 1024 (8 rows of 128 bytes),
+// swizzle mode 1 (128 bytes); the 4 low bits of each field are dropped.
+__device__ __forceinline__ unsigned long long wg_desc(unsigned addr, unsigned leadingBytes)
+{
+    return (unsigned long long)((addr & 0x3FFFFu) >> 4) | ((unsigned long long)((leadingBytes >> 4) & 0x3FFFu) << 16)
+         | ((unsigned long long)(1024u >> 4) << 32) | (1ull << 62);
+}
+
+// K-major operand: the tile's rows are the M (or N) rows, its columns the contraction; k-step kk = columns 16kk..16kk+15
+// (32 bytes into a 128-byte row, the next column block every 4 steps). The leading offset is unused in this mode (1).
+template <int ROWS>
+__device__ __forceinline__ unsigned long long desc_k(unsigned tile, int kk)
+{
+    return wg_desc(tile + (unsigned)((kk >> 2) * ROWS * 128 + (kk & 3) * 32), 16u);
+}
+
+// N-major operand (B transposed): the tile's rows are the contraction, its HEAD_DIM columns the N; k-step kk = rows
+// 16kk..16kk+15 (two 8-row groups, 1024 bytes apart); the leading offset steps over the 64-column blocks.
+template <int ROWS>
+__device__ __forceinline__ unsigned long long desc_n(unsigned tile, int kk)
+{
+    return wg_desc(tile + (unsigned)(kk * 2048), (unsigned)(ROWS * 128));
+}
+
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" :: "n"(N) : "memory"); }
+// Shared memory written by cp.async (the generic proxy) and read next by wgmma (the async proxy): each writing thread
+// fences after its copies complete and before the barrier.
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+// Pins accumulators after a wait: nothing reads them between the asynchronous product and its completion.
+template <int N>
+__device__ __forceinline__ void wg_hold(float (&d)[N][4])
+{
+#pragma unroll
+    for (int j = 0; j < N; j++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) asm volatile("" : "+f"(d[j][i]) :: "memory");
+}
+
+// D[64 x 64] += A[64 x 16] · B[16 x 64], A and B from shared memory (descriptors), both K-major.
+__device__ __forceinline__ void wg_ss_n64(float (&d)[8][4], unsigned long long da, unsigned long long db)
+{
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32." WG_T "." WG_T " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+        : "l"(da), "l"(db), "r"(1));
+}
+
+// D[64 x 64] += A[64 x 16] · B[16 x 64], A from registers (the m16n8k16 A fragment of each warp's 16 rows), B from
+// shared memory; TB = 1: B is N-major (transposed), 0: K-major.
+template <int TB>
+__device__ __forceinline__ void wg_rs_n64(float (&d)[8][4], unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned long long db)
+{
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32." WG_T "." WG_T " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
+        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(db), "r"(1), "n"(TB));
+}
+
+// D[64 x 128] += A[64 x 16] · B[16 x 128], A from registers (the m16n8k16 A fragment of each warp's 16 rows), B from
+// shared memory; TB = 1: B is N-major (transposed), 0: K-major.
+template <int TB>
+__device__ __forceinline__ void wg_rs_n128(float (&d)[16][4], unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned long long db)
+{
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32." WG_T "." WG_T " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, %70;\n}\n"
+        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]), "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]), "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]), "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]), "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(db), "r"(1), "n"(TB));
+}
+
+// dV/dK/dQ products: N = HEAD_DIM.
+template <int TB>
+__device__ __forceinline__ void wg_rs_nd(float (&d)[DTILES][4], unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned long long db)
+{
+#if HEAD_DIM == 128
+    wg_rs_n128<TB>(d, a0, a1, a2, a3, db);
+#else
+    wg_rs_n64<TB>(d, a0, a1, a2, a3, db);
+#endif
+}
+#define LOAD_TILE load_wtile
+#else
+#define LOAD_TILE load_tile
+#endif
 
 // 4-byte asynchronous copy (zero-filled when bytes == 0): the LSE and Δ rows of a step.
 __device__ __forceinline__ void cp_async4(unsigned dst, const void* src, int bytes)
@@ -150,17 +288,25 @@ attend_bwdm_dkdv(
     const long long kOff = ((long long)seq.batch * tokensK + seq.kStart + kb * KB) * kStride + (long long)hk * HEAD_DIM;
     const int kValid = min(KB, seq.kLen - kb * KB);
 
+#if WGMMA
+    // wgmma tiles start on 1024-byte boundaries (the swizzle pattern is a function of the address): the host adds 1 KB.
+    const unsigned sRaw = smem_addr(smem);
+    const unsigned sK = (sRaw + 1023u) & ~1023u;
+    unsigned char* const sbase = smem + (sK - sRaw);
+#else
     const unsigned sK = smem_addr(smem);
+    unsigned char* const sbase = smem;
+#endif
     const unsigned sV = sK + KB * HEAD_DIM * 2;
     const unsigned sQ0 = sV + KB * HEAD_DIM * 2;
     const unsigned sdO0 = sQ0 + 2 * BR * HEAD_DIM * 2;
     const unsigned qStage = BR * HEAD_DIM * 2;
-    float* sL = (float*)(smem + 2 * KB * HEAD_DIM * 2 + 4 * BR * HEAD_DIM * 2); // [2][BR] LSE, then [2][BR] Δ
+    float* sL = (float*)(sbase + 2 * KB * HEAD_DIM * 2 + 4 * BR * HEAD_DIM * 2); // [2][BR] LSE, then [2][BR] Δ
     float* sD = sL + 2 * BR;
     const unsigned sdS = smem_addr(sD + 2 * BR);                                  // [KB][BR] dSᵀ (DQ_ATOMIC)
 
-    load_tile<KB>(sK, K + kOff, kStride, kValid, tid);
-    load_tile<KB>(sV, V + kOff, kStride, kValid, tid);
+    LOAD_TILE<KB>(sK, K + kOff, kStride, kValid, tid);
+    LOAD_TILE<KB>(sV, V + kOff, kStride, kValid, tid);
     cp_async_commit();
 
     const int colBase = (maskPerSequence ? s : 0) * maskHeads;
@@ -182,8 +328,8 @@ attend_bwdm_dkdv(
         const int qRow0 = colItems[st.it].x * QB + st.chunk * BR;
         const long long qOff = ((long long)seq.batch * tokensQ + seq.qStart + qRow0) * qStride + (long long)h * HEAD_DIM;
         const int rValid = seq.qLen - qRow0;
-        load_tile<BR>(sQ0 + stage * qStage, Q + qOff, qStride, rValid, tid);
-        load_tile<BR>(sdO0 + stage * qStage, dO + qOff, qStride, rValid, tid);
+        LOAD_TILE<BR>(sQ0 + stage * qStage, Q + qOff, qStride, rValid, tid);
+        LOAD_TILE<BR>(sdO0 + stage * qStage, dO + qOff, qStride, rValid, tid);
         if (tid < 2 * BR)
         {
             const int r = tid % BR;
@@ -230,6 +376,9 @@ attend_bwdm_dkdv(
         if (nxt.g < group) issue(nxt, stage ^ 1);
         cp_async_commit();
         cp_async_wait<1>();
+#if WGMMA
+        fence_proxy_async();
+#endif
         __syncthreads();
 
         const unsigned sQ = sQ0 + stage * qStage, sdO = sdO0 + stage * qStage;
@@ -250,6 +399,17 @@ attend_bwdm_dkdv(
         float st[QTILES][4], dpt[QTILES][4];
 #pragma unroll
         for (int j = 0; j < QTILES; j++) st[j][0] = st[j][1] = st[j][2] = st[j][3] = dpt[j][0] = dpt[j][1] = dpt[j][2] = dpt[j][3] = 0.f;
+#if WGMMA
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < KSTEPS; kk++) wg_ss_n64(st, desc_k<KB>(sK, kk), desc_k<BR>(sQ, kk));
+#pragma unroll
+        for (int kk = 0; kk < KSTEPS; kk++) wg_ss_n64(dpt, desc_k<KB>(sV, kk), desc_k<BR>(sdO, kk));
+        wg_commit();
+        wg_wait<0>();
+        wg_hold(st);
+        wg_hold(dpt);
+#else
 #pragma unroll
         for (int kk = 0; kk < KSTEPS; kk++)
         {
@@ -278,6 +438,7 @@ attend_bwdm_dkdv(
                 mma16816(dpt[2 * np + 1], a0, a1, a2, a3, b2, b3);
             }
         }
+#endif
 
         // Pᵀ and dSᵀ in place. Element (half, e) of tile j: key warpKey + g + 8·half, query j·8 + 2t + e of the step.
         const bool masked = item.y >= 0 || tail;
@@ -323,6 +484,34 @@ attend_bwdm_dkdv(
 #endif
 
         // dV += Pᵀ dO and dK += dSᵀ Q: two adjacent query tiles of the accumulators are one A fragment (k = queries).
+#if WGMMA
+        {
+            unsigned pa[BR / 16][4], da[BR / 16][4];
+#pragma unroll
+            for (int kk = 0; kk < BR / 16; kk++)
+            {
+                pa[kk][0] = pack2(st[2 * kk][0], st[2 * kk][1]);
+                pa[kk][1] = pack2(st[2 * kk][2], st[2 * kk][3]);
+                pa[kk][2] = pack2(st[2 * kk + 1][0], st[2 * kk + 1][1]);
+                pa[kk][3] = pack2(st[2 * kk + 1][2], st[2 * kk + 1][3]);
+                da[kk][0] = pack2(dpt[2 * kk][0], dpt[2 * kk][1]);
+                da[kk][1] = pack2(dpt[2 * kk][2], dpt[2 * kk][3]);
+                da[kk][2] = pack2(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]);
+                da[kk][3] = pack2(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3]);
+            }
+            wg_fence();
+#pragma unroll
+            for (int kk = 0; kk < BR / 16; kk++)
+            {
+                wg_rs_nd<1>(accV, pa[kk][0], pa[kk][1], pa[kk][2], pa[kk][3], desc_n<BR>(sdO, kk));
+                wg_rs_nd<1>(accK, da[kk][0], da[kk][1], da[kk][2], da[kk][3], desc_n<BR>(sQ, kk));
+            }
+            wg_commit();
+            wg_wait<0>();
+            wg_hold(accV);
+            wg_hold(accK);
+        }
+#else
 #pragma unroll
         for (int kk = 0; kk < BR / 16; kk++)
         {
@@ -342,6 +531,7 @@ attend_bwdm_dkdv(
                 mma16816(accK[2 * dp + 1], d0, d1, d2, d3, b2, b3);
             }
         }
+#endif
 #if DQ_ATOMIC
         __syncthreads(); // dSᵀ complete
         {
@@ -440,20 +630,24 @@ attend_bwdm_dq(
     const int row = ((maskPerSequence ? s : 0) * maskHeads + (maskHeads == 1 ? 0 : h)) * maxQBlocks + qb;
     const int itBegin = rowPtr[row], itEnd = rowPtr[row + 1];
 
+#if WGMMA
+    const unsigned sQ = (smem_addr(smem) + 1023u) & ~1023u;   // 1024-byte aligned wgmma tiles (the host adds 1 KB)
+#else
     const unsigned sQ = smem_addr(smem);
+#endif
     const unsigned sdO = sQ + BM * HEAD_DIM * 2;
     const unsigned sK0 = sdO + BM * HEAD_DIM * 2;
     const unsigned sV0 = sK0 + 2 * KB * HEAD_DIM * 2;
     const unsigned kvStage = KB * HEAD_DIM * 2;
 
-    load_tile<BM>(sQ, Q + qOff, qStride, seq.qLen - qRow0, tid);
-    load_tile<BM>(sdO, dO + qOff, qStride, seq.qLen - qRow0, tid);
+    LOAD_TILE<BM>(sQ, Q + qOff, qStride, seq.qLen - qRow0, tid);
+    LOAD_TILE<BM>(sdO, dO + qOff, qStride, seq.qLen - qRow0, tid);
     cp_async_commit();
     if (itBegin < itEnd)
     {
         const int kb = items[itBegin].x;
-        load_tile<KB>(sK0, kBase + (long long)kb * KB * kStride, kStride, seq.kLen - kb * KB, tid);
-        load_tile<KB>(sV0, vBase + (long long)kb * KB * kStride, kStride, seq.kLen - kb * KB, tid);
+        LOAD_TILE<KB>(sK0, kBase + (long long)kb * KB * kStride, kStride, seq.kLen - kb * KB, tid);
+        LOAD_TILE<KB>(sV0, vBase + (long long)kb * KB * kStride, kStride, seq.kLen - kb * KB, tid);
     }
     cp_async_commit();
 
@@ -478,6 +672,18 @@ attend_bwdm_dq(
     float acc[DTILES][4];
 #pragma unroll
     for (int j = 0; j < DTILES; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+#if WGMMA && WG_DQ_QREG
+    // The warp's 16 rows of Q and dO as A fragments for the whole CTA (the first commit group holds them).
+    unsigned qf[KSTEPS][4], dof[KSTEPS][4];
+    cp_async_wait<1>();
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < KSTEPS; kk++)
+    {
+        ldsm_x4(sQ + wtile_offset<BM>(warpRow + (lane & 15), 2 * kk + (lane >> 4)), qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3]);
+        ldsm_x4(sdO + wtile_offset<BM>(warpRow + (lane & 15), 2 * kk + (lane >> 4)), dof[kk][0], dof[kk][1], dof[kk][2], dof[kk][3]);
+    }
+#endif
 
     for (int it = itBegin; it < itEnd; it++)
     {
@@ -485,11 +691,14 @@ attend_bwdm_dq(
         if (it + 1 < itEnd)
         {
             const int kb = items[it + 1].x;
-            load_tile<KB>(sK0 + (stage ^ 1) * kvStage, kBase + (long long)kb * KB * kStride, kStride, seq.kLen - kb * KB, tid);
-            load_tile<KB>(sV0 + (stage ^ 1) * kvStage, vBase + (long long)kb * KB * kStride, kStride, seq.kLen - kb * KB, tid);
+            LOAD_TILE<KB>(sK0 + (stage ^ 1) * kvStage, kBase + (long long)kb * KB * kStride, kStride, seq.kLen - kb * KB, tid);
+            LOAD_TILE<KB>(sV0 + (stage ^ 1) * kvStage, vBase + (long long)kb * KB * kStride, kStride, seq.kLen - kb * KB, tid);
         }
         cp_async_commit();
         cp_async_wait<1>();
+#if WGMMA
+        fence_proxy_async();
+#endif
         __syncthreads();
         const unsigned sK = sK0 + stage * kvStage, sV = sV0 + stage * kvStage;
 
@@ -497,6 +706,27 @@ attend_bwdm_dq(
         float sc[NTILES][4], dp[NTILES][4];
 #pragma unroll
         for (int j = 0; j < NTILES; j++) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = dp[j][0] = dp[j][1] = dp[j][2] = dp[j][3] = 0.f;
+#if WGMMA
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < KSTEPS; kk++)
+#if WG_DQ_QREG
+            wg_rs_n64<0>(sc, qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], desc_k<KB>(sK, kk));
+#else
+            wg_ss_n64(sc, desc_k<BM>(sQ, kk), desc_k<KB>(sK, kk));
+#endif
+#pragma unroll
+        for (int kk = 0; kk < KSTEPS; kk++)
+#if WG_DQ_QREG
+            wg_rs_n64<0>(dp, dof[kk][0], dof[kk][1], dof[kk][2], dof[kk][3], desc_k<KB>(sV, kk));
+#else
+            wg_ss_n64(dp, desc_k<BM>(sdO, kk), desc_k<KB>(sV, kk));
+#endif
+        wg_commit();
+        wg_wait<0>();
+        wg_hold(sc);
+        wg_hold(dp);
+#else
 #pragma unroll
         for (int kk = 0; kk < KSTEPS; kk++)
         {
@@ -525,6 +755,7 @@ attend_bwdm_dq(
                 mma16816(dp[2 * np + 1], a0, a1, a2, a3, b2, b3);
             }
         }
+#endif
 
         const int2 item = items[it];
         const int kPos0 = item.x * KB;
@@ -555,6 +786,25 @@ attend_bwdm_dq(
         (void)slope; (void)shift;
 
         // dQ += dS K: the dS accumulators of two adjacent key tiles are one A fragment (k = keys); K read transposed.
+#if WGMMA
+        {
+            unsigned sa[KB / 16][4];
+#pragma unroll
+            for (int kk = 0; kk < KB / 16; kk++)
+            {
+                sa[kk][0] = pack2(sc[2 * kk][0], sc[2 * kk][1]);
+                sa[kk][1] = pack2(sc[2 * kk][2], sc[2 * kk][3]);
+                sa[kk][2] = pack2(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+                sa[kk][3] = pack2(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+            }
+            wg_fence();
+#pragma unroll
+            for (int kk = 0; kk < KB / 16; kk++) wg_rs_nd<1>(acc, sa[kk][0], sa[kk][1], sa[kk][2], sa[kk][3], desc_n<KB>(sK, kk));
+            wg_commit();
+            wg_wait<0>();
+            wg_hold(acc);
+        }
+#else
 #pragma unroll
         for (int kk = 0; kk < KB / 16; kk++)
         {
@@ -569,6 +819,7 @@ attend_bwdm_dq(
                 mma16816(acc[2 * dpi + 1], a0, a1, a2, a3, b2, b3);
             }
         }
+#endif
         __syncthreads();
     }
     cp_async_wait<0>();
