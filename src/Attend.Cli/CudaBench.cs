@@ -80,6 +80,7 @@ internal static class CudaBench
             output.WriteLine(Format(r));
         }
         output.WriteLine($"  bwd kernels (D=128 bf16): {CudaFlashBackwardMma.Describe(ctx, 128, ElementType.BFloat16)}");
+        output.WriteLine($"  bwd kernels (D=64 bf16): {CudaFlashBackwardMma.Describe(ctx, 64, ElementType.BFloat16)}");
         // Rows: (T, D, deterministic). Deterministic = false may take the atomic dQ path (a development switch, see
         // CudaFlashBackwardMma); by default both run the same deterministic kernels.
         foreach (var (t, dim, det) in quick ? (IEnumerable<(int, int, bool)>)[(1024, 128, false)]

@@ -26,13 +26,13 @@ internal static unsafe class CudaFlashBackwardMma
     //   ATTEND_CUDA_BWD_SKIP=dkdv       skip the dK/dV launch (timing of Δ + dQ alone; dK and dV stay zero);
     //   ATTEND_CUDA_BWD_NOVOLATILE=1    compile the mma.sync asm without `volatile` (mma_tiles.cuh's MMA_NOVOLATILE);
     //   ATTEND_CUDA_BWD_WGMMA=0         the mma.sync kernels on Hopper too (default there: the wgmma form);
-    //   ATTEND_CUDA_BWD_WG_QREG=0       wgmma dQ kernel: Q and dO operands from shared memory instead of registers.
+    //   ATTEND_CUDA_BWD_WG_CTAS=3       wgmma form at D = 64: registers for 3 resident CTAs per SM instead of 2.
     private static readonly int QueryRowsPerStep = Environment.GetEnvironmentVariable("ATTEND_CUDA_BWD_BR") == "32" ? 32 : 64;
     private static readonly bool AtomicDqAllowed = Environment.GetEnvironmentVariable("ATTEND_CUDA_BWD_ATOMIC_DQ") == "1" && QueryRowsPerStep == 64;
     private static readonly bool SkipDkDv = Environment.GetEnvironmentVariable("ATTEND_CUDA_BWD_SKIP") == "dkdv";
     private static readonly bool MmaNotVolatile = Environment.GetEnvironmentVariable("ATTEND_CUDA_BWD_NOVOLATILE") == "1";
     private static readonly bool WgmmaAllowed = Environment.GetEnvironmentVariable("ATTEND_CUDA_BWD_WGMMA") != "0" && QueryRowsPerStep == 64;
-    private static readonly bool WgmmaDqFromRegisters = Environment.GetEnvironmentVariable("ATTEND_CUDA_BWD_WG_QREG") != "0";
+    private static readonly int WgmmaCtasPerSm = Environment.GetEnvironmentVariable("ATTEND_CUDA_BWD_WG_CTAS") == "3" ? 3 : 2;
     private static readonly ConcurrentDictionary<(CudaContext, int, ElementType, bool, bool, bool, bool), (CudaKernelFunction Delta, CudaKernelFunction DkDv, CudaKernelFunction Dq, CudaKernelFunction Convert)> s_loaded = new();
 
     // The wgmma form needs the sm_90a target (wgmma is an architecture-specific instruction) and no atomic dQ.
@@ -55,7 +55,7 @@ internal static unsafe class CudaFlashBackwardMma
             [
                 $"-DHEAD_DIM={d}", $"-DELEM_BF16={(type == ElementType.BFloat16 ? 1 : 0)}", $"-DSOFTCAP={(softcap ? 1 : 0)}", $"-DALIBI={(alibi ? 1 : 0)}",
                 $"-DBR={QueryRowsPerStep}", $"-DDQ_ATOMIC={(atomic ? 1 : 0)}", $"-DMMA_NOVOLATILE={(MmaNotVolatile ? 1 : 0)}",
-                $"-DWGMMA={(wgmma ? 1 : 0)}", $"-DWG_DQ_QREG={(WgmmaDqFromRegisters ? 1 : 0)}", "--use_fast_math", "--std=c++17",
+                $"-DWGMMA={(wgmma ? 1 : 0)}", $"-DWG_CTAS={WgmmaCtasPerSm}", "--use_fast_math", "--std=c++17",
             ];
             CompiledKernel image = KernelCompiler.Build("flash_backward_mma.cu", KernelCompiler.Source("flash_backward_mma.cu"), options, context.Architecture);
             return (new CudaKernelFunction(context, image, "attend_bwdm_delta", 0),
@@ -69,7 +69,7 @@ internal static unsafe class CudaFlashBackwardMma
     {
         bool wgmma = UsesWgmma(context, false);
         var (_, dkdv, dq, _) = Get(context, d, type, false, false, false, wgmma);
-        string text = $"BR={QueryRowsPerStep}{(wgmma ? $", wgmma (dQ operands from {(WgmmaDqFromRegisters ? "registers" : "shared memory")})" : ", mma.sync")}: " +
+        string text = $"BR={QueryRowsPerStep}{(wgmma ? $", wgmma (D = 64: registers for {WgmmaCtasPerSm} CTAs per SM)" : ", mma.sync")}: " +
             $"dK/dV {dkdv.Registers} regs, {dkdv.LocalBytes} B local; dQ {dq.Registers} regs, {dq.LocalBytes} B local";
         if (!AtomicDqAllowed) return text;
         var (_, dkdvA, _, _) = Get(context, d, type, false, false, true, false);

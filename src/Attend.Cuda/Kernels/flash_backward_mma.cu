@@ -26,11 +26,11 @@
 // softmax and mask code is shared. Tiles then use the 128-byte-swizzled layout the wgmma descriptors name
 // ([HEAD_DIM / 64][rows][64], 16-byte chunk c of row r at (c ^ (r & 7))), 1024-byte aligned. dK/dV: Sᵀ = K Qᵀ and
 // dPᵀ = V dOᵀ with both operands from shared memory; dV += Pᵀ dO and dK += dSᵀ Q with Pᵀ / dSᵀ from registers and dO / Q
-// read N-major (transposed) from the same tiles. dQ: Q and dO fragments stay in registers for the whole CTA (WG_DQ_QREG,
-// else from shared memory); dQ += dS K with dS from registers and K read N-major.
+// read N-major (transposed) from the same tiles. dQ: S = Q Kᵀ and dP = dO Vᵀ from shared memory; dQ += dS K with dS
+// from registers and K read N-major.
 //
 // Defines: HEAD_DIM (64 | 128), ELEM_BF16, SOFTCAP, ALIBI, BR (query rows per dK/dV step: 32 | 64; 64 with DQ_ATOMIC
-// or WGMMA), DQ_ATOMIC, WGMMA, WG_DQ_QREG.
+// or WGMMA), DQ_ATOMIC, WGMMA, WG_CTAS.
 // Fragment, ldmatrix and swizzle helpers are a copy of flash_forward.cu's (NVRTC sources here carry no includes).
 
 #ifndef HEAD_DIM
@@ -48,8 +48,15 @@
 #ifndef WGMMA
 #define WGMMA 0
 #endif
-#ifndef WG_DQ_QREG
-#define WG_DQ_QREG 1
+#ifndef WG_CTAS
+#define WG_CTAS 2
+#endif
+// Resident CTAs per SM the register budget is sized for (__launch_bounds__): 2 (255 registers), or 3 for the wgmma form
+// at HEAD_DIM 64 with WG_CTAS=3 (170 registers; the accumulators of D = 64 are half those of D = 128).
+#if WGMMA && HEAD_DIM == 64 && WG_CTAS == 3
+#define MIN_CTAS 3
+#else
+#define MIN_CTAS 2
 #endif
 #if WGMMA && (BR != 64 || DQ_ATOMIC)
 #error "WGMMA needs BR = 64 (the wgmma N of the Sᵀ product) and no DQ_ATOMIC"
@@ -265,7 +272,7 @@ __device__ __forceinline__ float logit2(float raw, float scale, float softcap, f
 // A step of the dK/dV loop: query head g of the group, column item it, BR-row chunk of the item's query block.
 struct Step { int g, it, end, chunk; };
 
-extern "C" __global__ void __launch_bounds__(NT, 2)
+extern "C" __global__ void __launch_bounds__(NT, MIN_CTAS)
 attend_bwdm_dkdv(
     const elem_t* __restrict__ Q, const elem_t* __restrict__ K, const elem_t* __restrict__ V, const elem_t* __restrict__ dO,
     const float* __restrict__ Lse, const float* __restrict__ Delta,
@@ -602,7 +609,7 @@ attend_bwdm_dkdv(
     }
 }
 
-extern "C" __global__ void __launch_bounds__(NT, 2)
+extern "C" __global__ void __launch_bounds__(NT, MIN_CTAS)
 attend_bwdm_dq(
     const elem_t* __restrict__ Q, const elem_t* __restrict__ K, const elem_t* __restrict__ V, const elem_t* __restrict__ dO,
     const float* __restrict__ Lse, const float* __restrict__ Delta,
@@ -672,18 +679,6 @@ attend_bwdm_dq(
     float acc[DTILES][4];
 #pragma unroll
     for (int j = 0; j < DTILES; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
-#if WGMMA && WG_DQ_QREG
-    // The warp's 16 rows of Q and dO as A fragments for the whole CTA (the first commit group holds them).
-    unsigned qf[KSTEPS][4], dof[KSTEPS][4];
-    cp_async_wait<1>();
-    __syncthreads();
-#pragma unroll
-    for (int kk = 0; kk < KSTEPS; kk++)
-    {
-        ldsm_x4(sQ + wtile_offset<BM>(warpRow + (lane & 15), 2 * kk + (lane >> 4)), qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3]);
-        ldsm_x4(sdO + wtile_offset<BM>(warpRow + (lane & 15), 2 * kk + (lane >> 4)), dof[kk][0], dof[kk][1], dof[kk][2], dof[kk][3]);
-    }
-#endif
 
     for (int it = itBegin; it < itEnd; it++)
     {
@@ -709,19 +704,9 @@ attend_bwdm_dq(
 #if WGMMA
         wg_fence();
 #pragma unroll
-        for (int kk = 0; kk < KSTEPS; kk++)
-#if WG_DQ_QREG
-            wg_rs_n64<0>(sc, qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], desc_k<KB>(sK, kk));
-#else
-            wg_ss_n64(sc, desc_k<BM>(sQ, kk), desc_k<KB>(sK, kk));
-#endif
+        for (int kk = 0; kk < KSTEPS; kk++) wg_ss_n64(sc, desc_k<BM>(sQ, kk), desc_k<KB>(sK, kk));
 #pragma unroll
-        for (int kk = 0; kk < KSTEPS; kk++)
-#if WG_DQ_QREG
-            wg_rs_n64<0>(dp, dof[kk][0], dof[kk][1], dof[kk][2], dof[kk][3], desc_k<KB>(sV, kk));
-#else
-            wg_ss_n64(dp, desc_k<BM>(sdO, kk), desc_k<KB>(sV, kk));
-#endif
+        for (int kk = 0; kk < KSTEPS; kk++) wg_ss_n64(dp, desc_k<BM>(sdO, kk), desc_k<KB>(sV, kk));
         wg_commit();
         wg_wait<0>();
         wg_hold(sc);
