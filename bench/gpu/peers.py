@@ -142,7 +142,7 @@ for r in ours['results']:
             res[name] = None
         torch.cuda.empty_cache()
     masked = spec != 'full'
-    if flex is not None and masked and (T == 16384 or spec.startswith('window')):
+    if flex is not None and masked and (T == 16384 or spec.startswith('window')) and not os.environ.get('PEERS_NO_FLEX'):
         try:
             bm = create_block_mask(mask_mod(spec, T), None, None, T, T, device='cuda')
             fn = lambda: flex(q, k, v, block_mask=bm, enable_gqa=(H != Hkv))

@@ -71,10 +71,13 @@ internal static class CudaBench
         BFloat16[] hostK = Bf16(GaussianData.Create((long)maxT * maxHkv * maxD, 102));
         BFloat16[] hostV = Bf16(GaussianData.Create((long)maxT * maxHkv * maxD, 103));
         var results = new List<GpuResult>();
-        // ATTEND_BENCH_PART=backward runs only the backward rows (kernel development on a device-time budget).
-        bool backwardOnly = Environment.GetEnvironmentVariable("ATTEND_BENCH_PART") == "backward";
+        // ATTEND_BENCH_PART=backward runs only the backward rows, =core the causal forward rows at 4k and 16k and the
+        // backward rows, =fcore those forward rows alone (kernel development on a device-time budget).
+        string? part = Environment.GetEnvironmentVariable("ATTEND_BENCH_PART");
+        bool backwardOnly = part == "backward", core = part is "core" or "fcore", skipBackward = part == "fcore";
         foreach (GpuCase c in backwardOnly ? [] : cases)
         {
+            if (core && !(c.Mask == "causal" && (c.Tokens is 4096 or 16384))) continue;
             GpuResult r = Run(ctx, c, hostQ, hostK, hostV, quick);
             results.Add(r);
             output.WriteLine(Format(r));
@@ -83,7 +86,7 @@ internal static class CudaBench
         output.WriteLine($"  bwd kernels (D=64 bf16): {CudaFlashBackwardMma.Describe(ctx, 64, ElementType.BFloat16)}");
         // Rows: (T, D, deterministic). Deterministic = false may take the atomic dQ path (a development switch, see
         // CudaFlashBackwardMma); by default both run the same deterministic kernels.
-        foreach (var (t, dim, det) in quick ? (IEnumerable<(int, int, bool)>)[(1024, 128, false)]
+        foreach (var (t, dim, det) in skipBackward ? [] : quick ? (IEnumerable<(int, int, bool)>)[(1024, 128, false)]
                      : [(4096, 128, false), (16384, 128, false), (16384, 64, false)])
         {
             GpuResult r = CudaBackwardBench.Run(ctx, t, quick ? 16 : 64, quick ? 4 : 8, dim, hostQ, hostK, hostV, quick, det);
@@ -93,7 +96,7 @@ internal static class CudaBench
                     $"  bwd causal{(det ? " deterministic" : "              ")} T={t,6} H={r.Heads}/{r.KvHeads} D={dim,3}: {r.MedianMs,9:F3} ms ± {r.SpreadMs:F3} ({r.Runs} runs)  {r.Tflops,6:F1} TFLOP/s  dQ err={r.SampledError:E2}")
                 : $"  bwd causal T={t}: FAILED {r.Error}");
         }
-        foreach (int t in backwardOnly ? [] : quick ? (int[])[4096] : [4096, 32768, 131072])
+        foreach (int t in backwardOnly || core ? [] : quick ? (int[])[4096] : [4096, 32768, 131072])
         {
             GpuResult r = CudaDecodeBench.Run(ctx, batch: 8, heads: 32, kvHeads: 8, dim: 128, tokens: t, pageSize: 16, quick);
             results.Add(r);

@@ -11,6 +11,7 @@ public sealed unsafe class CudaAttentionPlan : IDisposable
 {
     private readonly CudaContext _context;
     private readonly CudaKernelFunction _kernel;
+    private readonly bool _wgmma; // the wgmma form of the forward kernel (Hopper; CudaFlashForward.UsesWgmma)
     private readonly DeviceBuffer _sequences, _rowPtr, _items, _bits, _slopes;
     private readonly FlashBlockPlan _blocks;
     private readonly float _scale;
@@ -26,7 +27,8 @@ public sealed unsafe class CudaAttentionPlan : IDisposable
         _softcap = score.Softcap ?? 1f;
         if (score.AlibiSlopes is { } slopes && slopes.Length < geometry.Heads)
             throw new ArgumentException($"ALiBi has {slopes.Length} slopes; the call has {geometry.Heads} query heads.", "options");
-        _kernel = CudaFlashForward.Get(context, geometry.Dim, type, score.Softcap is not null, score.AlibiSlopes is not null, blocks.PartialHeavy);
+        _wgmma = CudaFlashForward.UsesWgmma(context, geometry.Dim);
+        _kernel = CudaFlashForward.Get(context, geometry.Dim, type, score.Softcap is not null, score.AlibiSlopes is not null, blocks.PartialHeavy, _wgmma);
         var owned = new List<DeviceBuffer>();
         try
         {
@@ -93,8 +95,8 @@ public sealed unsafe class CudaAttentionPlan : IDisposable
         p[5] = &args.Seqs; p[6] = &args.RowPtr; p[7] = &args.Items; p[8] = &args.Bits; p[9] = &args.Slopes;
         p[10] = &args.Heads; p[11] = &args.KvHeads; p[12] = &args.TokensQ; p[13] = &args.TokensK;
         p[14] = &args.MaskPerSequence; p[15] = &args.MaskHeads; p[16] = &args.MaxQBlocks; p[17] = &args.Scale; p[18] = &args.Softcap;
-        _kernel.Launch((uint)g.Heads, (uint)_blocks.MaxQueryBlocks, (uint)g.Sequences, (uint)CudaFlashForward.Threads(g.Dim),
-            (uint)CudaFlashForward.SharedBytes(g.Dim), stream, p);
+        _kernel.Launch((uint)g.Heads, (uint)_blocks.MaxQueryBlocks, (uint)g.Sequences, (uint)CudaFlashForward.Threads(g.Dim, _wgmma),
+            (uint)CudaFlashForward.SharedBytes(g.Dim, _wgmma), stream, p);
     }
 
     private void Require(CudaTensor t, string name, int batch, int tokens, int heads)

@@ -13,11 +13,22 @@ internal static class CudaFlashForward
     public const string SourceFile = "flash_forward.cu";
     public const string EntryPoint = "attend_flash_forward";
 
-    private static readonly ConcurrentDictionary<(CudaContext, int, ElementType, bool, bool, bool), CudaKernelFunction> s_loaded = new();
+    private static readonly ConcurrentDictionary<(CudaContext, int, ElementType, bool, bool, bool, bool), CudaKernelFunction> s_loaded = new();
+
+    // Kernel-development switches (environment, read once; docs/CUDA-KERNELS.md records what they measured):
+    //   ATTEND_CUDA_FWD_WGMMA=1       the wgmma form of the kernel on Hopper (sm_90a) at D = 64 and 128 (8 warps = two
+    //                                 warpgroups of 64 query rows); off by default until it measures faster;
+    //   ATTEND_CUDA_FWD_WG_MINB=1     its registers sized for 1 CTA per SM (255) instead of 2 (128).
+    private static readonly bool WgmmaAllowed = Environment.GetEnvironmentVariable("ATTEND_CUDA_FWD_WGMMA") == "1";
+    private static readonly int WgmmaCtasPerSm = Environment.GetEnvironmentVariable("ATTEND_CUDA_FWD_WG_MINB") == "1" ? 1 : 2;
+
+    /// <summary>Whether the wgmma form runs for this head dim on this device (Hopper's sm_90a target, D = 64 or 128, switch on).</summary>
+    public static bool UsesWgmma(CudaContext context, int headDim) => WgmmaAllowed && (headDim is 64 or 128) && context.Architecture == "sm_90a";
     private static readonly Lock s_gate = new();
 
-    /// <summary>Warps, m16 tiles per warp, and whether Q stays in registers, per head dim (128 query rows in every case).</summary>
-    public static (int Warps, int MTiles, bool QInRegisters) TileShape(int headDim) => headDim switch
+    /// <summary>Warps, m16 tiles per warp, and whether Q stays in registers, per head dim (128 query rows in every case);
+    /// the wgmma form is always 8 warps × 1 tile with Q in shared memory.</summary>
+    public static (int Warps, int MTiles, bool QInRegisters) TileShape(int headDim, bool wgmma = false) => wgmma ? (8, 1, false) : headDim switch
     {
         64 => (4, 2, true),
         128 => (4, 2, false),
@@ -31,17 +42,18 @@ internal static class CudaFlashForward
 
     public static bool IsSupportedHeadDim(int headDim) => headDim is 64 or 128 or 256;
 
-    /// <summary>Dynamic shared memory: the Q tile and two stages of K and V tiles.</summary>
-    public static int SharedBytes(int headDim) => (FlashBlockPlan.QueryBlock * headDim + 4 * FlashBlockPlan.KeyBlock * headDim) * 2;
+    /// <summary>Dynamic shared memory: the Q tile and two stages of K and V tiles (the wgmma form: 1 KB more, to align them).</summary>
+    public static int SharedBytes(int headDim, bool wgmma = false) => (FlashBlockPlan.QueryBlock * headDim + 4 * FlashBlockPlan.KeyBlock * headDim) * 2 + (wgmma ? 1024 : 0);
 
     /// <summary>
     /// The NVRTC options of a specialisation (defines first, then flags). <paramref name="partialHeavy"/> (a plan whose
     /// visited blocks are at least 1/8 partial, <see cref="FlashBlockPlan.PartialHeavy"/>) turns on the kernel's
     /// partial-block switches MASK32 and WSKIP.
     /// </summary>
-    public static IReadOnlyList<string> Options(int headDim, ElementType type, bool softcap, bool alibi, bool partialHeavy = false)
+    public static IReadOnlyList<string> Options(int headDim, ElementType type, bool softcap, bool alibi, bool partialHeavy = false, bool wgmma = false)
     {
-        (int warps, int mt, bool qreg) = TileShape(headDim);
+        _ = TileShape(headDim); // throws for head dims without a kernel
+        (int warps, int mt, bool qreg) = TileShape(headDim, wgmma);
         return
         [
             $"-DHEAD_DIM={headDim}",
@@ -53,27 +65,29 @@ internal static class CudaFlashForward
             $"-DSOFTCAP={(softcap ? 1 : 0)}",
             $"-DALIBI={(alibi ? 1 : 0)}",
             $"-DMASK32={(partialHeavy ? 1 : 0)}",
-            $"-DWSKIP={(partialHeavy ? 1 : 0)}",
+            $"-DWSKIP={(partialHeavy && !wgmma ? 1 : 0)}",
+            $"-DWGMMA={(wgmma ? 1 : 0)}",
+            $"-DMINB={(wgmma ? WgmmaCtasPerSm : 1)}",
             "--use_fast_math",
             "--std=c++17",
         ];
     }
 
     /// <summary>Threads per CTA of a head dim's specialisation.</summary>
-    public static int Threads(int headDim) => TileShape(headDim).Warps * 32;
+    public static int Threads(int headDim, bool wgmma = false) => TileShape(headDim, wgmma).Warps * 32;
 
     /// <summary>The loaded kernel of a specialisation (compiled or read from the disk cache on first use).</summary>
-    public static CudaKernelFunction Get(CudaContext context, int headDim, ElementType type, bool softcap, bool alibi, bool partialHeavy = false)
+    public static CudaKernelFunction Get(CudaContext context, int headDim, ElementType type, bool softcap, bool alibi, bool partialHeavy = false, bool wgmma = false)
     {
-        var key = (context, headDim, type, softcap, alibi, partialHeavy);
+        var key = (context, headDim, type, softcap, alibi, partialHeavy, wgmma);
         if (s_loaded.TryGetValue(key, out CudaKernelFunction? f)) return f;
         lock (s_gate)
         {
             if (s_loaded.TryGetValue(key, out f)) return f;
-            int smem = SharedBytes(headDim);
+            int smem = SharedBytes(headDim, wgmma);
             if (smem > context.MaxSharedBytesPerBlock)
                 throw new NotSupportedException($"head dim {headDim} needs {smem} bytes of shared memory per block; {context.Name} allows {context.MaxSharedBytesPerBlock}.");
-            CompiledKernel image = KernelCompiler.Build(SourceFile, KernelCompiler.Source(SourceFile), Options(headDim, type, softcap, alibi, partialHeavy), context.Architecture);
+            CompiledKernel image = KernelCompiler.Build(SourceFile, KernelCompiler.Source(SourceFile), Options(headDim, type, softcap, alibi, partialHeavy, wgmma), context.Architecture);
             f = new CudaKernelFunction(context, image, EntryPoint, smem);
             s_loaded[key] = f;
             return f;
@@ -83,12 +97,12 @@ internal static class CudaFlashForward
     /// <summary>One line per loaded specialisation: options, registers, local memory, compile time.</summary>
     public static IEnumerable<string> Describe()
     {
-        foreach (KeyValuePair<(CudaContext, int, ElementType, bool, bool, bool), CudaKernelFunction> entry in s_loaded)
+        foreach (KeyValuePair<(CudaContext, int, ElementType, bool, bool, bool, bool), CudaKernelFunction> entry in s_loaded)
         {
-            (_, int d, ElementType type, bool sc, bool al, bool ph) = entry.Key;
+            (_, int d, ElementType type, bool sc, bool al, bool ph, bool wg) = entry.Key;
             CudaKernelFunction f = entry.Value;
             string origin = f.Image.FromCache ? "from the disk cache" : string.Create(CultureInfo.InvariantCulture, $"compiled in {f.Image.CompileSeconds:F2} s");
-            yield return $"flash_forward D={d} {type.ShortName()} softcap={sc} alibi={al} partial-heavy={ph}: {f.Registers} registers, {f.LocalBytes} B local, {origin}";
+            yield return $"flash_forward D={d} {type.ShortName()} softcap={sc} alibi={al} partial-heavy={ph}{(wg ? $" wgmma (registers for {WgmmaCtasPerSm} CTAs per SM)" : "")}: {f.Registers} registers, {f.LocalBytes} B local, {origin}";
         }
     }
 }

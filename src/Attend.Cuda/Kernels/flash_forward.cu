@@ -30,6 +30,12 @@
 //              coalesced 16-byte writes (0: 4-byte stores straight from the accumulators)
 //   CSKIP      1 (with WSKIP): on a partial block, a warp also skips the QKᵀ and PV products of each 16-key column
 //              group that none of its rows sees (the far half of a diagonal block, the near half at a window's start)
+//   WGMMA      1 (Hopper, sm_90a; NWARPS = 8, MT = 1, QREG = WSKIP = SEPI = 0): both products are warpgroup products
+//              (wgmma.mma_async, wgmma_tiles.cuh): warps 0-3 and 4-7 are two warpgroups owning query rows 0-63 and
+//              64-127 (M = 64 each); S = Q Kᵀ with Q and K from shared memory, O += P V with P from registers and V read
+//              N-major; each warp keeps the mma.sync accumulator layout, so the softmax, mask and epilogue code is shared.
+//              Tiles use the 128-byte-swizzled layout, 1024-byte aligned (the host adds 1 KB).
+//   MINB       CTAs per SM the registers are sized for (__launch_bounds__; default 1)
 
 #ifndef HEAD_DIM
 #error "HEAD_DIM must be defined"
@@ -52,6 +58,15 @@
 #ifndef SEPI
 #define SEPI 0
 #endif
+#ifndef WGMMA
+#define WGMMA 0
+#endif
+#ifndef MINB
+#define MINB 1
+#endif
+#if WGMMA && (NWARPS != 8 || MT != 1 || QREG || WSKIP || SEPI || BLOCK_N != 64)
+#error "WGMMA needs NWARPS = 8, MT = 1, BLOCK_N = 64 and no QREG, WSKIP or SEPI (every warp of a warpgroup joins each product)"
+#endif
 
 #define NT (NWARPS * 32)
 #define BLOCK_M (16 * MT * NWARPS)
@@ -64,10 +79,16 @@ typedef unsigned short elem_t;
 #define NEG_INF __int_as_float(0xff800000)
 
 #include "mma_tiles.cuh"
+#if WGMMA
+#include "wgmma_tiles.cuh"
+#define LOAD_TILE load_wtile
+#else
+#define LOAD_TILE load_tile
+#endif
 
 struct SeqInfo { int batch, qStart, qLen, kStart, kLen; };
 
-extern "C" __global__ void __launch_bounds__(NT, 1)
+extern "C" __global__ void __launch_bounds__(NT, MINB)
 attend_flash_forward(
     const elem_t* __restrict__ Q, const elem_t* __restrict__ K, const elem_t* __restrict__ V,
     elem_t* __restrict__ O, float* __restrict__ Lse,
@@ -96,18 +117,22 @@ attend_flash_forward(
     const int row = ((maskPerSequence ? s : 0) * maskHeads + (maskHeads == 1 ? 0 : h)) * maxQBlocks + qb;
     const int itBegin = rowPtr[row], itEnd = rowPtr[row + 1];
 
+#if WGMMA
+    const unsigned sQ = (smem_addr(smem) + 1023u) & ~1023u;   // 1024-byte aligned wgmma tiles
+#else
     const unsigned sQ = smem_addr(smem);
+#endif
     const unsigned sK0 = sQ + BLOCK_M * HEAD_DIM * 2;
     const unsigned sV0 = sK0 + 2 * BLOCK_N * HEAD_DIM * 2;
     const unsigned kvStage = BLOCK_N * HEAD_DIM * 2;
 
-    load_tile<BLOCK_M>(sQ, qBase, qStride, seq.qLen - qRow0, tid);
+    LOAD_TILE<BLOCK_M>(sQ, qBase, qStride, seq.qLen - qRow0, tid);
     cp_async_commit();
     if (itBegin < itEnd)
     {
         int kb = items[itBegin].x;
-        load_tile<BLOCK_N>(sK0, kBase + (long long)kb * BLOCK_N * kStride, kStride, seq.kLen - kb * BLOCK_N, tid);
-        load_tile<BLOCK_N>(sV0, vBase + (long long)kb * BLOCK_N * kStride, kStride, seq.kLen - kb * BLOCK_N, tid);
+        LOAD_TILE<BLOCK_N>(sK0, kBase + (long long)kb * BLOCK_N * kStride, kStride, seq.kLen - kb * BLOCK_N, tid);
+        LOAD_TILE<BLOCK_N>(sV0, vBase + (long long)kb * BLOCK_N * kStride, kStride, seq.kLen - kb * BLOCK_N, tid);
     }
     cp_async_commit();
 
@@ -144,8 +169,8 @@ attend_flash_forward(
         if (it + 1 < itEnd)
         {
             int kb = items[it + 1].x;
-            load_tile<BLOCK_N>(sK0 + (stage ^ 1) * kvStage, kBase + (long long)kb * BLOCK_N * kStride, kStride, seq.kLen - kb * BLOCK_N, tid);
-            load_tile<BLOCK_N>(sV0 + (stage ^ 1) * kvStage, vBase + (long long)kb * BLOCK_N * kStride, kStride, seq.kLen - kb * BLOCK_N, tid);
+            LOAD_TILE<BLOCK_N>(sK0 + (stage ^ 1) * kvStage, kBase + (long long)kb * BLOCK_N * kStride, kStride, seq.kLen - kb * BLOCK_N, tid);
+            LOAD_TILE<BLOCK_N>(sV0 + (stage ^ 1) * kvStage, vBase + (long long)kb * BLOCK_N * kStride, kStride, seq.kLen - kb * BLOCK_N, tid);
         }
         cp_async_commit();
         const int2 item = items[it];
@@ -177,6 +202,9 @@ attend_flash_forward(
         (void)colLive;
 #endif
         cp_async_wait<1>();
+#if WGMMA
+        fence_proxy_async();   // cp.async wrote the tiles (generic proxy); wgmma reads them (async proxy)
+#endif
         __syncthreads();
 
 #if QREG
@@ -202,6 +230,15 @@ attend_flash_forward(
         for (int mt = 0; mt < MT; mt++)
 #pragma unroll
             for (int j = 0; j < NTILES; j++) sc[mt][j][0] = sc[mt][j][1] = sc[mt][j][2] = sc[mt][j][3] = 0.f;
+#if WGMMA
+        // This warp's warpgroup (warps 4·wg .. 4·wg + 3) owns Q rows 64·wg .. 64·wg + 63.
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < KSTEPS; kk++) wg_ss_n64(sc[0], desc_k<BLOCK_M>(sQ + (unsigned)((warp >> 2) * 64 * 128), kk), desc_k<BLOCK_N>(sK, kk));
+        wg_commit();
+        wg_wait<0>();
+        wg_hold(sc[0]);
+#else
 #pragma unroll
         for (int kk = 0; kk < KSTEPS; kk++)
         {
@@ -232,6 +269,7 @@ attend_flash_forward(
                 }
             }
         }
+#endif
 
         // Score mods (when compiled in) turn raw q·k into base-2 logits; without them the raw score stays and the
         // scale is folded into the exponent's FMA below (LOGIT = raw · UNIT). Full blocks away from the key tail skip
@@ -359,6 +397,25 @@ attend_flash_forward(
 #endif
 
         // O += P V: the score accumulators of two adjacent key tiles are exactly an A fragment.
+#if WGMMA
+        {
+            unsigned pw[BLOCK_N / 16][4];
+#pragma unroll
+            for (int kk = 0; kk < BLOCK_N / 16; kk++)
+            {
+                pw[kk][0] = pack2(sc[0][2 * kk][0], sc[0][2 * kk][1]);
+                pw[kk][1] = pack2(sc[0][2 * kk][2], sc[0][2 * kk][3]);
+                pw[kk][2] = pack2(sc[0][2 * kk + 1][0], sc[0][2 * kk + 1][1]);
+                pw[kk][3] = pack2(sc[0][2 * kk + 1][2], sc[0][2 * kk + 1][3]);
+            }
+            wg_fence();
+#pragma unroll
+            for (int kk = 0; kk < BLOCK_N / 16; kk++) wg_rs_nd<1>(acc[0], pw[kk][0], pw[kk][1], pw[kk][2], pw[kk][3], desc_n<BLOCK_N>(sV, kk));
+            wg_commit();
+            wg_wait<0>();
+            wg_hold(acc[0]);
+        }
+#else
 #pragma unroll
         for (int kk = 0; kk < BLOCK_N / 16; kk++)
         {
@@ -387,6 +444,7 @@ attend_flash_forward(
                 }
             }
         }
+#endif
 #if WSKIP
         }
 #endif
