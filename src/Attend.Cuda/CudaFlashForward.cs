@@ -5,7 +5,7 @@ namespace Attend.Cuda;
 
 /// <summary>
 /// The specialisations of <c>flash_forward.cu</c>: one compiled kernel per (head dim, element type, soft cap, ALiBi,
-/// partial-heavy plan),
+/// partial-heavy plan, wgmma form), the wgmma form (warpgroup products) on Hopper at head dims 64 and 128,
 /// with the tile shape chosen per head dim (docs/CUDA-KERNELS.md records why), loaded once per context.
 /// </summary>
 internal static class CudaFlashForward
@@ -16,10 +16,11 @@ internal static class CudaFlashForward
     private static readonly ConcurrentDictionary<(CudaContext, int, ElementType, bool, bool, bool, bool), CudaKernelFunction> s_loaded = new();
 
     // Kernel-development switches (environment, read once; docs/CUDA-KERNELS.md records what they measured):
-    //   ATTEND_CUDA_FWD_WGMMA=1       the wgmma form of the kernel on Hopper (sm_90a) at D = 64 and 128 (8 warps = two
-    //                                 warpgroups of 64 query rows); off by default until it measures faster;
-    //   ATTEND_CUDA_FWD_WG_MINB=1     its registers sized for 1 CTA per SM (255) instead of 2 (128).
-    private static readonly bool WgmmaAllowed = Environment.GetEnvironmentVariable("ATTEND_CUDA_FWD_WGMMA") == "1";
+    //   ATTEND_CUDA_FWD_WGMMA=0       the mma.sync kernel on Hopper too (default there: the wgmma form at D = 64 and 128,
+    //                                 8 warps = two warpgroups of 64 query rows; measured 1.37x the mma.sync kernel at
+    //                                 causal 16k, run wg2);
+    //   ATTEND_CUDA_FWD_WG_MINB=1     its registers sized for 1 CTA per SM (255) instead of 2 (128; measured −17 %).
+    private static readonly bool WgmmaAllowed = Environment.GetEnvironmentVariable("ATTEND_CUDA_FWD_WGMMA") != "0";
     private static readonly int WgmmaCtasPerSm = Environment.GetEnvironmentVariable("ATTEND_CUDA_FWD_WG_MINB") == "1" ? 1 : 2;
 
     /// <summary>Whether the wgmma form runs for this head dim on this device (Hopper's sm_90a target, D = 64 or 128, switch on).</summary>

@@ -68,6 +68,32 @@ public class KernelBuildTests
         Assert.Contains("-DMASK32=1", heavy);
     }
 
+    [Fact]
+    public void WgmmaSpecialisationPutsEveryWarpOfAWarpgroupInEachProduct()
+    {
+        // The wgmma form: 8 warps (two warpgroups of 64 rows) × 1 m-tile, Q from shared memory, and no per-warp block
+        // skip (WSKIP), since a warpgroup product needs all four of its warps; the partial-block mask form stays.
+        IReadOnlyList<string> wg = CudaFlashForward.Options(128, ElementType.BFloat16, false, false, partialHeavy: true, wgmma: true);
+        foreach (string o in (string[])["-DWGMMA=1", "-DNWARPS=8", "-DMT=1", "-DQREG=0", "-DWSKIP=0", "-DMASK32=1"])
+            Assert.Contains(o, wg);
+        Assert.Contains("-DWGMMA=0", CudaFlashForward.Options(128, ElementType.BFloat16, false, false));
+        Assert.Equal(256, CudaFlashForward.Threads(128, wgmma: true));
+        Assert.Equal(CudaFlashForward.SharedBytes(128) + 1024, CudaFlashForward.SharedBytes(128, wgmma: true));
+        // Two CTAs per SM (the register budget MINB = 2 is sized for) must also fit Hopper's 228 KB of shared memory.
+        Assert.True(2 * CudaFlashForward.SharedBytes(128, wgmma: true) <= 228 * 1024);
+    }
+
+    [Fact]
+    public void WgmmaHelpersAreExpandedIntoBothKernels()
+    {
+        foreach (string file in (string[])["flash_forward.cu", "flash_backward_mma.cu"])
+        {
+            string source = KernelCompiler.Source(file);
+            Assert.Contains("wgmma.mma_async.sync.aligned.m64n128k16", source);
+            Assert.DoesNotContain("#include \"wgmma_tiles.cuh\"", source);
+        }
+    }
+
     [Theory]
     [InlineData(32)]
     [InlineData(96)]
