@@ -72,12 +72,14 @@ internal static class CudaBench
         BFloat16[] hostV = Bf16(GaussianData.Create((long)maxT * maxHkv * maxD, 103));
         var results = new List<GpuResult>();
         // ATTEND_BENCH_PART=backward runs only the backward rows, =core the causal forward rows at 4k and 16k and the
-        // backward rows, =fcore those forward rows alone (kernel development on a device-time budget).
+        // backward rows, =fcore those forward rows alone, =fwin the sliding-window forward rows alone (kernel development on
+        // a device-time budget).
         string? part = Environment.GetEnvironmentVariable("ATTEND_BENCH_PART");
-        bool backwardOnly = part == "backward", core = part is "core" or "fcore", skipBackward = part == "fcore";
+        bool backwardOnly = part == "backward", core = part is "core" or "fcore", windows = part == "fwin", skipBackward = part is "fcore" or "fwin";
         foreach (GpuCase c in backwardOnly ? [] : cases)
         {
             if (core && !(c.Mask == "causal" && (c.Tokens is 4096 or 16384))) continue;
+            if (windows && !c.Mask.StartsWith("window", StringComparison.Ordinal)) continue;
             GpuResult r = Run(ctx, c, hostQ, hostK, hostV, quick);
             results.Add(r);
             output.WriteLine(Format(r));
@@ -96,7 +98,7 @@ internal static class CudaBench
                     $"  bwd causal{(det ? " deterministic" : "              ")} T={t,6} H={r.Heads}/{r.KvHeads} D={dim,3}: {r.MedianMs,9:F3} ms ± {r.SpreadMs:F3} ({r.Runs} runs)  {r.Tflops,6:F1} TFLOP/s  dQ err={r.SampledError:E2}")
                 : $"  bwd causal T={t}: FAILED {r.Error}");
         }
-        foreach (int t in backwardOnly || core ? [] : quick ? (int[])[4096] : [4096, 32768, 131072])
+        foreach (int t in backwardOnly || core || windows ? [] : quick ? (int[])[4096] : [4096, 32768, 131072])
         {
             GpuResult r = CudaDecodeBench.Run(ctx, batch: 8, heads: 32, kvHeads: 8, dim: 128, tokens: t, pageSize: 16, quick);
             results.Add(r);
