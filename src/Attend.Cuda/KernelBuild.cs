@@ -190,7 +190,8 @@ public static unsafe class KernelCompiler
         var log = new byte[(int)size];
         fixed (byte* p = log)
             if (Nvrtc.nvrtcGetProgramLog(program, p) != 0) return "";
-        return Encoding.UTF8.GetString(log, 0, log.Length - 1).Trim();
+        // NUL-free: the log can hold the front end's and ptxas's parts, each NUL-terminated.
+        return Encoding.UTF8.GetString(log, 0, log.Length - 1).Replace("\0", "", StringComparison.Ordinal).Trim();
     }
 
     // Write to a temporary file, then rename: concurrent processes never read a half-written image.
