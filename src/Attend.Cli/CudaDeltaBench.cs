@@ -34,16 +34,16 @@ internal static class CudaDeltaBench
         foreach (int t in lengths)
             foreach (Method m in s_methods)
             {
-                int[] blocks = t == 16384 && !quick ? [CudaDeltaRulePlan.DefaultValueBlock(Dim), 16, 64] : [CudaDeltaRulePlan.DefaultValueBlock(Dim)];
-                foreach (int bv in blocks)
+                // (columns per warp group, groups per CTA): the default first, then the others at T = 16k.
+                (int, int)[] blocks = t == 16384 && !quick ? [(0, 0), (16, 1), (32, 1), (32, 2)] : [(0, 0)];
+                foreach ((int bv, int groups) in blocks)
                 {
-                    bool main = bv == CudaDeltaRulePlan.DefaultValueBlock(Dim);
-                    string name = main ? m.Name : $"{m.Name}/bv{bv}";
-                    LinearRecord r = Chunked(ctx, m, name, t, bv, quick, ceilings, out double ms, out double gbps);
+                    string name = bv == 0 ? m.Name : $"{m.Name}/{bv}x{groups}";
+                    LinearRecord r = Chunked(ctx, m, name, t, bv == 0 ? null : bv, bv == 0 ? null : groups, quick, ceilings, out double ms, out double gbps, out double prepareMs);
                     records.Add(r);
                     if (!r.Passed) failed++;
                     output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                        $"{name,-12} {"chunked",-9} {t,6} {(r.Passed ? ms.ToString("F3", CultureInfo.InvariantCulture) : "-"),9} {(r.Passed ? (r.TokensPerS!.Value / 1e6).ToString("F1", CultureInfo.InvariantCulture) : "FAILED"),9} {r.Gflops / 1e3,8:F1} {gbps,7:F0} {r.MaxRelErr,9:E2}"));
+                        $"{name,-12} {"chunked",-9} {t,6} {(r.Passed ? ms.ToString("F3", CultureInfo.InvariantCulture) : "-"),9} {(r.Passed ? (r.TokensPerS!.Value / 1e6).ToString("F1", CultureInfo.InvariantCulture) : "FAILED"),9} {r.Gflops / 1e3,8:F1} {gbps,7:F0} {r.MaxRelErr,9:E2}  (w, u, A kernel {prepareMs:F3} ms)"));
                 }
             }
         foreach (Method m in s_methods)
@@ -63,7 +63,8 @@ internal static class CudaDeltaBench
         Form = form, Update = m.Update, Decay = m.Decay, Scale = 1f / MathF.Sqrt(Dim),
     };
 
-    private static LinearRecord Chunked(CudaContext ctx, Method m, string name, int t, int valueBlock, bool quick, GpuCeilings ceilings, out double ms, out double gbps)
+    private static LinearRecord Chunked(CudaContext ctx, Method m, string name, int t, int? valueBlock, int? groups, bool quick, GpuCeilings ceilings,
+        out double ms, out double gbps, out double prepareMs)
     {
         var shape = LinearShape.Mha(1, t, Heads, Dim);
         long n = (long)t * Heads * Dim;
@@ -73,7 +74,7 @@ internal static class CudaDeltaBench
         using DeviceBuffer beta = DeviceBuffer.From<float>(ctx, Betas((long)t * Heads, 44));
         using DeviceBuffer? gate = m.Decay == LinearDecay.ScalarGate ? DeviceBuffer.From<float>(ctx, Gates((long)t * Heads, 45)) : null;
         using var sT = new DeviceBuffer(ctx, (long)Heads * Dim * Dim * 4);
-        using var plan = new CudaDeltaRulePlan(ctx, shape, ElementType.BFloat16, Options(m, LinearForm.Chunked), null, valueBlock);
+        using var plan = new CudaDeltaRulePlan(ctx, shape, ElementType.BFloat16, Options(m, LinearForm.Chunked), null, valueBlock, groups);
         using var reference = new CudaDeltaRulePlan(ctx, shape, ElementType.BFloat16, Options(m, LinearForm.Recurrent));
         using var stream = new CudaStream(ctx);
         o.Buffer.Fill(0xFF);
@@ -83,6 +84,7 @@ internal static class CudaDeltaBench
         double err = Compare(o, oRef, out int nan, out double maxRelErr);
         bool passed = nan == 0 && err <= Tolerance;
         ms = Median(() => plan.Run(q, k, v, beta, gate, null, o, sT, stream), ctx, stream, quick ? 5 : 20);
+        prepareMs = Median(() => plan.RunPrepareOnly(q, k, v, beta, gate, stream), ctx, stream, quick ? 5 : 20);
         double seconds = ms / 1e3;
         long chunks = (t + 63) / 64;
         // Per head and chunk: K Kᵀ and Q Kᵀ (2·64·64·Dk), the triangular solve (64³/3), w and u (2·64·64·(Dk + Dv) / 2

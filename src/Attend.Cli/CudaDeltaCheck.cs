@@ -15,7 +15,7 @@ namespace Attend.Cli;
 internal static class CudaDeltaCheck
 {
     private sealed record DeltaCase(string Name, int B, int T, int H, int Hkv, int Dk, int Dv, LinearUpdate Update, LinearDecay Decay, bool InitialState,
-        LinearForm Form, int[]? Lengths = null, bool Beta = true, int? ValueBlock = null);
+        LinearForm Form, int[]? Lengths = null, bool Beta = true, int? ValueBlock = null, int? ValueGroups = null);
 
     public static (int Passed, int Failed) Run(int seed, TextWriter output, TextWriter error)
     {
@@ -31,8 +31,9 @@ internal static class CudaDeltaCheck
             new("gated, T = 1, initial state", 3, 1, 4, 2, 128, 128, G, LinearDecay.ScalarGate, true, LinearForm.Chunked),
             new("gated, long (T ~ 1.5k), state", 1, Odd(1200, 1700), 2, 2, 128, 128, G, LinearDecay.ScalarGate, true, LinearForm.Chunked),
             new("gated, varlen (1-token, empty)", 1, 0, 4, 2, 128, 64, G, LinearDecay.ScalarGate, true, LinearForm.Chunked, [1, rng.Next(2, 200), 0, rng.Next(300, 900)]),
-            new("delta, value block 16", 1, Odd(65, 300), 2, 2, 128, 128, D, LinearDecay.None, true, LinearForm.Chunked, ValueBlock: 16),
-            new("gated, value block 64", 1, Odd(65, 300), 2, 2, 64, 128, G, LinearDecay.ScalarGate, true, LinearForm.Chunked, ValueBlock: 64),
+            new("delta, value block 16 x 1", 1, Odd(65, 300), 2, 2, 128, 128, D, LinearDecay.None, true, LinearForm.Chunked, ValueBlock: 16, ValueGroups: 1),
+            new("gated, value block 32 x 2", 1, Odd(65, 300), 2, 2, 128, 128, G, LinearDecay.ScalarGate, true, LinearForm.Chunked, ValueBlock: 32, ValueGroups: 2),
+            new("gated, value block 64 x 1, Dk 64", 1, Odd(65, 300), 2, 2, 64, 128, G, LinearDecay.ScalarGate, true, LinearForm.Chunked, ValueBlock: 64, ValueGroups: 1),
             new("recurrent delta", 2, Odd(20, 200), 4, 4, 128, 128, D, LinearDecay.None, true, LinearForm.Recurrent),
             new("recurrent gated, GQA, Dk 64 Dv 96", 1, Odd(20, 200), 4, 1, 64, 96, G, LinearDecay.ScalarGate, true, LinearForm.Recurrent),
             new("recurrent gated decode T = 1, varlen", 1, 0, 8, 2, 128, 128, G, LinearDecay.FixedPerHead, true, LinearForm.Recurrent, [1, 1, 1, 0]),
@@ -77,7 +78,7 @@ internal static class CudaDeltaCheck
         CudaContext context = CudaContext.Default;
         try
         {
-            using var plan = new CudaDeltaRulePlan(context, shape, type, options, offsets, c.ValueBlock);
+            using var plan = new CudaDeltaRulePlan(context, shape, type, options, offsets, c.ValueBlock, c.ValueGroups);
             using CudaTensor dq = Upload<T>(context, q, c.B, tokens, c.H, c.Dk);
             using CudaTensor dk = Upload<T>(context, k, c.B, tokens, c.Hkv, c.Dk);
             using CudaTensor dv = Upload<T>(context, v, c.B, tokens, c.Hkv, c.Dv);

@@ -24,14 +24,21 @@
 // = sequence, query head, 32 value columns; lane = column, warp w = key rows w, w + 8, ...), two reductions per token
 // through shared memory (kᵀ S for the prediction, then qᵀ S for the output).
 //
+// The sequential kernel's CTA is VH groups of 4 warps, each group owning BV value columns: the groups share the q, k,
+// w and A tiles (one load from L2 for VH × BV columns) and keep their own u, δ and state tiles.
+//
 // Defines: DK (64 | 128; any multiple of 8 up to 256 for the recurrent kernel), ELEM_BF16 (1 bf16, 0 fp16),
-// GATE (0 none: the delta rule; 1 a scalar per token and head: the gated delta rule), BV (16 | 32 | 64). No headers.
+// GATE (0 none: the delta rule; 1 a scalar per token and head: the gated delta rule), BV (16 | 32 | 64), VH (1 | 2).
+// No headers.
 
 #ifndef DK
 #error "DK must be defined"
 #endif
 #ifndef BV
-#define BV 32
+#define BV 16
+#endif
+#ifndef VH
+#define VH 1
 #endif
 
 #define NWARPS 4
@@ -240,11 +247,12 @@ attend_delta_prepare(
 #pragma unroll
         for (int i = 0; i < CHUNK; i++)
         {
-            float acc = i == c ? 1.f : 0.f;
+            // Four partial sums: a dependent chain of i / 4 FMAs instead of i (the solve is latency-bound).
+            float acc[4] = {i == c ? 1.f : 0.f, 0.f, 0.f, 0.f};
             const float* li = sL + i * 65;
 #pragma unroll
-            for (int j = 0; j < i; j++) acc = fmaf(-li[j], x[j], acc);
-            x[i] = acc;
+            for (int j = 0; j < i; j++) acc[j & 3] = fmaf(-li[j], x[j], acc[j & 3]);
+            x[i] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
         }
         const float bc = sBeta[c];
         const float bw = bc * exp_e(sB[c]);
@@ -342,16 +350,16 @@ attend_delta_prepare(
 #define C_Q_BYTES (CHUNK * DK * 2)
 #define C_U_BYTES (CHUNK * BV * 2)
 #define C_A_BYTES (CHUNK * 64 * 2)
-#define C_STAGE (3 * C_Q_BYTES + C_U_BYTES + C_A_BYTES + CHUNK * 4)   // q, k, w, u, A, raw gates
+#define C_STAGE (3 * C_Q_BYTES + VH * C_U_BYTES + C_A_BYTES + CHUNK * 4)   // q, k, w, u (per group), A, raw gates
 #define C_OFF_Q 0
 #define C_OFF_K (C_OFF_Q + C_Q_BYTES)
 #define C_OFF_W (C_OFF_K + C_Q_BYTES)
 #define C_OFF_U (C_OFF_W + C_Q_BYTES)
-#define C_OFF_A (C_OFF_U + C_U_BYTES)
+#define C_OFF_A (C_OFF_U + VH * C_U_BYTES)
 #define C_OFF_G (C_OFF_A + C_A_BYTES)
-#define C_OFF_S (2 * C_STAGE)                        // the state slice in the element type, 2 buffers of [DK][BV]
-#define C_OFF_D (C_OFF_S + 2 * DK * BV * 2)          // δ, [64][BV]
-#define C_SMEM_BYTES (C_OFF_D + C_U_BYTES)
+#define C_OFF_S (2 * C_STAGE)                        // per group: the state slice in the element type, 2 buffers of [DK][BV]
+#define C_OFF_D (C_OFF_S + VH * 2 * DK * BV * 2)     // per group: δ, [64][BV]
+#define C_SMEM_BYTES (C_OFF_D + VH * C_U_BYTES)
 
 #if GATE == 1
 // The in-chunk cumulative log decay b lives in registers: lane l holds b[2l] and b[2l+1]. Every lane must call this.
@@ -367,7 +375,7 @@ __device__ __forceinline__ void cp_async4(unsigned dst, const void* src, int byt
 }
 #endif
 
-extern "C" __global__ void __launch_bounds__(NT)
+extern "C" __global__ void __launch_bounds__(NT * VH)
 attend_delta_chunk(
     const elem_t* __restrict__ Q, const elem_t* __restrict__ K, const elem_t* __restrict__ W, const elem_t* __restrict__ U,
     const elem_t* __restrict__ A, const float* __restrict__ gate, const float* __restrict__ headLogDecay,
@@ -377,7 +385,10 @@ attend_delta_chunk(
     extern __shared__ __align__(128) unsigned char smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
-    const int h = blockIdx.y, vb = blockIdx.x;
+    const int wq = warp & 3, vh = warp >> 2;   // this warp's 16 token rows / 16·MS state rows; its value group
+    const int gt = tid & (NT - 1);             // thread index inside the group (the tile loaders' NT threads)
+    const int h = blockIdx.y;
+    const int col0 = (blockIdx.x * VH + vh) * BV;   // this group's first value column
     const DeltaRow sq = seqs[blockIdx.z];
     const int hk = h / (heads / kvHeads);
     const long long qStride = (long long)heads * DK, kStride = (long long)kvHeads * DK, uStride = (long long)heads * dv;
@@ -385,11 +396,13 @@ attend_delta_chunk(
     const elem_t* qBase = Q + tok0 * qStride + (long long)h * DK;
     const elem_t* kBase = K + tok0 * kStride + (long long)hk * DK;
     const elem_t* wBase = W + tok0 * qStride + (long long)h * DK;
-    const elem_t* uBase = U + tok0 * uStride + (long long)h * dv + vb * BV;
+    const elem_t* uBase = U + tok0 * uStride + (long long)h * dv + col0;
     const elem_t* aBase = A + (tok0 * heads + h) * 64;
     const unsigned base = smem_addr(smem);
-    const int stateRow0 = warp * 16 * MS;   // this warp's first state row (key channel)
-    const int wr = warp * 16;               // this warp's first token row in a chunk
+    const int stateRow0 = wq * 16 * MS;     // this warp's first state row (key channel)
+    const int wr = wq * 16;                 // this warp's first token row in a chunk
+    const unsigned uOff = C_OFF_U + vh * C_U_BYTES, sOff = C_OFF_S + vh * 2 * DK * BV * 2, dOff = C_OFF_D + vh * C_U_BYTES;
+    const bool loadsQW = VH == 1 || vh == 0, loadsKA = VH == 1 || vh == 1;   // the shared tiles, split between the groups
     const long long stateRowBase = ((long long)sq.seq * heads + h) * DK;
 
     // The state slice as the accumulators of K̂ᵀδ: element (m, j, e) is row stateRow0 + 16m + g + 8(e>>1), column 8j + 2t + (e&1).
@@ -404,10 +417,10 @@ attend_delta_chunk(
             for (int j = 0; j < VC; j++)
             {
                 float2 s = make_float2(0.f, 0.f);
-                if (S0 != 0) s = *(const float2*)(S0 + (stateRowBase + row) * dv + vb * BV + 8 * j + 2 * t);
+                if (S0 != 0) s = *(const float2*)(S0 + (stateRowBase + row) * dv + col0 + 8 * j + 2 * t);
                 st[m][j][2 * half] = s.x;
                 st[m][j][2 * half + 1] = s.y;
-                *(unsigned*)(smem + C_OFF_S + boff(row, j) + 4 * t) = pack2(s.x, s.y);
+                *(unsigned*)(smem + sOff + boff(row, j) + 4 * t) = pack2(s.x, s.y);
             }
         }
 
@@ -415,15 +428,21 @@ attend_delta_chunk(
     if (nChunks > 0)
     {
         const int valid = sq.len < CHUNK ? sq.len : CHUNK;
-        load_tile<CHUNK>(base + C_OFF_Q, qBase, qStride, valid, tid);
-        load_tile<CHUNK>(base + C_OFF_K, kBase, kStride, valid, tid);
-        load_tile<CHUNK>(base + C_OFF_W, wBase, qStride, valid, tid);
-        load_cols<BV>(base + C_OFF_U, uBase, uStride, valid, tid);
-        load_cols<64>(base + C_OFF_A, aBase, (long long)heads * 64, valid, tid);
+        if (loadsQW)
+        {
+            load_tile<CHUNK>(base + C_OFF_Q, qBase, qStride, valid, gt);
+            load_tile<CHUNK>(base + C_OFF_W, wBase, qStride, valid, gt);
+        }
+        if (loadsKA)
+        {
+            load_tile<CHUNK>(base + C_OFF_K, kBase, kStride, valid, gt);
+            load_cols<64>(base + C_OFF_A, aBase, (long long)heads * 64, valid, gt);
 #if GATE == 1
-        if (headLogDecay == 0 && tid < CHUNK)
-            cp_async4(base + C_OFF_G + tid * 4, tid < valid ? gate + (tok0 + tid) * heads + h : gate, tid < valid ? 4 : 0);
+            if (headLogDecay == 0 && gt < CHUNK)
+                cp_async4(base + C_OFF_G + gt * 4, gt < valid ? gate + (tok0 + gt) * heads + h : gate, gt < valid ? 4 : 0);
 #endif
+        }
+        load_cols<BV>(base + uOff, uBase, uStride, valid, gt);
     }
     cp_async_commit();
 
@@ -440,22 +459,28 @@ attend_delta_chunk(
             const int n0 = c0 + CHUNK;
             const int nvalid = sq.len - n0 < CHUNK ? sq.len - n0 : CHUNK;
             const unsigned ns = base + (stage ^ 1) * C_STAGE;
-            load_tile<CHUNK>(ns + C_OFF_Q, qBase + (long long)n0 * qStride, qStride, nvalid, tid);
-            load_tile<CHUNK>(ns + C_OFF_K, kBase + (long long)n0 * kStride, kStride, nvalid, tid);
-            load_tile<CHUNK>(ns + C_OFF_W, wBase + (long long)n0 * qStride, qStride, nvalid, tid);
-            load_cols<BV>(ns + C_OFF_U, uBase + (long long)n0 * uStride, uStride, nvalid, tid);
-            load_cols<64>(ns + C_OFF_A, aBase + (long long)n0 * heads * 64, (long long)heads * 64, nvalid, tid);
+            if (loadsQW)
+            {
+                load_tile<CHUNK>(ns + C_OFF_Q, qBase + (long long)n0 * qStride, qStride, nvalid, gt);
+                load_tile<CHUNK>(ns + C_OFF_W, wBase + (long long)n0 * qStride, qStride, nvalid, gt);
+            }
+            if (loadsKA)
+            {
+                load_tile<CHUNK>(ns + C_OFF_K, kBase + (long long)n0 * kStride, kStride, nvalid, gt);
+                load_cols<64>(ns + C_OFF_A, aBase + (long long)n0 * heads * 64, (long long)heads * 64, nvalid, gt);
 #if GATE == 1
-            if (headLogDecay == 0 && tid < CHUNK)
-                cp_async4(ns + C_OFF_G + tid * 4, tid < nvalid ? gate + (tok0 + n0 + tid) * heads + h : gate, tid < nvalid ? 4 : 0);
+                if (headLogDecay == 0 && gt < CHUNK)
+                    cp_async4(ns + C_OFF_G + gt * 4, gt < nvalid ? gate + (tok0 + n0 + gt) * heads + h : gate, gt < nvalid ? 4 : 0);
 #endif
+            }
+            load_cols<BV>(ns + uOff, uBase + (long long)n0 * uStride, uStride, nvalid, gt);
         }
         cp_async_commit();
 
         const unsigned st0 = base + stage * C_STAGE;
-        const unsigned sQ = st0 + C_OFF_Q, sK = st0 + C_OFF_K, sW = st0 + C_OFF_W, sU = st0 + C_OFF_U, sA = st0 + C_OFF_A;
-        const unsigned sS = base + C_OFF_S + stage * DK * BV * 2;
-        const unsigned sD = base + C_OFF_D;
+        const unsigned sQ = st0 + C_OFF_Q, sK = st0 + C_OFF_K, sW = st0 + C_OFF_W, sU = st0 + uOff, sA = st0 + C_OFF_A;
+        const unsigned sS = base + sOff + stage * DK * BV * 2;
+        const unsigned sD = base + dOff;
 
 #if GATE == 1
         // The in-chunk cumulative log decay (inclusive); rows past the end decay nothing.
@@ -524,7 +549,12 @@ attend_delta_chunk(
                 asm volatile("st.shared.b32 [%0], %1;" :: "r"(sD + o), "r"(d));
             }
         }
+        // δ is this group's own: its 4 warps wait for each other (named barrier 1 + vh), not for the other group.
+#if VH == 1
         __syncthreads();
+#else
+        asm volatile("bar.sync %0, %1;" :: "r"(1 + vh), "n"(NT) : "memory");
+#endif
 
         // 2. o = e^b ⊙ (q S) + A δ.
 #if GATE == 1
@@ -541,7 +571,7 @@ attend_delta_chunk(
 #pragma unroll
         for (int kk = 0; kk < 4; kk++)
         {
-            if (kk > warp) break;
+            if (kk > wq) break;
             unsigned a0, a1, a2, a3;
             ldsm_x4(sA + off64(wr + (lane & 15), 2 * kk + (lane >> 4)), a0, a1, a2, a3);
 #pragma unroll
@@ -559,7 +589,7 @@ attend_delta_chunk(
             const int row = wr + g + 8 * half;
             if (row < len)
             {
-                elem_t* out = O + (tok0 + c0 + row) * uStride + (long long)h * dv + vb * BV;
+                elem_t* out = O + (tok0 + c0 + row) * uStride + (long long)h * dv + col0;
 #pragma unroll
                 for (int j = 0; j < VC; j++) *(unsigned*)(out + 8 * j + 2 * t) = pack2(oa[j][2 * half] * scale, oa[j][2 * half + 1] * scale);
             }
@@ -616,7 +646,7 @@ attend_delta_chunk(
         }
 
         // 4. The next chunk's state tile, in the other buffer (its last readers, the previous chunk's, are past the barrier at the top).
-        const unsigned sNext = base + C_OFF_S + (stage ^ 1) * DK * BV * 2;
+        const unsigned sNext = base + sOff + (stage ^ 1) * DK * BV * 2;
 #pragma unroll
         for (int m = 0; m < MS; m++)
 #pragma unroll
@@ -640,7 +670,7 @@ attend_delta_chunk(
                 const int row = stateRow0 + 16 * m + g + 8 * half;
 #pragma unroll
                 for (int j = 0; j < VC; j++)
-                    *(float2*)(ST + (stateRowBase + row) * dv + vb * BV + 8 * j + 2 * t) = make_float2(st[m][j][2 * half], st[m][j][2 * half + 1]);
+                    *(float2*)(ST + (stateRowBase + row) * dv + col0 + 8 * j + 2 * t) = make_float2(st[m][j][2 * half], st[m][j][2 * half + 1]);
             }
     }
 #if GATE == 0

@@ -18,7 +18,8 @@ namespace Attend.Cuda.Linear;
 /// as flash-linear-attention's chunk_delta_rule): a first kernel computes, for every chunk and query head at once,
 /// <c>T = (I + tril(diag(β) K Kᵀ ⊙ Γ, −1))⁻¹</c>, <c>w = T diag(β e^b) K</c>, <c>u = T diag(β) V</c> and the masked
 /// <c>Q Kᵀ ⊙ Γ</c> (kept in scratch of the element type); a second walks each sequence's chunks in order with the state
-/// in registers (one CTA per sequence, query head and <see cref="ValueBlock"/> value columns): <c>δ = u − w S</c>,
+/// in registers (one CTA per sequence, query head and <see cref="ValueGroups"/> × <see cref="ValueBlock"/> value columns, a
+/// warp group per <see cref="ValueBlock"/> columns, the groups sharing the q, k, w and A tiles): <c>δ = u − w S</c>,
 /// <c>o = e^b ⊙ q S + A δ</c>, <c>S' = e^{b_C} S + K̂ᵀ δ</c>. Unlike the additive kernels there are no segments: the
 /// delta rule's state transition is a matrix, not a decay, so a sequence's chunks are not split across CTAs. The
 /// recurrent form walks the tokens one by one (decode). <see cref="LinearAttentionOptions.ChunkSize"/> and
@@ -33,8 +34,8 @@ public sealed unsafe class CudaDeltaRulePlan : IDisposable
     internal const string PrepareEntry = "attend_delta_prepare", ChunkEntry = "attend_delta_chunk", RecurrentEntry = "attend_delta_recurrent";
     internal const int Threads = 128, RecurrentThreads = 256, RecurrentColumns = 32;
 
-    private static readonly ConcurrentDictionary<(CudaContext, int, ElementType, int, int, string), CudaKernelFunction> s_loaded = new();
-    private static readonly ConcurrentDictionary<(CudaContext, int, ElementType, int, int), CompiledKernel> s_images = new();
+    private static readonly ConcurrentDictionary<(CudaContext, int, ElementType, int, int, int, string), CudaKernelFunction> s_loaded = new();
+    private static readonly ConcurrentDictionary<(CudaContext, int, ElementType, int, int, int), CompiledKernel> s_images = new();
     private static readonly Lock s_gate = new();
 
     private readonly CudaKernelFunction? _prepare, _chunk, _recurrent;
@@ -50,11 +51,12 @@ public sealed unsafe class CudaDeltaRulePlan : IDisposable
     /// <param name="elementType">bf16 or fp16.</param>
     /// <param name="options">The update must be Delta or GatedDelta.</param>
     /// <param name="offsets">Varlen offsets (then B = 1), or null.</param>
-    /// <param name="valueBlock">Value columns per CTA of the chunked form (16, 32 or 64; null: <see cref="DefaultValueBlock"/>).</param>
+    /// <param name="valueBlock">Value columns per warp group of the chunked form (16, 32 or 64; null: <see cref="DefaultValueBlock"/>).</param>
+    /// <param name="valueGroups">Warp groups per CTA of the chunked form (1 or 2; null: <see cref="DefaultValueGroups"/>): they share the q, k, w and A tiles.</param>
     /// <exception cref="NotSupportedException">A configuration the kernels do not compute; the message says why.</exception>
     /// <exception cref="ArgumentException">Invalid options, shape or offsets.</exception>
     public CudaDeltaRulePlan(CudaContext context, LinearShape shape, ElementType elementType, LinearAttentionOptions? options, SeqOffsets? offsets = null,
-        int? valueBlock = null)
+        int? valueBlock = null, int? valueGroups = null)
     {
         ArgumentNullException.ThrowIfNull(context);
         options ??= new LinearAttentionOptions();
@@ -64,8 +66,13 @@ public sealed unsafe class CudaDeltaRulePlan : IDisposable
         if (offsets is not null && (shape.Batch != 1 || offsets.TotalTokens != shape.Tokens))
             throw new ArgumentException($"A varlen call needs B = 1 and offsets covering T = {shape.Tokens} tokens; got B = {shape.Batch}, {offsets.TotalTokens} tokens.", nameof(offsets));
         ValueBlock = valueBlock ?? DefaultValueBlock(shape.ValueDim);
-        if (ValueBlock is not (16 or 32 or 64) || shape.ValueDim % ValueBlock != 0)
-            throw new ArgumentOutOfRangeException(nameof(valueBlock), $"The value block must be 16, 32 or 64 and divide Dv = {shape.ValueDim}; got {ValueBlock}.");
+        ValueGroups = valueGroups ?? DefaultValueGroups(shape.ValueDim, ValueBlock);
+        bool chunked = (options.Form ?? LinearForm.Chunked) == LinearForm.Chunked;
+        // At most 64 columns per CTA: 64 x 2 would need 255 registers x 256 threads, more than an SM has.
+        if (ValueBlock is not (16 or 32 or 64) || ValueGroups is not (1 or 2) || ValueBlock * ValueGroups > 64
+            || (chunked && shape.ValueDim % (ValueBlock * ValueGroups) != 0))
+            throw new ArgumentOutOfRangeException(valueBlock is null ? nameof(valueGroups) : nameof(valueBlock),
+                $"The value block must be 16, 32 or 64 and the groups 1 or 2, at most 64 columns per CTA, dividing Dv = {shape.ValueDim}; got {ValueBlock} x {ValueGroups}.");
         Shape = shape;
         ElementType = elementType;
         Form = options.Form ?? LinearForm.Chunked;
@@ -85,11 +92,11 @@ public sealed unsafe class CudaDeltaRulePlan : IDisposable
 
         int gate = Update == LinearUpdate.GatedDelta ? 1 : 0;
         if (Form == LinearForm.Recurrent)
-            _recurrent = Kernel(context, shape.KeyDim, elementType, gate, ValueBlock, RecurrentEntry, 0);
+            _recurrent = Kernel(context, shape.KeyDim, elementType, gate, 16, 1, RecurrentEntry, 0);
         else
         {
-            _prepare = Kernel(context, shape.KeyDim, elementType, gate, ValueBlock, PrepareEntry, PrepareSharedBytes(shape.KeyDim));
-            _chunk = Kernel(context, shape.KeyDim, elementType, gate, ValueBlock, ChunkEntry, ChunkSharedBytes(shape.KeyDim, ValueBlock));
+            _prepare = Kernel(context, shape.KeyDim, elementType, gate, ValueBlock, ValueGroups, PrepareEntry, PrepareSharedBytes(shape.KeyDim));
+            _chunk = Kernel(context, shape.KeyDim, elementType, gate, ValueBlock, ValueGroups, ChunkEntry, ChunkSharedBytes(shape.KeyDim, ValueBlock, ValueGroups));
         }
 
         var owned = new List<DeviceBuffer>();
@@ -135,17 +142,24 @@ public sealed unsafe class CudaDeltaRulePlan : IDisposable
     /// <summary>None (Delta), FixedPerHead or ScalarGate (GatedDelta).</summary>
     public LinearDecay Decay { get; }
 
-    /// <summary>Value columns per CTA of the chunked form.</summary>
+    /// <summary>Value columns per warp group of the chunked form.</summary>
     public int ValueBlock { get; }
+
+    /// <summary>Warp groups (of 4 warps, <see cref="ValueBlock"/> columns each) per CTA of the chunked form.</summary>
+    public int ValueGroups { get; }
 
     /// <summary>64-token chunks over all sequences (the first kernel's grid, per head).</summary>
     public int Chunks => _chunks;
 
     /// <summary>
-    /// The default value block: 32 columns (Dv = 128 gives 4 CTAs per head: 64 at H = 16, the sequential kernel's
-    /// parallelism), 16 where 32 does not divide Dv.
+    /// The default value block: 16 columns per warp group (measured on the H100 at H = 16, D = 128, T = 16k: 16 columns
+    /// 0.552 ms, 32 columns 0.652 ms, 64 columns 0.911 ms for the delta rule: the per-warp work of the sequential kernel
+    /// is its critical path).
     /// </summary>
-    public static int DefaultValueBlock(int valueDim) => valueDim % 32 == 0 ? 32 : 16;
+    public static int DefaultValueBlock(int valueDim) => 16;
+
+    /// <summary>The default warp groups per CTA: 2 where they divide the value dim (half the q, k, w, A traffic from L2), else 1.</summary>
+    public static int DefaultValueGroups(int valueDim, int valueBlock) => valueDim % (2 * valueBlock) == 0 ? 2 : 1;
 
     /// <summary>Whether these kernels compute this configuration; otherwise <paramref name="reason"/> says why.</summary>
     public static bool IsSupported(LinearShape shape, ElementType elementType, LinearAttentionOptions? options, out string reason)
@@ -243,17 +257,37 @@ public sealed unsafe class CudaDeltaRulePlan : IDisposable
         void** c = stackalloc void*[15];
         c[0] = &a.Q; c[1] = &a.K; c[2] = &a.W; c[3] = &a.U; c[4] = &a.A; c[5] = &a.Gate; c[6] = &a.HeadLogDecay; c[7] = &a.S0;
         c[8] = &a.ST; c[9] = &a.O; c[10] = &a.Seqs; c[11] = &a.Heads; c[12] = &a.KvHeads; c[13] = &a.Dv; c[14] = &a.Scale;
-        _chunk!.Launch((uint)(s.ValueDim / ValueBlock), (uint)s.Heads, (uint)_sequences, Threads, (uint)ChunkSharedBytes(s.KeyDim, ValueBlock), stream, c);
+        _chunk!.Launch((uint)(s.ValueDim / (ValueBlock * ValueGroups)), (uint)s.Heads, (uint)_sequences, (uint)(Threads * ValueGroups),
+            (uint)ChunkSharedBytes(s.KeyDim, ValueBlock, ValueGroups), stream, c);
+    }
+
+    /// <summary>The first kernel alone (w, u and A into the plan's scratch), for the bench's split of the time.</summary>
+    internal void RunPrepareOnly(CudaTensor q, CudaTensor k, CudaTensor v, DeviceBuffer? beta, DeviceBuffer? gate, CudaStream? stream)
+    {
+        if (Form != LinearForm.Chunked || _chunks == 0) return;
+        var a = new Arguments
+        {
+            Q = q.Buffer.Pointer, K = k.Buffer.Pointer, V = v.Buffer.Pointer, Beta = beta?.Pointer ?? 0, Gate = gate?.Pointer ?? 0,
+            HeadLogDecay = _fixedDecay ? _headLogDecay.Pointer : 0, W = _w!.Pointer, U = _u!.Pointer, A = _a!.Pointer, Chunks = _chunkTable.Pointer,
+            Heads = Shape.Heads, KvHeads = Shape.KvHeads, Dv = Shape.ValueDim,
+        };
+        void** p = stackalloc void*[13];
+        p[0] = &a.Q; p[1] = &a.K; p[2] = &a.V; p[3] = &a.Beta; p[4] = &a.Gate; p[5] = &a.HeadLogDecay; p[6] = &a.W; p[7] = &a.U;
+        p[8] = &a.A; p[9] = &a.Chunks; p[10] = &a.Heads; p[11] = &a.KvHeads; p[12] = &a.Dv;
+        _prepare!.Launch((uint)_chunks, (uint)Shape.Heads, 1, Threads, (uint)PrepareSharedBytes(Shape.KeyDim), stream, p);
     }
 
     /// <summary>Dynamic shared memory of <c>attend_delta_prepare</c> (mirrors its P_OFF_* layout): Q, K, a V block, two T tiles, L (float32), b and β.</summary>
     internal static int PrepareSharedBytes(int keyDim) => 2 * Chunk * keyDim * 2 + 3 * Chunk * 64 * 2 + Chunk * 65 * 4 + 2 * Chunk * 4;
 
-    /// <summary>Dynamic shared memory of <c>attend_delta_chunk</c> (mirrors its C_OFF_* layout): two stages of q, k, w, u, A and gates, two state tiles, δ.</summary>
-    internal static int ChunkSharedBytes(int keyDim, int valueBlock)
+    /// <summary>
+    /// Dynamic shared memory of <c>attend_delta_chunk</c> (mirrors its C_OFF_* layout): two stages of q, k, w, A, gates and
+    /// each group's u, then per group two state tiles and δ.
+    /// </summary>
+    internal static int ChunkSharedBytes(int keyDim, int valueBlock, int valueGroups)
     {
-        int stage = 3 * Chunk * keyDim * 2 + Chunk * valueBlock * 2 + Chunk * 64 * 2 + Chunk * 4;
-        return 2 * stage + 2 * keyDim * valueBlock * 2 + Chunk * valueBlock * 2;
+        int stage = 3 * Chunk * keyDim * 2 + valueGroups * Chunk * valueBlock * 2 + Chunk * 64 * 2 + Chunk * 4;
+        return 2 * stage + valueGroups * (2 * keyDim * valueBlock * 2 + Chunk * valueBlock * 2);
     }
 
     /// <summary>(first token in the flattened [B·T] axis, length) of each sequence.</summary>
@@ -317,17 +351,17 @@ public sealed unsafe class CudaDeltaRulePlan : IDisposable
         return log;
     }
 
-    private static CudaKernelFunction Kernel(CudaContext context, int keyDim, ElementType type, int gate, int valueBlock, string entry, int smem)
+    private static CudaKernelFunction Kernel(CudaContext context, int keyDim, ElementType type, int gate, int valueBlock, int groups, string entry, int smem)
     {
-        var key = (context, keyDim, type, gate, valueBlock, entry);
+        var key = (context, keyDim, type, gate, valueBlock, groups, entry);
         if (s_loaded.TryGetValue(key, out CudaKernelFunction? f)) return f;
         lock (s_gate)
         {
             if (s_loaded.TryGetValue(key, out f)) return f;
             if (smem > context.MaxSharedBytesPerBlock)
                 throw new NotSupportedException($"{Source}:{entry} at Dk = {keyDim}, value block {valueBlock} needs {smem} bytes of shared memory per block; {context.Name} allows {context.MaxSharedBytesPerBlock}.");
-            CompiledKernel image = s_images.GetOrAdd((context, keyDim, type, gate, valueBlock),
-                _ => KernelCompiler.Build(Source, KernelCompiler.Source(Source), Options(keyDim, type, gate, valueBlock), context.Architecture));
+            CompiledKernel image = s_images.GetOrAdd((context, keyDim, type, gate, valueBlock, groups),
+                _ => KernelCompiler.Build(Source, KernelCompiler.Source(Source), Options(keyDim, type, gate, valueBlock, groups), context.Architecture));
             f = new CudaKernelFunction(context, image, entry, smem);
             s_loaded[key] = f;
             return f;
@@ -335,12 +369,13 @@ public sealed unsafe class CudaDeltaRulePlan : IDisposable
     }
 
     /// <summary>The NVRTC options of one specialisation.</summary>
-    internal static string[] Options(int keyDim, ElementType type, int gate, int valueBlock) =>
+    internal static string[] Options(int keyDim, ElementType type, int gate, int valueBlock, int groups) =>
     [
         $"-DDK={keyDim}",
         $"-DELEM_BF16={(type == ElementType.BFloat16 ? 1 : 0)}",
         $"-DGATE={gate}",
         $"-DBV={valueBlock}",
+        $"-DVH={groups}",
         "--use_fast_math",
         "--std=c++17",
     ];
@@ -348,12 +383,12 @@ public sealed unsafe class CudaDeltaRulePlan : IDisposable
     /// <summary>One line per loaded kernel: registers, local memory, compile time.</summary>
     public static IEnumerable<string> Describe()
     {
-        foreach (KeyValuePair<(CudaContext, int, ElementType, int, int, string), CudaKernelFunction> entry in s_loaded)
+        foreach (KeyValuePair<(CudaContext, int, ElementType, int, int, int, string), CudaKernelFunction> entry in s_loaded)
         {
-            (_, int dk, ElementType type, int gate, int bv, string kernel) = entry.Key;
+            (_, int dk, ElementType type, int gate, int bv, int groups, string kernel) = entry.Key;
             CudaKernelFunction f = entry.Value;
             string origin = f.Image.FromCache ? "from the disk cache" : string.Create(CultureInfo.InvariantCulture, $"compiled in {f.Image.CompileSeconds:F2} s");
-            yield return $"{Source}:{kernel} Dk={dk} {type.ShortName()} gate={gate} BV={bv}: {f.Registers} registers, {f.LocalBytes} B local, {origin}";
+            yield return $"{Source}:{kernel} Dk={dk} {type.ShortName()} gate={gate} BV={bv}x{groups}: {f.Registers} registers, {f.LocalBytes} B local, {origin}";
         }
     }
 

@@ -137,11 +137,15 @@ public class CudaDeltaRuleTests
         // sm_90 lets one block opt in to 227 KB of dynamic shared memory; the prepare kernel keeps 2 blocks per SM.
         const int hopperMax = 227 * 1024;
         foreach (int bv in (int[])[16, 32, 64])
-        {
-            int bytes = CudaDeltaRulePlan.ChunkSharedBytes(keyDim, bv);
-            Assert.InRange(bytes, 1, hopperMax);
-            Assert.True(bv == 16 || bytes > CudaDeltaRulePlan.ChunkSharedBytes(keyDim, bv / 2), "a wider value block needs more room");
-        }
+            foreach (int groups in (int[])[1, 2])
+            {
+                if (bv * groups > 64) continue;   // the plan refuses CTAs wider than 64 columns
+                int bytes = CudaDeltaRulePlan.ChunkSharedBytes(keyDim, bv, groups);
+                Assert.InRange(bytes, 1, hopperMax);
+                Assert.True(bv == 16 || bytes > CudaDeltaRulePlan.ChunkSharedBytes(keyDim, bv / 2, groups), "a wider value block needs more room");
+                // Two groups share the q, k, w and A tiles: less than two CTAs of one group.
+                if (groups == 2) Assert.True(bytes < 2 * CudaDeltaRulePlan.ChunkSharedBytes(keyDim, bv, 1));
+            }
         Assert.InRange(CudaDeltaRulePlan.PrepareSharedBytes(keyDim), 1, hopperMax / 2);
     }
 
@@ -153,8 +157,10 @@ public class CudaDeltaRuleTests
     public void TheDefaultValueBlockDividesEveryChunkedValueDim(int dv)
     {
         int bv = CudaDeltaRulePlan.DefaultValueBlock(dv);
-        Assert.Equal(0, dv % bv);
+        int groups = CudaDeltaRulePlan.DefaultValueGroups(dv, bv);
+        Assert.Equal(0, dv % (bv * groups));
         Assert.Contains(bv, (int[])[16, 32, 64]);
+        Assert.Contains(groups, (int[])[1, 2]);
     }
 
     [Fact]
@@ -172,15 +178,17 @@ public class CudaDeltaRuleTests
     [Fact]
     public void SpecialisationsDifferByKeyDimTypeGateAndValueBlock()
     {
-        string[] a = CudaDeltaRulePlan.Options(128, ElementType.BFloat16, 1, 32);
+        string[] a = CudaDeltaRulePlan.Options(128, ElementType.BFloat16, 1, 32, 2);
         Assert.Contains("-DDK=128", a);
         Assert.Contains("-DELEM_BF16=1", a);
         Assert.Contains("-DGATE=1", a);
         Assert.Contains("-DBV=32", a);
-        Assert.Contains("-DELEM_BF16=0", CudaDeltaRulePlan.Options(128, ElementType.Float16, 1, 32));
-        Assert.Contains("-DGATE=0", CudaDeltaRulePlan.Options(128, ElementType.BFloat16, 0, 32));
-        Assert.Contains("-DBV=16", CudaDeltaRulePlan.Options(128, ElementType.BFloat16, 1, 16));
-        Assert.Contains("-DDK=64", CudaDeltaRulePlan.Options(64, ElementType.BFloat16, 1, 32));
+        Assert.Contains("-DVH=2", a);
+        Assert.Contains("-DELEM_BF16=0", CudaDeltaRulePlan.Options(128, ElementType.Float16, 1, 32, 2));
+        Assert.Contains("-DGATE=0", CudaDeltaRulePlan.Options(128, ElementType.BFloat16, 0, 32, 2));
+        Assert.Contains("-DBV=16", CudaDeltaRulePlan.Options(128, ElementType.BFloat16, 1, 16, 2));
+        Assert.Contains("-DVH=1", CudaDeltaRulePlan.Options(128, ElementType.BFloat16, 1, 16, 1));
+        Assert.Contains("-DDK=64", CudaDeltaRulePlan.Options(64, ElementType.BFloat16, 1, 32, 2));
     }
 
     [Attend.Tests.Cuda.NoGpuFact]
