@@ -534,6 +534,31 @@ attend_delta_chunk(
                 mma16816(oa[2 * dp + 1], q0, q1, q2, q3, s2, s3);
             }
         }
+        // The state update's key operands K̂ᵀ, loaded and decayed before the barrier: they do not depend on δ, so their
+        // shared-memory latency and the gate arithmetic come off the chain δ → K̂ᵀδ → next chunk.
+        unsigned ka[4][MS][4];
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++)
+        {
+#pragma unroll
+            for (int m = 0; m < MS; m++)
+                ldsm_x4_t(sK + tile_offset(kk * 16 + (lane & 7) + ((lane >> 4) << 3), (stateRow0 + 16 * m) / 8 + ((lane >> 3) & 1)),
+                          ka[kk][m][0], ka[kk][m][1], ka[kk][m][2], ka[kk][m][3]);
+#if GATE == 1
+            // ka[.][.][0..1] hold tokens 2t, 2t+1 of this 16-token step, [2..3] tokens 2t+8, 2t+9.
+            const int tk = kk * 16 + 2 * t;
+            const float f0 = exp_e(bLast - bget(b0, b1, tk)), f1 = exp_e(bLast - bget(b0, b1, tk + 1));
+            const float f8 = exp_e(bLast - bget(b0, b1, tk + 8)), f9 = exp_e(bLast - bget(b0, b1, tk + 9));
+#pragma unroll
+            for (int m = 0; m < MS; m++)
+            {
+                ka[kk][m][0] = pack2(elem_lo(ka[kk][m][0]) * f0, elem_hi(ka[kk][m][0]) * f1);
+                ka[kk][m][1] = pack2(elem_lo(ka[kk][m][1]) * f0, elem_hi(ka[kk][m][1]) * f1);
+                ka[kk][m][2] = pack2(elem_lo(ka[kk][m][2]) * f8, elem_hi(ka[kk][m][2]) * f9);
+                ka[kk][m][3] = pack2(elem_lo(ka[kk][m][3]) * f8, elem_hi(ka[kk][m][3]) * f9);
+            }
+#endif
+        }
         // δ = u − w S, rounded to the element type (the operand of the two products below).
 #pragma unroll
         for (int half = 0; half < 2; half++)
@@ -610,27 +635,6 @@ attend_delta_chunk(
 #pragma unroll
         for (int kk = 0; kk < 4; kk++)
         {
-            unsigned a[MS][4];
-#pragma unroll
-            for (int m = 0; m < MS; m++)
-                ldsm_x4_t(sK + tile_offset(kk * 16 + (lane & 7) + ((lane >> 4) << 3), (stateRow0 + 16 * m) / 8 + ((lane >> 3) & 1)),
-                          a[m][0], a[m][1], a[m][2], a[m][3]);
-#if GATE == 1
-            {
-                // a0/a1 hold tokens 2t, 2t+1 of this 16-token step, a2/a3 tokens 2t+8, 2t+9.
-                const int tk = kk * 16 + 2 * t;
-                const float f0 = exp_e(bLast - bget(b0, b1, tk)), f1 = exp_e(bLast - bget(b0, b1, tk + 1));
-                const float f8 = exp_e(bLast - bget(b0, b1, tk + 8)), f9 = exp_e(bLast - bget(b0, b1, tk + 9));
-#pragma unroll
-                for (int m = 0; m < MS; m++)
-                {
-                    a[m][0] = pack2(elem_lo(a[m][0]) * f0, elem_hi(a[m][0]) * f1);
-                    a[m][1] = pack2(elem_lo(a[m][1]) * f0, elem_hi(a[m][1]) * f1);
-                    a[m][2] = pack2(elem_lo(a[m][2]) * f8, elem_hi(a[m][2]) * f9);
-                    a[m][3] = pack2(elem_lo(a[m][3]) * f8, elem_hi(a[m][3]) * f9);
-                }
-            }
-#endif
 #pragma unroll
             for (int dp = 0; dp < VC / 2; dp++)
             {
@@ -639,8 +643,8 @@ attend_delta_chunk(
 #pragma unroll
                 for (int m = 0; m < MS; m++)
                 {
-                    mma16816(st[m][2 * dp], a[m][0], a[m][1], a[m][2], a[m][3], d0, d1);
-                    mma16816(st[m][2 * dp + 1], a[m][0], a[m][1], a[m][2], a[m][3], d2, d3);
+                    mma16816(st[m][2 * dp], ka[kk][m][0], ka[kk][m][1], ka[kk][m][2], ka[kk][m][3], d0, d1);
+                    mma16816(st[m][2 * dp + 1], ka[kk][m][0], ka[kk][m][1], ka[kk][m][2], ka[kk][m][3], d2, d3);
                 }
             }
         }
