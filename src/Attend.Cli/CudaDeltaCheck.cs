@@ -31,7 +31,7 @@ internal static class CudaDeltaCheck
             new("gated, T = 1, initial state", 3, 1, 4, 2, 128, 128, G, LinearDecay.ScalarGate, true, LinearForm.Chunked),
             new("gated, long (T ~ 1.5k), state", 1, Odd(1200, 1700), 2, 2, 128, 128, G, LinearDecay.ScalarGate, true, LinearForm.Chunked),
             new("gated, varlen (1-token, empty)", 1, 0, 4, 2, 128, 64, G, LinearDecay.ScalarGate, true, LinearForm.Chunked, [1, rng.Next(2, 200), 0, rng.Next(300, 900)]),
-            new("delta, value block 16 x 1", 1, Odd(65, 300), 2, 2, 128, 128, D, LinearDecay.None, true, LinearForm.Chunked, ValueBlock: 16, ValueGroups: 1),
+            new("delta, value block 16 x 2", 1, Odd(65, 300), 2, 2, 128, 128, D, LinearDecay.None, true, LinearForm.Chunked, ValueBlock: 16, ValueGroups: 2),
             new("gated, value block 32 x 2", 1, Odd(65, 300), 2, 2, 128, 128, G, LinearDecay.ScalarGate, true, LinearForm.Chunked, ValueBlock: 32, ValueGroups: 2),
             new("gated, value block 64 x 1, Dk 64", 1, Odd(65, 300), 2, 2, 64, 128, G, LinearDecay.ScalarGate, true, LinearForm.Chunked, ValueBlock: 64, ValueGroups: 1),
             new("recurrent delta", 2, Odd(20, 200), 4, 4, 128, 128, D, LinearDecay.None, true, LinearForm.Recurrent),
