@@ -180,7 +180,7 @@ public sealed unsafe class CudaDeltaRulePlan : IDisposable
         else if (form == LinearForm.Naive)
             reason = "the naive form is the float64 CPU reference";
         else if (options.FeatureMap is { } map && !ReferenceEquals(map, FeatureMaps.Identity))
-            reason = $"the CUDA delta-rule kernels take the identity feature map (apply '{map.Name}' to q and k first, e.g. an L2 norm of k)";
+            reason = $"the CUDA delta-rule kernels take the identity feature map (apply '{map.Name}' to q and k first; LinearAttention with Backend = \"cuda\" does so on the host for width-keeping maps such as l2norm)";
         else if ((options.Normalization ?? LinearNormalization.None) != LinearNormalization.None)
             reason = $"the CUDA delta-rule kernels compute no normalisation; {options.Normalization} is not on the GPU";
         else if (update == LinearUpdate.Delta && decay != LinearDecay.None)

@@ -236,6 +236,80 @@ public class CudaDeltaRuleTests
         Assert.True(eo <= 1e-2 && es <= 1e-2, $"seed {TestData.RunSeed}: output rel {eo:E2}, state rel {es:E2} (NaN counts as unwritten)");
     }
 
+    [Fact]
+    public void HostFeatureMapMapsEachRowAsTheCpuEngineDoes()
+    {
+        // A map that depends on the head and on query/key: a wrong head index or a swapped flag changes the outputs.
+        var map = new HeadScaledMap();
+        Random rng = TestData.Rng(973);
+        var shape = new LinearShape(2, 37, 4, 2, 16, 8);
+        var options = new LinearAttentionOptions { Update = LinearUpdate.Delta, FeatureMap = map, Scale = 0.5f };
+        LinearCase c = LinearCase.Create(rng, shape, options, qkScale: 0.15);   // |φ(k)|² < 1: the delta rule stays contractive
+        var expected = TestData.Poisoned<float>(c.OutputLength);
+        var expectedState = TestData.Poisoned<float>(c.Config.StateLength);
+        LinearAttention.Forward(c.Inputs, c.Options, expected, expectedState);
+
+        float[] q = CudaDeltaRuleHost.MapRows(map, c.Q, shape.Heads, 1, shape.KeyDim, isKey: false);
+        float[] k = CudaDeltaRuleHost.MapRows(map, c.K, shape.KvHeads, shape.Heads / shape.KvHeads, shape.KeyDim, isKey: true);
+        var premapped = new LinearInputs { Shape = shape, Q = q, K = k, V = c.V, Beta = c.Beta, InitialState = c.State };
+        var actual = TestData.Poisoned<float>(c.OutputLength);
+        var actualState = TestData.Poisoned<float>(c.Config.StateLength);
+        LinearAttention.Forward(premapped, options with { FeatureMap = FeatureMaps.Identity }, actual, actualState);
+        for (int i = 0; i < expected.Length; i++)
+            Assert.True(Math.Abs(actual[i] - expected[i]) <= 1e-5f * (1 + Math.Abs(expected[i])), $"seed {TestData.RunSeed}: output {i}: {actual[i]} vs {expected[i]}");
+        for (int i = 0; i < expectedState.Length; i++)
+            Assert.True(Math.Abs(actualState[i] - expectedState[i]) <= 1e-5f * (1 + Math.Abs(expectedState[i])), $"seed {TestData.RunSeed}: state {i}");
+    }
+
+    [Fact]
+    public void HostMappingRefusesMapsThatChangeTheWidth()
+    {
+        float[] rows = new float[3 * 8];
+        ArgumentException e = Assert.Throws<ArgumentException>(() => CudaDeltaRuleHost.MapRows(FeatureMaps.Taylor2, rows, 1, 1, 8, isKey: true));
+        Assert.Contains(FeatureMaps.Taylor2.Name, e.Message);
+        Assert.Equal("map", e.ParamName);
+    }
+
+    [CudaLinearTheory]
+    [InlineData(LinearUpdate.Delta)]
+    [InlineData(LinearUpdate.GatedDelta)]
+    public void GpuDeltaRulesWithTheL2NormMapMatchTheFloat64NaiveForm(LinearUpdate update)
+    {
+        CudaBackend.Register();
+        Random rng = TestData.Rng(990 + (int)update);
+        var shape = new LinearShape(1, rng.Next(65, 260) | 1, 4, 2, 128, 128);
+        var options = new LinearAttentionOptions
+        {
+            Update = update, FeatureMap = FeatureMaps.L2Norm, Backend = "cuda", Scale = 0.088f,
+            Decay = update == LinearUpdate.GatedDelta ? LinearDecay.ScalarGate : LinearDecay.None,
+        };
+        LinearCase c = LinearCase.Create(rng, shape, options, qkScale: 1.0);
+        float[] o = TestData.Poisoned<float>(c.OutputLength);
+        float[] s = TestData.Poisoned<float>(c.Config.StateLength);
+        LinearAttention.Forward(c.Inputs, c.Options, o, s);
+        var refO = new float[o.Length];
+        var refS = new float[s.Length];
+        LinearAttention.Forward(c.Inputs, c.Options with { Form = LinearForm.Naive, Backend = null }, refO, refS);
+        double eo = Relative(o, refO), es = Relative(s, refS);
+        Assert.True(eo <= 1e-2 && es <= 1e-2, $"seed {TestData.RunSeed}: output rel {eo:E2}, state rel {es:E2} (NaN counts as unwritten)");
+    }
+
+    private sealed class HeadScaledMap : FeatureMap
+    {
+        public override string Name => "head-scaled-test";
+
+        public override int OutputDim(int inputDim) => inputDim;
+
+        public override void Apply<T>(int head, bool isKey, ReadOnlySpan<T> x, Span<T> y)
+        {
+            T f = T.CreateTruncating((1 + head) * (isKey ? 0.5 : 0.25));
+            for (int i = 0; i < x.Length; i++) y[i] = x[i] * f;
+        }
+
+        public override void Backward<T>(int head, bool isKey, ReadOnlySpan<T> x, ReadOnlySpan<T> dy, Span<T> dx) =>
+            throw new NotSupportedException("forward-only test map");
+    }
+
     [CudaLinearTheory]
     [InlineData(0)]
     public void CheckCommandDeltaCasesPassOnTheGpu(int unused)
