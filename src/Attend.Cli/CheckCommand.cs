@@ -145,6 +145,9 @@ internal static class CheckCommand
             (int lp, int lf) = CudaLinearCheck.Run(seed, output, error);
             passed += lp;
             failures += lf;
+            (lp, lf) = CudaDeltaCheck.Run(seed, output, error);
+            passed += lp;
+            failures += lf;
             (p, f) = CudaSparseCheck.Run(seed, output, error);
             passed += p;
             failures += f;

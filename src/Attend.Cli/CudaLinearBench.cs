@@ -76,6 +76,8 @@ internal static class CudaLinearBench
             output.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"{m.Name,-12} {"recurrent",-9} {"B=" + batch,6} decode step {r.UsPerToken * batch,8:F2} µs per step ({batch} sequences x {Heads} heads, state read and written in place; {r.UsPerToken:F2} µs per token)"));
         }
+        // The delta rules (CudaDeltaRulePlan): delta and gated_delta rows, same lengths, same JSON.
+        failed += CudaDeltaBench.Run(ctx, lengths, quick, ceilings, records, output);
         foreach (string line in CudaLinearKernels.Describe()) output.WriteLine("  " + line);
         if (jsonPath is not null)
         {

@@ -19,6 +19,12 @@ public sealed class CudaLinearBackend : ILinearAttentionBackend
     {
         ArgumentNullException.ThrowIfNull(options);
         if (!CudaBackend.IsAvailable(out string why)) throw new NotSupportedException("the cuda backend cannot run here: " + why);
+        if (CudaDeltaRuleHost.Handles(options))
+        {
+            // The delta rules (Delta, GatedDelta) have their own kernels and plan: CudaDeltaRulePlan.
+            CudaDeltaRuleHost.Forward(inputs, options, output, finalState);
+            return;
+        }
         LinearShape s = inputs.Shape;
         const ElementType type = ElementType.BFloat16;
         if (!CudaLinearPlan.IsSupported(s, type, options, out string reason)) throw new NotSupportedException(reason);

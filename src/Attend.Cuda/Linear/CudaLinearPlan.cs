@@ -161,7 +161,7 @@ public sealed unsafe class CudaLinearPlan : IDisposable
         else if (options.FeatureMap is { } map && !ReferenceEquals(map, FeatureMaps.Identity))
             reason = $"the CUDA linear kernels take the identity feature map (apply '{map.Name}' to q and k first)";
         else if ((options.Update ?? LinearUpdate.Additive) != LinearUpdate.Additive)
-            reason = $"the CUDA linear kernels compute the additive update; the {options.Update} rule is not on the GPU yet";
+            reason = $"CudaLinearPlan computes the additive update; the {options.Update} rule runs in CudaDeltaRulePlan (forward, chunked and recurrent; it takes β), which Backend = \"cuda\" picks for it";
         else if ((options.Normalization ?? LinearNormalization.None) != LinearNormalization.None)
             reason = $"the CUDA linear kernels compute no normalisation; {options.Normalization} is not on the GPU yet";
         else if (form == LinearForm.Chunked && shape.KeyDim is not (64 or 128))

@@ -1,0 +1,192 @@
+using System.Globalization;
+using Attend.Cuda;
+using Attend.Cuda.Linear;
+using Attend.Linear;
+
+namespace Attend.Cli;
+
+/// <summary>
+/// The delta rules' rows of <c>attend bench linear --backend cuda</c>: <see cref="CudaDeltaRulePlan"/>'s chunked forward
+/// of the delta rule (<c>delta</c>) and the gated delta rule with a scalar gate per token (<c>gated_delta</c>) at bf16,
+/// B = 1, H = 16, D = 128, on flash-linear-attention's benchmark inputs (q, v standard normal, k L2-normalised,
+/// β = sigmoid(uniform), log gates logsigmoid(normal) / 16), device-resident, timed with CUDA events (median after a
+/// warm-up). Each shape's output is compared with the recurrent form (float32 state, token by token) on the same inputs;
+/// a failed comparison prints no speed. At T = 16k two other shapes of the sequential kernel's CTA are timed too (rows
+/// <c>delta/16x2</c>: 16 value columns per warp group, 2 groups; <c>delta/32x1</c>), and every row prints the first
+/// kernel's (w, u, A) time alone. Then the decode step (B = 8 sequences, one token each, state in place).
+/// </summary>
+internal static class CudaDeltaBench
+{
+    private const double Tolerance = 1e-2;
+    private const int Heads = 16, Dim = 128;
+
+    private sealed record Method(string Name, LinearUpdate Update, LinearDecay Decay);
+
+    private static readonly Method[] s_methods =
+    [
+        new("delta", LinearUpdate.Delta, LinearDecay.None),
+        new("gated_delta", LinearUpdate.GatedDelta, LinearDecay.ScalarGate),
+    ];
+
+    /// <summary>Times the rows into <paramref name="records"/>; returns the number of failed comparisons.</summary>
+    public static int Run(CudaContext ctx, int[] lengths, bool quick, GpuCeilings ceilings, List<LinearRecord> records, TextWriter output)
+    {
+        int failed = 0;
+        foreach (int t in lengths)
+            foreach (Method m in s_methods)
+            {
+                // (columns per warp group, groups per CTA): the default first, then the others at T = 16k.
+                (int, int)[] blocks = t == 16384 && !quick ? [(0, 0), (16, 2), (32, 1)] : [(0, 0)];
+                foreach ((int bv, int groups) in blocks)
+                {
+                    string name = bv == 0 ? m.Name : $"{m.Name}/{bv}x{groups}";
+                    LinearRecord r = Chunked(ctx, m, name, t, bv == 0 ? null : bv, bv == 0 ? null : groups, quick, ceilings, out double ms, out double gbps, out double prepareMs);
+                    records.Add(r);
+                    if (!r.Passed) failed++;
+                    output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                        $"{name,-12} {"chunked",-9} {t,6} {(r.Passed ? ms.ToString("F3", CultureInfo.InvariantCulture) : "-"),9} {(r.Passed ? (r.TokensPerS!.Value / 1e6).ToString("F1", CultureInfo.InvariantCulture) : "FAILED"),9} {r.Gflops / 1e3,8:F1} {gbps,7:F0} {r.MaxRelErr,9:E2}  (w, u, A kernel {prepareMs:F3} ms)"));
+                }
+            }
+        foreach (Method m in s_methods)
+        {
+            const int batch = 8;
+            LinearRecord r = Decode(ctx, m, batch, quick);
+            records.Add(r);
+            output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"{m.Name,-12} {"recurrent",-9} {"B=" + batch,6} decode step {r.UsPerToken * batch,8:F2} µs per step ({batch} sequences x {Heads} heads, state read and written in place; {r.UsPerToken:F2} µs per token)"));
+        }
+        foreach (string line in CudaDeltaRulePlan.Describe()) output.WriteLine("  " + line);
+        return failed;
+    }
+
+    private static LinearAttentionOptions Options(Method m, LinearForm form) => new()
+    {
+        Form = form, Update = m.Update, Decay = m.Decay, Scale = 1f / MathF.Sqrt(Dim),
+    };
+
+    private static LinearRecord Chunked(CudaContext ctx, Method m, string name, int t, int? valueBlock, int? groups, bool quick, GpuCeilings ceilings,
+        out double ms, out double gbps, out double prepareMs)
+    {
+        var shape = LinearShape.Mha(1, t, Heads, Dim);
+        long n = (long)t * Heads * Dim;
+        using CudaTensor q = Random(ctx, 1, t, 41, false), k = Random(ctx, 1, t, 42, true), v = Random(ctx, 1, t, 43, false);
+        using CudaTensor o = CudaTensor.Create(ctx, ElementType.BFloat16, 1, t, Heads, Dim);
+        using CudaTensor oRef = CudaTensor.Create(ctx, ElementType.BFloat16, 1, t, Heads, Dim);
+        using DeviceBuffer beta = DeviceBuffer.From<float>(ctx, Betas((long)t * Heads, 44));
+        using DeviceBuffer? gate = m.Decay == LinearDecay.ScalarGate ? DeviceBuffer.From<float>(ctx, Gates((long)t * Heads, 45)) : null;
+        using var sT = new DeviceBuffer(ctx, (long)Heads * Dim * Dim * 4);
+        using var plan = new CudaDeltaRulePlan(ctx, shape, ElementType.BFloat16, Options(m, LinearForm.Chunked), null, valueBlock, groups);
+        using var reference = new CudaDeltaRulePlan(ctx, shape, ElementType.BFloat16, Options(m, LinearForm.Recurrent));
+        using var stream = new CudaStream(ctx);
+        o.Buffer.Fill(0xFF);
+        plan.Run(q, k, v, beta, gate, null, o, sT, stream);
+        reference.Run(q, k, v, beta, gate, null, oRef, null, stream);
+        stream.Synchronize();
+        double err = Compare(o, oRef, out int nan, out double maxRelErr);
+        bool passed = nan == 0 && err <= Tolerance;
+        ms = Median(() => plan.Run(q, k, v, beta, gate, null, o, sT, stream), ctx, stream, quick ? 5 : 20);
+        prepareMs = Median(() => plan.RunPrepareOnly(q, k, v, beta, gate, stream), ctx, stream, quick ? 5 : 20);
+        double seconds = ms / 1e3;
+        long chunks = (t + 63) / 64;
+        // Per head and chunk: K Kᵀ and Q Kᵀ (2·64·64·Dk), the triangular solve (64³/3), w and u (2·64·64·(Dk + Dv) / 2
+        // over the lower triangle, counted whole), w S and q S (2·2·64·Dk·Dv), A δ (2·64·64·Dv), Kᵀ δ (2·64·Dk·Dv).
+        double flops = (double)Heads * chunks * (2.0 * 2 * 64 * 64 * Dim + 64.0 * 64 * 64 / 3 + 2.0 * 64 * 64 * 2 * Dim + 3 * 2.0 * 64 * Dim * Dim + 2.0 * 64 * 64 * Dim);
+        // Bytes: q, k, v, o once (bf16), β and g (float32), plus the scratch w, u, A written once and read once per value block.
+        double bytes = 4.0 * n * 2 + (double)t * Heads * 8 + 2.0 * (2.0 * n + (double)t * Heads * 64) * 2;
+        gbps = bytes / seconds / 1e9;
+        return new LinearRecord(name, "chunked", t, Dim, Heads, passed ? t / seconds : null, null, passed ? flops / seconds / 1e12 / ceilings.GemmTflops : null,
+            maxRelErr, 0)
+        { Gflops = flops / seconds / 1e9, Passed = passed };
+    }
+
+    private static LinearRecord Decode(CudaContext ctx, Method m, int batch, bool quick)
+    {
+        var shape = LinearShape.Mha(batch, 1, Heads, Dim);
+        using CudaTensor q = Random(ctx, batch, 1, 51, false), k = Random(ctx, batch, 1, 52, true), v = Random(ctx, batch, 1, 53, false);
+        using CudaTensor o = CudaTensor.Create(ctx, ElementType.BFloat16, batch, 1, Heads, Dim);
+        using DeviceBuffer beta = DeviceBuffer.From<float>(ctx, Betas((long)batch * Heads, 54));
+        using DeviceBuffer? gate = m.Decay == LinearDecay.ScalarGate ? DeviceBuffer.From<float>(ctx, Gates((long)batch * Heads, 55)) : null;
+        using DeviceBuffer state = DeviceBuffer.From<float>(ctx, GaussianData.Create((long)batch * Heads * Dim * Dim, 56));
+        using var plan = new CudaDeltaRulePlan(ctx, shape, ElementType.BFloat16, Options(m, LinearForm.Recurrent));
+        using var stream = new CudaStream(ctx);
+        double ms = Median(() => plan.Run(q, k, v, beta, gate, state, o, state, stream), ctx, stream, quick ? 5 : 50);
+        return new LinearRecord(m.Name, "recurrent", 1, Dim, Heads, batch / (ms / 1e3), ms * 1e3 / batch, null, null, 0);
+    }
+
+    private static double Median(Action run, CudaContext ctx, CudaStream stream, int reps)
+    {
+        using var start = new CudaEvent(ctx);
+        using var end = new CudaEvent(ctx);
+        for (int i = 0; i < 3; i++) run();
+        stream.Synchronize();
+        var times = new double[reps];
+        for (int i = 0; i < reps; i++)
+        {
+            start.Record(stream);
+            run();
+            end.Record(stream);
+            times[i] = CudaEvent.ElapsedMilliseconds(start, end);
+        }
+        Array.Sort(times);
+        return times[reps / 2];
+    }
+
+    // [batch, t, H, D] bf16: standard normal, or with each row L2-normalised (the delta rule's keys).
+    private static CudaTensor Random(CudaContext ctx, int batch, int t, int seed, bool normalise)
+    {
+        long count = (long)batch * t * Heads * Dim;
+        float[] data = GaussianData.Create(count, seed);
+        var packed = new BFloat16[count];
+        for (long r = 0; r < count / Dim; r++)
+        {
+            double norm = 0;
+            for (int i = 0; i < Dim; i++) norm += (double)data[r * Dim + i] * data[r * Dim + i];
+            float f = normalise ? (float)(1 / Math.Sqrt(norm)) : 1f;
+            for (int i = 0; i < Dim; i++) packed[r * Dim + i] = (BFloat16)(data[r * Dim + i] * f);
+        }
+        return CudaTensor.FromHost<BFloat16>(ctx, packed, batch, t, Heads, Dim);
+    }
+
+    // β = sigmoid(u), u uniform in [0, 1) (fla's benchmark draws torch.rand(...).sigmoid()).
+    private static float[] Betas(long count, int seed)
+    {
+        var rng = new Random(seed);
+        var b = new float[count];
+        for (long i = 0; i < count; i++) b[i] = 1f / (1f + MathF.Exp(-(float)rng.NextDouble()));
+        return b;
+    }
+
+    // Log gates logsigmoid(x) / 16 for standard normal x.
+    private static float[] Gates(long count, int seed)
+    {
+        float[] x = GaussianData.Create(count, seed);
+        var g = new float[count];
+        for (long i = 0; i < count; i++) g[i] = -MathF.Log(1f + MathF.Exp(-x[i])) / 16f;
+        return g;
+    }
+
+    private static double Compare(CudaTensor actual, CudaTensor expected, out int nan, out double maxRelErr)
+    {
+        var a = new BFloat16[actual.Length];
+        var e = new BFloat16[expected.Length];
+        actual.CopyTo<BFloat16>(a);
+        expected.CopyTo<BFloat16>(e);
+        double diff = 0, norm = 0, maxDiff = 0, maxRef = 0;
+        nan = 0;
+        for (long i = 0; i < a.Length; i++)
+        {
+            double x = a[i], y = e[i];
+            if (!double.IsFinite(x) || !double.IsFinite(y))
+            {
+                nan++;
+                continue;
+            }
+            diff += (x - y) * (x - y);
+            norm += y * y;
+            maxDiff = Math.Max(maxDiff, Math.Abs(x - y));
+            maxRef = Math.Max(maxRef, Math.Abs(y));
+        }
+        maxRelErr = maxRef == 0 ? maxDiff : maxDiff / maxRef;
+        return norm == 0 ? 0 : Math.Sqrt(diff / norm);
+    }
+}

@@ -1,0 +1,176 @@
+using System.Globalization;
+using Attend.Cuda;
+using Attend.Cuda.Linear;
+using Attend.Linear;
+
+namespace Attend.Cli;
+
+/// <summary>
+/// The delta-rule part of <c>attend check --backend cuda</c>: <see cref="CudaDeltaRulePlan"/>'s chunked and recurrent
+/// forms of the delta rule and the gated delta rule (scalar gate per token, fixed γ per head) on fresh random inputs
+/// (L2-normalised keys, β in (0, 1), odd T, T = 1, T not a multiple of the chunk, grouped-query heads, varlen with a
+/// 1-token and an empty sequence, initial states, a CTA of two warp groups), into NaN-poisoned outputs and final states,
+/// against the float64 naive form on the same inputs rounded to the element type.
+/// </summary>
+internal static class CudaDeltaCheck
+{
+    private sealed record DeltaCase(string Name, int B, int T, int H, int Hkv, int Dk, int Dv, LinearUpdate Update, LinearDecay Decay, bool InitialState,
+        LinearForm Form, int[]? Lengths = null, bool Beta = true, int? ValueBlock = null, int? ValueGroups = null);
+
+    public static (int Passed, int Failed) Run(int seed, TextWriter output, TextWriter error)
+    {
+        var rng = new Random(unchecked(seed * 31 + 17));
+        int Odd(int lo, int hi) => rng.Next(lo, hi) | 1;
+        const LinearUpdate D = LinearUpdate.Delta, G = LinearUpdate.GatedDelta;
+        DeltaCase[] cases =
+        [
+            new("delta, initial state", 2, Odd(65, 400), 4, 4, 128, 128, D, LinearDecay.None, true, LinearForm.Chunked),
+            new("delta, GQA 2:1, Dk 64, beta = 1", 1, Odd(129, 500), 4, 2, 64, 64, D, LinearDecay.None, false, LinearForm.Chunked, Beta: false),
+            new("gated, T = 64m + r, state", 1, 64 * rng.Next(2, 6) + rng.Next(1, 63), 4, 4, 128, 128, G, LinearDecay.ScalarGate, true, LinearForm.Chunked),
+            new("gated, fixed decay, GQA 4:1, Dv 256", 1, Odd(65, 300), 4, 1, 128, 256, G, LinearDecay.FixedPerHead, true, LinearForm.Chunked),
+            new("gated, T = 1, initial state", 3, 1, 4, 2, 128, 128, G, LinearDecay.ScalarGate, true, LinearForm.Chunked),
+            new("gated, long (T ~ 1.5k), state", 1, Odd(1200, 1700), 2, 2, 128, 128, G, LinearDecay.ScalarGate, true, LinearForm.Chunked),
+            new("gated, varlen (1-token, empty)", 1, 0, 4, 2, 128, 64, G, LinearDecay.ScalarGate, true, LinearForm.Chunked, [1, rng.Next(2, 200), 0, rng.Next(300, 900)]),
+            // Specialisations cost NVRTC time in every check: the cases share them (Dk 64 gated with the recurrent case below),
+            // and one non-default CTA shape (2 warp groups, the gated path's group-split loads) stands for the others.
+            new("gated, value block 16 x 2", 1, Odd(65, 300), 2, 2, 128, 128, G, LinearDecay.ScalarGate, true, LinearForm.Chunked, ValueBlock: 16, ValueGroups: 2),
+            new("gated, Dk 64, GQA 2:1, Dv 128", 1, Odd(65, 300), 4, 2, 64, 128, G, LinearDecay.ScalarGate, true, LinearForm.Chunked),
+            new("recurrent delta", 2, Odd(20, 200), 4, 4, 128, 128, D, LinearDecay.None, true, LinearForm.Recurrent),
+            new("recurrent gated, GQA, Dk 64 Dv 96", 1, Odd(20, 200), 4, 1, 64, 96, G, LinearDecay.ScalarGate, true, LinearForm.Recurrent),
+            new("recurrent gated decode T = 1, varlen", 1, 0, 8, 2, 128, 128, G, LinearDecay.FixedPerHead, true, LinearForm.Recurrent, [1, 1, 1, 0]),
+        ];
+        int passed = 0, failed = 0;
+        foreach (DeltaCase c in cases)
+            foreach (ElementType type in (ElementType[])[ElementType.BFloat16, ElementType.Float16])
+            {
+                (double err, double stateErr, string? problem) = type == ElementType.BFloat16 ? One<BFloat16>(c, type, rng) : One<Half>(c, type, rng);
+                double tol = CheckCommand.Tolerance(type);
+                bool ok = problem is null && err <= tol && stateErr <= tol;
+                int t = c.Lengths?.Sum() ?? c.T;
+                string label = c.Update == D ? "CudaDelta" : "CudaGatedDelta";
+                string line = string.Create(CultureInfo.InvariantCulture,
+                    $"  {(ok ? "ok  " : "FAIL")} {label + " " + c.Form.ToString().ToLowerInvariant(),-24} {type.ShortName(),-4} {c.Name,-36} B={c.B} T={t} H={c.H}/{c.Hkv} Dk={c.Dk} Dv={c.Dv} {c.Decay}  rel={err:E2} state={stateErr:E2} (tol {tol:G2}){(problem is null ? "" : "  " + problem)}");
+                (ok ? output : error).WriteLine(line);
+                if (ok) passed++;
+                else failed++;
+            }
+        return (passed, failed);
+    }
+
+    private static (double Output, double State, string? Problem) One<T>(DeltaCase c, ElementType type, Random rng) where T : unmanaged
+    {
+        SeqOffsets? offsets = c.Lengths is null ? null : SeqOffsets.FromLengths(c.Lengths);
+        int tokens = offsets?.TotalTokens ?? c.T, n = offsets?.Count ?? c.B;
+        var shape = new LinearShape(c.B, tokens, c.H, c.Hkv, c.Dk, c.Dv);
+        long rows = (long)c.B * tokens;
+        float[] q = Rounded<T>(rng, rows * c.H * c.Dk, 1, 1.0), k = Rounded<T>(rng, rows * c.Hkv, c.Dk, 0), v = Rounded<T>(rng, rows * c.Hkv * c.Dv, 1, 1.0);
+        float[] beta = c.Beta ? Betas(rng, rows * c.H) : [];
+        float[] gate = c.Decay == LinearDecay.ScalarGate ? Gates(rng, rows * c.H) : [];
+        float[]? gamma = c.Decay == LinearDecay.FixedPerHead ? Enumerable.Range(0, c.H).Select(_ => (float)(1 - Math.Pow(2, -rng.Next(2, 8)))).ToArray() : null;
+        long stateLength = (long)n * c.H * c.Dk * c.Dv;
+        float[] s0 = c.InitialState ? Rounded<float>(rng, stateLength, 1, 0.3) : [];
+        var options = new LinearAttentionOptions { Form = c.Form, Update = c.Update, Decay = c.Decay, HeadDecay = gamma, Scale = 1f / MathF.Sqrt(c.Dk) };
+
+        var refOut = new float[rows * c.H * c.Dv];
+        var refState = new float[stateLength];
+        var inputs = new LinearInputs { Shape = shape, Q = q, K = k, V = v, Beta = beta, Gate = gate, InitialState = s0, Offsets = offsets };
+        LinearAttention.Forward(inputs, options with { Form = LinearForm.Naive }, refOut, refState);
+
+        CudaContext context = CudaContext.Default;
+        try
+        {
+            using var plan = new CudaDeltaRulePlan(context, shape, type, options, offsets, c.ValueBlock, c.ValueGroups);
+            using CudaTensor dq = Upload<T>(context, q, c.B, tokens, c.H, c.Dk);
+            using CudaTensor dk = Upload<T>(context, k, c.B, tokens, c.Hkv, c.Dk);
+            using CudaTensor dv = Upload<T>(context, v, c.B, tokens, c.Hkv, c.Dv);
+            using CudaTensor dout = CudaTensor.Create(context, type, c.B, tokens, c.H, c.Dv);
+            using DeviceBuffer? dbeta = beta.Length == 0 ? null : DeviceBuffer.From<float>(context, beta);
+            using DeviceBuffer? dgate = gate.Length == 0 ? null : DeviceBuffer.From<float>(context, gate);
+            using DeviceBuffer? ds0 = s0.Length == 0 ? null : DeviceBuffer.From<float>(context, s0);
+            using var dsT = new DeviceBuffer(context, Math.Max(4, stateLength * 4));
+            dout.Buffer.Fill(0xFF);
+            dsT.Fill(0xFF);
+            plan.Run(dq, dk, dv, dbeta, dgate, ds0, dout, dsT);
+            context.Synchronize();
+            var o = new T[dout.Length];
+            dout.CopyTo<T>(o);
+            var sT = new float[stateLength];
+            dsT.CopyTo<float>(sT);
+            double err = Relative<T>(o, refOut, out int nanOut);
+            double stateErr = Relative<float>(sT, refState, out int nanState);
+            string? problem = nanOut + nanState > 0 ? $"{nanOut} NaN/unwritten outputs, {nanState} NaN/unwritten state entries" : null;
+            return (err, stateErr, problem);
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            return (double.PositiveInfinity, double.PositiveInfinity, $"{e.GetType().Name}: {AttendApp.OneLine(e)}");
+        }
+    }
+
+    // β = sigmoid(x) for uniform x in [0, 1), as flash-linear-attention's tests draw it, spread to (0.1, 1) here.
+    private static float[] Betas(Random rng, long count)
+    {
+        var b = new float[count];
+        for (long i = 0; i < count; i++) b[i] = (float)(0.1 + 0.9 / (1 + Math.Exp(-4 * (rng.NextDouble() - 0.3))));
+        return b;
+    }
+
+    // Log gates ≤ 0: logsigmoid of a standard normal, divided by 4.
+    private static float[] Gates(Random rng, long count)
+    {
+        var g = new float[count];
+        for (long i = 0; i < count; i++) g[i] = (float)(-Math.Log(1 + Math.Exp(-Gaussian(rng))) / 4);
+        return g;
+    }
+
+    private static double Gaussian(Random rng)
+    {
+        double u1 = 1.0 - rng.NextDouble(), u2 = rng.NextDouble();
+        return Math.Sqrt(-2 * Math.Log(u1)) * Math.Cos(2 * Math.PI * u2);
+    }
+
+    // `count` rows of `width` Gaussian values rounded to T; scale 0 L2-normalises each row (the delta rule's keys).
+    private static float[] Rounded<T>(Random rng, long count, int width, double scale) where T : unmanaged
+    {
+        var data = new float[count * width];
+        var row = new double[width];
+        for (long r = 0; r < count; r++)
+        {
+            double norm = 0;
+            for (int i = 0; i < width; i++)
+            {
+                row[i] = Gaussian(rng);
+                norm += row[i] * row[i];
+            }
+            double f = scale == 0 ? 1 / Math.Sqrt(norm) : scale;
+            for (int i = 0; i < width; i++)
+                data[r * width + i] = ElementConvert.ToSingle(ElementConvert.FromSingle<T>((float)(f * row[i])));
+        }
+        return data;
+    }
+
+    private static CudaTensor Upload<T>(CudaContext context, float[] data, int b, int t, int h, int d) where T : unmanaged
+    {
+        var packed = new T[data.Length];
+        for (int i = 0; i < data.Length; i++) packed[i] = ElementConvert.FromSingle<T>(data[i]);
+        return CudaTensor.FromHost<T>(context, packed, b, t, h, d);
+    }
+
+    private static double Relative<T>(ReadOnlySpan<T> actual, ReadOnlySpan<float> expected, out int nan) where T : unmanaged
+    {
+        double diff = 0, norm = 0;
+        nan = 0;
+        for (int i = 0; i < expected.Length; i++)
+        {
+            double a = ElementConvert.ToSingle(actual[i]);
+            if (!double.IsFinite(a))
+            {
+                nan++;
+                continue;
+            }
+            diff += (a - expected[i]) * (a - expected[i]);
+            norm += (double)expected[i] * expected[i];
+        }
+        return norm == 0 ? (diff == 0 ? 0 : double.PositiveInfinity) : Math.Sqrt(diff / norm);
+    }
+}
