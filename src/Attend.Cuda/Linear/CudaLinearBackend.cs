@@ -41,8 +41,9 @@ public sealed class CudaLinearBackend : ILinearAttentionBackend
 
     /// <inheritdoc/>
     /// <remarks>
-    /// The chunked backward on the GPU (<see cref="CudaLinearPlan.Backward"/>): no decay or a fixed decay per head,
-    /// Dk and Dv 64 or 128; q, k, v and the output gradient rounded to bf16, the gradients float32.
+    /// The chunked backward on the GPU (<see cref="CudaLinearPlan.IsBackwardSupported"/>): no decay, a fixed decay per head,
+    /// a scalar gate or a channel gate (with the gate's gradient), Dk and Dv 64 or 128; q, k, v and the output gradient
+    /// rounded to bf16, the gates and the gradients float32.
     /// </remarks>
     public void Backward(in LinearInputs inputs, LinearAttentionOptions options, ReadOnlySpan<float> outputGradient, ReadOnlySpan<float> finalStateGradient,
         in LinearGradients gradients)
@@ -66,12 +67,15 @@ public sealed class CudaLinearBackend : ILinearAttentionBackend
         using var dv = new DeviceBuffer(context, Math.Max(4, rows * s.KvHeads * s.ValueDim * 4));
         long stateLength = (long)(inputs.Offsets?.Count ?? s.Batch) * s.Heads * s.KeyDim * s.ValueDim;
         using DeviceBuffer? dS0 = gradients.InitialState.IsEmpty ? null : new DeviceBuffer(context, Math.Max(4, stateLength * 4));
-        plan.Backward(q, k, v, s0, dO, dST, dq, dk, dv, dS0);
+        using DeviceBuffer? gate = inputs.Gate.IsEmpty ? null : DeviceBuffer.From<float>(context, inputs.Gate);
+        using DeviceBuffer? dGate = gate is null || gradients.Gate.IsEmpty ? null : new DeviceBuffer(context, (long)inputs.Gate.Length * 4);
+        plan.Backward(q, k, v, gate, s0, dO, dST, dq, dk, dv, dGate, dS0);
         context.Synchronize();
         if (!gradients.Q.IsEmpty) dq.CopyTo(gradients.Q);
         if (!gradients.K.IsEmpty) dk.CopyTo(gradients.K);
         if (!gradients.V.IsEmpty) dv.CopyTo(gradients.V);
         if (!gradients.InitialState.IsEmpty) dS0!.CopyTo(gradients.InitialState);
+        if (dGate is not null) dGate.CopyTo(gradients.Gate);
     }
 
     private static CudaTensor Upload(CudaContext context, ReadOnlySpan<float> data, int batch, int tokens, int heads, int dim)

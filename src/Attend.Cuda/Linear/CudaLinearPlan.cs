@@ -30,7 +30,9 @@ public sealed unsafe class CudaLinearPlan : IDisposable
     private readonly int[] _starts, _lengths;
     // The backward's tables and checkpoints, made at its first call: the chunk table, the segments' local state
     // gradients, the state at each chunk's start and the state gradient at each chunk's end ([chunks, H, Dk, Dv] in the element type).
-    private DeviceBuffer? _chunkTable, _partStateGradient, _chunkStates, _chunkStateGradients;
+    private DeviceBuffer? _chunkTable, _partStateGradient, _partDecayGradient, _chunkStates, _chunkStateGradients;
+    // The final states [N, H, Dk, Dv] float32, written by the backward's forward sweep when the gate gradient is wanted.
+    private DeviceBuffer? _finalStateScratch;
     private int _chunkCount;
 
     /// <summary>Plans a call of <paramref name="shape"/> with <paramref name="options"/> (form chunked or recurrent).</summary>
@@ -295,58 +297,84 @@ public sealed unsafe class CudaLinearPlan : IDisposable
     }
 
     /// <summary>
-    /// Whether <see cref="Backward"/> computes this configuration: the chunked form with no decay or a fixed decay per
-    /// head, Dk 64 or 128 and Dv 64 or 128; otherwise <paramref name="reason"/> says why.
+    /// Whether <see cref="Backward(CudaTensor, CudaTensor, CudaTensor, DeviceBuffer?, DeviceBuffer?, CudaTensor, DeviceBuffer?, DeviceBuffer, DeviceBuffer, DeviceBuffer, DeviceBuffer?, DeviceBuffer?, CudaStream?)"/>
+    /// computes this configuration: the chunked form with no decay, a fixed decay per head, a scalar gate per token
+    /// (simple GLA) or a channel gate (GLA, bf16 only), Dk 64 or 128 and Dv 64 or 128 (128 with a channel gate);
+    /// otherwise <paramref name="reason"/> says why.
     /// </summary>
     public static bool IsBackwardSupported(LinearShape shape, ElementType elementType, LinearAttentionOptions? options, out string reason)
     {
         options ??= new LinearAttentionOptions();
         if (!IsSupported(shape, elementType, options, out reason)) return false;
-        LinearDecay decay = options.Decay ?? (options.HeadDecay != null ? LinearDecay.FixedPerHead : LinearDecay.None);
-        if ((options.Form ?? LinearForm.Chunked) != LinearForm.Chunked)
-            reason = "the CUDA linear backward is the chunked form's";
-        else if (decay is not (LinearDecay.None or LinearDecay.FixedPerHead))
-            reason = $"the CUDA linear backward covers no decay and a fixed decay per head; {decay} (and its gate gradient) is not on the GPU yet";
-        else if (shape.ValueDim > CudaLinearKernels.BackwardMaxValueDim)
-            reason = $"the CUDA linear backward takes value dims 64 and 128; got Dv = {shape.ValueDim}";
+        reason = BackwardRefusal(shape, elementType, options.Form ?? LinearForm.Chunked,
+            options.Decay ?? (options.HeadDecay != null ? LinearDecay.FixedPerHead : LinearDecay.None)) ?? "";
         return reason.Length == 0;
     }
+
+    // Why the CUDA backward cannot compute a configuration the forward supports, or null when it can.
+    internal static string? BackwardRefusal(LinearShape shape, ElementType elementType, LinearForm form, LinearDecay decay)
+    {
+        if (form != LinearForm.Chunked)
+            return "the CUDA linear backward is the chunked form's";
+        if (shape.ValueDim > CudaLinearKernels.BackwardMaxValueDim)
+            return $"the CUDA linear backward takes value dims 64 and 128; got Dv = {shape.ValueDim}";
+        if (decay == LinearDecay.ChannelGate && elementType != ElementType.BFloat16)
+            return $"the CUDA linear backward with a channel gate runs on bf16 only (its decayed products need bf16's exponent range); got {elementType.ShortName()}";
+        return null;
+    }
+
+    /// <summary>
+    /// The gradients without a gate (no decay or a fixed decay per head): the overload with a gate, passing none.
+    /// </summary>
+    /// <exception cref="NotSupportedException">A configuration <see cref="IsBackwardSupported"/> rejects, or a gated plan (it needs the gate).</exception>
+    /// <exception cref="ArgumentException">Tensors that do not match the plan; the message names the argument.</exception>
+    public void Backward(CudaTensor q, CudaTensor k, CudaTensor v, DeviceBuffer? initialState, CudaTensor outputGradient, DeviceBuffer? finalStateGradient,
+        DeviceBuffer queryGradient, DeviceBuffer keyGradient, DeviceBuffer valueGradient, DeviceBuffer? initialStateGradient, CudaStream? stream = null) =>
+        Backward(q, k, v, null, initialState, outputGradient, finalStateGradient, queryGradient, keyGradient, valueGradient, null, initialStateGradient, stream);
 
     /// <summary>
     /// Queues the gradients of <c>L = Σ dO·O + Σ dS_T·S_T</c> on <paramref name="stream"/>: a forward sweep that keeps
     /// the state at each chunk's start, a reverse sweep (on the forward's segments) for the state gradient at each chunk's end (and
-    /// <paramref name="initialStateGradient"/>), then dq, dk, dv per chunk. q, k, v, <paramref name="outputGradient"/> as
-    /// for <see cref="Run"/>; <paramref name="initialState"/>, <paramref name="finalStateGradient"/> float32
-    /// <c>[N, H, Dk, Dv]</c> or null (zero). The gradients are float32: <paramref name="queryGradient"/> <c>[B, T, H, Dk]</c>,
-    /// <paramref name="keyGradient"/> <c>[B, T, Hkv, Dk]</c>, <paramref name="valueGradient"/> <c>[B, T, Hkv, Dv]</c> (summed over
-    /// the query heads of a group), <paramref name="initialStateGradient"/> <c>[N, H, Dk, Dv]</c> or null (not wanted).
+    /// <paramref name="initialStateGradient"/>), then dq, dk, dv (and the gate gradient) per chunk. q, k, v,
+    /// <paramref name="gate"/>, <paramref name="outputGradient"/> as for <see cref="Run"/>; <paramref name="initialState"/>,
+    /// <paramref name="finalStateGradient"/> float32 <c>[N, H, Dk, Dv]</c> or null (zero). The gradients are float32:
+    /// <paramref name="queryGradient"/> <c>[B, T, H, Dk]</c>, <paramref name="keyGradient"/> <c>[B, T, Hkv, Dk]</c>,
+    /// <paramref name="valueGradient"/> <c>[B, T, Hkv, Dv]</c> (summed over the query heads of a group),
+    /// <paramref name="gateGradient"/> dL/d(log gate) shaped like the gate, or null (not wanted; only with a gate),
+    /// <paramref name="initialStateGradient"/> <c>[N, H, Dk, Dv]</c> or null (not wanted).
     /// The first call allocates the checkpoints (two <c>[chunks, H, Dk, Dv]</c> arrays of the element type); later calls allocate nothing.
     /// </summary>
     /// <exception cref="NotSupportedException">A configuration <see cref="IsBackwardSupported"/> rejects.</exception>
     /// <exception cref="ArgumentException">Tensors that do not match the plan; the message names the argument.</exception>
-    public void Backward(CudaTensor q, CudaTensor k, CudaTensor v, DeviceBuffer? initialState, CudaTensor outputGradient, DeviceBuffer? finalStateGradient,
-        DeviceBuffer queryGradient, DeviceBuffer keyGradient, DeviceBuffer valueGradient, DeviceBuffer? initialStateGradient, CudaStream? stream = null)
+    public void Backward(CudaTensor q, CudaTensor k, CudaTensor v, DeviceBuffer? gate, DeviceBuffer? initialState, CudaTensor outputGradient,
+        DeviceBuffer? finalStateGradient, DeviceBuffer queryGradient, DeviceBuffer keyGradient, DeviceBuffer valueGradient, DeviceBuffer? gateGradient,
+        DeviceBuffer? initialStateGradient, CudaStream? stream = null)
     {
         LinearShape s = Shape;
-        if (Form != LinearForm.Chunked)
-            throw new NotSupportedException("the CUDA linear backward is the chunked form's; this plan is recurrent");
-        if (Decay is not (LinearDecay.None or LinearDecay.FixedPerHead))
-            throw new NotSupportedException($"the CUDA linear backward covers no decay and a fixed decay per head; {Decay} (and its gate gradient) is not on the GPU yet");
-        if (s.ValueDim > CudaLinearKernels.BackwardMaxValueDim)
-            throw new NotSupportedException($"the CUDA linear backward takes value dims 64 and 128; got Dv = {s.ValueDim}");
+        if (BackwardRefusal(s, ElementType, Form, Decay) is { } refusal) throw new NotSupportedException(refusal);
         Require(q, nameof(q), s.Heads, s.KeyDim);
         Require(k, nameof(k), s.KvHeads, s.KeyDim);
         Require(v, nameof(v), s.KvHeads, s.ValueDim);
         Require(outputGradient, nameof(outputGradient), s.Heads, s.ValueDim);
         long rows = (long)s.Batch * s.Tokens;
         long stateBytes = (long)_sequences * s.Heads * s.KeyDim * s.ValueDim * 4;
+        bool gated = Decay is LinearDecay.ScalarGate or LinearDecay.ChannelGate;
+        long gateBytes = rows * s.Heads * (Decay == LinearDecay.ChannelGate ? s.KeyDim : 1) * 4;
+        if (gated)
+        {
+            if (gate is null) throw new ArgumentException($"Decay {Decay} needs its float32 gate ({gateBytes} bytes) for the backward.", nameof(gate));
+            RequireBytes(gate, nameof(gate), gateBytes);
+            if (gateGradient is not null) RequireBytes(gateGradient, nameof(gateGradient), gateBytes);
+        }
+        else if (gate is not null || gateGradient is not null)
+            throw new ArgumentException($"A gate (or gate gradient) was given but the decay is {Decay}.", gate is not null ? nameof(gate) : nameof(gateGradient));
         RequireBytes(queryGradient, nameof(queryGradient), rows * s.Heads * s.KeyDim * 4);
         RequireBytes(keyGradient, nameof(keyGradient), rows * s.KvHeads * s.KeyDim * 4);
         RequireBytes(valueGradient, nameof(valueGradient), rows * s.KvHeads * s.ValueDim * 4);
         if (finalStateGradient is not null) RequireBytes(finalStateGradient, nameof(finalStateGradient), stateBytes);
         if (initialStateGradient is not null) RequireBytes(initialStateGradient, nameof(initialStateGradient), stateBytes);
         if (_sequences == 0) return;
-        EnsureBackwardBuffers();
+        EnsureBackwardBuffers(gateGradient is not null);
         if (s.Heads != s.KvHeads)
         {
             // Summed atomically over the query heads of a group (the memset runs on the legacy stream, which blocking streams wait for).
@@ -354,25 +382,27 @@ public sealed unsafe class CudaLinearPlan : IDisposable
             valueGradient.Fill(0);
         }
 
-        // 1. The state at each chunk's start (the forward's pass 2).
-        if (_chunkCount > 0) Launch(q, k, v, null, initialState, null, null, stream, _chunkStates!.Pointer);
+        // 1. The state at each chunk's start (the forward's pass 2) and, for the gate gradient, the final states.
+        if (_chunkCount > 0)
+            Launch(q, k, v, gate, initialState, null, gateGradient is not null ? _finalStateScratch : null, stream, _chunkStates!.Pointer);
 
         // 2. The state gradient at each chunk's end, last chunk to first, and dS0.
         var a = new BackwardArguments
         {
-            PartLocal = _partStateGradient!.Pointer, Segs = _segments.Pointer,
+            PartLocal = _partStateGradient!.Pointer, PartDecay = _partDecayGradient!.Pointer, Segs = _segments.Pointer,
             Q = q.Buffer.Pointer, K = k.Buffer.Pointer, V = v.Buffer.Pointer, DO = outputGradient.Buffer.Pointer,
-            HeadLogDecay = _headLogDecay.Pointer, DST = finalStateGradient?.Pointer ?? 0, DS0 = initialStateGradient?.Pointer ?? 0,
-            H0s = _chunkStates!.Pointer, DHs = _chunkStateGradients!.Pointer, DQ = queryGradient.Pointer, DK = keyGradient.Pointer,
-            DV = valueGradient.Pointer, Chunks = _chunkTable!.Pointer,
-            Heads = s.Heads, KvHeads = s.KvHeads, Dv = s.ValueDim, Scale = _scale,
+            Gate = gate?.Pointer ?? 0, HeadLogDecay = Decay == LinearDecay.FixedPerHead ? _headLogDecay.Pointer : 0,
+            DST = finalStateGradient?.Pointer ?? 0, DS0 = initialStateGradient?.Pointer ?? 0,
+            H0s = _chunkStates!.Pointer, DHs = _chunkStateGradients!.Pointer, FinalStates = _finalStateScratch?.Pointer ?? 0,
+            DQ = queryGradient.Pointer, DK = keyGradient.Pointer, DV = valueGradient.Pointer, DG = gateGradient?.Pointer ?? 0,
+            Chunks = _chunkTable!.Pointer, Heads = s.Heads, KvHeads = s.KvHeads, Dv = s.ValueDim, Scale = _scale,
         };
         CudaKernelFunction dstate = CudaLinearKernels.StateGradient(_context, s.KeyDim, ElementType, _gate);
-        void** r = stackalloc void*[12];
-        r[0] = &a.Q; r[1] = &a.DO; r[2] = &a.HeadLogDecay; r[3] = &a.DST; r[4] = &a.DS0; r[5] = &a.DHs; r[6] = &a.PartLocal;
-        r[7] = &a.Segs; r[8] = &a.Heads; r[9] = &a.Dv; r[10] = &a.Scale; r[11] = &a.Pass;
+        void** r = stackalloc void*[14];
+        r[0] = &a.Q; r[1] = &a.DO; r[2] = &a.Gate; r[3] = &a.HeadLogDecay; r[4] = &a.DST; r[5] = &a.DS0; r[6] = &a.DHs; r[7] = &a.PartLocal;
+        r[8] = &a.PartDecay; r[9] = &a.Segs; r[10] = &a.Heads; r[11] = &a.Dv; r[12] = &a.Scale; r[13] = &a.Pass;
         // On the forward's segments, mirrored: pass 0 the local contributions of all but each sequence's first segment, pass 1 the rest.
-        uint valueBlocks = (uint)(s.ValueDim / CudaLinearKernels.ValueBlock), dstateSmem = (uint)CudaLinearKernels.StateGradientSharedBytes(s.KeyDim);
+        uint valueBlocks = (uint)(s.ValueDim / CudaLinearKernels.ValueBlock), dstateSmem = (uint)CudaLinearKernels.StateGradientSharedBytes(s.KeyDim, _gate);
         if (_partCount > 0)
         {
             a.Pass = 0;
@@ -382,16 +412,19 @@ public sealed unsafe class CudaLinearPlan : IDisposable
         dstate.Launch(valueBlocks, (uint)s.Heads, (uint)_segmentCount, 128, dstateSmem, stream, r);
         if (_chunkCount == 0) return;
 
-        // 3. dq, dk, dv per (chunk, query head).
+        // 3. dq, dk, dv (and d log gate) per (chunk, query head).
         CudaKernelFunction chunk = CudaLinearKernels.ChunkBackward(_context, s.KeyDim, ElementType, _gate);
-        void** p = stackalloc void*[16];
-        p[0] = &a.Q; p[1] = &a.K; p[2] = &a.V; p[3] = &a.DO; p[4] = &a.HeadLogDecay; p[5] = &a.H0s; p[6] = &a.DHs; p[7] = &a.DQ;
-        p[8] = &a.DK; p[9] = &a.DV; p[10] = &a.Chunks; p[11] = &a.Heads; p[12] = &a.KvHeads; p[13] = &a.Dv; p[14] = &a.Scale;
-        chunk.Launch((uint)_chunkCount, (uint)s.Heads, 1, 128, (uint)CudaLinearKernels.BackwardSharedBytes(s.KeyDim), stream, p);
+        void** p = stackalloc void*[18];
+        p[0] = &a.Q; p[1] = &a.K; p[2] = &a.V; p[3] = &a.DO; p[4] = &a.Gate; p[5] = &a.HeadLogDecay; p[6] = &a.H0s; p[7] = &a.DHs;
+        p[8] = &a.FinalStates; p[9] = &a.DQ; p[10] = &a.DK; p[11] = &a.DV; p[12] = &a.DG; p[13] = &a.Chunks; p[14] = &a.Heads;
+        p[15] = &a.KvHeads; p[16] = &a.Dv; p[17] = &a.Scale;
+        chunk.Launch((uint)_chunkCount, (uint)s.Heads, 1, 128, (uint)CudaLinearKernels.BackwardSharedBytes(s.KeyDim, _gate), stream, p);
     }
 
-    private void EnsureBackwardBuffers()
+    private void EnsureBackwardBuffers(bool finalStates)
     {
+        if (finalStates && _finalStateScratch is null)
+            _finalStateScratch = new DeviceBuffer(_context, Math.Max(4L, (long)_sequences * Shape.Heads * Shape.KeyDim * Shape.ValueDim * 4));
         if (_chunkTable is not null) return;
         const int c = CudaLinearKernels.Chunk;
         var chunks = new List<int>();
@@ -400,19 +433,21 @@ public sealed unsafe class CudaLinearPlan : IDisposable
         {
             for (int begin = 0; begin < _lengths[n]; begin += c)
             {
-                chunks.AddRange([n, _starts[n] + begin, Math.Min(c, _lengths[n] - begin), 0]);
+                // The last field marks a sequence's last chunk (its end state is the final state, not the next checkpoint).
+                chunks.AddRange([n, _starts[n] + begin, Math.Min(c, _lengths[n] - begin), begin + c >= _lengths[n] ? 1 : 0]);
                 count++;
             }
         }
         if (chunks.Count == 0) chunks.AddRange(new int[4]);
         long checkpointBytes = Math.Max(1L, (long)count * Shape.Heads * Shape.KeyDim * Shape.ValueDim * 2);
-        // All four buffers or none: a failed allocation (out of memory on a long sequence) must not leave a half-built
+        // All five buffers or none: a failed allocation (out of memory on a long sequence) must not leave a half-built
         // plan that the next call would take as ready.
-        DeviceBuffer? table = null, partGradient = null, states = null, stateGradients = null;
+        DeviceBuffer? table = null, partGradient = null, partDecay = null, states = null, stateGradients = null;
         try
         {
             table = DeviceBuffer.From<int>(_context, chunks.ToArray());
             partGradient = new DeviceBuffer(_context, Math.Max(1L, (long)_partCount * Shape.Heads * Shape.KeyDim * Shape.ValueDim) * 4);
+            partDecay = new DeviceBuffer(_context, Math.Max(1L, (long)_partCount * Shape.Heads * Shape.KeyDim) * 4);
             states = new DeviceBuffer(_context, checkpointBytes);
             stateGradients = new DeviceBuffer(_context, checkpointBytes);
         }
@@ -420,12 +455,14 @@ public sealed unsafe class CudaLinearPlan : IDisposable
         {
             table?.Dispose();
             partGradient?.Dispose();
+            partDecay?.Dispose();
             states?.Dispose();
             stateGradients?.Dispose();
             throw;
         }
         _chunkCount = count;
         _partStateGradient = partGradient;
+        _partDecayGradient = partDecay;
         _chunkStates = states;
         _chunkStateGradients = stateGradients;
         _chunkTable = table;
@@ -440,7 +477,7 @@ public sealed unsafe class CudaLinearPlan : IDisposable
     [StructLayout(LayoutKind.Sequential)]
     private struct BackwardArguments
     {
-        public ulong Q, K, V, DO, HeadLogDecay, DST, DS0, H0s, DHs, DQ, DK, DV, PartLocal, Segs, Chunks;
+        public ulong Q, K, V, DO, Gate, HeadLogDecay, DST, DS0, H0s, DHs, FinalStates, DQ, DK, DV, DG, PartLocal, PartDecay, Segs, Chunks;
         public int Heads, KvHeads, Dv;
         public float Scale;
         public int Pass;
@@ -475,6 +512,8 @@ public sealed unsafe class CudaLinearPlan : IDisposable
         _headLogDecay.Dispose();
         _chunkTable?.Dispose();
         _partStateGradient?.Dispose();
+        _partDecayGradient?.Dispose();
+        _finalStateScratch?.Dispose();
         _chunkStates?.Dispose();
         _chunkStateGradients?.Dispose();
     }

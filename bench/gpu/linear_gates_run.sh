@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# One device call for the gated linear backward (linear-gates; run from the carry folder .gpu-linear-gates/, which holds
+# the published attend in ./attend, this script, linear_peers.py and flash-linear-attention's `fla` package copied from
+# /work/main/.gpu/fla — never committed):
+#   1. attend check --backend cuda --cases 0     linear (forward, backward incl. simple GLA / GLA with dg), decode, sparse
+#   2. compute-sanitizer memcheck                on the same check (fixed seed)
+#   3. attend bench linear --backend cuda        forward and forward+backward at T = 16k, B = 1, H = 16, D = 128, bf16
+#   4. linear_peers.py (part `all` only)         fla's forward+backward for simple GLA and GLA (gate gradients included)
+#                                                on the same shape, autotune timing shortened (every config still tried)
+# Logs and JSON go to $OUT.   Usage: bash linear_gates_run.sh [all|nopeers|peers]
+set -u
+cd "$(dirname "$0")"
+export PYTHONUNBUFFERED=1 ATTEND_CUDA_CACHE=/tmp/attend-cuda-cache
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+part=${1:-all}
+nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv,noheader | tee "$OUT/gpu.txt"
+if [[ $part != peers ]]; then
+  timeout ${CHECK_TIMEOUT:-200} ./attend/Attend.Cli check --backend cuda --cases 0 2>&1 | tee "$OUT/check.log" | grep -v "^  ok " | tail -30
+  echo "check exit ${PIPESTATUS[0]}"
+  grep "CudaLinear backward" "$OUT/check.log"
+  if [[ ${SANITIZE:-1} == 1 ]]; then
+    timeout ${SANITIZE_TIMEOUT:-150} compute-sanitizer --tool memcheck --error-exitcode 9 ./attend/Attend.Cli check --backend cuda --cases 0 --seed 1 > "$OUT/sanitizer.log" 2>&1
+    echo "sanitizer exit $?"; grep -E "ERROR SUMMARY|attend check:|FAIL" "$OUT/sanitizer.log" | head -8
+  fi
+fi
+ATTEND_BENCH_LINEAR_T=16384 timeout ${BENCH_TIMEOUT:-150} ./attend/Attend.Cli bench linear --backend cuda --json "$OUT/linear-cuda.json" 2>&1 | tee "$OUT/bench-linear.log"
+if [[ $part != nopeers ]]; then
+  PYTHONPATH=$PWD timeout ${PEER_TIMEOUT:-240} python3 linear_peers.py --ours "$OUT/linear-cuda.json" --skip-forward \
+    --methods ${PEER_METHODS:-simple_gla,gla} --autotune-ms 5,20 2>&1 | tee "$OUT/peers.log" | grep -v Warning
+fi
