@@ -23,6 +23,23 @@ if [[ $part != peers ]]; then
     echo "sanitizer exit $?"; grep -E "ERROR SUMMARY|attend check:|FAIL" "$OUT/sanitizer.log" | head -8
   fi
 fi
+if [[ $part != peers ]]; then
+  # attend run --method NAME --backend cuda on the linear family, against the CPU on the same .npy inputs.
+  python3 - <<'PY'
+import numpy as np
+rng = np.random.default_rng(7)
+T, H, D = 777, 4, 128
+for n in "qkv": np.save(f"/tmp/m_{n}.npy", rng.standard_normal((1, T, H, D)).astype(np.float32))
+np.save("/tmp/m_g.npy", (-np.log1p(np.exp(-rng.standard_normal((1, T, H, D)))) / 16).astype(np.float32))
+PY
+  io="--q /tmp/m_q.npy --k /tmp/m_k.npy --v /tmp/m_v.npy"
+  for m in "linear-attention" "linear-attention --param map=relu" "retnet" "gla --input g=/tmp/m_g.npy" "lightning-attention" "based"; do
+    ./attend/Attend.Cli run --method $m $io --out /tmp/o_gpu.npy --backend cuda 2>&1 | head -3
+    ./attend/Attend.Cli run --method $m $io --out /tmp/o_cpu.npy > /dev/null 2>&1 && [[ -f /tmp/o_gpu.npy ]] && \
+      python3 -c "import numpy as np; a=np.load('/tmp/o_gpu.npy'); b=np.load('/tmp/o_cpu.npy'); print('  $m: rel L2 vs cpu %.2e' % (np.linalg.norm(a-b)/np.linalg.norm(b)))"
+    rm -f /tmp/o_gpu.npy /tmp/o_cpu.npy
+  done 2>&1 | tee "$OUT/run-method.log"
+fi
 ATTEND_BENCH_LINEAR_T=16384 timeout ${BENCH_TIMEOUT:-150} ./attend/Attend.Cli bench linear --backend cuda --json "$OUT/linear-cuda.json" 2>&1 | tee "$OUT/bench-linear.log"
 if [[ $part != nopeers ]]; then
   PYTHONPATH=$PWD timeout ${PEER_TIMEOUT:-240} python3 linear_peers.py --ours "$OUT/linear-cuda.json" --skip-forward \

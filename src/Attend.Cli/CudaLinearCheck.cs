@@ -15,7 +15,7 @@ namespace Attend.Cli;
 internal static class CudaLinearCheck
 {
     private sealed record LinearCheckCase(string Name, int B, int T, int H, int Hkv, int Dk, int Dv, LinearDecay Decay, bool InitialState,
-        LinearForm Form, int[]? Lengths = null, float GateScale = 1f);
+        LinearForm Form, int[]? Lengths = null, float GateScale = 1f, FeatureMap? Map = null, bool Denominator = false);
 
     public static (int Passed, int Failed) Run(int seed, TextWriter output, TextWriter error)
     {
@@ -36,6 +36,12 @@ internal static class CudaLinearCheck
             new("recurrent, fixed decay, GQA", 1, Odd(20, 200), 4, 1, 64, 96, LinearDecay.FixedPerHead, true, LinearForm.Recurrent),
             new("recurrent, channel gate", 1, Odd(20, 200), 4, 4, 128, 128, LinearDecay.ChannelGate, true, LinearForm.Recurrent),
             new("recurrent decode T = 1, varlen", 1, 0, 8, 2, 128, 128, LinearDecay.ScalarGate, true, LinearForm.Recurrent, [1, 1, 1, 0]),
+            // The element-wise feature maps (device pre-pass) and the denominator normalisation (augmented state, z last).
+            new("elu+1, denominator, state, GQA", 2, Odd(65, 400), 4, 2, 128, 128, LinearDecay.None, true, LinearForm.Chunked, Map: FeatureMaps.EluPlusOne, Denominator: true),
+            new("relu, fixed decay, denominator", 1, Odd(129, 500), 4, 4, 64, 64, LinearDecay.FixedPerHead, true, LinearForm.Chunked, Map: FeatureMaps.Relu, Denominator: true),
+            new("elu+1, channel gate, denominator", 1, Odd(65, 300), 2, 2, 64, 128, LinearDecay.ChannelGate, false, LinearForm.Chunked, Map: FeatureMaps.EluPlusOne, Denominator: true),
+            new("relu map, scalar gate, varlen", 1, 0, 4, 2, 128, 64, LinearDecay.ScalarGate, true, LinearForm.Chunked, [1, rng.Next(2, 200), rng.Next(300, 700)], Map: FeatureMaps.Relu),
+            new("elu+1, denominator, recurrent", 1, Odd(20, 200), 4, 4, 64, 64, LinearDecay.None, true, LinearForm.Recurrent, Map: FeatureMaps.EluPlusOne, Denominator: true),
         ];
         int passed = 0, failed = 0;
         foreach (LinearCheckCase c in cases)
@@ -46,7 +52,7 @@ internal static class CudaLinearCheck
                 bool ok = problem is null && err <= tol && stateErr <= tol;
                 int t = c.Lengths?.Sum() ?? c.T;
                 string line = string.Create(CultureInfo.InvariantCulture,
-                    $"  {(ok ? "ok  " : "FAIL")} {"CudaLinear " + c.Form.ToString().ToLowerInvariant(),-18} {type.ShortName(),-4} {c.Name,-34} B={c.B} T={t} H={c.H}/{c.Hkv} Dk={c.Dk} Dv={c.Dv} {c.Decay}  rel={err:E2} state={stateErr:E2} (tol {tol:G2}){(problem is null ? "" : "  " + problem)}");
+                    $"  {(ok ? "ok  " : "FAIL")} {"CudaLinear " + c.Form.ToString().ToLowerInvariant(),-18} {type.ShortName(),-4} {c.Name,-34} B={c.B} T={t} H={c.H}/{c.Hkv} Dk={c.Dk} Dv={c.Dv} {c.Decay}{(c.Map is null ? "" : " " + c.Map.Name)}{(c.Denominator ? " denominator" : "")}  rel={err:E2} state={stateErr:E2} (tol {tol:G2}){(problem is null ? "" : "  " + problem)}");
                 (ok ? output : error).WriteLine(line);
                 if (ok) passed++;
                 else failed++;
@@ -174,9 +180,16 @@ internal static class CudaLinearCheck
             _ => [],
         };
         float[]? gamma = c.Decay == LinearDecay.FixedPerHead ? Enumerable.Range(0, c.H).Select(_ => (float)(1 - Math.Pow(2, -rng.Next(2, 8)))).ToArray() : null;
-        long stateLength = (long)n * c.H * c.Dk * c.Dv;
+        int columns = c.Dv + (c.Denominator ? 1 : 0);
+        long stateLength = (long)n * c.H * c.Dk * columns;
         float[] s0 = c.InitialState ? Rounded<float>(rng, stateLength, 1.0) : [];
-        var options = new LinearAttentionOptions { Form = c.Form, Decay = c.Decay, HeadDecay = gamma, Scale = 1f / MathF.Sqrt(c.Dk) };
+        // The denominator's z column (last) sums φ(k) ≥ 0: a positive start keeps φ(q)·z away from zero, as in real use.
+        if (c.Denominator) for (long i = columns - 1; i < s0.Length; i += columns) s0[i] = Math.Abs(s0[i]) + 1f;
+        var options = new LinearAttentionOptions
+        {
+            Form = c.Form, Decay = c.Decay, HeadDecay = gamma, Scale = 1f / MathF.Sqrt(c.Dk), FeatureMap = c.Map,
+            Normalization = c.Denominator ? LinearNormalization.Denominator : null,
+        };
 
         var refOut = new float[rows * c.H * c.Dv];
         var refState = new float[stateLength];

@@ -18,10 +18,11 @@ public sealed class CudaLinearBackend : ILinearAttentionBackend
     public void Forward(in LinearInputs inputs, LinearAttentionOptions options, Span<float> output, Span<float> finalState)
     {
         ArgumentNullException.ThrowIfNull(options);
-        if (!CudaBackend.IsAvailable(out string why)) throw new NotSupportedException("the cuda backend cannot run here: " + why);
+        // The configuration first: a refusal names what the GPU does not compute, on any machine.
         LinearShape s = inputs.Shape;
         const ElementType type = ElementType.BFloat16;
         if (!CudaLinearPlan.IsSupported(s, type, options, out string reason)) throw new NotSupportedException(reason);
+        if (!CudaBackend.IsAvailable(out string why)) throw new NotSupportedException("the cuda backend cannot run here: " + why);
         CudaContext context = CudaContext.Default;
         using var plan = new CudaLinearPlan(context, s, type, options, inputs.Offsets);
         using CudaTensor q = Upload(context, inputs.Q, s.Batch, s.Tokens, s.Heads, s.KeyDim);
@@ -49,10 +50,10 @@ public sealed class CudaLinearBackend : ILinearAttentionBackend
         in LinearGradients gradients)
     {
         ArgumentNullException.ThrowIfNull(options);
-        if (!CudaBackend.IsAvailable(out string why)) throw new NotSupportedException("the cuda backend cannot run here: " + why);
         LinearShape s = inputs.Shape;
         const ElementType type = ElementType.BFloat16;
         if (!CudaLinearPlan.IsBackwardSupported(s, type, options, out string reason)) throw new NotSupportedException(reason);
+        if (!CudaBackend.IsAvailable(out string why)) throw new NotSupportedException("the cuda backend cannot run here: " + why);
         CudaContext context = CudaContext.Default;
         using var plan = new CudaLinearPlan(context, s, type, options, inputs.Offsets);
         using CudaTensor q = Upload(context, inputs.Q, s.Batch, s.Tokens, s.Heads, s.KeyDim);

@@ -17,6 +17,22 @@ internal enum CudaLinearGate
     Channel = 2,
 }
 
+/// <summary>The element-wise feature maps the CUDA pre-pass applies (the <c>map</c> argument of <c>attend_linear_feature_map</c>).</summary>
+internal enum CudaLinearFeatureMap
+{
+    /// <summary>φ(x) = x: no pass.</summary>
+    Identity = 0,
+
+    /// <summary>φ(x) = elu(x) + 1.</summary>
+    EluPlusOne = 1,
+
+    /// <summary>φ(x) = max(x, 0).</summary>
+    Relu = 2,
+
+    /// <summary>A map the GPU does not compute (not element-wise, or widening).</summary>
+    Unsupported = -1,
+}
+
 /// <summary>
 /// The specialisations of <c>linear_chunk.cu</c> (key dim, element type, gate kind) and <c>linear_recurrent.cu</c>,
 /// compiled by NVRTC (or read from the disk cache) once per context.
@@ -30,6 +46,7 @@ internal static class CudaLinearKernels
     public const string BackwardSource = "linear_chunk_bwd.cu";
     public const string BackwardEntry = "attend_linear_chunk_bwd";
     public const string StateGradientEntry = "attend_linear_dstate";
+    public const string PrepSource = "linear_prep.cu";
 
     /// <summary>Value columns the chunked backward holds per CTA at most (one or two 64-column blocks).</summary>
     public const int BackwardMaxValueDim = 128;
@@ -99,6 +116,10 @@ internal static class CudaLinearKernels
 
     public static CudaKernelFunction StateGradient(CudaContext context, int keyDim, ElementType type, CudaLinearGate gate) =>
         Get(context, BackwardSource, StateGradientEntry, keyDim, type, gate, StateGradientSharedBytes(keyDim, gate));
+
+    /// <summary>An element-wise kernel of <c>linear_prep.cu</c> (feature maps, the denominator's passes).</summary>
+    public static CudaKernelFunction Prep(CudaContext context, ElementType type, string entry) =>
+        Get(context, PrepSource, entry, 0, type, CudaLinearGate.None, 0);
 
     public static CudaKernelFunction Recurrent(CudaContext context, int keyDim, ElementType type, CudaLinearGate gate) =>
         Get(context, RecurrentSource, RecurrentEntry, keyDim, type, gate, 0);

@@ -4,8 +4,9 @@ using Attend.Linear;
 namespace Attend.Cuda.Linear;
 
 /// <summary>
-/// A linear-attention call prepared for the GPU (additive update, identity feature map, no normalisation; decay none,
-/// a fixed scalar per head, a scalar gate per token or a gate per key channel): the segment table, the per-head decays
+/// A linear-attention call prepared for the GPU (additive update; feature map identity, elu+1 or ReLU, applied to q and
+/// k by a device pre-pass; no normalisation or the denominator one; decay none, a fixed scalar per head, a scalar gate
+/// per token or a gate per key channel): the segment table, the per-head decays
 /// and the scratch for the segments' local states uploaded once, the kernel loaded. <see cref="Run"/> then only
 /// launches. Tensors stay on the device: q <c>[B, T, H, Dk]</c>, k <c>[B, T, Hkv, Dk]</c>, v <c>[B, T, Hkv, Dv]</c>,
 /// output <c>[B, T, H, Dv]</c> in bf16 or fp16; gates (log α ≤ 0), initial and final states <c>[N, H, Dk, Dv]</c> in
@@ -17,6 +18,9 @@ namespace Attend.Cuda.Linear;
 /// initial state folded with the local states before it and writes its outputs (pass 1). The recurrent form walks the
 /// tokens one by one with the state in registers (decode). <see cref="LinearAttentionOptions.ChunkSize"/> and
 /// <see cref="LinearAttentionOptions.Threads"/> apply to the CPU engine only: the CUDA chunk is 64 tokens.
+/// With the denominator normalisation the states are the CPU's augmented <c>[N, H, Dk, Dv + 1]</c> (z last): a second
+/// run of the same kernel over a unit value column computes the denominator <c>scale · φ(q_t)·z_t</c> (decayed like the
+/// state), and an element-wise pass divides the output by it plus ε.
 /// </remarks>
 public sealed unsafe class CudaLinearPlan : IDisposable
 {
@@ -31,6 +35,13 @@ public sealed unsafe class CudaLinearPlan : IDisposable
     // The backward's tables and checkpoints, made at its first call: the chunk table, the segments' local state
     // gradients, the state at each chunk's start and the state gradient at each chunk's end ([chunks, H, Dk, Dv] in the element type).
     private DeviceBuffer? _chunkTable, _partStateGradient, _partDecayGradient, _chunkStates, _chunkStateGradients;
+    // The element-wise passes (null without a feature map or the denominator): φ(q), φ(k); the denominator's own plan,
+    // unit value column, read-out and states; the states' main [N, H, Dk, Dv] parts.
+    private readonly CudaLinearFeatureMap _map;
+    private readonly float _epsilon;
+    private readonly CudaLinearPlan? _denominatorPlan;
+    private readonly CudaTensor? _mappedQ, _mappedK, _unitValues, _denominator;
+    private readonly DeviceBuffer? _initialMain, _finalMain, _initialZ, _finalZ;
     // The final states [N, H, Dk, Dv] float32, written by the backward's forward sweep when the gate gradient is wanted.
     private DeviceBuffer? _finalStateScratch;
     private int _chunkCount;
@@ -93,9 +104,42 @@ public sealed unsafe class CudaLinearPlan : IDisposable
             ? CudaLinearKernels.Recurrent(context, shape.KeyDim, elementType, _gate)
             : CudaLinearKernels.Chunked(context, shape.KeyDim, elementType, _gate);
 
+        _map = MapOf(options.FeatureMap);
+        Normalization = options.Normalization ?? LinearNormalization.None;
+        _epsilon = options.Epsilon ?? 1e-6f;
+        if (!(_epsilon >= 0f) || !float.IsFinite(_epsilon)) throw new ArgumentException($"Epsilon must be finite and ≥ 0; got {_epsilon}.", nameof(options));
         var owned = new List<DeviceBuffer>();
         try
         {
+            if (_map != CudaLinearFeatureMap.Identity)
+            {
+                _mappedQ = CudaTensor.Create(context, elementType, shape.Batch, shape.Tokens, shape.Heads, shape.KeyDim);
+                owned.Add(_mappedQ.Buffer);
+                _mappedK = CudaTensor.Create(context, elementType, shape.Batch, shape.Tokens, shape.KvHeads, shape.KeyDim);
+                owned.Add(_mappedK.Buffer);
+            }
+            if (Normalization == LinearNormalization.Denominator)
+            {
+                // The denominator's run: the same decay on a value block whose column 0 is 1 (a channel gate's kernel takes 128 columns).
+                int zc = DenominatorColumns(Decay);
+                _denominatorPlan = new CudaLinearPlan(context, shape with { ValueDim = zc }, elementType,
+                    options with { FeatureMap = FeatureMaps.Identity, Normalization = LinearNormalization.None }, offsets);
+                _unitValues = CudaTensor.Create(context, elementType, shape.Batch, shape.Tokens, shape.KvHeads, zc);
+                owned.Add(_unitValues.Buffer);
+                _denominator = CudaTensor.Create(context, elementType, shape.Batch, shape.Tokens, shape.Heads, zc);
+                owned.Add(_denominator.Buffer);
+                long rows = Math.Max(1L, (long)(offsets?.Count ?? shape.Batch) * shape.Heads * shape.KeyDim);
+                _initialMain = Track(new DeviceBuffer(context, rows * shape.ValueDim * 4), owned);
+                _finalMain = Track(new DeviceBuffer(context, rows * shape.ValueDim * 4), owned);
+                _initialZ = Track(new DeviceBuffer(context, rows * zc * 4), owned);
+                _finalZ = Track(new DeviceBuffer(context, rows * zc * 4), owned);
+                long units = (long)shape.Batch * shape.Tokens * shape.KvHeads;
+                int zcArg = zc;
+                void** u = stackalloc void*[3];
+                ulong x = _unitValues.Buffer.Pointer;
+                u[0] = &x; u[1] = &units; u[2] = &zcArg;
+                LaunchElementwise("attend_linear_unit_column", units * zc, u);
+            }
             _headLogDecay = Track(DeviceBuffer.From<float>(context, logDecay), owned);
             if (Form == LinearForm.Recurrent)
             {
@@ -122,8 +166,27 @@ public sealed unsafe class CudaLinearPlan : IDisposable
         catch
         {
             foreach (DeviceBuffer b in owned) b.Dispose();
+            _denominatorPlan?.Dispose();
             throw;
         }
+    }
+
+    // The value columns of the denominator's run: 64, or 128 for the channel gate's kernel (two 64-column halves).
+    private static int DenominatorColumns(LinearDecay decay) => decay == LinearDecay.ChannelGate ? 2 * CudaLinearKernels.ValueBlock : CudaLinearKernels.ValueBlock;
+
+    private static CudaLinearFeatureMap MapOf(FeatureMap? map) =>
+        map is null || ReferenceEquals(map, FeatureMaps.Identity) ? CudaLinearFeatureMap.Identity
+        : ReferenceEquals(map, FeatureMaps.EluPlusOne) ? CudaLinearFeatureMap.EluPlusOne
+        : ReferenceEquals(map, FeatureMaps.Relu) ? CudaLinearFeatureMap.Relu
+        : CudaLinearFeatureMap.Unsupported;
+
+    // One grid-stride launch of an element-wise kernel of linear_prep.cu over `count` elements.
+    private void LaunchElementwise(string entry, long count, void** arguments, CudaStream? stream = null)
+    {
+        if (count <= 0) return;
+        CudaKernelFunction f = CudaLinearKernels.Prep(_context, ElementType, entry);
+        uint blocks = (uint)Math.Min((count + 255) / 256, 8L * _context.Multiprocessors * 4);
+        f.Launch(blocks, 1, 1, 256, 0, stream, arguments);
     }
 
     private static DeviceBuffer Track(DeviceBuffer b, List<DeviceBuffer> owned)
@@ -144,6 +207,9 @@ public sealed unsafe class CudaLinearPlan : IDisposable
     /// <summary>The decay kind.</summary>
     public LinearDecay Decay { get; }
 
+    /// <summary>The normalisation (none or the denominator).</summary>
+    public LinearNormalization Normalization { get; }
+
     /// <summary>Segments the chunked form runs (CTAs per head and value block); the sequences for the recurrent form.</summary>
     public int Segments => _segmentCount;
 
@@ -160,12 +226,12 @@ public sealed unsafe class CudaLinearPlan : IDisposable
             reason = $"the CUDA linear kernels take bf16 or fp16 tensors (tensor cores); got {elementType.ShortName()}";
         else if (form == LinearForm.Naive)
             reason = "the naive form is the float64 CPU reference";
-        else if (options.FeatureMap is { } map && !ReferenceEquals(map, FeatureMaps.Identity))
-            reason = $"the CUDA linear kernels take the identity feature map (apply '{map.Name}' to q and k first)";
+        else if (MapOf(options.FeatureMap) == CudaLinearFeatureMap.Unsupported)
+            reason = $"the CUDA linear kernels take the element-wise feature maps identity, elu+1 and relu; '{options.FeatureMap!.Name}' is not on the GPU (apply it to q and k first)";
         else if ((options.Update ?? LinearUpdate.Additive) != LinearUpdate.Additive)
             reason = $"the CUDA linear kernels compute the additive update; the {options.Update} rule is not on the GPU yet";
-        else if ((options.Normalization ?? LinearNormalization.None) != LinearNormalization.None)
-            reason = $"the CUDA linear kernels compute no normalisation; {options.Normalization} is not on the GPU yet";
+        else if ((options.Normalization ?? LinearNormalization.None) is not (LinearNormalization.None or LinearNormalization.Denominator))
+            reason = $"the CUDA linear kernels compute no normalisation or the denominator one; {options.Normalization} is not on the GPU yet";
         else if (form == LinearForm.Chunked && shape.KeyDim is not (64 or 128))
             reason = $"the chunked CUDA kernel is specialised for key dims 64 and 128; got Dk = {shape.KeyDim}";
         else if (form == LinearForm.Chunked && (shape.ValueDim <= 0 || shape.ValueDim % CudaLinearKernels.ValueBlock != 0))
@@ -229,7 +295,69 @@ public sealed unsafe class CudaLinearPlan : IDisposable
     /// </summary>
     /// <exception cref="ArgumentException">Tensors that do not match the plan; the message names the argument.</exception>
     public void Run(CudaTensor q, CudaTensor k, CudaTensor v, DeviceBuffer? gate, DeviceBuffer? initialState, CudaTensor output, DeviceBuffer? finalState,
-        CudaStream? stream = null) => Launch(q, k, v, gate, initialState, output, finalState, stream, 0);
+        CudaStream? stream = null)
+    {
+        if (_map == CudaLinearFeatureMap.Identity && Normalization == LinearNormalization.None)
+        {
+            Launch(q, k, v, gate, initialState, output, finalState, stream, 0);
+            return;
+        }
+        LinearShape s = Shape;
+        Require(q, nameof(q), s.Heads, s.KeyDim);
+        Require(k, nameof(k), s.KvHeads, s.KeyDim);
+        Require(v, nameof(v), s.KvHeads, s.ValueDim);
+        Require(output, nameof(output), s.Heads, s.ValueDim);
+        if (_map != CudaLinearFeatureMap.Identity)
+        {
+            MapFeatures(q, _mappedQ!, stream);
+            MapFeatures(k, _mappedK!, stream);
+            q = _mappedQ!;
+            k = _mappedK!;
+        }
+        if (Normalization == LinearNormalization.None)
+        {
+            Launch(q, k, v, gate, initialState, output, finalState, stream, 0);
+            return;
+        }
+
+        // The denominator: the states are [N, H, Dk, Dv + 1]; their z column runs through the denominator's own plan.
+        long rows = (long)_sequences * s.Heads * s.KeyDim;
+        long augmentedBytes = rows * (s.ValueDim + 1) * 4;
+        if (initialState is not null && initialState.Bytes < augmentedBytes)
+            throw new ArgumentException($"initialState holds {initialState.Bytes} bytes; [N, H, Dk, Dv + 1] float32 (z last) needs {augmentedBytes}.", nameof(initialState));
+        if (finalState is not null && finalState.Bytes < augmentedBytes)
+            throw new ArgumentException($"finalState holds {finalState.Bytes} bytes; [N, H, Dk, Dv + 1] float32 (z last) needs {augmentedBytes}.", nameof(finalState));
+        int dv = s.ValueDim, zc = _denominator!.Dim;
+        if (initialState is not null) StatePass("attend_linear_state_split", initialState, _initialMain!, _initialZ!, rows, dv, zc, stream);
+        Launch(q, k, v, gate, initialState is null ? null : _initialMain, output, finalState is null ? null : _finalMain, stream, 0);
+        _denominatorPlan!.Launch(q, k, _unitValues!, gate, initialState is null ? null : _initialZ, _denominator, finalState is null ? null : _finalZ, stream, 0);
+        long outputRows = (long)s.Batch * s.Tokens * s.Heads;
+        ulong o = output.Buffer.Pointer, den = _denominator.Buffer.Pointer;
+        float eps = _epsilon;
+        void** a = stackalloc void*[6];
+        a[0] = &o; a[1] = &den; a[2] = &outputRows; a[3] = &dv; a[4] = &zc; a[5] = &eps;
+        LaunchElementwise("attend_linear_normalise", outputRows * dv, a, stream);
+        if (finalState is not null) StatePass("attend_linear_state_join", _finalMain!, _finalZ!, finalState, rows, dv, zc, stream);
+    }
+
+    private void MapFeatures(CudaTensor x, CudaTensor y, CudaStream? stream)
+    {
+        ulong xp = x.Buffer.Pointer, yp = y.Buffer.Pointer;
+        long n = x.Length;
+        int map = (int)_map;
+        void** a = stackalloc void*[4];
+        a[0] = &xp; a[1] = &yp; a[2] = &n; a[3] = &map;
+        LaunchElementwise("attend_linear_feature_map", n, a, stream);
+    }
+
+    // split: (augmented, main, z); join: (main, z, augmented).
+    private void StatePass(string entry, DeviceBuffer first, DeviceBuffer second, DeviceBuffer third, long rows, int dv, int zc, CudaStream? stream)
+    {
+        ulong p0 = first.Pointer, p1 = second.Pointer, p2 = third.Pointer;
+        void** a = stackalloc void*[6];
+        a[0] = &p0; a[1] = &p1; a[2] = &p2; a[3] = &rows; a[4] = &dv; a[5] = &zc;
+        LaunchElementwise(entry, rows * (dv + 1), a, stream);
+    }
 
     // chunkStates != 0: pass 2 instead of pass 1 (no outputs; the state at each chunk's start written there).
     private void Launch(CudaTensor q, CudaTensor k, CudaTensor v, DeviceBuffer? gate, DeviceBuffer? initialState, CudaTensor? output, DeviceBuffer? finalState,
@@ -307,15 +435,21 @@ public sealed unsafe class CudaLinearPlan : IDisposable
         options ??= new LinearAttentionOptions();
         if (!IsSupported(shape, elementType, options, out reason)) return false;
         reason = BackwardRefusal(shape, elementType, options.Form ?? LinearForm.Chunked,
-            options.Decay ?? (options.HeadDecay != null ? LinearDecay.FixedPerHead : LinearDecay.None)) ?? "";
+            options.Decay ?? (options.HeadDecay != null ? LinearDecay.FixedPerHead : LinearDecay.None), MapOf(options.FeatureMap),
+            options.Normalization ?? LinearNormalization.None) ?? "";
         return reason.Length == 0;
     }
 
     // Why the CUDA backward cannot compute a configuration the forward supports, or null when it can.
-    internal static string? BackwardRefusal(LinearShape shape, ElementType elementType, LinearForm form, LinearDecay decay)
+    internal static string? BackwardRefusal(LinearShape shape, ElementType elementType, LinearForm form, LinearDecay decay, CudaLinearFeatureMap map,
+        LinearNormalization normalization)
     {
         if (form != LinearForm.Chunked)
             return "the CUDA linear backward is the chunked form's";
+        if (map != CudaLinearFeatureMap.Identity)
+            return "the CUDA linear backward takes the identity feature map; the elu+1 and relu pre-passes are forward-only on the GPU";
+        if (normalization != LinearNormalization.None)
+            return $"the CUDA linear backward computes no normalisation; {normalization} is forward-only on the GPU";
         if (shape.ValueDim > CudaLinearKernels.BackwardMaxValueDim)
             return $"the CUDA linear backward takes value dims 64 and 128; got Dv = {shape.ValueDim}";
         if (decay == LinearDecay.ChannelGate && elementType != ElementType.BFloat16)
@@ -351,7 +485,7 @@ public sealed unsafe class CudaLinearPlan : IDisposable
         DeviceBuffer? initialStateGradient, CudaStream? stream = null)
     {
         LinearShape s = Shape;
-        if (BackwardRefusal(s, ElementType, Form, Decay) is { } refusal) throw new NotSupportedException(refusal);
+        if (BackwardRefusal(s, ElementType, Form, Decay, _map, Normalization) is { } refusal) throw new NotSupportedException(refusal);
         Require(q, nameof(q), s.Heads, s.KeyDim);
         Require(k, nameof(k), s.KvHeads, s.KeyDim);
         Require(v, nameof(v), s.KvHeads, s.ValueDim);
@@ -514,6 +648,15 @@ public sealed unsafe class CudaLinearPlan : IDisposable
         _partStateGradient?.Dispose();
         _partDecayGradient?.Dispose();
         _finalStateScratch?.Dispose();
+        _mappedQ?.Dispose();
+        _mappedK?.Dispose();
+        _unitValues?.Dispose();
+        _denominator?.Dispose();
+        _initialMain?.Dispose();
+        _finalMain?.Dispose();
+        _initialZ?.Dispose();
+        _finalZ?.Dispose();
+        _denominatorPlan?.Dispose();
         _chunkStates?.Dispose();
         _chunkStateGradients?.Dispose();
     }
