@@ -7,13 +7,23 @@
 #   3. attend bench linear --backend cuda        forward and forward+backward at T = 16k, B = 1, H = 16, D = 128, bf16
 #   4. linear_peers.py (part `all` only)         fla's forward+backward for simple GLA and GLA (gate gradients included)
 #                                                on the same shape, autotune timing shortened (every config still tried)
-# Logs and JSON go to $OUT.   Usage: bash linear_gates_run.sh [all|nopeers|peers]
+# Logs and JSON go to $OUT.   Usage: bash linear_gates_run.sh [all|nopeers|peers|final]
+#   final: bench, peers, then the check (no memcheck, no run --method): the second call, where the ratio comes first.
 set -u
 cd "$(dirname "$0")"
 export PYTHONUNBUFFERED=1 ATTEND_CUDA_CACHE=/tmp/attend-cuda-cache
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 part=${1:-all}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv,noheader | tee "$OUT/gpu.txt"
+if [[ $part == final ]]; then
+  ATTEND_BENCH_LINEAR_T=16384 timeout ${BENCH_TIMEOUT:-150} ./attend/Attend.Cli bench linear --backend cuda --json "$OUT/linear-cuda.json" 2>&1 | tee "$OUT/bench-linear.log"
+  PYTHONPATH=$PWD timeout ${PEER_TIMEOUT:-240} python3 linear_peers.py --ours "$OUT/linear-cuda.json" --skip-forward --warmup 25 --rep 100 \
+    --methods ${PEER_METHODS:-simple_gla,gla} --autotune-ms 5,20 2>&1 | tee "$OUT/peers.log" | grep -v Warning
+  timeout ${CHECK_TIMEOUT:-200} ./attend/Attend.Cli check --backend cuda --cases 0 2>&1 | tee "$OUT/check.log" | grep -v "^  ok " | tail -12
+  echo "check exit ${PIPESTATUS[0]}"
+  grep "CudaLinear backward" "$OUT/check.log" | grep -i gate
+  exit 0
+fi
 if [[ $part != peers ]]; then
   timeout ${CHECK_TIMEOUT:-200} ./attend/Attend.Cli check --backend cuda --cases 0 2>&1 | tee "$OUT/check.log" | grep -v "^  ok " | tail -30
   echo "check exit ${PIPESTATUS[0]}"

@@ -521,6 +521,33 @@ __device__ __forceinline__ void write_rows(float* out, float (*acc)[4], long lon
     }
 }
 
+// x rounded to the element type, as the products' operands are.
+__device__ __forceinline__ float rnd_elem(float x) { return elem_lo(pack2(x, 0.f)); }
+
+// The value of a warp tile's diagonal element (row = column) for this thread's rows wr + g (d0) and wr + g + 8 (d1),
+// given to every lane of the quad that holds those rows (one lane holds it; the others add zero).
+__device__ __forceinline__ void quad_diagonal(float (*acc)[4], int wr, int g, int t, float& d0, float& d1)
+{
+    d0 = 0.f;
+    d1 = 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+        {
+            const int row = wr + g + 8 * (e >> 1), col = 8 * j + 2 * t + (e & 1);
+            if (col == row)
+            {
+                if (e >> 1) d1 = acc[j][e];
+                else d0 = acc[j][e];
+            }
+        }
+    d0 += __shfl_xor_sync(0xffffffffu, d0, 1);
+    d0 += __shfl_xor_sync(0xffffffffu, d0, 2);
+    d1 += __shfl_xor_sync(0xffffffffu, d1, 1);
+    d1 += __shfl_xor_sync(0xffffffffu, d1, 2);
+}
+
 // The element pair (col, col + 1) of row `row` of a swizzled [rows][DK] tile, as one register.
 __device__ __forceinline__ unsigned tile_pair(const unsigned char* tile, int row, int col)
 {
@@ -702,7 +729,14 @@ attend_linear_chunk_bwd(
             }
         }
 
-        // dQ = dA K + diag(e^b) dO H0ᵀ (times scale when written); GATE 2: e^{b_t − b_r} ⊙ (dA (K ⊙ e^{b_r − b_s}) + dO (H0 ⊙ e^{b_r})ᵀ).
+        // dQ = scale · (dA K + diag(e^b) dO H0ᵀ); GATE 2: scale · e^{b_t − b_r} ⊙ (dA (K ⊙ e^{b_r − b_s}) + dO (H0 ⊙ e^{b_r})ᵀ).
+        // With a gate the scale goes into the dA operand (rounded as phase K's scale·dAᵀ is, so each pair's two copies in
+        // q ⊙ dq and k ⊙ dk cancel in the gate gradient) and into the state term; without one it multiplies the result.
+#if GATE == 0
+        const float daScale = 1.f, dqScale = scale;
+#else
+        const float daScale = scale, dqScale = 1.f;
+#endif
         float dq[DK / 8][4];
 #pragma unroll
         for (int j = 0; j < DK / 8; j++) dq[j][0] = dq[j][1] = dq[j][2] = dq[j][3] = 0.f;
@@ -710,10 +744,10 @@ attend_linear_chunk_bwd(
         for (int kk = 0; kk < 4; kk++)
         {
             if (kk > w) break;
-            const unsigned p0 = pack2(da[2 * kk][0], da[2 * kk][1]);
-            const unsigned p1 = pack2(da[2 * kk][2], da[2 * kk][3]);
-            const unsigned p2 = pack2(da[2 * kk + 1][0], da[2 * kk + 1][1]);
-            const unsigned p3 = pack2(da[2 * kk + 1][2], da[2 * kk + 1][3]);
+            const unsigned p0 = pack2(da[2 * kk][0] * daScale, da[2 * kk][1] * daScale);
+            const unsigned p1 = pack2(da[2 * kk][2] * daScale, da[2 * kk][3] * daScale);
+            const unsigned p2 = pack2(da[2 * kk + 1][0] * daScale, da[2 * kk + 1][1] * daScale);
+            const unsigned p3 = pack2(da[2 * kk + 1][2] * daScale, da[2 * kk + 1][3] * daScale);
 #pragma unroll
             for (int dp = 0; dp < DK / 16; dp++)
             {
@@ -735,7 +769,7 @@ attend_linear_chunk_bwd(
             }
         }
 #if GATE == 1
-        const float e0 = exp_e(bR0), e1 = exp_e(bR1);
+        const float e0 = scale * exp_e(bR0), e1 = scale * exp_e(bR1);
 #endif
         for (int vb = 0; vb < nvb; vb++)
         {
@@ -756,7 +790,7 @@ attend_linear_chunk_bwd(
 #if GATE == 2
                     {
                         // b0/b1: channel np·16 + g, b2/b3: that + 8 (state rows).
-                        const float f0 = exp_e(sB[rr * DKP + np * 16 + g]), f1 = exp_e(sB[rr * DKP + np * 16 + 8 + g]);
+                        const float f0 = scale * exp_e(sB[rr * DKP + np * 16 + g]), f1 = scale * exp_e(sB[rr * DKP + np * 16 + 8 + g]);
                         b0 = scale2(b0, f0); b1 = scale2(b1, f0); b2 = scale2(b2, f1); b3 = scale2(b3, f1);
                     }
 #endif
@@ -775,23 +809,39 @@ attend_linear_chunk_bwd(
                 dq[j][e] *= exp_e(fminf(sB[row * DKP + col] - sB[rr * DKP + col], 80.f));
             }
 #endif
-        write_rows<DK / 8>(dQ + (long long)h * DK, dq, tok0, qStride, wr, len, g, t, false, scale);
+        write_rows<DK / 8>(dQ + (long long)h * DK, dq, tok0, qStride, wr, len, g, t, false, dqScale);
 
         // The gate gradient's query part, q ⊙ dq: GATE 1 summed per row in registers, GATE 2 kept in dG (this thread
-        // reads it back in phase K; the rows' owners sum it up after the last barrier).
+        // reads it back in phase K; the rows' owners sum it up after the last barrier). The diagonal pair s = t adds
+        // the same term to q ⊙ dq and k ⊙ dk (its decay is e^0, so it has no gate gradient): its copy in dq, recomputed
+        // with the same roundings as the product made it, is left out here and its copy in dk in phase K, so the two
+        // roundings do not swamp small gate gradients.
 #if GATE != 0
         if (dG != 0)
         {
+            float dd0, dd1;
+            quad_diagonal(da, wr, g, t, dd0, dd1);
+            dd0 = rnd_elem(dd0 * scale);
+            dd1 = rnd_elem(dd1 * scale);
 #pragma unroll
             for (int half = 0; half < 2; half++)
             {
                 const int row = wr + g + 8 * half;
+                const float dd = half ? dd1 : dd0;
 #pragma unroll
                 for (int j = 0; j < DK / 8; j++)
                 {
                     const int col = 8 * j + 2 * t;
-                    const unsigned qp = tile_pair(smem + OFF_Q, row, col);
-                    const float x = scale * dq[j][2 * half] * elem_lo(qp), y = scale * dq[j][2 * half + 1] * elem_hi(qp);
+                    const unsigned qp = tile_pair(smem + OFF_Q, row, col), kp = tile_pair(smem + OFF_K, row, col);
+#if GATE == 1
+                    const float k0 = elem_lo(kp), k1 = elem_hi(kp);
+#else
+                    const float r0 = sB[rr * DKP + col], r1 = sB[rr * DKP + col + 1];
+                    const float b0 = sB[row * DKP + col], b1 = sB[row * DKP + col + 1];
+                    const float k0 = rnd_elem(elem_lo(kp) * exp_e(r0 - b0)) * exp_e(fminf(b0 - r0, 80.f));
+                    const float k1 = rnd_elem(elem_hi(kp) * exp_e(r1 - b1)) * exp_e(fminf(b1 - r1, 80.f));
+#endif
+                    const float x = (dq[j][2 * half] - dd * k0) * elem_lo(qp), y = (dq[j][2 * half + 1] - dd * k1) * elem_hi(qp);
 #if GATE == 1
                     if (half == 0) db0 += x + y;
                     else db1 += x + y;
@@ -927,20 +977,33 @@ attend_linear_chunk_bwd(
 #endif
         write_rows<DK / 8>(dK + (long long)hk * DK, dk, tok0, kStride, wr, len, g, t, add, 1.f);
 
-        // The gate gradient's key part, − k ⊙ dk (this head's dk, before any sum over a group).
+        // The gate gradient's key part, − k ⊙ dk (this head's dk, before any sum over a group), its diagonal term left out.
 #if GATE != 0
         if (dG != 0)
         {
+            float dd0, dd1;
+            quad_diagonal(dat, wr, g, t, dd0, dd1);
+            dd0 = rnd_elem(dd0 * scale);
+            dd1 = rnd_elem(dd1 * scale);
 #pragma unroll
             for (int half = 0; half < 2; half++)
             {
                 const int row = wr + g + 8 * half;
+                const float dd = half ? dd1 : dd0;
 #pragma unroll
                 for (int j = 0; j < DK / 8; j++)
                 {
                     const int col = 8 * j + 2 * t;
-                    const unsigned kp = tile_pair(smem + OFF_K, row, col);
-                    const float x = dk[j][2 * half] * elem_lo(kp), y = dk[j][2 * half + 1] * elem_hi(kp);
+                    const unsigned kp = tile_pair(smem + OFF_K, row, col), qp = tile_pair(smem + OFF_Q, row, col);
+#if GATE == 1
+                    const float q0 = elem_lo(qp), q1 = elem_hi(qp);
+#else
+                    const float r0 = sB[rr * DKP + col], r1 = sB[rr * DKP + col + 1];
+                    const float b0 = sB[row * DKP + col], b1 = sB[row * DKP + col + 1];
+                    const float q0 = rnd_elem(elem_lo(qp) * exp_e(fminf(b0 - r0, 80.f))) * exp_e(r0 - b0);
+                    const float q1 = rnd_elem(elem_hi(qp) * exp_e(fminf(b1 - r1, 80.f))) * exp_e(r1 - b1);
+#endif
+                    const float x = (dk[j][2 * half] - dd * q0) * elem_lo(kp), y = (dk[j][2 * half + 1] - dd * q1) * elem_hi(kp);
 #if GATE == 1
                     if (half == 0) db0 -= x + y;
                     else db1 -= x + y;
