@@ -53,6 +53,21 @@ public class CudaLinearGatesTests
         Assert.Contains("element-wise", reason);
     }
 
+    [Theory]
+    [InlineData("linear_chunk.cu")]
+    [InlineData("linear_chunk_bwd.cu")]
+    public void LinearTileHelpersAreOneHeaderExpandedIntoBothKernels(string file)
+    {
+        string source = KernelCompiler.Source(file);
+        Assert.DoesNotContain("#include \"", source);
+        foreach (string helper in (string[])["unsigned voff(", "void load_vtile(", "float exp_e(", "float bget(", "void load_gtile(", "void mma16816("])
+        {
+            int first = source.IndexOf(helper, StringComparison.Ordinal);
+            Assert.True(first >= 0, $"{file}: {helper} is missing");
+            Assert.Equal(-1, source.IndexOf(helper, first + 1, StringComparison.Ordinal));
+        }
+    }
+
     [Fact]
     public void MethodsTakeTheBackendOfTheScope()
     {
