@@ -28,7 +28,24 @@ def parse():
     p.add_argument("--methods", default="linear_attn,retnet,simple_gla,gla,delta,gated_delta")
     p.add_argument("--skip-forward", action="store_true", help="time only forward+backward (fla's forwards were timed in an earlier call)")
     p.add_argument("--budget", type=float, default=1e9, help="seconds: forward+backward timings start only while this much time is left")
+    p.add_argument("--autotune-ms", default=None,
+                   help="W,R: fla's Triton autotuner times each config with warmup W ms and rep R ms instead of 25,100 "
+                        "(every config is still tried; only the selection's timing is shorter)")
     return p.parse_args()
+
+
+def shorten_autotune(warmup, rep):
+    """Wraps triton.autotune (before fla is imported) so each candidate config is timed for `rep` ms, not 100 ms.
+    fla's backward kernels carry many configs each; at the defaults their autotuning took minutes of device time."""
+    import triton.runtime.autotuner as at
+    original = at.autotune
+
+    def autotune(*args, **kwargs):
+        kwargs.setdefault("warmup", warmup)
+        kwargs.setdefault("rep", rep)
+        return original(*args, **kwargs)
+    at.autotune = autotune
+    triton.autotune = autotune
 
 
 def inputs(T, H, D, kind, device="cuda"):
@@ -72,24 +89,29 @@ def make(kind, T, H, D):
         fn = lambda q, k, v: chunk_gated_delta_rule(q, k, v, g=extra["g"], beta=extra["beta"], scale=scale)[0]
     else:
         raise ValueError(kind)
-    return fn, q, k, v
+    return fn, q, k, v, extra
 
 
 def time_fwd(kind, T, H, D, warmup, rep):
-    fn, q, k, v = make(kind, T, H, D)
+    fn, q, k, v, _ = make(kind, T, H, D)
     with torch.no_grad():
         return triton.testing.do_bench(lambda: fn(q, k, v), warmup=warmup, rep=rep, return_mode="median")
 
 
 def time_fwd_bwd(kind, T, H, D, warmup, rep):
-    fn, q, k, v = make(kind, T, H, D)
+    fn, q, k, v, extra = make(kind, T, H, D)
     qg, kg, vg = (x.detach().clone().requires_grad_(True) for x in (q, k, v))
+    grads = [qg, kg, vg]
+    if "g" in extra:
+        # The gate's gradient too (ours computes d log gate for simple GLA and GLA): the lambda reads extra["g"].
+        extra["g"].requires_grad_(True)
+        grads.append(extra["g"])
     do = torch.randn_like(v)
 
     def step():
         o = fn(qg, kg, vg)
         o.backward(do)
-    return triton.testing.do_bench(step, warmup=warmup, rep=rep, grad_to_none=[qg, kg, vg], return_mode="median")
+    return triton.testing.do_bench(step, warmup=warmup, rep=rep, grad_to_none=grads, return_mode="median")
 
 
 def main():
@@ -104,6 +126,10 @@ def main():
             if r["form"] == "fwd+bwd" and r["T"] == a.T and r.get("tokens_per_s"):
                 ours_fb[r["method"]] = r["tokens_per_s"]
     print(f"device: {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__}", flush=True)
+    if a.autotune_ms:
+        w, r = (int(x) for x in a.autotune_ms.split(","))
+        shorten_autotune(w, r)
+        print(f"fla autotune: each config timed with warmup {w} ms, rep {r} ms", flush=True)
     try:
         import fla
         print(f"fla {getattr(fla, '__version__', '?')} from {fla.__file__}", flush=True)
@@ -150,7 +176,7 @@ def main():
         out.append({"method": kind, "T": T, "H": a.H, "D": a.D, "fla_fwd_ms": fwd, "fla_fwd_bwd_ms": fb,
                     "fla_fwd_mtok_s": theirs, "fla_fwd_bwd_mtok_s": theirs_fb, "ours_fwd_mtok_s": mine_m, "ratio_fwd": ratio,
                     "ours_fwd_bwd_mtok_s": mine_fb, "ratio_fwd_bwd": ratio_fb})
-    print("ours fwd+bwd: the CUDA chunked backward covers linear_attn (no decay) and retnet (fixed decay per head)")
+    print("ours fwd+bwd: the CUDA chunked backward covers linear_attn, retnet, simple_gla and gla (with the gate's gradient)")
     print("JSON " + json.dumps(out))
     return 0
 

@@ -11,8 +11,10 @@ namespace Attend.Cli;
 /// (no decay, a fixed γ per head, a scalar gate per token, a gate per key channel) at bf16, B = 1, H = 16, D = 128 for
 /// T from 4k to 64k (the issue's headline is T = 16k), device-resident tensors, timed with CUDA events (median of the
 /// repetitions after a warm-up); each shape's output is compared with the CUDA recurrent form (float32 state, one token
-/// at a time) on the same inputs, and a failed comparison prints no speed. Then the recurrent decode step
-/// (B = 8 sequences, one token each, state updated in place): microseconds per step.
+/// at a time) on the same inputs, and a failed comparison prints no speed. Then forward + backward (dq, dk, dv, and the
+/// gate's gradient for simple GLA and GLA), then the recurrent decode step (B = 8 sequences, one token each, state
+/// updated in place): microseconds per step. The chunked and fwd+bwd timings clear L2 before each repetition (a
+/// 256 MB memset outside the timed region), as Triton's <c>do_bench</c> does for flash-linear-attention's peers.
 /// </summary>
 internal static class CudaLinearBench
 {
@@ -57,11 +59,11 @@ internal static class CudaLinearBench
                 output.WriteLine(string.Create(CultureInfo.InvariantCulture,
                     $"{m.Name,-12} {"chunked",-9} {t,6} {(r.Passed ? ms.ToString("F3", CultureInfo.InvariantCulture) : "-"),9} {(r.Passed ? (r.TokensPerS!.Value / 1e6).ToString("F1", CultureInfo.InvariantCulture) : "FAILED"),9} {r.Gflops / 1e3,8:F1} {gbps,7:F0} {r.MaxRelErr,9:E2}"));
             }
-        // Forward + backward (the decays the CUDA backward covers), as flash-linear-attention's peers are timed: o = forward, then dq, dk, dv.
+        // Forward + backward, as flash-linear-attention's peers are timed: o = forward, then dq, dk, dv (and d log gate).
         foreach (int t in lengths)
             foreach (Method m in s_methods)
             {
-                if (m.Decay is not (LinearDecay.None or LinearDecay.FixedPerHead)) continue;
+                if (!CudaLinearPlan.IsBackwardSupported(LinearShape.Mha(1, t, Heads, Dim), ElementType.BFloat16, Options(m, LinearForm.Chunked), out _)) continue;
                 LinearRecord r = ForwardBackward(ctx, m, t, quick, out double ms, out double backwardMs);
                 records.Add(r);
                 if (!r.Passed) failed++;
@@ -131,8 +133,8 @@ internal static class CudaLinearBench
         { Gflops = flops / seconds / 1e9, Passed = passed };
     }
 
-    // Forward (output and final state) then backward (dq, dk, dv float32, dS0) on device-resident tensors. The gradients'
-    // correctness is attend check's (against the float64 reference); here they must be finite and written.
+    // Forward (output) then backward (dq, dk, dv float32, and the log gate's gradient for the gates) on device-resident
+    // tensors. The gradients' correctness is attend check's (against the float64 reference); here they must be finite and written.
     private static LinearRecord ForwardBackward(CudaContext ctx, Method m, int t, bool quick, out double ms, out double backwardMs)
     {
         var shape = LinearShape.Mha(1, t, Heads, Dim);
@@ -142,24 +144,29 @@ internal static class CudaLinearBench
         using var dq = new DeviceBuffer(ctx, n * 4);
         using var dk = new DeviceBuffer(ctx, n * 4);
         using var dv = new DeviceBuffer(ctx, n * 4);
+        long gateCount = m.Decay switch { LinearDecay.ScalarGate => (long)t * Heads, LinearDecay.ChannelGate => n, _ => 0 };
+        using DeviceBuffer? gate = gateCount == 0 ? null : DeviceBuffer.From<float>(ctx, Gates(gateCount, 35));
+        using DeviceBuffer? dg = gateCount == 0 ? null : new DeviceBuffer(ctx, gateCount * 4);
         using var plan = new CudaLinearPlan(ctx, shape, ElementType.BFloat16, Options(m, LinearForm.Chunked));
         using var stream = new CudaStream(ctx);
         dq.Fill(0xFF);
         dk.Fill(0xFF);
         dv.Fill(0xFF);
-        plan.Run(q, k, v, null, null, o, null, stream);
-        plan.Backward(q, k, v, null, dO, null, dq, dk, dv, null, stream);
+        dg?.Fill(0xFF);
+        plan.Run(q, k, v, gate, null, o, null, stream);
+        plan.Backward(q, k, v, gate, null, dO, null, dq, dk, dv, dg, null, stream);
         stream.Synchronize();
         bool passed = true;
-        foreach (DeviceBuffer b in (DeviceBuffer[])[dq, dk, dv])
+        foreach (DeviceBuffer? b in (DeviceBuffer?[])[dq, dk, dv, dg])
         {
-            var host = new float[n];
+            if (b is null) continue;
+            var host = new float[b.Bytes / 4];
             b.CopyTo<float>(host);
             foreach (float x in host) if (!float.IsFinite(x)) { passed = false; break; }
         }
         int reps = quick ? 5 : 20;
-        ms = Median(() => { plan.Run(q, k, v, null, null, o, null, stream); plan.Backward(q, k, v, null, dO, null, dq, dk, dv, null, stream); }, ctx, stream, reps);
-        backwardMs = Median(() => plan.Backward(q, k, v, null, dO, null, dq, dk, dv, null, stream), ctx, stream, reps);
+        ms = Median(() => { plan.Run(q, k, v, gate, null, o, null, stream); plan.Backward(q, k, v, gate, null, dO, null, dq, dk, dv, dg, null, stream); }, ctx, stream, reps);
+        backwardMs = Median(() => plan.Backward(q, k, v, gate, null, dO, null, dq, dk, dv, dg, null, stream), ctx, stream, reps);
         return new LinearRecord(m.Name, "fwd+bwd", t, Dim, Heads, passed ? t / (ms / 1e3) : null, null, null, null, 0) { Passed = passed };
     }
 
@@ -178,21 +185,28 @@ internal static class CudaLinearBench
         using DeviceBuffer state = DeviceBuffer.From<float>(ctx, GaussianData.Create((long)batch * Heads * Dim * Dim, 26));
         using var plan = new CudaLinearPlan(ctx, shape, ElementType.BFloat16, Options(m, LinearForm.Recurrent));
         using var stream = new CudaStream(ctx);
-        double ms = Median(() => plan.Run(q, k, v, gate, state, o, state, stream), ctx, stream, quick ? 5 : 50);
+        double ms = Median(() => plan.Run(q, k, v, gate, state, o, state, stream), ctx, stream, quick ? 5 : 50, clearL2: false);
         // One step advances `batch` sequences by a token each: µs per token is the step's time over the batch (as
         // 1e6 / tokens_per_s, the CPU bench's meaning of the field); the table prints the step's own time.
         return new LinearRecord(m.Name, "recurrent", 1, Dim, Heads, batch / (ms / 1e3), ms * 1e3 / batch, null, null, 0);
     }
 
-    private static double Median(Action run, CudaContext ctx, CudaStream stream, int reps)
+    // Triton's do_bench zeroes a 256 MB buffer before each repetition so no input stays in L2; the same here (the
+    // memset runs on the legacy stream, which the blocking bench stream waits for, so it lies before the start event).
+    private const long L2ClearBytes = 256_000_000;
+    private static DeviceBuffer? s_l2Clear;
+
+    private static double Median(Action run, CudaContext ctx, CudaStream stream, int reps, bool clearL2 = true)
     {
         using var start = new CudaEvent(ctx);
         using var end = new CudaEvent(ctx);
         for (int i = 0; i < 3; i++) run();
         stream.Synchronize();
+        if (clearL2) s_l2Clear ??= new DeviceBuffer(ctx, L2ClearBytes);
         var times = new double[reps];
         for (int i = 0; i < reps; i++)
         {
+            if (clearL2) s_l2Clear!.Fill(0);
             start.Record(stream);
             run();
             end.Record(stream);

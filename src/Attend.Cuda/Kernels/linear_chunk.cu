@@ -23,7 +23,8 @@
 // over at most 15 tokens, clamped at e^80 (exact unless the gates sum below −80 within 16 tokens). These products run
 // in bf16 whatever the element type (bf16 has float32's range).
 //
-// Defines: DK (64 | 128), ELEM_BF16 (1 bf16, 0 fp16), GATE (0 | 1 | 2). No headers: NVRTC needs none.
+// Defines: DK (64 | 128), ELEM_BF16 (1 bf16, 0 fp16), GATE (0 | 1 | 2). Headers: mma_tiles.cuh, linear_tiles.cuh
+// (expanded into the source by KernelCompiler.Source; NVRTC itself is given no include path).
 
 #ifndef DK
 #error "DK must be defined"
@@ -47,36 +48,9 @@
 typedef unsigned short elem_t;
 
 #include "mma_tiles.cuh"
+#include "linear_tiles.cuh"
 
 struct LinSeg { int seq, tokStart, len, part, firstPart, index, isLast, pad; };
-
-// Byte offset of 16-byte chunk `chunk` of row `row` in a swizzled [rows][64] tile (V slices, the state tile).
-__device__ __forceinline__ unsigned voff(int row, int chunk)
-{
-    return (unsigned)((row * BV + ((chunk ^ (row & 7)) << 3)) * 2);
-}
-
-__device__ __forceinline__ float elem_lo(unsigned x)
-{
-#if ELEM_BF16
-    return __uint_as_float(x << 16);
-#else
-    float f;
-    asm("{.reg .b16 l, h; mov.b32 {l, h}, %1; cvt.f32.f16 %0, l;}" : "=f"(f) : "r"(x));
-    return f;
-#endif
-}
-
-__device__ __forceinline__ float elem_hi(unsigned x)
-{
-#if ELEM_BF16
-    return __uint_as_float(x & 0xffff0000u);
-#else
-    float f;
-    asm("{.reg .b16 l, h; mov.b32 {l, h}, %1; cvt.f32.f16 %0, h;}" : "=f"(f) : "r"(x));
-    return f;
-#endif
-}
 
 __device__ __forceinline__ unsigned pack_bf16(float lo, float hi)
 {
@@ -91,38 +65,6 @@ __device__ __forceinline__ void mma_bf16(float* c, unsigned a0, unsigned a1, uns
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
-
-__device__ __forceinline__ float exp_e(float x) { return fast_exp2(x * 1.4426950408889634f); }
-
-// Copies CHUNK rows of a [rows][BV] slice (global row stride `stride` elements) into a swizzled tile; rows past `valid` are zero-filled.
-__device__ __forceinline__ void load_vtile(unsigned tile, const elem_t* g, long long stride, int valid, int tid)
-{
-#pragma unroll
-    for (int i = 0; i < CHUNK * (BV / 8) / NT; i++)
-    {
-        int idx = tid + i * NT;
-        int r = idx / (BV / 8), c = idx % (BV / 8);
-        bool ok = r < valid;
-        const elem_t* src = ok ? g + (long long)r * stride + c * 8 : g;
-        cp_async16(tile + voff(r, c), src, ok ? 16 : 0);
-    }
-}
-
-#if GATE == 2
-// Copies CHUNK rows of DK float32 gates (row stride `stride` floats) into a plain [CHUNK][DK] tile; zero past `valid`.
-__device__ __forceinline__ void load_gtile(unsigned tile, const float* g, long long stride, int valid, int tid)
-{
-#pragma unroll
-    for (int i = 0; i < CHUNK * (DK / 4) / NT; i++)
-    {
-        int idx = tid + i * NT;
-        int r = idx / (DK / 4), c = idx % (DK / 4);
-        bool ok = r < valid;
-        const float* src = ok ? g + (long long)r * stride + c * 4 : g;
-        cp_async16(tile + (unsigned)((r * DK + c * 4) * 4), src, ok ? 16 : 0);
-    }
-}
-#endif
 
 // Shared memory (bytes): Q, K (2 stages each), V (2 stages), the state tile (2 buffers, so one barrier per chunk
 // suffices; 1 for GATE 2, which has no room for two), then per gate kind: GATE 1 the raw scalar gates (2 stages);
@@ -145,21 +87,6 @@ __device__ __forceinline__ void load_gtile(unsigned tile, const float* g, long l
 #define OFF_KT (OFF_KH + Q_BYTES)
 #define OFF_G (OFF_KT + Q_BYTES)
 #define SMEM_BYTES (OFF_G + 2 * CHUNK * DK * 4)
-#endif
-
-#if GATE == 1
-// The in-chunk cumulative log decay b (inclusive) lives in registers: lane l holds b[2l] and b[2l+1]. Every lane of
-// the warp must call this (two shuffles).
-__device__ __forceinline__ float bget(float b0, float b1, int x)
-{
-    const float e = __shfl_sync(0xffffffffu, b0, x >> 1), o = __shfl_sync(0xffffffffu, b1, x >> 1);
-    return (x & 1) ? o : e;
-}
-
-__device__ __forceinline__ void cp_async4(unsigned dst, const void* src, int bytes)
-{
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" :: "r"(dst), "l"(src), "r"(bytes));
-}
 #endif
 
 extern "C" __global__ void __launch_bounds__(NT)
@@ -251,7 +178,7 @@ attend_linear_chunk(
 #pragma unroll
         for (int hv = 0; hv < VH; hv++) load_vtile(base + OFF_V + hv * V_BYTES, vBase + hv * BV, vStride, valid, tid);
 #if GATE == 2
-        load_gtile(base + OFF_G, gBase, (long long)heads * DK, valid, tid);
+        load_gtile(base + OFF_G, gBase, (long long)heads * DK, valid, DK, tid);
 #elif GATE == 1
         if (headLogDecay == 0 && tid < CHUNK)
             cp_async4(base + OFF_GR + tid * 4, tid < valid ? gate + (long long)(seg.tokStart + tid) * heads + h : gate, tid < valid ? 4 : 0);
@@ -293,7 +220,7 @@ attend_linear_chunk(
             for (int hv = 0; hv < VH; hv++)
                 load_vtile(base + OFF_V + (ns * VH + hv) * V_BYTES, vBase + (long long)n0 * vStride + hv * BV, vStride, nvalid, tid);
 #if GATE == 2
-            load_gtile(base + OFF_G + ns * CHUNK * DK * 4, gBase + (long long)n0 * heads * DK, (long long)heads * DK, nvalid, tid);
+            load_gtile(base + OFF_G + ns * CHUNK * DK * 4, gBase + (long long)n0 * heads * DK, (long long)heads * DK, nvalid, DK, tid);
 #elif GATE == 1
             if (headLogDecay == 0 && tid < CHUNK)
                 cp_async4(base + OFF_GR + (ns * CHUNK + tid) * 4, tid < nvalid ? gate + (long long)(seg.tokStart + n0 + tid) * heads + h : gate,

@@ -1,9 +1,10 @@
-// Attend: the chunked backward of linear attention with the additive update and no decay or a fixed decay per head
-// (GATE 0 | 1 with headLogDecay), on tensor cores (mma.sync m16n8k16, bf16/fp16 in, float32 accumulation).
+// Attend: the chunked backward of linear attention with the additive update, on tensor cores (mma.sync m16n8k16,
+// bf16/fp16 in, float32 accumulation). Decay (GATE): 0 none; 1 a scalar per token and head (a fixed γ per head through
+// headLogDecay, or a [tokens, H] log gate: simple GLA); 2 a gate per token, head and key channel ([tokens, H, DK]: GLA).
 //
-// Forward (linear_chunk.cu): S_t = γ S_{t-1} + k_t v_tᵀ, o_t = scale · S_tᵀ q_t. Per 64-token chunk with b_t = t·log γ
-// (t = 1..len, the in-chunk cumulative log decay), D_ts = e^{b_t − b_s} for s ≤ t (else 0), H0 the state at the chunk's
-// start and dH the gradient of the state at the chunk's end:
+// Forward (linear_chunk.cu): S_t = diag(α_t) S_{t-1} + k_t v_tᵀ, o_t = scale · S_tᵀ q_t. Per 64-token chunk with b_t the
+// in-chunk cumulative log decay (inclusive; per key channel for GATE 2), H0 the state at the chunk's start and dH the
+// gradient of the state at the chunk's end. Scalar decay (D_ts = e^{b_t − b_s} for s ≤ t, else 0):
 //
 //   dA  = dO Vᵀ ⊙ D                         A = scale · Q Kᵀ ⊙ D
 //   dQ  = scale · (dA K + diag(e^b) dO H0ᵀ)
@@ -11,26 +12,38 @@
 //   dV  = Aᵀ dO + diag(e^{b_C − b}) K dH
 //   dH(previous chunk) = e^{b_C} dH + scale · (diag(e^b) Q)ᵀ dO,  dS0 = dH before the first chunk
 //
+// Channel gate (GATE 2): the decay sits inside the products (A_ts = scale Σ_i q_ti k_si e^{b_ti − b_si}), so dA = dO Vᵀ
+// masked, and each warp's 16-row block takes its last row r as the reference: e^{b_t − b_s} = e^{b_t − b_r} e^{b_r − b_s},
+// one factor on an operand and one on the float32 result, each ≤ 1 except on the diagonal block, where the factor
+// ≥ 1 is clamped at e^80 (exact unless a channel's gates sum below −80 within 16 tokens; the forward's bound). GATE 2 runs
+// on bf16 only (its scaled operands need bf16's exponent range).
+//
+// Gate gradient (gate given and dG wanted): with b the in-chunk cumulative gate, dL/db_t = q_t ⊙ dq_t − k_t ⊙ dk_t,
+// plus ⟨S_C, dH⟩ (row-wise, S_C the state at the chunk's end) at the chunk's last token; d log α_r is the reverse
+// cumulative sum of dL/db inside the chunk (every gate of the chunk reaches b_C). GATE 1 sums the channels.
+//
 // Three launches: the forward kernel (linear_chunk.cu, pass 2) writes H0 of every chunk (element type, like the
-// state the forward's Q̂S reads); attend_linear_dstate walks each segment's chunks last to first with its [DK, 64]
-// slice of dH in float32 registers and writes dH of every chunk (element type) and dS0 (float32), on the forward's
-// segments mirrored (pass 0: local contributions of all but a sequence's first segment; pass 1: the rest); then
-// attend_linear_chunk_bwd, one CTA per (chunk, query head), computes dQ, dK, dV of the chunk from its tiles, H0 and dH.
+// state the forward's Q̂S reads) and, for the gate gradient, the final states (float32); attend_linear_dstate walks each
+// segment's chunks last to first with its [DK, 64] slice of dH in float32 registers and writes dH of every chunk
+// (element type) and dS0 (float32), on the forward's segments mirrored (pass 0: local contributions and total log decays
+// of all but a sequence's first segment; pass 1: the rest); then attend_linear_chunk_bwd, one CTA per (chunk, query
+// head), computes dQ, dK, dV (and dG) of the chunk from its tiles, H0 and dH.
 // The gradients are float32: dQ [tokens, H, DK] stored, dK [tokens, Hkv, DK] and dV [tokens, Hkv, dv] stored when
-// H = Hkv, else added atomically over the query heads of a group (the caller zeroes them first).
+// H = Hkv, else added atomically over the query heads of a group (the caller zeroes them first); dG like the gate.
 //
 // attend_linear_chunk_bwd, per warp (4 warps, 16 rows of the chunk each): phase Q takes its rows as queries (dA, then
 // dQ); phase K takes its rows as keys and computes the transposed products directly (dAᵀ = V dOᵀ, Aᵀ = K Qᵀ, both
 // masked for t ≥ s), so no tile goes through shared memory transposed. The state region holds H0 in phase Q and dH in
-// phase K (so two CTAs fit an SM at DK = DV = 128). dv is 64 or 128 (one or two 64-column value blocks).
+// phase K (so two CTAs fit an SM at DK = DV = 128 without a channel gate). dv is 64 or 128 (one or two 64-column blocks).
 //
-// Defines: DK (64 | 128), ELEM_BF16 (1 bf16, 0 fp16), GATE (0 | 1). No headers: NVRTC needs none.
+// Defines: DK (64 | 128), ELEM_BF16 (1 bf16, 0 fp16), GATE (0 | 1 | 2). Headers: mma_tiles.cuh, linear_tiles.cuh
+// (expanded into the source by KernelCompiler.Source; NVRTC itself is given no include path).
 
 #ifndef DK
 #error "DK must be defined"
 #endif
-#if GATE == 2
-#error "the chunked backward covers no decay and a fixed decay per head"
+#if GATE == 2 && !ELEM_BF16
+#error "the channel-gate backward runs on bf16 only"
 #endif
 
 #define NWARPS 4
@@ -46,56 +59,10 @@
 typedef unsigned short elem_t;
 
 #include "mma_tiles.cuh"
-
-// Byte offset of 16-byte chunk `chunk` of row `row` in a swizzled [rows][64] tile (value blocks, state slices).
-__device__ __forceinline__ unsigned voff(int row, int chunk)
-{
-    return (unsigned)((row * BV + ((chunk ^ (row & 7)) << 3)) * 2);
-}
-
-__device__ __forceinline__ float elem_lo(unsigned x)
-{
-#if ELEM_BF16
-    return __uint_as_float(x << 16);
-#else
-    float f;
-    asm("{.reg .b16 l, h; mov.b32 {l, h}, %1; cvt.f32.f16 %0, l;}" : "=f"(f) : "r"(x));
-    return f;
-#endif
-}
-
-__device__ __forceinline__ float elem_hi(unsigned x)
-{
-#if ELEM_BF16
-    return __uint_as_float(x & 0xffff0000u);
-#else
-    float f;
-    asm("{.reg .b16 l, h; mov.b32 {l, h}, %1; cvt.f32.f16 %0, h;}" : "=f"(f) : "r"(x));
-    return f;
-#endif
-}
-
-__device__ __forceinline__ float exp_e(float x) { return fast_exp2(x * 1.4426950408889634f); }
-
-// b of chunk row x: lg · (x + 1), clamped at the chunk's length (rows past it hold zeros; the clamp keeps their exps finite).
-__device__ __forceinline__ float bat(float lg, int x, int len) { return lg * (float)(x + 1 < len ? x + 1 : len); }
+#include "linear_tiles.cuh"
 
 // Scales an element pair by f.
 __device__ __forceinline__ unsigned scale2(unsigned x, float f) { return pack2(elem_lo(x) * f, elem_hi(x) * f); }
-
-// Copies CHUNK rows of a [rows][BV] slice (global row stride `stride` elements) into a swizzled tile; rows past `valid` are zero-filled.
-__device__ __forceinline__ void load_vtile(unsigned tile, const elem_t* g, long long stride, int valid, int tid)
-{
-#pragma unroll
-    for (int i = 0; i < CHUNK * (BV / 8) / NT; i++)
-    {
-        const int idx = tid + i * NT;
-        const int r = idx / (BV / 8), c = idx % (BV / 8);
-        const bool ok = r < valid;
-        const elem_t* src = ok ? g + (long long)r * stride + c * 8 : g;
-        cp_async16(tile + voff(r, c), src, ok ? 16 : 0);
-    }
-}
 
 // Copies a [DK][BV] state slice (global row stride `stride` elements) into a swizzled tile.
 __device__ __forceinline__ void load_stile(unsigned tile, const elem_t* g, long long stride, int tid)
@@ -115,26 +82,63 @@ struct LinChunk { int seq, tokStart, len, pad; };
 // ---------------------------------------------------------------------------------------------------------------
 // dH of every chunk, walking each segment's chunks last to first. CTA = (64 value columns, query head, segment), on
 // the forward's segment table (LinSeg; chunk0 = the segment's first global chunk). Pass 0: every segment but a sequence's
-// first computes its local contribution to the gradient at its start from zero (partLocal, slot firstPart + index − 1);
-// pass 1: each segment starts from the sequence's dS_T folded with the local contributions of the segments after it
-// (each decayed by its total e^{len · log γ}), writes dH of its chunks and, the first segment, dS0.
+// first computes its local contribution to the gradient at its start from zero (partLocal, slot firstPart + index − 1)
+// and its total log decay (partDecay, same slot; GATE 1 [parts, H], GATE 2 [parts, H, DK]); pass 1: each segment starts
+// from the sequence's dS_T folded with the local contributions of the segments after it (each decayed by its total),
+// writes dH of its chunks and, the first segment, dS0.
 // ---------------------------------------------------------------------------------------------------------------
 #define DS_Q_BYTES (CHUNK * DK * 2)
 #define DS_V_BYTES (CHUNK * BV * 2)
 #define DS_OFF_Q 0
 #define DS_OFF_DO (2 * DS_Q_BYTES)
-#define DS_SMEM_BYTES (DS_OFF_DO + 2 * DS_V_BYTES)
+#define DS_OFF_G (DS_OFF_DO + 2 * DS_V_BYTES)
+#if GATE == 2
+#define DS_G_BYTES (CHUNK * DK * 4)
+#elif GATE == 1
+#define DS_G_BYTES (CHUNK * 4)
+#else
+#define DS_G_BYTES 0
+#endif
+#define DS_SMEM_BYTES (DS_OFF_G + 2 * DS_G_BYTES)
 
 struct LinSeg { int seq, tokStart, len, part, firstPart, index, isLast, chunk0; };
+
+#if GATE == 1
+// b of the chunk's 64 rows for lane `lane` (rows 2·lane, 2·lane + 1): from a fixed log γ (lg · (x + 1), clamped at the
+// chunk's length) or, when `raw` is not null, the inclusive warp scan of the raw gates (zero past the chunk's end).
+__device__ __forceinline__ void chunk_b(const float* raw, float lg, int len, int lane, float& b0, float& b1)
+{
+    const int i0 = 2 * lane, i1 = 2 * lane + 1;
+    if (raw == 0)
+    {
+        b0 = lg * (float)(i0 < len ? i0 + 1 : len);
+        b1 = lg * (float)(i1 < len ? i1 + 1 : len);
+        return;
+    }
+    const float2 a = *(const float2*)(raw + i0);
+    const float pair = a.x + a.y;
+    float scan = pair;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1)
+    {
+        const float y = __shfl_up_sync(0xffffffffu, scan, o);
+        if (lane >= o) scan += y;
+    }
+    b0 = scan - pair + a.x;
+    b1 = scan;
+}
+#endif
 
 extern "C" __global__ void __launch_bounds__(NT)
 attend_linear_dstate(
     const elem_t* __restrict__ Q, const elem_t* __restrict__ dO,
-    const float* __restrict__ headLogDecay,   // [H] log γ (GATE 1)
+    const float* __restrict__ gate,           // GATE 1: [tokens, H] log α (when headLogDecay is null); GATE 2: [tokens, H, DK]
+    const float* __restrict__ headLogDecay,   // GATE 1: [H] log γ, or null to read `gate`
     const float* __restrict__ dST,            // [N, H, DK, dv] or null (zero)
     float* __restrict__ dS0,                  // [N, H, DK, dv] or null (not wanted)
     elem_t* __restrict__ dHs,                 // [chunks, H, DK, dv]: the gradient of the state at each chunk's end
     float* __restrict__ partLocal,            // [parts, H, DK, dv]: local contributions of segments after a sequence's first
+    float* __restrict__ partDecay,            // GATE 1 [parts, H], GATE 2 [parts, H, DK]: those segments' total log decays
     const LinSeg* __restrict__ segs,
     int heads, int dv, float scale, int pass)
 {
@@ -150,10 +154,17 @@ attend_linear_dstate(
     const unsigned base = smem_addr(smem);
     const int stateRow0 = warp * 16 * MS;
 #if GATE == 1
-    const float lg = headLogDecay[h];
-#else
-    const float lg = 0.f;
+    const bool gated = headLogDecay == 0;
+    const float lg = gated ? 0.f : headLogDecay[h];
+    float decayAcc = 0.f;                     // the segment's total log decay
+#elif GATE == 2
+    const float* gBase = gate + ((long long)sq.tokStart * heads + h) * DK;
+    float decayAcc = 0.f;                     // thread c < DK: the segment's total log decay of channel c
     (void)headLogDecay;
+#else
+    (void)headLogDecay;
+    (void)gate;
+    (void)partDecay;
 #endif
     const long long stateHead = ((long long)sq.seq * heads + h) * DK;
 
@@ -178,8 +189,15 @@ attend_linear_dstate(
                     for (int y = zLast; y > z; y--)
                     {
                         const LinSeg o = segs[y];
-                        const float f = exp_e(lg * (float)o.len);
-                        const float2 l = *(const float2*)(partLocal + (((long long)(o.firstPart + o.index - 1) * heads + h) * DK + row) * dv + col);
+                        const long long slot = (long long)(o.firstPart + o.index - 1) * heads + h;
+#if GATE == 1
+                        const float f = exp_e(gated ? partDecay[slot] : lg * (float)o.len);
+#elif GATE == 2
+                        const float f = exp_e(partDecay[slot * DK + row]);
+#else
+                        const float f = 1.f;
+#endif
+                        const float2 l = *(const float2*)(partLocal + (slot * DK + row) * dv + col);
                         s.x = fmaf(f, s.x, l.x);
                         s.y = fmaf(f, s.y, l.y);
                     }
@@ -196,6 +214,12 @@ attend_linear_dstate(
         const int valid = sq.len - c0;
         load_tile<CHUNK>(base + DS_OFF_Q, qBase + (long long)c0 * qStride, qStride, valid, tid);
         load_vtile(base + DS_OFF_DO, oBase + (long long)c0 * oStride, oStride, valid, tid);
+#if GATE == 1
+        if (gated && tid < CHUNK)
+            cp_async4(base + DS_OFF_G + tid * 4, tid < valid ? gate + (long long)(sq.tokStart + c0 + tid) * heads + h : gate, tid < valid ? 4 : 0);
+#elif GATE == 2
+        load_gtile(base + DS_OFF_G, gBase + (long long)c0 * heads * DK, (long long)heads * DK, valid, DK, tid);
+#endif
     }
     cp_async_commit();
 
@@ -230,6 +254,11 @@ attend_linear_dstate(
             const int ns = stage ^ 1;
             load_tile<CHUNK>(base + DS_OFF_Q + ns * DS_Q_BYTES, qBase + (long long)n0 * qStride, qStride, CHUNK, tid);
             load_vtile(base + DS_OFF_DO + ns * DS_V_BYTES, oBase + (long long)n0 * oStride, oStride, CHUNK, tid);
+#if GATE == 1
+            if (gated && tid < CHUNK) cp_async4(base + DS_OFF_G + (ns * CHUNK + tid) * 4, gate + (long long)(sq.tokStart + n0 + tid) * heads + h, 4);
+#elif GATE == 2
+            load_gtile(base + DS_OFF_G + ns * DS_G_BYTES, gBase + (long long)n0 * heads * DK, (long long)heads * DK, CHUNK, DK, tid);
+#endif
         }
         cp_async_commit();
 
@@ -238,8 +267,12 @@ attend_linear_dstate(
 
         // dH ← e^{b_C} dH + (Q ⊙ scale·e^{b})ᵀ dO.
 #if GATE == 1
+        float b0, b1;
+        chunk_b(gated ? (const float*)(smem + DS_OFF_G + stage * DS_G_BYTES) : (const float*)0, lg, len, lane, b0, b1);
+        const float bLast = __shfl_sync(0xffffffffu, b1, 31);
+        decayAcc += bLast;
         {
-            const float f = exp_e(lg * (float)len);
+            const float f = exp_e(bLast);
 #pragma unroll
             for (int m = 0; m < MS; m++)
 #pragma unroll
@@ -247,6 +280,34 @@ attend_linear_dstate(
 #pragma unroll
                     for (int e = 0; e < 4; e++) st[m][j][e] *= f;
         }
+#elif GATE == 2
+        // In place: the raw gate tile of this stage becomes the cumulative log decay (the previous chunk's gates go to the other stage).
+        float* const sB = (float*)(smem + DS_OFF_G + stage * DS_G_BYTES);
+        if (tid < DK)
+        {
+            float run = 0.f;
+#pragma unroll 8
+            for (int x = 0; x < CHUNK; x++)
+            {
+                run += sB[x * DK + tid];
+                sB[x * DK + tid] = run;
+            }
+            decayAcc += run;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int m = 0; m < MS; m++)
+#pragma unroll
+            for (int half = 0; half < 2; half++)
+            {
+                const float f = exp_e(sB[(CHUNK - 1) * DK + stateRow0 + 16 * m + g + 8 * half]);
+#pragma unroll
+                for (int j = 0; j < 8; j++)
+                {
+                    st[m][j][2 * half] *= f;
+                    st[m][j][2 * half + 1] *= f;
+                }
+            }
 #endif
 #pragma unroll
         for (int kk = 0; kk < 4; kk++)
@@ -257,10 +318,12 @@ attend_linear_dstate(
                 ldsm_x4_t(sQ + tile_offset(kk * 16 + (lane & 7) + ((lane >> 4) << 3), (stateRow0 + 16 * m) / 8 + ((lane >> 3) & 1)),
                           a[m][0], a[m][1], a[m][2], a[m][3]);
             {
-                // a0/a1 hold tokens 2t, 2t+1 of this 16-token step, a2/a3 tokens 2t+8, 2t+9 (rows past len are zero).
+                // a0/a1 hold tokens 2t, 2t+1 of this 16-token step, a2/a3 tokens 2t+8, 2t+9 (rows past len are zero);
+                // a0/a2 key channel stateRow0 + 16m + g, a1/a3 that + 8.
                 const int tk = kk * 16 + 2 * t;
-                const float f0 = scale * exp_e(lg * (float)(tk + 1)), f1 = scale * exp_e(lg * (float)(tk + 2));
-                const float f8 = scale * exp_e(lg * (float)(tk + 9)), f9 = scale * exp_e(lg * (float)(tk + 10));
+#if GATE == 1
+                const float f0 = scale * exp_e(bget(b0, b1, tk)), f1 = scale * exp_e(bget(b0, b1, tk + 1));
+                const float f8 = scale * exp_e(bget(b0, b1, tk + 8)), f9 = scale * exp_e(bget(b0, b1, tk + 9));
 #pragma unroll
                 for (int m = 0; m < MS; m++)
                 {
@@ -269,30 +332,56 @@ attend_linear_dstate(
                     a[m][2] = pack2(elem_lo(a[m][2]) * f8, elem_hi(a[m][2]) * f9);
                     a[m][3] = pack2(elem_lo(a[m][3]) * f8, elem_hi(a[m][3]) * f9);
                 }
+#elif GATE == 2
+#pragma unroll
+                for (int m = 0; m < MS; m++)
+                {
+                    const int ch = stateRow0 + 16 * m + g;
+                    a[m][0] = pack2(elem_lo(a[m][0]) * scale * exp_e(sB[tk * DK + ch]), elem_hi(a[m][0]) * scale * exp_e(sB[(tk + 1) * DK + ch]));
+                    a[m][1] = pack2(elem_lo(a[m][1]) * scale * exp_e(sB[tk * DK + ch + 8]), elem_hi(a[m][1]) * scale * exp_e(sB[(tk + 1) * DK + ch + 8]));
+                    a[m][2] = pack2(elem_lo(a[m][2]) * scale * exp_e(sB[(tk + 8) * DK + ch]), elem_hi(a[m][2]) * scale * exp_e(sB[(tk + 9) * DK + ch]));
+                    a[m][3] = pack2(elem_lo(a[m][3]) * scale * exp_e(sB[(tk + 8) * DK + ch + 8]), elem_hi(a[m][3]) * scale * exp_e(sB[(tk + 9) * DK + ch + 8]));
+                }
+#else
+#pragma unroll
+                for (int m = 0; m < MS; m++)
+                {
+                    a[m][0] = scale2(a[m][0], scale);
+                    a[m][1] = scale2(a[m][1], scale);
+                    a[m][2] = scale2(a[m][2], scale);
+                    a[m][3] = scale2(a[m][3], scale);
+                }
+#endif
             }
 #pragma unroll
             for (int dp = 0; dp < 4; dp++)
             {
-                unsigned b0, b1, b2, b3;
-                ldsm_x4_t(sO + voff(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), 2 * dp + (lane >> 4)), b0, b1, b2, b3);
+                unsigned b0_, b1_, b2_, b3_;
+                ldsm_x4_t(sO + voff(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), 2 * dp + (lane >> 4)), b0_, b1_, b2_, b3_);
 #pragma unroll
                 for (int m = 0; m < MS; m++)
                 {
-                    mma16816(st[m][2 * dp], a[m][0], a[m][1], a[m][2], a[m][3], b0, b1);
-                    mma16816(st[m][2 * dp + 1], a[m][0], a[m][1], a[m][2], a[m][3], b2, b3);
+                    mma16816(st[m][2 * dp], a[m][0], a[m][1], a[m][2], a[m][3], b0_, b1_);
+                    mma16816(st[m][2 * dp + 1], a[m][0], a[m][1], a[m][2], a[m][3], b2_, b3_);
                 }
             }
         }
     }
     cp_async_wait<0>();
 
-    // Pass 0: this segment's local contribution. Pass 1: dS0 from the sequence's first segment.
+    // Pass 0: this segment's local contribution and total log decay. Pass 1: dS0 from the sequence's first segment.
     float* target = 0;
     long long targetRow0 = 0;
     if (pass == 0)
     {
+        const long long slot = (long long)(sq.firstPart + sq.index - 1) * heads + h;
         target = partLocal;
-        targetRow0 = ((long long)(sq.firstPart + sq.index - 1) * heads + h) * DK;
+        targetRow0 = slot * DK;
+#if GATE == 1
+        if (vb == 0 && tid == 0) partDecay[slot] = decayAcc;
+#elif GATE == 2
+        if (vb == 0 && tid < DK) partDecay[slot * DK + tid] = decayAcc;
+#endif
     }
     else if (sq.index == 0 && dS0 != 0)
     {
@@ -313,9 +402,8 @@ attend_linear_dstate(
             }
     }
 }
-
 // ---------------------------------------------------------------------------------------------------------------
-// dQ, dK, dV of one chunk. CTA = (chunk, query head).
+// dQ, dK, dV (and dG) of one chunk. CTA = (chunk, query head).
 // ---------------------------------------------------------------------------------------------------------------
 #define Q_BYTES (CHUNK * DK * 2)
 #define V_BYTES (CHUNK * BV * 2)
@@ -325,7 +413,15 @@ attend_linear_dstate(
 #define OFF_V (OFF_K + Q_BYTES)
 #define OFF_DO (OFF_V + MAXVB * V_BYTES)
 #define OFF_X (OFF_DO + MAXVB * V_BYTES)
-#define SMEM_BYTES (OFF_X + MAXVB * S_BYTES)
+#define OFF_B (OFF_X + MAXVB * S_BYTES)
+#if GATE == 2
+#define DKP (DK + 4)                                   // padded row of the cumulative gate tile (bank spread)
+#define SMEM_BYTES (OFF_B + CHUNK * DKP * 4)
+#elif GATE == 1
+#define SMEM_BYTES (OFF_B + 2 * CHUNK * 4 + 16)        // b per row, d b per row, the state term
+#else
+#define SMEM_BYTES OFF_B
+#endif
 
 // Writes (or adds, when `add`) a 16-row warp tile of float32 accumulators acc[NJ][4] to rows wr + g (+8) of a
 // [tokens, heads, width] array; rows at or past `len` are skipped.
@@ -354,14 +450,77 @@ __device__ __forceinline__ void write_rows(float* out, float (*acc)[4], long lon
     }
 }
 
+// x rounded to the element type, as the products' operands are.
+__device__ __forceinline__ float rnd_elem(float x) { return elem_lo(pack2(x, 0.f)); }
+
+// The value of a warp tile's diagonal element (row = column) for this thread's rows wr + g (d0) and wr + g + 8 (d1),
+// given to every lane of the quad that holds those rows (one lane holds it; the others add zero).
+__device__ __forceinline__ void quad_diagonal(float (*acc)[4], int wr, int g, int t, float& d0, float& d1)
+{
+    d0 = 0.f;
+    d1 = 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+        {
+            const int row = wr + g + 8 * (e >> 1), col = 8 * j + 2 * t + (e & 1);
+            if (col == row)
+            {
+                if (e >> 1) d1 = acc[j][e];
+                else d0 = acc[j][e];
+            }
+        }
+    d0 += __shfl_xor_sync(0xffffffffu, d0, 1);
+    d0 += __shfl_xor_sync(0xffffffffu, d0, 2);
+    d1 += __shfl_xor_sync(0xffffffffu, d1, 1);
+    d1 += __shfl_xor_sync(0xffffffffu, d1, 2);
+}
+
+// The element pair (col, col + 1) of row `row` of a swizzled [rows][DK] tile, as one register.
+__device__ __forceinline__ unsigned tile_pair(const unsigned char* tile, int row, int col)
+{
+    return *(const unsigned*)(tile + tile_offset(row, col >> 3) + (col & 7) * 2);
+}
+
+// ⟨S, dH⟩ of state row `row`: S from the element-type checkpoints (sE) or float32 (sF), dH element type; dv columns.
+__device__ __forceinline__ float row_dot(const elem_t* sE, const float* sF, const elem_t* dH, int dv)
+{
+    float acc = 0.f;
+    for (int j = 0; j < dv; j += 8)
+    {
+        const uint4 d = *(const uint4*)(dH + j);
+        const unsigned dw[4] = {d.x, d.y, d.z, d.w};
+        float s[8];
+        if (sE != 0)
+        {
+            const uint4 e = *(const uint4*)(sE + j);
+            const unsigned ew[4] = {e.x, e.y, e.z, e.w};
+#pragma unroll
+            for (int u = 0; u < 4; u++) { s[2 * u] = elem_lo(ew[u]); s[2 * u + 1] = elem_hi(ew[u]); }
+        }
+        else
+        {
+            const float4 a = *(const float4*)(sF + j), b = *(const float4*)(sF + j + 4);
+            s[0] = a.x; s[1] = a.y; s[2] = a.z; s[3] = a.w; s[4] = b.x; s[5] = b.y; s[6] = b.z; s[7] = b.w;
+        }
+#pragma unroll
+        for (int u = 0; u < 4; u++) acc += s[2 * u] * elem_lo(dw[u]) + s[2 * u + 1] * elem_hi(dw[u]);
+    }
+    return acc;
+}
+
 extern "C" __global__ void __launch_bounds__(NT)
 attend_linear_chunk_bwd(
     const elem_t* __restrict__ Q, const elem_t* __restrict__ K, const elem_t* __restrict__ V, const elem_t* __restrict__ dO,
-    const float* __restrict__ headLogDecay,   // [H] log γ (GATE 1)
+    const float* __restrict__ gate,           // GATE 1: [tokens, H] log α (when headLogDecay is null); GATE 2: [tokens, H, DK]
+    const float* __restrict__ headLogDecay,   // GATE 1: [H] log γ, or null to read `gate`
     const elem_t* __restrict__ H0s,           // [chunks, H, DK, dv]: the state at each chunk's start
     const elem_t* __restrict__ dHs,           // [chunks, H, DK, dv]: the gradient of the state at each chunk's end
+    const float* __restrict__ finalStates,    // [N, H, DK, dv]: each sequence's final state (read for dG only)
     float* __restrict__ dQ, float* __restrict__ dK, float* __restrict__ dV,
-    const LinChunk* __restrict__ chunks,
+    float* __restrict__ dG,                   // like `gate`, or null (not wanted)
+    const LinChunk* __restrict__ chunks,      // pad: 1 for a sequence's last chunk
     int heads, int kvHeads, int dv, float scale)
 {
     extern __shared__ __align__(128) unsigned char smem[];
@@ -384,15 +543,6 @@ attend_linear_chunk_bwd(
     const unsigned base = smem_addr(smem);
     const unsigned sQ = base + OFF_Q, sK = base + OFF_K;
     const int wr = 16 * w;
-#if GATE == 1
-    const float lg = headLogDecay[h];
-#else
-    const float lg = 0.f;
-    (void)headLogDecay;
-#endif
-    // b of this thread's two rows (t ≤ len: lg · (t + 1); rows past len hold zeros, their b is clamped) and of the chunk.
-    const float bR0 = bat(lg, wr + g, len), bR1 = bat(lg, wr + g + 8, len);
-    const float bC = lg * (float)len;
 
     load_tile<CHUNK>(sQ, qBase, qStride, len, tid);
     load_tile<CHUNK>(sK, kBase, kStride, len, tid);
@@ -402,13 +552,75 @@ attend_linear_chunk_bwd(
         load_vtile(base + OFF_DO + vb * V_BYTES, oBase + vb * BV, oStride, len, tid);
         load_stile(base + OFF_X + vb * S_BYTES, H0s + stateAt + vb * BV, dv, tid);
     }
+#if GATE == 2
+    load_gtile(base + OFF_B, gate + (tok0 * heads + h) * DK, (long long)heads * DK, len, DKP, tid);
+    (void)headLogDecay;
+#endif
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
 
+    // The in-chunk cumulative log decay b: rows past len hold zero gates, so their b stays at b_{len−1} (finite exps).
+#if GATE == 1
+    float* const sb = (float*)(smem + OFF_B);
+    float* const sdb = sb + CHUNK;
+    float* const sStateTerm = sb + 2 * CHUNK;
+    const bool gated = headLogDecay == 0;
+    if (w == 0)
+    {
+        float b0, b1;
+        const int i0 = 2 * lane, i1 = 2 * lane + 1;
+        if (!gated)
+        {
+            const float lg = headLogDecay[h];
+            b0 = lg * (float)(i0 < len ? i0 + 1 : len);
+            b1 = lg * (float)(i1 < len ? i1 + 1 : len);
+        }
+        else
+        {
+            const float a0 = i0 < len ? gate[(tok0 + i0) * heads + h] : 0.f, a1 = i1 < len ? gate[(tok0 + i1) * heads + h] : 0.f;
+            const float pair = a0 + a1;
+            float scan = pair;
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1)
+            {
+                const float y = __shfl_up_sync(0xffffffffu, scan, o);
+                if (lane >= o) scan += y;
+            }
+            b0 = scan - pair + a0;
+            b1 = scan;
+        }
+        sb[i0] = b0;
+        sb[i1] = b1;
+        if (lane == 0) *sStateTerm = 0.f;
+    }
+    __syncthreads();
+    const float bR0 = sb[wr + g], bR1 = sb[wr + g + 8];   // b of this thread's two rows
+    const float bC = sb[CHUNK - 1];                        // b of the chunk's last token
+    float db0 = 0.f, db1 = 0.f;                            // this thread's part of d b of its two rows
+#elif GATE == 2
+    float* const sB = (float*)(smem + OFF_B);
+    if (tid < DK)
+    {
+        float run = 0.f;
+#pragma unroll 8
+        for (int x = 0; x < CHUNK; x++)
+        {
+            run += sB[x * DKP + tid];
+            sB[x * DKP + tid] = run;
+        }
+    }
+    __syncthreads();
+    const int rr = wr + 15;   // this warp's reference row: e^{b_t − b_s} = e^{b_t − b_rr} e^{b_rr − b_s}
+    (void)gate;
+#else
+    (void)gate;
+    (void)headLogDecay;
+#endif
+
     // ---- Phase Q: this warp's rows as queries. ----
     {
-        // dA = dO Vᵀ ⊙ D for the keys up to this warp's own 16-key block.
+        // dA = dO Vᵀ (⊙ D for a scalar decay) for the keys up to this warp's own 16-key block.
         float da[8][4];
 #pragma unroll
         for (int j = 0; j < 8; j++) da[j][0] = da[j][1] = da[j][2] = da[j][3] = 0.f;
@@ -441,12 +653,19 @@ attend_linear_chunk_bwd(
                 const int row = wr + g + 8 * (e >> 1), col = 8 * j + 2 * t + (e & 1);
                 if (col > row) da[j][e] = 0.f;
 #if GATE == 1
-                else da[j][e] *= exp_e(((e >> 1) ? bR1 : bR0) - bat(lg, col, len));
+                else da[j][e] *= exp_e(((e >> 1) ? bR1 : bR0) - sb[col]);
 #endif
             }
         }
 
-        // dQ = dA K + diag(e^b) dO H0ᵀ (times scale when written).
+        // dQ = scale · (dA K + diag(e^b) dO H0ᵀ); GATE 2: scale · e^{b_t − b_r} ⊙ (dA (K ⊙ e^{b_r − b_s}) + dO (H0 ⊙ e^{b_r})ᵀ).
+        // With a gate the scale goes into the dA operand (rounded as phase K's scale·dAᵀ is, so each pair's two copies in
+        // q ⊙ dq and k ⊙ dk cancel in the gate gradient) and into the state term; without one it multiplies the result.
+#if GATE == 0
+        const float daScale = 1.f, dqScale = scale;
+#else
+        const float daScale = scale, dqScale = 1.f;
+#endif
         float dq[DK / 8][4];
 #pragma unroll
         for (int j = 0; j < DK / 8; j++) dq[j][0] = dq[j][1] = dq[j][2] = dq[j][3] = 0.f;
@@ -454,20 +673,33 @@ attend_linear_chunk_bwd(
         for (int kk = 0; kk < 4; kk++)
         {
             if (kk > w) break;
-            const unsigned p0 = pack2(da[2 * kk][0], da[2 * kk][1]);
-            const unsigned p1 = pack2(da[2 * kk][2], da[2 * kk][3]);
-            const unsigned p2 = pack2(da[2 * kk + 1][0], da[2 * kk + 1][1]);
-            const unsigned p3 = pack2(da[2 * kk + 1][2], da[2 * kk + 1][3]);
+            const unsigned p0 = pack2(da[2 * kk][0] * daScale, da[2 * kk][1] * daScale);
+            const unsigned p1 = pack2(da[2 * kk][2] * daScale, da[2 * kk][3] * daScale);
+            const unsigned p2 = pack2(da[2 * kk + 1][0] * daScale, da[2 * kk + 1][1] * daScale);
+            const unsigned p3 = pack2(da[2 * kk + 1][2] * daScale, da[2 * kk + 1][3] * daScale);
 #pragma unroll
             for (int dp = 0; dp < DK / 16; dp++)
             {
                 unsigned b0, b1, b2, b3;
                 ldsm_x4_t(sK + tile_offset(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), 2 * dp + (lane >> 4)), b0, b1, b2, b3);
+#if GATE == 2
+                {
+                    // b0/b2: keys s, s+1; b1/b3: keys s+8, s+9; b0/b1 channel c, b2/b3 channel c + 8.
+                    const int s = kk * 16 + 2 * t, c = dp * 16 + g;
+                    const float r0 = sB[rr * DKP + c], r1 = sB[rr * DKP + c + 8];
+                    b0 = pack2(elem_lo(b0) * exp_e(r0 - sB[s * DKP + c]), elem_hi(b0) * exp_e(r0 - sB[(s + 1) * DKP + c]));
+                    b1 = pack2(elem_lo(b1) * exp_e(r0 - sB[(s + 8) * DKP + c]), elem_hi(b1) * exp_e(r0 - sB[(s + 9) * DKP + c]));
+                    b2 = pack2(elem_lo(b2) * exp_e(r1 - sB[s * DKP + c + 8]), elem_hi(b2) * exp_e(r1 - sB[(s + 1) * DKP + c + 8]));
+                    b3 = pack2(elem_lo(b3) * exp_e(r1 - sB[(s + 8) * DKP + c + 8]), elem_hi(b3) * exp_e(r1 - sB[(s + 9) * DKP + c + 8]));
+                }
+#endif
                 mma16816(dq[2 * dp], p0, p1, p2, p3, b0, b1);
                 mma16816(dq[2 * dp + 1], p0, p1, p2, p3, b2, b3);
             }
         }
-        const float e0 = exp_e(bR0), e1 = exp_e(bR1);
+#if GATE == 1
+        const float e0 = scale * exp_e(bR0), e1 = scale * exp_e(bR1);
+#endif
         for (int vb = 0; vb < nvb; vb++)
         {
             const unsigned sO = base + OFF_DO + vb * V_BYTES, sX = base + OFF_X + vb * S_BYTES;
@@ -484,13 +716,71 @@ attend_linear_chunk_bwd(
                 {
                     unsigned b0, b1, b2, b3;
                     ldsm_x4(sX + voff(np * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)), b0, b1, b2, b3);
+#if GATE == 2
+                    {
+                        // b0/b1: channel np·16 + g, b2/b3: that + 8 (state rows).
+                        const float f0 = scale * exp_e(sB[rr * DKP + np * 16 + g]), f1 = scale * exp_e(sB[rr * DKP + np * 16 + 8 + g]);
+                        b0 = scale2(b0, f0); b1 = scale2(b1, f0); b2 = scale2(b2, f1); b3 = scale2(b3, f1);
+                    }
+#endif
                     mma16816(dq[2 * np], a0, a1, a2, a3, b0, b1);
                     mma16816(dq[2 * np + 1], a0, a1, a2, a3, b2, b3);
                 }
             }
         }
-        (void)e0; (void)e1;
-        write_rows<DK / 8>(dQ + (long long)h * DK, dq, tok0, qStride, wr, len, g, t, false, scale);
+#if GATE == 2
+#pragma unroll
+        for (int j = 0; j < DK / 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+            {
+                const int row = wr + g + 8 * (e >> 1), col = 8 * j + 2 * t + (e & 1);
+                dq[j][e] *= exp_e(fminf(sB[row * DKP + col] - sB[rr * DKP + col], 80.f));
+            }
+#endif
+        write_rows<DK / 8>(dQ + (long long)h * DK, dq, tok0, qStride, wr, len, g, t, false, dqScale);
+
+        // The gate gradient's query part, q ⊙ dq: GATE 1 summed per row in registers, GATE 2 kept in dG (this thread
+        // reads it back in phase K; the rows' owners sum it up after the last barrier). The diagonal pair s = t adds
+        // the same term to q ⊙ dq and k ⊙ dk (its decay is e^0, so it has no gate gradient): its copy in dq, recomputed
+        // with the same roundings as the product made it, is left out here and its copy in dk in phase K, so the two
+        // roundings do not swamp small gate gradients.
+#if GATE != 0
+        if (dG != 0)
+        {
+            float dd0, dd1;
+            quad_diagonal(da, wr, g, t, dd0, dd1);
+            dd0 = rnd_elem(dd0 * scale);
+            dd1 = rnd_elem(dd1 * scale);
+#pragma unroll
+            for (int half = 0; half < 2; half++)
+            {
+                const int row = wr + g + 8 * half;
+                const float dd = half ? dd1 : dd0;
+#pragma unroll
+                for (int j = 0; j < DK / 8; j++)
+                {
+                    const int col = 8 * j + 2 * t;
+                    const unsigned qp = tile_pair(smem + OFF_Q, row, col), kp = tile_pair(smem + OFF_K, row, col);
+#if GATE == 1
+                    const float k0 = elem_lo(kp), k1 = elem_hi(kp);
+#else
+                    const float r0 = sB[rr * DKP + col], r1 = sB[rr * DKP + col + 1];
+                    const float b0 = sB[row * DKP + col], b1 = sB[row * DKP + col + 1];
+                    const float k0 = rnd_elem(elem_lo(kp) * exp_e(r0 - b0)) * exp_e(fminf(b0 - r0, 80.f));
+                    const float k1 = rnd_elem(elem_hi(kp) * exp_e(r1 - b1)) * exp_e(fminf(b1 - r1, 80.f));
+#endif
+                    const float x = (dq[j][2 * half] - dd * k0) * elem_lo(qp), y = (dq[j][2 * half + 1] - dd * k1) * elem_hi(qp);
+#if GATE == 1
+                    if (half == 0) db0 += x + y;
+                    else db1 += x + y;
+#elif GATE == 2
+                    if (row < len) *(float2*)(dG + ((tok0 + row) * heads + h) * DK + col) = make_float2(x, y);
+#endif
+                }
+            }
+        }
+#endif
     }
 
     // The state region now takes dH (every warp is done with H0).
@@ -501,9 +791,11 @@ attend_linear_chunk_bwd(
     __syncthreads();
 
     // ---- Phase K: this warp's rows as keys. ----
+#if GATE == 1
     const float d0 = exp_e(bC - bR0), d1 = exp_e(bC - bR1);   // e^{b_C − b_s} of this thread's rows
+#endif
     {
-        // dAᵀ = V dOᵀ ⊙ Dᵀ for the queries from this warp's own 16-token block on (t ≥ s).
+        // dAᵀ = V dOᵀ (⊙ Dᵀ for a scalar decay) for the queries from this warp's own 16-token block on (t ≥ s).
         float dat[8][4];
 #pragma unroll
         for (int j = 0; j < 8; j++) dat[j][0] = dat[j][1] = dat[j][2] = dat[j][3] = 0.f;
@@ -536,12 +828,12 @@ attend_linear_chunk_bwd(
                 const int row = wr + g + 8 * (e >> 1), col = 8 * j + 2 * t + (e & 1);
                 if (col < row) dat[j][e] = 0.f;
 #if GATE == 1
-                else dat[j][e] *= exp_e(bat(lg, col, len) - ((e >> 1) ? bR1 : bR0));
+                else dat[j][e] *= exp_e(sb[col] - ((e >> 1) ? bR1 : bR0));
 #endif
             }
         }
 
-        // dK = scale · dAᵀ Q + diag(e^{b_C − b}) V dHᵀ.
+        // dK = scale · dAᵀ Q + diag(e^{b_C − b}) V dHᵀ; GATE 2: e^{b_r − b_s} ⊙ (scale · dAᵀ (Q ⊙ e^{b_t − b_r}) + V (dH ⊙ e^{b_C − b_r})ᵀ).
         float dk[DK / 8][4];
 #pragma unroll
         for (int j = 0; j < DK / 8; j++) dk[j][0] = dk[j][1] = dk[j][2] = dk[j][3] = 0.f;
@@ -558,6 +850,17 @@ attend_linear_chunk_bwd(
             {
                 unsigned b0, b1, b2, b3;
                 ldsm_x4_t(sQ + tile_offset(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), 2 * dp + (lane >> 4)), b0, b1, b2, b3);
+#if GATE == 2
+                {
+                    // b0/b2: queries u, u+1; b1/b3: u+8, u+9; b0/b1 channel c, b2/b3 channel c + 8. Clamped on the diagonal block.
+                    const int u = kk * 16 + 2 * t, c = dp * 16 + g;
+                    const float r0 = sB[rr * DKP + c], r1 = sB[rr * DKP + c + 8];
+                    b0 = pack2(elem_lo(b0) * exp_e(fminf(sB[u * DKP + c] - r0, 80.f)), elem_hi(b0) * exp_e(fminf(sB[(u + 1) * DKP + c] - r0, 80.f)));
+                    b1 = pack2(elem_lo(b1) * exp_e(fminf(sB[(u + 8) * DKP + c] - r0, 80.f)), elem_hi(b1) * exp_e(fminf(sB[(u + 9) * DKP + c] - r0, 80.f)));
+                    b2 = pack2(elem_lo(b2) * exp_e(fminf(sB[u * DKP + c + 8] - r1, 80.f)), elem_hi(b2) * exp_e(fminf(sB[(u + 1) * DKP + c + 8] - r1, 80.f)));
+                    b3 = pack2(elem_lo(b3) * exp_e(fminf(sB[(u + 8) * DKP + c + 8] - r1, 80.f)), elem_hi(b3) * exp_e(fminf(sB[(u + 9) * DKP + c + 8] - r1, 80.f)));
+                }
+#endif
                 mma16816(dk[2 * dp], p0, p1, p2, p3, b0, b1);
                 mma16816(dk[2 * dp + 1], p0, p1, p2, p3, b2, b3);
             }
@@ -578,15 +881,76 @@ attend_linear_chunk_bwd(
                 {
                     unsigned b0, b1, b2, b3;
                     ldsm_x4(sX + voff(np * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)), b0, b1, b2, b3);
+#if GATE == 2
+                    {
+                        const int c = np * 16 + g;
+                        const float f0 = exp_e(sB[(CHUNK - 1) * DKP + c] - sB[rr * DKP + c]);
+                        const float f1 = exp_e(sB[(CHUNK - 1) * DKP + c + 8] - sB[rr * DKP + c + 8]);
+                        b0 = scale2(b0, f0); b1 = scale2(b1, f0); b2 = scale2(b2, f1); b3 = scale2(b3, f1);
+                    }
+#endif
                     mma16816(dk[2 * np], a0, a1, a2, a3, b0, b1);
                     mma16816(dk[2 * np + 1], a0, a1, a2, a3, b2, b3);
                 }
             }
         }
+#if GATE == 2
+#pragma unroll
+        for (int j = 0; j < DK / 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+            {
+                const int row = wr + g + 8 * (e >> 1), col = 8 * j + 2 * t + (e & 1);
+                dk[j][e] *= exp_e(sB[rr * DKP + col] - sB[row * DKP + col]);
+            }
+#endif
         write_rows<DK / 8>(dK + (long long)hk * DK, dk, tok0, kStride, wr, len, g, t, add, 1.f);
+
+        // The gate gradient's key part, − k ⊙ dk (this head's dk, before any sum over a group), its diagonal term left out.
+#if GATE != 0
+        if (dG != 0)
+        {
+            float dd0, dd1;
+            quad_diagonal(dat, wr, g, t, dd0, dd1);
+            dd0 = rnd_elem(dd0 * scale);
+            dd1 = rnd_elem(dd1 * scale);
+#pragma unroll
+            for (int half = 0; half < 2; half++)
+            {
+                const int row = wr + g + 8 * half;
+                const float dd = half ? dd1 : dd0;
+#pragma unroll
+                for (int j = 0; j < DK / 8; j++)
+                {
+                    const int col = 8 * j + 2 * t;
+                    const unsigned kp = tile_pair(smem + OFF_K, row, col), qp = tile_pair(smem + OFF_Q, row, col);
+#if GATE == 1
+                    const float q0 = elem_lo(qp), q1 = elem_hi(qp);
+#else
+                    const float r0 = sB[rr * DKP + col], r1 = sB[rr * DKP + col + 1];
+                    const float b0 = sB[row * DKP + col], b1 = sB[row * DKP + col + 1];
+                    const float q0 = rnd_elem(elem_lo(qp) * exp_e(fminf(b0 - r0, 80.f))) * exp_e(r0 - b0);
+                    const float q1 = rnd_elem(elem_hi(qp) * exp_e(fminf(b1 - r1, 80.f))) * exp_e(r1 - b1);
+#endif
+                    const float x = (dk[j][2 * half] - dd * q0) * elem_lo(kp), y = (dk[j][2 * half + 1] - dd * q1) * elem_hi(kp);
+#if GATE == 1
+                    if (half == 0) db0 -= x + y;
+                    else db1 -= x + y;
+#elif GATE == 2
+                    if (row < len)
+                    {
+                        float2* p = (float2*)(dG + ((tok0 + row) * heads + h) * DK + col);
+                        const float2 qd = *p;
+                        *p = make_float2(qd.x - x, qd.y - y);
+                    }
+#endif
+                }
+            }
+        }
+#endif
     }
     {
-        // Aᵀ = scale · K Qᵀ ⊙ Dᵀ (t ≥ s).
+        // Aᵀ = scale · K Qᵀ ⊙ Dᵀ (t ≥ s); GATE 2: scale · (K ⊙ e^{b_r − b_s}) (Q ⊙ e^{b_t − b_r})ᵀ.
         float at[8][4];
 #pragma unroll
         for (int j = 0; j < 8; j++) at[j][0] = at[j][1] = at[j][2] = at[j][3] = 0.f;
@@ -595,12 +959,34 @@ attend_linear_chunk_bwd(
         {
             unsigned a0, a1, a2, a3;
             ldsm_x4(sK + tile_offset(wr + (lane & 15), 2 * kk + (lane >> 4)), a0, a1, a2, a3);
+#if GATE == 2
+            {
+                // a0: row s = wr + g, channels c, c+1; a1: row s + 8; a2: row s, channels c + 8, c + 9; a3: row s + 8, c + 8.
+                const int s = wr + g, c = kk * 16 + 2 * t;
+                const float r0 = sB[rr * DKP + c], r1 = sB[rr * DKP + c + 1], r8 = sB[rr * DKP + c + 8], r9 = sB[rr * DKP + c + 9];
+                a0 = pack2(elem_lo(a0) * exp_e(r0 - sB[s * DKP + c]), elem_hi(a0) * exp_e(r1 - sB[s * DKP + c + 1]));
+                a1 = pack2(elem_lo(a1) * exp_e(r0 - sB[(s + 8) * DKP + c]), elem_hi(a1) * exp_e(r1 - sB[(s + 8) * DKP + c + 1]));
+                a2 = pack2(elem_lo(a2) * exp_e(r8 - sB[s * DKP + c + 8]), elem_hi(a2) * exp_e(r9 - sB[s * DKP + c + 9]));
+                a3 = pack2(elem_lo(a3) * exp_e(r8 - sB[(s + 8) * DKP + c + 8]), elem_hi(a3) * exp_e(r9 - sB[(s + 8) * DKP + c + 9]));
+            }
+#endif
 #pragma unroll
             for (int np = 0; np < 4; np++)
             {
                 if (np < w) continue;
                 unsigned b0, b1, b2, b3;
                 ldsm_x4(sQ + tile_offset(np * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)), b0, b1, b2, b3);
+#if GATE == 2
+                {
+                    // b0: query u = np·16 + g, channels c, c+1; b1: u, c + 8, c + 9; b2: u + 8, c, c+1; b3: u + 8, c + 8, c + 9.
+                    const int u = np * 16 + g, c = kk * 16 + 2 * t;
+                    const float r0 = sB[rr * DKP + c], r1 = sB[rr * DKP + c + 1], r8 = sB[rr * DKP + c + 8], r9 = sB[rr * DKP + c + 9];
+                    b0 = pack2(elem_lo(b0) * exp_e(fminf(sB[u * DKP + c] - r0, 80.f)), elem_hi(b0) * exp_e(fminf(sB[u * DKP + c + 1] - r1, 80.f)));
+                    b1 = pack2(elem_lo(b1) * exp_e(fminf(sB[u * DKP + c + 8] - r8, 80.f)), elem_hi(b1) * exp_e(fminf(sB[u * DKP + c + 9] - r9, 80.f)));
+                    b2 = pack2(elem_lo(b2) * exp_e(fminf(sB[(u + 8) * DKP + c] - r0, 80.f)), elem_hi(b2) * exp_e(fminf(sB[(u + 8) * DKP + c + 1] - r1, 80.f)));
+                    b3 = pack2(elem_lo(b3) * exp_e(fminf(sB[(u + 8) * DKP + c + 8] - r8, 80.f)), elem_hi(b3) * exp_e(fminf(sB[(u + 8) * DKP + c + 9] - r9, 80.f)));
+                }
+#endif
                 mma16816(at[2 * np], a0, a1, a2, a3, b0, b1);
                 mma16816(at[2 * np + 1], a0, a1, a2, a3, b2, b3);
             }
@@ -615,14 +1001,14 @@ attend_linear_chunk_bwd(
                 const int row = wr + g + 8 * (e >> 1), col = 8 * j + 2 * t + (e & 1);
                 if (col < row) at[j][e] = 0.f;
 #if GATE == 1
-                else at[j][e] *= scale * exp_e(bat(lg, col, len) - ((e >> 1) ? bR1 : bR0));
+                else at[j][e] *= scale * exp_e(sb[col] - ((e >> 1) ? bR1 : bR0));
 #else
                 else at[j][e] *= scale;
 #endif
             }
         }
 
-        // dV = Aᵀ dO + diag(e^{b_C − b}) K dH, one 64-column value block at a time.
+        // dV = Aᵀ dO + diag(e^{b_C − b}) K dH (GATE 2: (K ⊙ e^{b_C − b_s}) dH), one 64-column value block at a time.
         for (int vb = 0; vb < nvb; vb++)
         {
             const unsigned sO = base + OFF_DO + vb * V_BYTES, sX = base + OFF_X + vb * S_BYTES;
@@ -653,6 +1039,15 @@ attend_linear_chunk_bwd(
                 ldsm_x4(sK + tile_offset(wr + (lane & 15), 2 * kk + (lane >> 4)), a0, a1, a2, a3);
 #if GATE == 1
                 a0 = scale2(a0, d0); a1 = scale2(a1, d1); a2 = scale2(a2, d0); a3 = scale2(a3, d1);
+#elif GATE == 2
+                {
+                    const int s = wr + g, c = kk * 16 + 2 * t;
+                    const float* bl = sB + (CHUNK - 1) * DKP;
+                    a0 = pack2(elem_lo(a0) * exp_e(bl[c] - sB[s * DKP + c]), elem_hi(a0) * exp_e(bl[c + 1] - sB[s * DKP + c + 1]));
+                    a1 = pack2(elem_lo(a1) * exp_e(bl[c] - sB[(s + 8) * DKP + c]), elem_hi(a1) * exp_e(bl[c + 1] - sB[(s + 8) * DKP + c + 1]));
+                    a2 = pack2(elem_lo(a2) * exp_e(bl[c + 8] - sB[s * DKP + c + 8]), elem_hi(a2) * exp_e(bl[c + 9] - sB[s * DKP + c + 9]));
+                    a3 = pack2(elem_lo(a3) * exp_e(bl[c + 8] - sB[(s + 8) * DKP + c + 8]), elem_hi(a3) * exp_e(bl[c + 9] - sB[(s + 8) * DKP + c + 9]));
+                }
 #endif
 #pragma unroll
                 for (int dp = 0; dp < 4; dp++)
@@ -666,5 +1061,72 @@ attend_linear_chunk_bwd(
             write_rows<8>(dV + (long long)hk * dv + vb * BV, dvv, tok0, vStride, wr, len, g, t, add, 1.f);
         }
     }
+#if GATE == 1
     (void)d0; (void)d1;
+#endif
+
+    // ---- The gate gradient: d log α_r = ⟨S_C, dH⟩ + Σ_{t ≥ r in the chunk} d b_t (S_C: the next chunk's checkpoint, or
+    // the sequence's final state after its last chunk). ----
+#if GATE == 1
+    if (dG != 0)
+    {
+        db0 += __shfl_xor_sync(0xffffffffu, db0, 1);
+        db0 += __shfl_xor_sync(0xffffffffu, db0, 2);
+        db1 += __shfl_xor_sync(0xffffffffu, db1, 1);
+        db1 += __shfl_xor_sync(0xffffffffu, db1, 2);
+        if (t == 0)
+        {
+            sdb[wr + g] = db0;
+            sdb[wr + g + 8] = db1;
+        }
+        float term = 0.f;
+        if (tid < DK)
+        {
+            const elem_t* dh = dHs + stateAt + (long long)tid * dv;
+            term = ch.pad ? row_dot(0, finalStates + (((long long)ch.seq * heads + h) * DK + tid) * dv, dh, dv)
+                          : row_dot(H0s + stateAt + (long long)heads * DK * dv + (long long)tid * dv, 0, dh, dv);
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) term += __shfl_xor_sync(0xffffffffu, term, o);
+        if (lane == 0) atomicAdd(sStateTerm, term);
+        __syncthreads();
+        if (w == 0)
+        {
+            // Reverse cumulative sum: lane l holds rows 2l, 2l+1.
+            const float x0 = sdb[2 * lane], x1 = sdb[2 * lane + 1];
+            const float pair = x0 + x1;
+            float scan = pair;
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1)
+            {
+                const float y = __shfl_up_sync(0xffffffffu, scan, o);
+                if (lane >= o) scan += y;
+            }
+            const float total = __shfl_sync(0xffffffffu, scan, 31);
+            const float s0 = total - scan + pair + *sStateTerm, s1 = s0 - x0;
+            if (2 * lane < len) dG[(tok0 + 2 * lane) * heads + h] = s0;
+            if (2 * lane + 1 < len) dG[(tok0 + 2 * lane + 1) * heads + h] = s1;
+        }
+    }
+#elif GATE == 2
+    if (dG != 0)
+    {
+        __syncthreads();   // every row's q ⊙ dq − k ⊙ dk is in dG
+        if (tid < DK)
+        {
+            const elem_t* dh = dHs + stateAt + (long long)tid * dv;
+            float run = ch.pad ? row_dot(0, finalStates + (((long long)ch.seq * heads + h) * DK + tid) * dv, dh, dv)
+                               : row_dot(H0s + stateAt + (long long)heads * DK * dv + (long long)tid * dv, 0, dh, dv);
+            for (int x = len - 1; x >= 0; x--)
+            {
+                float* p = dG + ((tok0 + x) * heads + h) * DK + tid;
+                run += *p;
+                *p = run;
+            }
+        }
+    }
+#else
+    (void)finalStates;
+    (void)dG;
+#endif
 }

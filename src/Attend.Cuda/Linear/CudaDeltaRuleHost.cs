@@ -25,6 +25,7 @@ internal static class CudaDeltaRuleHost
             throw new NotSupportedException($"the CUDA delta rules apply a feature map on the host only when it keeps the width; '{map.Name}' maps Dk = {s.KeyDim} to {map.OutputDim(s.KeyDim)}");
         LinearAttentionOptions kernelOptions = mapOnHost ? options with { FeatureMap = FeatureMaps.Identity } : options;
         if (!CudaDeltaRulePlan.IsSupported(s, type, kernelOptions, out string reason)) throw new NotSupportedException(reason);
+        if (!CudaBackend.IsAvailable(out string why)) throw new NotSupportedException("the cuda backend cannot run here: " + why);
         float[]? mappedQ = mapOnHost ? MapRows(map, inputs.Q, s.Heads, 1, s.KeyDim, isKey: false) : null;
         float[]? mappedK = mapOnHost ? MapRows(map, inputs.K, s.KvHeads, s.Heads / s.KvHeads, s.KeyDim, isKey: true) : null;
         CudaContext context = CudaContext.Default;

@@ -18,16 +18,17 @@ public sealed class CudaLinearBackend : ILinearAttentionBackend
     public void Forward(in LinearInputs inputs, LinearAttentionOptions options, Span<float> output, Span<float> finalState)
     {
         ArgumentNullException.ThrowIfNull(options);
-        if (!CudaBackend.IsAvailable(out string why)) throw new NotSupportedException("the cuda backend cannot run here: " + why);
         if (CudaDeltaRuleHost.Handles(options))
         {
             // The delta rules (Delta, GatedDelta) have their own kernels and plan: CudaDeltaRulePlan.
             CudaDeltaRuleHost.Forward(inputs, options, output, finalState);
             return;
         }
+        // The configuration first: a refusal names what the GPU does not compute, on any machine.
         LinearShape s = inputs.Shape;
         const ElementType type = ElementType.BFloat16;
         if (!CudaLinearPlan.IsSupported(s, type, options, out string reason)) throw new NotSupportedException(reason);
+        if (!CudaBackend.IsAvailable(out string why)) throw new NotSupportedException("the cuda backend cannot run here: " + why);
         CudaContext context = CudaContext.Default;
         using var plan = new CudaLinearPlan(context, s, type, options, inputs.Offsets);
         using CudaTensor q = Upload(context, inputs.Q, s.Batch, s.Tokens, s.Heads, s.KeyDim);
@@ -47,17 +48,18 @@ public sealed class CudaLinearBackend : ILinearAttentionBackend
 
     /// <inheritdoc/>
     /// <remarks>
-    /// The chunked backward on the GPU (<see cref="CudaLinearPlan.Backward"/>): no decay or a fixed decay per head,
-    /// Dk and Dv 64 or 128; q, k, v and the output gradient rounded to bf16, the gradients float32.
+    /// The chunked backward on the GPU (<see cref="CudaLinearPlan.IsBackwardSupported"/>): no decay, a fixed decay per head,
+    /// a scalar gate or a channel gate (with the gate's gradient), Dk and Dv 64 or 128; q, k, v and the output gradient
+    /// rounded to bf16, the gates and the gradients float32.
     /// </remarks>
     public void Backward(in LinearInputs inputs, LinearAttentionOptions options, ReadOnlySpan<float> outputGradient, ReadOnlySpan<float> finalStateGradient,
         in LinearGradients gradients)
     {
         ArgumentNullException.ThrowIfNull(options);
-        if (!CudaBackend.IsAvailable(out string why)) throw new NotSupportedException("the cuda backend cannot run here: " + why);
         LinearShape s = inputs.Shape;
         const ElementType type = ElementType.BFloat16;
         if (!CudaLinearPlan.IsBackwardSupported(s, type, options, out string reason)) throw new NotSupportedException(reason);
+        if (!CudaBackend.IsAvailable(out string why)) throw new NotSupportedException("the cuda backend cannot run here: " + why);
         CudaContext context = CudaContext.Default;
         using var plan = new CudaLinearPlan(context, s, type, options, inputs.Offsets);
         using CudaTensor q = Upload(context, inputs.Q, s.Batch, s.Tokens, s.Heads, s.KeyDim);
@@ -72,12 +74,15 @@ public sealed class CudaLinearBackend : ILinearAttentionBackend
         using var dv = new DeviceBuffer(context, Math.Max(4, rows * s.KvHeads * s.ValueDim * 4));
         long stateLength = (long)(inputs.Offsets?.Count ?? s.Batch) * s.Heads * s.KeyDim * s.ValueDim;
         using DeviceBuffer? dS0 = gradients.InitialState.IsEmpty ? null : new DeviceBuffer(context, Math.Max(4, stateLength * 4));
-        plan.Backward(q, k, v, s0, dO, dST, dq, dk, dv, dS0);
+        using DeviceBuffer? gate = inputs.Gate.IsEmpty ? null : DeviceBuffer.From<float>(context, inputs.Gate);
+        using DeviceBuffer? dGate = gate is null || gradients.Gate.IsEmpty ? null : new DeviceBuffer(context, (long)inputs.Gate.Length * 4);
+        plan.Backward(q, k, v, gate, s0, dO, dST, dq, dk, dv, dGate, dS0);
         context.Synchronize();
         if (!gradients.Q.IsEmpty) dq.CopyTo(gradients.Q);
         if (!gradients.K.IsEmpty) dk.CopyTo(gradients.K);
         if (!gradients.V.IsEmpty) dv.CopyTo(gradients.V);
         if (!gradients.InitialState.IsEmpty) dS0!.CopyTo(gradients.InitialState);
+        if (dGate is not null) dGate.CopyTo(gradients.Gate);
     }
 
     private static CudaTensor Upload(CudaContext context, ReadOnlySpan<float> data, int batch, int tokens, int heads, int dim)

@@ -17,6 +17,22 @@ internal enum CudaLinearGate
     Channel = 2,
 }
 
+/// <summary>The element-wise feature maps the CUDA pre-pass applies (the <c>map</c> argument of <c>attend_linear_feature_map</c>).</summary>
+internal enum CudaLinearFeatureMap
+{
+    /// <summary>φ(x) = x: no pass.</summary>
+    Identity = 0,
+
+    /// <summary>φ(x) = elu(x) + 1.</summary>
+    EluPlusOne = 1,
+
+    /// <summary>φ(x) = max(x, 0).</summary>
+    Relu = 2,
+
+    /// <summary>A map the GPU does not compute (not element-wise, or widening).</summary>
+    Unsupported = -1,
+}
+
 /// <summary>
 /// The specialisations of <c>linear_chunk.cu</c> (key dim, element type, gate kind) and <c>linear_recurrent.cu</c>,
 /// compiled by NVRTC (or read from the disk cache) once per context.
@@ -30,6 +46,7 @@ internal static class CudaLinearKernels
     public const string BackwardSource = "linear_chunk_bwd.cu";
     public const string BackwardEntry = "attend_linear_chunk_bwd";
     public const string StateGradientEntry = "attend_linear_dstate";
+    public const string PrepSource = "linear_prep.cu";
 
     /// <summary>Value columns the chunked backward holds per CTA at most (one or two 64-column blocks).</summary>
     public const int BackwardMaxValueDim = 128;
@@ -66,17 +83,43 @@ internal static class CudaLinearKernels
     public static CudaKernelFunction Chunked(CudaContext context, int keyDim, ElementType type, CudaLinearGate gate) =>
         Get(context, ChunkSource, ChunkEntry, keyDim, type, gate, ChunkSharedBytes(keyDim, gate));
 
-    /// <summary>Dynamic shared memory of <c>attend_linear_chunk_bwd</c> (mirrors its OFF_* layout): Q, K, two V and dO blocks, two state slices.</summary>
-    public static int BackwardSharedBytes(int keyDim) => 2 * Chunk * keyDim * 2 + 4 * Chunk * ValueBlock * 2 + 2 * keyDim * ValueBlock * 2;
+    /// <summary>
+    /// Dynamic shared memory of <c>attend_linear_chunk_bwd</c> (mirrors its OFF_* layout): Q, K, two V and dO blocks, two
+    /// state slices, then per gate kind: a scalar gate b and d b per row and the state term; a channel gate the cumulative
+    /// gate tile <c>[64][Dk + 4]</c> float32.
+    /// </summary>
+    public static int BackwardSharedBytes(int keyDim, CudaLinearGate gate)
+    {
+        int common = 2 * Chunk * keyDim * 2 + 4 * Chunk * ValueBlock * 2 + 2 * keyDim * ValueBlock * 2;
+        return gate switch
+        {
+            CudaLinearGate.None => common,
+            CudaLinearGate.Scalar => common + 2 * Chunk * 4 + 16,
+            _ => common + Chunk * (keyDim + 4) * 4,
+        };
+    }
 
-    /// <summary>Dynamic shared memory of <c>attend_linear_dstate</c>: Q and one dO block, two stages each.</summary>
-    public static int StateGradientSharedBytes(int keyDim) => 2 * Chunk * keyDim * 2 + 2 * Chunk * ValueBlock * 2;
+    /// <summary>Dynamic shared memory of <c>attend_linear_dstate</c>: Q, one dO block and the raw gates (none, 64 scalars or a [64][Dk] tile), two stages each.</summary>
+    public static int StateGradientSharedBytes(int keyDim, CudaLinearGate gate)
+    {
+        int gateBytes = gate switch
+        {
+            CudaLinearGate.None => 0,
+            CudaLinearGate.Scalar => Chunk * 4,
+            _ => Chunk * keyDim * 4,
+        };
+        return 2 * Chunk * keyDim * 2 + 2 * Chunk * ValueBlock * 2 + 2 * gateBytes;
+    }
 
     public static CudaKernelFunction ChunkBackward(CudaContext context, int keyDim, ElementType type, CudaLinearGate gate) =>
-        Get(context, BackwardSource, BackwardEntry, keyDim, type, gate, BackwardSharedBytes(keyDim));
+        Get(context, BackwardSource, BackwardEntry, keyDim, type, gate, BackwardSharedBytes(keyDim, gate));
 
     public static CudaKernelFunction StateGradient(CudaContext context, int keyDim, ElementType type, CudaLinearGate gate) =>
-        Get(context, BackwardSource, StateGradientEntry, keyDim, type, gate, StateGradientSharedBytes(keyDim));
+        Get(context, BackwardSource, StateGradientEntry, keyDim, type, gate, StateGradientSharedBytes(keyDim, gate));
+
+    /// <summary>An element-wise kernel of <c>linear_prep.cu</c> (feature maps, the denominator's passes).</summary>
+    public static CudaKernelFunction Prep(CudaContext context, ElementType type, string entry) =>
+        Get(context, PrepSource, entry, 0, type, CudaLinearGate.None, 0);
 
     public static CudaKernelFunction Recurrent(CudaContext context, int keyDim, ElementType type, CudaLinearGate gate) =>
         Get(context, RecurrentSource, RecurrentEntry, keyDim, type, gate, 0);

@@ -4,8 +4,9 @@ using Attend.Linear;
 namespace Attend.Cuda.Linear;
 
 /// <summary>
-/// A linear-attention call prepared for the GPU (additive update, identity feature map, no normalisation; decay none,
-/// a fixed scalar per head, a scalar gate per token or a gate per key channel): the segment table, the per-head decays
+/// A linear-attention call prepared for the GPU (additive update; feature map identity, elu+1 or ReLU, applied to q and
+/// k by a device pre-pass; no normalisation or the denominator one; decay none, a fixed scalar per head, a scalar gate
+/// per token or a gate per key channel): the segment table, the per-head decays
 /// and the scratch for the segments' local states uploaded once, the kernel loaded. <see cref="Run"/> then only
 /// launches. Tensors stay on the device: q <c>[B, T, H, Dk]</c>, k <c>[B, T, Hkv, Dk]</c>, v <c>[B, T, Hkv, Dv]</c>,
 /// output <c>[B, T, H, Dv]</c> in bf16 or fp16; gates (log α ≤ 0), initial and final states <c>[N, H, Dk, Dv]</c> in
@@ -17,6 +18,9 @@ namespace Attend.Cuda.Linear;
 /// initial state folded with the local states before it and writes its outputs (pass 1). The recurrent form walks the
 /// tokens one by one with the state in registers (decode). <see cref="LinearAttentionOptions.ChunkSize"/> and
 /// <see cref="LinearAttentionOptions.Threads"/> apply to the CPU engine only: the CUDA chunk is 64 tokens.
+/// With the denominator normalisation the states are the CPU's augmented <c>[N, H, Dk, Dv + 1]</c> (z last): a second
+/// run of the same kernel over a unit value column computes the denominator <c>scale · φ(q_t)·z_t</c> (decayed like the
+/// state), and an element-wise pass divides the output by it plus ε.
 /// </remarks>
 public sealed unsafe class CudaLinearPlan : IDisposable
 {
@@ -30,7 +34,16 @@ public sealed unsafe class CudaLinearPlan : IDisposable
     private readonly int[] _starts, _lengths;
     // The backward's tables and checkpoints, made at its first call: the chunk table, the segments' local state
     // gradients, the state at each chunk's start and the state gradient at each chunk's end ([chunks, H, Dk, Dv] in the element type).
-    private DeviceBuffer? _chunkTable, _partStateGradient, _chunkStates, _chunkStateGradients;
+    private DeviceBuffer? _chunkTable, _partStateGradient, _partDecayGradient, _chunkStates, _chunkStateGradients;
+    // The element-wise passes (null without a feature map or the denominator): φ(q), φ(k); the denominator's own plan,
+    // unit value column, read-out and states; the states' main [N, H, Dk, Dv] parts.
+    private readonly CudaLinearFeatureMap _map;
+    private readonly float _epsilon;
+    private readonly CudaLinearPlan? _denominatorPlan;
+    private readonly CudaTensor? _mappedQ, _mappedK, _unitValues, _denominator;
+    private readonly DeviceBuffer? _initialMain, _finalMain, _initialZ, _finalZ;
+    // The final states [N, H, Dk, Dv] float32, written by the backward's forward sweep when the gate gradient is wanted.
+    private DeviceBuffer? _finalStateScratch;
     private int _chunkCount;
 
     /// <summary>Plans a call of <paramref name="shape"/> with <paramref name="options"/> (form chunked or recurrent).</summary>
@@ -91,9 +104,42 @@ public sealed unsafe class CudaLinearPlan : IDisposable
             ? CudaLinearKernels.Recurrent(context, shape.KeyDim, elementType, _gate)
             : CudaLinearKernels.Chunked(context, shape.KeyDim, elementType, _gate);
 
+        _map = MapOf(options.FeatureMap);
+        Normalization = options.Normalization ?? LinearNormalization.None;
+        _epsilon = options.Epsilon ?? 1e-6f;
+        if (!(_epsilon >= 0f) || !float.IsFinite(_epsilon)) throw new ArgumentException($"Epsilon must be finite and ≥ 0; got {_epsilon}.", nameof(options));
         var owned = new List<DeviceBuffer>();
         try
         {
+            if (_map != CudaLinearFeatureMap.Identity)
+            {
+                _mappedQ = CudaTensor.Create(context, elementType, shape.Batch, shape.Tokens, shape.Heads, shape.KeyDim);
+                owned.Add(_mappedQ.Buffer);
+                _mappedK = CudaTensor.Create(context, elementType, shape.Batch, shape.Tokens, shape.KvHeads, shape.KeyDim);
+                owned.Add(_mappedK.Buffer);
+            }
+            if (Normalization == LinearNormalization.Denominator)
+            {
+                // The denominator's run: the same decay on a value block whose column 0 is 1 (a channel gate's kernel takes 128 columns).
+                int zc = DenominatorColumns(Decay);
+                _denominatorPlan = new CudaLinearPlan(context, shape with { ValueDim = zc }, elementType,
+                    options with { FeatureMap = FeatureMaps.Identity, Normalization = LinearNormalization.None }, offsets);
+                _unitValues = CudaTensor.Create(context, elementType, shape.Batch, shape.Tokens, shape.KvHeads, zc);
+                owned.Add(_unitValues.Buffer);
+                _denominator = CudaTensor.Create(context, elementType, shape.Batch, shape.Tokens, shape.Heads, zc);
+                owned.Add(_denominator.Buffer);
+                long rows = Math.Max(1L, (long)(offsets?.Count ?? shape.Batch) * shape.Heads * shape.KeyDim);
+                _initialMain = Track(new DeviceBuffer(context, rows * shape.ValueDim * 4), owned);
+                _finalMain = Track(new DeviceBuffer(context, rows * shape.ValueDim * 4), owned);
+                _initialZ = Track(new DeviceBuffer(context, rows * zc * 4), owned);
+                _finalZ = Track(new DeviceBuffer(context, rows * zc * 4), owned);
+                long units = (long)shape.Batch * shape.Tokens * shape.KvHeads;
+                int zcArg = zc;
+                void** u = stackalloc void*[3];
+                ulong x = _unitValues.Buffer.Pointer;
+                u[0] = &x; u[1] = &units; u[2] = &zcArg;
+                LaunchElementwise("attend_linear_unit_column", units * zc, u);
+            }
             _headLogDecay = Track(DeviceBuffer.From<float>(context, logDecay), owned);
             if (Form == LinearForm.Recurrent)
             {
@@ -120,8 +166,27 @@ public sealed unsafe class CudaLinearPlan : IDisposable
         catch
         {
             foreach (DeviceBuffer b in owned) b.Dispose();
+            _denominatorPlan?.Dispose();
             throw;
         }
+    }
+
+    // The value columns of the denominator's run: 64, or 128 for the channel gate's kernel (two 64-column halves).
+    private static int DenominatorColumns(LinearDecay decay) => decay == LinearDecay.ChannelGate ? 2 * CudaLinearKernels.ValueBlock : CudaLinearKernels.ValueBlock;
+
+    private static CudaLinearFeatureMap MapOf(FeatureMap? map) =>
+        map is null || ReferenceEquals(map, FeatureMaps.Identity) ? CudaLinearFeatureMap.Identity
+        : ReferenceEquals(map, FeatureMaps.EluPlusOne) ? CudaLinearFeatureMap.EluPlusOne
+        : ReferenceEquals(map, FeatureMaps.Relu) ? CudaLinearFeatureMap.Relu
+        : CudaLinearFeatureMap.Unsupported;
+
+    // One grid-stride launch of an element-wise kernel of linear_prep.cu over `count` elements.
+    private void LaunchElementwise(string entry, long count, void** arguments, CudaStream? stream = null)
+    {
+        if (count <= 0) return;
+        CudaKernelFunction f = CudaLinearKernels.Prep(_context, ElementType, entry);
+        uint blocks = (uint)Math.Min((count + 255) / 256, 8L * _context.Multiprocessors * 4);
+        f.Launch(blocks, 1, 1, 256, 0, stream, arguments);
     }
 
     private static DeviceBuffer Track(DeviceBuffer b, List<DeviceBuffer> owned)
@@ -142,6 +207,9 @@ public sealed unsafe class CudaLinearPlan : IDisposable
     /// <summary>The decay kind.</summary>
     public LinearDecay Decay { get; }
 
+    /// <summary>The normalisation (none or the denominator).</summary>
+    public LinearNormalization Normalization { get; }
+
     /// <summary>Segments the chunked form runs (CTAs per head and value block); the sequences for the recurrent form.</summary>
     public int Segments => _segmentCount;
 
@@ -158,12 +226,12 @@ public sealed unsafe class CudaLinearPlan : IDisposable
             reason = $"the CUDA linear kernels take bf16 or fp16 tensors (tensor cores); got {elementType.ShortName()}";
         else if (form == LinearForm.Naive)
             reason = "the naive form is the float64 CPU reference";
-        else if (options.FeatureMap is { } map && !ReferenceEquals(map, FeatureMaps.Identity))
-            reason = $"the CUDA linear kernels take the identity feature map (apply '{map.Name}' to q and k first)";
+        else if (MapOf(options.FeatureMap) == CudaLinearFeatureMap.Unsupported)
+            reason = $"the CUDA linear kernels take the element-wise feature maps identity, elu+1 and relu; '{options.FeatureMap!.Name}' is not on the GPU (apply it to q and k first)";
         else if ((options.Update ?? LinearUpdate.Additive) != LinearUpdate.Additive)
             reason = $"CudaLinearPlan computes the additive update; the {options.Update} rule runs in CudaDeltaRulePlan (forward, chunked and recurrent; it takes β), which Backend = \"cuda\" picks for it";
-        else if ((options.Normalization ?? LinearNormalization.None) != LinearNormalization.None)
-            reason = $"the CUDA linear kernels compute no normalisation; {options.Normalization} is not on the GPU yet";
+        else if ((options.Normalization ?? LinearNormalization.None) is not (LinearNormalization.None or LinearNormalization.Denominator))
+            reason = $"the CUDA linear kernels compute no normalisation or the denominator one; {options.Normalization} is not on the GPU yet";
         else if (form == LinearForm.Chunked && shape.KeyDim is not (64 or 128))
             reason = $"the chunked CUDA kernel is specialised for key dims 64 and 128; got Dk = {shape.KeyDim}";
         else if (form == LinearForm.Chunked && (shape.ValueDim <= 0 || shape.ValueDim % CudaLinearKernels.ValueBlock != 0))
@@ -227,7 +295,69 @@ public sealed unsafe class CudaLinearPlan : IDisposable
     /// </summary>
     /// <exception cref="ArgumentException">Tensors that do not match the plan; the message names the argument.</exception>
     public void Run(CudaTensor q, CudaTensor k, CudaTensor v, DeviceBuffer? gate, DeviceBuffer? initialState, CudaTensor output, DeviceBuffer? finalState,
-        CudaStream? stream = null) => Launch(q, k, v, gate, initialState, output, finalState, stream, 0);
+        CudaStream? stream = null)
+    {
+        if (_map == CudaLinearFeatureMap.Identity && Normalization == LinearNormalization.None)
+        {
+            Launch(q, k, v, gate, initialState, output, finalState, stream, 0);
+            return;
+        }
+        LinearShape s = Shape;
+        Require(q, nameof(q), s.Heads, s.KeyDim);
+        Require(k, nameof(k), s.KvHeads, s.KeyDim);
+        Require(v, nameof(v), s.KvHeads, s.ValueDim);
+        Require(output, nameof(output), s.Heads, s.ValueDim);
+        if (_map != CudaLinearFeatureMap.Identity)
+        {
+            MapFeatures(q, _mappedQ!, stream);
+            MapFeatures(k, _mappedK!, stream);
+            q = _mappedQ!;
+            k = _mappedK!;
+        }
+        if (Normalization == LinearNormalization.None)
+        {
+            Launch(q, k, v, gate, initialState, output, finalState, stream, 0);
+            return;
+        }
+
+        // The denominator: the states are [N, H, Dk, Dv + 1]; their z column runs through the denominator's own plan.
+        long rows = (long)_sequences * s.Heads * s.KeyDim;
+        long augmentedBytes = rows * (s.ValueDim + 1) * 4;
+        if (initialState is not null && initialState.Bytes < augmentedBytes)
+            throw new ArgumentException($"initialState holds {initialState.Bytes} bytes; [N, H, Dk, Dv + 1] float32 (z last) needs {augmentedBytes}.", nameof(initialState));
+        if (finalState is not null && finalState.Bytes < augmentedBytes)
+            throw new ArgumentException($"finalState holds {finalState.Bytes} bytes; [N, H, Dk, Dv + 1] float32 (z last) needs {augmentedBytes}.", nameof(finalState));
+        int dv = s.ValueDim, zc = _denominator!.Dim;
+        if (initialState is not null) StatePass("attend_linear_state_split", initialState, _initialMain!, _initialZ!, rows, dv, zc, stream);
+        Launch(q, k, v, gate, initialState is null ? null : _initialMain, output, finalState is null ? null : _finalMain, stream, 0);
+        _denominatorPlan!.Launch(q, k, _unitValues!, gate, initialState is null ? null : _initialZ, _denominator, finalState is null ? null : _finalZ, stream, 0);
+        long outputRows = (long)s.Batch * s.Tokens * s.Heads;
+        ulong o = output.Buffer.Pointer, den = _denominator.Buffer.Pointer;
+        float eps = _epsilon;
+        void** a = stackalloc void*[6];
+        a[0] = &o; a[1] = &den; a[2] = &outputRows; a[3] = &dv; a[4] = &zc; a[5] = &eps;
+        LaunchElementwise("attend_linear_normalise", outputRows * dv, a, stream);
+        if (finalState is not null) StatePass("attend_linear_state_join", _finalMain!, _finalZ!, finalState, rows, dv, zc, stream);
+    }
+
+    private void MapFeatures(CudaTensor x, CudaTensor y, CudaStream? stream)
+    {
+        ulong xp = x.Buffer.Pointer, yp = y.Buffer.Pointer;
+        long n = x.Length;
+        int map = (int)_map;
+        void** a = stackalloc void*[4];
+        a[0] = &xp; a[1] = &yp; a[2] = &n; a[3] = &map;
+        LaunchElementwise("attend_linear_feature_map", n, a, stream);
+    }
+
+    // split: (augmented, main, z); join: (main, z, augmented).
+    private void StatePass(string entry, DeviceBuffer first, DeviceBuffer second, DeviceBuffer third, long rows, int dv, int zc, CudaStream? stream)
+    {
+        ulong p0 = first.Pointer, p1 = second.Pointer, p2 = third.Pointer;
+        void** a = stackalloc void*[6];
+        a[0] = &p0; a[1] = &p1; a[2] = &p2; a[3] = &rows; a[4] = &dv; a[5] = &zc;
+        LaunchElementwise(entry, rows * (dv + 1), a, stream);
+    }
 
     // chunkStates != 0: pass 2 instead of pass 1 (no outputs; the state at each chunk's start written there).
     private void Launch(CudaTensor q, CudaTensor k, CudaTensor v, DeviceBuffer? gate, DeviceBuffer? initialState, CudaTensor? output, DeviceBuffer? finalState,
@@ -295,58 +425,90 @@ public sealed unsafe class CudaLinearPlan : IDisposable
     }
 
     /// <summary>
-    /// Whether <see cref="Backward"/> computes this configuration: the chunked form with no decay or a fixed decay per
-    /// head, Dk 64 or 128 and Dv 64 or 128; otherwise <paramref name="reason"/> says why.
+    /// Whether <see cref="Backward(CudaTensor, CudaTensor, CudaTensor, DeviceBuffer?, DeviceBuffer?, CudaTensor, DeviceBuffer?, DeviceBuffer, DeviceBuffer, DeviceBuffer, DeviceBuffer?, DeviceBuffer?, CudaStream?)"/>
+    /// computes this configuration: the chunked form with no decay, a fixed decay per head, a scalar gate per token
+    /// (simple GLA) or a channel gate (GLA, bf16 only), Dk 64 or 128 and Dv 64 or 128 (128 with a channel gate);
+    /// otherwise <paramref name="reason"/> says why.
     /// </summary>
     public static bool IsBackwardSupported(LinearShape shape, ElementType elementType, LinearAttentionOptions? options, out string reason)
     {
         options ??= new LinearAttentionOptions();
         if (!IsSupported(shape, elementType, options, out reason)) return false;
-        LinearDecay decay = options.Decay ?? (options.HeadDecay != null ? LinearDecay.FixedPerHead : LinearDecay.None);
-        if ((options.Form ?? LinearForm.Chunked) != LinearForm.Chunked)
-            reason = "the CUDA linear backward is the chunked form's";
-        else if (decay is not (LinearDecay.None or LinearDecay.FixedPerHead))
-            reason = $"the CUDA linear backward covers no decay and a fixed decay per head; {decay} (and its gate gradient) is not on the GPU yet";
-        else if (shape.ValueDim > CudaLinearKernels.BackwardMaxValueDim)
-            reason = $"the CUDA linear backward takes value dims 64 and 128; got Dv = {shape.ValueDim}";
+        reason = BackwardRefusal(shape, elementType, options.Form ?? LinearForm.Chunked,
+            options.Decay ?? (options.HeadDecay != null ? LinearDecay.FixedPerHead : LinearDecay.None), MapOf(options.FeatureMap),
+            options.Normalization ?? LinearNormalization.None) ?? "";
         return reason.Length == 0;
     }
+
+    // Why the CUDA backward cannot compute a configuration the forward supports, or null when it can.
+    internal static string? BackwardRefusal(LinearShape shape, ElementType elementType, LinearForm form, LinearDecay decay, CudaLinearFeatureMap map,
+        LinearNormalization normalization)
+    {
+        if (form != LinearForm.Chunked)
+            return "the CUDA linear backward is the chunked form's";
+        if (map != CudaLinearFeatureMap.Identity)
+            return "the CUDA linear backward takes the identity feature map; the elu+1 and relu pre-passes are forward-only on the GPU";
+        if (normalization != LinearNormalization.None)
+            return $"the CUDA linear backward computes no normalisation; {normalization} is forward-only on the GPU";
+        if (shape.ValueDim > CudaLinearKernels.BackwardMaxValueDim)
+            return $"the CUDA linear backward takes value dims 64 and 128; got Dv = {shape.ValueDim}";
+        if (decay == LinearDecay.ChannelGate && elementType != ElementType.BFloat16)
+            return $"the CUDA linear backward with a channel gate runs on bf16 only (its decayed products need bf16's exponent range); got {elementType.ShortName()}";
+        return null;
+    }
+
+    /// <summary>
+    /// The gradients without a gate (no decay or a fixed decay per head): the overload with a gate, passing none.
+    /// </summary>
+    /// <exception cref="NotSupportedException">A configuration <see cref="IsBackwardSupported"/> rejects, or a gated plan (it needs the gate).</exception>
+    /// <exception cref="ArgumentException">Tensors that do not match the plan; the message names the argument.</exception>
+    public void Backward(CudaTensor q, CudaTensor k, CudaTensor v, DeviceBuffer? initialState, CudaTensor outputGradient, DeviceBuffer? finalStateGradient,
+        DeviceBuffer queryGradient, DeviceBuffer keyGradient, DeviceBuffer valueGradient, DeviceBuffer? initialStateGradient, CudaStream? stream = null) =>
+        Backward(q, k, v, null, initialState, outputGradient, finalStateGradient, queryGradient, keyGradient, valueGradient, null, initialStateGradient, stream);
 
     /// <summary>
     /// Queues the gradients of <c>L = Σ dO·O + Σ dS_T·S_T</c> on <paramref name="stream"/>: a forward sweep that keeps
     /// the state at each chunk's start, a reverse sweep (on the forward's segments) for the state gradient at each chunk's end (and
-    /// <paramref name="initialStateGradient"/>), then dq, dk, dv per chunk. q, k, v, <paramref name="outputGradient"/> as
-    /// for <see cref="Run"/>; <paramref name="initialState"/>, <paramref name="finalStateGradient"/> float32
-    /// <c>[N, H, Dk, Dv]</c> or null (zero). The gradients are float32: <paramref name="queryGradient"/> <c>[B, T, H, Dk]</c>,
-    /// <paramref name="keyGradient"/> <c>[B, T, Hkv, Dk]</c>, <paramref name="valueGradient"/> <c>[B, T, Hkv, Dv]</c> (summed over
-    /// the query heads of a group), <paramref name="initialStateGradient"/> <c>[N, H, Dk, Dv]</c> or null (not wanted).
+    /// <paramref name="initialStateGradient"/>), then dq, dk, dv (and the gate gradient) per chunk. q, k, v,
+    /// <paramref name="gate"/>, <paramref name="outputGradient"/> as for <see cref="Run"/>; <paramref name="initialState"/>,
+    /// <paramref name="finalStateGradient"/> float32 <c>[N, H, Dk, Dv]</c> or null (zero). The gradients are float32:
+    /// <paramref name="queryGradient"/> <c>[B, T, H, Dk]</c>, <paramref name="keyGradient"/> <c>[B, T, Hkv, Dk]</c>,
+    /// <paramref name="valueGradient"/> <c>[B, T, Hkv, Dv]</c> (summed over the query heads of a group),
+    /// <paramref name="gateGradient"/> dL/d(log gate) shaped like the gate, or null (not wanted; only with a gate),
+    /// <paramref name="initialStateGradient"/> <c>[N, H, Dk, Dv]</c> or null (not wanted).
     /// The first call allocates the checkpoints (two <c>[chunks, H, Dk, Dv]</c> arrays of the element type); later calls allocate nothing.
     /// </summary>
     /// <exception cref="NotSupportedException">A configuration <see cref="IsBackwardSupported"/> rejects.</exception>
     /// <exception cref="ArgumentException">Tensors that do not match the plan; the message names the argument.</exception>
-    public void Backward(CudaTensor q, CudaTensor k, CudaTensor v, DeviceBuffer? initialState, CudaTensor outputGradient, DeviceBuffer? finalStateGradient,
-        DeviceBuffer queryGradient, DeviceBuffer keyGradient, DeviceBuffer valueGradient, DeviceBuffer? initialStateGradient, CudaStream? stream = null)
+    public void Backward(CudaTensor q, CudaTensor k, CudaTensor v, DeviceBuffer? gate, DeviceBuffer? initialState, CudaTensor outputGradient,
+        DeviceBuffer? finalStateGradient, DeviceBuffer queryGradient, DeviceBuffer keyGradient, DeviceBuffer valueGradient, DeviceBuffer? gateGradient,
+        DeviceBuffer? initialStateGradient, CudaStream? stream = null)
     {
         LinearShape s = Shape;
-        if (Form != LinearForm.Chunked)
-            throw new NotSupportedException("the CUDA linear backward is the chunked form's; this plan is recurrent");
-        if (Decay is not (LinearDecay.None or LinearDecay.FixedPerHead))
-            throw new NotSupportedException($"the CUDA linear backward covers no decay and a fixed decay per head; {Decay} (and its gate gradient) is not on the GPU yet");
-        if (s.ValueDim > CudaLinearKernels.BackwardMaxValueDim)
-            throw new NotSupportedException($"the CUDA linear backward takes value dims 64 and 128; got Dv = {s.ValueDim}");
+        if (BackwardRefusal(s, ElementType, Form, Decay, _map, Normalization) is { } refusal) throw new NotSupportedException(refusal);
         Require(q, nameof(q), s.Heads, s.KeyDim);
         Require(k, nameof(k), s.KvHeads, s.KeyDim);
         Require(v, nameof(v), s.KvHeads, s.ValueDim);
         Require(outputGradient, nameof(outputGradient), s.Heads, s.ValueDim);
         long rows = (long)s.Batch * s.Tokens;
         long stateBytes = (long)_sequences * s.Heads * s.KeyDim * s.ValueDim * 4;
+        bool gated = Decay is LinearDecay.ScalarGate or LinearDecay.ChannelGate;
+        long gateBytes = rows * s.Heads * (Decay == LinearDecay.ChannelGate ? s.KeyDim : 1) * 4;
+        if (gated)
+        {
+            if (gate is null) throw new ArgumentException($"Decay {Decay} needs its float32 gate ({gateBytes} bytes) for the backward.", nameof(gate));
+            RequireBytes(gate, nameof(gate), gateBytes);
+            if (gateGradient is not null) RequireBytes(gateGradient, nameof(gateGradient), gateBytes);
+        }
+        else if (gate is not null || gateGradient is not null)
+            throw new ArgumentException($"A gate (or gate gradient) was given but the decay is {Decay}.", gate is not null ? nameof(gate) : nameof(gateGradient));
         RequireBytes(queryGradient, nameof(queryGradient), rows * s.Heads * s.KeyDim * 4);
         RequireBytes(keyGradient, nameof(keyGradient), rows * s.KvHeads * s.KeyDim * 4);
         RequireBytes(valueGradient, nameof(valueGradient), rows * s.KvHeads * s.ValueDim * 4);
         if (finalStateGradient is not null) RequireBytes(finalStateGradient, nameof(finalStateGradient), stateBytes);
         if (initialStateGradient is not null) RequireBytes(initialStateGradient, nameof(initialStateGradient), stateBytes);
         if (_sequences == 0) return;
-        EnsureBackwardBuffers();
+        EnsureBackwardBuffers(gateGradient is not null);
         if (s.Heads != s.KvHeads)
         {
             // Summed atomically over the query heads of a group (the memset runs on the legacy stream, which blocking streams wait for).
@@ -354,25 +516,27 @@ public sealed unsafe class CudaLinearPlan : IDisposable
             valueGradient.Fill(0);
         }
 
-        // 1. The state at each chunk's start (the forward's pass 2).
-        if (_chunkCount > 0) Launch(q, k, v, null, initialState, null, null, stream, _chunkStates!.Pointer);
+        // 1. The state at each chunk's start (the forward's pass 2) and, for the gate gradient, the final states.
+        if (_chunkCount > 0)
+            Launch(q, k, v, gate, initialState, null, gateGradient is not null ? _finalStateScratch : null, stream, _chunkStates!.Pointer);
 
         // 2. The state gradient at each chunk's end, last chunk to first, and dS0.
         var a = new BackwardArguments
         {
-            PartLocal = _partStateGradient!.Pointer, Segs = _segments.Pointer,
+            PartLocal = _partStateGradient!.Pointer, PartDecay = _partDecayGradient!.Pointer, Segs = _segments.Pointer,
             Q = q.Buffer.Pointer, K = k.Buffer.Pointer, V = v.Buffer.Pointer, DO = outputGradient.Buffer.Pointer,
-            HeadLogDecay = _headLogDecay.Pointer, DST = finalStateGradient?.Pointer ?? 0, DS0 = initialStateGradient?.Pointer ?? 0,
-            H0s = _chunkStates!.Pointer, DHs = _chunkStateGradients!.Pointer, DQ = queryGradient.Pointer, DK = keyGradient.Pointer,
-            DV = valueGradient.Pointer, Chunks = _chunkTable!.Pointer,
-            Heads = s.Heads, KvHeads = s.KvHeads, Dv = s.ValueDim, Scale = _scale,
+            Gate = gate?.Pointer ?? 0, HeadLogDecay = Decay == LinearDecay.FixedPerHead ? _headLogDecay.Pointer : 0,
+            DST = finalStateGradient?.Pointer ?? 0, DS0 = initialStateGradient?.Pointer ?? 0,
+            H0s = _chunkStates!.Pointer, DHs = _chunkStateGradients!.Pointer, FinalStates = _finalStateScratch?.Pointer ?? 0,
+            DQ = queryGradient.Pointer, DK = keyGradient.Pointer, DV = valueGradient.Pointer, DG = gateGradient?.Pointer ?? 0,
+            Chunks = _chunkTable!.Pointer, Heads = s.Heads, KvHeads = s.KvHeads, Dv = s.ValueDim, Scale = _scale,
         };
         CudaKernelFunction dstate = CudaLinearKernels.StateGradient(_context, s.KeyDim, ElementType, _gate);
-        void** r = stackalloc void*[12];
-        r[0] = &a.Q; r[1] = &a.DO; r[2] = &a.HeadLogDecay; r[3] = &a.DST; r[4] = &a.DS0; r[5] = &a.DHs; r[6] = &a.PartLocal;
-        r[7] = &a.Segs; r[8] = &a.Heads; r[9] = &a.Dv; r[10] = &a.Scale; r[11] = &a.Pass;
+        void** r = stackalloc void*[14];
+        r[0] = &a.Q; r[1] = &a.DO; r[2] = &a.Gate; r[3] = &a.HeadLogDecay; r[4] = &a.DST; r[5] = &a.DS0; r[6] = &a.DHs; r[7] = &a.PartLocal;
+        r[8] = &a.PartDecay; r[9] = &a.Segs; r[10] = &a.Heads; r[11] = &a.Dv; r[12] = &a.Scale; r[13] = &a.Pass;
         // On the forward's segments, mirrored: pass 0 the local contributions of all but each sequence's first segment, pass 1 the rest.
-        uint valueBlocks = (uint)(s.ValueDim / CudaLinearKernels.ValueBlock), dstateSmem = (uint)CudaLinearKernels.StateGradientSharedBytes(s.KeyDim);
+        uint valueBlocks = (uint)(s.ValueDim / CudaLinearKernels.ValueBlock), dstateSmem = (uint)CudaLinearKernels.StateGradientSharedBytes(s.KeyDim, _gate);
         if (_partCount > 0)
         {
             a.Pass = 0;
@@ -382,16 +546,19 @@ public sealed unsafe class CudaLinearPlan : IDisposable
         dstate.Launch(valueBlocks, (uint)s.Heads, (uint)_segmentCount, 128, dstateSmem, stream, r);
         if (_chunkCount == 0) return;
 
-        // 3. dq, dk, dv per (chunk, query head).
+        // 3. dq, dk, dv (and d log gate) per (chunk, query head).
         CudaKernelFunction chunk = CudaLinearKernels.ChunkBackward(_context, s.KeyDim, ElementType, _gate);
-        void** p = stackalloc void*[16];
-        p[0] = &a.Q; p[1] = &a.K; p[2] = &a.V; p[3] = &a.DO; p[4] = &a.HeadLogDecay; p[5] = &a.H0s; p[6] = &a.DHs; p[7] = &a.DQ;
-        p[8] = &a.DK; p[9] = &a.DV; p[10] = &a.Chunks; p[11] = &a.Heads; p[12] = &a.KvHeads; p[13] = &a.Dv; p[14] = &a.Scale;
-        chunk.Launch((uint)_chunkCount, (uint)s.Heads, 1, 128, (uint)CudaLinearKernels.BackwardSharedBytes(s.KeyDim), stream, p);
+        void** p = stackalloc void*[18];
+        p[0] = &a.Q; p[1] = &a.K; p[2] = &a.V; p[3] = &a.DO; p[4] = &a.Gate; p[5] = &a.HeadLogDecay; p[6] = &a.H0s; p[7] = &a.DHs;
+        p[8] = &a.FinalStates; p[9] = &a.DQ; p[10] = &a.DK; p[11] = &a.DV; p[12] = &a.DG; p[13] = &a.Chunks; p[14] = &a.Heads;
+        p[15] = &a.KvHeads; p[16] = &a.Dv; p[17] = &a.Scale;
+        chunk.Launch((uint)_chunkCount, (uint)s.Heads, 1, 128, (uint)CudaLinearKernels.BackwardSharedBytes(s.KeyDim, _gate), stream, p);
     }
 
-    private void EnsureBackwardBuffers()
+    private void EnsureBackwardBuffers(bool finalStates)
     {
+        if (finalStates && _finalStateScratch is null)
+            _finalStateScratch = new DeviceBuffer(_context, Math.Max(4L, (long)_sequences * Shape.Heads * Shape.KeyDim * Shape.ValueDim * 4));
         if (_chunkTable is not null) return;
         const int c = CudaLinearKernels.Chunk;
         var chunks = new List<int>();
@@ -400,19 +567,21 @@ public sealed unsafe class CudaLinearPlan : IDisposable
         {
             for (int begin = 0; begin < _lengths[n]; begin += c)
             {
-                chunks.AddRange([n, _starts[n] + begin, Math.Min(c, _lengths[n] - begin), 0]);
+                // The last field marks a sequence's last chunk (its end state is the final state, not the next checkpoint).
+                chunks.AddRange([n, _starts[n] + begin, Math.Min(c, _lengths[n] - begin), begin + c >= _lengths[n] ? 1 : 0]);
                 count++;
             }
         }
         if (chunks.Count == 0) chunks.AddRange(new int[4]);
         long checkpointBytes = Math.Max(1L, (long)count * Shape.Heads * Shape.KeyDim * Shape.ValueDim * 2);
-        // All four buffers or none: a failed allocation (out of memory on a long sequence) must not leave a half-built
+        // All five buffers or none: a failed allocation (out of memory on a long sequence) must not leave a half-built
         // plan that the next call would take as ready.
-        DeviceBuffer? table = null, partGradient = null, states = null, stateGradients = null;
+        DeviceBuffer? table = null, partGradient = null, partDecay = null, states = null, stateGradients = null;
         try
         {
             table = DeviceBuffer.From<int>(_context, chunks.ToArray());
             partGradient = new DeviceBuffer(_context, Math.Max(1L, (long)_partCount * Shape.Heads * Shape.KeyDim * Shape.ValueDim) * 4);
+            partDecay = new DeviceBuffer(_context, Math.Max(1L, (long)_partCount * Shape.Heads * Shape.KeyDim) * 4);
             states = new DeviceBuffer(_context, checkpointBytes);
             stateGradients = new DeviceBuffer(_context, checkpointBytes);
         }
@@ -420,12 +589,14 @@ public sealed unsafe class CudaLinearPlan : IDisposable
         {
             table?.Dispose();
             partGradient?.Dispose();
+            partDecay?.Dispose();
             states?.Dispose();
             stateGradients?.Dispose();
             throw;
         }
         _chunkCount = count;
         _partStateGradient = partGradient;
+        _partDecayGradient = partDecay;
         _chunkStates = states;
         _chunkStateGradients = stateGradients;
         _chunkTable = table;
@@ -440,7 +611,7 @@ public sealed unsafe class CudaLinearPlan : IDisposable
     [StructLayout(LayoutKind.Sequential)]
     private struct BackwardArguments
     {
-        public ulong Q, K, V, DO, HeadLogDecay, DST, DS0, H0s, DHs, DQ, DK, DV, PartLocal, Segs, Chunks;
+        public ulong Q, K, V, DO, Gate, HeadLogDecay, DST, DS0, H0s, DHs, FinalStates, DQ, DK, DV, DG, PartLocal, PartDecay, Segs, Chunks;
         public int Heads, KvHeads, Dv;
         public float Scale;
         public int Pass;
@@ -475,6 +646,17 @@ public sealed unsafe class CudaLinearPlan : IDisposable
         _headLogDecay.Dispose();
         _chunkTable?.Dispose();
         _partStateGradient?.Dispose();
+        _partDecayGradient?.Dispose();
+        _finalStateScratch?.Dispose();
+        _mappedQ?.Dispose();
+        _mappedK?.Dispose();
+        _unitValues?.Dispose();
+        _denominator?.Dispose();
+        _initialMain?.Dispose();
+        _finalMain?.Dispose();
+        _initialZ?.Dispose();
+        _finalZ?.Dispose();
+        _denominatorPlan?.Dispose();
         _chunkStates?.Dispose();
         _chunkStateGradients?.Dispose();
     }

@@ -44,16 +44,17 @@ public class CudaLinearTests
     }
 
     [Theory]
-    [InlineData(LinearDecay.ScalarGate, LinearForm.Chunked, 128, "ScalarGate")]
-    [InlineData(LinearDecay.ChannelGate, LinearForm.Chunked, 128, "ChannelGate")]
-    [InlineData(LinearDecay.None, LinearForm.Recurrent, 128, "chunked")]
-    [InlineData(LinearDecay.None, LinearForm.Chunked, 256, "value dims 64 and 128")]
-    public void BackwardUnsupportedConfigurationsSayWhy(LinearDecay decay, LinearForm form, int dv, string expected)
+    [InlineData(LinearDecay.ChannelGate, LinearForm.Chunked, 128, "fp16", "bf16 only")]
+    [InlineData(LinearDecay.None, LinearForm.Recurrent, 128, "bf16", "chunked")]
+    [InlineData(LinearDecay.None, LinearForm.Chunked, 256, "bf16", "value dims 64 and 128")]
+    [InlineData(LinearDecay.ScalarGate, LinearForm.Chunked, 256, "fp16", "value dims 64 and 128")]
+    public void BackwardUnsupportedConfigurationsSayWhy(LinearDecay decay, LinearForm form, int dv, string type, string expected)
     {
         var shape = new LinearShape(1, 10, 2, 2, 64, dv);
+        ElementType element = type == "fp16" ? ElementType.Float16 : ElementType.BFloat16;
         var options = new LinearAttentionOptions { Decay = decay, Form = form };
-        Assert.True(CudaLinearPlan.IsSupported(shape, ElementType.BFloat16, options, out _));
-        Assert.False(CudaLinearPlan.IsBackwardSupported(shape, ElementType.BFloat16, options, out string reason));
+        Assert.True(CudaLinearPlan.IsSupported(shape, element, options, out _));
+        Assert.False(CudaLinearPlan.IsBackwardSupported(shape, element, options, out string reason));
         Assert.Contains(expected, reason);
         Assert.True(CudaLinearPlan.IsBackwardSupported(shape with { ValueDim = 128 }, ElementType.Float16,
             new LinearAttentionOptions { HeadDecay = [0.9f, 0.5f] }, out reason), reason);
@@ -67,7 +68,7 @@ public class CudaLinearTests
     }
 
     [Theory]
-    [InlineData(LinearNormalization.Denominator, "normalisation")]
+    [InlineData(LinearNormalization.RmsNorm, "RmsNorm")]
     [InlineData(LinearNormalization.None, "key dims 64 and 128")]
     public void UnsupportedConfigurationsSayWhy(LinearNormalization norm, string expected)
     {

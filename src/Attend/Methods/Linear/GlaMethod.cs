@@ -21,7 +21,7 @@ public sealed class GlaMethod : LinearMethod
     public const string Paper = "Gated Linear Attention Transformers with Hardware-Efficient Training (Yang et al., 2024)";
 
     /// <inheritdoc />
-    public override MethodInfo Info { get; } = new(Name, "linear", "method", Paper, ["cpu"], "implemented",
+    public override MethodInfo Info { get; } = new(Name, "linear", "method", Paper, ["cpu", "cuda"], "implemented",
         "gated linear attention: data-dependent decay per key channel (input g = log α, [B,T,H,Dk])")
     {
         Parameters =

@@ -20,7 +20,7 @@ public sealed class LightningAttentionMethod : LinearMethod
     public const string Paper = "Various Lengths, Constant Speed: Efficient Language Modeling with Lightning Attention (Qin et al., 2024)";
 
     /// <inheritdoc />
-    public override MethodInfo Info { get; } = new(Name, "linear", "method", Paper, ["cpu"], "implemented",
+    public override MethodInfo Info { get; } = new(Name, "linear", "method", Paper, ["cpu", "cuda"], "implemented",
         "intra-block masked QKᵀV + inter-block KᵀV state (Lightning Attention); optional TNL decay")
     {
         Parameters =

@@ -19,7 +19,7 @@ public sealed class LinearAttentionMethod : LinearMethod
     public const string Paper = "Transformers are RNNs: Fast Autoregressive Transformers with Linear Attention (Katharopoulos et al., 2020)";
 
     /// <inheritdoc />
-    public override MethodInfo Info { get; } = new(Name, "linear", "method", Paper, ["cpu"], "implemented",
+    public override MethodInfo Info { get; } = new(Name, "linear", "method", Paper, ["cpu", "cuda"], "implemented",
         "causal linear attention with elu+1 or ReLU features and the running denominator")
     {
         Parameters =

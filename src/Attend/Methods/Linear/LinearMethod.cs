@@ -58,10 +58,25 @@ public abstract class LinearMethod : IAttentionMethod
         LinearCall call = Configure(inputs, arguments, shape);
         arguments.ThrowIfUnused(Info.Name);
         if (call.Instead is { } instead) return instead(inputs, shape);
-        MethodResult result = Execute(inputs, shape, call.Options with { Form = form, ChunkSize = chunk }, call.Gate, call.Beta);
+        MethodResult result = Execute(inputs, shape, WithBackend(call.Options with { Form = form, ChunkSize = chunk }, AttentionBackend.Current), call.Gate, call.Beta);
         result.Report.Add(new("form", form.ToString().ToLowerInvariant()));
         call.After?.Invoke(inputs, shape, result);
         return result;
+    }
+
+    /// <summary>
+    /// The options with <see cref="LinearAttentionOptions.Backend"/> taken from <paramref name="backend"/> (the
+    /// <see cref="AttentionBackend.Use"/> scope of <see cref="MethodRunner.Run"/>) when the method named none itself, so
+    /// <c>attend run --method NAME --backend cuda</c> runs the linear kernel there; <c>null</c> or <c>cpu</c> change nothing.
+    /// </summary>
+    /// <exception cref="NotSupportedException">The naive form (the float64 CPU reference) on another backend.</exception>
+    public static LinearAttentionOptions WithBackend(LinearAttentionOptions options, string? backend)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        if (options.Backend is not null || backend is null || backend.Equals("cpu", StringComparison.OrdinalIgnoreCase)) return options;
+        if ((options.Form ?? LinearForm.Chunked) == LinearForm.Naive)
+            throw new NotSupportedException($"form=naive is the float64 CPU reference; it does not run on '{backend}' (use form=chunked or form=recurrent)");
+        return options with { Backend = backend };
     }
 
     /// <summary>The <c>form</c> parameter.</summary>

@@ -19,7 +19,7 @@ public sealed class RetNetMethod : LinearMethod
     public const string Paper = "Retentive Network: A Successor to Transformer for Large Language Models (Sun et al., 2023)";
 
     /// <inheritdoc />
-    public override MethodInfo Info { get; } = new(Name, "linear", "method", Paper, ["cpu"], "implemented",
+    public override MethodInfo Info { get; } = new(Name, "linear", "method", Paper, ["cpu", "cuda"], "implemented",
         "retention: fixed multi-scale decay per head, parallel (chunked) and recurrent forms")
     {
         Parameters =
