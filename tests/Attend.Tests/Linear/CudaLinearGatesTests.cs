@@ -96,7 +96,7 @@ public class CudaLinearGatesTests
     [InlineData("based", 16, "", "taylor2")]
     [InlineData("linear-attention", 48, "", "key dims 64 and 128")]
     [InlineData("linear-attention", 64, "naive", "naive")]
-    [InlineData("deltanet", 64, "", "l2norm")]
+    [InlineData("deltanet", 48, "", "key dims 64 and 128")]
     public void RunOnCudaRefusesWhatTheGpuDoesNotComputeOnAnyMachine(string method, int d, string form, string expected)
     {
         using var dir = new TempDir();
@@ -114,6 +114,7 @@ public class CudaLinearGatesTests
     [InlineData("linear-attention", "")]
     [InlineData("linear-attention", "map=relu")]
     [InlineData("retnet", "")]
+    [InlineData("deltanet", "")]
     public void RunOnCudaMatchesTheCpuOrSaysWhyNot(string method, string param)
     {
         using var dir = new TempDir();

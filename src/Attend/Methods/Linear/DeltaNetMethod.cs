@@ -20,7 +20,7 @@ public sealed class DeltaNetMethod : LinearMethod
     public const string Paper = "Parallelizing Linear Transformers with the Delta Rule over Sequence Length (Yang et al., 2024)";
 
     /// <inheritdoc />
-    public override MethodInfo Info { get; } = new(Name, "linear", "method", Paper, ["cpu"], "implemented",
+    public override MethodInfo Info { get; } = new(Name, "linear", "method", Paper, ["cpu", "cuda"], "implemented",
         "delta rule: S += β k (v − Sᵀk)ᵀ, L2-normalised q/k (input beta [B,T,H], default 1)")
     {
         Parameters = [FormParameter, ChunkParameter, new MethodParameter("scale", "float", "1/sqrt(Dk)", "multiplies q (after the L2 norm)")],

@@ -19,7 +19,7 @@ public sealed class GatedDeltaNetMethod : LinearMethod
     public const string Paper = "Gated Delta Networks: Improving Mamba2 with Delta Rule (Yang, Kautz, Hatamizadeh, 2025)";
 
     /// <inheritdoc />
-    public override MethodInfo Info { get; } = new(Name, "linear", "method", Paper, ["cpu"], "implemented",
+    public override MethodInfo Info { get; } = new(Name, "linear", "method", Paper, ["cpu", "cuda"], "implemented",
         "gated delta rule with a scalar decay per token and head (inputs g = log α [B,T,H], beta [B,T,H])")
     {
         Parameters = [FormParameter, ChunkParameter, new MethodParameter("scale", "float", "1/sqrt(Dk)", "multiplies q (after the L2 norm)")],
