@@ -40,7 +40,7 @@ public sealed class RecycledPattern
 /// The causal mask of <see cref="RecycledAttention"/>: a full-step row sees every earlier key; any other row sees the
 /// top-K keys recorded at its period's full step and every key after that step (the tokens it could not record).
 /// </summary>
-public readonly struct RecycledMask : IMaskMod<RecycledMask>
+public readonly struct RecycledMask : IMaskMod<RecycledMask>, IMaskRowWords
 {
     private readonly TokenSelectionMask _tokens;
     private readonly int[][]? _full;
@@ -81,6 +81,16 @@ public readonly struct RecycledMask : IMaskMod<RecycledMask>
         int row = q - (_keyLengths![e] - _queryLengths![e]);
         if ((uint)row >= (uint)_queryLengths[e] || k < 0 || k > q || k >= _keyLengths[e]) return false;
         return k >= _freeFrom![e][row] || _tokens.IsVisible(batch, head, q, k);
+    }
+
+    /// <inheritdoc/>
+    public ulong RowWord(int batch, int head, int q, int k0)
+    {
+        int e = Full.Length == 1 ? 0 : batch;
+        int row = q - (_keyLengths![e] - _queryLengths![e]);
+        if ((uint)row >= (uint)_queryLengths[e] || k0 < 0) return 0;
+        ulong allowed = MaskRowWords.AtMost(q, k0) & MaskRowWords.Range(0, _keyLengths[e], k0);
+        return allowed & (MaskRowWords.Range(_freeFrom![e][row], long.MaxValue, k0) | _tokens.RowWord(batch, head, q, k0));
     }
 
     /// <inheritdoc/>
