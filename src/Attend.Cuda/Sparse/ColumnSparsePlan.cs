@@ -175,6 +175,7 @@ internal sealed class ColumnSparsePlan
                 if (next > p1) break;
                 merged.Add(next);
             }
+            int rangeAt = 0;
             for (int kb = 0; kb <= lastBlock; kb++)
             {
                 if (!touched[kb]) continue;
@@ -183,7 +184,8 @@ internal sealed class ColumnSparsePlan
                 // Diagonal d = p − k of row r, key c is p0 − k0 + r − c; bit d − (p0 − k0 − 63) = r − c + 63.
                 int dBase = p0 - k0 - 63;
                 int from = blocks ? slash.Length : LowerBound(slash, Math.Max(dBase, 0));
-                for (int r = 0; r < rangeCount; r++)
+                while (rangeAt < rangeCount && ranges[2 * rangeAt + 1] <= k0) rangeAt++; // key blocks ascend, so do the ranges
+                for (int r = rangeAt; r < rangeCount && ranges[2 * r] < k0 + KeyBlock; r++)
                 {
                     int lo = Math.Max(ranges[2 * r], k0), hi = Math.Min(ranges[2 * r + 1], k0 + KeyBlock);
                     if (lo < hi) item.Cols |= (hi - lo == 64 ? ulong.MaxValue : ((1UL << (hi - lo)) - 1)) << (lo - k0);
