@@ -76,6 +76,28 @@ public class MaskRowWordsTests
         AssertWordsMatch(both, 0, 2, 260, 260);
     }
 
+    [Fact]
+    public void VisiblePairsCountedByWordsEqualThePairByPairCount()
+    {
+        Random rng = TestData.Rng(4420);
+        RoutingProblem p = RoutingProblem.Random(rng, 1, 333, 4, 2, 32, tk: 400);
+        SparsePlan plan = RetrievalAttention.Plan(p.Input);
+        IMaskMod axial = Masks.And(Masks.Causal, new AxialMask(new TokenGrid(13, 31)));
+        foreach ((IMaskMod mask, BlockMask blocks, int tq, int tk) in new[]
+        {
+            (plan.Mask, plan.Blocks, 333, 400),
+            (axial, BlockMask.Create(axial, 403, 403, 1, 1), 403, 403),
+        })
+        {
+            long expected = 0;
+            for (int h = 0; h < blocks.Heads; h++)
+                for (int i = 0; i < tq; i++)
+                    for (int k = 0; k < tk; k++)
+                        if (mask.IsVisible(0, h, i + tk - tq, k)) expected++;
+            Assert.Equal(expected, blocks.VisiblePairs());
+        }
+    }
+
     private static void AssertWordsMatch(IMaskMod mask, int batch, int heads, int tq, int tk)
     {
         var words = (IMaskRowWords)mask;
