@@ -38,6 +38,9 @@ foreach (string workload in new[] { WorkloadPresets.Random, WorkloadPresets.Llm 
     VerticalSlashPlan scattered = Custom(h => vs.Tokens.Slash(0, h).ToArray(), null);
     VerticalSlashPlan near200 = Custom(h => Enumerable.Range(0, 200).Select(i => i * 17).ToArray(), null);
     VerticalSlashPlan far200 = Custom(h => Enumerable.Range(0, 200).Select(i => i * (t / 200 - 1)).ToArray(), null);
+    VerticalSlashPlan empty = Custom(h => [], null);
+    VerticalSlashPlan near64 = Custom(h => Enumerable.Range(1, 64).Select(i => i * 17).ToArray(), null);
+    VerticalSlashPlan far64 = Custom(h => Enumerable.Range(1, 64).Select(i => i * (t / 66)).ToArray(), null);
     VerticalSlashPlan Custom(Func<int, int[]> slash, Func<int, int[]>? vertical)
     {
         var p = new VerticalSlashPlan(1, H, t, t);
@@ -58,6 +61,9 @@ foreach (string workload in new[] { WorkloadPresets.Random, WorkloadPresets.Llm 
         ($"its {ns} scattered alone", scattered.Density, () => VerticalSlashAttention.Forward(Q(), K(), V(), scattered, null, O(), L())),
         ("200 diagonals 17 apart", near200.Density, () => VerticalSlashAttention.Forward(Q(), K(), V(), near200, null, O(), L())),
         ("200 diagonals spread", far200.Density, () => VerticalSlashAttention.Forward(Q(), K(), V(), far200, null, O(), L())),
+        ("empty plan (fixed cost)", empty.Density, () => VerticalSlashAttention.Forward(Q(), K(), V(), empty, null, O(), L())),
+        ("64 diagonals 17 apart", near64.Density, () => VerticalSlashAttention.Forward(Q(), K(), V(), near64, null, O(), L())),
+        ("64 diagonals spread", far64.Density, () => VerticalSlashAttention.Forward(Q(), K(), V(), far64, null, O(), L())),
     };
     var cpu = new double[cases.Length][];
     var wall = new double[cases.Length][];
@@ -83,6 +89,13 @@ foreach (string workload in new[] { WorkloadPresets.Random, WorkloadPresets.Llm 
         double mc = Median(cpu[c]), mw = Median(wall[c]), d = cases[c].Density;
         Console.WriteLine($"{cases[c].Name,-28} {d,8:F4} {mc,16:F0} {mc / (d * exactCpu),14:F2} {mw,9:F0} {mw / (d * exactWall),15:F2}   CPU runs: {string.Join(" / ", cpu[c].Select(x => x.ToString("F0")))}");
     }
+    // The cost of a pair on the diagonal path beyond the plan's fixed cost (the empty plan), in exact-kernel pairs.
+    int emptyAt = Array.FindIndex(cases, x => x.Name.StartsWith("empty"));
+    double fixedCpu = Median(cpu[emptyAt]);
+    for (int c = emptyAt + 1; c < cases.Length; c++)
+        Console.WriteLine($"  {cases[c].Name}: (CPU − empty plan) ÷ (d × exact CPU) = {(Median(cpu[c]) - fixedCpu) / (cases[c].Density * exactCpu):F2}");
+    foreach (int c in new[] { 4, 5, 6 })
+        Console.WriteLine($"  {cases[c].Name}: (CPU − empty plan) ÷ (d × exact CPU) = {(Median(cpu[c]) - fixedCpu) / (cases[c].Density * exactCpu):F2}");
 }
 
 static double Median(double[] a)
