@@ -167,12 +167,20 @@ public static class RecycledAttention
                     firstFull[s][p] = true;
                 }
             }
-            SelectorMath.ForEach(n * input.Heads, item =>
+            // Work items of (sequence, head, run of periods): each period's full step writes only its own row, and a
+            // long single sequence then fills every core (one item per (sequence, head) left half of 16 cores idle).
+            const int periodsPerItem = 16;
+            var items = new List<(int S, int H, int First)>();
+            for (int s = 0; s < n; s++)
+                for (int h = 0; h < input.Heads; h++)
+                    for (int p = 0; p < full[s].Length; p += periodsPerItem) items.Add((s, h, p));
+            SelectorMath.ForEach(items.Count, item =>
             {
-                int s = item / input.Heads, h = item % input.Heads, tk = input.KeyLength(s);
+                (int s, int h, int first) = items[item];
+                int tk = input.KeyLength(s);
                 var logits = new float[tk];
                 var chosen = new int[topK];
-                for (int p = 0; p < full[s].Length; p++)
+                for (int p = first; p < Math.Min(first + periodsPerItem, full[s].Length); p++)
                 {
                     int end = Math.Clamp(full[s][p] + 1, 0, tk);
                     if (end == 0) continue;
