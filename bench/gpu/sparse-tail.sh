@@ -7,7 +7,7 @@
 #   3. 128k: the methods not yet run at 128k on the GPU (host flattening now a word per row), MInference's two coverages
 #      first. One process (the 128k inputs and the exact run are made once); cases in priority order, JSON after each, so
 #      a run cut by its timeout keeps what it measured.
-# Usage: bash sparse-tail.sh   (the published attend in ./attend). Logs and JSON go to $OUT (or /tmp/attend-sparse-tail).
+# Usage: bash sparse-tail.sh [--rest]   (the published attend in ./attend; --rest: only the 128k rows the first call's cap cut). Logs and JSON go to $OUT (or /tmp/attend-sparse-tail).
 set -u -o pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ATTEND="$HERE/attend/Attend.Cli"
@@ -15,6 +15,13 @@ OUT=${OUT:-/tmp/attend-sparse-tail}
 mkdir -p "$OUT"
 export ATTEND_CUDA_CACHE=/tmp/attend-cuda-cache
 echo "== $(date -u '+%Y-%m-%d %H:%M:%S UTC') on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader); $(nproc) cores"
+if [ "${1:-}" = "--rest" ]; then   # the 128k rows the first call's cap cut (selectors now use every core), axial again
+  timeout ${T128:-150} "$ATTEND" bench sparse --backend cuda --lengths 131072 --workloads random --runs 1 --no-sweep \
+    --methods "axial,landmark,recycled,delta,routing-transformer,retrieval-attention,flexprefill" \
+    --json "$OUT/sparse-128k-rest.json" > "$OUT/bench-128k-rest.log" 2>&1; echo "bench 128k exit code: $?"
+  grep "^  \|exact causal\|FAILED" "$OUT/bench-128k-rest.log" | cut -c1-230
+  echo "== done $(date -u '+%H:%M:%S')"; exit 0
+fi
 echo "== 1. attend check --backend cuda --cases 1"
 timeout 60 "$ATTEND" check --backend cuda --cases 1 > "$OUT/check.log" 2>&1; rc=$?
 grep -v '^  ok   Cuda\|^  ok   Cpu\|^  ok   Reference\|^  skipped' "$OUT/check.log" | cut -c1-200 | tail -30
