@@ -90,4 +90,25 @@ public class SelectorWorkItemTests
                 }
             }
     }
+
+    [Fact]
+    public void RetrievalWithEveryListOpenedFindsTheExactTopKInEveryItem()
+    {
+        // 2300 keys: the index's assignment runs in two key chunks per group; 2300 query rows of 1: three search items.
+        Random rng = TestData.Rng(4603);
+        const int t = 2300, topK = 6, sinks = 2, window = 4, lists = 12;
+        RoutingProblem p = RoutingProblem.Random(rng, 1, t, 2, 1, 16);
+        SparsePlan plan = RetrievalAttention.Plan(p.Input, new RetrievalAttentionOptions
+        {
+            TopK = topK, Sinks = sinks, Window = window, Lists = lists, Probes = lists, QueryBlockSize = 1,
+        });
+        foreach (int row in new[] { 10, 1023, 1024, 2100, 2299 })
+            for (int h = 0; h < p.H; h++)
+            {
+                bool Static(int k) => k < sinks || k > row - window;
+                var expected = Enumerable.Range(0, row + 1).Where(k => !Static(k)).OrderByDescending(k => Dot(p, row, h, k)).Take(topK).ToHashSet();
+                for (int k = 0; k <= row; k++)
+                    Assert.True((Static(k) || expected.Contains(k)) == plan.Mask.IsVisible(0, h, row, k), $"row {row} head {h} key {k}; seed {TestData.RunSeed}");
+            }
+    }
 }
