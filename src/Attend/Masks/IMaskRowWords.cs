@@ -15,6 +15,7 @@ public interface IMaskRowWords
     /// <param name="head">Query head.</param>
     /// <param name="q">Query position (key axis, bottom-right aligned; may be negative).</param>
     /// <param name="k0">First key, a multiple of 64 (≥ 0).</param>
+    /// <exception cref="ArgumentException">Implementations that read 64-key words may refuse a <paramref name="k0"/> that is not a multiple of 64.</exception>
     ulong RowWord(int batch, int head, int q, int k0);
 }
 
@@ -26,9 +27,11 @@ public static class MaskRowWords
     /// evaluated only where <paramref name="candidates"/> is set (the rest are 0). <paramref name="words"/> is
     /// <paramref name="mask"/> boxed as <see cref="IMaskRowWords"/> (box it once per plan, not per row), or null.
     /// </summary>
+    /// <exception cref="ArgumentException"><paramref name="k0"/> negative or not a multiple of 64.</exception>
     public static ulong Row<TMask>(in TMask mask, IMaskRowWords? words, int batch, int head, int q, int k0, ulong candidates = ulong.MaxValue)
         where TMask : struct, IMaskMod<TMask>
     {
+        if (k0 < 0 || (k0 & 63) != 0) throw new ArgumentException($"The first key of a row word must be a multiple of 64 ≥ 0; got {k0}.", nameof(k0));
         if (candidates == 0) return 0;
         if (words is not null) return words.RowWord(batch, head, q, k0) & candidates;
         ulong word = 0;

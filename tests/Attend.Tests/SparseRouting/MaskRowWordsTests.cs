@@ -77,6 +77,16 @@ public class MaskRowWordsTests
     }
 
     [Fact]
+    public void AWordThatDoesNotStartOnA64KeyBoundaryIsRefused()
+    {
+        RoutingProblem p = RoutingProblem.Random(TestData.Rng(4430), 1, 100, 1, 1, 16);
+        TokenSelectionMask tokens = new TokenSelection(p.Input, 1, 1).ToMask();
+        Assert.Equal("k0", Assert.Throws<ArgumentException>(() => tokens.RowWord(0, 0, 99, 10)).ParamName);
+        Assert.Equal("k0", Assert.Throws<ArgumentException>(() => MaskRowWords.Row(Masks.Causal, null, 0, 0, 99, 32)).ParamName);
+        Assert.Equal("k0", Assert.Throws<ArgumentException>(() => MaskRowWords.Row(Masks.Causal, null, 0, 0, 99, -64)).ParamName);
+    }
+
+    [Fact]
     public void VisiblePairsCountedByWordsEqualThePairByPairCount()
     {
         Random rng = TestData.Rng(4420);
