@@ -216,6 +216,20 @@ public class SlashCoverageTests
     }
 
     [Fact]
+    public void TheOfflineSearchUnderBlocksCoverageRunsThePlanItScored()
+    {
+        Random rng = TestData.Rng(4342);
+        DynamicWorkload w = DynamicWorkload.Create(rng, 300, 4, 2, 48, needleKey: 77);
+        MethodResult r = new MInferenceMethod().Run(Inputs(w.Case, w.Inputs), MethodArguments.Parse(["pattern=search", "budget=80", "coverage=blocks"]));
+        var plan = (HybridSparsePlan)r.Coverage!;
+        Assert.Equal(SlashCoverage.Blocks, plan.Tokens.Coverage);
+        ReferenceForwardResult reference = plan.Reference(TestData.Bthd(w.Inputs.Q, 1, 300, 4, 48), TestData.Bthd(w.Inputs.K, 1, 300, 2, 48),
+            TestData.Bthd(w.Inputs.V, 1, 300, 2, 48), new AttentionOptions());
+        Assert.True(TestData.RelativeError<float>(r.Output.Data, reference.Output) < 1e-5, $"seed {TestData.RunSeed}");
+        Assert.Equal(plan.Density, r.Density!.Value, 12);
+    }
+
+    [Fact]
     public void BadArgumentsAreRefusedByName()
     {
         var plan = new VerticalSlashPlan(1, 1, 100, 100);

@@ -151,6 +151,7 @@ public static class MInference
         for (int c = 0; c < candidates.Count; c++)
         {
             HybridSparsePlan plan = plans[c] = ctx.NewPlan();
+            plan.Tokens.Coverage = options.Coverage ?? SlashCoverage.Diagonals; // recall of what will be computed
             MInferenceHeadPattern candidate = candidates[c];
             ctx.ForEachHead(options.MaxThreads, (s, h) =>
             {
