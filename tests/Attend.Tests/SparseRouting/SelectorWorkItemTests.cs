@@ -111,4 +111,58 @@ public class SelectorWorkItemTests
                     Assert.True((Static(k) || expected.Contains(k)) == plan.Mask.IsVisible(0, h, row, k), $"row {row} head {h} key {k}; seed {TestData.RunSeed}");
             }
     }
+
+    [Fact]
+    public void RoutingCentroidUpdateOverSeveralTokenRunsEqualsTheFloat64LloydStep()
+    {
+        // 100,000 tokens (queries and keys of two sequences): four runs of 32,768, one cut inside a sequence's keys.
+        Random rng = TestData.Rng(4604);
+        int[] lens = [20000, 30000];
+        RoutingProblem p = RoutingProblem.Random(rng, 1, 0, 2, 1, 8, lens);
+        const int clusters = 3;
+        var seed = TestData.Gaussian<float>(rng, 2 * clusters * 8);
+        var c = new RoutingCentroids(2, clusters, 8, seed);
+        var before = new double[2 * clusters * 8];
+        for (int h = 0; h < 2; h++)
+            for (int k = 0; k < clusters; k++)
+                for (int i = 0; i < 8; i++) before[(h * clusters + k) * 8 + i] = c.Centroid(h, k)[i];
+        SelectorInput x = p.Input;
+        var expected = new double[before.Length];
+        for (int h = 0; h < 2; h++)
+        {
+            var sq = new double[clusters, 8];
+            var sk = new double[clusters, 8];
+            var nq = new int[clusters];
+            var nk = new int[clusters];
+            for (int s = 0; s < lens.Length; s++)
+                for (int t = 0; t < lens[s]; t++)
+                    foreach (bool isQuery in new[] { true, false })
+                    {
+                        ReadOnlySpan<float> v = isQuery ? x.QueryRow(s, h, t) : x.KeyRow(s, 0, t);
+                        double norm = 0;
+                        foreach (float f in v) norm += f * f;
+                        norm = Math.Sqrt(norm);
+                        int cl = c.Nearest(h, v);
+                        for (int i = 0; i < 8; i++) (isQuery ? sq : sk)[cl, i] += v[i] / norm;
+                        (isQuery ? nq : nk)[cl]++;
+                    }
+            for (int k = 0; k < clusters; k++)
+            {
+                int sides = (nq[k] > 0 ? 1 : 0) + (nk[k] > 0 ? 1 : 0);
+                var mu = new double[8];
+                double norm = 0;
+                for (int i = 0; i < 8; i++)
+                {
+                    mu[i] = sides == 0 ? before[(h * clusters + k) * 8 + i] : ((nq[k] > 0 ? sq[k, i] / nq[k] : 0) + (nk[k] > 0 ? sk[k, i] / nk[k] : 0)) / sides;
+                    norm += mu[i] * mu[i];
+                }
+                for (int i = 0; i < 8; i++) expected[(h * clusters + k) * 8 + i] = mu[i] / Math.Sqrt(norm);
+            }
+        }
+        c.Update(x, 0);
+        for (int h = 0; h < 2; h++)
+            for (int k = 0; k < clusters; k++)
+                for (int i = 0; i < 8; i++)
+                    Assert.True(Math.Abs(c.Centroid(h, k)[i] - expected[(h * clusters + k) * 8 + i]) < 1e-5, $"head {h} centroid {k} [{i}]; seed {TestData.RunSeed}");
+    }
 }
