@@ -35,7 +35,7 @@ internal static class BenchSparseCommand
     {
         var json = new Option<string?>("--json") { Description = "Also write the results as JSON to this file." };
         var quick = new Option<bool>("--quick") { Description = "T=1024, workloads random and llm, one timed run: seconds." };
-        var methods = new Option<string?>("--methods") { Description = "Comma-separated method names (default: every sparse and approximation method)." };
+        var methods = new Option<string?>("--methods") { Description = "Comma-separated method names (default: every sparse and approximation method); name[key=value;key=value] runs a method with those parameters, e.g. minference[coverage=blocks]." };
         var workloads = new Option<string?>("--workloads") { Description = $"Comma-separated workloads from: {string.Join(", ", WorkloadPresets.Names)} (default: random, llm, needle)." };
         var lengths = new Option<string?>("--lengths") { Description = "Comma-separated sequence lengths (default: 4096,8192,16384)." };
         var runs = new Option<int?>("--runs") { Description = "Timed runs per case after one warm-up (default 3)." };
@@ -201,9 +201,32 @@ internal static class BenchSparseCommand
         if (string.IsNullOrWhiteSpace(list)) return all;
         var chosen = new List<IAttentionMethod>();
         foreach (string raw in list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
-            chosen.Add(all.FirstOrDefault(m => string.Equals(m.Info.Name, raw, StringComparison.OrdinalIgnoreCase))
-                ?? throw new UserError($"--methods: unknown sparse method '{raw}' (known: {string.Join(", ", all.Select(m => m.Info.Name))})."));
+        {
+            // name[k=v;k2=v2]: the method with those parameters, reported under that label.
+            int open = raw.IndexOf('[');
+            string name = open < 0 ? raw : raw[..open];
+            IAttentionMethod method = all.FirstOrDefault(m => string.Equals(m.Info.Name, name, StringComparison.OrdinalIgnoreCase))
+                ?? throw new UserError($"--methods: unknown sparse method '{name}' (known: {string.Join(", ", all.Select(m => m.Info.Name))}).");
+            if (open >= 0)
+            {
+                if (!raw.EndsWith(']') || raw.Length == open + 2)
+                    throw new UserError($"--methods: '{raw}' must read name[key=value;key=value].");
+                string[] pairs = raw[(open + 1)..^1].Split(';', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+                foreach (string pair in pairs)
+                    if (!pair.Contains('=')) throw new UserError($"--methods: '{pair}' in '{raw}' is not key=value.");
+                method = new FixedArgumentsMethod(method, pairs, raw);
+            }
+            chosen.Add(method);
+        }
         return chosen;
+    }
+
+    // A method run with fixed parameters (the bench passes none of its own), named by its spec.
+    private sealed class FixedArgumentsMethod(IAttentionMethod inner, string[] pairs, string label) : IAttentionMethod
+    {
+        public MethodInfo Info { get; } = inner.Info with { Name = label };
+
+        public MethodResult Run(MethodInputs inputs, MethodArguments arguments) => inner.Run(inputs, MethodArguments.Parse(pairs));
     }
 
     internal static List<string> SelectWorkloads(string? list, bool quick)

@@ -82,6 +82,24 @@ internal static class CudaSparseCheck
             var patterns = Enumerable.Repeat(new MInferenceHeadPattern(MInferencePattern.VerticalSlash, Vertical: 60, Slash: 200), h).ToArray();
             HybridSparsePlan plan = MInference.BuildPlan(Bthd(q, b, t, h, d), Bthd(k, b, t, hkv, d), Bthd(v, b, t, hkv, d), new MInferenceOptions { Heads = patterns });
             Report("minference vertical-slash plan", Shape(b, t, t, h, hkv, d), TokenPlan(q, k, v, b, t, t, h, hkv, d, plan.Tokens, null), RoundedLse);
+            // The same plan under the authors' covering ranges (SlashCoverage.Blocks: column bits of the touched blocks).
+            plan.Tokens.Coverage = SlashCoverage.Blocks;
+            Report("minference vertical-slash plan, coverage=blocks", Shape(b, t, t, h, hkv, d), TokenPlan(q, k, v, b, t, t, h, hkv, d, plan.Tokens, null), RoundedLse);
+        }
+        {
+            int b = 1, tq = Odd(200, 400), tk = Odd(500, 900), h = 4, hkv = 2, d = 96;
+            VerticalSlashPlan plan = RandomPlan(rng, b, h, tq, tk, null);
+            plan.Coverage = SlashCoverage.Blocks;
+            Report("vertical-slash coverage=blocks, Tq < Tk", Shape(b, tq, tk, h, hkv, d), TokenPlan<float>(rng, b, tq, tk, h, hkv, d, plan, null), RoundedLse);
+        }
+        // Token-level block plans whose partial blocks are flattened through IMaskRowWords (retrieval tokens, axial grid).
+        {
+            int b = 1, t = Odd(700, 1000), h = 4, hkv = 2, d = 64;
+            float[] q = Gaussian(rng, (long)b * t * h * d), k = Gaussian(rng, (long)b * t * hkv * d), v = Gaussian(rng, (long)b * t * hkv * d);
+            SparsePlan retrieval = RetrievalAttention.Plan(new SelectorInput(q, k, b, t, t, h, hkv, d));
+            Report("retrieval-attention tokens", Shape(b, t, t, h, hkv, d), BlockPlan(q, k, v, b, t, h, hkv, d, retrieval.Options()), RoundedLse);
+            IMaskMod axial = Masks.And(Masks.Causal, new Attend.Methods.Sparse.Static.AxialMask(new Attend.Methods.Sparse.Static.TokenGrid(25, 36)));
+            Report("axial 25x36 grid", Shape(b, 900, 900, h, hkv, d), BlockPlan(rng, b, 900, h, hkv, d, axial, BlockMask.Create(axial, 900, 900, b, h), null), RoundedLse);
         }
         return (passed, failed);
     }

@@ -120,6 +120,7 @@ internal sealed class FlashBlockPlan
         var items = new List<int>();
         var bits = new List<ulong>();
         int row = 0;
+        IMaskRowWords? words = mask as IMaskRowWords; // boxed once: a word per row instead of 64 IsVisible calls
         for (int e = 0; e < entries; e++)
         {
             int tq = blocks.QueryLength(e), tk = blocks.KeyLength(e), shift = tk - tq;
@@ -146,8 +147,7 @@ internal sealed class FlashBlockPlan
                             if (q < tq)
                             {
                                 int k0 = kb * KeyBlock, k1 = Math.Min(k0 + KeyBlock, tk);
-                                for (int k = k0; k < k1; k++)
-                                    if (mask.IsVisible(e, h, q + shift, k)) word |= 1UL << (k - k0);
+                                word = MaskRowWords.Row(mask, words, e, h, q + shift, k0, MaskRowWords.Range(k0, k1, k0));
                             }
                             bits.Add(word);
                         }

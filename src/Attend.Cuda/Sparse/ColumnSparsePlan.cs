@@ -134,6 +134,7 @@ internal sealed class ColumnSparsePlan
         int keyBlocks = (tk + KeyBlock - 1) / KeyBlock;
         var touched = new bool[Math.Max(keyBlocks, 1)];
         var merged = new List<int>();
+        var ranges = new int[2 * slash.Length];
         for (int qb = 0; qb < maxQb; qb++)
         {
             rows[qb] = items.Count;
@@ -144,11 +145,23 @@ internal sealed class ColumnSparsePlan
             // Blocks the diagonals touch: diagonal o covers keys [max(p0 − o, 0), p1 − o].
             int lastBlock = p1 / KeyBlock;
             Array.Clear(touched, 0, lastBlock + 1);
-            foreach (int o in slash)
+            bool blocks = plan.Coverage == SlashCoverage.Blocks;
+            int rangeCount = 0;
+            if (blocks)
             {
-                if (o > p1) break;
-                int lo = Math.Max(p0 - o, 0) / KeyBlock, hi = (p1 - o) / KeyBlock;
-                for (int kb = lo; kb <= hi; kb++) touched[kb] = true;
+                // MInference's covering ranges: their keys become column bits of the blocks they touch.
+                rangeCount = plan.SlashRanges(s, h, qb, ranges);
+                for (int r = 0; r < rangeCount; r++)
+                    for (int kb = ranges[2 * r] / KeyBlock; kb <= (ranges[2 * r + 1] - 1) / KeyBlock; kb++) touched[kb] = true;
+            }
+            else
+            {
+                foreach (int o in slash)
+                {
+                    if (o > p1) break;
+                    int lo = Math.Max(p0 - o, 0) / KeyBlock, hi = (p1 - o) / KeyBlock;
+                    for (int kb = lo; kb <= hi; kb++) touched[kb] = true;
+                }
             }
             // This block's columns: verticals and its own, at or before its last position, ascending and distinct.
             merged.Clear();
@@ -162,6 +175,7 @@ internal sealed class ColumnSparsePlan
                 if (next > p1) break;
                 merged.Add(next);
             }
+            int rangeAt = 0;
             for (int kb = 0; kb <= lastBlock; kb++)
             {
                 if (!touched[kb]) continue;
@@ -169,7 +183,13 @@ internal sealed class ColumnSparsePlan
                 var item = new Item { X = kb };
                 // Diagonal d = p − k of row r, key c is p0 − k0 + r − c; bit d − (p0 − k0 − 63) = r − c + 63.
                 int dBase = p0 - k0 - 63;
-                int from = LowerBound(slash, Math.Max(dBase, 0));
+                int from = blocks ? slash.Length : LowerBound(slash, Math.Max(dBase, 0));
+                while (rangeAt < rangeCount && ranges[2 * rangeAt + 1] <= k0) rangeAt++; // key blocks ascend, so do the ranges
+                for (int r = rangeAt; r < rangeCount && ranges[2 * r] < k0 + KeyBlock; r++)
+                {
+                    int lo = Math.Max(ranges[2 * r], k0), hi = Math.Min(ranges[2 * r + 1], k0 + KeyBlock);
+                    if (lo < hi) item.Cols |= (hi - lo == 64 ? ulong.MaxValue : ((1UL << (hi - lo)) - 1)) << (lo - k0);
+                }
                 for (int i = from; i < slash.Length && slash[i] <= dBase + 126; i++)
                 {
                     int bit = slash[i] - dBase;

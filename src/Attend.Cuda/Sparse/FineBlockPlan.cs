@@ -31,6 +31,7 @@ internal static class FineBlockPlan
         var unitItems = new List<int>[entries * heads];
         var unitBits = new List<ulong>[entries * heads];
         var unitRows = new int[entries * heads][];
+        IMaskRowWords? words = mask as IMaskRowWords; // boxed once: a word per row instead of 64 IsVisible calls
         Parallel.For(0, entries * heads, u =>
         {
             int e = u / heads, h = u % heads;
@@ -39,6 +40,7 @@ internal static class FineBlockPlan
             var bits = new List<ulong>();
             var rows = new int[maxQb];
             var keys = new List<int>();
+            var kinds = new int[factor]; // per 64-row part of the current key block: 2 full, 1 partial, 0 empty
             for (int qb = 0; qb < maxQb; qb++)
             {
                 rows[qb] = items.Count / 2;
@@ -66,17 +68,18 @@ internal static class FineBlockPlan
                     }
                     items.Add(bits.Count / bq);
                     int k0 = kb * bk, k1 = Math.Min(k0 + bk, tk);
+                    ulong inSequence = MaskRowWords.Range(k0, k1, k0);
+                    for (int f = f0; f < f1; f++)
+                        kinds[f - f0] = blocks.FullKeyBlocks(e, h, f).BinarySearch(kb) >= 0 ? 2 : blocks.PartialKeyBlocks(e, h, f).BinarySearch(kb) >= 0 ? 1 : 0;
                     for (int r = 0; r < bq; r++)
                     {
                         int q = qb * bq + r;
                         ulong word = 0;
                         if (q < tq)
                         {
-                            int f = q / fine;
-                            if (blocks.FullKeyBlocks(e, h, f).BinarySearch(kb) >= 0) word = ~0UL;
-                            else if (blocks.PartialKeyBlocks(e, h, f).BinarySearch(kb) >= 0)
-                                for (int k = k0; k < k1; k++)
-                                    if (mask.IsVisible(e, h, q + shift, k)) word |= 1UL << (k - k0);
+                            int kind = kinds[q / fine - f0];
+                            if (kind == 2) word = ~0UL;
+                            else if (kind == 1) word = MaskRowWords.Row(mask, words, e, h, q + shift, k0, inSequence);
                         }
                         bits.Add(word);
                     }

@@ -1,15 +1,31 @@
 namespace Attend;
 
 /// <summary>Both masks must allow the pair.</summary>
-public readonly struct AndMask<TA, TB> : IMaskMod<AndMask<TA, TB>>
+public readonly struct AndMask<TA, TB> : IMaskMod<AndMask<TA, TB>>, IMaskRowWords
     where TA : struct, IMaskMod<TA>
     where TB : struct, IMaskMod<TB>
 {
     private readonly TA _a;
     private readonly TB _b;
+    private readonly IMaskRowWords? _wordsA, _wordsB; // the parts boxed once, when they have row words
 
     /// <summary>Combines two masks.</summary>
-    public AndMask(TA a, TB b) { _a = a; _b = b; }
+    public AndMask(TA a, TB b)
+    {
+        _a = a;
+        _b = b;
+        _wordsA = a as IMaskRowWords;
+        _wordsB = b as IMaskRowWords;
+    }
+
+    /// <inheritdoc/>
+    /// <remarks>The part with row words first; the other is evaluated only where the first allows.</remarks>
+    public ulong RowWord(int batch, int head, int q, int k0)
+    {
+        if (_wordsA is null && _wordsB is not null)
+            return MaskRowWords.Row(_a, null, batch, head, q, k0, _wordsB.RowWord(batch, head, q, k0));
+        return MaskRowWords.Row(_b, _wordsB, batch, head, q, k0, MaskRowWords.Row(_a, _wordsA, batch, head, q, k0));
+    }
 
     /// <inheritdoc/>
     public bool IsVisible(int batch, int head, int q, int k) => _a.IsVisible(batch, head, q, k) && _b.IsVisible(batch, head, q, k);

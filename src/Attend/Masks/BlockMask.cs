@@ -163,6 +163,7 @@ public sealed class BlockMask
         public long Visit<TMask>(TMask mask) where TMask : struct, IMaskMod<TMask>
         {
             long total = 0;
+            IMaskRowWords? words = owner.KeyBlockSize % 64 == 0 ? mask as IMaskRowWords : null; // boxed once
             for (int s = 0; s < owner.Sequences; s++)
             {
                 int tq = owner._queryLengths[s], tk = owner._keyLengths[s], shift = tk - tq;
@@ -179,6 +180,14 @@ public sealed class BlockMask
                         foreach (int kb in owner.PartialKeyBlocks(s, h, qb))
                         {
                             int k0 = kb * owner.KeyBlockSize, k1 = Math.Min(k0 + owner.KeyBlockSize, tk);
+                            if (words is not null)
+                            {
+                                // A word per row and 64 keys (key blocks are whole words here) instead of one call per pair.
+                                for (int q = q0; q < q1; q++)
+                                    for (int w = k0; w < k1; w += 64)
+                                        total += System.Numerics.BitOperations.PopCount(MaskRowWords.Row(mask, words, s, h, q + shift, w, MaskRowWords.Range(w, k1, w)));
+                                continue;
+                            }
                             for (int q = q0; q < q1; q++)
                                 for (int k = k0; k < k1; k++)
                                     if (mask.IsVisible(s, h, q + shift, k)) total++;

@@ -5,7 +5,7 @@ namespace Attend;
 /// chosen. Intersect it with the base mask (causal, window, document) to get a dynamic sparse plan:
 /// <c>BlockMask.Create(Masks.And(Masks.Causal, selection.ToMask()), …)</c>.
 /// </summary>
-public readonly struct BlockSelectionMask : IMaskMod<BlockSelectionMask>
+public readonly struct BlockSelectionMask : IMaskMod<BlockSelectionMask>, IMaskRowWords
 {
     private readonly BlockSelection.Table? _table;
 
@@ -21,6 +21,23 @@ public readonly struct BlockSelectionMask : IMaskMod<BlockSelectionMask>
         // Masks receive key-axis positions (bottom-right aligned); the table counts query rows.
         int row = q - (t.KeyLengths[e] - t.QueryLengths[e]);
         return t.Cell(e, t.Heads == 1 ? 0 : head, row, k);
+    }
+
+    /// <inheritdoc/>
+    public ulong RowWord(int batch, int head, int q, int k0)
+    {
+        BlockSelection.Table t = Table;
+        int e = t.Entry(batch);
+        int row = q - (t.KeyLengths[e] - t.QueryLengths[e]);
+        int tk = t.KeyLengths[e];
+        if ((uint)row >= (uint)t.QueryLengths[e] || k0 < 0 || k0 >= tk) return 0;
+        int kbs = t.KeyBlockSize, hh = t.Heads == 1 ? 0 : head;
+        ulong word = 0;
+        // The key blocks that overlap keys [k0, k0 + 64) (cut at the sequence's end).
+        for (int kb = k0 / kbs; kb * kbs < Math.Min(k0 + 64, tk); kb++)
+            if (t.Cell(e, hh, row, kb * kbs < k0 ? k0 : kb * kbs))
+                word |= MaskRowWords.Range((long)kb * kbs, Math.Min((long)(kb + 1) * kbs, tk), k0);
+        return word;
     }
 
     /// <inheritdoc/>

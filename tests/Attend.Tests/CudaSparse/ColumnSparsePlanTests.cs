@@ -78,7 +78,7 @@ public class ColumnSparsePlanTests
     }
 
     // Decodes every item as column_sparse_forward.cu does and counts how often each pair is computed.
-    private static void AssertExactCover(VerticalSlashPlan plan, ColumnSparsePlan items)
+    internal static void AssertExactCover(VerticalSlashPlan plan, ColumnSparsePlan items)
     {
         const int bq = ColumnSparsePlan.QueryBlock, bk = ColumnSparsePlan.KeyBlock;
         for (int s = 0; s < plan.Sequences; s++)

@@ -189,7 +189,10 @@ internal sealed unsafe class ColumnSparseForward<T, TIsa, TVec> : IWorkItems
         long revLength = (long)_tkPad + _tk + 1;
         float* slashRev = _slashRev[gi];
         new Span<float>(slashRev, (int)revLength).Fill(float.NegativeInfinity);
-        foreach (int o in _plan.Slash(_seq, h)) slashRev[_tk - o] = 0;
+        if (_plan.Coverage == SlashCoverage.Blocks)
+            new Span<float>(slashRev, _tk + 1).Clear(); // range tiles compute every causal pair of a covering range
+        else
+            foreach (int o in _plan.Slash(_seq, h)) slashRev[_tk - o] = 0;
         float* columnBias = _columnBias[gi];
         new Span<float>(columnBias, _tkPad).Fill(float.NegativeInfinity);
         ReadOnlySpan<int> vertical = _plan.Vertical(_seq, h);
@@ -328,41 +331,56 @@ internal sealed unsafe class ColumnSparseForward<T, TIsa, TVec> : IWorkItems
             // 64-key tiles; a sparse one (tiles would waste more than DiagonalCost times its pairs) goes to the diagonal
             // path, one dot product per (row, diagonal). Ranges are [lo, hi] inclusive pairs, descending (offsets ascend).
             int rangeCount = 0, diagonalCount = 0;
-            for (int c0 = 0; c0 < slash.Length && slash[c0] <= pLast;)
+            if (_plan.Coverage == SlashCoverage.Blocks)
             {
-                int c1 = c0;
-                while (c1 + 1 < slash.Length && slash[c1 + 1] <= pLast && slash[c1 + 1] - slash[c1] <= ClusterGap) c1++;
-                int a = slash[c0], bOff = slash[c1], n = c1 - c0 + 1;
-                int lo = Math.Max(pos0 - bOff, 0), hi = pLast - a;
-                if (DiagonalCost * n >= hi - lo + 1)
+                // MInference's covering ranges: every causal key of each range, as range tiles (whose slash bias is the
+                // causal bias, see PrepareHead); no diagonal path. The kernel's range list is descending, ends inclusive.
+                rangeCount = _plan.SlashRanges(s, h, qb, new Span<int>(ranges, 2 * slash.Length));
+                for (int a = 0, z = rangeCount - 1; a < z; a++, z--)
                 {
-                    if (rangeCount > 0 && hi >= ranges[2 * rangeCount - 2] - 1 - MergeGap)
+                    (ranges[2 * a], ranges[2 * z]) = (ranges[2 * z], ranges[2 * a]);
+                    (ranges[2 * a + 1], ranges[2 * z + 1]) = (ranges[2 * z + 1], ranges[2 * a + 1]);
+                }
+                for (int r = 0; r < rangeCount; r++) ranges[2 * r + 1]--;
+            }
+            else
+            {
+                for (int c0 = 0; c0 < slash.Length && slash[c0] <= pLast;)
+                {
+                    int c1 = c0;
+                    while (c1 + 1 < slash.Length && slash[c1 + 1] <= pLast && slash[c1 + 1] - slash[c1] <= ClusterGap) c1++;
+                    int a = slash[c0], bOff = slash[c1], n = c1 - c0 + 1;
+                    int lo = Math.Max(pos0 - bOff, 0), hi = pLast - a;
+                    if (DiagonalCost * n >= hi - lo + 1)
                     {
-                        ranges[2 * rangeCount - 2] = Math.Min(ranges[2 * rangeCount - 2], lo);
+                        if (rangeCount > 0 && hi >= ranges[2 * rangeCount - 2] - 1 - MergeGap)
+                        {
+                            ranges[2 * rangeCount - 2] = Math.Min(ranges[2 * rangeCount - 2], lo);
+                        }
+                        else
+                        {
+                            ranges[2 * rangeCount] = lo;
+                            ranges[2 * rangeCount + 1] = hi;
+                            rangeCount++;
+                        }
                     }
                     else
                     {
-                        ranges[2 * rangeCount] = lo;
-                        ranges[2 * rangeCount + 1] = hi;
-                        rangeCount++;
+                        for (int c = c0; c <= c1; c++) diagonals[diagonalCount++] = slash[c];
                     }
+                    c0 = c1 + 1;
                 }
-                else
+                // When the diagonal path, or gathering the block's own columns, would cost more than every key of the
+                // block, compute [0, p_last] as one band (the bias still keeps only the plan's pairs; columns in a band are
+                // skipped by the column tiles).
+                int ownCount = CountAtMost(ownColumns, pLast);
+                if ((long)DiagonalCost * diagonalCount + GatherCost * ownCount > pLast + 1)
                 {
-                    for (int c = c0; c <= c1; c++) diagonals[diagonalCount++] = slash[c];
+                    ranges[0] = 0;
+                    ranges[1] = pLast;
+                    rangeCount = 1;
+                    diagonalCount = 0;
                 }
-                c0 = c1 + 1;
-            }
-            // When the diagonal path, or gathering the block's own columns, would cost more than every key of the
-            // block, compute [0, p_last] as one band (the bias still keeps only the plan's pairs; columns in a band are
-            // skipped by the column tiles).
-            int ownCount = CountAtMost(ownColumns, pLast);
-            if ((long)DiagonalCost * diagonalCount + GatherCost * ownCount > pLast + 1)
-            {
-                ranges[0] = 0;
-                ranges[1] = pLast;
-                rangeCount = 1;
-                diagonalCount = 0;
             }
 
             // The column bias the range tiles use: the head's verticals, plus this block's own columns.

@@ -1,5 +1,26 @@
 namespace Attend.Methods.Sparse;
 
+/// <summary>What a slash line (diagonal) of a <see cref="VerticalSlashPlan"/> computes.</summary>
+public enum SlashCoverage
+{
+    /// <summary>
+    /// The token-level definition (the default): query at position p computes key p − o for each slash offset o, and
+    /// nothing else on account of the slash lines.
+    /// </summary>
+    Diagonals,
+
+    /// <summary>
+    /// The covering key ranges of MInference's own kernel (its <c>convert_vertical_slash_indexes</c>): per query block of
+    /// <see cref="VerticalSlashPlan.QueryBlockSize"/> rows ending at position e (exclusive, the block's full height), each
+    /// offset o &lt; e names the 64 keys [max(e − o, 64) − 64, max(e − o, 64)); taken with ascending ends, a window whose
+    /// end lies more than 64 past the current range's end starts a new range, one that ends past it extends the range
+    /// by 64 keys, otherwise it is inside. Every causally visible key of those ranges is computed for every row of the
+    /// block (a superset of the diagonals: up to 64 pairs per row and offset instead of one). See
+    /// <see cref="VerticalSlashPlan.SlashRanges"/>.
+    /// </summary>
+    Blocks,
+}
+
 /// <summary>
 /// A token-level sparse plan for causal attention (the plan of MInference's vertical-slash heads, FlexPrefill's
 /// vertical-slash heads and AnchorAttention's stripes): per (sequence, head) a set of <em>vertical</em> key columns
@@ -80,6 +101,25 @@ public sealed class VerticalSlashPlan : IPairCoverage
 
     /// <summary>True when the plan was made for a packed variable-length batch.</summary>
     public bool IsVarlen { get; }
+
+    /// <summary>
+    /// What the slash lines compute: <see cref="SlashCoverage.Diagonals"/> (default, the token-level definition) or
+    /// <see cref="SlashCoverage.Blocks"/> (MInference's kernel: the 64-key ranges covering each block's diagonals).
+    /// Every consumer (kernels, <see cref="Covers"/>, <see cref="CoveredKeys"/>, <see cref="Density"/>) follows it.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">A value that is not a <see cref="SlashCoverage"/>.</exception>
+    public SlashCoverage Coverage
+    {
+        get => _coverage;
+        set
+        {
+            if (value is not (SlashCoverage.Diagonals or SlashCoverage.Blocks))
+                throw new ArgumentOutOfRangeException(nameof(value), value, "Coverage must be Diagonals or Blocks.");
+            _coverage = value;
+        }
+    }
+
+    private SlashCoverage _coverage;
 
     /// <summary>Number of sequences.</summary>
     public int Sequences => _queryLengths.Length;
@@ -167,7 +207,18 @@ public sealed class VerticalSlashPlan : IPairCoverage
         int u = Unit(sequence, head);
         int p = row + KeyLength(sequence) - QueryLength(sequence);
         if (key < 0 || key > p || (uint)row >= (uint)QueryLength(sequence)) return false;
-        if (Array.BinarySearch(_vertical[u], key) >= 0 || Array.BinarySearch(_slash[u], p - key) >= 0) return true;
+        if (Array.BinarySearch(_vertical[u], key) >= 0) return true;
+        if (_coverage == SlashCoverage.Diagonals)
+        {
+            if (Array.BinarySearch(_slash[u], p - key) >= 0) return true;
+        }
+        else
+        {
+            Span<int> ranges = _slash[u].Length <= 256 ? stackalloc int[2 * _slash[u].Length] : new int[2 * _slash[u].Length];
+            int n = SlashRanges(sequence, head, row / QueryBlockSize, ranges);
+            for (int r = 0; r < n; r++)
+                if (key >= ranges[2 * r] && key < ranges[2 * r + 1]) return true;
+        }
         int[]? cols = _blockColumns[u][row / QueryBlockSize];
         return cols is not null && Array.BinarySearch(cols, key) >= 0;
     }
@@ -187,10 +238,20 @@ public sealed class VerticalSlashPlan : IPairCoverage
             if (k > p) break;
             covered[k] = true;
         }
-        foreach (int o in _slash[u])
+        if (_coverage == SlashCoverage.Diagonals)
         {
-            if (o > p) break;
-            covered[p - o] = true;
+            foreach (int o in _slash[u])
+            {
+                if (o > p) break;
+                covered[p - o] = true;
+            }
+        }
+        else
+        {
+            var ranges = new int[2 * _slash[u].Length];
+            int n = SlashRanges(batch, head, query / QueryBlockSize, ranges);
+            for (int r = 0; r < n; r++)
+                covered[ranges[2 * r]..Math.Max(ranges[2 * r], Math.Min(ranges[2 * r + 1], p + 1))].Fill(true);
         }
         int[]? cols = _blockColumns[u][query / QueryBlockSize];
         if (cols is null) return;
@@ -199,6 +260,66 @@ public sealed class VerticalSlashPlan : IPairCoverage
             if (k > p) break;
             covered[k] = true;
         }
+    }
+
+    /// <summary>
+    /// The key ranges <see cref="SlashCoverage.Blocks"/> computes for query block <paramref name="queryBlock"/> of a
+    /// sequence and head (whatever <see cref="Coverage"/> is): half-open [lo, hi) pairs written to
+    /// <paramref name="ranges"/> ascending and disjoint, clamped to the keys that exist and that the block's last row
+    /// can see. Returns their number (at most the number of slash offsets).
+    /// </summary>
+    /// <remarks>
+    /// MInference's <c>convert_vertical_slash_indexes</c> rule, on positions (bottom-right aligned like every mask): with
+    /// e the block's first position + 64, offset o ≥ e reaches no key and is skipped; the others, by descending offset,
+    /// name windows ending at w = max(e − o, 64). The first opens the range [w − 64, w); a window ending more than 64
+    /// past the range's end closes it and opens its own; one ending past it (by at most 64) extends it by 64 keys (so a
+    /// range is always a whole number of 64-key steps from its start, as the authors' block offsets are).
+    /// </remarks>
+    /// <exception cref="ArgumentException"><paramref name="ranges"/> shorter than twice the number of slash offsets.</exception>
+    public int SlashRanges(int sequence, int head, int queryBlock, Span<int> ranges)
+    {
+        int u = Unit(sequence, head);
+        if ((uint)queryBlock >= (uint)QueryBlocks(sequence))
+            throw new ArgumentOutOfRangeException(nameof(queryBlock), queryBlock, $"Sequence {sequence} has {QueryBlocks(sequence)} query blocks.");
+        int[] slash = _slash[u];
+        if (ranges.Length < 2 * slash.Length)
+            throw new ArgumentException($"The span holds {ranges.Length} ints; {2 * slash.Length} are needed (two per slash offset).", nameof(ranges));
+        int tq = QueryLength(sequence), tk = KeyLength(sequence), shift = tk - tq;
+        int i0 = queryBlock * QueryBlockSize;
+        long end = (long)i0 + shift + QueryBlockSize; // e: the block's first position + its full height
+        long limit = Math.Min(tk, (long)Math.Min(tq, i0 + QueryBlockSize) - 1 + shift + 1); // keys the last row can see
+        int count = 0;
+        bool open = false;
+        long lo = 0, hi = 0;
+        for (int i = slash.Length - 1; i >= 0; i--)
+        {
+            if (slash[i] >= end) continue;
+            long w = Math.Max(end - slash[i], QueryBlockSize);
+            if (!open)
+            {
+                (lo, hi, open) = (w - QueryBlockSize, w, true);
+            }
+            else if (w > hi + QueryBlockSize)
+            {
+                Emit(ranges, ref count, lo, hi, limit);
+                (lo, hi) = (w - QueryBlockSize, w);
+            }
+            else if (w > hi)
+            {
+                hi += QueryBlockSize;
+            }
+        }
+        if (open) Emit(ranges, ref count, lo, hi, limit);
+        return count;
+    }
+
+    private static void Emit(Span<int> ranges, ref int count, long lo, long hi, long limit)
+    {
+        hi = Math.Min(hi, limit);
+        if (lo >= hi) return;
+        ranges[2 * count] = (int)lo;
+        ranges[2 * count + 1] = (int)hi;
+        count++;
     }
 
     /// <summary>Number of (head, query, key) pairs the plan computes, over all sequences.</summary>
@@ -237,6 +358,7 @@ public sealed class VerticalSlashPlan : IPairCoverage
     // o ∈ [max(p₀, k) − k, p₁ − k] of a block with positions [p₀, p₁]. O(T·log + blocks·columns·log) per head.
     private long ComputedPairs(int s, int h)
     {
+        if (_coverage == SlashCoverage.Blocks) return ComputedPairsOfBlocks(s, h);
         int u = s * Heads + h, tq = QueryLength(s), tk = KeyLength(s), shift = tk - tq;
         int[] vertical = _vertical[u], slash = _slash[u];
         long total = 0;
@@ -255,6 +377,44 @@ public sealed class VerticalSlashPlan : IPairCoverage
             int[] ownArray = own.ToArray();
             for (int p = p0; p <= p1; p++) total += CountAtMost(ownArray, p);
             total -= Overlaps(ownArray, slash, p0, p1);
+        }
+        return total;
+    }
+
+    // Blocks coverage: per row p of a block, the causal part of each range, plus the columns (verticals and the
+    // block's own) ≤ p outside every range.
+    private long ComputedPairsOfBlocks(int s, int h)
+    {
+        int u = s * Heads + h, tq = QueryLength(s), tk = KeyLength(s), shift = tk - tq;
+        var ranges = new int[2 * _slash[u].Length];
+        var outside = new List<int>();
+        long total = 0;
+        for (int qb = 0; qb < QueryBlocks(s); qb++)
+        {
+            int i0 = qb * QueryBlockSize, i1 = Math.Min(tq, i0 + QueryBlockSize);
+            int p0 = Math.Max(i0 + shift, 0), p1 = i1 - 1 + shift;
+            if (p1 < 0) continue;
+            int n = SlashRanges(s, h, qb, ranges);
+            outside.Clear();
+            int[] vertical = _vertical[u];
+            int[] own = _blockColumns[u][qb] ?? [];
+            int a = 0, b = 0;
+            while (a < vertical.Length || b < own.Length)
+            {
+                int next = b >= own.Length || (a < vertical.Length && vertical[a] <= own[b]) ? vertical[a] : own[b];
+                if (a < vertical.Length && vertical[a] == next) a++;
+                if (b < own.Length && own[b] == next) b++;
+                if (next > p1) break;
+                bool inRange = false;
+                for (int r = 0; r < n && !inRange; r++) inRange = next >= ranges[2 * r] && next < ranges[2 * r + 1];
+                if (!inRange) outside.Add(next);
+            }
+            int[] columns = outside.ToArray();
+            for (int p = p0; p <= p1; p++)
+            {
+                total += CountAtMost(columns, p);
+                for (int r = 0; r < n; r++) total += Math.Max(0, Math.Min(ranges[2 * r + 1], p + 1) - ranges[2 * r]);
+            }
         }
         return total;
     }

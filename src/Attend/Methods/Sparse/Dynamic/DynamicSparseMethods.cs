@@ -81,6 +81,7 @@ public sealed class MInferenceMethod : IAttentionMethod
             new MethodParameter("blocks", "int", "budget/64", "block-sparse: top-k key blocks per query block"),
             new MethodParameter("last_q", "int", "64", "query rows of the vertical-slash estimate"),
             new MethodParameter("scale", "float", "1/sqrt(D)", "score scale"),
+            new MethodParameter("coverage", "diagonals|blocks", "diagonals", "what a slash line computes: diagonals = the token-level definition (one pair per row and offset); blocks = the authors' kernel (convert_vertical_slash_indexes: the 64-key ranges covering each 64-row block's diagonals, computed densely); density counts the pairs actually computed"),
         ],
     };
 
@@ -90,6 +91,7 @@ public sealed class MInferenceMethod : IAttentionMethod
         ArgumentNullException.ThrowIfNull(arguments);
         var x = new MethodSpans(inputs);
         string pattern = arguments.GetChoice("pattern", "vertical-slash", "search", "a-shape", "vertical-slash", "block-sparse");
+        SlashCoverage coverage = arguments.GetChoice("coverage", "diagonals", "diagonals", "blocks") == "blocks" ? SlashCoverage.Blocks : SlashCoverage.Diagonals;
         int budget = arguments.GetInt("budget", Math.Max(128, x.Tk / 16), min: 2);
         int vertical = arguments.GetInt("vertical", pattern == "a-shape" ? Math.Min(64, budget / 2) : Math.Max(1, budget / 7), min: 1);
         int slash = arguments.GetInt("slash", Math.Max(1, budget - vertical), min: 1);
@@ -98,7 +100,7 @@ public sealed class MInferenceMethod : IAttentionMethod
         float? scale = arguments.Has("scale") ? (float)arguments.GetDouble("scale", 0) : null;
         arguments.ThrowIfUnused(Name);
 
-        var options = new MInferenceOptions { LastQueries = lastQ, Scale = scale, Offsets = x.Offsets };
+        var options = new MInferenceOptions { LastQueries = lastQ, Scale = scale, Offsets = x.Offsets, Coverage = coverage };
         double searchMs = 0;
         MInferenceHeadPattern[] heads;
         if (pattern == "search")

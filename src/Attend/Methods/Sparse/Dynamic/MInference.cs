@@ -25,7 +25,12 @@ namespace Attend.Methods.Sparse.Dynamic;
 // (5) `attend run` and the bench have no separate calibration input: the adapter's default gives every head the
 // vertical-slash pattern (the pattern most heads get in the released configurations) with a budget of max(128, Tk/16)
 // keys per row; `pattern=search` runs the search on the input itself, its time reported apart (search_ms) and not as
-// selector time, since in the paper it is paid once offline.
+// selector time, since in the paper it is paid once offline. (6) Slash lines compute, by default, exactly their
+// diagonals (the paper's definition of the pattern; density = the pairs computed). The authors' kernel instead computes,
+// per 64-row query block, the 64-key ranges covering the block's diagonals (convert_vertical_slash_indexes in
+// microsoft/MInference csrc/vertical_slash_index.cu, read to understand); `Coverage = SlashCoverage.Blocks` (`coverage=blocks`)
+// runs that definition, its density again the pairs actually computed. The authors' conversion also drops verticals past
+// the last range's end, which only matters without the offset-0 diagonal (always kept here); we keep them.
 
 /// <summary>The sparse pattern of one MInference head.</summary>
 public enum MInferencePattern
@@ -93,6 +98,13 @@ public sealed record MInferenceOptions
 
     /// <summary>Worker threads of the attention kernels; default all cores.</summary>
     public int? MaxThreads { get; init; }
+
+    /// <summary>
+    /// What the vertical-slash and A-shape heads' slash lines compute (the plan's <see cref="VerticalSlashPlan.Coverage"/>);
+    /// default <see cref="SlashCoverage.Diagonals"/>, the paper's token-level definition. <see cref="SlashCoverage.Blocks"/>
+    /// is what the authors' kernel computes (64-key ranges covering each 64-row block's diagonals).
+    /// </summary>
+    public SlashCoverage? Coverage { get; init; }
 }
 
 /// <summary>MInference 1.0: per-head A-shape / vertical-slash / block-sparse prefill attention (causal).</summary>
@@ -139,6 +151,7 @@ public static class MInference
         for (int c = 0; c < candidates.Count; c++)
         {
             HybridSparsePlan plan = plans[c] = ctx.NewPlan();
+            plan.Tokens.Coverage = options.Coverage ?? SlashCoverage.Diagonals; // recall of what will be computed
             MInferenceHeadPattern candidate = candidates[c];
             ctx.ForEachHead(options.MaxThreads, (s, h) =>
             {
@@ -191,6 +204,7 @@ public static class MInference
         int lastQueries = options.LastQueries ?? 64;
         if (lastQueries < 1) throw new ArgumentOutOfRangeException(nameof(options), lastQueries, "options.LastQueries must be ≥ 1.");
         HybridSparsePlan plan = ctx.NewPlan();
+        plan.Tokens.Coverage = options.Coverage ?? SlashCoverage.Diagonals;
         ctx.ForEachHead(options.MaxThreads, (s, h) => Build(ctx, s, h, heads[h], lastQueries, plan));
         return plan;
     }

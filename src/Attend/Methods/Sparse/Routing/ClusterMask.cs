@@ -6,7 +6,7 @@ namespace Attend.Methods.Sparse.Routing;
 /// <c>causal</c> only keys <c>k ≤ q</c>. Cluster ids are per (sequence, head): keys of a shared key head are routed
 /// with each query head's own centroids.
 /// </summary>
-public readonly struct ClusterMask : IMaskMod<ClusterMask>
+public readonly struct ClusterMask : IMaskMod<ClusterMask>, IMaskRowWords
 {
     private readonly Table? _table;
 
@@ -43,6 +43,28 @@ public readonly struct ClusterMask : IMaskMod<ClusterMask>
         if (d < t.Window && (t.Causal || d > -t.Window)) return true;
         int g = e * t.Heads + head;
         return t.QueryCluster[g][row] == t.KeyCluster[g][k];
+    }
+
+    /// <inheritdoc/>
+    public ulong RowWord(int batch, int head, int q, int k0)
+    {
+        Table t = T;
+        int e = t.QueryLengths.Length == 1 ? 0 : batch;
+        int tq = t.QueryLengths[e], tk = t.KeyLengths[e], row = q - (tk - tq);
+        if ((uint)row >= (uint)tq || k0 < 0) return 0;
+        ulong allowed = MaskRowWords.Range(0, tk, k0);
+        if (t.Causal) allowed &= MaskRowWords.AtMost(q, k0);
+        // The local window: q − k < Window, and (not causal) k − q < Window.
+        ulong window = t.Window == 0 ? 0 : MaskRowWords.Range((long)q - t.Window + 1, t.Causal ? (long)q + 1 : (long)q + t.Window, k0);
+        ulong word = allowed & window;
+        int g = e * t.Heads + head, cluster = t.QueryCluster[g][row];
+        int[] keyCluster = t.KeyCluster[g];
+        for (ulong rest = allowed & ~window; rest != 0; rest &= rest - 1)
+        {
+            int j = System.Numerics.BitOperations.TrailingZeroCount(rest);
+            if (keyCluster[k0 + j] == cluster) word |= 1UL << j;
+        }
+        return word;
     }
 
     /// <inheritdoc/>

@@ -75,13 +75,25 @@ public static class DELTA
         var ql = new int[input.Sequences];
         var kl = new int[input.Sequences];
         for (int s = 0; s < input.Sequences; s++) { ql[s] = input.QueryLength(s); kl[s] = input.KeyLength(s); }
-        SelectorMath.ForEach(input.Sequences, s =>
+        // Work items: runs of query blocks of one sequence (each block's selection is independent and writes only its
+        // own rows of the table), so a single long sequence uses every core (it had been one item per sequence:
+        // one core, 67 s at T = 131072 with 8 heads).
+        const int blocksPerItem = 8;
+        var itemSequence = new List<int>();
+        var itemFirst = new List<int>();
+        for (int s = 0; s < input.Sequences; s++)
+            for (int qb = 0; qb < tokens.QueryBlocks(s); qb += blocksPerItem)
+            {
+                itemSequence.Add(s);
+                itemFirst.Add(qb);
+            }
+        SelectorMath.ForEach(itemSequence.Count, item =>
         {
-            int tk = kl[s];
+            int s = itemSequence[item], tk = kl[s];
             var logits = new float[tk];
             var importance = new float[tk];
             var chosen = new int[topK];
-            for (int qb = 0; qb < tokens.QueryBlocks(s); qb++)
+            for (int qb = itemFirst[item]; qb < Math.Min(itemFirst[item] + blocksPerItem, tokens.QueryBlocks(s)); qb++)
             {
                 int lastRow = Math.Min(ql[s], (qb + 1) * qbs) - 1, firstPos = input.QueryPosition(s, qb * qbs), pos = input.QueryPosition(s, lastRow);
                 int end = Math.Clamp(pos + 1, 0, tk);

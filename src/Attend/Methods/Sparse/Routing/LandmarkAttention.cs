@@ -47,16 +47,30 @@ public static class LandmarkAttention
             BlockSelection sel = input.Offsets is SeqOffsets o
                 ? new BlockSelection(o, o, input.Heads, qbs, block)
                 : new BlockSelection(input.Batch, input.Heads, input.TotalQueryLength, input.TotalKeyLength, qbs, block);
-            SelectorMath.ForEach(input.Sequences * input.Heads, item =>
+            // Landmarks once per (sequence, KV head); then work items of (sequence, head, run of query blocks), so a
+            // long single sequence fills every core (one item per (sequence, head) left half of 16 cores idle at H = 8),
+            // each block writing only its own row of the selection.
+            var landmarkSets = new float[input.Sequences * input.KvHeads][];
+            SelectorMath.ForEach(landmarkSets.Length, item =>
             {
-                int s = item / input.Heads, h = item % input.Heads;
+                int s = item / input.KvHeads;
+                landmarkSets[item] = sel.KeyBlocks(s) == 0 ? [] : SelectorMath.PoolKeys(input, s, item % input.KvHeads, block);
+            });
+            int chunk = Math.Max(1, 1024 / qbs); // query rows per item: 1024
+            var items = new List<(int S, int H, int First)>();
+            for (int s = 0; s < input.Sequences; s++)
+                for (int h = 0; h < input.Heads; h++)
+                    for (int qb = 0; qb < sel.QueryBlocks(s); qb += chunk) items.Add((s, h, qb));
+            SelectorMath.ForEach(items.Count, item =>
+            {
+                (int s, int h, int first) = items[item];
                 int nk = sel.KeyBlocks(s);
                 if (nk == 0) return;
-                float[] landmarks = SelectorMath.PoolKeys(input, s, h / input.GroupSize, block);
+                float[] landmarks = landmarkSets[s * input.KvHeads + h / input.GroupSize];
                 var scores = new float[nk];
                 var best = new float[nk];
                 var chosen = new int[topK];
-                for (int qb = 0; qb < sel.QueryBlocks(s); qb++)
+                for (int qb = first; qb < Math.Min(first + chunk, sel.QueryBlocks(s)); qb++)
                 {
                     int visible = SelectorMath.VisibleKeyBlocks(input, s, qb, qbs, block, causal);
                     if (visible == 0) continue;

@@ -40,7 +40,7 @@ public sealed class RecycledPattern
 /// The causal mask of <see cref="RecycledAttention"/>: a full-step row sees every earlier key; any other row sees the
 /// top-K keys recorded at its period's full step and every key after that step (the tokens it could not record).
 /// </summary>
-public readonly struct RecycledMask : IMaskMod<RecycledMask>
+public readonly struct RecycledMask : IMaskMod<RecycledMask>, IMaskRowWords
 {
     private readonly TokenSelectionMask _tokens;
     private readonly int[][]? _full;
@@ -81,6 +81,16 @@ public readonly struct RecycledMask : IMaskMod<RecycledMask>
         int row = q - (_keyLengths![e] - _queryLengths![e]);
         if ((uint)row >= (uint)_queryLengths[e] || k < 0 || k > q || k >= _keyLengths[e]) return false;
         return k >= _freeFrom![e][row] || _tokens.IsVisible(batch, head, q, k);
+    }
+
+    /// <inheritdoc/>
+    public ulong RowWord(int batch, int head, int q, int k0)
+    {
+        int e = Full.Length == 1 ? 0 : batch;
+        int row = q - (_keyLengths![e] - _queryLengths![e]);
+        if ((uint)row >= (uint)_queryLengths[e] || k0 < 0) return 0;
+        ulong allowed = MaskRowWords.AtMost(q, k0) & MaskRowWords.Range(0, _keyLengths[e], k0);
+        return allowed & (MaskRowWords.Range(_freeFrom![e][row], long.MaxValue, k0) | _tokens.RowWord(batch, head, q, k0));
     }
 
     /// <inheritdoc/>
@@ -157,12 +167,20 @@ public static class RecycledAttention
                     firstFull[s][p] = true;
                 }
             }
-            SelectorMath.ForEach(n * input.Heads, item =>
+            // Work items of (sequence, head, run of periods): each period's full step writes only its own row, and a
+            // long single sequence then fills every core (one item per (sequence, head) left half of 16 cores idle).
+            const int periodsPerItem = 16;
+            var items = new List<(int S, int H, int First)>();
+            for (int s = 0; s < n; s++)
+                for (int h = 0; h < input.Heads; h++)
+                    for (int p = 0; p < full[s].Length; p += periodsPerItem) items.Add((s, h, p));
+            SelectorMath.ForEach(items.Count, item =>
             {
-                int s = item / input.Heads, h = item % input.Heads, tk = input.KeyLength(s);
+                (int s, int h, int first) = items[item];
+                int tk = input.KeyLength(s);
                 var logits = new float[tk];
                 var chosen = new int[topK];
-                for (int p = 0; p < full[s].Length; p++)
+                for (int p = first; p < Math.Min(first + periodsPerItem, full[s].Length); p++)
                 {
                     int end = Math.Clamp(full[s][p] + 1, 0, tk);
                     if (end == 0) continue;

@@ -69,21 +69,44 @@ public sealed class KeyIndex
         var means = new float[groups][];
         var sentinels = new int[groups][][];
         var members = new int[groups][][];
+        // Lloyd steps in phases over all groups, the assignment (tk × lists dot products, nearly all the work) split
+        // into chunks of keys so that few (sequence, key head) groups still fill every core (it ran one item per group:
+        // 2 of 16 cores at H = 8/2). Each key's assignment is the same computation as before.
+        var centroids = new float[groups][];
+        var assignments = new int[groups][];
         SelectorMath.ForEach(groups, g =>
         {
             int s = g / input.KvHeads, kvh = g % input.KvHeads, tk = input.KeyLength(s), n = Math.Min(lists, tk);
             var c = new float[n * d];
             for (int i = 0; i < n; i++) Unit(input.KeyRow(s, kvh, (int)((i + 0.5) * tk / n)), c.AsSpan(i * d, d));
-            var assign = new int[tk];
-            var scores = new float[n];
-            for (int it = 0; ; it++)
+            centroids[g] = c;
+            assignments[g] = new int[tk];
+        });
+        const int keysPerItem = 2048;
+        var chunks = new List<(int G, int First)>();
+        for (int g = 0; g < groups; g++)
+            for (int k = 0; k < input.KeyLength(g / input.KvHeads); k += keysPerItem) chunks.Add((g, k));
+        for (int it = 0; ; it++)
+        {
+            SelectorMath.ForEach(chunks.Count, item =>
             {
-                for (int k = 0; k < tk; k++)
+                (int g, int first) = chunks[item];
+                int s = g / input.KvHeads, kvh = g % input.KvHeads, tk = input.KeyLength(s), n = Math.Min(lists, tk);
+                float[] c = centroids[g];
+                int[] assign = assignments[g];
+                var scores = new float[n];
+                for (int k = first; k < Math.Min(first + keysPerItem, tk); k++)
                 {
                     SelectorScores.Dots(input.KeyRow(s, kvh, k), c, n, scores);
                     assign[k] = n == 0 ? 0 : TensorPrimitives.IndexOfMax(scores.AsSpan(0, n));
                 }
-                if (it == iterations) break;
+            });
+            if (it == iterations) break;
+            SelectorMath.ForEach(groups, g =>
+            {
+                int s = g / input.KvHeads, kvh = g % input.KvHeads, tk = input.KeyLength(s), n = Math.Min(lists, tk);
+                float[] c = centroids[g];
+                int[] assign = assignments[g];
                 var sum = new float[n * d];
                 var unit = new float[d];
                 for (int k = 0; k < tk; k++)
@@ -93,7 +116,12 @@ public sealed class KeyIndex
                 }
                 for (int i = 0; i < n; i++)
                     if (TensorPrimitives.Norm(sum.AsSpan(i * d, d)) > 0) Unit(sum.AsSpan(i * d, d), c.AsSpan(i * d, d));
-            }
+            });
+        }
+        SelectorMath.ForEach(groups, g =>
+        {
+            int s = g / input.KvHeads, kvh = g % input.KvHeads, tk = input.KeyLength(s), n = Math.Min(lists, tk);
+            int[] assign = assignments[g];
             var count = new int[n];
             foreach (int a in assign) count[a]++;
             var lists2 = new int[n][];
@@ -206,12 +234,19 @@ public static class RetrievalAttention
         {
             KeyIndex idx = index ?? KeyIndex.Build(input, lists);
             var sel = new TokenSelection(input, input.Heads, qbs);
-            SelectorMath.ForEach(input.Sequences * input.Heads, item =>
+            // Work items of (sequence, head, run of query blocks): each block writes only its own row of the selection.
+            int chunk = Math.Max(1, 1024 / qbs);
+            var items = new List<(int S, int H, int First)>();
+            for (int s = 0; s < input.Sequences; s++)
+                for (int h = 0; h < input.Heads; h++)
+                    for (int qb = 0; qb < sel.QueryBlocks(s); qb += chunk) items.Add((s, h, qb));
+            SelectorMath.ForEach(items.Count, item =>
             {
-                int s = item / input.Heads, h = item % input.Heads, tk = input.KeyLength(s), d = input.Dim;
+                (int s, int h, int first) = items[item];
+                int tk = input.KeyLength(s), d = input.Dim;
                 var mean = new float[d];
                 var chosen = new int[topK];
-                for (int qb = 0; qb < sel.QueryBlocks(s); qb++)
+                for (int qb = first; qb < Math.Min(first + chunk, sel.QueryBlocks(s)); qb++)
                 {
                     int r0 = qb * qbs, r1 = Math.Min(input.QueryLength(s), r0 + qbs);
                     int firstPos = input.QueryPosition(s, r0), lastPos = input.QueryPosition(s, r1 - 1);

@@ -81,43 +81,79 @@ public sealed class RoutingCentroids
         ArgumentNullException.ThrowIfNull(input);
         if (!(decay >= 0 && decay <= 1)) throw new ArgumentOutOfRangeException(nameof(decay), decay, "The decay must be in [0, 1].");
         Check(input);
+        // Work items of (head, run of tokens): queries then keys of every sequence in one order, cut into fixed runs,
+        // each with its own sums; the runs' sums are then added per head in order (deterministic whatever the thread
+        // count). One item per head had kept 8 of 16 cores busy at H = 8.
+        int d = Dim, g = input.GroupSize;
+        long tokens = 0;
+        for (int s = 0; s < input.Sequences; s++) tokens += input.QueryLength(s) + input.KeyLength(s);
+        const int tokensPerItem = 32768;
+        int runs = (int)Math.Max(1, (tokens + tokensPerItem - 1) / tokensPerItem);
+        var sumQ = new double[Heads * runs][];
+        var sumK = new double[Heads * runs][];
+        var countQ = new int[Heads * runs][];
+        var countK = new int[Heads * runs][];
+        SelectorMath.ForEach(Heads * runs, item =>
+        {
+            int h = item / runs;
+            long from = (long)(item % runs) * tokensPerItem, to = Math.Min(tokens, from + tokensPerItem);
+            var sq = sumQ[item] = new double[Clusters * d];
+            var sk = sumK[item] = new double[Clusters * d];
+            var cq = countQ[item] = new int[Clusters];
+            var ck = countK[item] = new int[Clusters];
+            var unit = new float[d];
+            long at = 0; // index of the current token in the queries-then-keys order
+            for (int s = 0; s < input.Sequences && at < to; s++)
+            {
+                int tq = input.QueryLength(s), tk = input.KeyLength(s);
+                for (long r = Math.Max(from - at, 0); r < tq && at + r < to; r++)
+                    Accumulate(input.QueryRow(s, h, (int)r), unit, sq, cq, h);
+                at += tq;
+                for (long k = Math.Max(from - at, 0); k < tk && at + k < to; k++)
+                    Accumulate(input.KeyRow(s, h / g, (int)k), unit, sk, ck, h);
+                at += tk;
+            }
+        });
         SelectorMath.ForEach(Heads, h =>
         {
-            int d = Dim, g = input.GroupSize;
-            var sumQ = new double[Clusters * d];
-            var sumK = new double[Clusters * d];
-            var countQ = new int[Clusters];
-            var countK = new int[Clusters];
-            var unit = new float[d];
-            for (int s = 0; s < input.Sequences; s++)
+            for (int run = 1; run < runs; run++)
             {
-                for (int r = 0; r < input.QueryLength(s); r++)
-                    Accumulate(input.QueryRow(s, h, r), unit, sumQ, countQ);
-                for (int k = 0; k < input.KeyLength(s); k++)
-                    Accumulate(input.KeyRow(s, h / g, k), unit, sumK, countK);
+                int item = h * runs + run, first = h * runs;
+                for (int i = 0; i < Clusters * d; i++)
+                {
+                    sumQ[first][i] += sumQ[item][i];
+                    sumK[first][i] += sumK[item][i];
+                }
+                for (int c = 0; c < Clusters; c++)
+                {
+                    countQ[first][c] += countQ[item][c];
+                    countK[first][c] += countK[item][c];
+                }
             }
+            double[] sq = sumQ[h * runs], sk = sumK[h * runs];
+            int[] cq = countQ[h * runs], ck = countK[h * runs];
             for (int c = 0; c < Clusters; c++)
             {
-                if (countQ[c] + countK[c] == 0) continue;
+                if (cq[c] + ck[c] == 0) continue;
                 Span<float> mu = _values.AsSpan((h * Clusters + c) * d, d);
-                int sides = (countQ[c] > 0 ? 1 : 0) + (countK[c] > 0 ? 1 : 0);
+                int sides = (cq[c] > 0 ? 1 : 0) + (ck[c] > 0 ? 1 : 0);
                 for (int i = 0; i < d; i++)
                 {
-                    double target = ((countQ[c] > 0 ? sumQ[c * d + i] / countQ[c] : 0) + (countK[c] > 0 ? sumK[c * d + i] / countK[c] : 0)) / sides;
+                    double target = ((cq[c] > 0 ? sq[c * d + i] / cq[c] : 0) + (ck[c] > 0 ? sk[c * d + i] / ck[c] : 0)) / sides;
                     mu[i] = (float)(decay * mu[i] + (1 - decay) * target);
                 }
                 if (!Normalize(mu)) Centroid(h, c).CopyTo(mu); // a cancelled mean keeps the old direction
             }
-
-            void Accumulate(ReadOnlySpan<float> v, float[] u, double[] sum, int[] count)
-            {
-                v.CopyTo(u);
-                if (!Normalize(u)) return;
-                int c = Nearest(h, u);
-                count[c]++;
-                for (int i = 0; i < u.Length; i++) sum[c * u.Length + i] += u[i];
-            }
         });
+    }
+
+    private void Accumulate(ReadOnlySpan<float> v, float[] u, double[] sum, int[] count, int h)
+    {
+        v.CopyTo(u);
+        if (!Normalize(u)) return;
+        int c = Nearest(h, u);
+        count[c]++;
+        for (int i = 0; i < u.Length; i++) sum[c * u.Length + i] += u[i];
     }
 
     /// <summary>
@@ -208,13 +244,26 @@ public static class RoutingTransformer
             int n = input.Sequences, h = input.Heads;
             var qc = new int[n * h][];
             var kc = new int[n * h][];
-            SelectorMath.ForEach(n * h, item =>
+            for (int item = 0; item < n * h; item++)
             {
+                qc[item] = new int[input.QueryLength(item / h)];
+                kc[item] = new int[input.KeyLength(item / h)];
+            }
+            // Routing in work items of (sequence, head, run of 4096 rows or keys): each writes its own entries.
+            const int tokensPerItem = 4096;
+            var runs = new List<(int Unit, bool Keys, int First)>();
+            for (int item = 0; item < n * h; item++)
+            {
+                for (int r = 0; r < qc[item].Length; r += tokensPerItem) runs.Add((item, false, r));
+                for (int k = 0; k < kc[item].Length; k += tokensPerItem) runs.Add((item, true, k));
+            }
+            SelectorMath.ForEach(runs.Count, run =>
+            {
+                (int item, bool keys, int first) = runs[run];
                 int s = item / h, head = item % h;
-                qc[item] = new int[input.QueryLength(s)];
-                kc[item] = new int[input.KeyLength(s)];
-                for (int r = 0; r < qc[item].Length; r++) qc[item][r] = fitted.Nearest(head, input.QueryRow(s, head, r));
-                for (int k = 0; k < kc[item].Length; k++) kc[item][k] = fitted.Nearest(head, input.KeyRow(s, head / input.GroupSize, k));
+                int[] target = keys ? kc[item] : qc[item];
+                for (int i = first; i < Math.Min(first + tokensPerItem, target.Length); i++)
+                    target[i] = fitted.Nearest(head, keys ? input.KeyRow(s, head / input.GroupSize, i) : input.QueryRow(s, head, i));
             });
             var ql = new int[n];
             var kl = new int[n];

@@ -114,7 +114,7 @@ public sealed class TokenSelection
 }
 
 /// <summary>The mask of a frozen <see cref="TokenSelection"/>: a pair is visible when its key was chosen for its query's block.</summary>
-public readonly struct TokenSelectionMask : IMaskMod<TokenSelectionMask>
+public readonly struct TokenSelectionMask : IMaskMod<TokenSelectionMask>, IMaskRowWords
 {
     private readonly TokenSelection.Table? _table;
 
@@ -131,6 +131,19 @@ public readonly struct TokenSelectionMask : IMaskMod<TokenSelectionMask>
         if ((uint)row >= (uint)t.QueryLengths[e] || (uint)k >= (uint)t.KeyLengths[e]) return false;
         int w = t.Base[e * t.Heads + (t.Heads == 1 ? 0 : head)] + t.QueryBlockOf(row) * t.Words[e] + (k >> 6);
         return (t.Bits[w] >> (k & 63) & 1) != 0;
+    }
+
+    /// <inheritdoc/>
+    /// <exception cref="ArgumentException"><paramref name="k0"/> not a multiple of 64 (the table's words are aligned).</exception>
+    public ulong RowWord(int batch, int head, int q, int k0)
+    {
+        if ((k0 & 63) != 0) throw new ArgumentException($"The first key of a row word must be a multiple of 64; got {k0}.", nameof(k0));
+        TokenSelection.Table t = T;
+        int e = t.QueryLengths.Length == 1 ? 0 : batch;
+        int row = q - (t.KeyLengths[e] - t.QueryLengths[e]);
+        if ((uint)row >= (uint)t.QueryLengths[e] || k0 < 0 || k0 >= t.KeyLengths[e]) return 0;
+        // The table's words are the 64-key words of the sequence (bits past its end are never set).
+        return t.Bits[t.Base[e * t.Heads + (t.Heads == 1 ? 0 : head)] + t.QueryBlockOf(row) * t.Words[e] + (k0 >> 6)];
     }
 
     /// <inheritdoc/>

@@ -10,7 +10,7 @@ namespace Attend.Methods.Sparse.Static;
 /// intersected (the paper's causal variant masks each axis; on a row-major grid the two agree for the row, and for the
 /// column the flat order keeps earlier rows).
 /// </remarks>
-public readonly struct AxialMask : IMaskMod<AxialMask>, ISegmentTest
+public readonly struct AxialMask : IMaskMod<AxialMask>, ISegmentTest, IMaskRowWords
 {
     /// <summary>Axial attention on <paramref name="grid"/> (2 axes).</summary>
     /// <exception cref="ArgumentException">A grid without exactly 2 axes.</exception>
@@ -29,6 +29,18 @@ public readonly struct AxialMask : IMaskMod<AxialMask>, ISegmentTest
         if ((uint)q >= (uint)Grid.Size || (uint)k >= (uint)Grid.Size) return false;
         int w = Grid.E1;
         return q / w == k / w || q % w == k % w;
+    }
+
+    /// <inheritdoc/>
+    public ulong RowWord(int batch, int head, int q, int k0)
+    {
+        int size = Grid.Size, w = Grid.E1;
+        if ((uint)q >= (uint)size || k0 < 0 || k0 >= size) return 0;
+        int rowStart = q / w * w;
+        ulong word = MaskRowWords.Range(rowStart, rowStart + w, k0);
+        // The query's column: keys k ≡ q (mod w) from the first at or after k0.
+        for (long k = k0 + ((q % w - k0 % w) % w + w) % w; k < k0 + 64; k += w) word |= 1UL << (int)(k - k0);
+        return word & MaskRowWords.Range(0, size, k0);
     }
 
     /// <inheritdoc/>
