@@ -1,24 +1,49 @@
 #!/usr/bin/env bash
-# One device call for the whole CUDA backend after merging (run from the carry folder, e.g. .gpu/, which holds the
-# published attend in ./attend, this script, linear_peers.py and flash-linear-attention's `fla` package copied from its
-# source mirror — never committed):
-#   1. attend check --backend cuda           exact (forward, backward, decode), linear (forward, backward), sparse cases
-#   2. compute-sanitizer memcheck            on a small check (3 exact problems + every linear and sparse case)
-#   3. attend bench linear --backend cuda    forward and forward+backward at T = 16k, B = 1, H = 16, D = 128, bf16
-#   4. linear_peers.py                       fla's forward+backward for linear attention, RetNet and GLA (PEER_METHODS)
-#                                            on the same shape, in the same call, beside ours (fla's autotuner times
-#                                            each config for 20 ms instead of 100; fla 0.5.2 refuses simple GLA's
-#                                            backward on Triton < 3.7.1 on Hopper, so it is left out)
-# Logs and JSON go to $OUT.   Usage: bash all-check.sh
+# The coordinator's device calls for the whole CUDA backend after merging. Run from the carry folder (e.g. .gpu/), which
+# holds the published attend in ./attend, this script, linear_peers.py, sparse-tail.sh and flash-linear-attention's
+# `fla` package copied from its source mirror (never committed). Logs and JSON go to $OUT.
+#
+#   bash all-check.sh check    1. attend check --backend cuda: exact (forward, backward, decode), linear (chunked,
+#                                 recurrent, backward with gates, feature maps), delta rules, sparse cases; float64 oracle
+#                              2. compute-sanitizer memcheck on a small check (3 exact problems + every linear, delta and
+#                                 sparse case)
+#   bash all-check.sh bench    3. attend bench --backend cuda (every exact row: causal/full 4k-32k, windows, documents,
+#                                 block-causal, D = 64, 16/16 heads, backward, decode)
+#                              4. attend bench linear --backend cuda at T = 16k, B = 1, H = 16, D = 128, bf16 (forward,
+#                                 forward+backward, the delta rules)
+#                              5. linear_peers.py: fla's forwards of the delta rules, then GLA's forward+backward, beside
+#                                 ours in the same call, its autotuner shortened (every config still tried)
+#   bash all-check.sh sparse   6. the 128k sparse rows not yet measured (sparse-tail.sh --rest)
+#
+# The kernel cache lives in /tmp/attend-cuda-cache, so a second part on a still-warm machine skips NVRTC.
 set -u
 cd "$(dirname "$0")"
 export PYTHONUNBUFFERED=1 ATTEND_CUDA_CACHE=/tmp/attend-cuda-cache
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-timeout 240 ./attend/Attend.Cli check --backend cuda 2>&1 | tee "$OUT/check.log" | grep -v "^  ok " | tail -30
-echo "check exit ${PIPESTATUS[0]}"
-timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 ./attend/Attend.Cli check --backend cuda --cases 3 --seed 1 > "$OUT/sanitizer.log" 2>&1
-echo "sanitizer exit $?"; grep -E "ERROR SUMMARY|attend check:" "$OUT/sanitizer.log" | head -5
-ATTEND_BENCH_LINEAR_T=16384 timeout 120 ./attend/Attend.Cli bench linear --backend cuda --json "$OUT/linear-cuda.json" 2>&1 | tee "$OUT/bench-linear.log"
-PYTHONPATH=$PWD timeout ${PEER_TIMEOUT:-200} python3 linear_peers.py --ours "$OUT/linear-cuda.json" --skip-forward \
-  --methods ${PEER_METHODS:-linear_attn,retnet,gla} --autotune-ms 5,20 2>&1 | tee "$OUT/peers.log" | grep -v Warning
+part=${1:-check}
+echo "== $(date -u '+%Y-%m-%d %H:%M:%S UTC') $part on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)" | tee "$OUT/gpu-$part.txt"
+case $part in
+check)
+  timeout ${CHECK_TIMEOUT:-330} ./attend/Attend.Cli check --backend cuda > "$OUT/check.log" 2>&1
+  echo "check exit $?"; grep -a -E "FAIL|attend check:|Exception" "$OUT/check.log" | cut -c1-240 | head -40
+  timeout ${SAN_TIMEOUT:-200} compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 \
+    ./attend/Attend.Cli check --backend cuda --cases 3 --seed 1 > "$OUT/sanitizer.log" 2>&1
+  echo "sanitizer exit $?"; grep -a -E "ERROR SUMMARY|LEAK SUMMARY|attend check:" "$OUT/sanitizer.log" | head -5
+  ;;
+bench)
+  timeout ${BENCH_TIMEOUT:-200} ./attend/Attend.Cli bench --backend cuda --json "$OUT/exact-cuda.json" > "$OUT/bench-exact.log" 2>&1
+  echo "bench exit $?"; grep -a -v "^\s*$" "$OUT/bench-exact.log" | cut -c1-200 | tail -40
+  ATTEND_BENCH_LINEAR_T=16384 timeout ${LINEAR_TIMEOUT:-120} ./attend/Attend.Cli bench linear --backend cuda \
+    --json "$OUT/linear-cuda.json" > "$OUT/bench-linear.log" 2>&1
+  echo "bench linear exit $?"; cut -c1-200 "$OUT/bench-linear.log" | tail -40
+  PYTHONPATH=$PWD timeout ${PEER_TIMEOUT:-120} python3 linear_peers.py --ours "$OUT/linear-cuda.json" --rep 100 --warmup 25 \
+    --methods delta,gated_delta --budget 0 --autotune-ms 5,20 2>&1 | grep -v Warning | tee "$OUT/peers.log"
+  PYTHONPATH=$PWD timeout ${PEER_TIMEOUT:-160} python3 linear_peers.py --ours "$OUT/linear-cuda.json" --rep 100 --warmup 25 \
+    --methods gla --skip-forward --autotune-ms 5,20 2>&1 | grep -v Warning | tee "$OUT/peers-gla.log"
+  ;;
+sparse)
+  OUT="$OUT" T128=${T128:-400} bash ./sparse-tail.sh --rest
+  ;;
+*) echo "usage: all-check.sh check|bench|sparse"; exit 2 ;;
+esac
+echo "== done $(date -u '+%H:%M:%S')"
