@@ -82,10 +82,10 @@ internal static class CudaDeltaBench
         plan.Run(q, k, v, beta, gate, null, o, sT, stream);
         reference.Run(q, k, v, beta, gate, null, oRef, null, stream);
         stream.Synchronize();
-        double err = Compare(o, oRef, out int nan, out double maxRelErr);
+        double err = CudaLinearBench.Compare(o, oRef, out int nan, out double maxRelErr);
         bool passed = nan == 0 && err <= Tolerance;
-        ms = Median(() => plan.Run(q, k, v, beta, gate, null, o, sT, stream), ctx, stream, quick ? 5 : 20);
-        prepareMs = Median(() => plan.RunPrepareOnly(q, k, v, beta, gate, stream), ctx, stream, quick ? 5 : 20);
+        ms = CudaLinearBench.Median(() => plan.Run(q, k, v, beta, gate, null, o, sT, stream), ctx, stream, quick ? 5 : 20);
+        prepareMs = CudaLinearBench.Median(() => plan.RunPrepareOnly(q, k, v, beta, gate, stream), ctx, stream, quick ? 5 : 20);
         double seconds = ms / 1e3;
         long chunks = (t + 63) / 64;
         // Per head and chunk: K Kᵀ and Q Kᵀ (2·64·64·Dk), the triangular solve (64³/3), w and u (2·64·64·(Dk + Dv) / 2
@@ -109,26 +109,8 @@ internal static class CudaDeltaBench
         using DeviceBuffer state = DeviceBuffer.From<float>(ctx, GaussianData.Create((long)batch * Heads * Dim * Dim, 56));
         using var plan = new CudaDeltaRulePlan(ctx, shape, ElementType.BFloat16, Options(m, LinearForm.Recurrent));
         using var stream = new CudaStream(ctx);
-        double ms = Median(() => plan.Run(q, k, v, beta, gate, state, o, state, stream), ctx, stream, quick ? 5 : 50);
+        double ms = CudaLinearBench.Median(() => plan.Run(q, k, v, beta, gate, state, o, state, stream), ctx, stream, quick ? 5 : 50, clearL2: false);
         return new LinearRecord(m.Name, "recurrent", 1, Dim, Heads, batch / (ms / 1e3), ms * 1e3 / batch, null, null, 0);
-    }
-
-    private static double Median(Action run, CudaContext ctx, CudaStream stream, int reps)
-    {
-        using var start = new CudaEvent(ctx);
-        using var end = new CudaEvent(ctx);
-        for (int i = 0; i < 3; i++) run();
-        stream.Synchronize();
-        var times = new double[reps];
-        for (int i = 0; i < reps; i++)
-        {
-            start.Record(stream);
-            run();
-            end.Record(stream);
-            times[i] = CudaEvent.ElapsedMilliseconds(start, end);
-        }
-        Array.Sort(times);
-        return times[reps / 2];
     }
 
     // [batch, t, H, D] bf16: standard normal, or with each row L2-normalised (the delta rule's keys).
@@ -163,30 +145,5 @@ internal static class CudaDeltaBench
         var g = new float[count];
         for (long i = 0; i < count; i++) g[i] = -MathF.Log(1f + MathF.Exp(-x[i])) / 16f;
         return g;
-    }
-
-    private static double Compare(CudaTensor actual, CudaTensor expected, out int nan, out double maxRelErr)
-    {
-        var a = new BFloat16[actual.Length];
-        var e = new BFloat16[expected.Length];
-        actual.CopyTo<BFloat16>(a);
-        expected.CopyTo<BFloat16>(e);
-        double diff = 0, norm = 0, maxDiff = 0, maxRef = 0;
-        nan = 0;
-        for (long i = 0; i < a.Length; i++)
-        {
-            double x = a[i], y = e[i];
-            if (!double.IsFinite(x) || !double.IsFinite(y))
-            {
-                nan++;
-                continue;
-            }
-            diff += (x - y) * (x - y);
-            norm += y * y;
-            maxDiff = Math.Max(maxDiff, Math.Abs(x - y));
-            maxRef = Math.Max(maxRef, Math.Abs(y));
-        }
-        maxRelErr = maxRef == 0 ? maxDiff : maxDiff / maxRef;
-        return norm == 0 ? 0 : Math.Sqrt(diff / norm);
     }
 }

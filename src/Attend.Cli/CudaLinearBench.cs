@@ -196,7 +196,7 @@ internal static class CudaLinearBench
     private const long L2ClearBytes = 256_000_000;
     private static DeviceBuffer? s_l2Clear;
 
-    private static double Median(Action run, CudaContext ctx, CudaStream stream, int reps, bool clearL2 = true)
+    internal static double Median(Action run, CudaContext ctx, CudaStream stream, int reps, bool clearL2 = true)
     {
         using var start = new CudaEvent(ctx);
         using var end = new CudaEvent(ctx);
@@ -234,7 +234,7 @@ internal static class CudaLinearBench
         return g;
     }
 
-    private static double Compare(CudaTensor actual, CudaTensor expected, out int nan, out double maxRelErr)
+    internal static double Compare(CudaTensor actual, CudaTensor expected, out int nan, out double maxRelErr)
     {
         var a = new BFloat16[actual.Length];
         var e = new BFloat16[expected.Length];

@@ -87,7 +87,7 @@ internal static class CudaSparseCheck
             Report("minference vertical-slash plan, coverage=blocks", Shape(b, t, t, h, hkv, d), TokenPlan(q, k, v, b, t, t, h, hkv, d, plan.Tokens, null), RoundedLse);
         }
         {
-            int b = 1, tq = Odd(200, 400), tk = Odd(500, 900), h = 4, hkv = 2, d = 96;
+            int b = 1, tq = Odd(200, 400), tk = Odd(500, 900), h = 4, hkv = 2, d = 256; // the token kernel takes D 64, 128, 256
             VerticalSlashPlan plan = RandomPlan(rng, b, h, tq, tk, null);
             plan.Coverage = SlashCoverage.Blocks;
             Report("vertical-slash coverage=blocks, Tq < Tk", Shape(b, tq, tk, h, hkv, d), TokenPlan<float>(rng, b, tq, tk, h, hkv, d, plan, null), RoundedLse);

@@ -70,7 +70,7 @@ internal static unsafe class CudaFlashBackwardMma
     {
         bool wgmma = UsesWgmma(context, false);
         var (_, dkdv, dq, _) = Get(context, d, type, false, false, false, wgmma);
-        string text = $"BR={QueryRowsPerStep}{(wgmma ? $", wgmma (D = 64: registers for {WgmmaCtasPerSm} CTAs per SM)" : ", mma.sync")}: " +
+        string text = $"BR={QueryRowsPerStep}{(wgmma ? (d == 64 ? $", wgmma (registers for {WgmmaCtasPerSm} CTAs per SM)" : ", wgmma") : ", mma.sync")}: " +
             $"dK/dV {dkdv.Registers} regs, {dkdv.LocalBytes} B local; dQ {dq.Registers} regs, {dq.LocalBytes} B local";
         if (!AtomicDqAllowed) return text;
         var (_, dkdvA, _, _) = Get(context, d, type, false, false, true, false);

@@ -71,7 +71,7 @@ public sealed unsafe class CudaDeltaRulePlan : IDisposable
         // At most 64 columns per CTA: 64 x 2 would need 255 registers x 256 threads, more than an SM has.
         if (ValueBlock is not (16 or 32 or 64) || ValueGroups is not (1 or 2) || ValueBlock * ValueGroups > 64
             || (chunked && shape.ValueDim % (ValueBlock * ValueGroups) != 0))
-            throw new ArgumentOutOfRangeException(valueBlock is null ? nameof(valueGroups) : nameof(valueBlock),
+            throw new ArgumentOutOfRangeException(ValueBlock is not (16 or 32 or 64) ? nameof(valueBlock) : nameof(valueGroups),
                 $"The value block must be 16, 32 or 64 and the groups 1 or 2, at most 64 columns per CTA, dividing Dv = {shape.ValueDim}; got {ValueBlock} x {ValueGroups}.");
         Shape = shape;
         ElementType = elementType;
@@ -204,8 +204,9 @@ public sealed unsafe class CudaDeltaRulePlan : IDisposable
     /// Queues the call on <paramref name="stream"/> (null: the default stream). <paramref name="beta"/>: float32 β
     /// <c>[B, T, H]</c>, or null (β = 1); <paramref name="gate"/>: float32 log gates <c>[B, T, H]</c> (ScalarGate), else
     /// null; <paramref name="initialState"/> and <paramref name="finalState"/>: float32 <c>[N, H, Dk, Dv]</c> or null (zero /
-    /// not wanted). Both forms may update the state in place (one buffer for both: each CTA reads its own state slice
-    /// before it writes it, and no other CTA touches that slice). Allocates nothing.
+    /// not wanted). The recurrent form may update the state in place (one buffer for both: each CTA reads its own state
+    /// slice before it writes it, and no other CTA touches that slice); the chunked form reads the initial state through
+    /// the read-only cache (<c>__restrict__</c>), so it takes two buffers that do not overlap. Allocates nothing.
     /// </summary>
     /// <exception cref="ArgumentException">Tensors that do not match the plan; the message names the argument.</exception>
     public void Run(CudaTensor q, CudaTensor k, CudaTensor v, DeviceBuffer? beta, DeviceBuffer? gate, DeviceBuffer? initialState, CudaTensor output,
@@ -231,6 +232,9 @@ public sealed unsafe class CudaDeltaRulePlan : IDisposable
             throw new ArgumentException($"initialState holds {initialState.Bytes} bytes; [N, H, Dk, Dv] float32 needs {stateBytes}.", nameof(initialState));
         if (finalState is not null && finalState.Bytes < stateBytes)
             throw new ArgumentException($"finalState holds {finalState.Bytes} bytes; [N, H, Dk, Dv] float32 needs {stateBytes}.", nameof(finalState));
+        if (Form == LinearForm.Chunked && initialState is not null && finalState is not null
+            && initialState.Pointer < finalState.Pointer + (ulong)stateBytes && finalState.Pointer < initialState.Pointer + (ulong)stateBytes)
+            throw new ArgumentException("The chunked form reads initialState through the read-only cache while it writes finalState; give finalState a buffer that does not overlap initialState (the recurrent form may update in place).", nameof(finalState));
         if (_sequences == 0) return;
 
         var a = new Arguments

@@ -232,6 +232,10 @@ public sealed unsafe class CudaLinearPlan : IDisposable
             reason = $"CudaLinearPlan computes the additive update; the {options.Update} rule runs in CudaDeltaRulePlan (forward, chunked and recurrent; it takes β), which Backend = \"cuda\" picks for it";
         else if ((options.Normalization ?? LinearNormalization.None) is not (LinearNormalization.None or LinearNormalization.Denominator))
             reason = $"the CUDA linear kernels compute no normalisation or the denominator one; {options.Normalization} is not on the GPU yet";
+        else if (options.Normalization == LinearNormalization.Denominator && elementType == ElementType.Float16)
+            // The numerator and the running denominator are kept in the element type; fp16 tops out at 65504, which an
+            // undecayed elu+1 denominator passes after a few thousand tokens (≈ 15 per token at Dk = 128), giving 0 or NaN.
+            reason = "the denominator normalisation on the GPU takes bf16 (fp16's range, 65504, overflows the running denominator after a few thousand tokens)";
         else if (form == LinearForm.Chunked && shape.KeyDim is not (64 or 128))
             reason = $"the chunked CUDA kernel is specialised for key dims 64 and 128; got Dk = {shape.KeyDim}";
         else if (form == LinearForm.Chunked && (shape.ValueDim <= 0 || shape.ValueDim % CudaLinearKernels.ValueBlock != 0))
@@ -433,6 +437,11 @@ public sealed unsafe class CudaLinearPlan : IDisposable
     public static bool IsBackwardSupported(LinearShape shape, ElementType elementType, LinearAttentionOptions? options, out string reason)
     {
         options ??= new LinearAttentionOptions();
+        if (options.Update is LinearUpdate.Delta or LinearUpdate.GatedDelta)
+        {
+            reason = $"the {options.Update} rule's backward is not on the GPU (its forward runs in CudaDeltaRulePlan); it runs on the CPU";
+            return false;
+        }
         if (!IsSupported(shape, elementType, options, out reason)) return false;
         reason = BackwardRefusal(shape, elementType, options.Form ?? LinearForm.Chunked,
             options.Decay ?? (options.HeadDecay != null ? LinearDecay.FixedPerHead : LinearDecay.None), MapOf(options.FeatureMap),

@@ -37,7 +37,9 @@ public class CudaLinearGatesTests
         var options = new LinearAttentionOptions { FeatureMap = phi, Normalization = norm, Decay = LinearDecay.ScalarGate };
         var shape = new LinearShape(2, 77, 4, 4, 64, 64);
         Assert.True(CudaLinearPlan.IsSupported(shape, ElementType.BFloat16, options, out string reason), reason);
-        Assert.True(CudaLinearPlan.IsSupported(shape, ElementType.Float16, options with { Form = LinearForm.Recurrent }, out reason), reason);
+        bool fp16 = CudaLinearPlan.IsSupported(shape, ElementType.Float16, options with { Form = LinearForm.Recurrent }, out reason);
+        Assert.True(fp16 == (norm != LinearNormalization.Denominator), reason);
+        if (!fp16) Assert.Contains("bf16", reason);
         Assert.False(CudaLinearPlan.IsBackwardSupported(shape, ElementType.BFloat16, options, out reason));
         Assert.Contains(backwardReason, reason);
     }
@@ -56,11 +58,12 @@ public class CudaLinearGatesTests
     [Theory]
     [InlineData("linear_chunk.cu")]
     [InlineData("linear_chunk_bwd.cu")]
-    public void LinearTileHelpersAreOneHeaderExpandedIntoBothKernels(string file)
+    [InlineData("linear_delta_chunk.cu")]
+    public void LinearTileHelpersAreOneHeaderExpandedIntoEveryLinearKernel(string file)
     {
         string source = KernelCompiler.Source(file);
         Assert.DoesNotContain("#include \"", source);
-        foreach (string helper in (string[])["unsigned voff(", "void load_vtile(", "float exp_e(", "float bget(", "void load_gtile(", "void mma16816("])
+        foreach (string helper in (string[])["unsigned voff(", "void load_vtile(", "float exp_e(", "float elem_lo(", "float bget(", "void cp_async4(", "void load_gtile(", "void mma16816("])
         {
             int first = source.IndexOf(helper, StringComparison.Ordinal);
             Assert.True(first >= 0, $"{file}: {helper} is missing");
