@@ -29,8 +29,8 @@
 //
 // Defines: DK (64 | 128; any multiple of 8 up to 256 for the recurrent kernel), ELEM_BF16 (1 bf16, 0 fp16),
 // GATE (0 none: the delta rule; 1 a scalar per token and head: the gated delta rule), BV (16 | 32 | 64), VH (1 | 2).
-// Headers mma_tiles.cuh and linear_tiles.cuh are expanded in place by KernelCompiler.Source (NVRTC sees one source);
-// linear_tiles.cuh's voff/load_vtile assume BV = 64 rows and are not used here (off64 is this kernel's layout).
+// mma_tiles.cuh is expanded in place by KernelCompiler.Source. (elem_lo/elem_hi, exp_e, bget and cp_async4 repeat
+// linear_tiles.cuh's; moving them there waits for a device session to compile it.)
 
 #ifndef DK
 #error "DK must be defined"
@@ -53,10 +53,32 @@
 typedef unsigned short elem_t;
 
 #include "mma_tiles.cuh"
-// elem_lo/elem_hi, exp_e and (GATE 1) bget, cp_async4, shared with the additive kernels:
-#include "linear_tiles.cuh"
 
 struct DeltaRow { int seq, tokStart, len, pad; };
+
+__device__ __forceinline__ float exp_e(float x) { return fast_exp2(x * 1.4426950408889634f); }
+
+__device__ __forceinline__ float elem_lo(unsigned x)
+{
+#if ELEM_BF16
+    return __uint_as_float(x << 16);
+#else
+    float f;
+    asm("{.reg .b16 l, h; mov.b32 {l, h}, %1; cvt.f32.f16 %0, l;}" : "=f"(f) : "r"(x));
+    return f;
+#endif
+}
+
+__device__ __forceinline__ float elem_hi(unsigned x)
+{
+#if ELEM_BF16
+    return __uint_as_float(x & 0xffff0000u);
+#else
+    float f;
+    asm("{.reg .b16 l, h; mov.b32 {l, h}, %1; cvt.f32.f16 %0, h;}" : "=f"(f) : "r"(x));
+    return f;
+#endif
+}
 
 // Byte offset of 16-byte chunk `chunk` of row `row` in a swizzled [rows][64] tile (A, T, a 64-column V block).
 __device__ __forceinline__ unsigned off64(int row, int chunk)
@@ -340,6 +362,19 @@ attend_delta_prepare(
 #define C_OFF_D (C_OFF_S + VH * 2 * DK * BV * 2)     // per group: δ, [64][BV]
 #define C_SMEM_BYTES (C_OFF_D + VH * C_U_BYTES)
 
+#if GATE == 1
+// The in-chunk cumulative log decay b lives in registers: lane l holds b[2l] and b[2l+1]. Every lane must call this.
+__device__ __forceinline__ float bget(float b0, float b1, int x)
+{
+    const float e = __shfl_sync(0xffffffffu, b0, x >> 1), o = __shfl_sync(0xffffffffu, b1, x >> 1);
+    return (x & 1) ? o : e;
+}
+
+__device__ __forceinline__ void cp_async4(unsigned dst, const void* src, int bytes)
+{
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" :: "r"(dst), "l"(src), "r"(bytes));
+}
+#endif
 
 extern "C" __global__ void __launch_bounds__(NT * VH)
 attend_delta_chunk(
