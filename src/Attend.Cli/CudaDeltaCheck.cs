@@ -65,7 +65,7 @@ internal static class CudaDeltaCheck
         long rows = (long)c.B * tokens;
         float[] q = Rounded<T>(rng, rows * c.H * c.Dk, 1, 1.0), k = Rounded<T>(rng, rows * c.Hkv, c.Dk, 0), v = Rounded<T>(rng, rows * c.Hkv * c.Dv, 1, 1.0);
         float[] beta = c.Beta ? Betas(rng, rows * c.H) : [];
-        float[] gate = c.Decay == LinearDecay.ScalarGate ? Gates(rng, rows * c.H) : [];
+        float[] gate = c.Decay == LinearDecay.ScalarGate ? CudaLinearCheck.Gates(rng, rows * c.H, 1f) : [];
         float[]? gamma = c.Decay == LinearDecay.FixedPerHead ? Enumerable.Range(0, c.H).Select(_ => (float)(1 - Math.Pow(2, -rng.Next(2, 8)))).ToArray() : null;
         long stateLength = (long)n * c.H * c.Dk * c.Dv;
         float[] s0 = c.InitialState ? Rounded<float>(rng, stateLength, 1, 0.3) : [];
@@ -80,9 +80,9 @@ internal static class CudaDeltaCheck
         try
         {
             using var plan = new CudaDeltaRulePlan(context, shape, type, options, offsets, c.ValueBlock, c.ValueGroups);
-            using CudaTensor dq = Upload<T>(context, q, c.B, tokens, c.H, c.Dk);
-            using CudaTensor dk = Upload<T>(context, k, c.B, tokens, c.Hkv, c.Dk);
-            using CudaTensor dv = Upload<T>(context, v, c.B, tokens, c.Hkv, c.Dv);
+            using CudaTensor dq = CudaLinearCheck.Upload<T>(context, q, c.B, tokens, c.H, c.Dk);
+            using CudaTensor dk = CudaLinearCheck.Upload<T>(context, k, c.B, tokens, c.Hkv, c.Dk);
+            using CudaTensor dv = CudaLinearCheck.Upload<T>(context, v, c.B, tokens, c.Hkv, c.Dv);
             using CudaTensor dout = CudaTensor.Create(context, type, c.B, tokens, c.H, c.Dv);
             using DeviceBuffer? dbeta = beta.Length == 0 ? null : DeviceBuffer.From<float>(context, beta);
             using DeviceBuffer? dgate = gate.Length == 0 ? null : DeviceBuffer.From<float>(context, gate);
@@ -96,8 +96,8 @@ internal static class CudaDeltaCheck
             dout.CopyTo<T>(o);
             var sT = new float[stateLength];
             dsT.CopyTo<float>(sT);
-            double err = Relative<T>(o, refOut, out int nanOut);
-            double stateErr = Relative<float>(sT, refState, out int nanState);
+            double err = CudaLinearCheck.Relative<T>(o, refOut, out int nanOut);
+            double stateErr = CudaLinearCheck.Relative<float>(sT, refState, out int nanState);
             string? problem = nanOut + nanState > 0 ? $"{nanOut} NaN/unwritten outputs, {nanState} NaN/unwritten state entries" : null;
             return (err, stateErr, problem);
         }
@@ -115,20 +115,6 @@ internal static class CudaDeltaCheck
         return b;
     }
 
-    // Log gates ≤ 0: logsigmoid of a standard normal, divided by 4.
-    private static float[] Gates(Random rng, long count)
-    {
-        var g = new float[count];
-        for (long i = 0; i < count; i++) g[i] = (float)(-Math.Log(1 + Math.Exp(-Gaussian(rng))) / 4);
-        return g;
-    }
-
-    private static double Gaussian(Random rng)
-    {
-        double u1 = 1.0 - rng.NextDouble(), u2 = rng.NextDouble();
-        return Math.Sqrt(-2 * Math.Log(u1)) * Math.Cos(2 * Math.PI * u2);
-    }
-
     // `count` rows of `width` Gaussian values rounded to T; scale 0 L2-normalises each row (the delta rule's keys).
     private static float[] Rounded<T>(Random rng, long count, int width, double scale) where T : unmanaged
     {
@@ -139,7 +125,7 @@ internal static class CudaDeltaCheck
             double norm = 0;
             for (int i = 0; i < width; i++)
             {
-                row[i] = Gaussian(rng);
+                row[i] = CudaLinearCheck.Gaussian(rng);
                 norm += row[i] * row[i];
             }
             double f = scale == 0 ? 1 / Math.Sqrt(norm) : scale;
@@ -147,30 +133,5 @@ internal static class CudaDeltaCheck
                 data[r * width + i] = ElementConvert.ToSingle(ElementConvert.FromSingle<T>((float)(f * row[i])));
         }
         return data;
-    }
-
-    private static CudaTensor Upload<T>(CudaContext context, float[] data, int b, int t, int h, int d) where T : unmanaged
-    {
-        var packed = new T[data.Length];
-        for (int i = 0; i < data.Length; i++) packed[i] = ElementConvert.FromSingle<T>(data[i]);
-        return CudaTensor.FromHost<T>(context, packed, b, t, h, d);
-    }
-
-    private static double Relative<T>(ReadOnlySpan<T> actual, ReadOnlySpan<float> expected, out int nan) where T : unmanaged
-    {
-        double diff = 0, norm = 0;
-        nan = 0;
-        for (int i = 0; i < expected.Length; i++)
-        {
-            double a = ElementConvert.ToSingle(actual[i]);
-            if (!double.IsFinite(a))
-            {
-                nan++;
-                continue;
-            }
-            diff += (a - expected[i]) * (a - expected[i]);
-            norm += (double)expected[i] * expected[i];
-        }
-        return norm == 0 ? (diff == 0 ? 0 : double.PositiveInfinity) : Math.Sqrt(diff / norm);
     }
 }

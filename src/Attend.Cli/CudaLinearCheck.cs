@@ -227,7 +227,7 @@ internal static class CudaLinearCheck
     }
 
     // Log gates ≤ 0: logsigmoid of a standard normal, times `scale` (GLA's normaliser is 1/16; larger scales decay harder).
-    private static float[] Gates(Random rng, long count, float scale)
+    internal static float[] Gates(Random rng, long count, float scale)
     {
         var g = new float[count];
         for (long i = 0; i < count; i++)
@@ -238,7 +238,7 @@ internal static class CudaLinearCheck
         return g;
     }
 
-    private static double Gaussian(Random rng)
+    internal static double Gaussian(Random rng)
     {
         double u1 = 1.0 - rng.NextDouble(), u2 = rng.NextDouble();
         return Math.Sqrt(-2 * Math.Log(u1)) * Math.Cos(2 * Math.PI * u2);
@@ -252,14 +252,14 @@ internal static class CudaLinearCheck
         return data;
     }
 
-    private static CudaTensor Upload<T>(CudaContext context, float[] data, int b, int t, int h, int d) where T : unmanaged
+    internal static CudaTensor Upload<T>(CudaContext context, float[] data, int b, int t, int h, int d) where T : unmanaged
     {
         var packed = new T[data.Length];
         for (int i = 0; i < data.Length; i++) packed[i] = ElementConvert.FromSingle<T>(data[i]);
         return CudaTensor.FromHost<T>(context, packed, b, t, h, d);
     }
 
-    private static double Relative<T>(ReadOnlySpan<T> actual, ReadOnlySpan<float> expected, out int nan) where T : unmanaged
+    internal static double Relative<T>(ReadOnlySpan<T> actual, ReadOnlySpan<float> expected, out int nan) where T : unmanaged
     {
         double diff = 0, norm = 0;
         nan = 0;

@@ -47,6 +47,25 @@ internal static class TestData
     public static double RelativeError<T>(ReadOnlySpan<T> actual, ReadOnlySpan<double> expected) where T : unmanaged =>
         actual.Length != expected.Length ? double.PositiveInfinity : Fidelity.MaxRelativeError(actual, expected);
 
+    /// <summary>Rounds each value to bf16 in place (so a float64 reference sees exactly what a bf16 kernel sees).</summary>
+    public static void RoundToBf16(float[] x)
+    {
+        for (int i = 0; i < x.Length; i++) x[i] = (float)(BFloat16)x[i];
+    }
+
+    /// <summary>Relative L2 error ‖a − e‖ / ‖e‖; any non-finite value in <paramref name="actual"/> (unwritten, NaN) gives +∞.</summary>
+    public static double RelativeL2(float[] actual, float[] expected)
+    {
+        double diff = 0, norm = 0;
+        for (int i = 0; i < expected.Length; i++)
+        {
+            if (!float.IsFinite(actual[i])) return double.PositiveInfinity;
+            diff += (actual[i] - (double)expected[i]) * (actual[i] - (double)expected[i]);
+            norm += (double)expected[i] * expected[i];
+        }
+        return Math.Sqrt(diff / Math.Max(norm, double.Epsilon));
+    }
+
     /// <summary>Checks LSE values: −∞ exactly where the reference is −∞, else close in absolute terms relative to magnitude.</summary>
     public static double LseError(ReadOnlySpan<float> actual, ReadOnlySpan<double> expected)
     {

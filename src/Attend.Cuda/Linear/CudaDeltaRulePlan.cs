@@ -80,11 +80,11 @@ public sealed unsafe class CudaDeltaRulePlan : IDisposable
         Decay = options.Decay ?? (options.HeadDecay != null ? LinearDecay.FixedPerHead : LinearDecay.None);
         _scale = options.Scale ?? 1f;
         if (!float.IsFinite(_scale)) throw new ArgumentException($"Scale must be finite; got {_scale}.", nameof(options));
-        float[] logDecay = LogHeadDecay(options, Decay, shape.Heads);
+        float[] logDecay = LinearPlanInputs.LogHeadDecay(options, Decay, shape.Heads);
         _fixedDecay = Decay == LinearDecay.FixedPerHead;
 
         int[] starts, lengths;
-        (starts, lengths) = Sequences(shape, offsets);
+        (starts, lengths) = LinearPlanInputs.Sequences(shape, offsets);
         _sequences = starts.Length;
         int[] sequenceTable = SequenceTable(starts, lengths);
         int[] chunkTable = ChunkTable(starts, lengths);
@@ -213,10 +213,10 @@ public sealed unsafe class CudaDeltaRulePlan : IDisposable
         DeviceBuffer? finalState, CudaStream? stream = null)
     {
         LinearShape s = Shape;
-        Require(q, nameof(q), s.Heads, s.KeyDim);
-        Require(k, nameof(k), s.KvHeads, s.KeyDim);
-        Require(v, nameof(v), s.KvHeads, s.ValueDim);
-        Require(output, nameof(output), s.Heads, s.ValueDim);
+        LinearPlanInputs.RequireTensor(q, nameof(q), ElementType, Shape, s.Heads, s.KeyDim);
+        LinearPlanInputs.RequireTensor(k, nameof(k), ElementType, Shape, s.KvHeads, s.KeyDim);
+        LinearPlanInputs.RequireTensor(v, nameof(v), ElementType, Shape, s.KvHeads, s.ValueDim);
+        LinearPlanInputs.RequireTensor(output, nameof(output), ElementType, Shape, s.Heads, s.ValueDim);
         long rows = (long)s.Batch * s.Tokens * s.Heads;
         long stateBytes = (long)_sequences * s.Heads * s.KeyDim * s.ValueDim * 4;
         if (beta is not null && beta.Bytes < rows * 4)
@@ -298,20 +298,6 @@ public sealed unsafe class CudaDeltaRulePlan : IDisposable
         return 2 * stage + valueGroups * (2 * keyDim * valueBlock * 2 + Chunk * valueBlock * 2);
     }
 
-    /// <summary>(first token in the flattened [B·T] axis, length) of each sequence.</summary>
-    internal static (int[] Starts, int[] Lengths) Sequences(LinearShape shape, SeqOffsets? offsets)
-    {
-        int n = offsets?.Count ?? shape.Batch;
-        var starts = new int[n];
-        var lengths = new int[n];
-        for (int i = 0; i < n; i++)
-        {
-            starts[i] = offsets is null ? i * shape.Tokens : offsets.Start(i);
-            lengths[i] = offsets is null ? shape.Tokens : offsets.Length(i);
-        }
-        return (starts, lengths);
-    }
-
     /// <summary>The second kernel's table: one row (sequence, first token, length, 0) per sequence.</summary>
     internal static int[] SequenceTable(int[] starts, int[] lengths)
     {
@@ -336,27 +322,6 @@ public sealed unsafe class CudaDeltaRulePlan : IDisposable
             for (int begin = 0; begin < lengths[n]; begin += Chunk)
                 rows.AddRange([n, starts[n] + begin, Math.Min(Chunk, lengths[n] - begin), 0]);
         return rows.ToArray();
-    }
-
-    private static float[] LogHeadDecay(LinearAttentionOptions options, LinearDecay decay, int heads)
-    {
-        if (decay != LinearDecay.FixedPerHead)
-        {
-            if (options.HeadDecay != null)
-                throw new ArgumentException($"HeadDecay is given but the decay is {decay}; it applies to FixedPerHead only.", nameof(options));
-            return [0f];
-        }
-        IReadOnlyList<float> gamma = options.HeadDecay ?? throw new ArgumentException("Decay FixedPerHead needs HeadDecay (one γ per query head).", nameof(options));
-        if (gamma.Count != heads)
-            throw new ArgumentException($"HeadDecay has {gamma.Count} values; it needs one per query head (H = {heads}).", nameof(options));
-        var log = new float[heads];
-        for (int h = 0; h < heads; h++)
-        {
-            if (!(gamma[h] > 0f && gamma[h] <= 1f))
-                throw new ArgumentOutOfRangeException(nameof(options), $"HeadDecay[{h}] = {gamma[h]}: a decay must be in (0, 1].");
-            log[h] = MathF.Log(gamma[h]);
-        }
-        return log;
     }
 
     private static CudaKernelFunction Kernel(CudaContext context, int keyDim, ElementType type, int gate, int valueBlock, int groups, string entry, int smem)
@@ -398,15 +363,6 @@ public sealed unsafe class CudaDeltaRulePlan : IDisposable
             string origin = f.Image.FromCache ? "from the disk cache" : string.Create(CultureInfo.InvariantCulture, $"compiled in {f.Image.CompileSeconds:F2} s");
             yield return $"{Source}:{kernel} Dk={dk} {type.ShortName()} gate={gate} BV={bv}x{groups}: {f.Registers} registers, {f.LocalBytes} B local, {origin}";
         }
-    }
-
-    private void Require(CudaTensor t, string name, int heads, int dim)
-    {
-        ArgumentNullException.ThrowIfNull(t, name);
-        if (t.ElementType != ElementType)
-            throw new ArgumentException($"{name} holds {t.ElementType.ShortName()}; the plan is for {ElementType.ShortName()}.", name);
-        if (t.Batch != Shape.Batch || t.Tokens != Shape.Tokens || t.Heads != heads || t.Dim != dim)
-            throw new ArgumentException($"{name} must have shape [{Shape.Batch}, {Shape.Tokens}, {heads}, {dim}] as planned; got [{t.Batch}, {t.Tokens}, {t.Heads}, {t.Dim}].", name);
     }
 
     [StructLayout(LayoutKind.Sequential)]

@@ -71,32 +71,11 @@ public sealed unsafe class CudaLinearPlan : IDisposable
             LinearDecay.ChannelGate => CudaLinearGate.Channel,
             _ => CudaLinearGate.Scalar,
         };
-        float[] logDecay = [0f];
-        if (Decay == LinearDecay.FixedPerHead)
-        {
-            IReadOnlyList<float> gamma = options.HeadDecay ?? throw new ArgumentException("Decay FixedPerHead needs HeadDecay (one γ per query head).", nameof(options));
-            if (gamma.Count != shape.Heads)
-                throw new ArgumentException($"HeadDecay has {gamma.Count} values; it needs one per query head (H = {shape.Heads}).", nameof(options));
-            logDecay = new float[shape.Heads];
-            for (int h = 0; h < shape.Heads; h++)
-            {
-                if (!(gamma[h] > 0f && gamma[h] <= 1f))
-                    throw new ArgumentOutOfRangeException(nameof(options), $"HeadDecay[{h}] = {gamma[h]}: a decay must be in (0, 1].");
-                logDecay[h] = MathF.Log(gamma[h]);
-            }
-        }
-        else if (options.HeadDecay != null)
-            throw new ArgumentException($"HeadDecay is given but the decay is {Decay}; it applies to FixedPerHead only.", nameof(options));
+        float[] logDecay = LinearPlanInputs.LogHeadDecay(options, Decay, shape.Heads);
 
         // Sequences: (first token in the flattened [B·T] axis, length).
-        _sequences = offsets?.Count ?? shape.Batch;
-        var starts = new int[_sequences];
-        var lengths = new int[_sequences];
-        for (int n = 0; n < _sequences; n++)
-        {
-            starts[n] = offsets is null ? n * shape.Tokens : offsets.Start(n);
-            lengths[n] = offsets is null ? shape.Tokens : offsets.Length(n);
-        }
+        (int[] starts, int[] lengths) = LinearPlanInputs.Sequences(shape, offsets);
+        _sequences = starts.Length;
 
         _starts = starts;
         _lengths = lengths;
@@ -307,10 +286,10 @@ public sealed unsafe class CudaLinearPlan : IDisposable
             return;
         }
         LinearShape s = Shape;
-        Require(q, nameof(q), s.Heads, s.KeyDim);
-        Require(k, nameof(k), s.KvHeads, s.KeyDim);
-        Require(v, nameof(v), s.KvHeads, s.ValueDim);
-        Require(output, nameof(output), s.Heads, s.ValueDim);
+        LinearPlanInputs.RequireTensor(q, nameof(q), ElementType, Shape, s.Heads, s.KeyDim);
+        LinearPlanInputs.RequireTensor(k, nameof(k), ElementType, Shape, s.KvHeads, s.KeyDim);
+        LinearPlanInputs.RequireTensor(v, nameof(v), ElementType, Shape, s.KvHeads, s.ValueDim);
+        LinearPlanInputs.RequireTensor(output, nameof(output), ElementType, Shape, s.Heads, s.ValueDim);
         if (_map != CudaLinearFeatureMap.Identity)
         {
             MapFeatures(q, _mappedQ!, stream);
@@ -368,10 +347,10 @@ public sealed unsafe class CudaLinearPlan : IDisposable
         CudaStream? stream, ulong chunkStates)
     {
         LinearShape s = Shape;
-        Require(q, nameof(q), s.Heads, s.KeyDim);
-        Require(k, nameof(k), s.KvHeads, s.KeyDim);
-        Require(v, nameof(v), s.KvHeads, s.ValueDim);
-        if (chunkStates == 0) Require(output!, nameof(output), s.Heads, s.ValueDim);
+        LinearPlanInputs.RequireTensor(q, nameof(q), ElementType, Shape, s.Heads, s.KeyDim);
+        LinearPlanInputs.RequireTensor(k, nameof(k), ElementType, Shape, s.KvHeads, s.KeyDim);
+        LinearPlanInputs.RequireTensor(v, nameof(v), ElementType, Shape, s.KvHeads, s.ValueDim);
+        if (chunkStates == 0) LinearPlanInputs.RequireTensor(output!, nameof(output), ElementType, Shape, s.Heads, s.ValueDim);
         long rows = (long)s.Batch * s.Tokens * s.Heads;
         long stateBytes = (long)_sequences * s.Heads * s.KeyDim * s.ValueDim * 4;
         if (Decay is LinearDecay.ScalarGate or LinearDecay.ChannelGate)
@@ -495,10 +474,10 @@ public sealed unsafe class CudaLinearPlan : IDisposable
     {
         LinearShape s = Shape;
         if (BackwardRefusal(s, ElementType, Form, Decay, _map, Normalization) is { } refusal) throw new NotSupportedException(refusal);
-        Require(q, nameof(q), s.Heads, s.KeyDim);
-        Require(k, nameof(k), s.KvHeads, s.KeyDim);
-        Require(v, nameof(v), s.KvHeads, s.ValueDim);
-        Require(outputGradient, nameof(outputGradient), s.Heads, s.ValueDim);
+        LinearPlanInputs.RequireTensor(q, nameof(q), ElementType, Shape, s.Heads, s.KeyDim);
+        LinearPlanInputs.RequireTensor(k, nameof(k), ElementType, Shape, s.KvHeads, s.KeyDim);
+        LinearPlanInputs.RequireTensor(v, nameof(v), ElementType, Shape, s.KvHeads, s.ValueDim);
+        LinearPlanInputs.RequireTensor(outputGradient, nameof(outputGradient), ElementType, Shape, s.Heads, s.ValueDim);
         long rows = (long)s.Batch * s.Tokens;
         long stateBytes = (long)_sequences * s.Heads * s.KeyDim * s.ValueDim * 4;
         bool gated = Decay is LinearDecay.ScalarGate or LinearDecay.ChannelGate;
@@ -624,15 +603,6 @@ public sealed unsafe class CudaLinearPlan : IDisposable
         public int Heads, KvHeads, Dv;
         public float Scale;
         public int Pass;
-    }
-
-    private void Require(CudaTensor t, string name, int heads, int dim)
-    {
-        ArgumentNullException.ThrowIfNull(t, name);
-        if (t.ElementType != ElementType)
-            throw new ArgumentException($"{name} holds {t.ElementType.ShortName()}; the plan is for {ElementType.ShortName()}.", name);
-        if (t.Batch != Shape.Batch || t.Tokens != Shape.Tokens || t.Heads != heads || t.Dim != dim)
-            throw new ArgumentException($"{name} must have shape [{Shape.Batch}, {Shape.Tokens}, {heads}, {dim}] as planned; got [{t.Batch}, {t.Tokens}, {t.Heads}, {t.Dim}].", name);
     }
 
     [StructLayout(LayoutKind.Sequential)]

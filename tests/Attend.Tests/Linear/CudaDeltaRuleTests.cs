@@ -105,7 +105,7 @@ public class CudaDeltaRuleTests
         {
             int[] lengths = Enumerable.Range(0, rng.Next(1, 9)).Select(_ => rng.Next(0, 300)).ToArray();
             var offsets = SeqOffsets.FromLengths(lengths);
-            (int[] starts, int[] lens) = CudaDeltaRulePlan.Sequences(new LinearShape(1, offsets.TotalTokens, 2, 2, 64, 64), offsets);
+            (int[] starts, int[] lens) = LinearPlanInputs.Sequences(new LinearShape(1, offsets.TotalTokens, 2, 2, 64, 64), offsets);
             int[] seqTable = CudaDeltaRulePlan.SequenceTable(starts, lens);
             Assert.Equal(4 * lengths.Length, seqTable.Length);
             for (int n = 0; n < lengths.Length; n++)
@@ -124,7 +124,7 @@ public class CudaDeltaRuleTests
     [Fact]
     public void BatchedSequencesAreContiguousRowsOfTheFlattenedTokenAxis()
     {
-        (int[] starts, int[] lengths) = CudaDeltaRulePlan.Sequences(new LinearShape(3, 70, 2, 2, 64, 64), null);
+        (int[] starts, int[] lengths) = LinearPlanInputs.Sequences(new LinearShape(3, 70, 2, 2, 64, 64), null);
         Assert.Equal([0, 70, 140], starts);
         Assert.Equal([70, 70, 70], lengths);
     }
@@ -221,16 +221,16 @@ public class CudaDeltaRuleTests
         };
         LinearCase c = LinearCase.Create(rng, shape, options, lengths, qkScale: 1.0);
         NormaliseRows(c.K, c.Shape.KeyDim);
-        RoundToBf16(c.Q);
-        RoundToBf16(c.K);
-        RoundToBf16(c.V);
+        TestData.RoundToBf16(c.Q);
+        TestData.RoundToBf16(c.K);
+        TestData.RoundToBf16(c.V);
         float[] o = TestData.Poisoned<float>(c.OutputLength);
         float[] s = TestData.Poisoned<float>(c.Config.StateLength);
         LinearAttention.Forward(c.Inputs, c.Options, o, s);
         var refO = new float[o.Length];
         var refS = new float[s.Length];
         LinearAttention.Forward(c.Inputs, c.Options with { Form = LinearForm.Naive, Backend = null }, refO, refS);
-        double eo = Relative(o, refO), es = Relative(s, refS);
+        double eo = TestData.RelativeL2(o, refO), es = TestData.RelativeL2(s, refS);
         Assert.True(eo <= 1e-2 && es <= 1e-2, $"seed {TestData.RunSeed}: output rel {eo:E2}, state rel {es:E2} (NaN counts as unwritten)");
     }
 
@@ -320,7 +320,7 @@ public class CudaDeltaRuleTests
         var refO = new float[o.Length];
         var refS = new float[s.Length];
         LinearAttention.Forward(c.Inputs, c.Options with { Form = LinearForm.Naive, Backend = null }, refO, refS);
-        double eo = Relative(o, refO), es = Relative(s, refS);
+        double eo = TestData.RelativeL2(o, refO), es = TestData.RelativeL2(s, refS);
         Assert.True(eo <= 1e-2 && es <= 1e-2, $"seed {TestData.RunSeed}: output rel {eo:E2}, state rel {es:E2} (NaN counts as unwritten)");
     }
 
@@ -362,20 +362,4 @@ public class CudaDeltaRuleTests
         }
     }
 
-    private static void RoundToBf16(float[] x)
-    {
-        for (int i = 0; i < x.Length; i++) x[i] = (float)(BFloat16)x[i];
-    }
-
-    private static double Relative(float[] actual, float[] expected)
-    {
-        double diff = 0, norm = 0;
-        for (int i = 0; i < expected.Length; i++)
-        {
-            if (!float.IsFinite(actual[i])) return double.PositiveInfinity;
-            diff += (actual[i] - (double)expected[i]) * (actual[i] - (double)expected[i]);
-            norm += (double)expected[i] * expected[i];
-        }
-        return Math.Sqrt(diff / Math.Max(norm, double.Epsilon));
-    }
 }

@@ -152,9 +152,9 @@ public class CudaLinearGatesTests
         var shape = new LinearShape(varlen == 1 ? 1 : 2, rng.Next(65, 260) | 1, 4, 2, 64, 128);
         var options = new LinearAttentionOptions { Decay = decay, Backend = "cuda", Scale = 0.125f };
         LinearCase c = LinearCase.Create(rng, shape, options, lengths, qkScale: 1.0);
-        Round(c.Q);
-        Round(c.K);
-        Round(c.V);
+        TestData.RoundToBf16(c.Q);
+        TestData.RoundToBf16(c.K);
+        TestData.RoundToBf16(c.V);
         long outLength = (long)c.Shape.Batch * c.Shape.Tokens * c.Shape.Heads * c.Shape.ValueDim;
         float[] dO = new float[outLength];
         for (int i = 0; i < dO.Length; i++) dO[i] = (float)(BFloat16)(float)(rng.NextDouble() * 2 - 1);
@@ -166,7 +166,7 @@ public class CudaLinearGatesTests
         float[] rq = new float[gq.Length], rk = new float[gk.Length], rv = new float[gv.Length], rg = new float[gg.Length], rs = new float[gs.Length];
         LinearAttention.Backward(c.Inputs, c.Options with { Form = LinearForm.Naive, Backend = null }, dO, dST,
             new LinearGradients { Q = rq, K = rk, V = rv, Gate = rg, InitialState = rs });
-        double eq = Rel(gq, rq), ek = Rel(gk, rk), ev = Rel(gv, rv), eg = Rel(gg, rg), es = Rel(gs, rs);
+        double eq = TestData.RelativeL2(gq, rq), ek = TestData.RelativeL2(gk, rk), ev = TestData.RelativeL2(gv, rv), eg = TestData.RelativeL2(gg, rg), es = TestData.RelativeL2(gs, rs);
         Assert.True(eq <= 2e-2 && ek <= 2e-2 && ev <= 2e-2 && eg <= 2e-2 && es <= 2e-2,
             $"seed {TestData.RunSeed}: dq {eq:E2}, dk {ek:E2}, dv {ev:E2}, dg {eg:E2}, dS0 {es:E2} (NaN counts as unwritten)");
     }
@@ -187,33 +187,17 @@ public class CudaLinearGatesTests
             Normalization = denominator ? LinearNormalization.Denominator : LinearNormalization.None,
         };
         LinearCase c = LinearCase.Create(rng, shape, options, null, qkScale: 1.0, initialState: false);
-        Round(c.Q);
-        Round(c.K);
-        Round(c.V);
+        TestData.RoundToBf16(c.Q);
+        TestData.RoundToBf16(c.K);
+        TestData.RoundToBf16(c.V);
         float[] o = TestData.Poisoned<float>((long)c.Shape.Batch * c.Shape.Tokens * c.Shape.Heads * c.Shape.ValueDim);
         float[] s = TestData.Poisoned<float>(c.Config.StateLength);
         LinearAttention.Forward(c.Inputs, c.Options, o, s);
         var refO = new float[o.Length];
         var refS = new float[s.Length];
         LinearAttention.Forward(c.Inputs, c.Options with { Form = LinearForm.Naive, Backend = null }, refO, refS);
-        double eo = Rel(o, refO), es = Rel(s, refS);
+        double eo = TestData.RelativeL2(o, refO), es = TestData.RelativeL2(s, refS);
         Assert.True(eo <= 1e-2 && es <= 1e-2, $"seed {TestData.RunSeed}: output rel {eo:E2}, state rel {es:E2} (NaN counts as unwritten)");
     }
 
-    private static void Round(float[] x)
-    {
-        for (int i = 0; i < x.Length; i++) x[i] = (float)(BFloat16)x[i];
-    }
-
-    private static double Rel(float[] actual, float[] expected)
-    {
-        double diff = 0, norm = 0;
-        for (int i = 0; i < expected.Length; i++)
-        {
-            if (!float.IsFinite(actual[i])) return double.PositiveInfinity;
-            diff += (actual[i] - (double)expected[i]) * (actual[i] - (double)expected[i]);
-            norm += (double)expected[i] * expected[i];
-        }
-        return Math.Sqrt(diff / Math.Max(norm, double.Epsilon));
-    }
 }

@@ -165,9 +165,9 @@ public class CudaLinearTests
             HeadDecay = decay == LinearDecay.FixedPerHead ? [0.99f, 0.9f, 0.7f, 1f] : null,
         };
         LinearCase c = LinearCase.Create(rng, shape, options, lengths, qkScale: 1.0);
-        RoundToBf16(c.Q);
-        RoundToBf16(c.K);
-        RoundToBf16(c.V);
+        TestData.RoundToBf16(c.Q);
+        TestData.RoundToBf16(c.K);
+        TestData.RoundToBf16(c.V);
         long stateLength = c.Config.StateLength;
         float[] o = TestData.Poisoned<float>((long)c.Shape.Batch * c.Shape.Tokens * c.Shape.Heads * c.Shape.ValueDim);
         float[] s = TestData.Poisoned<float>(stateLength);
@@ -175,7 +175,7 @@ public class CudaLinearTests
         var refO = new float[o.Length];
         var refS = new float[s.Length];
         LinearAttention.Forward(c.Inputs, c.Options with { Form = LinearForm.Naive, Backend = null }, refO, refS);
-        double eo = Relative(o, refO), es = Relative(s, refS);
+        double eo = TestData.RelativeL2(o, refO), es = TestData.RelativeL2(s, refS);
         Assert.True(eo <= 1e-2 && es <= 1e-2, $"seed {TestData.RunSeed}: output rel {eo:E2}, state rel {es:E2} (NaN counts as unwritten)");
     }
 
@@ -195,9 +195,9 @@ public class CudaLinearTests
             HeadDecay = decay == LinearDecay.FixedPerHead ? [0.99f, 0.9f, 0.7f, 1f] : null,
         };
         LinearCase c = LinearCase.Create(rng, shape, options, lengths, qkScale: 1.0);
-        RoundToBf16(c.Q);
-        RoundToBf16(c.K);
-        RoundToBf16(c.V);
+        TestData.RoundToBf16(c.Q);
+        TestData.RoundToBf16(c.K);
+        TestData.RoundToBf16(c.V);
         long outLength = (long)c.Shape.Batch * c.Shape.Tokens * c.Shape.Heads * c.Shape.ValueDim;
         float[] dO = new float[outLength];
         for (int i = 0; i < dO.Length; i++) dO[i] = (float)(BFloat16)(float)(rng.NextDouble() * 2 - 1);
@@ -209,27 +209,11 @@ public class CudaLinearTests
         float[] rq = new float[gq.Length], rk = new float[gk.Length], rv = new float[gv.Length], rs = new float[gs.Length];
         LinearAttention.Backward(c.Inputs, c.Options with { Form = LinearForm.Naive, Backend = null }, dO, dST,
             new LinearGradients { Q = rq, K = rk, V = rv, InitialState = rs });
-        double eq = Relative(gq, rq), ek = Relative(gk, rk), ev = Relative(gv, rv), es = Relative(gs, rs);
+        double eq = TestData.RelativeL2(gq, rq), ek = TestData.RelativeL2(gk, rk), ev = TestData.RelativeL2(gv, rv), es = TestData.RelativeL2(gs, rs);
         Assert.True(eq <= 2e-2 && ek <= 2e-2 && ev <= 2e-2 && es <= 2e-2,
             $"seed {TestData.RunSeed}: dq {eq:E2}, dk {ek:E2}, dv {ev:E2}, dS0 {es:E2} (NaN counts as unwritten)");
     }
 
-    private static void RoundToBf16(float[] x)
-    {
-        for (int i = 0; i < x.Length; i++) x[i] = (float)(BFloat16)x[i];
-    }
-
-    private static double Relative(float[] actual, float[] expected)
-    {
-        double diff = 0, norm = 0;
-        for (int i = 0; i < expected.Length; i++)
-        {
-            if (!float.IsFinite(actual[i])) return double.PositiveInfinity;
-            diff += (actual[i] - (double)expected[i]) * (actual[i] - (double)expected[i]);
-            norm += (double)expected[i] * expected[i];
-        }
-        return Math.Sqrt(diff / Math.Max(norm, double.Epsilon));
-    }
 }
 
 /// <summary>A theory that needs an NVIDIA GPU: skipped, with the reason, on machines without a usable CUDA driver (CI).</summary>
