@@ -19,12 +19,15 @@ public readonly struct AndMask<TA, TB> : IMaskMod<AndMask<TA, TB>>, IMaskRowWord
     }
 
     /// <inheritdoc/>
-    /// <remarks>The part with row words first; the other is evaluated only where the first allows.</remarks>
-    public ulong RowWord(int batch, int head, int q, int k0)
+    /// <remarks>
+    /// The part with row words first; the other is evaluated only where the first allows, and neither outside
+    /// <paramref name="candidates"/> (a part's <see cref="IMaskMod.IsVisible"/> need not answer for keys past the end).
+    /// </remarks>
+    public ulong RowWord(int batch, int head, int q, int k0, ulong candidates)
     {
         if (_wordsA is null && _wordsB is not null)
-            return MaskRowWords.Row(_a, null, batch, head, q, k0, _wordsB.RowWord(batch, head, q, k0));
-        return MaskRowWords.Row(_b, _wordsB, batch, head, q, k0, MaskRowWords.Row(_a, _wordsA, batch, head, q, k0));
+            return MaskRowWords.Row(_a, null, batch, head, q, k0, MaskRowWords.Row(_b, _wordsB, batch, head, q, k0, candidates));
+        return MaskRowWords.Row(_b, _wordsB, batch, head, q, k0, MaskRowWords.Row(_a, _wordsA, batch, head, q, k0, candidates));
     }
 
     /// <inheritdoc/>

@@ -24,7 +24,7 @@ public readonly struct BlockSelectionMask : IMaskMod<BlockSelectionMask>, IMaskR
     }
 
     /// <inheritdoc/>
-    public ulong RowWord(int batch, int head, int q, int k0)
+    public ulong RowWord(int batch, int head, int q, int k0, ulong candidates)
     {
         BlockSelection.Table t = Table;
         int e = t.Entry(batch);

@@ -10,7 +10,7 @@ public readonly struct CausalMask : IMaskMod<CausalMask>, IMaskRowWords
     public bool IsVisible(int batch, int head, int q, int k) => k <= q;
 
     /// <inheritdoc/>
-    public ulong RowWord(int batch, int head, int q, int k0) => MaskRowWords.AtMost(q, k0);
+    public ulong RowWord(int batch, int head, int q, int k0, ulong candidates) => MaskRowWords.AtMost(q, k0);
 
     /// <inheritdoc/>
     public BlockKind ClassifyBlock(int batch, int head, int qStart, int qEnd, int kStart, int kEnd)

@@ -15,8 +15,11 @@ public interface IMaskRowWords
     /// <param name="head">Query head.</param>
     /// <param name="q">Query position (key axis, bottom-right aligned; may be negative).</param>
     /// <param name="k0">First key, a multiple of 64 (≥ 0).</param>
+    /// <param name="candidates">The bits the caller wants (keys inside the sequence and the block); bits outside it may
+    /// come back either way, and an implementation that evaluates <see cref="IMaskMod.IsVisible"/> per key (a combination
+    /// such as <see cref="AndMask{TA, TB}"/>) must evaluate it only there: a mask need not answer for keys past the end.</param>
     /// <exception cref="ArgumentException">Implementations that read 64-key words may refuse a <paramref name="k0"/> that is not a multiple of 64.</exception>
-    ulong RowWord(int batch, int head, int q, int k0);
+    ulong RowWord(int batch, int head, int q, int k0, ulong candidates);
 }
 
 /// <summary>Row words of any mask: its own <see cref="IMaskRowWords"/> when it has one, else one <see cref="IMaskMod.IsVisible"/> per bit.</summary>
@@ -33,7 +36,7 @@ public static class MaskRowWords
     {
         if (k0 < 0 || (k0 & 63) != 0) throw new ArgumentException($"The first key of a row word must be a multiple of 64 ≥ 0; got {k0}.", nameof(k0));
         if (candidates == 0) return 0;
-        if (words is not null) return words.RowWord(batch, head, q, k0) & candidates;
+        if (words is not null) return words.RowWord(batch, head, q, k0, candidates) & candidates;
         ulong word = 0;
         for (ulong rest = candidates; rest != 0; rest &= rest - 1)
         {

@@ -81,7 +81,7 @@ public class MaskRowWordsTests
     {
         RoutingProblem p = RoutingProblem.Random(TestData.Rng(4430), 1, 100, 1, 1, 16);
         TokenSelectionMask tokens = new TokenSelection(p.Input, 1, 1).ToMask();
-        Assert.Equal("k0", Assert.Throws<ArgumentException>(() => tokens.RowWord(0, 0, 99, 10)).ParamName);
+        Assert.Equal("k0", Assert.Throws<ArgumentException>(() => tokens.RowWord(0, 0, 99, 10, ulong.MaxValue)).ParamName);
         Assert.Equal("k0", Assert.Throws<ArgumentException>(() => MaskRowWords.Row(Masks.Causal, null, 0, 0, 99, 32)).ParamName);
         Assert.Equal("k0", Assert.Throws<ArgumentException>(() => MaskRowWords.Row(Masks.Causal, null, 0, 0, 99, -64)).ParamName);
     }
@@ -122,11 +122,56 @@ public class MaskRowWordsTests
                     for (int j = 0; j < 64; j++)
                         if (k0 + j < tk && i >= 0 && i < tq && mask.IsVisible(batch, h, q, k0 + j)) expected |= 1UL << j;
                     ulong inside = k0 >= tk ? 0 : tk - k0 >= 64 ? ulong.MaxValue : (1UL << (tk - k0)) - 1;
-                    ulong word = words.RowWord(batch, h, q, k0); // rows past the sequence must not throw either
+                    ulong word = words.RowWord(batch, h, q, k0, ulong.MaxValue); // rows past the sequence must not throw either
                     ulong got = i >= 0 && i < tq ? word & inside : 0;
                     if (got != expected)
                         Assert.Fail($"{mask}: batch {batch} head {h} row {i} keys {k0}…{k0 + 63}: word {got:x16}, IsVisible gives {expected:x16}; seed {TestData.RunSeed}");
                 }
             }
+    }
+
+    /// <summary>A mask that reads a per-key table, as user masks may: it cannot answer for keys past the end.</summary>
+    private readonly struct PerKeyMask(bool[] keep) : IMaskMod<PerKeyMask>
+    {
+        public bool IsVisible(int batch, int head, int q, int k) => keep[k];
+
+        public BlockKind ClassifyBlock(int batch, int head, int qStart, int qEnd, int kStart, int kEnd) =>
+            BlockClassifier.ByEvaluation(this, batch, head, qStart, qEnd, kStart, kEnd);
+
+        public bool DependsOnHead => false;
+
+        public bool DependsOnBatch => false;
+    }
+
+    [Theory]
+    [InlineData(100, 64)]
+    [InlineData(100, 48)]
+    [InlineData(131, 128)]
+    [InlineData(1, 64)]
+    public void AndOfMasksWithoutWordsNeverAsksPastTheLastKey(int t, int keyBlock)
+    {
+        // Neither part has row words, so the And evaluates per key: only inside the caller's candidates (the block's
+        // keys inside the sequence), never at k ≥ Tk where the table ends.
+        Random rng = TestData.Rng(1201 + t + keyBlock);
+        var keep = new bool[t];
+        for (int k = 0; k < t; k++) keep[k] = rng.Next(3) != 0;
+        var mask = Masks.And(new PerKeyMask(keep), new HeadBandMask());
+        BlockMask plan = BlockMask.Create(mask, t, t, batch: 2, heads: 2, queryBlockSize: 64, keyBlockSize: keyBlock);
+        long dense = 0;
+        for (int b = 0; b < 2; b++)
+            for (int h = 0; h < 2; h++)
+                for (int q = 0; q < t; q++)
+                    for (int k = 0; k < t; k++)
+                        if (mask.IsVisible(b, h, q, k)) dense++;
+        Assert.Equal(dense, plan.VisiblePairs());
+        IMaskRowWords words = mask;
+        ulong inSequence = MaskRowWords.Range(0, t, 0);
+        for (int q = 0; q < t; q++)
+        {
+            ulong expected = 0;
+            for (int j = 0; j < Math.Min(64, t); j++)
+                if (mask.IsVisible(1, 1, q, j)) expected |= 1UL << j;
+            Assert.Equal(expected, words.RowWord(1, 1, q, 0, inSequence) & inSequence);
+        }
     }
 }

@@ -46,7 +46,7 @@ public readonly struct ClusterMask : IMaskMod<ClusterMask>, IMaskRowWords
     }
 
     /// <inheritdoc/>
-    public ulong RowWord(int batch, int head, int q, int k0)
+    public ulong RowWord(int batch, int head, int q, int k0, ulong candidates)
     {
         Table t = T;
         int e = t.QueryLengths.Length == 1 ? 0 : batch;

@@ -84,13 +84,13 @@ public readonly struct RecycledMask : IMaskMod<RecycledMask>, IMaskRowWords
     }
 
     /// <inheritdoc/>
-    public ulong RowWord(int batch, int head, int q, int k0)
+    public ulong RowWord(int batch, int head, int q, int k0, ulong candidates)
     {
         int e = Full.Length == 1 ? 0 : batch;
         int row = q - (_keyLengths![e] - _queryLengths![e]);
         if ((uint)row >= (uint)_queryLengths[e] || k0 < 0) return 0;
         ulong allowed = MaskRowWords.AtMost(q, k0) & MaskRowWords.Range(0, _keyLengths[e], k0);
-        return allowed & (MaskRowWords.Range(_freeFrom![e][row], long.MaxValue, k0) | _tokens.RowWord(batch, head, q, k0));
+        return allowed & (MaskRowWords.Range(_freeFrom![e][row], long.MaxValue, k0) | _tokens.RowWord(batch, head, q, k0, candidates));
     }
 
     /// <inheritdoc/>

@@ -135,7 +135,7 @@ public readonly struct TokenSelectionMask : IMaskMod<TokenSelectionMask>, IMaskR
 
     /// <inheritdoc/>
     /// <exception cref="ArgumentException"><paramref name="k0"/> not a multiple of 64 (the table's words are aligned).</exception>
-    public ulong RowWord(int batch, int head, int q, int k0)
+    public ulong RowWord(int batch, int head, int q, int k0, ulong candidates)
     {
         if ((k0 & 63) != 0) throw new ArgumentException($"The first key of a row word must be a multiple of 64; got {k0}.", nameof(k0));
         TokenSelection.Table t = T;

@@ -32,7 +32,7 @@ public readonly struct AxialMask : IMaskMod<AxialMask>, ISegmentTest, IMaskRowWo
     }
 
     /// <inheritdoc/>
-    public ulong RowWord(int batch, int head, int q, int k0)
+    public ulong RowWord(int batch, int head, int q, int k0, ulong candidates)
     {
         int size = Grid.Size, w = Grid.E1;
         if ((uint)q >= (uint)size || k0 < 0 || k0 >= size) return 0;
