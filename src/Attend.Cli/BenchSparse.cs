@@ -213,7 +213,13 @@ internal static class BenchSparseCommand
                     throw new UserError($"--methods: '{raw}' must read name[key=value;key=value].");
                 string[] pairs = raw[(open + 1)..^1].Split(';', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
                 foreach (string pair in pairs)
+                {
                     if (!pair.Contains('=')) throw new UserError($"--methods: '{pair}' in '{raw}' is not key=value.");
+                    // A misspelt key fails here, not after the exact runs at every length (minutes at 128k).
+                    string key = pair[..pair.IndexOf('=')].Trim();
+                    if (!method.Info.Parameters.Any(p => string.Equals(p.Name, key, StringComparison.OrdinalIgnoreCase)))
+                        throw new UserError($"--methods: '{name}' has no parameter '{key}' (it takes: {string.Join(", ", method.Info.Parameters.Select(p => p.Name))}).");
+                }
                 method = new FixedArgumentsMethod(method, pairs, raw);
             }
             chosen.Add(method);

@@ -27,6 +27,7 @@ public class BenchMethodSpecTests
     [InlineData("minference[]")]
     [InlineData("minference[blocks]")]
     [InlineData("nosuch[coverage=blocks]")]
+    [InlineData("minference[coverag=blocks]")]
     public void MalformedSpecsAreRefused(string spec) =>
         Assert.Contains("--methods", Assert.Throws<UserError>(() => BenchSparseCommand.SelectMethods(spec)).Message);
 }
