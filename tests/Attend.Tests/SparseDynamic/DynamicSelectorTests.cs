@@ -1,3 +1,4 @@
+using Attend.Methods.Sparse;
 using Attend.Methods;
 using Attend.Methods.Sparse.Dynamic;
 using Xunit;
@@ -187,5 +188,7 @@ public class DynamicSelectorTests
         Assert.Equal("Vertical", Assert.Throws<ArgumentOutOfRangeException>(() =>
             MInference.BuildPlan(Q(x), K(x), K(x), new MInferenceOptions { Heads = [new(MInferencePattern.VerticalSlash, 0, 5), new(MInferencePattern.AShape, 1, 1)] })).ParamName);
         Assert.Equal("budget", Assert.Throws<ArgumentOutOfRangeException>(() => MInference.Candidates(1)).ParamName);
+        Assert.Equal("options", Assert.Throws<ArgumentOutOfRangeException>(() =>
+            MInference.BuildPlan(Q(x), K(x), K(x), new MInferenceOptions { Heads = [new(MInferencePattern.VerticalSlash, 2, 5), new(MInferencePattern.AShape, 1, 1)], Coverage = (SlashCoverage)7 })).ParamName);
     }
 }

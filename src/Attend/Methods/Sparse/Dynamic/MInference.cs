@@ -151,7 +151,7 @@ public static class MInference
         for (int c = 0; c < candidates.Count; c++)
         {
             HybridSparsePlan plan = plans[c] = ctx.NewPlan();
-            plan.Tokens.Coverage = options.Coverage ?? SlashCoverage.Diagonals; // recall of what will be computed
+            plan.Tokens.Coverage = CoverageOf(options); // recall of what will be computed
             MInferenceHeadPattern candidate = candidates[c];
             ctx.ForEachHead(options.MaxThreads, (s, h) =>
             {
@@ -190,6 +190,14 @@ public static class MInference
         return result;
     }
 
+    // options.Coverage checked here so a bad value names the options, not the plan's setter.
+    private static SlashCoverage CoverageOf(MInferenceOptions options) => options.Coverage switch
+    {
+        null => SlashCoverage.Diagonals,
+        SlashCoverage c and (SlashCoverage.Diagonals or SlashCoverage.Blocks) => c,
+        SlashCoverage c => throw new ArgumentOutOfRangeException(nameof(options), c, "options.Coverage must be Diagonals or Blocks."),
+    };
+
     /// <summary>The online index build: each head's plan from its pattern and the input.</summary>
     /// <exception cref="ArgumentException">Missing or mis-sized <see cref="MInferenceOptions.Heads"/>, a bad budget, or inputs that disagree.</exception>
     public static HybridSparsePlan BuildPlan(ReadOnlyTensorSpan<float> q, ReadOnlyTensorSpan<float> k, ReadOnlyTensorSpan<float> v, MInferenceOptions options)
@@ -204,7 +212,7 @@ public static class MInference
         int lastQueries = options.LastQueries ?? 64;
         if (lastQueries < 1) throw new ArgumentOutOfRangeException(nameof(options), lastQueries, "options.LastQueries must be ≥ 1.");
         HybridSparsePlan plan = ctx.NewPlan();
-        plan.Tokens.Coverage = options.Coverage ?? SlashCoverage.Diagonals;
+        plan.Tokens.Coverage = CoverageOf(options);
         ctx.ForEachHead(options.MaxThreads, (s, h) => Build(ctx, s, h, heads[h], lastQueries, plan));
         return plan;
     }
