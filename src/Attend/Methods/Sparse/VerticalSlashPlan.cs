@@ -27,14 +27,17 @@ public enum SlashCoverage
 /// every query sees, a set of <em>slash</em> offsets (diagonals: query at position p sees key p − o), and optionally,
 /// per query block of <see cref="QueryBlockSize"/> rows, further key columns only that block sees. Query row i of a
 /// sequence with Tq queries and Tk keys sits at position p = i + Tk − Tq (bottom-right alignment, as every mask);
-/// it computes key k exactly when k ≤ p and (k is vertical, or a column of its block, or p − k is a slash offset).
+/// it computes key k exactly when k ≤ p and (k is vertical, or a column of its block, or p − k is a slash offset) —
+/// under <see cref="Coverage"/> = <see cref="SlashCoverage.Diagonals"/>, the default. Under
+/// <see cref="SlashCoverage.Blocks"/> the slash part is instead the 64-key ranges that cover each query block's
+/// diagonals (MInference's kernel), every causal key inside them computed.
 /// </summary>
 /// <remarks>
 /// <para>Each pair counts once, however many parts of the plan name it. <see cref="VerticalSlashAttention"/> runs the
 /// plan on the CPU (gathered columns plus diagonal bands, online softmax in float32), and
 /// <see cref="VerticalSlashAttention.Reference{T}"/> computes the same definition in float64.</para>
 /// <para>A plan is filled by its selector (<see cref="SetVertical"/>, <see cref="SetSlash"/>,
-/// <see cref="SetBlockColumns"/>) and then only read. <see cref="SetBlockColumns"/> for distinct (sequence, head, block)
+/// <see cref="SetBlockColumns"/>, <see cref="Coverage"/>) and then only read. <see cref="SetBlockColumns"/> for distinct (sequence, head, block)
 /// cells may run on several threads at once (each writes its own pre-allocated slot); <see cref="SetVertical"/> and
 /// <see cref="SetSlash"/> may not.</para>
 /// </remarks>

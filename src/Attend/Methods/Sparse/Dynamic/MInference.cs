@@ -102,7 +102,8 @@ public sealed record MInferenceOptions
     /// <summary>
     /// What the vertical-slash and A-shape heads' slash lines compute (the plan's <see cref="VerticalSlashPlan.Coverage"/>);
     /// default <see cref="SlashCoverage.Diagonals"/>, the paper's token-level definition. <see cref="SlashCoverage.Blocks"/>
-    /// is what the authors' kernel computes (64-key ranges covering each 64-row block's diagonals).
+    /// is what the authors' kernel computes for vertical-slash heads (64-key ranges covering each 64-row block's
+    /// diagonals); A-shape heads, which the authors run through a kernel of their own, take the same ranges here.
     /// </summary>
     public SlashCoverage? Coverage { get; init; }
 }
