@@ -90,27 +90,36 @@ public static class DELTA
         SelectorMath.ForEach(itemSequence.Count, item =>
         {
             int s = itemSequence[item], tk = kl[s];
-            var logits = new float[tk];
-            var importance = new float[tk];
+            // Rented: at 128k a fresh pair per item was 256 MB of large-object garbage per plan.
+            float[] logits = System.Buffers.ArrayPool<float>.Shared.Rent(Math.Max(1, tk));
+            float[] importance = System.Buffers.ArrayPool<float>.Shared.Rent(Math.Max(1, tk));
             var chosen = new int[topK];
-            for (int qb = itemFirst[item]; qb < Math.Min(itemFirst[item] + blocksPerItem, tokens.QueryBlocks(s)); qb++)
+            try
             {
-                int lastRow = Math.Min(ql[s], (qb + 1) * qbs) - 1, firstPos = input.QueryPosition(s, qb * qbs), pos = input.QueryPosition(s, lastRow);
-                int end = Math.Clamp(pos + 1, 0, tk);
-                if (end == 0) continue;
-                Span<float> imp = importance.AsSpan(0, end), lg = logits.AsSpan(0, end);
-                imp.Clear();
-                for (int h = 0; h < input.Heads; h++)
+                for (int qb = itemFirst[item]; qb < Math.Min(itemFirst[item] + blocksPerItem, tokens.QueryBlocks(s)); qb++)
                 {
-                    ReadOnlySpan<float> q = input.QueryRow(s, h, lastRow);
-                    for (int k = 0; k < end; k++) lg[k] = sc * TensorPrimitives.Dot(q, input.KeyRow(s, h / input.GroupSize, k));
-                    TensorPrimitives.SoftMax(lg, lg);
-                    TensorPrimitives.Add(imp, lg, imp);
+                    int lastRow = Math.Min(ql[s], (qb + 1) * qbs) - 1, firstPos = input.QueryPosition(s, qb * qbs), pos = input.QueryPosition(s, lastRow);
+                    int end = Math.Clamp(pos + 1, 0, tk);
+                    if (end == 0) continue;
+                    Span<float> imp = importance.AsSpan(0, end), lg = logits.AsSpan(0, end);
+                    imp.Clear();
+                    for (int h = 0; h < input.Heads; h++)
+                    {
+                        ReadOnlySpan<float> q = input.QueryRow(s, h, lastRow);
+                        for (int k = 0; k < end; k++) lg[k] = sc * TensorPrimitives.Dot(q, input.KeyRow(s, h / input.GroupSize, k));
+                        TensorPrimitives.SoftMax(lg, lg);
+                        TensorPrimitives.Add(imp, lg, imp);
+                    }
+                    tokens.SelectRange(s, 0, qb, 0, Math.Min(sinks, end));
+                    if (window > 0) tokens.SelectRange(s, 0, qb, firstPos - window + 1, end);
+                    int n = SelectorMath.TopK(imp, topK, chosen);
+                    for (int i = 0; i < n; i++) tokens.Select(s, 0, qb, chosen[i]);
                 }
-                tokens.SelectRange(s, 0, qb, 0, Math.Min(sinks, end));
-                if (window > 0) tokens.SelectRange(s, 0, qb, firstPos - window + 1, end);
-                int n = SelectorMath.TopK(imp, topK, chosen);
-                for (int i = 0; i < n; i++) tokens.Select(s, 0, qb, chosen[i]);
+            }
+            finally
+            {
+                System.Buffers.ArrayPool<float>.Shared.Return(logits);
+                System.Buffers.ArrayPool<float>.Shared.Return(importance);
             }
         });
         return new DeltaSelection(tokens, qbs, ql, kl);

@@ -178,16 +178,24 @@ public static class RecycledAttention
             {
                 (int s, int h, int first) = items[item];
                 int tk = input.KeyLength(s);
-                var logits = new float[tk];
+                // Rented: at 128k a fresh row per item was 512 MB of large-object garbage per plan (H = 8).
+                float[] logits = System.Buffers.ArrayPool<float>.Shared.Rent(Math.Max(1, tk));
                 var chosen = new int[topK];
-                for (int p = first; p < Math.Min(first + periodsPerItem, full[s].Length); p++)
+                try
                 {
-                    int end = Math.Clamp(full[s][p] + 1, 0, tk);
-                    if (end == 0) continue;
-                    ReadOnlySpan<float> q = input.QueryRow(s, h, p * stride);
-                    for (int k = 0; k < end; k++) logits[k] = TensorPrimitives.Dot(q, input.KeyRow(s, h / input.GroupSize, k));
-                    int found = SelectorMath.TopK(logits.AsSpan(0, end), topK, chosen);
-                    for (int i = 0; i < found; i++) tokens.Select(s, h, p, chosen[i]);
+                    for (int p = first; p < Math.Min(first + periodsPerItem, full[s].Length); p++)
+                    {
+                        int end = Math.Clamp(full[s][p] + 1, 0, tk);
+                        if (end == 0) continue;
+                        ReadOnlySpan<float> q = input.QueryRow(s, h, p * stride);
+                        for (int k = 0; k < end; k++) logits[k] = TensorPrimitives.Dot(q, input.KeyRow(s, h / input.GroupSize, k));
+                        int found = SelectorMath.TopK(logits.AsSpan(0, end), topK, chosen);
+                        for (int i = 0; i < found; i++) tokens.Select(s, h, p, chosen[i]);
+                    }
+                }
+                finally
+                {
+                    System.Buffers.ArrayPool<float>.Shared.Return(logits);
                 }
             });
             return Freeze(input, new RecycledPattern(tokens, full, firstFull, stride));
