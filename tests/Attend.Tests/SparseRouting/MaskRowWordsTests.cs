@@ -174,4 +174,36 @@ public class MaskRowWordsTests
             Assert.Equal(expected, words.RowWord(1, 1, q, 0, inSequence) & inSequence);
         }
     }
+
+    [Theory]
+    [InlineData(1, 1, 90, 131)]
+    [InlineData(5, 7, 131, 200)]
+    [InlineData(16, 24, 200, 90)]
+    [InlineData(64, 48, 300, 300)]
+    [InlineData(64, 100, 257, 300)]
+    [InlineData(16, 130, 140, 333)]
+    public void BlockSelectionWordsEqualIsVisibleForAnyBlockSizes(int queryBlock, int keyBlock, int tq, int tk)
+    {
+        // Key blocks smaller than, not dividing, straddling and larger than a 64-key word; Tq ≠ Tk both ways.
+        Random rng = TestData.Rng(1301 + queryBlock * 7 + keyBlock);
+        var selection = new BlockSelection(2, 2, tq, tk, queryBlock, keyBlock);
+        for (int b = 0; b < 2; b++)
+            for (int h = 0; h < 2; h++)
+                for (int qb = 0; qb < (tq + queryBlock - 1) / queryBlock; qb++)
+                    for (int kb = 0; kb < (tk + keyBlock - 1) / keyBlock; kb++)
+                        if (rng.Next(3) == 0) selection.Select(b, h, qb, kb);
+        BlockSelectionMask mask = selection.ToMask();
+        IMaskRowWords words = mask;
+        int shift = tk - tq;
+        for (int b = 0; b < 2; b++)
+            for (int h = 0; h < 2; h++)
+                for (int row = 0; row < tq; row++)
+                    for (int k0 = 0; k0 < tk; k0 += 64)
+                    {
+                        ulong candidates = MaskRowWords.Range(0, tk, k0), expected = 0;
+                        for (int j = 0; j < 64 && k0 + j < tk; j++)
+                            if (mask.IsVisible(b, h, row + shift, k0 + j)) expected |= 1UL << j;
+                        Assert.Equal(expected, words.RowWord(b, h, row + shift, k0, candidates) & candidates);
+                    }
+    }
 }
