@@ -5,6 +5,7 @@ using System.Text.Json;
 using Attend.Linear;
 using Attend.Methods;
 using Spectre.Console;
+using static Attend.Cli.JsonNumbers;
 
 namespace Attend.Cli;
 
@@ -53,11 +54,6 @@ internal sealed record LinearRecord(string Method, string Form, int T, int D, in
         w.WriteEndObject();
     }
 
-    private static void Number(Utf8JsonWriter w, string name, double? value)
-    {
-        if (value is double v && double.IsFinite(v)) w.WriteNumber(name, v);
-        else w.WriteNull(name);
-    }
 }
 
 /// <summary>

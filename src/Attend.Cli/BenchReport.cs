@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Runtime.InteropServices;
 using System.Text.Json;
 using Spectre.Console;
+using static Attend.Cli.JsonNumbers;
 
 namespace Attend.Cli;
 
@@ -87,13 +88,6 @@ internal static class BenchReport
         }
         w.WriteEndArray();
         w.WriteEndObject();
-    }
-
-    // JSON has no NaN or infinity: those (and absent values) are null.
-    private static void Number(Utf8JsonWriter w, string name, double? value)
-    {
-        if (value is double v && double.IsFinite(v)) w.WriteNumber(name, v);
-        else w.WriteNull(name);
     }
 
     private static string? CpuModel()

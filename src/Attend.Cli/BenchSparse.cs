@@ -6,6 +6,7 @@ using Attend.Methods;
 using Attend.Methods.Softmax;
 using Attend.Workloads;
 using Spectre.Console;
+using static Attend.Cli.JsonNumbers;
 
 namespace Attend.Cli;
 
@@ -442,17 +443,8 @@ internal static class BenchSparseCommand
         foreach (SparseBenchResult r in rows)
         {
             w.WriteStartObject();
-            w.WriteString("method", r.Method);
-            w.WriteString("workload", r.Workload);
-            w.WriteString("backend", "cpu");
-            w.WriteNumber("T", r.T);
-            Number(w, "density", r.Density ?? double.NaN);
-            Number(w, "recall", r.Recall);
-            Number(w, "rel_err", r.RelErr);
-            Number(w, "selector_ms", r.SelectorMs);
-            Number(w, "ms_median", r.KernelMs);
+            SparseRecordJson.WriteCommon(w, r.Method, r.Workload, "cpu", r.T, r.Density, r.Recall, r.RelErr, r.SelectorMs, r.KernelMs, r.ExactMs);
             Number(w, "ms_spread", r.KernelSpreadMs);
-            Number(w, "exact_ms", r.ExactMs);
             Number(w, "cpu_ms", r.CpuMs);
             Number(w, "exact_cpu_ms", r.ExactCpuMs);
             Number(w, "speedup", r.Error is null ? r.Speedup : double.NaN);
@@ -461,10 +453,5 @@ internal static class BenchSparseCommand
         }
         w.WriteEndArray();
         w.WriteEndObject();
-    }
-
-    private static void Number(Utf8JsonWriter w, string name, double value)
-    {
-        if (double.IsFinite(value)) w.WriteNumber(name, value); else w.WriteNull(name);
     }
 }

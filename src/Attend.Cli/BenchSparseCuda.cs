@@ -6,6 +6,7 @@ using Attend.Cuda.Sparse;
 using Attend.Methods;
 using Attend.Methods.Softmax;
 using Attend.Workloads;
+using static Attend.Cli.JsonNumbers;
 
 namespace Attend.Cli;
 
@@ -233,18 +234,9 @@ internal static class BenchSparseCuda
         foreach (Row r in rows)
         {
             w.WriteStartObject();
-            w.WriteString("method", r.Method);
-            w.WriteString("workload", r.Workload);
-            w.WriteString("backend", "cuda");
-            w.WriteNumber("T", r.T);
-            Number(w, "density", r.Density ?? double.NaN);
-            Number(w, "recall", r.Recall);
-            Number(w, "rel_err", r.RelErr);
-            Number(w, "selector_ms", r.SelectorMs);
-            Number(w, "ms_median", r.KernelMs);
+            SparseRecordJson.WriteCommon(w, r.Method, r.Workload, "cuda", r.T, r.Density, r.Recall, r.RelErr, r.SelectorMs, r.KernelMs, r.ExactMs);
             Number(w, "host_ms", r.HostMs);
             Number(w, "wall_ms", r.WallMs);
-            Number(w, "exact_ms", r.ExactMs);
             Number(w, "exact_wall_ms", r.ExactWallMs);
             Number(w, "speedup", r.Error is null ? r.Speedup : double.NaN);
             Number(w, "speedup_with_selector", r.Error is null ? r.SpeedupWithSelector : double.NaN);
@@ -253,10 +245,5 @@ internal static class BenchSparseCuda
         }
         w.WriteEndArray();
         w.WriteEndObject();
-    }
-
-    private static void Number(Utf8JsonWriter w, string name, double value)
-    {
-        if (double.IsFinite(value)) w.WriteNumber(name, value); else w.WriteNull(name);
     }
 }
