@@ -23,17 +23,7 @@ internal static unsafe class OnlineSoftmax
         where TVec : unmanaged
     {
         int w = TIsa.Width;
-        TVec negInf = TIsa.Splat(float.NegativeInfinity);
-        for (int r = 0; r < rows; r += w)
-        {
-            TVec old = TIsa.Load(max + r);
-            TVec newMax = TIsa.Max(old, TIsa.Load(rowMax + r));
-            // Rows that have seen nothing keep max −∞; they subtract 0 instead, so exp(−∞ − 0) = 0 rather than NaN.
-            TVec shift = TIsa.Select(TIsa.Equal(newMax, negInf), TIsa.Zero, newMax);
-            TIsa.Store(TIsa.Exp(TIsa.Sub(old, shift)), alpha + r);
-            TIsa.Store(newMax, max + r);
-            TIsa.Store(shift, rowMax + r); // reused below as the per-row shift
-        }
+        NewMaxima<TIsa, TVec>(rows, rowMax, max, alpha);
         for (int r = 0; r < rows; r++)
         {
             float* row = s + (long)r * count;
@@ -64,16 +54,7 @@ internal static unsafe class OnlineSoftmax
         where TVec : unmanaged
     {
         int w = TIsa.Width;
-        TVec negInf = TIsa.Splat(float.NegativeInfinity);
-        for (int r = 0; r < rows; r += w)
-        {
-            TVec old = TIsa.Load(max + r);
-            TVec newMax = TIsa.Max(old, TIsa.Load(rowMax + r));
-            TVec shift = TIsa.Select(TIsa.Equal(newMax, negInf), TIsa.Zero, newMax);
-            TIsa.Store(TIsa.Exp(TIsa.Sub(old, shift)), alpha + r);
-            TIsa.Store(newMax, max + r);
-            TIsa.Store(shift, rowMax + r);
-        }
+        NewMaxima<TIsa, TVec>(rows, rowMax, max, alpha);
         for (int r = 0; r < rows; r++)
         {
             int g = r / groupRows;
@@ -88,6 +69,26 @@ internal static unsafe class OnlineSoftmax
                 acc = TIsa.Add(acc, e);
             }
             sum[r] = sum[r] * alpha[r] + TIsa.Sum(acc);
+        }
+    }
+
+    // The statistics half of the row forms: new max per row, alpha = exp(old max − new max), and the per-row shift the
+    // exps subtract left in rowMax. Rows that have seen nothing keep max −∞; they subtract 0 instead, so
+    // exp(−∞ − 0) = 0 rather than NaN.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void NewMaxima<TIsa, TVec>(int rows, float* rowMax, float* max, float* alpha)
+        where TIsa : struct, IVectorIsa<TVec>
+        where TVec : unmanaged
+    {
+        TVec negInf = TIsa.Splat(float.NegativeInfinity);
+        for (int r = 0; r < rows; r += TIsa.Width)
+        {
+            TVec old = TIsa.Load(max + r);
+            TVec newMax = TIsa.Max(old, TIsa.Load(rowMax + r));
+            TVec shift = TIsa.Select(TIsa.Equal(newMax, negInf), TIsa.Zero, newMax);
+            TIsa.Store(TIsa.Exp(TIsa.Sub(old, shift)), alpha + r);
+            TIsa.Store(newMax, max + r);
+            TIsa.Store(shift, rowMax + r);
         }
     }
 
