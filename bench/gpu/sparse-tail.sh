@@ -17,7 +17,7 @@ export ATTEND_CUDA_CACHE=/tmp/attend-cuda-cache
 echo "== $(date -u '+%Y-%m-%d %H:%M:%S UTC') on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader); $(nproc) cores"
 if [ "${1:-}" = "--rest" ]; then   # the 128k rows the first call's cap cut (selectors now use every core), axial again
   timeout ${T128:-150} "$ATTEND" bench sparse --backend cuda --lengths 131072 --workloads random --runs 1 --no-sweep \
-    --methods "axial,landmark,recycled,delta,routing-transformer,retrieval-attention,flexprefill" \
+    --methods "axial,landmark,recycled,routing-transformer,retrieval-attention,flexprefill" \
     --json "$OUT/sparse-128k-rest.json" > "$OUT/bench-128k-rest.log" 2>&1; echo "bench 128k exit code: $?"
   grep "^  \|exact causal\|FAILED" "$OUT/bench-128k-rest.log" | cut -c1-230
   echo "== done $(date -u '+%H:%M:%S')"; exit 0
