@@ -54,6 +54,8 @@ internal static class CudaSparseCheck
             Report("biformer top-3 regions per head", Shape(b, t, t, h, hkv, d), BlockPlan(q, k, v, b, t, h, hkv, d, plan.Options()), RoundedLse);
             SparsePlan routing = RoutingTransformer.Plan(new SelectorInput(q, k, b, t, t, h, hkv, d), new RoutingTransformerOptions { Clusters = 4, Window = 64 });
             Report("routing-transformer 4 clusters", Shape(b, t, t, h, hkv, d), BlockPlan(q, k, v, b, t, h, hkv, d, routing.Options()), RoundedLse);
+            SparsePlan many = RoutingTransformer.Plan(new SelectorInput(q, k, b, t, t, h, hkv, d), new RoutingTransformerOptions { Clusters = 29, Window = 48 });
+            Report("routing-transformer sorted, 29 clusters", Shape(b, t, t, h, hkv, d), ClusterSorted(q, k, v, b, t, h, hkv, d, many), RoundedLse);
         }
         // Token-level plans on the column-sparse kernel.
         {
@@ -133,6 +135,27 @@ internal static class CudaSparseCheck
             return (double.PositiveInfinity, double.PositiveInfinity, $"{e.GetType().Name}: {AttendApp.OneLine(e)}");
         }
         ReferenceForwardResult exact = ReferenceAttention.Forward<float>(Bthd(q, b, t, h, d), Bthd(k, b, t, hkv, d), Bthd(v, b, t, hkv, d), options);
+        return Compare(o, lse, exact);
+    }
+
+    // The Routing Transformer's sorted form (one packed call per cluster segment plus the window, LSE-merged) with the
+    // exact kernel on the cuda backend, against the float64 reference of the plan's mask (the same pairs).
+    private static (double, double, string?) ClusterSorted(float[] q, float[] k, float[] v, int b, int t, int h, int hkv, int d, SparsePlan plan)
+    {
+        float[] o = Poisoned(q.Length), lse = Poisoned((long)b * h * t);
+        try
+        {
+            using (AttentionBackend.Use("cuda"))
+            {
+                AttentionKernel? ran = ClusterSortedAttention.Forward(q, k, v, plan, d, null, o, lse);
+                if (ran is null || ran.Backend != "cuda") return (double.PositiveInfinity, 0, $"ran on {ran?.Name ?? "no kernel"}");
+            }
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            return (double.PositiveInfinity, double.PositiveInfinity, $"{e.GetType().Name}: {AttendApp.OneLine(e)}");
+        }
+        ReferenceForwardResult exact = ReferenceAttention.Forward<float>(Bthd(q, b, t, h, d), Bthd(k, b, t, hkv, d), Bthd(v, b, t, hkv, d), plan.Options());
         return Compare(o, lse, exact);
     }
 

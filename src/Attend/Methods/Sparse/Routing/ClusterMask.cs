@@ -14,6 +14,9 @@ public readonly struct ClusterMask : IMaskMod<ClusterMask>, IMaskRowWords
 
     private Table T => _table ?? throw new InvalidOperationException("default(ClusterMask) has no clusters; build it with RoutingTransformer.Plan.");
 
+    // The routing table, for the sorted form (ClusterSortedAttention).
+    internal Table Data => T;
+
     internal sealed class Table(int[] queryLengths, int[] keyLengths, int heads, int clusters, int window, bool causal, int[][] queryCluster, int[][] keyCluster)
     {
         public readonly int[] QueryLengths = queryLengths, KeyLengths = keyLengths;

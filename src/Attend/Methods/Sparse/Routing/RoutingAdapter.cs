@@ -20,8 +20,11 @@ internal static class RoutingAdapter
     public static double? OptionalDouble(MethodArguments a, string name, double min, double max = double.MaxValue) =>
         a.Has(name) ? a.GetDouble(name, 0, min, max) : null;
 
-    /// <summary>Runs <paramref name="plan"/> on the inputs' q, k, v and reports it.</summary>
-    public static MethodResult Run(MethodInputs inputs, SparsePlan plan, float? scale)
+    /// <summary>
+    /// Runs <paramref name="plan"/> on the inputs' q, k, v and reports it; <paramref name="clusterSorted"/> runs a
+    /// cluster-routing plan in its sorted form (<see cref="ClusterSortedAttention"/>: the same pairs).
+    /// </summary>
+    public static MethodResult Run(MethodInputs inputs, SparsePlan plan, float? scale, bool clusterSorted = false)
     {
         MethodTensor q = inputs.Q, k = inputs.K, v = inputs.V;
         if (v.Dim(0) != k.Dim(0) || v.Dim(1) != k.Dim(1) || v.Dim(2) != k.Dim(2))
@@ -29,7 +32,9 @@ internal static class RoutingAdapter
         int b = q.Dim(0), tq = q.Dim(1), h = q.Dim(2), dv = v.Dim(3);
         var o = new float[(long)b * tq * h * dv];
         var lse = new float[(long)b * h * tq];
-        AttentionKernel kernel = plan.Forward(q.Data, k.Data, v.Data, dv, o, lse, scale);
+        string kernel = clusterSorted
+            ? "cluster-sorted: " + (ClusterSortedAttention.Forward(q.Data, k.Data, v.Data, plan, dv, scale, o, lse)?.Name ?? "window only")
+            : plan.Forward(q.Data, k.Data, v.Data, dv, o, lse, scale).Name;
         var result = new MethodResult(new MethodTensor(o, b, tq, h, dv))
         {
             Density = plan.Density,
@@ -37,7 +42,7 @@ internal static class RoutingAdapter
             Coverage = plan.Coverage,
         };
         result.Extras["lse"] = new MethodTensor(lse, b, h, tq);
-        result.Report.Add(new("kernel", kernel.Name));
+        result.Report.Add(new("kernel", kernel));
         result.Report.Add(new("plan", plan.Mask.ToString() ?? ""));
         return result;
     }

@@ -218,8 +218,11 @@ public sealed class RoutingCentroids
 /// cluster size; (3) the paper's decoder gives some heads local attention and others routing; here every head has
 /// both (a local window of <see cref="RoutingTransformerOptions.Window"/> keys ∪ its cluster), which also keeps a
 /// causal row from being empty; (4) the paper sorts tokens by cluster and attends in equal-size chunks (balanced
-/// clusters); the plan here is the exact "same cluster" relation, so clusters may be unbalanced and the kernel visits
-/// every 64 × 64 tile that holds a shared cluster (its time does not follow density; the paper's sort would fix it);
+/// clusters); the plan here is the exact "same cluster" relation, so clusters may be unbalanced. The method runs it
+/// sorted by cluster (<see cref="ClusterSortedAttention"/>: each cluster's queries and keys contiguous, the window
+/// apart, joined by the LSE merge), so the kernel's tiles follow the density; the plan's own mask form
+/// (<see cref="SparsePlan.Forward"/>, parameter <c>sorted=false</c>, and the backward pass) visits every tile of the
+/// original layout whose rows and keys share a cluster, which at √T clusters is nearly all of them;
 /// (5) without trained centroids, <see cref="Plan"/> fits them to the input with a few Lloyd steps.
 /// </remarks>
 public static class RoutingTransformer
@@ -287,6 +290,7 @@ public sealed class RoutingTransformerMethod : IAttentionMethod
             new("clusters", "int", "sqrt(Tk)", "number of k-means clusters"),
             new("window", "int", "64", "local window (keys before the query, itself included)"),
             new("iterations", "int", "3", "Lloyd steps fitting the centroids to the input"),
+            new("sorted", "bool", "true", "run the plan sorted by cluster (the same pairs in tiles that follow density); false: the mask form on the original layout"),
             RoutingAdapter.CausalParameter,
             RoutingAdapter.ScaleParameter,
         ],
@@ -305,9 +309,10 @@ public sealed class RoutingTransformerMethod : IAttentionMethod
             Causal = RoutingAdapter.Causal(arguments),
         };
         float? scale = RoutingAdapter.Scale(arguments);
+        bool sorted = arguments.GetBool("sorted", true);
         arguments.ThrowIfUnused(Info.Name);
         SparsePlan plan = RoutingTransformer.Plan(SelectorInput.From(inputs), options);
-        MethodResult result = RoutingAdapter.Run(inputs, plan, scale);
+        MethodResult result = RoutingAdapter.Run(inputs, plan, scale, sorted);
         result.Report.Add(new("clusters", ((ClusterMask)plan.Mask).Clusters.ToString(System.Globalization.CultureInfo.InvariantCulture)));
         return result;
     }
