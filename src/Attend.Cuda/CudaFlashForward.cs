@@ -19,9 +19,21 @@ internal static class CudaFlashForward
     //   ATTEND_CUDA_FWD_WGMMA=0       the mma.sync kernel on Hopper too (default there: the wgmma form at D = 64 and 128,
     //                                 8 warps = two warpgroups of 64 query rows; measured 1.37x the mma.sync kernel at
     //                                 causal 16k, run wg2);
-    //   ATTEND_CUDA_FWD_WG_MINB=1     its registers sized for 1 CTA per SM (255) instead of 2 (128; measured −17 %).
+    //   ATTEND_CUDA_FWD_WG_MINB=1     its registers sized for 1 CTA per SM (255) instead of 2 (128; measured −17 %);
+    //   ATTEND_CUDA_FWD_WGSKIP=0|all  the warpgroup skip of partial blocks (WGSKIP) off, or on for every plan instead of
+    //                                 only for partial-heavy ones (sliding windows, short calls).
     private static readonly bool WgmmaAllowed = Environment.GetEnvironmentVariable("ATTEND_CUDA_FWD_WGMMA") != "0";
     private static readonly int WgmmaCtasPerSm = Environment.GetEnvironmentVariable("ATTEND_CUDA_FWD_WG_MINB") == "1" ? 1 : 2;
+    private static readonly string? WgSkipSwitch = Environment.GetEnvironmentVariable("ATTEND_CUDA_FWD_WGSKIP");
+
+    /// <summary>Whether the wgmma form skips, per warpgroup, partial blocks its 64 rows cannot see (and drops the mask on
+    /// those all its rows see fully): on for partial-heavy plans unless switched off, on for all plans with <c>all</c>.</summary>
+    public static bool WarpgroupSkip(bool partialHeavy, bool wgmma) => wgmma && WgSkipSwitch switch
+    {
+        "0" => false,
+        "all" => true,
+        _ => partialHeavy,
+    };
 
     /// <summary>Whether the wgmma form runs for this head dim on this device (Hopper's sm_90a target, D = 64 or 128, switch on).</summary>
     public static bool UsesWgmma(CudaContext context, int headDim) => WgmmaAllowed && (headDim is 64 or 128) && context.Architecture == "sm_90a";
@@ -68,6 +80,7 @@ internal static class CudaFlashForward
             $"-DMASK32={(partialHeavy ? 1 : 0)}",
             $"-DWSKIP={(partialHeavy && !wgmma ? 1 : 0)}",
             $"-DWGMMA={(wgmma ? 1 : 0)}",
+            $"-DWGSKIP={(WarpgroupSkip(partialHeavy, wgmma) ? 1 : 0)}",
             $"-DMINB={(wgmma ? WgmmaCtasPerSm : 1)}",
             "--use_fast_math",
             "--std=c++17",
@@ -103,7 +116,7 @@ internal static class CudaFlashForward
             (_, int d, ElementType type, bool sc, bool al, bool ph, bool wg) = entry.Key;
             CudaKernelFunction f = entry.Value;
             string origin = f.Image.FromCache ? "from the disk cache" : string.Create(CultureInfo.InvariantCulture, $"compiled in {f.Image.CompileSeconds:F2} s");
-            yield return $"flash_forward D={d} {type.ShortName()} softcap={sc} alibi={al} partial-heavy={ph}{(wg ? $" wgmma (registers for {WgmmaCtasPerSm} CTAs per SM)" : "")}: {f.Registers} registers, {f.LocalBytes} B local, {origin}";
+            yield return $"flash_forward D={d} {type.ShortName()} softcap={sc} alibi={al} partial-heavy={ph}{(wg ? $" wgmma (registers for {WgmmaCtasPerSm} CTAs per SM, warpgroup skip {(WarpgroupSkip(ph, wg) ? "on" : "off")})" : "")}: {f.Registers} registers, {f.LocalBytes} B local, {origin}";
         }
     }
 }
