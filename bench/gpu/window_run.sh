@@ -19,9 +19,9 @@ OUT=${OUT:-/tmp/attend-gpu}
 mkdir -p "$OUT"
 export ATTEND_CUDA_CACHE=/tmp/attend-cuda-cache PYTHONUNBUFFERED=1
 status=0
-VARIANTS=${VARIANTS:-"new: old:ATTEND_CUDA_FWD_WGSKIP=0 all:ATTEND_CUDA_FWD_WGSKIP=all"}
-CHECK_ALSO=${CHECK_ALSO:-"ATTEND_CUDA_FWD_WGSKIP=all"}
-ROUNDS=${ROUNDS:-2}
+VARIANTS=${VARIANTS:-"new: off:ATTEND_CUDA_FWD_WGSKIP=0 heavy:ATTEND_CUDA_FWD_WGSKIP=heavy nom32:ATTEND_CUDA_FWD_MASK32=0"}
+CHECK_ALSO=${CHECK_ALSO:-"ATTEND_CUDA_FWD_MASK32=0"}
+ROUNDS=${ROUNDS:-3}
 echo "== $(date -u '+%Y-%m-%d %H:%M:%S UTC') on $(nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader)"
 for envs in "" $CHECK_ALSO; do
   e=${envs//,/ }

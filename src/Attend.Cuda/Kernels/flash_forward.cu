@@ -19,8 +19,9 @@
 //
 // Variant switches (default 0; the host sets MASK32 = WSKIP = 1 for plans whose visited blocks are at least 1/8
 // partial, such as sliding windows, where they measured +2 %; on dense causal they measured −3 % at 32k, so those plans
-// keep the plain code; the others measured slower and stay off; docs/CUDA-KERNELS.md records each; kernel_probe.py
-// sets them to compare variants in one run):
+// keep the plain code; in the wgmma form the host sets WGSKIP = 1 for every plan (+4 % window, +2 % dense causal); the
+// others measured slower and stay off; docs/CUDA-KERNELS.md records each; kernel_probe.py sets them to compare variants
+// in one run):
 //   MASK32     1: partial blocks test their mask with one 32-bit shift per row and constant bit tests
 //              (0: a 64-bit shift and two compares per score)
 //   WSKIP      1: on a partial block, a warp whose rows see none of the block's keys skips it (exact)
