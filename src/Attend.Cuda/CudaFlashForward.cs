@@ -19,9 +19,25 @@ internal static class CudaFlashForward
     //   ATTEND_CUDA_FWD_WGMMA=0       the mma.sync kernel on Hopper too (default there: the wgmma form at D = 64 and 128,
     //                                 8 warps = two warpgroups of 64 query rows; measured 1.37x the mma.sync kernel at
     //                                 causal 16k, run wg2);
-    //   ATTEND_CUDA_FWD_WG_MINB=1     its registers sized for 1 CTA per SM (255) instead of 2 (128; measured −17 %).
+    //   ATTEND_CUDA_FWD_WG_MINB=1     its registers sized for 1 CTA per SM (255) instead of 2 (128; measured −17 %);
+    //   ATTEND_CUDA_FWD_WGSKIP=0|heavy  the warpgroup skip of partial blocks (WGSKIP, default on for every plan) off, or
+    //                                 only for partial-heavy plans (measured, run window-1: window 1024 at 32k +3.8 %, dense
+    //                                 causal +1.5 to +2 %);
+    //   ATTEND_CUDA_FWD_MASK32=0      partial-heavy plans test their mask with the 64-bit form instead of MASK32.
     private static readonly bool WgmmaAllowed = Environment.GetEnvironmentVariable("ATTEND_CUDA_FWD_WGMMA") != "0";
     private static readonly int WgmmaCtasPerSm = Environment.GetEnvironmentVariable("ATTEND_CUDA_FWD_WG_MINB") == "1" ? 1 : 2;
+    private static readonly string? WgSkipSwitch = Environment.GetEnvironmentVariable("ATTEND_CUDA_FWD_WGSKIP");
+    private static readonly bool Mask32Allowed = Environment.GetEnvironmentVariable("ATTEND_CUDA_FWD_MASK32") != "0";
+
+    /// <summary>Whether the wgmma form skips, per warpgroup, partial blocks its 64 rows cannot see (and drops the mask on
+    /// those all its rows see fully): on for every plan unless switched off (<c>0</c>) or limited to partial-heavy plans
+    /// (<c>heavy</c>).</summary>
+    public static bool WarpgroupSkip(bool partialHeavy, bool wgmma) => wgmma && WgSkipSwitch switch
+    {
+        "0" => false,
+        "heavy" => partialHeavy,
+        _ => true,
+    };
 
     /// <summary>Whether the wgmma form runs for this head dim on this device (Hopper's sm_90a target, D = 64 or 128, switch on).</summary>
     public static bool UsesWgmma(CudaContext context, int headDim) => WgmmaAllowed && (headDim is 64 or 128) && context.Architecture == "sm_90a";
@@ -65,9 +81,10 @@ internal static class CudaFlashForward
             $"-DQREG={(qreg ? 1 : 0)}",
             $"-DSOFTCAP={(softcap ? 1 : 0)}",
             $"-DALIBI={(alibi ? 1 : 0)}",
-            $"-DMASK32={(partialHeavy ? 1 : 0)}",
+            $"-DMASK32={(partialHeavy && Mask32Allowed ? 1 : 0)}",
             $"-DWSKIP={(partialHeavy && !wgmma ? 1 : 0)}",
             $"-DWGMMA={(wgmma ? 1 : 0)}",
+            $"-DWGSKIP={(WarpgroupSkip(partialHeavy, wgmma) ? 1 : 0)}",
             $"-DMINB={(wgmma ? WgmmaCtasPerSm : 1)}",
             "--use_fast_math",
             "--std=c++17",
@@ -103,7 +120,7 @@ internal static class CudaFlashForward
             (_, int d, ElementType type, bool sc, bool al, bool ph, bool wg) = entry.Key;
             CudaKernelFunction f = entry.Value;
             string origin = f.Image.FromCache ? "from the disk cache" : string.Create(CultureInfo.InvariantCulture, $"compiled in {f.Image.CompileSeconds:F2} s");
-            yield return $"flash_forward D={d} {type.ShortName()} softcap={sc} alibi={al} partial-heavy={ph}{(wg ? $" wgmma (registers for {WgmmaCtasPerSm} CTAs per SM)" : "")}: {f.Registers} registers, {f.LocalBytes} B local, {origin}";
+            yield return $"flash_forward D={d} {type.ShortName()} softcap={sc} alibi={al} partial-heavy={ph}{(wg ? $" wgmma (registers for {WgmmaCtasPerSm} CTAs per SM, warpgroup skip {(WarpgroupSkip(ph, wg) ? "on" : "off")})" : "")}: {f.Registers} registers, {f.LocalBytes} B local, {origin}";
         }
     }
 }

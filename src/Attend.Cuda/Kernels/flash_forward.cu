@@ -19,8 +19,9 @@
 //
 // Variant switches (default 0; the host sets MASK32 = WSKIP = 1 for plans whose visited blocks are at least 1/8
 // partial, such as sliding windows, where they measured +2 %; on dense causal they measured −3 % at 32k, so those plans
-// keep the plain code; the others measured slower and stay off; docs/CUDA-KERNELS.md records each; kernel_probe.py
-// sets them to compare variants in one run):
+// keep the plain code; in the wgmma form the host sets WGSKIP = 1 for every plan (+4 % window, +2 % dense causal); the
+// others measured slower and stay off; docs/CUDA-KERNELS.md records each; kernel_probe.py sets them to compare variants
+// in one run):
 //   MASK32     1: partial blocks test their mask with one 32-bit shift per row and constant bit tests
 //              (0: a 64-bit shift and two compares per score)
 //   WSKIP      1: on a partial block, a warp whose rows see none of the block's keys skips it (exact)
@@ -36,6 +37,11 @@
 //              N-major; each warp keeps the mma.sync accumulator layout, so the softmax, mask and epilogue code is shared.
 //              Tiles use the 128-byte-swizzled layout, 1024-byte aligned (the host adds 1 KB).
 //   MINB       CTAs per SM the registers are sized for (__launch_bounds__; default 1)
+//   WGSKIP     1 (with WGMMA): on a partial block, each warpgroup reads the mask words of its 64 rows (two per lane, one
+//              vote each): a warpgroup none of whose rows sees a key of the block skips both products and the softmax
+//              (exact: no max, sum or output change; it still joins the CTA's barriers), and a warpgroup all of whose
+//              rows see all 64 keys treats the block as full (no per-element mask). A 128-row block at the diagonal is
+//              empty for rows 0-63 past key 63, and a sliding window's first key block is empty for rows 64-127.
 
 #ifndef HEAD_DIM
 #error "HEAD_DIM must be defined"
@@ -63,6 +69,12 @@
 #endif
 #ifndef MINB
 #define MINB 1
+#endif
+#ifndef WGSKIP
+#define WGSKIP 0
+#endif
+#if WGSKIP && !WGMMA
+#error "WGSKIP needs WGMMA (the warp-level skip of the mma.sync kernel is WSKIP)"
 #endif
 #if WGMMA && (NWARPS != 8 || MT != 1 || QREG || WSKIP || SEPI || BLOCK_N != 64)
 #error "WGMMA needs NWARPS = 8, MT = 1, BLOCK_N = 64 and no QREG, WSKIP or SEPI (every warp of a warpgroup joins each product)"
@@ -201,6 +213,18 @@ attend_flash_forward(
         }
         (void)colLive;
 #endif
+#if WGSKIP
+        // Warpgroup view of a partial block (warpgroup-uniform: its four warps read the same 64 words): empty for all of
+        // its rows → skip; visible everywhere for all of its rows → no mask. Loaded before the wait so the reads overlap it.
+        bool wgEmpty = false, wgFull = false;
+        if (item.y >= 0)
+        {
+            const unsigned long long* wb = bits + (long long)item.y * BLOCK_M + (warp >> 2) * 64;
+            const unsigned long long w0 = wb[lane], w1 = wb[lane + 32];
+            wgEmpty = !__any_sync(0xffffffffu, (w0 | w1) != 0ull);
+            wgFull = __all_sync(0xffffffffu, (w0 & w1) == ~0ull);
+        }
+#endif
         cp_async_wait<1>();
 #if WGMMA
         fence_proxy_async();   // cp.async wrote the tiles (generic proxy); wgmma reads them (async proxy)
@@ -221,6 +245,10 @@ attend_flash_forward(
         const unsigned sK = sK0 + stage * kvStage, sV = sV0 + stage * kvStage;
 #if WSKIP
         if (!warpEmpty)
+        {
+#endif
+#if WGSKIP
+        if (!wgEmpty)
         {
 #endif
 
@@ -302,7 +330,11 @@ attend_flash_forward(
                     }
             }
 #endif
+#if WGSKIP
+        if ((item.y >= 0 && !wgFull) || tail)
+#else
         if (item.y >= 0 || tail)
+#endif
         {
 #pragma unroll
             for (int mt = 0; mt < MT; mt++)
@@ -445,7 +477,7 @@ attend_flash_forward(
             }
         }
 #endif
-#if WSKIP
+#if WSKIP || WGSKIP
         }
 #endif
         __syncthreads(); // every warp is done with this stage before the next iteration refills it

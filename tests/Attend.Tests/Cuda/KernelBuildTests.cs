@@ -77,6 +77,14 @@ public class KernelBuildTests
         foreach (string o in (string[])["-DWGMMA=1", "-DNWARPS=8", "-DMT=1", "-DQREG=0", "-DWSKIP=0", "-DMASK32=1"])
             Assert.Contains(o, wg);
         Assert.Contains("-DWGMMA=0", CudaFlashForward.Options(128, ElementType.BFloat16, false, false));
+        // The skip of whole warpgroups (WGSKIP) exists only in the wgmma form (the kernel refuses it otherwise), and is on
+        // for every plan unless the development switch changes it.
+        Assert.Contains("-DWGSKIP=0", CudaFlashForward.Options(128, ElementType.BFloat16, false, false, partialHeavy: true));
+        if (Environment.GetEnvironmentVariable("ATTEND_CUDA_FWD_WGSKIP") is null)
+        {
+            Assert.Contains("-DWGSKIP=1", wg);
+            Assert.Contains("-DWGSKIP=1", CudaFlashForward.Options(128, ElementType.BFloat16, false, false, partialHeavy: false, wgmma: true));
+        }
         Assert.Equal(256, CudaFlashForward.Threads(128, wgmma: true));
         Assert.Equal(CudaFlashForward.SharedBytes(128) + 1024, CudaFlashForward.SharedBytes(128, wgmma: true));
         // Two CTAs per SM (the register budget MINB = 2 is sized for) must also fit Hopper's 228 KB of shared memory.
