@@ -14,6 +14,9 @@
 #                              5. linear_peers.py: fla's forwards of the delta rules, then GLA's forward+backward, beside
 #                                 ours in the same call, its autotuner shortened (every config still tried)
 #   bash all-check.sh sparse   6. the 128k sparse rows not yet measured (sparse-tail.sh --rest)
+#   bash all-check.sh wtarget  7. issue 3's window target on this build: dense causal and window 1024 at 16k and 32k
+#                                 (ATTEND_BENCH_PART=wtarget), two processes
+#   bash all-check.sh routing  8. the Routing Transformer sorted by cluster vs its mask form (16k), sorted at 128k
 #
 # The kernel cache lives in /tmp/attend-cuda-cache, so a second part on a still-warm machine skips NVRTC.
 set -u
@@ -44,6 +47,20 @@ bench)
 sparse)
   OUT="$OUT" T128=${T128:-400} bash ./sparse-tail.sh --rest
   ;;
-*) echo "usage: all-check.sh check|bench|sparse"; exit 2 ;;
+wtarget)
+  for round in 1 2; do
+    ATTEND_BENCH_PART=wtarget timeout ${BENCH_TIMEOUT:-150} ./attend/Attend.Cli bench --backend cuda > "$OUT/wtarget-$round.log" 2>&1
+    echo "wtarget $round exit $?"; grep -a -E "^  fwd" "$OUT/wtarget-$round.log" | cut -c1-220
+  done
+  ;;
+routing)
+  timeout ${T16:-90} ./attend/Attend.Cli bench sparse --backend cuda --lengths 16384 --workloads random,llm --runs 2 --no-sweep \
+    --methods "routing-transformer,routing-transformer[sorted=false]" --json "$OUT/routing-16k.json" > "$OUT/routing-16k.log" 2>&1
+  echo "routing 16k exit $?"; grep -a -E "^  |exact causal|FAIL" "$OUT/routing-16k.log" | cut -c1-230
+  timeout ${T128:-150} ./attend/Attend.Cli bench sparse --backend cuda --lengths 131072 --workloads random --runs 1 --no-sweep \
+    --methods "routing-transformer" --json "$OUT/routing-128k.json" > "$OUT/routing-128k.log" 2>&1
+  echo "routing 128k exit $?"; grep -a -E "^  |exact causal|FAIL" "$OUT/routing-128k.log" | cut -c1-230
+  ;;
+*) echo "usage: all-check.sh check|bench|sparse|wtarget|routing"; exit 2 ;;
 esac
 echo "== done $(date -u '+%H:%M:%S')"
