@@ -29,6 +29,8 @@ public class CcaTests
             RoutingProblem.Random(rng, 1, 0, 2, 2, 32, lens: [70, 1, 95]),
             RoutingProblem.Random(rng, 1, 3, 4, 1, 64, tk: 150),
             RoutingProblem.Random(rng, 1, 200, 2, 2, 128),
+            // Logits in the hundreds: the core pooling's softmax must shift by its maximum (float exp overflows at ~88).
+            RoutingProblem.Random(rng, 1, 100, 4, 2, 32, scale: 10),
         ];
         foreach (RoutingProblem p in cases) AssertMatchesReference(p, CCA.Plan(p.Input, p.V, p.Dv, new CcaOptions { GroupSize = 16, LocalGroups = 2 }));
     }

@@ -6,14 +6,16 @@ namespace Attend.Tests.SparseRouting;
 
 public class LongHeadsTests
 {
-    [Fact]
-    public void FindsANeedleItsOwnChunkFindsSalient()
+    [Theory]
+    [InlineData(8f)]
+    [InlineData(40f)] // needle logit ≈ 200: the chunk summary's softmax must not overflow
+    public void FindsANeedleItsOwnChunkFindsSalient(float strength)
     {
         // The needle's neighbours attend to it (as a passkey's surrounding tokens do), so the chunk summary points at
         // it; a far query block asking for it must then select the needle's chunk in every head.
         Random rng = TestData.Rng(1501);
         RoutingProblem p = RoutingProblem.Random(rng, 1, 512, 4, 2, 64, scale: 0.5);
-        p.PlantNeedle(rng, position: 37, firstRow: 448, strength: 8f);
+        p.PlantNeedle(rng, position: 37, firstRow: 448, strength: strength);
         for (int row = 32; row < 48; row++)
             for (int h = 0; h < 4; h++)
                 for (int i = 0; i < 64; i++) p.Q[(row * 4 + h) * 64 + i] = p.Q[(511 * 4 + h) * 64 + i];

@@ -68,6 +68,42 @@ public class RoutingContractTests
         SparsePlanCheck(p, m.Sparse(p.Input, true), 37, 448);
     }
 
+    [Theory]
+    [MemberData(nameof(Methods))]
+    public void LogitsBeyondFloatExpRangeStayFiniteAndExact(string name)
+    {
+        // q and k of size ~12 per element at D = 64: logits in the hundreds, past float's exp range (~88). A selector
+        // that exponentiates raw logits (TensorPrimitives.SoftMax does not shift by the maximum) turns NaN here.
+        RoutingUnderTest m = RoutingMethodsUnderTest.Get(name);
+        Random rng = TestData.Rng(930 + Salt(name));
+        RoutingProblem p = RoutingProblem.Random(rng, 1, 100, 4, 2, 64, scale: 12);
+        p.AssertMatchesReference(m.Sparse(p.Input, true), tolerance: 1e-4);
+    }
+
+    [Theory]
+    [MemberData(nameof(Retrievers))]
+    public void StrongNeedleIsFound(string name)
+    {
+        // Needle logit ≈ 40² / √64 = 200: the selector's own scores overflow float exp unless they are shifted.
+        RoutingUnderTest m = RoutingMethodsUnderTest.Get(name);
+        Random rng = TestData.Rng(940 + Salt(name));
+        RoutingProblem p = RoutingProblem.Random(rng, 1, 512, 4, 2, 64, scale: 0.5);
+        p.PlantNeedle(rng, position: 37, firstRow: 448, strength: 40f);
+        SparsePlanCheck(p, m.Sparse(p.Input, true), 37, 448);
+    }
+
+    [Theory]
+    [InlineData(8f)]
+    [InlineData(40f)] // needle logit ≈ 200: the salient-token scores must not overflow float exp
+    public void DeltaSelectsAStrongNeedle(float strength)
+    {
+        Random rng = TestData.Rng(950);
+        RoutingProblem p = RoutingProblem.Random(rng, 1, 512, 4, 2, 64, scale: 0.5);
+        p.PlantNeedle(rng, position: 37, firstRow: 448, strength: strength);
+        Attend.Methods.Sparse.Routing.SparsePlan plan = Attend.Methods.Sparse.Routing.DELTA.Plan(p.Input, new Attend.Methods.Sparse.Routing.DeltaOptions { TopK = 4, Sinks = 0, Window = 1, QueryBlockSize = 16 });
+        p.AssertFindsNeedle(plan, 37, 448);
+    }
+
     public static TheoryData<string> SingleQueryRetrievers => RoutingMethodsUnderTest.SingleQueryRetrievers();
 
     [Theory]

@@ -245,7 +245,7 @@ public static class CCA
                 }
                 else TensorPrimitives.Multiply(input.KeyRow(s, kvh, last), sc, qbar);
                 for (int t = 0; t < g; t++) w[t] = TensorPrimitives.Dot(qbar, input.KeyRow(s, kvh, j * g + t));
-                TensorPrimitives.SoftMax(w, w);
+                SelectorMath.SoftMaxInPlace(w);
                 Span<float> ck = keys.AsSpan((int)(Row(j) * d), d), cv = vals.AsSpan((int)(Row(j) * valueDim), valueDim);
                 for (int t = 0; t < g; t++)
                 {

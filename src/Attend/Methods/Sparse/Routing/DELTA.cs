@@ -107,7 +107,7 @@ public static class DELTA
                     {
                         ReadOnlySpan<float> q = input.QueryRow(s, h, lastRow);
                         for (int k = 0; k < end; k++) lg[k] = sc * TensorPrimitives.Dot(q, input.KeyRow(s, h / input.GroupSize, k));
-                        TensorPrimitives.SoftMax(lg, lg);
+                        SelectorMath.SoftMaxInPlace(lg);
                         TensorPrimitives.Add(imp, lg, imp);
                     }
                     tokens.SelectRange(s, 0, qb, 0, Math.Min(sinks, end));

@@ -106,7 +106,7 @@ public static class LongHeads
             }
             TensorPrimitives.Multiply(qbar, scale / rows, qbar);
             for (int k = k0; k < k1; k++) logits[k - k0] = TensorPrimitives.Dot(qbar, x.KeyRow(s, kvh, k));
-            TensorPrimitives.SoftMax(logits.AsSpan(0, k1 - k0), logits.AsSpan(0, k1 - k0));
+            SelectorMath.SoftMaxInPlace(logits.AsSpan(0, k1 - k0));
             for (int k = k0; k < k1; k++) TensorPrimitives.MultiplyAdd(x.KeyRow(s, kvh, k), logits[k - k0], rep, rep);
         }
         return reps;

@@ -110,6 +110,23 @@ internal static class SelectorMath
     /// <summary>The score scale: the given one, else 1/√D.</summary>
     public static float Scale(float? scale, int dim) => scale ?? 1f / MathF.Sqrt(dim);
 
+    /// <summary>
+    /// Softmax of <paramref name="logits"/> in place, shifted by their maximum first: <c>TensorPrimitives.SoftMax</c>
+    /// exponentiates the raw values, so a logit above ~88 overflows to ∞ and the row turns NaN.
+    /// </summary>
+    public static void SoftMaxInPlace(Span<float> logits)
+    {
+        if (logits.IsEmpty) return;
+        float max = TensorPrimitives.Max(logits);
+        if (float.IsNegativeInfinity(max))
+        {
+            logits.Clear(); // nothing visible: no weight anywhere (not NaN)
+            return;
+        }
+        TensorPrimitives.Subtract(logits, max, logits);
+        TensorPrimitives.SoftMax(logits, logits);
+    }
+
     /// <summary>Last key block a query block may see under the base mask (exclusive end), in key blocks.</summary>
     public static int VisibleKeyBlocks(SelectorInput x, int sequence, int queryBlock, int queryBlockSize, int keyBlockSize, bool causal)
     {
