@@ -186,5 +186,10 @@ public class TitansMemoryTests
         Assert.Equal("state", e.ParamName);
         e = Assert.ThrowsAny<ArgumentException>(() => method.Run(c.Inputs(), MethodArguments.Parse(["form=fft"])));
         Assert.Equal("form", e.ParamName);
+        // A chunk × chunk scratch per work item: a huge chunk is refused by name, not an overflow or a 4 GB request.
+        e = Assert.ThrowsAny<ArgumentException>(() => method.Run(c.Inputs(), MethodArguments.Parse(["chunk=100000"])));
+        Assert.Equal("chunk", e.ParamName);
+        var huge = new Setup(c, null, null, null, new TitansMemoryOptions { ChunkSize = TitansMemory.MaxChunk + 1 }, TitansMemory.InitialState(c.Shape, c.Shape.KeyDim));
+        Assert.Throws<ArgumentOutOfRangeException>(() => Run(huge, recurrent: false));
     }
 }

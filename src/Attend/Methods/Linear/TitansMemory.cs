@@ -147,6 +147,9 @@ public static unsafe partial class TitansMemory
         }
     }
 
+    /// <summary>Largest <see cref="TitansMemoryOptions.ChunkSize"/>.</summary>
+    public const int MaxChunk = 1024;
+
     internal readonly record struct Resolved(int Hidden, int Chunk, int Row, float Alpha, float Eta, float Theta);
 
     internal static Resolved Resolve(LinearExtraShape shape, TitansMemoryOptions options, TitansGates gates, int qLength, int kLength, int vLength, int outputLength)
@@ -155,7 +158,10 @@ public static unsafe partial class TitansMemory
         shape.Validate(qLength, kLength, vLength, outputLength);
         int hidden = options.Hidden ?? shape.KeyDim, chunk = options.ChunkSize ?? 16;
         if (hidden < 1) throw new ArgumentOutOfRangeException(nameof(options), hidden, "Hidden must be at least 1.");
-        if (chunk < 1) throw new ArgumentOutOfRangeException(nameof(options), chunk, "ChunkSize must be at least 1.");
+        // The chunked form keeps a chunk × chunk coefficient matrix per work item: 1024 is 4 MB, and a larger chunk gains
+        // nothing a sequence of that length would not (the other linear methods cap their chunk the same way).
+        if (chunk < 1 || chunk > MaxChunk)
+            throw new ArgumentOutOfRangeException(nameof(options), chunk, $"ChunkSize must be in [1, {MaxChunk}].");
         float alpha = options.Alpha ?? 0.01f, eta = options.Eta ?? 0.9f, theta = options.Theta ?? 0.2f / ((float)chunk * shape.ValueDim);
         CheckGate(alpha, 0, 1, "alpha");
         CheckGate(eta, 0, 1, "eta");
@@ -558,7 +564,7 @@ public sealed class TitansMemoryMethod : IAttentionMethod
         Parameters =
         [
             LinearExtraMethods.FormParameter("chunked", "naive", "chunked", "recurrent"),
-            new MethodParameter("chunk", "int", "16", "tokens per gradient mini-batch b (every form; 1 = the per-token update)"),
+            new MethodParameter("chunk", "int", "16", "tokens per gradient mini-batch b, 1 to 1024 (every form; 1 = the per-token update)"),
             new MethodParameter("hidden", "int", "Dk", "hidden width of the memory MLP"),
             new MethodParameter("alpha", "float", "0.01", "forgetting gate when no alpha input is given, in [0, 1]"),
             new MethodParameter("eta", "float", "0.9", "momentum decay when no eta input is given, in [0, 1]"),
@@ -573,7 +579,7 @@ public sealed class TitansMemoryMethod : IAttentionMethod
         ArgumentNullException.ThrowIfNull(arguments);
         LinearExtraShape shape = LinearExtraShape.Of(inputs);
         string form = LinearExtraMethods.Form(arguments, "chunked", "naive", "chunked", "recurrent");
-        int chunk = arguments.GetInt("chunk", 16, min: 1);
+        int chunk = arguments.GetInt("chunk", 16, min: 1, max: TitansMemory.MaxChunk);
         int hidden = arguments.GetInt("hidden", shape.KeyDim, min: 1, max: 4096);
         var options = new TitansMemoryOptions
         {
