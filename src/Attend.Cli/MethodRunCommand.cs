@@ -63,6 +63,9 @@ internal static class MethodRunCommand
             throw new UserError($"--param {p}: {AttendApp.OneLine(e)}");
         }
 
+        try { inputs.ThrowIfUnread(method.Info.Name); }
+        catch (ArgumentException e) { throw new UserError($"--input {e.ParamName}: {AttendApp.OneLine(e)}; nothing was written."); }
+
         // The output keeps the queries' rank and element type.
         int[] outShape = [.. result.Output.Shape];
         if (qa.Shape.Length == 3 && outShape[0] == 1) outShape = outShape[1..];

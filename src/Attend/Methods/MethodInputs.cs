@@ -9,6 +9,10 @@ public sealed class MethodInputs
 {
     private readonly Dictionary<string, MethodTensor> _tensors = new(StringComparer.OrdinalIgnoreCase);
 
+    // Every name a method asked for (found or not), so a caller can refuse inputs nobody read (a misspelled name would
+    // otherwise change nothing, silently). Methods may run their heads in parallel, hence the lock.
+    private readonly HashSet<string> _asked = new(StringComparer.OrdinalIgnoreCase) { "q", "k", "v" };
+
     /// <summary>Inputs with the three attention tensors.</summary>
     /// <exception cref="ArgumentException">One of them is not rank 4.</exception>
     public MethodInputs(MethodTensor q, MethodTensor k, MethodTensor v)
@@ -44,13 +48,44 @@ public sealed class MethodInputs
     }
 
     /// <summary>The input named <paramref name="name"/>, or null.</summary>
-    public MethodTensor? Find(string name) => _tensors.GetValueOrDefault(name);
+    public MethodTensor? Find(string name)
+    {
+        Ask(name);
+        return _tensors.GetValueOrDefault(name);
+    }
 
     /// <summary>The input named <paramref name="name"/>.</summary>
     /// <exception cref="ArgumentException">It was not given; the message says what the method expects.</exception>
-    public MethodTensor Get(string name, string expected) =>
-        _tensors.GetValueOrDefault(name) ?? throw new ArgumentException($"Input '{name}' is required: {expected}.", name);
+    public MethodTensor Get(string name, string expected)
+    {
+        Ask(name);
+        return _tensors.GetValueOrDefault(name) ?? throw new ArgumentException($"Input '{name}' is required: {expected}.", name);
+    }
 
     /// <summary>Every input name.</summary>
     public IEnumerable<string> Names => _tensors.Keys;
+
+    /// <summary>
+    /// Throws when an input was given that no <see cref="Find"/> or <see cref="Get"/> asked for since these inputs were
+    /// made (call it after <see cref="IAttentionMethod.Run"/>): a misspelled name (<c>betas</c> for <c>beta</c>) must
+    /// not be ignored silently.
+    /// </summary>
+    /// <exception cref="ArgumentException">An unread input; the message names it and the names the method looked for.</exception>
+    public void ThrowIfUnread(string method)
+    {
+        lock (_asked)
+        {
+            foreach (string name in _tensors.Keys)
+                if (!_asked.Contains(name))
+                {
+                    string asked = string.Join(", ", _asked.Where(n => n is not ("q" or "k" or "v")).Order(StringComparer.Ordinal));
+                    throw new ArgumentException($"Input '{name}' is not read by {method} (it looks for: {(asked.Length == 0 ? "no inputs besides q, k, v" : asked)}).", name);
+                }
+        }
+    }
+
+    private void Ask(string name)
+    {
+        lock (_asked) _asked.Add(name);
+    }
 }

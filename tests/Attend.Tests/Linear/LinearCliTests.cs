@@ -55,6 +55,23 @@ public class LinearCliTests
     }
 
     [Fact]
+    public void MisspelledInputIsAUserErrorAndNothingIsWritten()
+    {
+        // deltanet reads "beta"; "betas" used to be ignored, giving the β = 1 output without a word.
+        using var dir = new TempDir();
+        Random rng = TestData.Rng(104);
+        foreach (string name in (string[])["q", "k", "v"])
+            NpyFile.Write(dir.File(name + ".npy"), [1, 5, 2, 8], TestData.Gaussian<float>(rng, 80));
+        NpyFile.Write(dir.File("b.npy"), [1, 5, 2], TestData.Gaussian<float>(rng, 10));
+        var (code, _, err) = CliHarness.Run(["run", "--method", "deltanet", "--q", dir.File("q.npy"), "--k", dir.File("k.npy"), "--v", dir.File("v.npy"),
+            "--input", $"betas={dir.File("b.npy")}", "--out", dir.File("o.npy")]);
+        Assert.Equal(Attend.Cli.AttendApp.UsageError, code);
+        Assert.Contains("'betas'", err);
+        Assert.Contains("beta", err);
+        Assert.False(File.Exists(dir.File("o.npy")));
+    }
+
+    [Fact]
     public void BenchLinearQuickWritesRecordsForEveryLinearMethod()
     {
         using var dir = new TempDir();
