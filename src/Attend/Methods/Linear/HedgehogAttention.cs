@@ -86,25 +86,35 @@ public static class HedgehogAttention
         for (long r = 0; r < rows; r++)
         {
             for (int h = 0; h < heads; h++)
-                Reverse(weights, h, inputs.Q.Slice((int)((r * heads + h) * dk), dk), dPhiQ.AsSpan((int)((r * heads + h) * df), df),
+                Reverse(weights, h, false, inputs.Q.Slice((int)((r * heads + h) * dk), dk), dPhiQ.AsSpan((int)((r * heads + h) * df), df),
                     gradients.Q.IsEmpty ? default : gradients.Q.Slice((int)((r * heads + h) * dk), dk), weightGradient, biasGradient, g2);
             for (int g = 0; g < kvHeads; g++)
-                Reverse(weights, g * group, inputs.K.Slice((int)((r * kvHeads + g) * dk), dk), dPhiK.AsSpan((int)((r * kvHeads + g) * df), df),
+                Reverse(weights, g * group, true, inputs.K.Slice((int)((r * kvHeads + g) * dk), dk), dPhiK.AsSpan((int)((r * kvHeads + g) * df), df),
                     gradients.K.IsEmpty ? default : gradients.K.Slice((int)((r * kvHeads + g) * dk), dk), weightGradient, biasGradient, g2);
         }
     }
 
-    // One row through φ = [e^y, e^{−y}], y = W_h x + b_h (float64): dx += W_hᵀ g, dW_h += g xᵀ, db_h += g.
-    private static void Reverse(HedgehogWeights weights, int head, ReadOnlySpan<float> x, ReadOnlySpan<float> dphi, Span<float> dx,
+    // One row through φ = [e^y, e^{−y}], y = W_h x + b_h (float64), with the map's query scale and key clip
+    // (HedgehogFeatureMap): dx += W_hᵀ g, dW_h += g xᵀ, db_h += g.
+    private static void Reverse(HedgehogWeights weights, int head, bool isKey, ReadOnlySpan<float> x, ReadOnlySpan<float> dphi, Span<float> dx,
         double[]? dW, double[]? dB, double[] g)
     {
         int f = weights.Features, dk = weights.InputDim;
+        double shift = 0, limit = HedgehogFeatureMap.KeyExponentLimit;
         for (int i = 0; i < f; i++)
         {
             long row = ((long)head * f + i) * dk;
             double y = weights.B[(long)head * f + i];
             for (int j = 0; j < dk; j++) y += weights.W[row + j] * x[j];
-            g[i] = dphi[i] * Math.Exp(y) - dphi[f + i] * Math.Exp(-y);
+            g[i] = y;
+            shift = Math.Max(shift, Math.Abs(y));
+        }
+        for (int i = 0; i < f; i++)
+        {
+            double y = g[i];
+            double up = isKey ? (y < limit ? Math.Exp(y) : 0) : Math.Exp(y - shift);
+            double down = isKey ? (-y < limit ? Math.Exp(-y) : 0) : Math.Exp(-y - shift);
+            g[i] = dphi[i] * up - dphi[f + i] * down;
         }
         for (int i = 0; i < f; i++)
         {

@@ -114,10 +114,24 @@ public sealed class HedgehogWeights
     }
 }
 
-/// <summary>φ(x) = [exp(W_h x + b_h), exp(−(W_h x + b_h))].</summary>
+/// <summary>
+/// φ(x) = [exp(W_h x + b_h), exp(−(W_h x + b_h))], kept inside float range: a query's features are scaled by
+/// e^(−m), m = max_i |W_h q + b_h|_i (so its largest feature is 1), and a key's exponents are clipped at
+/// <see cref="KeyExponentLimit"/>.
+/// </summary>
+/// <remarks>
+/// The query scale is exact for the method: Hedgehog normalises by the denominator φ(q)·Σφ(k), and a per-query factor
+/// cancels there (as it does under the RMS normalisation; under <see cref="LinearNormalization.None"/> it would not, so
+/// use this map with a normalisation). The key clip changes a result only where a key's projection exceeds 60: without
+/// it, e^88 overflows float32, and the state's sums of e^x·v overflow well before (the earlier map turned NaN at inputs
+/// of size ~20). A trained Hedgehog map's projections sit far inside this range.
+/// </remarks>
 /// <param name="weights">The per-head weights (float64, used by the reference; a float32 copy taken here serves the engine).</param>
 public sealed class HedgehogFeatureMap(HedgehogWeights weights) : FeatureMap
 {
+    /// <summary>Largest exponent of a key feature: e^60 ≈ 1.1e26, so Σ over 10^6 keys of e^60·|v| stays finite for |v| ≤ 10^6.</summary>
+    public const double KeyExponentLimit = 60;
+
     private readonly float[] _w = Array.ConvertAll(weights.W, x => (float)x);
     private readonly float[] _b = Array.ConvertAll(weights.B, x => (float)x);
 
@@ -141,23 +155,43 @@ public sealed class HedgehogFeatureMap(HedgehogWeights weights) : FeatureMap
             for (int i = 0; i < f; i++)
                 yf[i] = _b[head * f + i] + System.Numerics.Tensors.TensorPrimitives.Dot(_w.AsSpan((head * f + i) * dk, dk), xf);
             System.Numerics.Tensors.TensorPrimitives.Negate(yf[..f], yf.Slice(f, f));
-            System.Numerics.Tensors.TensorPrimitives.Exp(yf[..(2 * f)], yf[..(2 * f)]);
+            Span<float> both = yf[..(2 * f)];
+            if (isKey) System.Numerics.Tensors.TensorPrimitives.Min(both, (float)KeyExponentLimit, both);
+            else System.Numerics.Tensors.TensorPrimitives.Subtract(both, System.Numerics.Tensors.TensorPrimitives.Max(both), both);
+            System.Numerics.Tensors.TensorPrimitives.Exp(both, both);
             return;
         }
-        else weights.Project(head, x, y[..f]);
-        for (int i = 0; i < f; i++) { T p = y[i]; y[i] = T.Exp(p); y[f + i] = T.Exp(-p); }
+        weights.Project(head, x, y[..f]);
+        T limit = T.CreateTruncating(KeyExponentLimit), shift = T.Zero;
+        if (!isKey)
+            for (int i = 0; i < f; i++) shift = T.Max(shift, T.Abs(y[i]));
+        for (int i = 0; i < f; i++)
+        {
+            T p = y[i];
+            y[i] = T.Exp(isKey ? T.Min(p, limit) : p - shift);
+            y[f + i] = T.Exp(isKey ? T.Min(-p, limit) : -p - shift);
+        }
     }
 
     /// <inheritdoc />
+    /// <remarks>
+    /// The query scale's own derivative is left out: it moves φ(q) along itself, which the normalisation cancels, so the
+    /// loss's gradient along it is 0. A clipped key exponent has derivative 0.
+    /// </remarks>
     public override void Backward<T>(int head, bool isKey, ReadOnlySpan<T> x, ReadOnlySpan<T> dy, Span<T> dx)
     {
         int f = weights.Features, dk = weights.InputDim;
         Span<T> y = f <= 256 ? stackalloc T[f] : new T[f];
         weights.Project(head, x, y);
+        T limit = T.CreateTruncating(KeyExponentLimit), shift = T.Zero;
+        if (!isKey)
+            for (int i = 0; i < f; i++) shift = T.Max(shift, T.Abs(y[i]));
         dx.Clear();
         for (int i = 0; i < f; i++)
         {
-            T g = dy[i] * T.Exp(y[i]) - dy[f + i] * T.Exp(-y[i]);
+            T up = isKey ? (y[i] < limit ? T.Exp(y[i]) : T.Zero) : T.Exp(y[i] - shift);
+            T down = isKey ? (-y[i] < limit ? T.Exp(-y[i]) : T.Zero) : T.Exp(-y[i] - shift);
+            T g = dy[i] * up - dy[f + i] * down;
             long row = ((long)head * f + i) * dk;
             for (int j = 0; j < dk; j++) dx[j] += g * T.CreateTruncating(weights.W[row + j]);
         }
