@@ -12,6 +12,8 @@ export ATTEND_CUDA_CACHE=$PWD/cache
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 part=${1:-all}
+# A carried NVRTC cache (nvrtc-cache.tgz from an earlier call's $OUT) saves the compile time of unchanged kernels.
+[[ -f nvrtc-cache.tgz ]] && tar xzf nvrtc-cache.tgz
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader | tee "$OUT/gpu.txt"
 parts=delta-bwd
 [[ $part == all ]] && parts=delta
@@ -30,3 +32,4 @@ if [[ $part == all ]]; then
   PYTHONPATH=$PWD timeout ${PEER_TIMEOUT:-200} python3 linear_peers.py --ours "$OUT/linear-cuda.json" --rep 100 --warmup 25 \
     --methods delta,gated_delta --autotune-ms 5,20 --budget ${PEER_BUDGET:-120} 2>&1 | grep -v Warning | tee "$OUT/peers.log"
 fi
+tar czf "$OUT/nvrtc-cache.tgz" cache 2>/dev/null && ls -la "$OUT/nvrtc-cache.tgz"

@@ -51,11 +51,11 @@ internal static class CudaDeltaBench
         foreach (int t in lengths)
             foreach (Method m in s_methods)
             {
-                LinearRecord r = ForwardBackward(ctx, m, t, quick, out double ms, out double backwardMs);
+                LinearRecord r = ForwardBackward(ctx, m, t, quick, out double ms, out double backwardMs, out double recomputeMs, out double chainMs);
                 records.Add(r);
                 if (!r.Passed) failed++;
                 output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"{m.Name,-12} {"fwd+bwd",-9} {t,6} {(r.Passed ? ms.ToString("F3", CultureInfo.InvariantCulture) : "-"),9} {(r.Passed ? (r.TokensPerS!.Value / 1e6).ToString("F1", CultureInfo.InvariantCulture) : "FAILED"),9}   (backward alone {backwardMs:F3} ms; gradients {(r.Passed ? "finite" : "NOT finite")})"));
+                    $"{m.Name,-12} {"fwd+bwd",-9} {t,6} {(r.Passed ? ms.ToString("F3", CultureInfo.InvariantCulture) : "-"),9} {(r.Passed ? (r.TokensPerS!.Value / 1e6).ToString("F1", CultureInfo.InvariantCulture) : "FAILED"),9}   (backward alone {backwardMs:F3} ms: recompute {recomputeMs:F3}, reverse chain {chainMs:F3}, chunk kernel {backwardMs - recomputeMs - chainMs:F3}; gradients {(r.Passed ? "finite" : "NOT finite")})"));
             }
         foreach (Method m in s_methods)
         {
@@ -112,7 +112,8 @@ internal static class CudaDeltaBench
 
     // Forward (output) then backward (dq, dk, dv, dβ float32, and d log α for the gated rule) on device-resident tensors.
     // The gradients' correctness is attend check's (against the float64 reference); here they must be finite and written.
-    private static LinearRecord ForwardBackward(CudaContext ctx, Method m, int t, bool quick, out double ms, out double backwardMs)
+    private static LinearRecord ForwardBackward(CudaContext ctx, Method m, int t, bool quick, out double ms, out double backwardMs, out double recomputeMs,
+        out double chainMs)
     {
         var shape = LinearShape.Mha(1, t, Heads, Dim);
         long n = (long)t * Heads * Dim;
@@ -151,6 +152,12 @@ internal static class CudaDeltaBench
             plan.Backward(q, k, v, beta, gate, null, dO, null, dq, dk, dv, dbeta, dg, null, stream);
         }, ctx, stream, reps);
         backwardMs = CudaLinearBench.Median(() => plan.Backward(q, k, v, beta, gate, null, dO, null, dq, dk, dv, dbeta, dg, null, stream), ctx, stream, reps);
+        // The backward's stages: the forward recomputed (w, u, A, T, the chain's checkpoints), then the reverse chain.
+        plan.BackwardStages = 1;
+        recomputeMs = CudaLinearBench.Median(() => plan.Backward(q, k, v, beta, gate, null, dO, null, dq, dk, dv, dbeta, dg, null, stream), ctx, stream, reps);
+        plan.BackwardStages = 2;
+        chainMs = CudaLinearBench.Median(() => plan.Backward(q, k, v, beta, gate, null, dO, null, dq, dk, dv, dbeta, dg, null, stream), ctx, stream, reps) - recomputeMs;
+        plan.BackwardStages = 3;
         return new LinearRecord(m.Name, "fwd+bwd", t, Dim, Heads, passed ? t / (ms / 1e3) : null, null, null, null, 0) { Passed = passed };
     }
 

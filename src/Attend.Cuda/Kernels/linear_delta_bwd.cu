@@ -22,7 +22,7 @@
 // first with the [DK, 16] slice of X in float32 registers and a rounded copy in shared memory (as attend_delta_chunk
 // walks them forward); it writes X at each chunk's end (the element type) and dδ (the element type) for the chunk kernel,
 // and dS0. attend_delta_bwd_chunk: one CTA per (chunk, query head), 4 warps of 16 token rows each, every tile of the
-// chunk in shared memory (about 217 KB at DK = DV = 128: one CTA per SM).
+// chunk in shared memory (about 201 KB at DK = DV = 128: one CTA per SM); T comes from the forward's first kernel.
 //
 // Defines: DK (64 | 128), DV (64 | 128; the chunk kernel), ELEM_BF16 (1 bf16, 0 fp16), GATE (0 none, 1 scalar gate or
 // fixed γ). mma_tiles.cuh is expanded in place by KernelCompiler.Source.
@@ -478,21 +478,49 @@ attend_delta_bwd_dstate(
 #define B_OFF_S (B_OFF_DD + B_VB)       // S [DK][DV]; after phase B: w [64][DK] and u [64][DV]
 #define B_OFF_X (B_OFF_S + B_SB)        // X [DK][DV]
 #define B_OFF_DW (B_OFF_X + B_SB)       // dw [64][DK]
-#define B_OFF_T (B_OFF_DW + B_QB)       // T [64][64]
+#define B_OFF_T (B_OFF_DW + B_QB)       // T [64][64] (the forward's first kernel wrote it)
 #define B_OFF_M1 (B_OFF_T + B_MB)       // s dA ⊙ D, then Z = dw wᵀ + dδ uᵀ
 #define B_OFF_M2 (B_OFF_M1 + B_MB)      // E
-#define B_OFF_KKD (B_OFF_M2 + B_MB)     // float32 [64][65]: D_ij k_i·k_j (j < i)
-#define B_OFF_B (B_OFF_KKD + CHUNK * 65 * 4)
+#define B_OFF_B (B_OFF_M2 + B_MB)
 #define B_OFF_BETA (B_OFF_B + CHUNK * 4)
 #define B_OFF_DB (B_OFF_BETA + CHUNK * 4)
 #define B_OFF_DBETA (B_OFF_DB + CHUNK * 4)
 #define B_OFF_RED (B_OFF_DBETA + CHUNK * 4)
 #define B_SMEM_BYTES (B_OFF_RED + 16 * 4)
 
+// D_ij = e^{b_i − b_j} for j ≤ i (0 above the diagonal); 1 on and below it without a gate.
+__device__ __forceinline__ float decay_ij(const float* sB, int row, int col)
+{
+#if GATE == 1
+    return col <= row ? exp_e(sB[row] - sB[col]) : 0.f;
+#else
+    (void)sB;
+    return col <= row ? 1.f : 0.f;
+#endif
+}
+
+// Adds −Σ over this warp's 16 rows of colPart[j][e] (column 8j + 2t + e) to sDB: a reduction over the 8 lanes of one
+// column (g = lane / 4), then one shared atomic per column and warp.
+__device__ __forceinline__ void sub_columns(float (*colPart)[2], float* sDB, int lane)
+{
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+#pragma unroll
+        for (int e = 0; e < 2; e++)
+        {
+            float v = colPart[j][e];
+            v += __shfl_xor_sync(0xffffffffu, v, 4);
+            v += __shfl_xor_sync(0xffffffffu, v, 8);
+            v += __shfl_xor_sync(0xffffffffu, v, 16);
+            if ((lane >> 2) == 0) atomicAdd(&sDB[8 * j + 2 * (lane & 3) + e], -v);
+        }
+}
+
 extern "C" __global__ void __launch_bounds__(NT)
 attend_delta_bwd_chunk(
     const elem_t* __restrict__ Q, const elem_t* __restrict__ K, const elem_t* __restrict__ V, const elem_t* __restrict__ dO,
     const elem_t* __restrict__ Dnew, const elem_t* __restrict__ dDelta, const elem_t* __restrict__ W, const elem_t* __restrict__ U,
+    const elem_t* __restrict__ Tm,                                            // [tokens, H, 64]
     const elem_t* __restrict__ Hck, const elem_t* __restrict__ dHck,
     const float* __restrict__ beta, const float* __restrict__ gate, const float* __restrict__ headLogDecay,
     float* __restrict__ dQ, float* __restrict__ dK, float* __restrict__ dV,   // [tokens, H, DK], [tokens, Hkv, DK], [tokens, Hkv, DV]
@@ -512,7 +540,6 @@ attend_delta_bwd_chunk(
     const long long qStride = (long long)heads * DK, kStride = (long long)kvHeads * DK;
     const long long vStride = (long long)kvHeads * DV, oStride = (long long)heads * DV;
     const unsigned base = smem_addr(smem);
-    float* const sKKD = (float*)(smem + B_OFF_KKD);
     float* const sB = (float*)(smem + B_OFF_B);
     float* const sBeta = (float*)(smem + B_OFF_BETA);
     float* const sDB = (float*)(smem + B_OFF_DB);
@@ -524,14 +551,17 @@ attend_delta_bwd_chunk(
     const unsigned sW = sS, sU = sS + B_QB;   // phase C reuses S's space
     const int wr = wq * 16;
 
-    load_rows<DK>(sQ, Q + tok0 * qStride + (long long)h * DK, qStride, CHUNK, len, tid);
-    load_rows<DK>(sK, K + tok0 * kStride + (long long)hk * DK, kStride, CHUNK, len, tid);
-    load_rows<DV>(sV, V + tok0 * vStride + (long long)hk * DV, vStride, CHUNK, len, tid);
+    // Two load groups: what phase A reads (dO, δ, and Q, K for the gate's A-term), then the rest, landing during phase A.
     load_rows<DV>(sDO, dO + tok0 * oStride + (long long)h * DV, oStride, CHUNK, len, tid);
     load_rows<DV>(sDN, Dnew + tok0 * oStride + (long long)h * DV, oStride, CHUNK, len, tid);
-    load_rows<DV>(sDD, dDelta + tok0 * oStride + (long long)h * DV, oStride, CHUNK, len, tid);
+    load_rows<DK>(sQ, Q + tok0 * qStride + (long long)h * DK, qStride, CHUNK, len, tid);
+    load_rows<DK>(sK, K + tok0 * kStride + (long long)hk * DK, kStride, CHUNK, len, tid);
+    cp_async_commit();
     load_rows<DV>(sS, Hck + (ci * heads + h) * DK * DV, DV, DK, DK, tid);
     load_rows<DV>(sX, dHck + (ci * heads + h) * DK * DV, DV, DK, DK, tid);
+    load_rows<DV>(sDD, dDelta + tok0 * oStride + (long long)h * DV, oStride, CHUNK, len, tid);
+    load_rows<DV>(sV, V + tok0 * vStride + (long long)hk * DV, vStride, CHUNK, len, tid);
+    load_rows<64>(sT, Tm + (tok0 * heads + h) * 64, (long long)heads * 64, CHUNK, len, tid);
     cp_async_commit();
     if (tid < CHUNK)
     {
@@ -563,27 +593,28 @@ attend_delta_bwd_chunk(
         sB[2 * lane + 1] = scan;
     }
 #endif
-    cp_async_wait<0>();
+    cp_async_wait<1>();
     __syncthreads();
     const float bC = sB[CHUNK - 1];
 
-    // Phase A: Q Kᵀ, K Kᵀ and dA = dO δᵀ for this warp's rows; s dA ⊙ D into M1, D ⊙ K Kᵀ (strictly lower) into KKD,
-    // the gate gradient's A-term (row and column parts).
+    // Phase A: dA = dO δᵀ for this warp's rows; s dA ⊙ D into M1; the gate gradient's A-term (s dA_ij A_ij, j < i: + to
+    // row i, − to column j).
     {
-        float qk[8][4], kk_[8][4], da[8][4];
-        zero_acc<8>(qk);
-        zero_acc<8>(kk_);
+        float da[8][4];
         zero_acc<8>(da);
-#if GATE == 1
-        mma_rows<4, DK, false, DK, false>(qk, sQ, wr, sK, 0, KS, lane);   // only the gate gradient reads Q Kᵀ
-#endif
-        mma_rows<4, DK, false, DK, false>(kk_, sK, wr, sK, 0, KS, lane);
         mma_rows<4, DV, false, DV, false>(da, sDO, wr, sDN, 0, DV / 16, lane);
+#if GATE == 1
+        float qk[8][4];
+        zero_acc<8>(qk);
+        mma_rows<4, DK, false, DK, false>(qk, sQ, wr, sK, 0, KS, lane);
+        float colP[8][2];
+#pragma unroll
+        for (int j = 0; j < 8; j++) colP[j][0] = colP[j][1] = 0.f;
+#endif
 #pragma unroll
         for (int half = 0; half < 2; half++)
         {
             const int row = wr + g + 8 * half;
-            const float bRow = sB[row];
             float rowP = 0.f;
 #pragma unroll
             for (int j = 0; j < 8; j++)
@@ -593,16 +624,12 @@ attend_delta_bwd_chunk(
                 for (int e = 0; e < 2; e++)
                 {
                     const int col = 8 * j + 2 * t + e;
-                    const float d = col <= row ? exp_e(bRow - sB[col]) : 0.f;
+                    const float d = decay_ij(sB, row, col);
                     dad[e] = scale * da[j][2 * half + e] * d;
-                    sKKD[row * 65 + col] = col < row ? d * kk_[j][2 * half + e] : 0.f;
 #if GATE == 1
-                    if (col < row)
-                    {
-                        const float p = dad[e] * qk[j][2 * half + e];   // s dA_ij · A_ij (dad carries D_ij)
-                        rowP += p;
-                        atomicAdd(&sDB[col], -p);
-                    }
+                    const float p = col < row ? dad[e] * qk[j][2 * half + e] : 0.f;   // s dA_ij · A_ij (dad carries D_ij)
+                    rowP += p;
+                    colP[j][e] += p;
 #endif
                 }
                 sts32(sM1 + toff<64>(row, j) + 4 * t, pack2(dad[0], dad[1]));
@@ -614,30 +641,12 @@ attend_delta_bwd_chunk(
             (void)rowP;
 #endif
         }
+#if GATE == 1
+        sub_columns(colP, sDB, lane);
+#endif
     }
+    cp_async_wait<0>();
     __syncthreads();
-
-    // T = (I + L)⁻¹ by forward substitution, one column per thread (warps 0 and 1): x_i = δ_ic − β_i Σ_{j<i} KKD_ij x_j.
-    if (tid < CHUNK)
-    {
-        const int c = tid;
-        float x[CHUNK];
-#pragma unroll
-        for (int i = 0; i < CHUNK; i++)
-        {
-            float acc[4] = {0.f, 0.f, 0.f, 0.f};
-            const float* li = sKKD + i * 65;
-#pragma unroll
-            for (int j = 0; j < i; j++) acc[j & 3] = fmaf(li[j], x[j], acc[j & 3]);
-            x[i] = (i == c ? 1.f : 0.f) - sBeta[i] * ((acc[0] + acc[1]) + (acc[2] + acc[3]));
-        }
-#pragma unroll
-        for (int i = 0; i < CHUNK; i++)
-        {
-            const unsigned p = pack2(x[i], 0.f);
-            *(elem_t*)(smem + B_OFF_T + toff<64>(i, c >> 3) + (c & 7) * 2) = (elem_t)(p & 0xffffu);
-        }
-    }
 
     // Phase B: dq; dk's A and K̂ terms (kept in registers); dw into DW; ⟨S, X⟩.
     float dk[DK / 8][4];
@@ -650,7 +659,11 @@ attend_delta_bwd_chunk(
         for (int half = 0; half < 2; half++)
         {
             const int row = wr + g + 8 * half;
+#if GATE == 1
             const float f = scale * exp_e(sB[row]);
+#else
+            const float f = scale;
+#endif
 #pragma unroll
             for (int j = 0; j < DK / 8; j++)
             {
@@ -684,16 +697,14 @@ attend_delta_bwd_chunk(
         for (int half = 0; half < 2; half++)
         {
             const int row = wr + g + 8 * half;
+#if GATE == 1
             const float f = exp_e(bC - sB[row]);
 #pragma unroll
             for (int j = 0; j < DK / 8; j++)
             {
                 acc[j][2 * half] *= f;
                 acc[j][2 * half + 1] *= f;
-                dk[j][2 * half] += acc[j][2 * half];
-                dk[j][2 * half + 1] += acc[j][2 * half + 1];
             }
-#if GATE == 1
             const float kd = quad_sum(row_dot<DK / 8, DK>(acc, sK, row, half, t));
             if (t == 0)
             {
@@ -701,6 +712,12 @@ attend_delta_bwd_chunk(
                 atomicAdd(&sRed[0], kd);
             }
 #endif
+#pragma unroll
+            for (int j = 0; j < DK / 8; j++)
+            {
+                dk[j][2 * half] += acc[j][2 * half];
+                dk[j][2 * half + 1] += acc[j][2 * half + 1];
+            }
         }
     }
     {
@@ -730,7 +747,7 @@ attend_delta_bwd_chunk(
         if (lane == 0) atomicAdd(&sRed[1], sx);
     }
 #endif
-    __syncthreads();   // S, X, dO free; T and dw complete
+    __syncthreads();   // S, X, dO free; dw complete
 
     load_rows<DK>(sW, W + tok0 * qStride + (long long)h * DK, qStride, CHUNK, len, tid);
     load_rows<DV>(sU, U + tok0 * oStride + (long long)h * DV, oStride, CHUNK, len, tid);
@@ -745,8 +762,12 @@ attend_delta_bwd_chunk(
         for (int half = 0; half < 2; half++)
         {
             const int row = wr + g + 8 * half;
-            const float eb = exp_e(sB[row]), br = sBeta[row];
-            const float f = br * eb;
+#if GATE == 1
+            const float eb = exp_e(sB[row]);
+#else
+            const float eb = 1.f;
+#endif
+            const float f = sBeta[row] * eb;
 #pragma unroll
             for (int j = 0; j < DK / 8; j++)
             {
@@ -809,16 +830,23 @@ attend_delta_bwd_chunk(
     }
     __syncthreads();
 
-    // G = −Tᵀ Z (the gradient of L, strictly lower): dβ and db terms, E = G ⊙ β_i D_ij into M2.
+    // G = −Tᵀ Z (the gradient of L, strictly lower) against D ⊙ K Kᵀ (recomputed): dβ and db terms, E = G ⊙ β_i D_ij into M2.
     {
-        float gl[8][4];
+        float gl[8][4], kk_[8][4];
         zero_acc<8>(gl);
+        zero_acc<8>(kk_);
         mma_rows<4, 64, true, 64, true>(gl, sT, wr, sM1, 0, 4, lane);
+        mma_rows<4, DK, false, DK, false>(kk_, sK, wr, sK, 0, KS, lane);
+#if GATE == 1
+        float colP[8][2];
+#pragma unroll
+        for (int j = 0; j < 8; j++) colP[j][0] = colP[j][1] = 0.f;
+#endif
 #pragma unroll
         for (int half = 0; half < 2; half++)
         {
             const int row = wr + g + 8 * half;
-            const float bRow = sB[row], br = sBeta[row];
+            const float br = sBeta[row];
             float rowBeta = 0.f, rowB = 0.f;
 #pragma unroll
             for (int j = 0; j < 8; j++)
@@ -828,17 +856,15 @@ attend_delta_bwd_chunk(
                 for (int e = 0; e < 2; e++)
                 {
                     const int col = 8 * j + 2 * t + e;
-                    const float G = col < row ? -gl[j][2 * half + e] : 0.f;
-                    const float kkd = sKKD[row * 65 + col];
+                    const float d = col < row ? decay_ij(sB, row, col) : 0.f;
+                    const float G = -gl[j][2 * half + e];
+                    const float kkd = d * kk_[j][2 * half + e];
                     rowBeta = fmaf(G, kkd, rowBeta);
-                    ev[e] = col < row ? G * br * exp_e(bRow - sB[col]) : 0.f;
+                    ev[e] = G * br * d;
 #if GATE == 1
-                    if (col < row)
-                    {
-                        const float p = G * br * kkd;
-                        rowB += p;
-                        atomicAdd(&sDB[col], -p);
-                    }
+                    const float p = G * br * kkd;   // G_ij L_ij
+                    rowB += p;
+                    colP[j][e] += p;
 #endif
                 }
                 sts32(sM2 + toff<64>(row, j) + 4 * t, pack2(ev[0], ev[1]));
@@ -852,6 +878,9 @@ attend_delta_bwd_chunk(
             (void)rowB;
 #endif
         }
+#if GATE == 1
+        sub_columns(colP, sDB, lane);
+#endif
     }
     __syncthreads();
 
@@ -881,15 +910,23 @@ attend_delta_bwd_chunk(
 
     if (dBeta != 0 && tid < len) dBeta[(tok0 + tid) * heads + h] = sDBeta[tid];
 #if GATE == 1
-    if (dGate != 0 && tid == 0)
+    if (dGate != 0 && wq == 0)
     {
-        // d log α_r = Σ_{i ≥ r} db_i over the chunk; the chunk's last token also carries ⟨S', X⟩ = Σ k·dk̂ + e^{b_C} ⟨S, X⟩.
-        float run = sRed[0] + exp_e(bC) * sRed[1];
-        for (int r = len - 1; r >= 0; r--)
+        // d log α_r = Σ_{i ≥ r} db_i over the chunk (a reverse scan, lane l holding rows 2l and 2l + 1); the chunk's last
+        // token also carries ⟨S', X⟩ = Σ k·dk̂ + e^{b_C} ⟨S, X⟩.
+        const float d0 = sDB[2 * lane] + (2 * lane == len - 1 ? sRed[0] + exp_e(bC) * sRed[1] : 0.f);
+        const float d1 = sDB[2 * lane + 1] + (2 * lane + 1 == len - 1 ? sRed[0] + exp_e(bC) * sRed[1] : 0.f);
+        const float pair = d0 + d1;
+        float scan = pair;   // inclusive suffix sum over lanes ≥ this one
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1)
         {
-            run += sDB[r];
-            dGate[(tok0 + r) * heads + h] = run;
+            const float y = __shfl_down_sync(0xffffffffu, scan, o);
+            if (lane + o < 32) scan += y;
         }
+        // Rows 2l + 1 and 2l: the suffix from 2l + 1 is scan − d0, from 2l is scan.
+        if (2 * lane < len) dGate[(tok0 + 2 * lane) * heads + h] = scan;
+        if (2 * lane + 1 < len) dGate[(tok0 + 2 * lane + 1) * heads + h] = scan - d0;
     }
 #else
     (void)dGate;
@@ -897,5 +934,6 @@ attend_delta_bwd_chunk(
     (void)headLogDecay;
     (void)sRed;
     (void)sDB;
+    (void)bC;
 #endif
 }

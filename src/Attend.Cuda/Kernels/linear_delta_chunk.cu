@@ -143,7 +143,8 @@ attend_delta_prepare(
     const float* __restrict__ gate,          // GATE 1: [tokens, H] log α (unless headLogDecay)
     const float* __restrict__ headLogDecay,  // GATE 1: [H] log γ, or null to read `gate`
     elem_t* __restrict__ W, elem_t* __restrict__ U, elem_t* __restrict__ A,   // [tokens, H, DK], [tokens, H, dv], [tokens, H, 64]
-    const DeltaRow* __restrict__ chunks, int heads, int kvHeads, int dv)
+    const DeltaRow* __restrict__ chunks, int heads, int kvHeads, int dv,
+    elem_t* __restrict__ Tout)               // backward only: T = (I + L)⁻¹ [tokens, H, 64] (element type), or null
 {
     extern __shared__ __align__(128) unsigned char smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -266,6 +267,8 @@ attend_delta_prepare(
             const unsigned pu = pack2(x[i] * bc, 0.f), pw = pack2(x[i] * bw, 0.f);
             *(elem_t*)(tu + o) = (elem_t)(pu & 0xffffu);
             *(elem_t*)(tw + o) = (elem_t)(pw & 0xffffu);
+            // Row i of T for the backward (threads c = 0..63 write one row's 128 contiguous bytes together).
+            if (Tout != 0 && i < len) Tout[((tok0 + i) * heads + h) * 64 + c] = (elem_t)(pack2(x[i], 0.f) & 0xffffu);
         }
     }
     __syncthreads();

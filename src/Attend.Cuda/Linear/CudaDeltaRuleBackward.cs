@@ -18,7 +18,13 @@ public sealed unsafe partial class CudaDeltaRulePlan
     private static readonly ConcurrentDictionary<(CudaContext, int, int, ElementType, int, string), CudaKernelFunction> s_backwardLoaded = new();
     private static readonly ConcurrentDictionary<(CudaContext, int, int, ElementType, int), CompiledKernel> s_backwardImages = new();
 
-    private DeviceBuffer? _checkpoints, _stateGradients, _delta, _deltaGradient;
+    private DeviceBuffer? _checkpoints, _stateGradients, _delta, _deltaGradient, _inverse;
+
+    /// <summary>
+    /// How many of the backward's three stages <see cref="Backward"/> queues (3, all; the bench sets 1 for the forward's
+    /// recomputation alone, 2 for it and the reverse chain, to split the time). The gradients are complete only at 3.
+    /// </summary>
+    internal int BackwardStages { get; set; } = 3;
 
     /// <summary>
     /// Whether <see cref="Backward"/> computes this configuration; otherwise <paramref name="reason"/> says why. The
@@ -54,8 +60,8 @@ public sealed unsafe partial class CudaDeltaRulePlan
     /// <c>[B, T, Hkv, Dv]</c> (summed over the query heads of a group), <paramref name="betaGradient"/> <c>[B, T, H]</c>
     /// (only with β), <paramref name="gateGradient"/> dL/d(log α) <c>[B, T, H]</c> (only with a scalar gate),
     /// <paramref name="initialStateGradient"/> <c>[N, H, Dk, Dv]</c>; each of the last three may be null (not wanted).
-    /// The first call allocates the checkpoints (two <c>[chunks, H, Dk, Dv]</c> and two <c>[B, T, H, Dv]</c> arrays of the
-    /// element type); later calls allocate nothing.
+    /// The first call allocates the checkpoints (two <c>[chunks, H, Dk, Dv]</c>, two <c>[B, T, H, Dv]</c> and one
+    /// <c>[B, T, H, 64]</c> array of the element type); later calls allocate nothing.
     /// </summary>
     /// <exception cref="NotSupportedException">A configuration <see cref="IsBackwardSupported"/> rejects.</exception>
     /// <exception cref="ArgumentException">Tensors that do not match the plan; the message names the argument.</exception>
@@ -114,23 +120,24 @@ public sealed unsafe partial class CudaDeltaRulePlan
             Beta = beta?.Pointer ?? 0, Gate = gate?.Pointer ?? 0, HeadLogDecay = _fixedDecay ? _headLogDecay.Pointer : 0,
             S0 = initialState?.Pointer ?? 0, ST = 0,
             W = _w!.Pointer, U = _u!.Pointer, A = _a!.Pointer,
-            Seqs = _sequenceTable.Pointer, Chunks = _chunkTable.Pointer, Hck = _checkpoints!.Pointer, Dnew = _delta!.Pointer,
+            Seqs = _sequenceTable.Pointer, Chunks = _chunkTable.Pointer, Hck = _checkpoints!.Pointer, Dnew = _delta!.Pointer, Tout = _inverse!.Pointer,
             Heads = s.Heads, KvHeads = s.KvHeads, Dv = s.ValueDim, Scale = _scale,
         };
-        // 1. The forward again: w, u, A, then the chain keeping the state at each chunk's start and δ (no output).
+        // 1. The forward again: w, u, A and T, then the chain keeping the state at each chunk's start and δ (no output).
         if (_chunks > 0)
         {
-            void** p = stackalloc void*[13];
+            void** p = stackalloc void*[14];
             p[0] = &a.Q; p[1] = &a.K; p[2] = &a.V; p[3] = &a.Beta; p[4] = &a.Gate; p[5] = &a.HeadLogDecay; p[6] = &a.W; p[7] = &a.U;
-            p[8] = &a.A; p[9] = &a.Chunks; p[10] = &a.Heads; p[11] = &a.KvHeads; p[12] = &a.Dv;
+            p[8] = &a.A; p[9] = &a.Chunks; p[10] = &a.Heads; p[11] = &a.KvHeads; p[12] = &a.Dv; p[13] = &a.Tout;
             _prepare!.Launch((uint)_chunks, (uint)s.Heads, 1, Threads, (uint)PrepareSharedBytes(s.KeyDim), stream, p);
             LaunchChain(&a, stream);
         }
+        if (BackwardStages < 2) return;
 
         // 2. The reverse chain: the state gradient at each chunk's end, dδ, dS0.
         var b = new BackwardArguments
         {
-            Q = a.Q, K = a.K, V = a.V, DO = outputGradient.Buffer.Pointer, Dnew = a.Dnew, DDelta = _deltaGradient!.Pointer, W = a.W, U = a.U, A = a.A,
+            Q = a.Q, K = a.K, V = a.V, DO = outputGradient.Buffer.Pointer, Dnew = a.Dnew, DDelta = _deltaGradient!.Pointer, W = a.W, U = a.U, A = a.A, T = a.Tout,
             Hck = a.Hck, DHck = _stateGradients!.Pointer, Beta = a.Beta, Gate = a.Gate, HeadLogDecay = a.HeadLogDecay,
             DST = finalStateGradient?.Pointer ?? 0, DS0 = initialStateGradient?.Pointer ?? 0,
             DQ = queryGradient.Pointer, DK = keyGradient.Pointer, DV = valueGradient.Pointer, DBeta = betaGradient?.Pointer ?? 0, DGate = gateGradient?.Pointer ?? 0,
@@ -140,13 +147,13 @@ public sealed unsafe partial class CudaDeltaRulePlan
         r[0] = &b.Q; r[1] = &b.K; r[2] = &b.W; r[3] = &b.A; r[4] = &b.DO; r[5] = &b.Gate; r[6] = &b.HeadLogDecay; r[7] = &b.DST;
         r[8] = &b.DS0; r[9] = &b.DHck; r[10] = &b.DDelta; r[11] = &b.Seqs; r[12] = &b.Heads; r[13] = &b.KvHeads; r[14] = &b.Dv; r[15] = &b.Scale;
         dstate.Launch((uint)(s.ValueDim / BackwardValueBlock), (uint)s.Heads, (uint)_sequences, Threads, (uint)BackwardStateSharedBytes(s.KeyDim), stream, r);
-        if (_chunks == 0) return;
+        if (_chunks == 0 || BackwardStages < 3) return;
 
         // 3. dq, dk, dv, dβ, d log α per (chunk, query head).
-        void** c = stackalloc void*[22];
-        c[0] = &b.Q; c[1] = &b.K; c[2] = &b.V; c[3] = &b.DO; c[4] = &b.Dnew; c[5] = &b.DDelta; c[6] = &b.W; c[7] = &b.U;
-        c[8] = &b.Hck; c[9] = &b.DHck; c[10] = &b.Beta; c[11] = &b.Gate; c[12] = &b.HeadLogDecay; c[13] = &b.DQ; c[14] = &b.DK; c[15] = &b.DV;
-        c[16] = &b.DBeta; c[17] = &b.DGate; c[18] = &b.Chunks; c[19] = &b.Heads; c[20] = &b.KvHeads; c[21] = &b.Scale;
+        void** c = stackalloc void*[23];
+        c[0] = &b.Q; c[1] = &b.K; c[2] = &b.V; c[3] = &b.DO; c[4] = &b.Dnew; c[5] = &b.DDelta; c[6] = &b.W; c[7] = &b.U; c[8] = &b.T;
+        c[9] = &b.Hck; c[10] = &b.DHck; c[11] = &b.Beta; c[12] = &b.Gate; c[13] = &b.HeadLogDecay; c[14] = &b.DQ; c[15] = &b.DK; c[16] = &b.DV;
+        c[17] = &b.DBeta; c[18] = &b.DGate; c[19] = &b.Chunks; c[20] = &b.Heads; c[21] = &b.KvHeads; c[22] = &b.Scale;
         chunk.Launch((uint)_chunks, (uint)s.Heads, 1, Threads, (uint)BackwardChunkSharedBytes(s.KeyDim, s.ValueDim), stream, c);
     }
 
@@ -162,10 +169,10 @@ public sealed unsafe partial class CudaDeltaRulePlan
 
     /// <summary>
     /// Dynamic shared memory of <c>attend_delta_bwd_chunk</c> (mirrors its B_OFF_* layout): q, k, v, dO, δ, dδ, the state and
-    /// state-gradient tiles, dw, T, two 64 × 64 tiles, D ⊙ K Kᵀ in float32, and five float32 rows.
+    /// state-gradient tiles, dw, T, two 64 × 64 tiles, and five float32 rows.
     /// </summary>
     internal static int BackwardChunkSharedBytes(int keyDim, int valueDim) =>
-        2 * Chunk * keyDim * 2 + 4 * Chunk * valueDim * 2 + 2 * keyDim * valueDim * 2 + Chunk * keyDim * 2 + 3 * Chunk * 64 * 2 + Chunk * 65 * 4 + 4 * Chunk * 4 + 16 * 4;
+        2 * Chunk * keyDim * 2 + 4 * Chunk * valueDim * 2 + 2 * keyDim * valueDim * 2 + Chunk * keyDim * 2 + 3 * Chunk * 64 * 2 + 4 * Chunk * 4 + 16 * 4;
 
     /// <summary>The NVRTC options of one backward specialisation.</summary>
     internal static string[] BackwardOptions(int keyDim, int valueDim, ElementType type, int gate) =>
@@ -217,6 +224,7 @@ public sealed unsafe partial class CudaDeltaRulePlan
         _stateGradients = new DeviceBuffer(_context, Math.Max(4, stateElements * 2));
         _delta = new DeviceBuffer(_context, Math.Max(4, valueElements * 2));
         _deltaGradient = new DeviceBuffer(_context, Math.Max(4, valueElements * 2));
+        _inverse = new DeviceBuffer(_context, Math.Max(4, (long)s.Batch * s.Tokens * s.Heads * Chunk * 2));
     }
 
     private void DisposeBackwardBuffers()
@@ -225,6 +233,7 @@ public sealed unsafe partial class CudaDeltaRulePlan
         _stateGradients?.Dispose();
         _delta?.Dispose();
         _deltaGradient?.Dispose();
+        _inverse?.Dispose();
     }
 
     private static void RequireBytes(DeviceBuffer buffer, string name, long bytes)
@@ -236,7 +245,7 @@ public sealed unsafe partial class CudaDeltaRulePlan
     [System.Runtime.InteropServices.StructLayout(System.Runtime.InteropServices.LayoutKind.Sequential)]
     private struct BackwardArguments
     {
-        public ulong Q, K, V, DO, Dnew, DDelta, W, U, A, Hck, DHck, Beta, Gate, HeadLogDecay, DST, DS0, DQ, DK, DV, DBeta, DGate, Seqs, Chunks;
+        public ulong Q, K, V, DO, Dnew, DDelta, W, U, A, T, Hck, DHck, Beta, Gate, HeadLogDecay, DST, DS0, DQ, DK, DV, DBeta, DGate, Seqs, Chunks;
         public int Heads, KvHeads, Dv;
         public float Scale;
     }

@@ -261,7 +261,7 @@ public sealed unsafe partial class CudaDeltaRulePlan : IDisposable
         {
             void** p = stackalloc void*[14];
             p[0] = &a.Q; p[1] = &a.K; p[2] = &a.V; p[3] = &a.Beta; p[4] = &a.Gate; p[5] = &a.HeadLogDecay; p[6] = &a.W; p[7] = &a.U;
-            p[8] = &a.A; p[9] = &a.Chunks; p[10] = &a.Heads; p[11] = &a.KvHeads; p[12] = &a.Dv;
+            p[8] = &a.A; p[9] = &a.Chunks; p[10] = &a.Heads; p[11] = &a.KvHeads; p[12] = &a.Dv; p[13] = &a.Tout;
             _prepare!.Launch((uint)_chunks, (uint)s.Heads, 1, Threads, (uint)PrepareSharedBytes(s.KeyDim), stream, p);
         }
         LaunchChain(&a, stream);
@@ -290,9 +290,9 @@ public sealed unsafe partial class CudaDeltaRulePlan : IDisposable
             HeadLogDecay = _fixedDecay ? _headLogDecay.Pointer : 0, W = _w!.Pointer, U = _u!.Pointer, A = _a!.Pointer, Chunks = _chunkTable.Pointer,
             Heads = Shape.Heads, KvHeads = Shape.KvHeads, Dv = Shape.ValueDim,
         };
-        void** p = stackalloc void*[13];
+        void** p = stackalloc void*[14];
         p[0] = &a.Q; p[1] = &a.K; p[2] = &a.V; p[3] = &a.Beta; p[4] = &a.Gate; p[5] = &a.HeadLogDecay; p[6] = &a.W; p[7] = &a.U;
-        p[8] = &a.A; p[9] = &a.Chunks; p[10] = &a.Heads; p[11] = &a.KvHeads; p[12] = &a.Dv;
+        p[8] = &a.A; p[9] = &a.Chunks; p[10] = &a.Heads; p[11] = &a.KvHeads; p[12] = &a.Dv; p[13] = &a.Tout;
         _prepare!.Launch((uint)_chunks, (uint)Shape.Heads, 1, Threads, (uint)PrepareSharedBytes(Shape.KeyDim), stream, p);
     }
 
@@ -385,7 +385,7 @@ public sealed unsafe partial class CudaDeltaRulePlan : IDisposable
     [StructLayout(LayoutKind.Sequential)]
     private struct Arguments
     {
-        public ulong Q, K, V, O, Beta, Gate, HeadLogDecay, S0, ST, W, U, A, Seqs, Chunks, Hck, Dnew;
+        public ulong Q, K, V, O, Beta, Gate, HeadLogDecay, S0, ST, W, U, A, Seqs, Chunks, Hck, Dnew, Tout;
         public int Heads, KvHeads, Dv;
         public float Scale;
     }
