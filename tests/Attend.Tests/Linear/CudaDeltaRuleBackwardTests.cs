@@ -188,6 +188,35 @@ public class CudaDeltaRuleBackwardTests
         }
     }
 
+    [Attend.Tests.Cuda.CudaFact]
+    public void BackwardArgumentsAreCheckedByName()
+    {
+        CudaContext context = CudaContext.Default;
+        var shape = new LinearShape(1, 70, 2, 2, 64, 64);
+        var options = new LinearAttentionOptions { Update = LinearUpdate.Delta };
+        using var plan = new CudaDeltaRulePlan(context, shape, ElementType.BFloat16, options);
+        using CudaTensor q = CudaTensor.Create(context, ElementType.BFloat16, 1, 70, 2, 64);
+        using CudaTensor k = CudaTensor.Create(context, ElementType.BFloat16, 1, 70, 2, 64);
+        using CudaTensor v = CudaTensor.Create(context, ElementType.BFloat16, 1, 70, 2, 64);
+        using CudaTensor dO = CudaTensor.Create(context, ElementType.BFloat16, 1, 70, 2, 64);
+        using var grad = new DeviceBuffer(context, 70L * 2 * 64 * 4);
+        using var small = new DeviceBuffer(context, 16);
+        using var rowBuffer = new DeviceBuffer(context, 70L * 2 * 4);
+        // dβ without β (β = 1 has no gradient), a gate on the delta rule, a short query gradient.
+        var e = Assert.Throws<ArgumentException>(() => plan.Backward(q, k, v, null, null, null, dO, null, grad, grad, grad, rowBuffer, null, null));
+        Assert.Equal("betaGradient", e.ParamName);
+        e = Assert.Throws<ArgumentException>(() => plan.Backward(q, k, v, null, rowBuffer, null, dO, null, grad, grad, grad, null, null, null));
+        Assert.Equal("gate", e.ParamName);
+        e = Assert.Throws<ArgumentException>(() => plan.Backward(q, k, v, null, null, null, dO, null, small, grad, grad, null, null, null));
+        Assert.Equal("queryGradient", e.ParamName);
+        e = Assert.Throws<ArgumentException>(() => plan.Backward(q, k, v, null, null, null, dO, small, grad, grad, grad, null, null, null));
+        Assert.Equal("finalStateGradient", e.ParamName);
+        // The recurrent form has no backward: refused with the reason.
+        using var recurrent = new CudaDeltaRulePlan(context, shape, ElementType.BFloat16, options with { Form = LinearForm.Recurrent });
+        NotSupportedException n = Assert.Throws<NotSupportedException>(() => recurrent.Backward(q, k, v, null, null, null, dO, null, grad, grad, grad, null, null, null));
+        Assert.Contains("chunked", n.Message);
+    }
+
     private static void NormaliseRows(float[] x, int width)
     {
         for (int r = 0; r < x.Length / width; r++)
