@@ -176,7 +176,7 @@ def main():
         out.append({"method": kind, "T": T, "H": a.H, "D": a.D, "fla_fwd_ms": fwd, "fla_fwd_bwd_ms": fb,
                     "fla_fwd_mtok_s": theirs, "fla_fwd_bwd_mtok_s": theirs_fb, "ours_fwd_mtok_s": mine_m, "ratio_fwd": ratio,
                     "ours_fwd_bwd_mtok_s": mine_fb, "ratio_fwd_bwd": ratio_fb})
-    print("ours fwd+bwd: the CUDA chunked backward covers linear_attn, retnet, simple_gla and gla (with the gate's gradient)")
+    print("ours fwd+bwd: the CUDA chunked backward covers linear_attn, retnet, simple_gla, gla (with the gate's gradient), delta and gated_delta (with dβ and the gate's gradient)")
     print("JSON " + json.dumps(out))
     return 0
 

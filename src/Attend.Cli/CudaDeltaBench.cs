@@ -47,6 +47,16 @@ internal static class CudaDeltaBench
                         $"{name,-12} {"chunked",-9} {t,6} {(r.Passed ? ms.ToString("F3", CultureInfo.InvariantCulture) : "-"),9} {(r.Passed ? (r.TokensPerS!.Value / 1e6).ToString("F1", CultureInfo.InvariantCulture) : "FAILED"),9} {r.Gflops / 1e3,8:F1} {gbps,7:F0} {r.MaxRelErr,9:E2}  (w, u, A kernel {prepareMs:F3} ms)"));
                 }
             }
+        // Forward + backward, as flash-linear-attention's peers are timed: o, then dq, dk, dv, dβ (and d log α).
+        foreach (int t in lengths)
+            foreach (Method m in s_methods)
+            {
+                LinearRecord r = ForwardBackward(ctx, m, t, quick, out double ms, out double backwardMs, out double recomputeMs, out double chainMs);
+                records.Add(r);
+                if (!r.Passed) failed++;
+                output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"{m.Name,-12} {"fwd+bwd",-9} {t,6} {(r.Passed ? ms.ToString("F3", CultureInfo.InvariantCulture) : "-"),9} {(r.Passed ? (r.TokensPerS!.Value / 1e6).ToString("F1", CultureInfo.InvariantCulture) : "FAILED"),9}   (backward alone {backwardMs:F3} ms: recompute {recomputeMs:F3}, reverse chain {chainMs:F3}, chunk kernel {backwardMs - recomputeMs - chainMs:F3}; gradients {(r.Passed ? "finite" : "NOT finite")})"));
+            }
         foreach (Method m in s_methods)
         {
             const int batch = 8;
@@ -56,6 +66,7 @@ internal static class CudaDeltaBench
                 $"{m.Name,-12} {"recurrent",-9} {"B=" + batch,6} decode step {r.UsPerToken * batch,8:F2} µs per step ({batch} sequences x {Heads} heads, state read and written in place; {r.UsPerToken:F2} µs per token)"));
         }
         foreach (string line in CudaDeltaRulePlan.Describe()) output.WriteLine("  " + line);
+        foreach (string line in CudaDeltaRulePlan.DescribeBackward()) output.WriteLine("  " + line);
         return failed;
     }
 
@@ -97,6 +108,57 @@ internal static class CudaDeltaBench
         return new LinearRecord(name, "chunked", t, Dim, Heads, passed ? t / seconds : null, null, passed ? flops / seconds / 1e12 / ceilings.GemmTflops : null,
             maxRelErr, 0)
         { Gflops = flops / seconds / 1e9, Passed = passed };
+    }
+
+    // Forward (output) then backward (dq, dk, dv, dβ float32, and d log α for the gated rule) on device-resident tensors.
+    // The gradients' correctness is attend check's (against the float64 reference); here they must be finite and written.
+    private static LinearRecord ForwardBackward(CudaContext ctx, Method m, int t, bool quick, out double ms, out double backwardMs, out double recomputeMs,
+        out double chainMs)
+    {
+        var shape = LinearShape.Mha(1, t, Heads, Dim);
+        long n = (long)t * Heads * Dim;
+        using CudaTensor q = Random(ctx, 1, t, 61, false), k = Random(ctx, 1, t, 62, true), v = Random(ctx, 1, t, 63, false), dO = Random(ctx, 1, t, 64, false);
+        using CudaTensor o = CudaTensor.Create(ctx, ElementType.BFloat16, 1, t, Heads, Dim);
+        using DeviceBuffer beta = DeviceBuffer.From<float>(ctx, Betas((long)t * Heads, 65));
+        using DeviceBuffer? gate = m.Decay == LinearDecay.ScalarGate ? DeviceBuffer.From<float>(ctx, Gates((long)t * Heads, 66)) : null;
+        using var dq = new DeviceBuffer(ctx, n * 4);
+        using var dk = new DeviceBuffer(ctx, n * 4);
+        using var dv = new DeviceBuffer(ctx, n * 4);
+        using var dbeta = new DeviceBuffer(ctx, (long)t * Heads * 4);
+        using DeviceBuffer? dg = gate is null ? null : new DeviceBuffer(ctx, (long)t * Heads * 4);
+        using var plan = new CudaDeltaRulePlan(ctx, shape, ElementType.BFloat16, Options(m, LinearForm.Chunked));
+        using var stream = new CudaStream(ctx);
+        foreach (DeviceBuffer? b in (DeviceBuffer?[])[dq, dk, dv, dbeta, dg]) b?.Fill(0xFF);
+        plan.Run(q, k, v, beta, gate, null, o, null, stream);
+        plan.Backward(q, k, v, beta, gate, null, dO, null, dq, dk, dv, dbeta, dg, null, stream);
+        stream.Synchronize();
+        bool passed = true;
+        foreach (DeviceBuffer? b in (DeviceBuffer?[])[dq, dk, dv, dbeta, dg])
+        {
+            if (b is null) continue;
+            var host = new float[b.Bytes / 4];
+            b.CopyTo<float>(host);
+            foreach (float x in host)
+                if (!float.IsFinite(x))
+                {
+                    passed = false;
+                    break;
+                }
+        }
+        int reps = quick ? 5 : 20;
+        ms = CudaLinearBench.Median(() =>
+        {
+            plan.Run(q, k, v, beta, gate, null, o, null, stream);
+            plan.Backward(q, k, v, beta, gate, null, dO, null, dq, dk, dv, dbeta, dg, null, stream);
+        }, ctx, stream, reps);
+        backwardMs = CudaLinearBench.Median(() => plan.Backward(q, k, v, beta, gate, null, dO, null, dq, dk, dv, dbeta, dg, null, stream), ctx, stream, reps);
+        // The backward's stages: the forward recomputed (w, u, A, T, the chain's checkpoints), then the reverse chain.
+        plan.BackwardStages = 1;
+        recomputeMs = CudaLinearBench.Median(() => plan.Backward(q, k, v, beta, gate, null, dO, null, dq, dk, dv, dbeta, dg, null, stream), ctx, stream, reps);
+        plan.BackwardStages = 2;
+        chainMs = CudaLinearBench.Median(() => plan.Backward(q, k, v, beta, gate, null, dO, null, dq, dk, dv, dbeta, dg, null, stream), ctx, stream, reps) - recomputeMs;
+        plan.BackwardStages = 3;
+        return new LinearRecord(m.Name, "fwd+bwd", t, Dim, Heads, passed ? t / (ms / 1e3) : null, null, null, null, 0) { Passed = passed };
     }
 
     private static LinearRecord Decode(CudaContext ctx, Method m, int batch, bool quick)

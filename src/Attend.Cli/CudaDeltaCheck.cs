@@ -54,7 +54,122 @@ internal static class CudaDeltaCheck
                 if (ok) passed++;
                 else failed++;
             }
+        (int bp, int bf) = RunBackward(rng, output, error);
+        return (passed + bp, failed + bf);
+    }
+
+    /// <summary>Only the backward problems (ATTEND_CHECK_CUDA_PARTS=delta-bwd).</summary>
+    public static (int Passed, int Failed) RunBackwardOnly(int seed, TextWriter output, TextWriter error) =>
+        RunBackward(new Random(unchecked(seed * 31 + 19)), output, error);
+
+    private sealed record BackwardCase(string Name, int B, int T, int H, int Hkv, int Dk, int Dv, LinearUpdate Update, LinearDecay Decay, bool InitialState,
+        bool StateGradient, int[]? Lengths = null, bool Beta = true, float GateScale = 1f, bool ExtremeBeta = false);
+
+    // The chunked backward (CudaDeltaRulePlan.Backward): dq, dk, dv, dβ, d log α and dS0 against the float64 naive form's
+    // gradients on the same inputs rounded to the element type, into NaN-poisoned gradients.
+    private static (int Passed, int Failed) RunBackward(Random rng, TextWriter output, TextWriter error)
+    {
+        int Odd(int lo, int hi) => rng.Next(lo, hi) | 1;
+        const LinearUpdate D = LinearUpdate.Delta, G = LinearUpdate.GatedDelta;
+        // Four specialisations per element type ((Dk, Dv, gate): (128, 128, 0), (64, 64, 0), (128, 128, 1), (64, 128, 1)).
+        BackwardCase[] cases =
+        [
+            new("bwd delta, S0 and dS_T", 2, Odd(65, 400), 4, 4, 128, 128, D, LinearDecay.None, true, true),
+            new("bwd delta, GQA 2:1, Dk 64, beta = 1", 1, Odd(129, 500), 4, 2, 64, 64, D, LinearDecay.None, false, false, Beta: false),
+            new("bwd delta, long, beta near 0 and 1", 1, Odd(1100, 1500), 2, 2, 128, 128, D, LinearDecay.None, true, true, ExtremeBeta: true),
+            new("bwd gated, T = 64m + r, S0 and dS_T", 1, 64 * rng.Next(2, 6) + rng.Next(1, 63), 4, 4, 128, 128, G, LinearDecay.ScalarGate, true, true),
+            new("bwd gated, fixed decay, GQA 4:1", 1, Odd(65, 300), 4, 1, 128, 128, G, LinearDecay.FixedPerHead, true, true),
+            new("bwd gated, T = 1, GQA 2:1", 3, 1, 4, 2, 128, 128, G, LinearDecay.ScalarGate, true, true),
+            new("bwd gated, varlen (1, empty), strong", 1, 0, 4, 2, 64, 128, G, LinearDecay.ScalarGate, true, true, [1, rng.Next(2, 200), 0, rng.Next(300, 700)], GateScale: 8f, ExtremeBeta: true),
+            new("bwd gated, weak gates, no dS_T", 1, Odd(200, 600), 2, 2, 64, 128, G, LinearDecay.ScalarGate, true, false, GateScale: 0.02f),
+        ];
+        int passed = 0, failed = 0;
+        foreach (BackwardCase c in cases)
+            foreach (ElementType type in (ElementType[])[ElementType.BFloat16, ElementType.Float16])
+            {
+                (double[] errs, string? problem) = type == ElementType.BFloat16 ? OneBackward<BFloat16>(c, type, rng) : OneBackward<Half>(c, type, rng);
+                double tol = CheckCommand.GradientTolerance(type);
+                bool ok = problem is null && errs.All(e => e <= tol);
+                int t = c.Lengths?.Sum() ?? c.T;
+                string label = (c.Update == D ? "CudaDelta" : "CudaGatedDelta") + " backward";
+                string line = string.Create(CultureInfo.InvariantCulture,
+                    $"  {(ok ? "ok  " : "FAIL")} {label,-24} {type.ShortName(),-4} {c.Name,-36} B={c.B} T={t} H={c.H}/{c.Hkv} Dk={c.Dk} Dv={c.Dv} {c.Decay}  dq={errs[0]:E2} dk={errs[1]:E2} dv={errs[2]:E2} dbeta={errs[3]:E2} dg={errs[4]:E2} dS0={errs[5]:E2} (tol {tol:G2}){(problem is null ? "" : "  " + problem)}");
+                (ok ? output : error).WriteLine(line);
+                if (ok) passed++;
+                else failed++;
+            }
         return (passed, failed);
+    }
+
+    // Relative L2 errors of dq, dk, dv, dβ (0 without β), d log α (0 without a gate) and dS0 (0 without an initial state).
+    private static (double[] Errors, string? Problem) OneBackward<T>(BackwardCase c, ElementType type, Random rng) where T : unmanaged
+    {
+        SeqOffsets? offsets = c.Lengths is null ? null : SeqOffsets.FromLengths(c.Lengths);
+        int tokens = offsets?.TotalTokens ?? c.T, n = offsets?.Count ?? c.B;
+        var shape = new LinearShape(c.B, tokens, c.H, c.Hkv, c.Dk, c.Dv);
+        long rows = (long)c.B * tokens;
+        float[] q = Rounded<T>(rng, rows * c.H * c.Dk, 1, 1.0), k = Rounded<T>(rng, rows * c.Hkv, c.Dk, 0), v = Rounded<T>(rng, rows * c.Hkv * c.Dv, 1, 1.0);
+        float[] dO = Rounded<T>(rng, rows * c.H * c.Dv, 1, 1.0);
+        float[] beta = !c.Beta ? [] : c.ExtremeBeta ? ExtremeBetas(rng, rows * c.H) : Betas(rng, rows * c.H);
+        float[] gate = c.Decay == LinearDecay.ScalarGate ? CudaLinearCheck.Gates(rng, rows * c.H, c.GateScale) : [];
+        float[]? gamma = c.Decay == LinearDecay.FixedPerHead ? Enumerable.Range(0, c.H).Select(_ => (float)(1 - Math.Pow(2, -rng.Next(2, 8)))).ToArray() : null;
+        long stateLength = (long)n * c.H * c.Dk * c.Dv;
+        float[] s0 = c.InitialState ? Rounded<float>(rng, stateLength, 1, 0.3) : [];
+        float[] dST = c.StateGradient ? Rounded<float>(rng, stateLength, 1, 0.3) : [];
+        var options = new LinearAttentionOptions { Form = LinearForm.Chunked, Update = c.Update, Decay = c.Decay, HeadDecay = gamma, Scale = 1f / MathF.Sqrt(c.Dk) };
+        var inputs = new LinearInputs { Shape = shape, Q = q, K = k, V = v, Beta = beta, Gate = gate, InitialState = s0, Offsets = offsets };
+        float[] rq = new float[q.Length], rk = new float[k.Length], rv = new float[v.Length], rb = new float[beta.Length], rg = new float[gate.Length];
+        float[] rs = new float[c.InitialState ? stateLength : 0];
+        LinearAttention.Backward(inputs, options with { Form = LinearForm.Naive }, dO, dST,
+            new LinearGradients { Q = rq, K = rk, V = rv, Beta = rb, Gate = rg, InitialState = rs });
+
+        CudaContext context = CudaContext.Default;
+        try
+        {
+            using var plan = new CudaDeltaRulePlan(context, shape, type, options, offsets);
+            using CudaTensor tq = CudaLinearCheck.Upload<T>(context, q, c.B, tokens, c.H, c.Dk);
+            using CudaTensor tk = CudaLinearCheck.Upload<T>(context, k, c.B, tokens, c.Hkv, c.Dk);
+            using CudaTensor tv = CudaLinearCheck.Upload<T>(context, v, c.B, tokens, c.Hkv, c.Dv);
+            using CudaTensor tdO = CudaLinearCheck.Upload<T>(context, dO, c.B, tokens, c.H, c.Dv);
+            using DeviceBuffer? dbeta = beta.Length == 0 ? null : DeviceBuffer.From<float>(context, beta);
+            using DeviceBuffer? dgate = gate.Length == 0 ? null : DeviceBuffer.From<float>(context, gate);
+            using DeviceBuffer? ds0 = s0.Length == 0 ? null : DeviceBuffer.From<float>(context, s0);
+            using DeviceBuffer? ddST = dST.Length == 0 ? null : DeviceBuffer.From<float>(context, dST);
+            using var gq = new DeviceBuffer(context, Math.Max(4, q.Length * 4L));
+            using var gk = new DeviceBuffer(context, Math.Max(4, k.Length * 4L));
+            using var gv = new DeviceBuffer(context, Math.Max(4, v.Length * 4L));
+            using DeviceBuffer? gb = beta.Length == 0 ? null : new DeviceBuffer(context, beta.Length * 4L);
+            using DeviceBuffer? gg = gate.Length == 0 ? null : new DeviceBuffer(context, gate.Length * 4L);
+            using DeviceBuffer? gs = rs.Length == 0 ? null : new DeviceBuffer(context, Math.Max(4, stateLength * 4));
+            foreach (DeviceBuffer? poisoned in (DeviceBuffer?[])[gq, gk, gv, gb, gg, gs]) poisoned?.Fill(0xFF);
+            plan.Backward(tq, tk, tv, dbeta, dgate, ds0, tdO, ddST, gq, gk, gv, gb, gg, gs);
+            context.Synchronize();
+            double Error(DeviceBuffer? buffer, float[] expected, ref int nan)
+            {
+                if (buffer is null || expected.Length == 0) return 0;
+                var actual = new float[expected.Length];
+                buffer.CopyTo<float>(actual);
+                double e = CudaLinearCheck.Relative<float>(actual, expected, out int bad);
+                nan += bad;
+                return e;
+            }
+            int nanCount = 0;
+            double[] errs = [Error(gq, rq, ref nanCount), Error(gk, rk, ref nanCount), Error(gv, rv, ref nanCount), Error(gb, rb, ref nanCount),
+                Error(gg, rg, ref nanCount), Error(gs, rs, ref nanCount)];
+            return (errs, nanCount > 0 ? $"{nanCount} NaN/unwritten gradient entries" : null);
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            return ([.. Enumerable.Repeat(double.PositiveInfinity, 6)], $"{e.GetType().Name}: {AttendApp.OneLine(e)}");
+        }
+    }
+
+    // β near its ends: half the tokens in (0.001, 0.03), half in (0.97, 1].
+    private static float[] ExtremeBetas(Random rng, long count)
+    {
+        var b = new float[count];
+        for (long i = 0; i < count; i++) b[i] = (float)(rng.Next(2) == 0 ? 0.001 + 0.029 * rng.NextDouble() : 1 - 0.03 * rng.NextDouble());
+        return b;
     }
 
     private static (double Output, double State, string? Problem) One<T>(DeltaCase c, ElementType type, Random rng) where T : unmanaged

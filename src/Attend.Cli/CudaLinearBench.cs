@@ -49,9 +49,11 @@ internal static class CudaLinearBench
             lengths = only.Split(',').Select(x => int.Parse(x, CultureInfo.InvariantCulture)).ToArray();
         var records = new List<LinearRecord>();
         int failed = 0;
+        // ATTEND_BENCH_LINEAR_DELTA_ONLY=1 (a development switch) times only the delta rules' rows.
+        Method[] methods = Environment.GetEnvironmentVariable("ATTEND_BENCH_LINEAR_DELTA_ONLY") == "1" ? [] : s_methods;
         output.WriteLine($"{"method",-12} {"form",-9} {"T",6} {"ms",9} {"M tok/s",9} {"TFLOP/s",8} {"GB/s",7} {"max rel",9}  (H = {Heads}, D = {Dim}, bf16, B = 1)");
         foreach (int t in lengths)
-            foreach (Method m in s_methods)
+            foreach (Method m in methods)
             {
                 LinearRecord r = Chunked(ctx, m, t, quick, ceilings, out double ms, out double gbps);
                 records.Add(r);
@@ -61,7 +63,7 @@ internal static class CudaLinearBench
             }
         // Forward + backward, as flash-linear-attention's peers are timed: o = forward, then dq, dk, dv (and d log gate).
         foreach (int t in lengths)
-            foreach (Method m in s_methods)
+            foreach (Method m in methods)
             {
                 if (!CudaLinearPlan.IsBackwardSupported(LinearShape.Mha(1, t, Heads, Dim), ElementType.BFloat16, Options(m, LinearForm.Chunked), out _)) continue;
                 LinearRecord r = ForwardBackward(ctx, m, t, quick, out double ms, out double backwardMs);
@@ -70,7 +72,7 @@ internal static class CudaLinearBench
                 output.WriteLine(string.Create(CultureInfo.InvariantCulture,
                     $"{m.Name,-12} {"fwd+bwd",-9} {t,6} {(r.Passed ? ms.ToString("F3", CultureInfo.InvariantCulture) : "-"),9} {(r.Passed ? (r.TokensPerS!.Value / 1e6).ToString("F1", CultureInfo.InvariantCulture) : "FAILED"),9}   (backward alone {backwardMs:F3} ms; gradients {(r.Passed ? "finite" : "NOT finite")})"));
             }
-        foreach (Method m in s_methods)
+        foreach (Method m in methods)
         {
             const int batch = 8;
             LinearRecord r = Decode(ctx, m, batch, quick);

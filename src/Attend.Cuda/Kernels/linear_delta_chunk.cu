@@ -143,7 +143,8 @@ attend_delta_prepare(
     const float* __restrict__ gate,          // GATE 1: [tokens, H] log α (unless headLogDecay)
     const float* __restrict__ headLogDecay,  // GATE 1: [H] log γ, or null to read `gate`
     elem_t* __restrict__ W, elem_t* __restrict__ U, elem_t* __restrict__ A,   // [tokens, H, DK], [tokens, H, dv], [tokens, H, 64]
-    const DeltaRow* __restrict__ chunks, int heads, int kvHeads, int dv)
+    const DeltaRow* __restrict__ chunks, int heads, int kvHeads, int dv,
+    elem_t* __restrict__ Tout)               // backward only: T = (I + L)⁻¹ [tokens, H, 64] (element type), or null
 {
     extern __shared__ __align__(128) unsigned char smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -266,6 +267,8 @@ attend_delta_prepare(
             const unsigned pu = pack2(x[i] * bc, 0.f), pw = pack2(x[i] * bw, 0.f);
             *(elem_t*)(tu + o) = (elem_t)(pu & 0xffffu);
             *(elem_t*)(tw + o) = (elem_t)(pw & 0xffffu);
+            // Row i of T for the backward (threads c = 0..63 write one row's 128 contiguous bytes together).
+            if (Tout != 0 && i < len) Tout[((tok0 + i) * heads + h) * 64 + c] = (elem_t)(pack2(x[i], 0.f) & 0xffffu);
         }
     }
     __syncthreads();
@@ -381,7 +384,9 @@ attend_delta_chunk(
     const elem_t* __restrict__ Q, const elem_t* __restrict__ K, const elem_t* __restrict__ W, const elem_t* __restrict__ U,
     const elem_t* __restrict__ A, const float* __restrict__ gate, const float* __restrict__ headLogDecay,
     const float* __restrict__ S0, float* __restrict__ ST,   // [N, H, DK, dv] or null
-    elem_t* __restrict__ O, const DeltaRow* __restrict__ seqs, int heads, int kvHeads, int dv, float scale)
+    elem_t* __restrict__ O, const DeltaRow* __restrict__ seqs, int heads, int kvHeads, int dv, float scale,
+    elem_t* __restrict__ Hck,     // backward only: the state at each chunk's start [chunks, H, DK, dv] (element type), or null
+    elem_t* __restrict__ Dnew)    // backward only: δ [tokens, H, dv] (element type, as rounded here), or null
 {
     extern __shared__ __align__(128) unsigned char smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -478,6 +483,22 @@ attend_delta_chunk(
         }
         cp_async_commit();
 
+        if (Hck != 0)
+        {
+            // The backward's checkpoint: the state at this chunk's start, rounded as the shared copy below is (sq.pad is
+            // the sequence's first chunk index).
+            elem_t* hb = Hck + ((long long)(sq.pad + c) * heads + h) * DK * dv + col0;
+#pragma unroll
+            for (int m = 0; m < MS; m++)
+#pragma unroll
+                for (int half = 0; half < 2; half++)
+                {
+                    const int row = stateRow0 + 16 * m + g + 8 * half;
+#pragma unroll
+                    for (int j = 0; j < VC; j++)
+                        *(unsigned*)(hb + (long long)row * dv + 8 * j + 2 * t) = pack2(st[m][j][2 * half], st[m][j][2 * half + 1]);
+                }
+        }
         const unsigned st0 = base + stage * C_STAGE;
         const unsigned sQ = st0 + C_OFF_Q, sK = st0 + C_OFF_K, sW = st0 + C_OFF_W, sU = st0 + uOff, sA = st0 + C_OFF_A;
         const unsigned sS = base + sOff + stage * DK * BV * 2;
@@ -573,6 +594,7 @@ attend_delta_chunk(
                 asm volatile("ld.shared.b32 %0, [%1];" : "=r"(uu) : "r"(sU + o));
                 const unsigned d = pack2(elem_lo(uu) - va[j][2 * half], elem_hi(uu) - va[j][2 * half + 1]);
                 asm volatile("st.shared.b32 [%0], %1;" :: "r"(sD + o), "r"(d));
+                if (Dnew != 0 && row < len) *(unsigned*)(Dnew + (tok0 + c0 + row) * uStride + (long long)h * dv + col0 + 8 * j + 2 * t) = d;
             }
         }
         // δ is this group's own: its 4 warps wait for each other (named barrier 1 + vh), not for the other group.
@@ -613,7 +635,7 @@ attend_delta_chunk(
         for (int half = 0; half < 2; half++)
         {
             const int row = wr + g + 8 * half;
-            if (row < len)
+            if (O != 0 && row < len)
             {
                 elem_t* out = O + (tok0 + c0 + row) * uStride + (long long)h * dv + col0;
 #pragma unroll

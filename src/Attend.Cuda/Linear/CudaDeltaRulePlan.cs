@@ -25,7 +25,7 @@ namespace Attend.Cuda.Linear;
 /// recurrent form walks the tokens one by one (decode). <see cref="LinearAttentionOptions.ChunkSize"/> and
 /// <see cref="LinearAttentionOptions.Threads"/> apply to the CPU engine only.
 /// </remarks>
-public sealed unsafe class CudaDeltaRulePlan : IDisposable
+public sealed unsafe partial class CudaDeltaRulePlan : IDisposable
 {
     /// <summary>Tokens per chunk of the chunked form.</summary>
     public const int Chunk = 64;
@@ -41,6 +41,7 @@ public sealed unsafe class CudaDeltaRulePlan : IDisposable
     private readonly CudaKernelFunction? _prepare, _chunk, _recurrent;
     private readonly DeviceBuffer _headLogDecay, _sequenceTable, _chunkTable;
     private readonly DeviceBuffer? _w, _u, _a;
+    private readonly CudaContext _context;
     private readonly int _sequences, _chunks;
     private readonly float _scale;
     private readonly bool _fixedDecay;
@@ -73,6 +74,7 @@ public sealed unsafe class CudaDeltaRulePlan : IDisposable
             || (chunked && shape.ValueDim % (ValueBlock * ValueGroups) != 0))
             throw new ArgumentOutOfRangeException(ValueBlock is not (16 or 32 or 64) ? nameof(valueBlock) : nameof(valueGroups),
                 $"The value block must be 16, 32 or 64 and the groups 1 or 2, at most 64 columns per CTA, dividing Dv = {shape.ValueDim}; got {ValueBlock} x {ValueGroups}.");
+        _context = context;
         Shape = shape;
         ElementType = elementType;
         Form = options.Form ?? LinearForm.Chunked;
@@ -259,12 +261,21 @@ public sealed unsafe class CudaDeltaRulePlan : IDisposable
         {
             void** p = stackalloc void*[14];
             p[0] = &a.Q; p[1] = &a.K; p[2] = &a.V; p[3] = &a.Beta; p[4] = &a.Gate; p[5] = &a.HeadLogDecay; p[6] = &a.W; p[7] = &a.U;
-            p[8] = &a.A; p[9] = &a.Chunks; p[10] = &a.Heads; p[11] = &a.KvHeads; p[12] = &a.Dv;
+            p[8] = &a.A; p[9] = &a.Chunks; p[10] = &a.Heads; p[11] = &a.KvHeads; p[12] = &a.Dv; p[13] = &a.Tout;
             _prepare!.Launch((uint)_chunks, (uint)s.Heads, 1, Threads, (uint)PrepareSharedBytes(s.KeyDim), stream, p);
         }
-        void** c = stackalloc void*[15];
-        c[0] = &a.Q; c[1] = &a.K; c[2] = &a.W; c[3] = &a.U; c[4] = &a.A; c[5] = &a.Gate; c[6] = &a.HeadLogDecay; c[7] = &a.S0;
-        c[8] = &a.ST; c[9] = &a.O; c[10] = &a.Seqs; c[11] = &a.Heads; c[12] = &a.KvHeads; c[13] = &a.Dv; c[14] = &a.Scale;
+        LaunchChain(&a, stream);
+    }
+
+    // The sequential kernel (attend_delta_chunk) with the arguments in `a`; the backward sets Hck and Dnew (the
+    // checkpoints) and O = 0 (no output).
+    private void LaunchChain(Arguments* a, CudaStream? stream)
+    {
+        LinearShape s = Shape;
+        void** c = stackalloc void*[17];
+        c[0] = &a->Q; c[1] = &a->K; c[2] = &a->W; c[3] = &a->U; c[4] = &a->A; c[5] = &a->Gate; c[6] = &a->HeadLogDecay; c[7] = &a->S0;
+        c[8] = &a->ST; c[9] = &a->O; c[10] = &a->Seqs; c[11] = &a->Heads; c[12] = &a->KvHeads; c[13] = &a->Dv; c[14] = &a->Scale;
+        c[15] = &a->Hck; c[16] = &a->Dnew;
         _chunk!.Launch((uint)(s.ValueDim / (ValueBlock * ValueGroups)), (uint)s.Heads, (uint)_sequences, (uint)(Threads * ValueGroups),
             (uint)ChunkSharedBytes(s.KeyDim, ValueBlock, ValueGroups), stream, c);
     }
@@ -279,9 +290,9 @@ public sealed unsafe class CudaDeltaRulePlan : IDisposable
             HeadLogDecay = _fixedDecay ? _headLogDecay.Pointer : 0, W = _w!.Pointer, U = _u!.Pointer, A = _a!.Pointer, Chunks = _chunkTable.Pointer,
             Heads = Shape.Heads, KvHeads = Shape.KvHeads, Dv = Shape.ValueDim,
         };
-        void** p = stackalloc void*[13];
+        void** p = stackalloc void*[14];
         p[0] = &a.Q; p[1] = &a.K; p[2] = &a.V; p[3] = &a.Beta; p[4] = &a.Gate; p[5] = &a.HeadLogDecay; p[6] = &a.W; p[7] = &a.U;
-        p[8] = &a.A; p[9] = &a.Chunks; p[10] = &a.Heads; p[11] = &a.KvHeads; p[12] = &a.Dv;
+        p[8] = &a.A; p[9] = &a.Chunks; p[10] = &a.Heads; p[11] = &a.KvHeads; p[12] = &a.Dv; p[13] = &a.Tout;
         _prepare!.Launch((uint)_chunks, (uint)Shape.Heads, 1, Threads, (uint)PrepareSharedBytes(Shape.KeyDim), stream, p);
     }
 
@@ -298,15 +309,21 @@ public sealed unsafe class CudaDeltaRulePlan : IDisposable
         return 2 * stage + valueGroups * (2 * keyDim * valueBlock * 2 + Chunk * valueBlock * 2);
     }
 
-    /// <summary>The second kernel's table: one row (sequence, first token, length, 0) per sequence.</summary>
+    /// <summary>
+    /// The second kernel's table: one row (sequence, first token, length, first chunk) per sequence; the first chunk is
+    /// the sequence's first row in <see cref="ChunkTable"/> (the backward's checkpoints are indexed by it).
+    /// </summary>
     internal static int[] SequenceTable(int[] starts, int[] lengths)
     {
         var table = new int[starts.Length * 4];
+        int chunk = 0;
         for (int n = 0; n < starts.Length; n++)
         {
             table[4 * n] = n;
             table[4 * n + 1] = starts[n];
             table[4 * n + 2] = lengths[n];
+            table[4 * n + 3] = chunk;
+            chunk += (lengths[n] + Chunk - 1) / Chunk;
         }
         return table;
     }
@@ -368,7 +385,7 @@ public sealed unsafe class CudaDeltaRulePlan : IDisposable
     [StructLayout(LayoutKind.Sequential)]
     private struct Arguments
     {
-        public ulong Q, K, V, O, Beta, Gate, HeadLogDecay, S0, ST, W, U, A, Seqs, Chunks;
+        public ulong Q, K, V, O, Beta, Gate, HeadLogDecay, S0, ST, W, U, A, Seqs, Chunks, Hck, Dnew, Tout;
         public int Heads, KvHeads, Dv;
         public float Scale;
     }
@@ -382,5 +399,6 @@ public sealed unsafe class CudaDeltaRulePlan : IDisposable
         _w?.Dispose();
         _u?.Dispose();
         _a?.Dispose();
+        DisposeBackwardBuffers();
     }
 }

@@ -50,12 +50,19 @@ public sealed class CudaLinearBackend : ILinearAttentionBackend
     /// <remarks>
     /// The chunked backward on the GPU (<see cref="CudaLinearPlan.IsBackwardSupported"/>): no decay, a fixed decay per head,
     /// a scalar gate or a channel gate (with the gate's gradient), Dk and Dv 64 or 128; q, k, v and the output gradient
-    /// rounded to bf16, the gates and the gradients float32.
+    /// rounded to bf16, the gates and the gradients float32. The delta rules go to <see cref="CudaDeltaRulePlan.Backward"/>
+    /// (with dβ and the scalar gate's gradient).
     /// </remarks>
     public void Backward(in LinearInputs inputs, LinearAttentionOptions options, ReadOnlySpan<float> outputGradient, ReadOnlySpan<float> finalStateGradient,
         in LinearGradients gradients)
     {
         ArgumentNullException.ThrowIfNull(options);
+        if (CudaDeltaRuleHost.Handles(options))
+        {
+            // The delta rules' backward: CudaDeltaRulePlan.Backward.
+            CudaDeltaRuleHost.Backward(inputs, options, outputGradient, finalStateGradient, gradients);
+            return;
+        }
         LinearShape s = inputs.Shape;
         const ElementType type = ElementType.BFloat16;
         if (!CudaLinearPlan.IsBackwardSupported(s, type, options, out string reason)) throw new NotSupportedException(reason);

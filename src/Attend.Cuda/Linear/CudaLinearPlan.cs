@@ -418,7 +418,7 @@ public sealed unsafe class CudaLinearPlan : IDisposable
         options ??= new LinearAttentionOptions();
         if (options.Update is LinearUpdate.Delta or LinearUpdate.GatedDelta)
         {
-            reason = $"the {options.Update} rule's backward is not on the GPU (its forward runs in CudaDeltaRulePlan); it runs on the CPU";
+            reason = $"the {options.Update} rule's forward and backward run in CudaDeltaRulePlan (see CudaDeltaRulePlan.IsBackwardSupported), not in this plan";
             return false;
         }
         if (!IsSupported(shape, elementType, options, out reason)) return false;

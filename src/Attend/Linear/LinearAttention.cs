@@ -79,8 +79,8 @@ public static partial class LinearAttention
     /// recurrence, float32, as do those delta rules); <see cref="LinearForm.Recurrent"/>: the reverse recurrence;
     /// <see cref="LinearForm.Naive"/>: the float64 reference. With <see cref="LinearAttentionOptions.Backend"/> naming a
     /// registered backend, that backend's backward runs (CUDA: the chunked form of the additive rule with no decay, a fixed
-    /// decay, a scalar or a channel gate, the gate's gradient included; it throws <see cref="NotSupportedException"/> with
-    /// the reason for the rest).
+    /// decay, a scalar or a channel gate, the gate's gradient included, and of the delta and gated delta rules, β's and the
+    /// scalar gate's gradients included; it throws <see cref="NotSupportedException"/> with the reason for the rest).
     /// </summary>
     /// <param name="inputs">The forward inputs.</param>
     /// <param name="options">The forward options.</param>

@@ -1,0 +1,939 @@
+// Attend: the backward of the chunked delta rule and gated delta rule (scalar gate) of linear_delta_chunk.cu, on tensor
+// cores (mma.sync m16n8k16, bf16/fp16 operands, float32 accumulation). The method is flash-linear-attention's
+// decomposition of chunk_gated_delta_rule's backward (recompute w, u and the chunk states; a reverse sweep for the
+// state gradient and the corrected dδ; per chunk dq, dk, dw; the WY backward for dk, dv, dβ, dg); the kernels are ours.
+//
+// Forward, per 64-token chunk (b: the in-chunk cumulative log gate, inclusive; D_ij = e^{b_i − b_j}; S: the state at
+// the chunk's start; s: the scale):
+//   L_ij = β_i D_ij k_i·k_j (j < i),  T = (I + L)⁻¹,  w = T diag(β e^b) K,  u = T diag(β) V,  δ = u − w S,
+//   o = s (e^b ⊙ Q S + A δ) with A = tril(Q Kᵀ ⊙ D),   S' = e^{b_C} S + K̂ᵀ δ with K̂_j = e^{b_C − b_j} k_j.
+// Backward, X = dL/dS' (the state gradient at the chunk's end):
+//   dδ = s Aᵀ dO + K̂ X                                          (attend_delta_bwd_dstate, the reverse chain)
+//   dL/dS = e^{b_C} X + s (e^b ⊙ Q)ᵀ dO − wᵀ dδ                   (same kernel: the previous chunk's X)
+//   dq = s e^b ⊙ dO Sᵀ + (s dA ⊙ D) K,  dA = tril(dO δᵀ)          (attend_delta_bwd_chunk, every chunk at once)
+//   dk = (s dA ⊙ D)ᵀ Q + e^{b_C − b} ⊙ δ Xᵀ + diag(β e^b) Tᵀ dw + (E + Eᵀ) K
+//   dw = −dδ Sᵀ,  dv = diag(β) Tᵀ dδ,  G = dL/dL = −Tᵀ (dw wᵀ + dδ uᵀ) (strictly lower),  E = G ⊙ β_i D_ij
+//   dβ_i = e^{b_i} k_i·(Tᵀ dw)_i + v_i·(Tᵀ dδ)_i + Σ_j G_ij D_ij k_i·k_j
+//   db_i (the cumulative gate) gathers every place b appears; d log α_r = Σ_{i ≥ r in the chunk} db_i.
+// (dT Tᵀ = dw Mᵀ Tᵀ + du Nᵀ Tᵀ = dw wᵀ + du uᵀ with M = diag(β e^b) K, N = diag(β) V: the WY backward needs w and u,
+// which the forward's first kernel kept, and not a second product with T.)
+//
+// attend_delta_bwd_dstate: one CTA per (sequence, query head, 16 value columns), 4 warps, walking the chunks last to
+// first with the [DK, 16] slice of X in float32 registers and a rounded copy in shared memory (as attend_delta_chunk
+// walks them forward); it writes X at each chunk's end (the element type) and dδ (the element type) for the chunk kernel,
+// and dS0. attend_delta_bwd_chunk: one CTA per (chunk, query head), 4 warps of 16 token rows each, every tile of the
+// chunk in shared memory (about 201 KB at DK = DV = 128: one CTA per SM); T comes from the forward's first kernel.
+//
+// Defines: DK (64 | 128), DV (64 | 128; the chunk kernel), ELEM_BF16 (1 bf16, 0 fp16), GATE (0 none, 1 scalar gate or
+// fixed γ). mma_tiles.cuh is expanded in place by KernelCompiler.Source.
+
+#ifndef DK
+#error "DK must be defined"
+#endif
+#ifndef DV
+#define DV 128
+#endif
+
+#define NWARPS 4
+#define NT (NWARPS * 32)
+#define CHUNK 64
+#define HEAD_DIM DK
+#define DC (DK / 8)
+#define KS (DK / 16)
+#define BV 16
+#define VC (BV / 8)
+#define MS (DK / 64)
+
+typedef unsigned short elem_t;
+
+#include "mma_tiles.cuh"
+
+struct DeltaRow { int seq, tokStart, len, pad; };
+
+__device__ __forceinline__ float exp_e(float x) { return fast_exp2(x * 1.4426950408889634f); }
+
+__device__ __forceinline__ float elem_lo(unsigned x)
+{
+#if ELEM_BF16
+    return __uint_as_float(x << 16);
+#else
+    float f;
+    asm("{.reg .b16 l, h; mov.b32 {l, h}, %1; cvt.f32.f16 %0, l;}" : "=f"(f) : "r"(x));
+    return f;
+#endif
+}
+
+__device__ __forceinline__ float elem_hi(unsigned x)
+{
+#if ELEM_BF16
+    return __uint_as_float(x & 0xffff0000u);
+#else
+    float f;
+    asm("{.reg .b16 l, h; mov.b32 {l, h}, %1; cvt.f32.f16 %0, h;}" : "=f"(f) : "r"(x));
+    return f;
+#endif
+}
+
+__device__ __forceinline__ unsigned lds32(unsigned addr)
+{
+    unsigned v;
+    asm volatile("ld.shared.b32 %0, [%1];" : "=r"(v) : "r"(addr));
+    return v;
+}
+
+__device__ __forceinline__ void sts32(unsigned addr, unsigned v) { asm volatile("st.shared.b32 [%0], %1;" :: "r"(addr), "r"(v)); }
+
+// Byte offset of 16-byte chunk `chunk` of row `row` in a swizzled [rows][COLS] tile (COLS a multiple of 64).
+template <int COLS>
+__device__ __forceinline__ unsigned toff(int row, int chunk)
+{
+    return (unsigned)((row * COLS + ((chunk ^ (row & 7)) << 3)) * 2);
+}
+
+// Byte offset in a swizzled [rows][BV] tile (the value slices of the reverse chain), as linear_delta_chunk.cu's boff.
+__device__ __forceinline__ unsigned boff(int row, int chunk)
+{
+    return (unsigned)((row * BV + ((chunk ^ ((row / (8 / VC)) & (VC - 1))) << 3)) * 2);
+}
+
+// Copies `rows` rows of COLS elements (global row stride `stride` elements) into a swizzled [rows][COLS] tile; rows
+// past `valid` are zero-filled.
+template <int COLS>
+__device__ __forceinline__ void load_rows(unsigned tile, const elem_t* g, long long stride, int rows, int valid, int tid)
+{
+    for (int idx = tid; idx < rows * (COLS / 8); idx += NT)
+    {
+        const int r = idx / (COLS / 8), c = idx % (COLS / 8);
+        const bool ok = r < valid;
+        const elem_t* src = ok ? g + (long long)r * stride + c * 8 : g;
+        cp_async16(tile + toff<COLS>(r, c), src, ok ? 16 : 0);
+    }
+}
+
+// CHUNK rows of a [rows][BV] value slice into a boff tile; zero past `valid`.
+__device__ __forceinline__ void load_slice(unsigned tile, const elem_t* g, long long stride, int valid, int tid)
+{
+    for (int idx = tid; idx < CHUNK * VC; idx += NT)
+    {
+        const int r = idx / VC, c = idx % VC;
+        const bool ok = r < valid;
+        cp_async16(tile + boff(r, c), ok ? g + (long long)r * stride + c * 8 : g, ok ? 16 : 0);
+    }
+}
+
+__device__ __forceinline__ void cp_async4(unsigned dst, const void* src, int bytes)
+{
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" :: "r"(dst), "l"(src), "r"(bytes));
+}
+
+// The in-chunk cumulative log decay: lane l holds b[2l] and b[2l+1]. Every lane of the warp must call this.
+__device__ __forceinline__ float bget(float b0, float b1, int x)
+{
+    const float e = __shfl_sync(0xffffffffu, b0, x >> 1), o = __shfl_sync(0xffffffffu, b1, x >> 1);
+    return (x & 1) ? o : e;
+}
+
+// acc[2·N16][4] += A · B for this warp's 16 rows starting at m0, over the 16-wide steps k0 ≤ kk < k1 of the inner
+// dimension. A is stored [M][K] (ATR false) or [K][M] (ATR true: the product takes its transpose) in an ACOLS-wide
+// tile; B is stored [K][N] (BKM true) or [N][K] (BKM false: the product takes Yᵀ of the stored Y) in a BCOLS-wide tile.
+template <int N16, int ACOLS, bool ATR, int BCOLS, bool BKM>
+__device__ __forceinline__ void mma_rows(float (*acc)[4], unsigned aT, int m0, unsigned bT, int k0, int k1, int lane)
+{
+    for (int kk = k0; kk < k1; kk++)
+    {
+        unsigned a0, a1, a2, a3;
+        if (ATR) ldsm_x4_t(aT + toff<ACOLS>(kk * 16 + (lane & 7) + ((lane >> 4) << 3), m0 / 8 + ((lane >> 3) & 1)), a0, a1, a2, a3);
+        else ldsm_x4(aT + toff<ACOLS>(m0 + (lane & 15), 2 * kk + (lane >> 4)), a0, a1, a2, a3);
+#pragma unroll
+        for (int np = 0; np < N16; np++)
+        {
+            unsigned b0, b1, b2, b3;
+            if (BKM) ldsm_x4_t(bT + toff<BCOLS>(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), 2 * np + (lane >> 4)), b0, b1, b2, b3);
+            else ldsm_x4(bT + toff<BCOLS>(np * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)), b0, b1, b2, b3);
+            mma16816(acc[2 * np], a0, a1, a2, a3, b0, b1);
+            mma16816(acc[2 * np + 1], a0, a1, a2, a3, b2, b3);
+        }
+    }
+}
+
+template <int N8>
+__device__ __forceinline__ void zero_acc(float (*acc)[4])
+{
+#pragma unroll
+    for (int j = 0; j < N8; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+}
+
+// Σ over this thread's columns of x ⊙ acc for accumulator row half `half` (row g or g + 8), x a row of a swizzled
+// [rows][COLS] tile; the caller reduces over the quad.
+template <int N8, int COLS>
+__device__ __forceinline__ float row_dot(const float (*acc)[4], unsigned tile, int row, int half, int t)
+{
+    float s = 0.f;
+#pragma unroll
+    for (int j = 0; j < N8; j++)
+    {
+        const unsigned x = lds32(tile + toff<COLS>(row, j) + 4 * t);
+        s = fmaf(elem_lo(x), acc[j][2 * half], s);
+        s = fmaf(elem_hi(x), acc[j][2 * half + 1], s);
+    }
+    return s;
+}
+
+__device__ __forceinline__ float quad_sum(float x)
+{
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    x += __shfl_xor_sync(0xffffffffu, x, 2);
+    return x;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// attend_delta_bwd_dstate: the reverse chain over each sequence's chunks.
+
+#define R_Q_BYTES (CHUNK * DK * 2)
+#define R_O_BYTES (CHUNK * BV * 2)
+#define R_STAGE (3 * R_Q_BYTES + CHUNK * 64 * 2 + R_O_BYTES + CHUNK * 4)   // q, k, w, A, the dO slice, raw gates
+#define R_OFF_Q 0
+#define R_OFF_K (R_OFF_Q + R_Q_BYTES)
+#define R_OFF_W (R_OFF_K + R_Q_BYTES)
+#define R_OFF_A (R_OFF_W + R_Q_BYTES)
+#define R_OFF_O (R_OFF_A + CHUNK * 64 * 2)
+#define R_OFF_G (R_OFF_O + R_O_BYTES)
+#define R_OFF_X (2 * R_STAGE)                        // X in the element type, 2 buffers of [DK][BV]
+#define R_OFF_D (R_OFF_X + 2 * DK * BV * 2)          // dδ, [64][BV]
+#define R_SMEM_BYTES (R_OFF_D + R_O_BYTES)
+
+extern "C" __global__ void __launch_bounds__(NT)
+attend_delta_bwd_dstate(
+    const elem_t* __restrict__ Q, const elem_t* __restrict__ K, const elem_t* __restrict__ W, const elem_t* __restrict__ A,
+    const elem_t* __restrict__ dO, const float* __restrict__ gate, const float* __restrict__ headLogDecay,
+    const float* __restrict__ dST, float* __restrict__ dS0,   // [N, H, DK, dv] or null
+    elem_t* __restrict__ dHck,     // [chunks, H, DK, dv]: X at each chunk's end
+    elem_t* __restrict__ dDelta,   // [tokens, H, dv]
+    const DeltaRow* __restrict__ seqs, int heads, int kvHeads, int dv, float scale)
+{
+    extern __shared__ __align__(128) unsigned char smem[];
+    const int tid = threadIdx.x, lane = tid & 31, wq = tid >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int h = blockIdx.y;
+    const int col0 = blockIdx.x * BV;
+    const DeltaRow sq = seqs[blockIdx.z];
+    const int hk = h / (heads / kvHeads);
+    const long long qStride = (long long)heads * DK, kStride = (long long)kvHeads * DK, oStride = (long long)heads * dv;
+    const long long tok0 = sq.tokStart;
+    const elem_t* qBase = Q + tok0 * qStride + (long long)h * DK;
+    const elem_t* kBase = K + tok0 * kStride + (long long)hk * DK;
+    const elem_t* wBase = W + tok0 * qStride + (long long)h * DK;
+    const elem_t* aBase = A + (tok0 * heads + h) * 64;
+    const elem_t* oBase = dO + tok0 * oStride + (long long)h * dv + col0;
+    const unsigned base = smem_addr(smem);
+    const int stateRow0 = wq * 16 * MS;
+    const int wr = wq * 16;
+    const long long stateRowBase = ((long long)sq.seq * heads + h) * DK;
+
+    float st[MS][VC][4];
+#pragma unroll
+    for (int m = 0; m < MS; m++)
+#pragma unroll
+        for (int half = 0; half < 2; half++)
+        {
+            const int row = stateRow0 + 16 * m + g + 8 * half;
+#pragma unroll
+            for (int j = 0; j < VC; j++)
+            {
+                float2 x = make_float2(0.f, 0.f);
+                if (dST != 0) x = *(const float2*)(dST + (stateRowBase + row) * dv + col0 + 8 * j + 2 * t);
+                st[m][j][2 * half] = x.x;
+                st[m][j][2 * half + 1] = x.y;
+                sts32(base + R_OFF_X + boff(row, j) + 4 * t, pack2(x.x, x.y));
+            }
+        }
+
+    const int nChunks = (sq.len + CHUNK - 1) / CHUNK;
+    if (nChunks > 0)
+    {
+        const int c = nChunks - 1;
+        const int valid = sq.len - c * CHUNK;
+        const long long r0 = (long long)c * CHUNK;
+        load_tile<CHUNK>(base + R_OFF_Q, qBase + r0 * qStride, qStride, valid, tid);
+        load_tile<CHUNK>(base + R_OFF_K, kBase + r0 * kStride, kStride, valid, tid);
+        load_tile<CHUNK>(base + R_OFF_W, wBase + r0 * qStride, qStride, valid, tid);
+        load_rows<64>(base + R_OFF_A, aBase + r0 * heads * 64, (long long)heads * 64, CHUNK, valid, tid);
+        load_slice(base + R_OFF_O, oBase + r0 * oStride, oStride, valid, tid);
+#if GATE == 1
+        if (headLogDecay == 0 && tid < CHUNK)
+            cp_async4(base + R_OFF_G + tid * 4, tid < valid ? gate + (tok0 + r0 + tid) * heads + h : gate, tid < valid ? 4 : 0);
+#endif
+    }
+    cp_async_commit();
+
+    for (int i = 0; i < nChunks; i++)
+    {
+        const int c = nChunks - 1 - i;
+        const int stage = i & 1;
+        const int c0 = c * CHUNK;
+        const int len = sq.len - c0 < CHUNK ? sq.len - c0 : CHUNK;
+        cp_async_wait<0>();
+        __syncthreads();
+        if (c > 0)
+        {
+            // The previous chunk is a full one (only a sequence's last chunk is partial).
+            const long long r0 = (long long)(c - 1) * CHUNK;
+            const unsigned ns = base + (stage ^ 1) * R_STAGE;
+            load_tile<CHUNK>(ns + R_OFF_Q, qBase + r0 * qStride, qStride, CHUNK, tid);
+            load_tile<CHUNK>(ns + R_OFF_K, kBase + r0 * kStride, kStride, CHUNK, tid);
+            load_tile<CHUNK>(ns + R_OFF_W, wBase + r0 * qStride, qStride, CHUNK, tid);
+            load_rows<64>(ns + R_OFF_A, aBase + r0 * heads * 64, (long long)heads * 64, CHUNK, CHUNK, tid);
+            load_slice(ns + R_OFF_O, oBase + r0 * oStride, oStride, CHUNK, tid);
+#if GATE == 1
+            if (headLogDecay == 0 && tid < CHUNK) cp_async4(ns + R_OFF_G + tid * 4, gate + (tok0 + r0 + tid) * heads + h, 4);
+#endif
+        }
+        cp_async_commit();
+
+        // X at this chunk's end: the chunk kernel's checkpoint (sq.pad is the sequence's first chunk index).
+        {
+            elem_t* xb = dHck + ((long long)(sq.pad + c) * heads + h) * DK * dv + col0;
+#pragma unroll
+            for (int m = 0; m < MS; m++)
+#pragma unroll
+                for (int half = 0; half < 2; half++)
+                {
+                    const int row = stateRow0 + 16 * m + g + 8 * half;
+#pragma unroll
+                    for (int j = 0; j < VC; j++)
+                        *(unsigned*)(xb + (long long)row * dv + 8 * j + 2 * t) = pack2(st[m][j][2 * half], st[m][j][2 * half + 1]);
+                }
+        }
+
+        const unsigned st0 = base + stage * R_STAGE;
+        const unsigned sQ = st0 + R_OFF_Q, sK = st0 + R_OFF_K, sW = st0 + R_OFF_W, sA = st0 + R_OFF_A, sO = st0 + R_OFF_O;
+        const unsigned sX = base + R_OFF_X + stage * DK * BV * 2;
+        const unsigned sD = base + R_OFF_D;
+
+        float b0 = 0.f, b1 = 0.f;
+#if GATE == 1
+        {
+            const int i0 = 2 * lane, i1 = 2 * lane + 1;
+            if (headLogDecay != 0)
+            {
+                const float lg = headLogDecay[h];
+                b0 = lg * (float)(i0 < len ? i0 + 1 : len);
+                b1 = lg * (float)(i1 < len ? i1 + 1 : len);
+            }
+            else
+            {
+                const float2 a = *(const float2*)(smem + stage * R_STAGE + R_OFF_G + i0 * 4);
+                const float pair = a.x + a.y;
+                float scan = pair;
+#pragma unroll
+                for (int o = 1; o < 32; o <<= 1)
+                {
+                    const float y = __shfl_up_sync(0xffffffffu, scan, o);
+                    if (lane >= o) scan += y;
+                }
+                b0 = scan - pair + a.x;
+                b1 = scan;
+            }
+        }
+#endif
+        const float bLast = __shfl_sync(0xffffffffu, b1, 31);
+
+        // 1. dδ = s Aᵀ dO + K̂ X for this warp's 16 token rows.
+        float ka[VC][4], oa[VC][4];
+        zero_acc<VC>(ka);
+        zero_acc<VC>(oa);
+#pragma unroll
+        for (int kk = 0; kk < KS; kk++)
+        {
+            unsigned a0, a1, a2, a3;
+            ldsm_x4(sK + tile_offset(wr + (lane & 15), 2 * kk + (lane >> 4)), a0, a1, a2, a3);
+#pragma unroll
+            for (int dp = 0; dp < VC / 2; dp++)
+            {
+                unsigned s0, s1, s2, s3;
+                ldsm_x4_t(sX + boff(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), 2 * dp + (lane >> 4)), s0, s1, s2, s3);
+                mma16816(ka[2 * dp], a0, a1, a2, a3, s0, s1);
+                mma16816(ka[2 * dp + 1], a0, a1, a2, a3, s2, s3);
+            }
+        }
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++)
+        {
+            if (kk < wq) continue;   // Aᵀ_ij = A_ji is zero for j < i
+            unsigned a0, a1, a2, a3;
+            ldsm_x4_t(sA + toff<64>(kk * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * wq + ((lane >> 3) & 1)), a0, a1, a2, a3);
+#pragma unroll
+            for (int dp = 0; dp < VC / 2; dp++)
+            {
+                unsigned d0, d1, d2, d3;
+                ldsm_x4_t(sO + boff(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), 2 * dp + (lane >> 4)), d0, d1, d2, d3);
+                mma16816(oa[2 * dp], a0, a1, a2, a3, d0, d1);
+                mma16816(oa[2 * dp + 1], a0, a1, a2, a3, d2, d3);
+            }
+        }
+        {
+            const float f0 = exp_e(bLast - bget(b0, b1, wr + g)), f1 = exp_e(bLast - bget(b0, b1, wr + g + 8));
+#pragma unroll
+            for (int half = 0; half < 2; half++)
+            {
+                const int row = wr + g + 8 * half;
+                const float f = half == 0 ? f0 : f1;
+#pragma unroll
+                for (int j = 0; j < VC; j++)
+                {
+                    const unsigned d = pack2(scale * oa[j][2 * half] + f * ka[j][2 * half], scale * oa[j][2 * half + 1] + f * ka[j][2 * half + 1]);
+                    sts32(sD + boff(row, j) + 4 * t, d);
+                    if (row < len) *(unsigned*)(dDelta + (tok0 + c0 + row) * oStride + (long long)h * dv + col0 + 8 * j + 2 * t) = d;
+                }
+            }
+        }
+        __syncthreads();
+
+        // 2. X ← e^{b_C} X + s (e^b ⊙ Q)ᵀ dO − wᵀ dδ.
+#if GATE == 1
+        {
+            const float f = exp_e(bLast);
+#pragma unroll
+            for (int m = 0; m < MS; m++)
+#pragma unroll
+                for (int j = 0; j < VC; j++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) st[m][j][e] *= f;
+        }
+#endif
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++)
+        {
+            const int tk = kk * 16 + 2 * t;
+            const float f0 = scale * exp_e(bget(b0, b1, tk)), f1 = scale * exp_e(bget(b0, b1, tk + 1));
+            const float f8 = scale * exp_e(bget(b0, b1, tk + 8)), f9 = scale * exp_e(bget(b0, b1, tk + 9));
+            unsigned d0, d1, d2, d3, e0, e1, e2, e3;
+            ldsm_x4_t(sO + boff(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), lane >> 4), d0, d1, d2, d3);
+            ldsm_x4_t(sD + boff(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), lane >> 4), e0, e1, e2, e3);
+#pragma unroll
+            for (int m = 0; m < MS; m++)
+            {
+                unsigned q0, q1, q2, q3, w0, w1, w2, w3;
+                ldsm_x4_t(sQ + tile_offset(kk * 16 + (lane & 7) + ((lane >> 4) << 3), (stateRow0 + 16 * m) / 8 + ((lane >> 3) & 1)), q0, q1, q2, q3);
+                ldsm_x4_t(sW + tile_offset(kk * 16 + (lane & 7) + ((lane >> 4) << 3), (stateRow0 + 16 * m) / 8 + ((lane >> 3) & 1)), w0, w1, w2, w3);
+                q0 = pack2(elem_lo(q0) * f0, elem_hi(q0) * f1);
+                q1 = pack2(elem_lo(q1) * f0, elem_hi(q1) * f1);
+                q2 = pack2(elem_lo(q2) * f8, elem_hi(q2) * f9);
+                q3 = pack2(elem_lo(q3) * f8, elem_hi(q3) * f9);
+                // −wᵀ: flip the sign bits of both 16-bit halves (bf16 and fp16 alike).
+                w0 ^= 0x80008000u; w1 ^= 0x80008000u; w2 ^= 0x80008000u; w3 ^= 0x80008000u;
+                mma16816(st[m][0], q0, q1, q2, q3, d0, d1);
+                mma16816(st[m][1], q0, q1, q2, q3, d2, d3);
+                mma16816(st[m][0], w0, w1, w2, w3, e0, e1);
+                mma16816(st[m][1], w0, w1, w2, w3, e2, e3);
+            }
+        }
+
+        // 3. The previous chunk's X tile, in the other buffer.
+        const unsigned sNext = base + R_OFF_X + (stage ^ 1) * DK * BV * 2;
+#pragma unroll
+        for (int m = 0; m < MS; m++)
+#pragma unroll
+            for (int half = 0; half < 2; half++)
+            {
+                const int row = stateRow0 + 16 * m + g + 8 * half;
+#pragma unroll
+                for (int j = 0; j < VC; j++) sts32(sNext + boff(row, j) + 4 * t, pack2(st[m][j][2 * half], st[m][j][2 * half + 1]));
+            }
+    }
+    cp_async_wait<0>();
+
+    if (dS0 != 0)
+    {
+#pragma unroll
+        for (int m = 0; m < MS; m++)
+#pragma unroll
+            for (int half = 0; half < 2; half++)
+            {
+                const int row = stateRow0 + 16 * m + g + 8 * half;
+#pragma unroll
+                for (int j = 0; j < VC; j++)
+                    *(float2*)(dS0 + (stateRowBase + row) * dv + col0 + 8 * j + 2 * t) = make_float2(st[m][j][2 * half], st[m][j][2 * half + 1]);
+            }
+    }
+#if GATE == 0
+    (void)gate;
+    (void)headLogDecay;
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// attend_delta_bwd_chunk: per (chunk, query head) dq, dk, dv, dβ and d log α.
+
+#define B_QB (CHUNK * DK * 2)
+#define B_VB (CHUNK * DV * 2)
+#define B_SB (DK * DV * 2)
+#define B_MB (CHUNK * 64 * 2)
+#define B_OFF_Q 0
+#define B_OFF_K (B_OFF_Q + B_QB)
+#define B_OFF_V (B_OFF_K + B_QB)
+#define B_OFF_DO (B_OFF_V + B_VB)
+#define B_OFF_DN (B_OFF_DO + B_VB)      // δ
+#define B_OFF_DD (B_OFF_DN + B_VB)      // dδ
+#define B_OFF_S (B_OFF_DD + B_VB)       // S [DK][DV]; after phase B: w [64][DK] and u [64][DV]
+#define B_OFF_X (B_OFF_S + B_SB)        // X [DK][DV]
+#define B_OFF_DW (B_OFF_X + B_SB)       // dw [64][DK]
+#define B_OFF_T (B_OFF_DW + B_QB)       // T [64][64] (the forward's first kernel wrote it)
+#define B_OFF_M1 (B_OFF_T + B_MB)       // s dA ⊙ D, then Z = dw wᵀ + dδ uᵀ
+#define B_OFF_M2 (B_OFF_M1 + B_MB)      // E
+#define B_OFF_B (B_OFF_M2 + B_MB)
+#define B_OFF_BETA (B_OFF_B + CHUNK * 4)
+#define B_OFF_DB (B_OFF_BETA + CHUNK * 4)
+#define B_OFF_DBETA (B_OFF_DB + CHUNK * 4)
+#define B_OFF_RED (B_OFF_DBETA + CHUNK * 4)
+#define B_SMEM_BYTES (B_OFF_RED + 16 * 4)
+
+// D_ij = e^{b_i − b_j} for j ≤ i (0 above the diagonal); 1 on and below it without a gate.
+__device__ __forceinline__ float decay_ij(const float* sB, int row, int col)
+{
+#if GATE == 1
+    return col <= row ? exp_e(sB[row] - sB[col]) : 0.f;
+#else
+    (void)sB;
+    return col <= row ? 1.f : 0.f;
+#endif
+}
+
+// Adds −Σ over this warp's 16 rows of colPart[j][e] (column 8j + 2t + e) to sDB: a reduction over the 8 lanes of one
+// column (g = lane / 4), then one shared atomic per column and warp.
+__device__ __forceinline__ void sub_columns(float (*colPart)[2], float* sDB, int lane)
+{
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+#pragma unroll
+        for (int e = 0; e < 2; e++)
+        {
+            float v = colPart[j][e];
+            v += __shfl_xor_sync(0xffffffffu, v, 4);
+            v += __shfl_xor_sync(0xffffffffu, v, 8);
+            v += __shfl_xor_sync(0xffffffffu, v, 16);
+            if ((lane >> 2) == 0) atomicAdd(&sDB[8 * j + 2 * (lane & 3) + e], -v);
+        }
+}
+
+extern "C" __global__ void __launch_bounds__(NT)
+attend_delta_bwd_chunk(
+    const elem_t* __restrict__ Q, const elem_t* __restrict__ K, const elem_t* __restrict__ V, const elem_t* __restrict__ dO,
+    const elem_t* __restrict__ Dnew, const elem_t* __restrict__ dDelta, const elem_t* __restrict__ W, const elem_t* __restrict__ U,
+    const elem_t* __restrict__ Tm,                                            // [tokens, H, 64]
+    const elem_t* __restrict__ Hck, const elem_t* __restrict__ dHck,
+    const float* __restrict__ beta, const float* __restrict__ gate, const float* __restrict__ headLogDecay,
+    float* __restrict__ dQ, float* __restrict__ dK, float* __restrict__ dV,   // [tokens, H, DK], [tokens, Hkv, DK], [tokens, Hkv, DV]
+    float* __restrict__ dBeta, float* __restrict__ dGate,                     // [tokens, H] or null
+    const DeltaRow* __restrict__ chunks, int heads, int kvHeads, float scale)
+{
+    extern __shared__ __align__(128) unsigned char smem[];
+    const int tid = threadIdx.x, lane = tid & 31, wq = tid >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int h = blockIdx.y;
+    const long long ci = blockIdx.x;
+    const DeltaRow ch = chunks[blockIdx.x];
+    const int len = ch.len;
+    const int hk = h / (heads / kvHeads);
+    const bool grouped = heads != kvHeads;
+    const long long tok0 = ch.tokStart;
+    const long long qStride = (long long)heads * DK, kStride = (long long)kvHeads * DK;
+    const long long vStride = (long long)kvHeads * DV, oStride = (long long)heads * DV;
+    const unsigned base = smem_addr(smem);
+    float* const sB = (float*)(smem + B_OFF_B);
+    float* const sBeta = (float*)(smem + B_OFF_BETA);
+    float* const sDB = (float*)(smem + B_OFF_DB);
+    float* const sDBeta = (float*)(smem + B_OFF_DBETA);
+    float* const sRed = (float*)(smem + B_OFF_RED);
+    const unsigned sQ = base + B_OFF_Q, sK = base + B_OFF_K, sV = base + B_OFF_V, sDO = base + B_OFF_DO, sDN = base + B_OFF_DN;
+    const unsigned sDD = base + B_OFF_DD, sS = base + B_OFF_S, sX = base + B_OFF_X, sDW = base + B_OFF_DW, sT = base + B_OFF_T;
+    const unsigned sM1 = base + B_OFF_M1, sM2 = base + B_OFF_M2;
+    const unsigned sW = sS, sU = sS + B_QB;   // phase C reuses S's space
+    const int wr = wq * 16;
+
+    // Two load groups: what phase A reads (dO, δ, and Q, K for the gate's A-term), then the rest, landing during phase A.
+    load_rows<DV>(sDO, dO + tok0 * oStride + (long long)h * DV, oStride, CHUNK, len, tid);
+    load_rows<DV>(sDN, Dnew + tok0 * oStride + (long long)h * DV, oStride, CHUNK, len, tid);
+    load_rows<DK>(sQ, Q + tok0 * qStride + (long long)h * DK, qStride, CHUNK, len, tid);
+    load_rows<DK>(sK, K + tok0 * kStride + (long long)hk * DK, kStride, CHUNK, len, tid);
+    cp_async_commit();
+    load_rows<DV>(sS, Hck + (ci * heads + h) * DK * DV, DV, DK, DK, tid);
+    load_rows<DV>(sX, dHck + (ci * heads + h) * DK * DV, DV, DK, DK, tid);
+    load_rows<DV>(sDD, dDelta + tok0 * oStride + (long long)h * DV, oStride, CHUNK, len, tid);
+    load_rows<DV>(sV, V + tok0 * vStride + (long long)hk * DV, vStride, CHUNK, len, tid);
+    load_rows<64>(sT, Tm + (tok0 * heads + h) * 64, (long long)heads * 64, CHUNK, len, tid);
+    cp_async_commit();
+    if (tid < CHUNK)
+    {
+        const long long tok = tok0 + tid;
+        sBeta[tid] = tid < len ? (beta != 0 ? beta[tok * heads + h] : 1.f) : 0.f;
+#if GATE == 1
+        sB[tid] = tid < len ? (headLogDecay != 0 ? headLogDecay[h] : gate[tok * heads + h]) : 0.f;
+#else
+        sB[tid] = 0.f;
+#endif
+        sDB[tid] = 0.f;
+        sDBeta[tid] = 0.f;
+    }
+    if (tid < 16) sRed[tid] = 0.f;
+    __syncthreads();
+#if GATE == 1
+    if (wq == 0)
+    {
+        const float a0 = sB[2 * lane], a1 = sB[2 * lane + 1];
+        const float pair = a0 + a1;
+        float scan = pair;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1)
+        {
+            const float y = __shfl_up_sync(0xffffffffu, scan, o);
+            if (lane >= o) scan += y;
+        }
+        sB[2 * lane] = scan - pair + a0;
+        sB[2 * lane + 1] = scan;
+    }
+#endif
+    cp_async_wait<1>();
+    __syncthreads();
+    const float bC = sB[CHUNK - 1];
+
+    // Phase A: dA = dO δᵀ for this warp's rows; s dA ⊙ D into M1; the gate gradient's A-term (s dA_ij A_ij, j < i: + to
+    // row i, − to column j).
+    {
+        float da[8][4];
+        zero_acc<8>(da);
+        mma_rows<4, DV, false, DV, false>(da, sDO, wr, sDN, 0, DV / 16, lane);
+#if GATE == 1
+        float qk[8][4];
+        zero_acc<8>(qk);
+        mma_rows<4, DK, false, DK, false>(qk, sQ, wr, sK, 0, KS, lane);
+        float colP[8][2];
+#pragma unroll
+        for (int j = 0; j < 8; j++) colP[j][0] = colP[j][1] = 0.f;
+#endif
+#pragma unroll
+        for (int half = 0; half < 2; half++)
+        {
+            const int row = wr + g + 8 * half;
+            float rowP = 0.f;
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+            {
+                float dad[2];
+#pragma unroll
+                for (int e = 0; e < 2; e++)
+                {
+                    const int col = 8 * j + 2 * t + e;
+                    const float d = decay_ij(sB, row, col);
+                    dad[e] = scale * da[j][2 * half + e] * d;
+#if GATE == 1
+                    const float p = col < row ? dad[e] * qk[j][2 * half + e] : 0.f;   // s dA_ij · A_ij (dad carries D_ij)
+                    rowP += p;
+                    colP[j][e] += p;
+#endif
+                }
+                sts32(sM1 + toff<64>(row, j) + 4 * t, pack2(dad[0], dad[1]));
+            }
+#if GATE == 1
+            rowP = quad_sum(rowP);
+            if (t == 0) atomicAdd(&sDB[row], rowP);
+#else
+            (void)rowP;
+#endif
+        }
+#if GATE == 1
+        sub_columns(colP, sDB, lane);
+#endif
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+
+    // Phase B: dq; dk's A and K̂ terms (kept in registers); dw into DW; ⟨S, X⟩.
+    float dk[DK / 8][4];
+    zero_acc<DK / 8>(dk);
+    {
+        float acc[DK / 8][4];
+        zero_acc<DK / 8>(acc);
+        mma_rows<DK / 16, DV, false, DV, false>(acc, sDO, wr, sS, 0, DV / 16, lane);   // dO Sᵀ
+#pragma unroll
+        for (int half = 0; half < 2; half++)
+        {
+            const int row = wr + g + 8 * half;
+#if GATE == 1
+            const float f = scale * exp_e(sB[row]);
+#else
+            const float f = scale;
+#endif
+#pragma unroll
+            for (int j = 0; j < DK / 8; j++)
+            {
+                acc[j][2 * half] *= f;
+                acc[j][2 * half + 1] *= f;
+            }
+#if GATE == 1
+            const float inter = quad_sum(row_dot<DK / 8, DK>(acc, sQ, row, half, t));
+            if (t == 0) atomicAdd(&sDB[row], inter);
+#endif
+        }
+        mma_rows<DK / 16, 64, false, DK, true>(acc, sM1, wr, sK, 0, 4, lane);          // + (s dA ⊙ D) K
+#pragma unroll
+        for (int half = 0; half < 2; half++)
+        {
+            const int row = wr + g + 8 * half;
+            if (row < len)
+            {
+                float* out = dQ + ((tok0 + row) * heads + h) * DK;
+#pragma unroll
+                for (int j = 0; j < DK / 8; j++) *(float2*)(out + 8 * j + 2 * t) = make_float2(acc[j][2 * half], acc[j][2 * half + 1]);
+            }
+        }
+    }
+    mma_rows<DK / 16, 64, true, DK, true>(dk, sM1, wr, sQ, 0, 4, lane);                // (s dA ⊙ D)ᵀ Q
+    {
+        float acc[DK / 8][4];
+        zero_acc<DK / 8>(acc);
+        mma_rows<DK / 16, DV, false, DV, false>(acc, sDN, wr, sX, 0, DV / 16, lane);   // δ Xᵀ
+#pragma unroll
+        for (int half = 0; half < 2; half++)
+        {
+            const int row = wr + g + 8 * half;
+#if GATE == 1
+            const float f = exp_e(bC - sB[row]);
+#pragma unroll
+            for (int j = 0; j < DK / 8; j++)
+            {
+                acc[j][2 * half] *= f;
+                acc[j][2 * half + 1] *= f;
+            }
+            const float kd = quad_sum(row_dot<DK / 8, DK>(acc, sK, row, half, t));
+            if (t == 0)
+            {
+                atomicAdd(&sDB[row], -kd);
+                atomicAdd(&sRed[0], kd);
+            }
+#endif
+#pragma unroll
+            for (int j = 0; j < DK / 8; j++)
+            {
+                dk[j][2 * half] += acc[j][2 * half];
+                dk[j][2 * half + 1] += acc[j][2 * half + 1];
+            }
+        }
+    }
+    {
+        float acc[DK / 8][4];
+        zero_acc<DK / 8>(acc);
+        mma_rows<DK / 16, DV, false, DV, false>(acc, sDD, wr, sS, 0, DV / 16, lane);   // dδ Sᵀ
+#pragma unroll
+        for (int half = 0; half < 2; half++)
+        {
+            const int row = wr + g + 8 * half;
+#pragma unroll
+            for (int j = 0; j < DK / 8; j++) sts32(sDW + toff<DK>(row, j) + 4 * t, pack2(-acc[j][2 * half], -acc[j][2 * half + 1]));
+        }
+    }
+#if GATE == 1
+    {
+        // ⟨S, X⟩: both tiles share one layout, so the sum runs over matching positions of the two arrays.
+        float sx = 0.f;
+        for (int idx = tid; idx < DK * DV / 2; idx += NT)
+        {
+            const unsigned a = lds32(sS + 4 * idx), b = lds32(sX + 4 * idx);
+            sx = fmaf(elem_lo(a), elem_lo(b), sx);
+            sx = fmaf(elem_hi(a), elem_hi(b), sx);
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) sx += __shfl_xor_sync(0xffffffffu, sx, o);
+        if (lane == 0) atomicAdd(&sRed[1], sx);
+    }
+#endif
+    __syncthreads();   // S, X, dO free; dw complete
+
+    load_rows<DK>(sW, W + tok0 * qStride + (long long)h * DK, qStride, CHUNK, len, tid);
+    load_rows<DV>(sU, U + tok0 * oStride + (long long)h * DV, oStride, CHUNK, len, tid);
+    cp_async_commit();
+
+    // Phase C: dM = Tᵀ dw (dk, dβ, db), dN = Tᵀ dδ (dv, dβ).
+    {
+        float acc[DK / 8][4];
+        zero_acc<DK / 8>(acc);
+        mma_rows<DK / 16, 64, true, DK, true>(acc, sT, wr, sDW, 0, 4, lane);
+#pragma unroll
+        for (int half = 0; half < 2; half++)
+        {
+            const int row = wr + g + 8 * half;
+#if GATE == 1
+            const float eb = exp_e(sB[row]);
+#else
+            const float eb = 1.f;
+#endif
+            const float f = sBeta[row] * eb;
+#pragma unroll
+            for (int j = 0; j < DK / 8; j++)
+            {
+                dk[j][2 * half] = fmaf(f, acc[j][2 * half], dk[j][2 * half]);
+                dk[j][2 * half + 1] = fmaf(f, acc[j][2 * half + 1], dk[j][2 * half + 1]);
+            }
+            const float km = quad_sum(row_dot<DK / 8, DK>(acc, sK, row, half, t));
+            if (t == 0)
+            {
+                atomicAdd(&sDBeta[row], eb * km);
+#if GATE == 1
+                atomicAdd(&sDB[row], f * km);
+#endif
+            }
+        }
+    }
+    {
+        float acc[DV / 8][4];
+        zero_acc<DV / 8>(acc);
+        mma_rows<DV / 16, 64, true, DV, true>(acc, sT, wr, sDD, 0, 4, lane);
+#pragma unroll
+        for (int half = 0; half < 2; half++)
+        {
+            const int row = wr + g + 8 * half;
+            const float br = sBeta[row];
+            const float vn = quad_sum(row_dot<DV / 8, DV>(acc, sV, row, half, t));
+            if (t == 0) atomicAdd(&sDBeta[row], vn);
+            if (row < len)
+            {
+                float* out = dV + ((tok0 + row) * kvHeads + hk) * DV;
+#pragma unroll
+                for (int j = 0; j < DV / 8; j++)
+                {
+                    if (grouped)
+                    {
+                        atomicAdd(out + 8 * j + 2 * t, br * acc[j][2 * half]);
+                        atomicAdd(out + 8 * j + 2 * t + 1, br * acc[j][2 * half + 1]);
+                    }
+                    else *(float2*)(out + 8 * j + 2 * t) = make_float2(br * acc[j][2 * half], br * acc[j][2 * half + 1]);
+                }
+            }
+        }
+    }
+    cp_async_wait<0>();
+    __syncthreads();   // w and u have landed
+
+    // Z = dw wᵀ + dδ uᵀ for this warp's rows, into M1 (s dA ⊙ D is no longer read).
+    {
+        float z[8][4];
+        zero_acc<8>(z);
+        mma_rows<4, DK, false, DK, false>(z, sDW, wr, sW, 0, KS, lane);
+        mma_rows<4, DV, false, DV, false>(z, sDD, wr, sU, 0, DV / 16, lane);
+#pragma unroll
+        for (int half = 0; half < 2; half++)
+        {
+            const int row = wr + g + 8 * half;
+#pragma unroll
+            for (int j = 0; j < 8; j++) sts32(sM1 + toff<64>(row, j) + 4 * t, pack2(z[j][2 * half], z[j][2 * half + 1]));
+        }
+    }
+    __syncthreads();
+
+    // G = −Tᵀ Z (the gradient of L, strictly lower) against D ⊙ K Kᵀ (recomputed): dβ and db terms, E = G ⊙ β_i D_ij into M2.
+    {
+        float gl[8][4], kk_[8][4];
+        zero_acc<8>(gl);
+        zero_acc<8>(kk_);
+        mma_rows<4, 64, true, 64, true>(gl, sT, wr, sM1, 0, 4, lane);
+        mma_rows<4, DK, false, DK, false>(kk_, sK, wr, sK, 0, KS, lane);
+#if GATE == 1
+        float colP[8][2];
+#pragma unroll
+        for (int j = 0; j < 8; j++) colP[j][0] = colP[j][1] = 0.f;
+#endif
+#pragma unroll
+        for (int half = 0; half < 2; half++)
+        {
+            const int row = wr + g + 8 * half;
+            const float br = sBeta[row];
+            float rowBeta = 0.f, rowB = 0.f;
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+            {
+                float ev[2];
+#pragma unroll
+                for (int e = 0; e < 2; e++)
+                {
+                    const int col = 8 * j + 2 * t + e;
+                    const float d = col < row ? decay_ij(sB, row, col) : 0.f;
+                    const float G = -gl[j][2 * half + e];
+                    const float kkd = d * kk_[j][2 * half + e];
+                    rowBeta = fmaf(G, kkd, rowBeta);
+                    ev[e] = G * br * d;
+#if GATE == 1
+                    const float p = G * br * kkd;   // G_ij L_ij
+                    rowB += p;
+                    colP[j][e] += p;
+#endif
+                }
+                sts32(sM2 + toff<64>(row, j) + 4 * t, pack2(ev[0], ev[1]));
+            }
+            rowBeta = quad_sum(rowBeta);
+            if (t == 0) atomicAdd(&sDBeta[row], rowBeta);
+#if GATE == 1
+            rowB = quad_sum(rowB);
+            if (t == 0) atomicAdd(&sDB[row], rowB);
+#else
+            (void)rowB;
+#endif
+        }
+#if GATE == 1
+        sub_columns(colP, sDB, lane);
+#endif
+    }
+    __syncthreads();
+
+    // dk += E K + Eᵀ K, then the store.
+    mma_rows<DK / 16, 64, false, DK, true>(dk, sM2, wr, sK, 0, 4, lane);
+    mma_rows<DK / 16, 64, true, DK, true>(dk, sM2, wr, sK, 0, 4, lane);
+#pragma unroll
+    for (int half = 0; half < 2; half++)
+    {
+        const int row = wr + g + 8 * half;
+        if (row < len)
+        {
+            float* out = dK + ((tok0 + row) * kvHeads + hk) * DK;
+#pragma unroll
+            for (int j = 0; j < DK / 8; j++)
+            {
+                if (grouped)
+                {
+                    atomicAdd(out + 8 * j + 2 * t, dk[j][2 * half]);
+                    atomicAdd(out + 8 * j + 2 * t + 1, dk[j][2 * half + 1]);
+                }
+                else *(float2*)(out + 8 * j + 2 * t) = make_float2(dk[j][2 * half], dk[j][2 * half + 1]);
+            }
+        }
+    }
+    __syncthreads();   // every atomic into sDB and sDBeta is done
+
+    if (dBeta != 0 && tid < len) dBeta[(tok0 + tid) * heads + h] = sDBeta[tid];
+#if GATE == 1
+    if (dGate != 0 && wq == 0)
+    {
+        // d log α_r = Σ_{i ≥ r} db_i over the chunk (a reverse scan, lane l holding rows 2l and 2l + 1); the chunk's last
+        // token also carries ⟨S', X⟩ = Σ k·dk̂ + e^{b_C} ⟨S, X⟩.
+        const float d0 = sDB[2 * lane] + (2 * lane == len - 1 ? sRed[0] + exp_e(bC) * sRed[1] : 0.f);
+        const float d1 = sDB[2 * lane + 1] + (2 * lane + 1 == len - 1 ? sRed[0] + exp_e(bC) * sRed[1] : 0.f);
+        const float pair = d0 + d1;
+        float scan = pair;   // inclusive suffix sum over lanes ≥ this one
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1)
+        {
+            const float y = __shfl_down_sync(0xffffffffu, scan, o);
+            if (lane + o < 32) scan += y;
+        }
+        // Rows 2l + 1 and 2l: the suffix from 2l + 1 is scan − d0, from 2l is scan.
+        if (2 * lane < len) dGate[(tok0 + 2 * lane) * heads + h] = scan;
+        if (2 * lane + 1 < len) dGate[(tok0 + 2 * lane + 1) * heads + h] = scan - d0;
+    }
+#else
+    (void)dGate;
+    (void)gate;
+    (void)headLogDecay;
+    (void)sRed;
+    (void)sDB;
+    (void)bC;
+#endif
+}

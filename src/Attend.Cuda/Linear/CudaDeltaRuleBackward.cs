@@ -1,0 +1,252 @@
+using System.Collections.Concurrent;
+using System.Globalization;
+using Attend.Linear;
+
+namespace Attend.Cuda.Linear;
+
+// The chunked backward of the delta rules (linear_delta_bwd.cu): recompute the forward's w, u, A and the state at each
+// chunk's start (with δ), a reverse chain for the state gradient at each chunk's end (and dδ, dS0), then dq, dk, dv, dβ
+// and d log α per chunk.
+public sealed unsafe partial class CudaDeltaRulePlan
+{
+    internal const string BackwardSource = "linear_delta_bwd.cu";
+    internal const string StateGradientEntry = "attend_delta_bwd_dstate", ChunkBackwardEntry = "attend_delta_bwd_chunk";
+
+    /// <summary>Value columns per CTA of the reverse chain (<c>attend_delta_bwd_dstate</c>).</summary>
+    internal const int BackwardValueBlock = 16;
+
+    private static readonly ConcurrentDictionary<(CudaContext, int, int, ElementType, int, string), CudaKernelFunction> s_backwardLoaded = new();
+    private static readonly ConcurrentDictionary<(CudaContext, int, int, ElementType, int), CompiledKernel> s_backwardImages = new();
+
+    private DeviceBuffer? _checkpoints, _stateGradients, _delta, _deltaGradient, _inverse;
+
+    /// <summary>
+    /// How many of the backward's three stages <see cref="Backward"/> queues (3, all; the bench sets 1 for the forward's
+    /// recomputation alone, 2 for it and the reverse chain, to split the time). The gradients are complete only at 3.
+    /// </summary>
+    internal int BackwardStages { get; set; } = 3;
+
+    /// <summary>
+    /// Whether <see cref="Backward"/> computes this configuration; otherwise <paramref name="reason"/> says why. The
+    /// backward takes what the chunked forward takes, with value dims 64 and 128 (one CTA holds a chunk's state and
+    /// state-gradient tiles).
+    /// </summary>
+    public static bool IsBackwardSupported(LinearShape shape, ElementType elementType, LinearAttentionOptions? options, out string reason)
+    {
+        options ??= new LinearAttentionOptions();
+        if (!IsSupported(shape, elementType, options, out reason)) return false;
+        reason = BackwardRefusal(shape, options.Form ?? LinearForm.Chunked) ?? "";
+        return reason.Length == 0;
+    }
+
+    // Why the backward cannot compute a configuration the forward takes, or null.
+    internal static string? BackwardRefusal(LinearShape shape, LinearForm form)
+    {
+        if (form != LinearForm.Chunked)
+            return $"the CUDA delta-rule backward is the chunked form's; got form {form}";
+        if (shape.ValueDim is not (64 or 128))
+            return $"the CUDA delta-rule backward takes value dims 64 and 128; got Dv = {shape.ValueDim}";
+        return null;
+    }
+
+    /// <summary>
+    /// Queues the gradients of <c>L = Σ dO·O + Σ dS_T·S_T</c> on <paramref name="stream"/>: the forward's first kernel
+    /// and its chain again (keeping the state at each chunk's start and δ), the reverse chain (the state gradient at each
+    /// chunk's end, dδ and <paramref name="initialStateGradient"/>), then dq, dk, dv, dβ and d log α per chunk. q, k, v,
+    /// <paramref name="beta"/>, <paramref name="gate"/>, <paramref name="initialState"/> as for <see cref="Run"/>;
+    /// <paramref name="outputGradient"/> like the output; <paramref name="finalStateGradient"/> float32
+    /// <c>[N, H, Dk, Dv]</c> or null (zero). The gradients are float32: <paramref name="queryGradient"/>
+    /// <c>[B, T, H, Dk]</c>, <paramref name="keyGradient"/> <c>[B, T, Hkv, Dk]</c> and <paramref name="valueGradient"/>
+    /// <c>[B, T, Hkv, Dv]</c> (summed over the query heads of a group), <paramref name="betaGradient"/> <c>[B, T, H]</c>
+    /// (only with β), <paramref name="gateGradient"/> dL/d(log α) <c>[B, T, H]</c> (only with a scalar gate),
+    /// <paramref name="initialStateGradient"/> <c>[N, H, Dk, Dv]</c>; each of the last three may be null (not wanted).
+    /// The first call allocates the checkpoints (two <c>[chunks, H, Dk, Dv]</c>, two <c>[B, T, H, Dv]</c> and one
+    /// <c>[B, T, H, 64]</c> array of the element type); later calls allocate nothing.
+    /// </summary>
+    /// <exception cref="NotSupportedException">A configuration <see cref="IsBackwardSupported"/> rejects.</exception>
+    /// <exception cref="ArgumentException">Tensors that do not match the plan; the message names the argument.</exception>
+    public void Backward(CudaTensor q, CudaTensor k, CudaTensor v, DeviceBuffer? beta, DeviceBuffer? gate, DeviceBuffer? initialState,
+        CudaTensor outputGradient, DeviceBuffer? finalStateGradient, DeviceBuffer queryGradient, DeviceBuffer keyGradient, DeviceBuffer valueGradient,
+        DeviceBuffer? betaGradient, DeviceBuffer? gateGradient, DeviceBuffer? initialStateGradient, CudaStream? stream = null)
+    {
+        LinearShape s = Shape;
+        if (BackwardRefusal(s, Form) is { } refusal) throw new NotSupportedException(refusal);
+        ArgumentNullException.ThrowIfNull(queryGradient);
+        ArgumentNullException.ThrowIfNull(keyGradient);
+        ArgumentNullException.ThrowIfNull(valueGradient);
+        LinearPlanInputs.RequireTensor(q, nameof(q), ElementType, Shape, s.Heads, s.KeyDim);
+        LinearPlanInputs.RequireTensor(k, nameof(k), ElementType, Shape, s.KvHeads, s.KeyDim);
+        LinearPlanInputs.RequireTensor(v, nameof(v), ElementType, Shape, s.KvHeads, s.ValueDim);
+        LinearPlanInputs.RequireTensor(outputGradient, nameof(outputGradient), ElementType, Shape, s.Heads, s.ValueDim);
+        long rows = (long)s.Batch * s.Tokens;
+        long stateBytes = (long)_sequences * s.Heads * s.KeyDim * s.ValueDim * 4;
+        if (beta is not null) RequireBytes(beta, nameof(beta), rows * s.Heads * 4);
+        if (betaGradient is not null)
+        {
+            if (beta is null) throw new ArgumentException("betaGradient was given but beta was not (β = 1 has no gradient).", nameof(betaGradient));
+            RequireBytes(betaGradient, nameof(betaGradient), rows * s.Heads * 4);
+        }
+        if (Decay == LinearDecay.ScalarGate)
+        {
+            if (gate is null) throw new ArgumentException($"Decay ScalarGate needs its float32 gate [B, T, H] ({rows * s.Heads * 4} bytes) for the backward.", nameof(gate));
+            RequireBytes(gate, nameof(gate), rows * s.Heads * 4);
+            if (gateGradient is not null) RequireBytes(gateGradient, nameof(gateGradient), rows * s.Heads * 4);
+        }
+        else if (gate is not null || gateGradient is not null)
+            throw new ArgumentException($"A gate (or gate gradient) was given but the decay is {Decay}.", gate is not null ? nameof(gate) : nameof(gateGradient));
+        if (initialState is not null) RequireBytes(initialState, nameof(initialState), stateBytes);
+        if (finalStateGradient is not null) RequireBytes(finalStateGradient, nameof(finalStateGradient), stateBytes);
+        if (initialStateGradient is not null) RequireBytes(initialStateGradient, nameof(initialStateGradient), stateBytes);
+        RequireBytes(queryGradient, nameof(queryGradient), rows * s.Heads * s.KeyDim * 4);
+        RequireBytes(keyGradient, nameof(keyGradient), rows * s.KvHeads * s.KeyDim * 4);
+        RequireBytes(valueGradient, nameof(valueGradient), rows * s.KvHeads * s.ValueDim * 4);
+        if (_sequences == 0) return;
+
+        int gateKind = Update == LinearUpdate.GatedDelta ? 1 : 0;
+        CudaContext context = _context;
+        CudaKernelFunction dstate = BackwardKernel(context, s.KeyDim, s.ValueDim, ElementType, gateKind, StateGradientEntry, BackwardStateSharedBytes(s.KeyDim));
+        CudaKernelFunction chunk = BackwardKernel(context, s.KeyDim, s.ValueDim, ElementType, gateKind, ChunkBackwardEntry, BackwardChunkSharedBytes(s.KeyDim, s.ValueDim));
+        EnsureBackwardBuffers();
+        if (s.Heads != s.KvHeads)
+        {
+            // Summed atomically over the query heads of a group (the memset runs on the legacy stream, which blocking streams wait for).
+            keyGradient.Fill(0);
+            valueGradient.Fill(0);
+        }
+
+        var a = new Arguments
+        {
+            Q = q.Buffer.Pointer, K = k.Buffer.Pointer, V = v.Buffer.Pointer, O = 0,
+            Beta = beta?.Pointer ?? 0, Gate = gate?.Pointer ?? 0, HeadLogDecay = _fixedDecay ? _headLogDecay.Pointer : 0,
+            S0 = initialState?.Pointer ?? 0, ST = 0,
+            W = _w!.Pointer, U = _u!.Pointer, A = _a!.Pointer,
+            Seqs = _sequenceTable.Pointer, Chunks = _chunkTable.Pointer, Hck = _checkpoints!.Pointer, Dnew = _delta!.Pointer, Tout = _inverse!.Pointer,
+            Heads = s.Heads, KvHeads = s.KvHeads, Dv = s.ValueDim, Scale = _scale,
+        };
+        // 1. The forward again: w, u, A and T, then the chain keeping the state at each chunk's start and δ (no output).
+        if (_chunks > 0)
+        {
+            void** p = stackalloc void*[14];
+            p[0] = &a.Q; p[1] = &a.K; p[2] = &a.V; p[3] = &a.Beta; p[4] = &a.Gate; p[5] = &a.HeadLogDecay; p[6] = &a.W; p[7] = &a.U;
+            p[8] = &a.A; p[9] = &a.Chunks; p[10] = &a.Heads; p[11] = &a.KvHeads; p[12] = &a.Dv; p[13] = &a.Tout;
+            _prepare!.Launch((uint)_chunks, (uint)s.Heads, 1, Threads, (uint)PrepareSharedBytes(s.KeyDim), stream, p);
+            LaunchChain(&a, stream);
+        }
+        if (BackwardStages < 2) return;
+
+        // 2. The reverse chain: the state gradient at each chunk's end, dδ, dS0.
+        var b = new BackwardArguments
+        {
+            Q = a.Q, K = a.K, V = a.V, DO = outputGradient.Buffer.Pointer, Dnew = a.Dnew, DDelta = _deltaGradient!.Pointer, W = a.W, U = a.U, A = a.A, T = a.Tout,
+            Hck = a.Hck, DHck = _stateGradients!.Pointer, Beta = a.Beta, Gate = a.Gate, HeadLogDecay = a.HeadLogDecay,
+            DST = finalStateGradient?.Pointer ?? 0, DS0 = initialStateGradient?.Pointer ?? 0,
+            DQ = queryGradient.Pointer, DK = keyGradient.Pointer, DV = valueGradient.Pointer, DBeta = betaGradient?.Pointer ?? 0, DGate = gateGradient?.Pointer ?? 0,
+            Seqs = a.Seqs, Chunks = a.Chunks, Heads = s.Heads, KvHeads = s.KvHeads, Dv = s.ValueDim, Scale = _scale,
+        };
+        void** r = stackalloc void*[16];
+        r[0] = &b.Q; r[1] = &b.K; r[2] = &b.W; r[3] = &b.A; r[4] = &b.DO; r[5] = &b.Gate; r[6] = &b.HeadLogDecay; r[7] = &b.DST;
+        r[8] = &b.DS0; r[9] = &b.DHck; r[10] = &b.DDelta; r[11] = &b.Seqs; r[12] = &b.Heads; r[13] = &b.KvHeads; r[14] = &b.Dv; r[15] = &b.Scale;
+        dstate.Launch((uint)(s.ValueDim / BackwardValueBlock), (uint)s.Heads, (uint)_sequences, Threads, (uint)BackwardStateSharedBytes(s.KeyDim), stream, r);
+        if (_chunks == 0 || BackwardStages < 3) return;
+
+        // 3. dq, dk, dv, dβ, d log α per (chunk, query head).
+        void** c = stackalloc void*[23];
+        c[0] = &b.Q; c[1] = &b.K; c[2] = &b.V; c[3] = &b.DO; c[4] = &b.Dnew; c[5] = &b.DDelta; c[6] = &b.W; c[7] = &b.U; c[8] = &b.T;
+        c[9] = &b.Hck; c[10] = &b.DHck; c[11] = &b.Beta; c[12] = &b.Gate; c[13] = &b.HeadLogDecay; c[14] = &b.DQ; c[15] = &b.DK; c[16] = &b.DV;
+        c[17] = &b.DBeta; c[18] = &b.DGate; c[19] = &b.Chunks; c[20] = &b.Heads; c[21] = &b.KvHeads; c[22] = &b.Scale;
+        chunk.Launch((uint)_chunks, (uint)s.Heads, 1, Threads, (uint)BackwardChunkSharedBytes(s.KeyDim, s.ValueDim), stream, c);
+    }
+
+    /// <summary>
+    /// Dynamic shared memory of <c>attend_delta_bwd_dstate</c> (mirrors its R_OFF_* layout): two stages of q, k, w, A, the
+    /// dO slice and the raw gates, two X tiles and dδ.
+    /// </summary>
+    internal static int BackwardStateSharedBytes(int keyDim)
+    {
+        int stage = 3 * Chunk * keyDim * 2 + Chunk * 64 * 2 + Chunk * BackwardValueBlock * 2 + Chunk * 4;
+        return 2 * stage + 2 * keyDim * BackwardValueBlock * 2 + Chunk * BackwardValueBlock * 2;
+    }
+
+    /// <summary>
+    /// Dynamic shared memory of <c>attend_delta_bwd_chunk</c> (mirrors its B_OFF_* layout): q, k, v, dO, δ, dδ, the state and
+    /// state-gradient tiles, dw, T, two 64 × 64 tiles, and five float32 rows.
+    /// </summary>
+    internal static int BackwardChunkSharedBytes(int keyDim, int valueDim) =>
+        2 * Chunk * keyDim * 2 + 4 * Chunk * valueDim * 2 + 2 * keyDim * valueDim * 2 + Chunk * keyDim * 2 + 3 * Chunk * 64 * 2 + 4 * Chunk * 4 + 16 * 4;
+
+    /// <summary>The NVRTC options of one backward specialisation.</summary>
+    internal static string[] BackwardOptions(int keyDim, int valueDim, ElementType type, int gate) =>
+    [
+        $"-DDK={keyDim}",
+        $"-DDV={valueDim}",
+        $"-DELEM_BF16={(type == ElementType.BFloat16 ? 1 : 0)}",
+        $"-DGATE={gate}",
+        "--use_fast_math",
+        "--std=c++17",
+    ];
+
+    private static CudaKernelFunction BackwardKernel(CudaContext context, int keyDim, int valueDim, ElementType type, int gate, string entry, int smem)
+    {
+        var key = (context, keyDim, valueDim, type, gate, entry);
+        if (s_backwardLoaded.TryGetValue(key, out CudaKernelFunction? f)) return f;
+        lock (s_gate)
+        {
+            if (s_backwardLoaded.TryGetValue(key, out f)) return f;
+            if (smem > context.MaxSharedBytesPerBlock)
+                throw new NotSupportedException($"{BackwardSource}:{entry} at Dk = {keyDim}, Dv = {valueDim} needs {smem} bytes of shared memory per block; {context.Name} allows {context.MaxSharedBytesPerBlock}.");
+            CompiledKernel image = s_backwardImages.GetOrAdd((context, keyDim, valueDim, type, gate),
+                _ => KernelCompiler.Build(BackwardSource, KernelCompiler.Source(BackwardSource), BackwardOptions(keyDim, valueDim, type, gate), context.Architecture));
+            f = new CudaKernelFunction(context, image, entry, smem);
+            s_backwardLoaded[key] = f;
+            return f;
+        }
+    }
+
+    /// <summary>One line per loaded backward kernel: registers, local memory, compile time.</summary>
+    public static IEnumerable<string> DescribeBackward()
+    {
+        foreach (KeyValuePair<(CudaContext, int, int, ElementType, int, string), CudaKernelFunction> entry in s_backwardLoaded)
+        {
+            (_, int dk, int dv, ElementType type, int gate, string kernel) = entry.Key;
+            CudaKernelFunction f = entry.Value;
+            string origin = f.Image.FromCache ? "from the disk cache" : string.Create(CultureInfo.InvariantCulture, $"compiled in {f.Image.CompileSeconds:F2} s");
+            yield return $"{BackwardSource}:{kernel} Dk={dk} Dv={dv} {type.ShortName()} gate={gate}: {f.Registers} registers, {f.LocalBytes} B local, {origin}";
+        }
+    }
+
+    private void EnsureBackwardBuffers()
+    {
+        if (_checkpoints is not null) return;
+        LinearShape s = Shape;
+        long stateElements = (long)_chunks * s.Heads * s.KeyDim * s.ValueDim;
+        long valueElements = (long)s.Batch * s.Tokens * s.Heads * s.ValueDim;
+        _checkpoints = new DeviceBuffer(_context, Math.Max(4, stateElements * 2));
+        _stateGradients = new DeviceBuffer(_context, Math.Max(4, stateElements * 2));
+        _delta = new DeviceBuffer(_context, Math.Max(4, valueElements * 2));
+        _deltaGradient = new DeviceBuffer(_context, Math.Max(4, valueElements * 2));
+        _inverse = new DeviceBuffer(_context, Math.Max(4, (long)s.Batch * s.Tokens * s.Heads * Chunk * 2));
+    }
+
+    private void DisposeBackwardBuffers()
+    {
+        _checkpoints?.Dispose();
+        _stateGradients?.Dispose();
+        _delta?.Dispose();
+        _deltaGradient?.Dispose();
+        _inverse?.Dispose();
+    }
+
+    private static void RequireBytes(DeviceBuffer buffer, string name, long bytes)
+    {
+        ArgumentNullException.ThrowIfNull(buffer, name);
+        if (buffer.Bytes < bytes) throw new ArgumentException($"{name} holds {buffer.Bytes} bytes; it needs {bytes}.", name);
+    }
+
+    [System.Runtime.InteropServices.StructLayout(System.Runtime.InteropServices.LayoutKind.Sequential)]
+    private struct BackwardArguments
+    {
+        public ulong Q, K, V, DO, Dnew, DDelta, W, U, A, T, Hck, DHck, Beta, Gate, HeadLogDecay, DST, DS0, DQ, DK, DV, DBeta, DGate, Seqs, Chunks;
+        public int Heads, KvHeads, Dv;
+        public float Scale;
+    }
+}

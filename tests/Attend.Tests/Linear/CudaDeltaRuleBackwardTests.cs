@@ -1,0 +1,230 @@
+using Attend.Cuda;
+using Attend.Cuda.Linear;
+using Attend.Linear;
+using Xunit;
+
+namespace Attend.Tests.Linear;
+
+/// <summary>
+/// The delta rules' chunked backward on the GPU (<see cref="CudaDeltaRulePlan.Backward"/>): which configurations it takes
+/// and why it refuses the others, the checkpoint index its tables carry, its kernel source, specialisations and shared
+/// memory (no GPU needed), and on a GPU its gradients through <c>LinearAttention.Backward</c> with <c>Backend = "cuda"</c>
+/// against the float64 naive form (skipped, with the reason, where there is no GPU).
+/// </summary>
+public class CudaDeltaRuleBackwardTests
+{
+    [Theory]
+    [InlineData(LinearUpdate.Delta, LinearDecay.None, 128, 128)]
+    [InlineData(LinearUpdate.Delta, LinearDecay.None, 64, 64)]
+    [InlineData(LinearUpdate.GatedDelta, LinearDecay.ScalarGate, 64, 128)]
+    [InlineData(LinearUpdate.GatedDelta, LinearDecay.FixedPerHead, 128, 64)]
+    public void BackwardSupportedConfigurations(LinearUpdate update, LinearDecay decay, int dk, int dv)
+    {
+        var options = new LinearAttentionOptions { Update = update, Decay = decay };
+        var shape = new LinearShape(1, 100, 4, 2, dk, dv);
+        foreach (ElementType type in (ElementType[])[ElementType.BFloat16, ElementType.Float16])
+            Assert.True(CudaDeltaRulePlan.IsBackwardSupported(shape, type, options, out string reason), reason);
+    }
+
+    [Theory]
+    [InlineData(LinearUpdate.Delta, LinearDecay.None, LinearForm.Chunked, 128, 256, "value dims 64 and 128")]
+    [InlineData(LinearUpdate.GatedDelta, LinearDecay.ScalarGate, LinearForm.Chunked, 64, 192, "value dims 64 and 128")]
+    [InlineData(LinearUpdate.Delta, LinearDecay.None, LinearForm.Recurrent, 128, 128, "chunked")]
+    [InlineData(LinearUpdate.GatedDelta, LinearDecay.ChannelGate, LinearForm.Chunked, 128, 128, "channel gate")]
+    [InlineData(LinearUpdate.Delta, LinearDecay.None, LinearForm.Chunked, 96, 128, "key dims 64 and 128")]
+    public void BackwardUnsupportedConfigurationsSayWhy(LinearUpdate update, LinearDecay decay, LinearForm form, int dk, int dv, string expected)
+    {
+        var options = new LinearAttentionOptions { Update = update, Decay = decay, Form = form };
+        var shape = new LinearShape(1, 100, 4, 2, dk, dv);
+        Assert.False(CudaDeltaRulePlan.IsBackwardSupported(shape, ElementType.BFloat16, options, out string reason));
+        Assert.Contains(expected, reason);
+    }
+
+    [Fact]
+    public void TheAdditivePlanSendsTheDeltaRulesToTheirOwnPlan()
+    {
+        var options = new LinearAttentionOptions { Update = LinearUpdate.GatedDelta, Decay = LinearDecay.ScalarGate };
+        Assert.False(CudaLinearPlan.IsBackwardSupported(LinearShape.Mha(1, 64, 2, 64), ElementType.BFloat16, options, out string reason));
+        Assert.Contains(nameof(CudaDeltaRulePlan), reason);
+    }
+
+    [Fact]
+    public void EachSequenceRowNamesItsFirstChunk()
+    {
+        // The backward's checkpoints are indexed by chunk: the sequence table's last field must be the row of the
+        // sequence's first chunk in the chunk table (empty sequences included: they own no row, the next starts there).
+        Random rng = TestData.Rng(1201);
+        for (int trial = 0; trial < 20; trial++)
+        {
+            int[] lengths = Enumerable.Range(0, rng.Next(1, 9)).Select(_ => rng.Next(0, 300)).ToArray();
+            var offsets = SeqOffsets.FromLengths(lengths);
+            (int[] starts, int[] lens) = LinearPlanInputs.Sequences(new LinearShape(1, offsets.TotalTokens, 2, 2, 64, 64), offsets);
+            int[] seqTable = CudaDeltaRulePlan.SequenceTable(starts, lens);
+            int[] chunks = CudaDeltaRulePlan.ChunkTable(starts, lens);
+            for (int n = 0; n < lengths.Length; n++)
+            {
+                int first = seqTable[4 * n + 3];
+                int count = (lengths[n] + CudaDeltaRulePlan.Chunk - 1) / CudaDeltaRulePlan.Chunk;
+                for (int c = 0; c < count; c++)
+                {
+                    Assert.True(chunks[4 * (first + c)] == n, $"seed {TestData.RunSeed}: chunk row {first + c} belongs to sequence {chunks[4 * (first + c)]}, not {n}");
+                    Assert.Equal(starts[n] + c * CudaDeltaRulePlan.Chunk, chunks[4 * (first + c) + 1]);
+                }
+                if (n + 1 < lengths.Length) Assert.Equal(first + count, seqTable[4 * (n + 1) + 3]);
+                else Assert.Equal(chunks.Length / 4, first + count);
+            }
+        }
+    }
+
+    [Theory]
+    [InlineData(64, 64)]
+    [InlineData(64, 128)]
+    [InlineData(128, 64)]
+    [InlineData(128, 128)]
+    public void BackwardKernelsFitInAHopperBlocksSharedMemory(int keyDim, int valueDim)
+    {
+        const int hopperMax = 227 * 1024;
+        int chunk = CudaDeltaRulePlan.BackwardChunkSharedBytes(keyDim, valueDim);
+        Assert.InRange(chunk, 1, hopperMax);
+        // The reverse chain keeps a forward chain's footprint (two stages of its tiles).
+        Assert.InRange(CudaDeltaRulePlan.BackwardStateSharedBytes(keyDim), 1, hopperMax);
+        Assert.True(CudaDeltaRulePlan.BackwardChunkSharedBytes(keyDim, 128) > CudaDeltaRulePlan.BackwardChunkSharedBytes(keyDim, 64), "a wider value tile needs more room");
+    }
+
+    [Fact]
+    public void BackwardKernelSourceIsEmbeddedWithItsEntryPoints()
+    {
+        string source = KernelCompiler.Source(CudaDeltaRulePlan.BackwardSource);
+        Assert.DoesNotContain("#include \"", source);
+        Assert.Contains(CudaDeltaRulePlan.StateGradientEntry + "(", source);
+        Assert.Contains(CudaDeltaRulePlan.ChunkBackwardEntry + "(", source);
+        // The forward chain takes the checkpoint outputs the backward asks it for.
+        string forward = KernelCompiler.Source(CudaDeltaRulePlan.Source);
+        Assert.Contains("Hck", forward);
+        Assert.Contains("Dnew", forward);
+    }
+
+    [Fact]
+    public void BackwardSpecialisationsDifferByKeyAndValueDimTypeAndGate()
+    {
+        string[] a = CudaDeltaRulePlan.BackwardOptions(128, 64, ElementType.BFloat16, 1);
+        Assert.Contains("-DDK=128", a);
+        Assert.Contains("-DDV=64", a);
+        Assert.Contains("-DELEM_BF16=1", a);
+        Assert.Contains("-DGATE=1", a);
+        Assert.Contains("-DELEM_BF16=0", CudaDeltaRulePlan.BackwardOptions(128, 64, ElementType.Float16, 1));
+        Assert.Contains("-DGATE=0", CudaDeltaRulePlan.BackwardOptions(64, 128, ElementType.BFloat16, 0));
+        Assert.Contains("-DDV=128", CudaDeltaRulePlan.BackwardOptions(64, 128, ElementType.BFloat16, 0));
+    }
+
+    [Attend.Tests.Cuda.NoGpuFact]
+    public void TheCudaBackwardSaysWhyItCannotRunHere()
+    {
+        Assert.False(CudaBackend.IsAvailable(out string why));
+        CudaBackend.Register();
+        LinearCase c = LinearCase.Create(TestData.Rng(1202), LinearShape.Mha(1, 9, 2, 64),
+            new LinearAttentionOptions { Update = LinearUpdate.Delta, Backend = "cuda" });
+        float[] dO = new float[c.OutputLength];
+        float[] dq = TestData.Poisoned<float>(c.Q.Length);
+        NotSupportedException e = Assert.Throws<NotSupportedException>(() =>
+            LinearAttention.Backward(c.Inputs, c.Options, dO, [], new LinearGradients { Q = dq }));
+        Assert.Contains(why, e.Message);
+    }
+
+    [Fact]
+    public void AnUnsupportedBackwardIsRefusedByItsReasonOnAnyMachine()
+    {
+        // The configuration is checked before the GPU's presence: Dv = 256 is refused with the reason everywhere.
+        CudaBackend.Register();
+        LinearCase c = LinearCase.Create(TestData.Rng(1203), new LinearShape(1, 9, 2, 2, 64, 256),
+            new LinearAttentionOptions { Update = LinearUpdate.Delta, Backend = "cuda" });
+        float[] dO = new float[c.OutputLength];
+        NotSupportedException e = Assert.Throws<NotSupportedException>(() =>
+            LinearAttention.Backward(c.Inputs, c.Options, dO, [], new LinearGradients { Q = new float[c.Q.Length] }));
+        Assert.Contains("value dims 64 and 128", e.Message);
+    }
+
+    [CudaLinearTheory]
+    [InlineData(LinearUpdate.Delta, LinearDecay.None, 0)]
+    [InlineData(LinearUpdate.GatedDelta, LinearDecay.ScalarGate, 0)]
+    [InlineData(LinearUpdate.GatedDelta, LinearDecay.ScalarGate, 1)]
+    [InlineData(LinearUpdate.GatedDelta, LinearDecay.FixedPerHead, 1)]
+    public void GpuBackwardMatchesTheFloat64NaiveForm(LinearUpdate update, LinearDecay decay, int varlen)
+    {
+        CudaBackend.Register();
+        Random rng = TestData.Rng(1210 + (int)update * 10 + (int)decay * 3 + varlen);
+        int[]? lengths = varlen == 1 ? [1, rng.Next(2, 90), 0, rng.Next(130, 300)] : null;
+        var shape = new LinearShape(2, rng.Next(65, 260) | 1, 4, 2, 64, 128);
+        var options = new LinearAttentionOptions
+        {
+            Update = update, Decay = decay, Backend = "cuda", Scale = 0.125f,
+            HeadDecay = decay == LinearDecay.FixedPerHead ? [0.99f, 0.9f, 0.7f, 1f] : null,
+        };
+        LinearCase c = LinearCase.Create(rng, shape, options, lengths, qkScale: 1.0);
+        NormaliseRows(c.K, c.Shape.KeyDim);
+        TestData.RoundToBf16(c.Q);
+        TestData.RoundToBf16(c.K);
+        TestData.RoundToBf16(c.V);
+        float[] dO = new float[c.OutputLength];
+        for (int i = 0; i < dO.Length; i++) dO[i] = (float)(rng.NextDouble() * 2 - 1);
+        TestData.RoundToBf16(dO);
+        float[] dST = new float[c.Config.StateLength];
+        for (int i = 0; i < dST.Length; i++) dST[i] = (float)(rng.NextDouble() - 0.5);
+        (float[] Q, float[] K, float[] V, float[] Beta, float[] Gate, float[] State) Run(LinearAttentionOptions o)
+        {
+            var g = (Q: TestData.Poisoned<float>(c.Q.Length), K: TestData.Poisoned<float>(c.K.Length), V: TestData.Poisoned<float>(c.V.Length),
+                Beta: TestData.Poisoned<float>(c.Beta.Length), Gate: TestData.Poisoned<float>(c.Gate.Length), State: TestData.Poisoned<float>(c.State.Length));
+            LinearAttention.Backward(c.Inputs, o, dO, dST, new LinearGradients { Q = g.Q, K = g.K, V = g.V, Beta = g.Beta, Gate = g.Gate, InitialState = g.State });
+            return g;
+        }
+        var gpu = Run(c.Options);
+        var reference = Run(c.Options with { Form = LinearForm.Naive, Backend = null });
+        foreach ((string name, float[] a, float[] e) in (ReadOnlySpan<(string, float[], float[])>)
+                 [("dq", gpu.Q, reference.Q), ("dk", gpu.K, reference.K), ("dv", gpu.V, reference.V), ("dbeta", gpu.Beta, reference.Beta),
+                  ("dlog gate", gpu.Gate, reference.Gate), ("dS0", gpu.State, reference.State)])
+        {
+            double err = TestData.RelativeL2(a, e);
+            Assert.True(err <= 2e-2, $"seed {TestData.RunSeed}: {name} rel {err:E2} (NaN counts as unwritten)");
+        }
+    }
+
+    [Attend.Tests.Cuda.CudaFact]
+    public void BackwardArgumentsAreCheckedByName()
+    {
+        CudaContext context = CudaContext.Default;
+        var shape = new LinearShape(1, 70, 2, 2, 64, 64);
+        var options = new LinearAttentionOptions { Update = LinearUpdate.Delta };
+        using var plan = new CudaDeltaRulePlan(context, shape, ElementType.BFloat16, options);
+        using CudaTensor q = CudaTensor.Create(context, ElementType.BFloat16, 1, 70, 2, 64);
+        using CudaTensor k = CudaTensor.Create(context, ElementType.BFloat16, 1, 70, 2, 64);
+        using CudaTensor v = CudaTensor.Create(context, ElementType.BFloat16, 1, 70, 2, 64);
+        using CudaTensor dO = CudaTensor.Create(context, ElementType.BFloat16, 1, 70, 2, 64);
+        using var grad = new DeviceBuffer(context, 70L * 2 * 64 * 4);
+        using var small = new DeviceBuffer(context, 16);
+        using var rowBuffer = new DeviceBuffer(context, 70L * 2 * 4);
+        // dβ without β (β = 1 has no gradient), a gate on the delta rule, a short query gradient.
+        var e = Assert.Throws<ArgumentException>(() => plan.Backward(q, k, v, null, null, null, dO, null, grad, grad, grad, rowBuffer, null, null));
+        Assert.Equal("betaGradient", e.ParamName);
+        e = Assert.Throws<ArgumentException>(() => plan.Backward(q, k, v, null, rowBuffer, null, dO, null, grad, grad, grad, null, null, null));
+        Assert.Equal("gate", e.ParamName);
+        e = Assert.Throws<ArgumentException>(() => plan.Backward(q, k, v, null, null, null, dO, null, small, grad, grad, null, null, null));
+        Assert.Equal("queryGradient", e.ParamName);
+        e = Assert.Throws<ArgumentException>(() => plan.Backward(q, k, v, null, null, null, dO, small, grad, grad, grad, null, null, null));
+        Assert.Equal("finalStateGradient", e.ParamName);
+        // The recurrent form has no backward: refused with the reason.
+        using var recurrent = new CudaDeltaRulePlan(context, shape, ElementType.BFloat16, options with { Form = LinearForm.Recurrent });
+        NotSupportedException n = Assert.Throws<NotSupportedException>(() => recurrent.Backward(q, k, v, null, null, null, dO, null, grad, grad, grad, null, null, null));
+        Assert.Contains("chunked", n.Message);
+    }
+
+    private static void NormaliseRows(float[] x, int width)
+    {
+        for (int r = 0; r < x.Length / width; r++)
+        {
+            double norm = 0;
+            for (int i = 0; i < width; i++) norm += (double)x[r * width + i] * x[r * width + i];
+            float f = (float)(1 / Math.Sqrt(norm + 1e-12));
+            for (int i = 0; i < width; i++) x[r * width + i] *= f;
+        }
+    }
+}
