@@ -52,6 +52,8 @@ public class ApproximationTests
         double eFew = DynamicWorkload.Frobenius(few.Output.Data, exact.Output), eMany = DynamicWorkload.Frobenius(many.Output.Data, exact.Output);
         Assert.True(eMany < eFew && eMany < 0.2, $"error with 2048 samples {eMany}, with 8 {eFew}; seed {TestData.RunSeed}");
         Assert.InRange(few.Density!.Value, 0.01, 0.9);
+        // More samples than a quarter has keys are not drawn (they would be counted pairs beyond the quarter's own).
+        Assert.InRange(many.Density!.Value, 0.01, 1.0);
         // The leaves of the recursion are exact causal blocks: row 10 covers keys 0..10 and nothing after.
         var covered = new bool[1024];
         few.Coverage!.CoveredKeys(0, 1, 10, covered);

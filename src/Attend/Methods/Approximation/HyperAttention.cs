@@ -33,7 +33,7 @@ public sealed record HyperAttentionOptions
     /// <summary>Rows per block of the sorted order; a multiple of 64, default 256.</summary>
     public int? BlockSize { get; init; }
 
-    /// <summary>Keys sampled for the residual; ≥ 1, default 256.</summary>
+    /// <summary>Keys sampled for the residual; ≥ 1, default 256. A quarter with no more keys than this takes each of its keys once (exact residual).</summary>
     public int? SampleSize { get; init; }
 
     /// <summary>Hyperplanes of the sortLSH; in [1, 20], default 7.</summary>
@@ -151,13 +151,13 @@ public static class HyperAttention
                     kBlock[hk] = new int[nk];
                     for (int j = 0; j < nk; j++) kBlock[hk][order[j]] = j / p.BlockSize;
                 }
-                int m = p.SampleSize;
+                int m = Math.Min(p.SampleSize, nk); // as the fast form: never more samples than keys
                 var rng = new Random(SampleSeed.Of(p.Seed, b, qa, ka, nodes++));
                 var sampled = new int[kvHeads][];
                 for (int hk = 0; hk < kvHeads; hk++)
                 {
                     sampled[hk] = new int[m];
-                    for (int j = 0; j < m; j++) sampled[hk][j] = rng.Next(nk);
+                    for (int j = 0; j < m; j++) sampled[hk][j] = m == nk ? j : rng.Next(nk);
                 }
                 double weight = MathF.Log((float)nk / m);
                 for (int h = 0; h < heads; h++)
@@ -312,6 +312,26 @@ public static class HyperAttention
                 AttentionLayout.Bthd<float>(o, 1, nq, heads, _d), AttentionLayout.Lse(lse, 1, heads, nq));
         }
 
+        // The (query, sample) pairs the residual uses: samples in the query's own sorted block are masked out (that block
+        // is computed exactly), so they are not counted; a key sampled twice counts twice. With every key taken once
+        // this is exactly the pairs outside the blocks, so the node never counts more than its nq · nk pairs.
+        private static long SampledPairsOutsideBlocks(int[][] qBlock, int[][] sampleBlock, int group, int nk)
+        {
+            long pairs = 0;
+            var perBlock = new int[nk + 1];
+            for (int h = 0; h < qBlock.Length; h++)
+            {
+                int[] samples = sampleBlock[h / group];
+                if (h % group == 0)
+                {
+                    Array.Clear(perBlock);
+                    foreach (int block in samples) perBlock[block]++;
+                }
+                foreach (int block in qBlock[h]) pairs += samples.Length - (block < perBlock.Length ? perBlock[block] : 0);
+            }
+            return pairs;
+        }
+
         // Rows [qa, qa + nq) against every key of [ka, ka + nk): sorted blocks exactly, plus the sampled residual.
         private void NonCausal(int qa, int nq, int ka, int nk, float[] o, float[] lse)
         {
@@ -320,7 +340,9 @@ public static class HyperAttention
                 v.AsSpan(ka * kd, nk * kd), nq, nk, heads, kvHeads, p.Lsh, p.BlockSize, p.Scale, p.Threads);
 
             // The residual: m uniform samples of the keys (per KV head), pairs of the query's own block masked out.
-            int m = p.SampleSize;
+            // Never more samples than the quarter has keys: with m ≥ nk every key is taken once (the residual is then exact,
+            // weight ln(nk/m) = 0), and the computed pairs (the density the bench reports) stay within the quarter's own.
+            int m = Math.Min(p.SampleSize, nk);
             var rng = new Random(SampleSeed.Of(p.Seed, batch, qa, ka, _nodes++));
             var sampleBlock = new int[kvHeads][];
             var kr = new float[m * kd];
@@ -330,7 +352,7 @@ public static class HyperAttention
                 sampleBlock[hk] = new int[m];
                 for (int j = 0; j < m; j++)
                 {
-                    int key = rng.Next(nk);
+                    int key = m == nk ? j : rng.Next(nk); // as many samples as keys: every key once (the residual exactly)
                     sampleBlock[hk][j] = kBlock[hk][key];
                     k.AsSpan((ka + key) * kd + hk * _d, _d).CopyTo(kr.AsSpan(j * kd + hk * _d, _d));
                     v.AsSpan((ka + key) * kd + hk * _d, _d).CopyTo(vr.AsSpan(j * kd + hk * _d, _d));
@@ -354,7 +376,7 @@ public static class HyperAttention
                         o.AsSpan(row * hd + h * _d, _d), out float merged);
                     lse[h * nq + row] = merged;
                 }
-            coverage.AddBlockNode(batch, qa, nq, ka, nk, qBlock, kBlock, (long)m * nq * heads);
+            coverage.AddBlockNode(batch, qa, nq, ka, nk, qBlock, kBlock, SampledPairsOutsideBlocks(qBlock, sampleBlock, g, nk));
         }
     }
 
