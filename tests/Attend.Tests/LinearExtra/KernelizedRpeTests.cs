@@ -100,6 +100,21 @@ public class KernelizedRpeTests
         Assert.True(ExtraCase.AllFinite(output), c.Description);
     }
 
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void LargeInputsNeverGiveNaN(bool causal)
+    {
+        // q and k of size ~20: the random features e^(ω·x − |x|²/2) span hundreds of orders of magnitude, and a query
+        // far from every key had a normaliser of exactly 0 (0/0 before). Such rows are 0, the rest finite.
+        var rng = TestData.Rng(527);
+        var c = ExtraCase.Make(rng, new LinearExtraShape(1, 130, 2, 1, 32, 8), scale: 20);
+        var output = TestData.Poisoned<float>(c.Shape.OutputCount);
+        KernelizedRpe.Forward(c.Q, c.K, c.V, c.Shape, KernelizedRpe.RandomFeatures(16, 32, 2), KernelizedRpe.DefaultBias(2, 130),
+            new KernelizedRpeOptions { Causal = causal }, output);
+        Assert.True(ExtraCase.AllFinite(output), c.Description);
+    }
+
     [Fact]
     public void AdapterFormsAgreeAndBadInputsAreNamed()
     {

@@ -214,8 +214,15 @@ public static unsafe partial class KernelizedRpe
                 }
             }
             for (int i = 0; i < len; i++)
-                TensorPrimitives.Divide(new ReadOnlySpan<float>(num + (long)i * cols, dv), num[(long)i * cols + dv],
-                    new Span<float>(O + Shape.O(start + i, h), dv));
+            {
+                // The normaliser is a sum of positive terms, but features shifted by the keys' maximum can underflow to 0
+                // for a query far from every key (inputs of size ~20), and the FFT's rounding can leave it ≤ 0: such a row
+                // has no usable weights, so it is 0 (as a fully masked softmax row), never 0/0.
+                float den = num[(long)i * cols + dv];
+                var row = new Span<float>(O + Shape.O(start + i, h), dv);
+                if (den > 0 && float.IsFinite(den)) TensorPrimitives.Divide(new ReadOnlySpan<float>(num + (long)i * cols, dv), den, row);
+                else row.Clear();
+            }
         }
     }
 }
@@ -251,7 +258,7 @@ public static class KernelizedRpeReference
                         den += w;
                         for (int x = 0; x < dv; x++) num[x] += w * v[(int)shape.V(start + j, g) + x];
                     }
-                    for (int x = 0; x < dv; x++) output[shape.O(start + i, h) + x] = num[x] / den;
+                    for (int x = 0; x < dv; x++) output[shape.O(start + i, h) + x] = den > 0 ? num[x] / den : 0; // as the fast form
                 }
             }
         }
