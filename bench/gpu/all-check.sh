@@ -17,6 +17,8 @@
 #   bash all-check.sh wtarget  7. issue 3's window target on this build: dense causal and window 1024 at 16k and 32k
 #                                 (ATTEND_BENCH_PART=wtarget), two processes
 #   bash all-check.sh routing  8. the Routing Transformer sorted by cluster vs its mask form (16k), sorted at 128k
+#   bash all-check.sh merged   9. parts 1 and 2 side by side (separate kernel caches: both compile on a cold machine, the
+#                                 16 CPU cores have room), then part 7 once the GPU is free again: one call under 600 s
 #
 # The kernel cache lives in /tmp/attend-cuda-cache, so a second part on a still-warm machine skips NVRTC.
 set -u
@@ -47,6 +49,19 @@ bench)
 sparse)
   OUT="$OUT" T128=${T128:-400} bash ./sparse-tail.sh --rest
   ;;
+merged)
+  timeout ${CHECK_TIMEOUT:-480} ./attend/Attend.Cli check --backend cuda > "$OUT/check.log" 2>&1 &
+  check_pid=$!
+  ATTEND_CUDA_CACHE=/tmp/attend-cuda-cache-san timeout ${SAN_TIMEOUT:-480} compute-sanitizer --tool memcheck --leak-check full \
+    --error-exitcode 9 ./attend/Attend.Cli check --backend cuda --cases 3 --seed 1 > "$OUT/sanitizer.log" 2>&1 &
+  san_pid=$!
+  wait $check_pid; echo "check exit $?"; grep -a -E "FAIL|attend check:|Exception" "$OUT/check.log" | cut -c1-240 | head -40
+  wait $san_pid; echo "sanitizer exit $?"; grep -a -E "ERROR SUMMARY|LEAK SUMMARY|attend check:" "$OUT/sanitizer.log" | head -5
+  for round in 1 2; do
+    ATTEND_BENCH_PART=wtarget timeout 60 ./attend/Attend.Cli bench --backend cuda > "$OUT/wtarget-$round.log" 2>&1
+    echo "wtarget $round exit $?"; grep -a -E "^  fwd" "$OUT/wtarget-$round.log" | cut -c1-220
+  done
+  ;;
 wtarget)
   for round in 1 2; do
     ATTEND_BENCH_PART=wtarget timeout ${BENCH_TIMEOUT:-150} ./attend/Attend.Cli bench --backend cuda > "$OUT/wtarget-$round.log" 2>&1
@@ -61,6 +76,6 @@ routing)
     --methods "routing-transformer" --json "$OUT/routing-128k.json" > "$OUT/routing-128k.log" 2>&1
   echo "routing 128k exit $?"; grep -a -E "^  |exact causal|FAIL" "$OUT/routing-128k.log" | cut -c1-230
   ;;
-*) echo "usage: all-check.sh check|bench|sparse|wtarget|routing"; exit 2 ;;
+*) echo "usage: all-check.sh check|bench|sparse|wtarget|routing|merged"; exit 2 ;;
 esac
 echo "== done $(date -u '+%H:%M:%S')"
