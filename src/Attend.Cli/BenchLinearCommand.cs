@@ -86,16 +86,28 @@ internal static class BenchLinearCommand
             Description = "Only forward + backward tokens/s of GLA, Gated DeltaNet, DeltaNet and KDA at T = 4k and 16k (H = 8, D = 128): " +
                           "the matrix-product backward against the reverse recurrence, in paired A/B runs (--quick: T = 512).",
         };
+        var crossover = new Option<bool>("--crossover")
+        {
+            Description = "Only the prefill crossover against exact causal attention: every linear method's chunked prefill and the exact kernel " +
+                          "at each length (H = 8, D = 64; default T = 1k to 64k, many minutes), wall and CPU time; see --lengths, --methods, --runs.",
+        };
+        var lengths = new Option<string?>("--lengths") { Description = "With --crossover: comma-separated prefill lengths (default 1024,2048,4096,8192,16384,32768,65536)." };
+        var methodNames = new Option<string?>("--methods") { Description = "With --crossover: comma-separated linear method names (default: every method of the linear family)." };
+        var runs = new Option<int>("--runs") { Description = "With --crossover: timed calls per method and length after one warm-up (default 3; the exact kernel: 2 from 32k).", DefaultValueFactory = _ => 3 };
         var command = new Command("linear",
             "Linear / recurrent attention: chunked forward vs the FMA peak, every linear method's prefill tokens/s and decode µs/token " +
             "against exact causal attention (crossover length), decode time per token from 1k to 1M of context.")
-        { json, quick, full, decodeOnly, backend, gatedBackward };
+        { json, quick, full, decodeOnly, backend, gatedBackward, crossover, lengths, methodNames, runs };
         command.SetAction(parse => parse.GetValue(backend)!.ToLowerInvariant() switch
         {
+            "cpu" when parse.GetValue(crossover) && (parse.GetValue(quick) || parse.GetValue(full) || parse.GetValue(decodeOnly) || parse.GetValue(gatedBackward)) =>
+                throw new UserError("--crossover takes none of --quick, --full, --decode-only, --gated-backward."),
+            "cpu" when parse.GetValue(crossover) => BenchLinearCrossover.Execute(parse.GetValue(json), parse.GetValue(lengths), parse.GetValue(methodNames), parse.GetValue(runs), output, error),
+            "cpu" when parse.GetValue(lengths) is not null || parse.GetValue(methodNames) is not null => throw new UserError("--lengths and --methods go with --crossover."),
             "cpu" when parse.GetValue(gatedBackward) => BenchLinearGatedBackward.Execute(parse.GetValue(quick), parse.GetValue(quick) ? 1 : 3, output),
             "cpu" => Execute(parse.GetValue(json), parse.GetValue(quick), parse.GetValue(full), output, error, parse.GetValue(decodeOnly)),
-            "cuda" when parse.GetValue(gatedBackward) || parse.GetValue(full) || parse.GetValue(decodeOnly) =>
-                throw new UserError("--backend cuda runs its own fixed set (chunked forward, forward+backward, decode step); --gated-backward, --full and --decode-only are CPU options."),
+            "cuda" when parse.GetValue(gatedBackward) || parse.GetValue(full) || parse.GetValue(decodeOnly) || parse.GetValue(crossover) =>
+                throw new UserError("--backend cuda runs its own fixed set (chunked forward, forward+backward, decode step); --gated-backward, --full, --decode-only and --crossover are CPU options."),
             "cuda" => CudaLinearBench.Execute(parse.GetValue(json), parse.GetValue(quick), output, error),
             string other => throw new UserError($"--backend: unknown backend '{other}' (cpu or cuda)."),
         });
@@ -430,7 +442,7 @@ internal static class BenchLinearCommand
     }
 
     /// <summary>The forms a method's <c>form</c> parameter lists (e.g. <c>naive|chunked|recurrent</c>).</summary>
-    private static string[] FormsOf(IAttentionMethod method)
+    internal static string[] FormsOf(IAttentionMethod method)
     {
         MethodParameter? form = method.Info.Parameters.FirstOrDefault(p => p.Name == "form");
         return form is null ? ["chunked"] : form.Type.Split('|');
@@ -440,7 +452,7 @@ internal static class BenchLinearCommand
     /// The longest prefill a method is timed at: methods whose fast form is still quadratic or worse stop early so the
     /// sweep stays short (Local Linear Attention is O(T²·D²); kernelized RPE's FFT form runs in float64).
     /// </summary>
-    private static int MaxLength(string name) => name switch
+    internal static int MaxLength(string name) => name switch
     {
         "local-linear-attention" => 1024,
         "kernelized-rpe" => 4096,
