@@ -19,6 +19,8 @@
 #   bash all-check.sh routing  8. the Routing Transformer sorted by cluster vs its mask form (16k), sorted at 128k
 #   bash all-check.sh merged   9. parts 1 and 2 side by side (separate kernel caches: both compile on a cold machine, the
 #                                 16 CPU cores have room), then part 7 once the GPU is free again: one call under 600 s
+#   bash all-check.sh final   10. the linear and sparse checks (one exact problem) and their memcheck, the linear bench at
+#                                 16k, and fla's GLA forward+backward beside ours (its autotune needs minutes)
 #
 # The kernel cache lives in /tmp/attend-cuda-cache, so a second part on a still-warm machine skips NVRTC.
 set -u
@@ -62,6 +64,18 @@ merged)
     echo "wtarget $round exit $?"; grep -a -E "^  fwd" "$OUT/wtarget-$round.log" | cut -c1-220
   done
   ;;
+final)
+  ATTEND_CHECK_CUDA_PARTS=linear,sparse timeout ${CHECK_TIMEOUT:-240} ./attend/Attend.Cli check --backend cuda --cases 1 > "$OUT/check.log" 2>&1
+  echo "check exit $?"; grep -a -E "FAIL|attend check:|Exception|refused as expected" "$OUT/check.log" | cut -c1-240 | head -40
+  ATTEND_CHECK_CUDA_PARTS=linear,sparse timeout ${SAN_TIMEOUT:-200} compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 \
+    ./attend/Attend.Cli check --backend cuda --cases 1 --seed 1 > "$OUT/sanitizer.log" 2>&1
+  echo "sanitizer exit $?"; grep -a -E "ERROR SUMMARY|LEAK SUMMARY|attend check:" "$OUT/sanitizer.log" | head -5
+  ATTEND_BENCH_LINEAR_T=16384 timeout ${LINEAR_TIMEOUT:-120} ./attend/Attend.Cli bench linear --backend cuda \
+    --json "$OUT/linear-cuda.json" > "$OUT/bench-linear.log" 2>&1
+  echo "bench linear exit $?"; cut -c1-200 "$OUT/bench-linear.log" | tail -30
+  PYTHONPATH=$PWD timeout ${PEER_TIMEOUT:-300} python3 linear_peers.py --ours "$OUT/linear-cuda.json" --rep 100 --warmup 25 \
+    --methods gla --skip-forward --autotune-ms 5,20 2>&1 | grep -v Warning | tee "$OUT/peers-gla.log"
+  ;;
 wtarget)
   for round in 1 2; do
     ATTEND_BENCH_PART=wtarget timeout ${BENCH_TIMEOUT:-150} ./attend/Attend.Cli bench --backend cuda > "$OUT/wtarget-$round.log" 2>&1
@@ -76,6 +90,6 @@ routing)
     --methods "routing-transformer" --json "$OUT/routing-128k.json" > "$OUT/routing-128k.log" 2>&1
   echo "routing 128k exit $?"; grep -a -E "^  |exact causal|FAIL" "$OUT/routing-128k.log" | cut -c1-230
   ;;
-*) echo "usage: all-check.sh check|bench|sparse|wtarget|routing|merged"; exit 2 ;;
+*) echo "usage: all-check.sh check|bench|sparse|wtarget|routing|merged|final"; exit 2 ;;
 esac
 echo "== done $(date -u '+%H:%M:%S')"
