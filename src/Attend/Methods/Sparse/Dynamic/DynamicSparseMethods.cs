@@ -89,6 +89,9 @@ public sealed class MInferenceMethod : IAttentionMethod
     public MethodResult Run(MethodInputs inputs, MethodArguments arguments)
     {
         ArgumentNullException.ThrowIfNull(arguments);
+        ArgumentNullException.ThrowIfNull(inputs);
+        // A packed batch is planned one sequence at a time: the budget and the per-head pattern depend on the sequence.
+        if (inputs.Offsets is not null) return PackedBatch.RunEachSequence(inputs, arguments, causal: true, Run);
         var x = new MethodSpans(inputs);
         string pattern = arguments.GetChoice("pattern", "vertical-slash", "search", "a-shape", "vertical-slash", "block-sparse");
         SlashCoverage coverage = arguments.GetChoice("coverage", "diagonals", "diagonals", "blocks") == "blocks" ? SlashCoverage.Blocks : SlashCoverage.Diagonals;
@@ -150,6 +153,9 @@ public sealed class FlexPrefillMethod : IAttentionMethod
     public MethodResult Run(MethodInputs inputs, MethodArguments arguments)
     {
         ArgumentNullException.ThrowIfNull(arguments);
+        ArgumentNullException.ThrowIfNull(inputs);
+        // A packed batch is planned one sequence at a time: the query-aware / vertical-slash choice is per sequence.
+        if (inputs.Offsets is not null) return PackedBatch.RunEachSequence(inputs, arguments, causal: true, Run);
         var x = new MethodSpans(inputs);
         double gamma = arguments.GetDouble("gamma", 0.9, min: double.Epsilon, max: 1);
         double tau = arguments.GetDouble("tau", 0.1, min: 0);

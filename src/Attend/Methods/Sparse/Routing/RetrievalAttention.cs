@@ -296,6 +296,8 @@ public sealed class RetrievalAttentionMethod : IAttentionMethod
     {
         ArgumentNullException.ThrowIfNull(inputs);
         ArgumentNullException.ThrowIfNull(arguments);
+        // A packed batch is planned one sequence at a time: the list count and query block depend on the sequence.
+        if (inputs.Offsets is not null) return PackedBatch.RunEachSequence(inputs, arguments, RoutingAdapter.Causal(arguments), Run);
         var options = new RetrievalAttentionOptions
         {
             TopK = RoutingAdapter.OptionalInt(arguments, "top-k", 1),

@@ -301,6 +301,8 @@ public sealed class RoutingTransformerMethod : IAttentionMethod
     {
         ArgumentNullException.ThrowIfNull(inputs);
         ArgumentNullException.ThrowIfNull(arguments);
+        // A packed batch is planned one sequence at a time: the cluster count and the centroids depend on the sequence.
+        if (inputs.Offsets is not null) return PackedBatch.RunEachSequence(inputs, arguments, RoutingAdapter.Causal(arguments), Run);
         var options = new RoutingTransformerOptions
         {
             Clusters = RoutingAdapter.OptionalInt(arguments, "clusters", 1),

@@ -135,6 +135,8 @@ public sealed class SuperlinearMethod : IAttentionMethod
     {
         ArgumentNullException.ThrowIfNull(inputs);
         ArgumentNullException.ThrowIfNull(arguments);
+        // A packed batch is planned one sequence at a time: the span lengths depend on the sequence.
+        if (inputs.Offsets is not null) return PackedBatch.RunEachSequence(inputs, arguments, RoutingAdapter.Causal(arguments), Run);
         var options = new SuperlinearOptions
         {
             Steps = RoutingAdapter.OptionalInt(arguments, "steps", 2),

@@ -1,0 +1,75 @@
+using Attend.Methods;
+using Xunit;
+
+namespace Attend.Tests.Sparse;
+
+/// <summary>
+/// The contract of every sparse and approximate method that accepts varlen offsets: a packed (ragged) batch gives each
+/// sequence exactly what that sequence gives alone (the same plan, the same output to rounding). Defaults that depend on
+/// the length (windows, grids, budgets, cluster and list counts, span lengths) must be computed per sequence, not from
+/// the longest sequence or the packed total. A method that cannot be per sequence must refuse offsets by name.
+/// </summary>
+public sealed class PackedBatchContractTests
+{
+    private const double Tolerance = 1e-5;
+    private const int Heads = 4, KvHeads = 2, Dim = 16;
+    private static readonly int[] s_lengths = [1, 97, 300];
+
+    /// <summary>Every sparse and approximation method of the catalog with its defaults, plus parameter sets whose length rule matters.</summary>
+    public static TheoryData<string, string[], int[]> Methods()
+    {
+        var data = new TheoryData<string, string[], int[]>();
+        foreach (IAttentionMethod m in MethodCatalog.Runnable)
+            if (m.Info.Family is "sparse" or "approximation") data.Add(m.Info.Name, [], s_lengths);
+        data.Add("moa", ["alpha=3,10,1,7", "beta=0.1,0.25,0.05,0.5", "sinks=2"], s_lengths);
+        // MInference's default budget max(128, Tk/16) only depends on the length above 2048 keys.
+        data.Add("minference", [], [1, 97, 2100]);
+        data.Add("spatten", ["head-keep=0.5"], s_lengths);
+        data.Add("spatten", ["head-keep=3", "token-keep=0.5"], s_lengths);
+        return data;
+    }
+
+    [Theory]
+    [MemberData(nameof(Methods))]
+    public void PackedBatchEqualsEachSequenceAlone(string name, string[] pairs, int[] lengths)
+    {
+        IAttentionMethod method = MethodCatalog.FindRunnable(name) ?? throw new InvalidOperationException($"{name} is not registered");
+        var rng = TestData.Rng(TestData.Salt(name) + pairs.Length + lengths[^1]);
+        SeqOffsets offsets = SeqOffsets.FromLengths(lengths);
+        int total = offsets.TotalTokens;
+        float[] q = TestData.Gaussian<float>(rng, (long)total * Heads * Dim);
+        float[] k = TestData.Gaussian<float>(rng, (long)total * KvHeads * Dim);
+        float[] v = TestData.Gaussian<float>(rng, (long)total * KvHeads * Dim);
+        var packedInputs = new MethodInputs(new MethodTensor(q, 1, total, Heads, Dim), new MethodTensor(k, 1, total, KvHeads, Dim), new MethodTensor(v, 1, total, KvHeads, Dim))
+        {
+            Offsets = offsets,
+        };
+        MethodResult packed;
+        try
+        {
+            packed = method.Run(packedInputs, MethodArguments.Parse(pairs));
+        }
+        catch (ArgumentException e) when (e.ParamName == "offsets")
+        {
+            // A method that cannot plan per sequence refuses a ragged batch, naming the argument (and says so here).
+            Assert.Contains("offsets", e.Message, StringComparison.OrdinalIgnoreCase);
+            return;
+        }
+        Assert.Equal((long)total * Heads * Dim, packed.Output.Data.Length);
+
+        for (int s = 0; s < offsets.Count; s++)
+        {
+            int start = offsets.Start(s), length = offsets.Length(s);
+            float[] qs = q.AsSpan(start * Heads * Dim, length * Heads * Dim).ToArray();
+            float[] ks = k.AsSpan(start * KvHeads * Dim, length * KvHeads * Dim).ToArray();
+            float[] vs = v.AsSpan(start * KvHeads * Dim, length * KvHeads * Dim).ToArray();
+            var alone = new MethodInputs(new MethodTensor(qs, 1, length, Heads, Dim), new MethodTensor(ks, 1, length, KvHeads, Dim), new MethodTensor(vs, 1, length, KvHeads, Dim));
+            MethodResult single = method.Run(alone, MethodArguments.Parse(pairs));
+            float[] packedPart = packed.Output.Data.AsSpan(start * Heads * Dim, length * Heads * Dim).ToArray();
+            Assert.All(packedPart, x => Assert.False(float.IsNaN(x), $"{name}: NaN in sequence {s}"));
+            double err = TestData.RelativeL2(packedPart, single.Output.Data);
+            Assert.True(err <= Tolerance,
+                $"{name} [{string.Join(' ', pairs)}]: sequence {s} (length {length}) differs from the same sequence alone by {err:E2} (seed {TestData.RunSeed})");
+        }
+    }
+}
