@@ -49,6 +49,11 @@ public static class FlexPrefill
     public const string Paper = "FlexPrefill: A Context-Aware Sparse Attention Mechanism for Efficient Long-Sequence Inference (Lai et al., 2025)";
 
     /// <summary>Builds the plan (the online selection).</summary>
+    /// <remarks>
+    /// The plan holds one query-aware / vertical-slash choice per head, decided on the first non-empty sequence of a
+    /// packed input; the runnable adapter instead plans each sequence alone (<see cref="PackedBatch"/>), so a packed
+    /// batch gives each sequence what it gives alone.
+    /// </remarks>
     /// <exception cref="ArgumentOutOfRangeException">γ outside (0, 1] or τ below 0; the message names the option.</exception>
     public static HybridSparsePlan BuildPlan(ReadOnlyTensorSpan<float> q, ReadOnlyTensorSpan<float> k, ReadOnlyTensorSpan<float> v,
         FlexPrefillOptions options, out bool[] queryAware)

@@ -211,6 +211,11 @@ public sealed class KeyIndex
 public static class RetrievalAttention
 {
     /// <summary>Searches and freezes the plan; <paramref name="index"/> is built when null.</summary>
+    /// <remarks>
+    /// On a packed input the default list count (√Tk) and query block come from the longest sequence; the runnable
+    /// adapter instead plans each sequence alone (<see cref="PackedBatch"/>), so a packed batch gives each sequence what
+    /// it gives alone. Set <see cref="RetrievalAttentionOptions.Lists"/> to make the typed call length-independent.
+    /// </remarks>
     /// <exception cref="ArgumentOutOfRangeException">A top-k, list, probe or query-block count below 1; negative sinks or window.</exception>
     public static SparsePlan Plan(SelectorInput input, RetrievalAttentionOptions? options = null, KeyIndex? index = null)
     {
