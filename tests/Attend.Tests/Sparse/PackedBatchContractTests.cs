@@ -57,6 +57,7 @@ public sealed class PackedBatchContractTests
         }
         Assert.Equal((long)total * Heads * Dim, packed.Output.Data.Length);
 
+        double weightedDensity = 0, basePairs = 0;
         for (int s = 0; s < offsets.Count; s++)
         {
             int start = offsets.Start(s), length = offsets.Length(s);
@@ -67,9 +68,16 @@ public sealed class PackedBatchContractTests
             MethodResult single = method.Run(alone, MethodArguments.Parse(pairs));
             float[] packedPart = packed.Output.Data.AsSpan(start * Heads * Dim, length * Heads * Dim).ToArray();
             Assert.All(packedPart, x => Assert.False(float.IsNaN(x), $"{name}: NaN in sequence {s}"));
+            // The packed density is the sequences' densities weighted by their causal pairs (every default here is causal).
+            double causalPairs = length * (length + 1.0) / 2;
+            weightedDensity += (single.Density ?? double.NaN) * causalPairs;
+            basePairs += causalPairs;
             double err = TestData.RelativeL2(packedPart, single.Output.Data);
             Assert.True(err <= Tolerance,
                 $"{name} [{string.Join(' ', pairs)}]: sequence {s} (length {length}) differs from the same sequence alone by {err:E2} (seed {TestData.RunSeed})");
         }
+        if (packed.Density is double density)
+            Assert.True(Math.Abs(density - weightedDensity / basePairs) <= 1e-9,
+                $"{name}: packed density {density} but the sequences' weighted density is {weightedDensity / basePairs}");
     }
 }

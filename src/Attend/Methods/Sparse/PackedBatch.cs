@@ -71,18 +71,34 @@ public static class PackedBatch
         return result;
     }
 
-    // Packed coordinates (batch 0, packed query row, packed keys) mapped to each sequence's own coverage.
-    private sealed class PackedCoverage(SeqOffsets offsets, IPairCoverage?[] parts) : IPairCoverage
+    /// <summary>
+    /// The coverage of a packed run: packed coordinates (batch 0, packed query row, packed keys) mapped to each
+    /// sequence's own coverage (the plan of that sequence's run, where the method reports its plan as its coverage).
+    /// </summary>
+    public sealed class PackedCoverage : IPairCoverage
     {
+        private readonly SeqOffsets _offsets;
+        private readonly IPairCoverage?[] _parts;
+
+        internal PackedCoverage(SeqOffsets offsets, IPairCoverage?[] parts)
+        {
+            _offsets = offsets;
+            _parts = parts;
+        }
+
+        /// <summary>Each sequence's own coverage (null for an empty sequence).</summary>
+        public IReadOnlyList<IPairCoverage?> Sequences => _parts;
+
+        /// <inheritdoc/>
         public void CoveredKeys(int batch, int head, int query, Span<bool> covered)
         {
-            if (covered.Length != offsets.TotalTokens)
-                throw new ArgumentException($"The span has {covered.Length} entries but there are {offsets.TotalTokens} keys.", nameof(covered));
+            if (covered.Length != _offsets.TotalTokens)
+                throw new ArgumentException($"The span has {covered.Length} entries but there are {_offsets.TotalTokens} keys.", nameof(covered));
             covered.Clear();
             int s = 0;
-            while (s + 1 < offsets.Count && offsets.Start(s + 1) <= query) s++;
-            int start = offsets.Start(s), length = offsets.Length(s);
-            if (length == 0 || parts[s] is not IPairCoverage part) return;
+            while (s + 1 < _offsets.Count && _offsets.Start(s + 1) <= query) s++;
+            int start = _offsets.Start(s), length = _offsets.Length(s);
+            if (length == 0 || _parts[s] is not IPairCoverage part) return;
             part.CoveredKeys(0, head, query - start, covered.Slice(start, length));
         }
     }
