@@ -24,6 +24,14 @@ public sealed class PackedBatchContractTests
         data.Add("moa", ["alpha=3,10,1,7", "beta=0.1,0.25,0.05,0.5", "sinks=2"], s_lengths);
         // MInference's default budget max(128, Tk/16) only depends on the length above 2048 keys.
         data.Add("minference", [], [1, 97, 2100]);
+        data.Add("minference", ["pattern=search", "budget=64"], s_lengths);
+        data.Add("minference", ["pattern=block-sparse", "budget=128"], s_lengths);
+        data.Add("flexprefill", ["tau=0"], s_lengths);
+        data.Add("flexprefill", ["tau=100", "gamma=0.5"], s_lengths);
+        // The approximations below min_seq_len are exact: these settings make every long sequence approximate.
+        data.Add("hyperattention", ["min_seq_len=64", "block=64", "samples=32"], s_lengths);
+        data.Add("scatterbrain", ["block=64", "features=16"], s_lengths);
+        data.Add("routing-transformer", ["sorted=false"], s_lengths);
         data.Add("spatten", ["head-keep=0.5"], s_lengths);
         data.Add("spatten", ["head-keep=3", "token-keep=0.5"], s_lengths);
         return data;
