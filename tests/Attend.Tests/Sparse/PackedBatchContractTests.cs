@@ -88,4 +88,38 @@ public sealed class PackedBatchContractTests
             Assert.True(Math.Abs(density - weightedDensity / basePairs) <= 1e-9,
                 $"{name}: packed density {density} but the sequences' weighted density is {weightedDensity / basePairs}");
     }
+
+    /// <summary>
+    /// The dynamic prefill selectors decide a pattern per head from the data; in a padded batch too each entry gets the
+    /// plan it gets alone (FlexPrefill's query-aware / vertical-slash choice is per entry and head, not the first entry's).
+    /// </summary>
+    [Theory]
+    [InlineData("flexprefill", new string[0])]
+    [InlineData("flexprefill", new[] { "tau=0.3", "gamma=0.7" })]
+    [InlineData("minference", new[] { "pattern=search", "budget=64" })]
+    [InlineData("anchor-attention", new string[0])]
+    public void PaddedBatchEqualsEachEntryAlone(string name, string[] pairs)
+    {
+        IAttentionMethod method = MethodCatalog.FindRunnable(name) ?? throw new InvalidOperationException($"{name} is not registered");
+        var rng = TestData.Rng(TestData.Salt(name) + 17 * pairs.Length);
+        const int batch = 3, t = 173;
+        // Entries of different character: plain random, a strongly peaked one (large logits), and a flat one.
+        float[] q = TestData.Gaussian<float>(rng, (long)batch * t * Heads * Dim);
+        float[] k = TestData.Gaussian<float>(rng, (long)batch * t * KvHeads * Dim);
+        float[] v = TestData.Gaussian<float>(rng, (long)batch * t * KvHeads * Dim);
+        for (long i = (long)t * Heads * Dim; i < 2L * t * Heads * Dim; i++) q[i] *= 4;
+        for (long i = 2L * t * Heads * Dim; i < 3L * t * Heads * Dim; i++) q[i] *= 0.05f;
+        var inputs = new MethodInputs(new MethodTensor(q, batch, t, Heads, Dim), new MethodTensor(k, batch, t, KvHeads, Dim), new MethodTensor(v, batch, t, KvHeads, Dim));
+        MethodResult padded = method.Run(inputs, MethodArguments.Parse(pairs));
+        for (int b = 0; b < batch; b++)
+        {
+            var alone = new MethodInputs(
+                new MethodTensor(q.AsSpan(b * t * Heads * Dim, t * Heads * Dim).ToArray(), 1, t, Heads, Dim),
+                new MethodTensor(k.AsSpan(b * t * KvHeads * Dim, t * KvHeads * Dim).ToArray(), 1, t, KvHeads, Dim),
+                new MethodTensor(v.AsSpan(b * t * KvHeads * Dim, t * KvHeads * Dim).ToArray(), 1, t, KvHeads, Dim));
+            MethodResult single = method.Run(alone, MethodArguments.Parse(pairs));
+            double err = TestData.RelativeL2(padded.Output.Data.AsSpan(b * t * Heads * Dim, t * Heads * Dim).ToArray(), single.Output.Data);
+            Assert.True(err <= Tolerance, $"{name} [{string.Join(' ', pairs)}]: batch entry {b} differs from the entry alone by {err:E2} (seed {TestData.RunSeed})");
+        }
+    }
 }

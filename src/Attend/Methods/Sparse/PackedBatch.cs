@@ -72,6 +72,67 @@ public static class PackedBatch
     }
 
     /// <summary>
+    /// Runs <paramref name="runOne"/> on each entry of a padded batch (<paramref name="inputs"/> without offsets,
+    /// <c>[B, T, H, D]</c>) as a batch of one and assembles the batch result, for settings a method calibrates on its
+    /// whole input (MInference's pattern search); density, selector time and coverage as for a packed batch.
+    /// </summary>
+    /// <exception cref="ArgumentException">Inputs with offsets (use <see cref="RunEachSequence"/>), or a batch that q, k and v disagree on (parameter <c>k</c>).</exception>
+    public static MethodResult RunEachEntry(MethodInputs inputs, MethodArguments arguments, bool causal, Func<MethodInputs, MethodArguments, MethodResult> runOne)
+    {
+        ArgumentNullException.ThrowIfNull(inputs);
+        ArgumentNullException.ThrowIfNull(arguments);
+        ArgumentNullException.ThrowIfNull(runOne);
+        if (inputs.Offsets is not null) throw new ArgumentException("A padded batch has no varlen offsets; use RunEachSequence.", "offsets");
+        MethodTensor q = inputs.Q, k = inputs.K, v = inputs.V;
+        int b = q.Dim(0), tq = q.Dim(1), h = q.Dim(2), d = q.Dim(3), tk = k.Dim(1), hkv = k.Dim(2), dk = k.Dim(3), dv = v.Dim(3);
+        if (k.Dim(0) != b || v.Dim(0) != b || v.Dim(1) != tk)
+            throw new ArgumentException($"q {q}, k {k} and v {v} must agree on the batch (dimension 0), and k and v on the keys (dimension 1).", "k");
+        var o = new float[(long)b * tq * h * dv];
+        var lse = new float[(long)b * h * tq];
+        bool hasLse = true, hasDensity = true, hasSelector = false;
+        double weightedDensity = 0, basePairs = 0, selectorMs = 0;
+        var coverages = new IPairCoverage?[b];
+        var report = new List<KeyValuePair<string, string>>();
+        for (int entry = 0; entry < b; entry++)
+        {
+            var alone = new MethodInputs(
+                new MethodTensor(q.Data.AsSpan(entry * tq * h * d, tq * h * d).ToArray(), 1, tq, h, d),
+                new MethodTensor(k.Data.AsSpan(entry * tk * hkv * dk, tk * hkv * dk).ToArray(), 1, tk, hkv, dk),
+                new MethodTensor(v.Data.AsSpan(entry * tk * hkv * dv, tk * hkv * dv).ToArray(), 1, tk, hkv, dv));
+            MethodResult one = runOne(alone, arguments);
+            one.Output.Data.AsSpan().CopyTo(o.AsSpan(entry * tq * h * dv, tq * h * dv));
+            if (one.Extras.TryGetValue("lse", out MethodTensor? l)) l.Data.AsSpan().CopyTo(lse.AsSpan(entry * h * tq, h * tq));
+            else hasLse = false;
+            // Causal pairs bottom-right aligned: query row i sees keys ≤ i + tk − tq.
+            double pairs = 0;
+            if (causal) for (long i = 0; i < tq; i++) pairs += Math.Clamp(i + tk - tq + 1, 0, tk);
+            else pairs = (double)tq * tk;
+            if (one.Density is double density) weightedDensity += density * pairs; else hasDensity = false;
+            basePairs += pairs;
+            if (one.SelectorMs is double ms) { selectorMs += ms; hasSelector = true; }
+            coverages[entry] = one.Coverage;
+            foreach (KeyValuePair<string, string> item in one.Report) report.Add(new($"{item.Key} (entry {entry})", item.Value));
+        }
+        bool covered = Array.TrueForAll(coverages, c => c is not null);
+        var result = new MethodResult(new MethodTensor(o, b, tq, h, dv))
+        {
+            Density = hasDensity ? (basePairs == 0 ? 0 : weightedDensity / basePairs) : null,
+            SelectorMs = hasSelector ? selectorMs : null,
+            Coverage = covered ? new EntryCoverage(coverages) : null,
+        };
+        if (hasLse) result.Extras["lse"] = new MethodTensor(lse, b, h, tq);
+        result.Report.Add(new("batch", $"{b} entries, each planned alone"));
+        result.Report.AddRange(report);
+        return result;
+    }
+
+    // Batch entry b of a padded run answered by entry b's own coverage (a batch of one).
+    private sealed class EntryCoverage(IPairCoverage?[] parts) : IPairCoverage
+    {
+        public void CoveredKeys(int batch, int head, int query, Span<bool> covered) => parts[batch]!.CoveredKeys(0, head, query, covered);
+    }
+
+    /// <summary>
     /// The coverage of a packed run: packed coordinates (batch 0, packed query row, packed keys) mapped to each
     /// sequence's own coverage (the plan of that sequence's run, where the method reports its plan as its coverage).
     /// </summary>
