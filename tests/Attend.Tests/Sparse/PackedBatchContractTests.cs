@@ -94,7 +94,7 @@ public sealed class PackedBatchContractTests
     /// plan it gets alone (FlexPrefill's query-aware / vertical-slash choice is per entry and head, not the first entry's).
     /// </summary>
     [Theory]
-    [InlineData("flexprefill", new string[0])]
+    [InlineData("flexprefill", new[] { "tau=0.3" })]
     [InlineData("flexprefill", new[] { "tau=0.3", "gamma=0.7" })]
     [InlineData("minference", new[] { "pattern=search", "budget=64" })]
     [InlineData("anchor-attention", new string[0])]
@@ -102,15 +102,29 @@ public sealed class PackedBatchContractTests
     {
         IAttentionMethod method = MethodCatalog.FindRunnable(name) ?? throw new InvalidOperationException($"{name} is not registered");
         var rng = TestData.Rng(TestData.Salt(name) + 17 * pairs.Length);
-        const int batch = 3, t = 173;
-        // Entries of different character: plain random, a strongly peaked one (large logits), and a flat one.
+        const int batch = 3, t = 701;
+        // Entries of different character, so a per-head choice made on one entry is wrong for another: a flat one
+        // (nearly uniform attention: FlexPrefill goes query-aware), one where every query wants one planted key (a
+        // vertical line the pooled block estimate dilutes: vertical-slash), and a plain random one.
         float[] q = TestData.Gaussian<float>(rng, (long)batch * t * Heads * Dim);
         float[] k = TestData.Gaussian<float>(rng, (long)batch * t * KvHeads * Dim);
         float[] v = TestData.Gaussian<float>(rng, (long)batch * t * KvHeads * Dim);
-        for (long i = (long)t * Heads * Dim; i < 2L * t * Heads * Dim; i++) q[i] *= 4;
-        for (long i = 2L * t * Heads * Dim; i < 3L * t * Heads * Dim; i++) q[i] *= 0.05f;
+        for (long i = 0; i < (long)t * Heads * Dim; i++) q[i] *= 0.05f;
+        float[] u = TestData.Gaussian<float>(rng, Dim);
+        for (int row = 0; row < t; row++)
+            for (int head = 0; head < Heads; head++)
+                for (int i = 0; i < Dim; i++) q[((long)(t + row) * Heads + head) * Dim + i] = 0.3f * q[((long)(t + row) * Heads + head) * Dim + i] + 2 * u[i];
+        for (int head = 0; head < KvHeads; head++)
+            for (int i = 0; i < Dim; i++) k[((long)(t + 70) * KvHeads + head) * Dim + i] = 3 * u[i];
         var inputs = new MethodInputs(new MethodTensor(q, batch, t, Heads, Dim), new MethodTensor(k, batch, t, KvHeads, Dim), new MethodTensor(v, batch, t, KvHeads, Dim));
         MethodResult padded = method.Run(inputs, MethodArguments.Parse(pairs));
+        if (name == "flexprefill")
+        {
+            // At τ = 0.3 the flat entry goes query-aware and the planted-key entry vertical-slash: the choice is per entry.
+            string[] entries = padded.Report.First(p => p.Key == "patterns").Value.Split("; ");
+            Assert.Equal(batch, entries.Length);
+            Assert.NotEqual(entries[0], entries[1]);
+        }
         for (int b = 0; b < batch; b++)
         {
             var alone = new MethodInputs(
