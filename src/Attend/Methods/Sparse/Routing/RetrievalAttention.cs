@@ -212,7 +212,8 @@ public static class RetrievalAttention
 {
     /// <summary>Searches and freezes the plan; <paramref name="index"/> is built when null.</summary>
     /// <remarks>
-    /// On a packed input the default list count (√Tk) and query block come from the longest sequence; the runnable
+    /// On a packed input the default list count (√Tk) and query block come from the longest sequence (the index itself
+    /// is per sequence and key head); the runnable
     /// adapter instead plans each sequence alone (<see cref="PackedBatch"/>), so a packed batch gives each sequence what
     /// it gives alone. Set <see cref="RetrievalAttentionOptions.Lists"/> to make the typed call length-independent.
     /// </remarks>
