@@ -89,8 +89,13 @@ public sealed class MInferenceMethod : IAttentionMethod
     public MethodResult Run(MethodInputs inputs, MethodArguments arguments)
     {
         ArgumentNullException.ThrowIfNull(arguments);
-        var x = new MethodSpans(inputs);
+        ArgumentNullException.ThrowIfNull(inputs);
+        // A packed batch is planned one sequence at a time: the budget and the per-head pattern depend on the sequence.
+        if (inputs.Offsets is not null) return PackedBatch.RunEachSequence(inputs, arguments, causal: true, Run);
         string pattern = arguments.GetChoice("pattern", "vertical-slash", "search", "a-shape", "vertical-slash", "block-sparse");
+        // The search calibrates on its input: on a padded batch, each entry is calibrated (and run) alone, as packed.
+        if (pattern == "search" && inputs.Q.Dim(0) > 1) return PackedBatch.RunEachEntry(inputs, arguments, causal: true, Run);
+        var x = new MethodSpans(inputs);
         SlashCoverage coverage = arguments.GetChoice("coverage", "diagonals", "diagonals", "blocks") == "blocks" ? SlashCoverage.Blocks : SlashCoverage.Diagonals;
         int budget = arguments.GetInt("budget", Math.Max(128, x.Tk / 16), min: 2);
         int vertical = arguments.GetInt("vertical", pattern == "a-shape" ? Math.Min(64, budget / 2) : Math.Max(1, budget / 7), min: 1);
@@ -157,9 +162,10 @@ public sealed class FlexPrefillMethod : IAttentionMethod
         arguments.ThrowIfUnused(Name);
         float[] o = x.NewOutput(), lse = x.NewLse();
         var options = new FlexPrefillOptions { Gamma = gamma, Tau = tau, Scale = scale, Offsets = x.Offsets };
-        (HybridSparsePlan plan, bool[] queryAware, double ms) = FlexPrefill.Forward(x.QSpan, x.KSpan, x.VSpan, options, x.OutSpan(o), x.LseSpan(lse));
+        (HybridSparsePlan plan, bool[][] queryAware, double ms) = FlexPrefill.Forward(x.QSpan, x.KSpan, x.VSpan, options, x.OutSpan(o), x.LseSpan(lse));
         MethodResult result = x.Result(o, lse, plan.Density, ms, plan);
-        result.Report.Add(new("patterns", string.Join(" ", queryAware.Select(a => a ? "QA" : "VS"))));
+        // One choice per sequence and head: heads joined by spaces, sequences by "; ".
+        result.Report.Add(new("patterns", string.Join("; ", queryAware.Select(seq => string.Join(" ", seq.Select(a => a ? "QA" : "VS"))))));
         return result;
     }
 }

@@ -49,9 +49,13 @@ public static class FlexPrefill
     public const string Paper = "FlexPrefill: A Context-Aware Sparse Attention Mechanism for Efficient Long-Sequence Inference (Lai et al., 2025)";
 
     /// <summary>Builds the plan (the online selection).</summary>
+    /// <remarks>
+    /// The query-aware / vertical-slash choice is made per sequence and head (<paramref name="queryAware"/>[s][h]), so a
+    /// sequence of a batch (padded or packed) gets the plan it gets alone.
+    /// </remarks>
     /// <exception cref="ArgumentOutOfRangeException">γ outside (0, 1] or τ below 0; the message names the option.</exception>
     public static HybridSparsePlan BuildPlan(ReadOnlyTensorSpan<float> q, ReadOnlyTensorSpan<float> k, ReadOnlyTensorSpan<float> v,
-        FlexPrefillOptions options, out bool[] queryAware)
+        FlexPrefillOptions options, out bool[][] queryAware)
     {
         ArgumentNullException.ThrowIfNull(options);
         double gamma = options.Gamma ?? 0.9, tau = options.Tau ?? 0.1;
@@ -60,36 +64,31 @@ public static class FlexPrefill
         var ctx = new SelectorContext(q, k, v, options.Offsets, options.Scale);
         HybridSparsePlan plan = ctx.NewPlan();
         const int bs = HybridSparsePlan.BlockSize;
-        bool[] aware = queryAware = new bool[ctx.Shape.Heads];
-        Parallel.For(0, ctx.Shape.Heads, new ParallelOptions { MaxDegreeOfParallelism = options.MaxThreads ?? Environment.ProcessorCount }, h =>
+        int sequences = ctx.Shape.Sequences, heads = ctx.Shape.Heads;
+        bool[][] aware = queryAware = new bool[sequences][];
+        for (int s = 0; s < sequences; s++) aware[s] = new bool[heads];
+        Parallel.For(0, sequences * heads, new ParallelOptions { MaxDegreeOfParallelism = options.MaxThreads ?? Environment.ProcessorCount }, item =>
         {
-            // The pattern is decided on the first non-empty sequence and kept for the head (heads are the unit of the pattern).
-            bool decided = false;
-            for (int s = 0; s < ctx.Shape.Sequences; s++)
-            {
-                int tq = ctx.Shape.QLen[s], tk = ctx.Shape.KLen[s];
-                if (tq == 0 || tk == 0) continue;
-                int rows = Math.Min(bs, tq), first = tq - rows;
-                float[] p = ctx.LastRowsSoftmax(s, h, first, rows);
-                if (!decided)
-                {
-                    aware[h] = JensenShannonDistance(ctx, s, h, p, rows, first) < tau;
-                    plan.SetBlockHead(h, aware[h]);
-                    decided = true;
-                }
-                if (aware[h]) SelectQueryAware(ctx, s, h, gamma, plan);
-                else SelectVerticalSlash(ctx, s, h, p, rows, first, gamma, plan);
-            }
+            // The pattern is decided per sequence and head, on that sequence's last query block.
+            int s = item / heads, h = item % heads;
+            int tq = ctx.Shape.QLen[s], tk = ctx.Shape.KLen[s];
+            if (tq == 0 || tk == 0) return;
+            int rows = Math.Min(bs, tq), first = tq - rows;
+            float[] p = ctx.LastRowsSoftmax(s, h, first, rows);
+            aware[s][h] = JensenShannonDistance(ctx, s, h, p, rows, first) < tau;
+            plan.SetBlockHead(s, h, aware[s][h]);
+            if (aware[s][h]) SelectQueryAware(ctx, s, h, gamma, plan);
+            else SelectVerticalSlash(ctx, s, h, p, rows, first, gamma, plan);
         });
         return plan;
     }
 
     /// <summary>Builds the plan and runs it; returns the plan, the per-head choice and the selection time.</summary>
-    public static (HybridSparsePlan Plan, bool[] QueryAware, double SelectorMs) Forward(ReadOnlyTensorSpan<float> q, ReadOnlyTensorSpan<float> k,
+    public static (HybridSparsePlan Plan, bool[][] QueryAware, double SelectorMs) Forward(ReadOnlyTensorSpan<float> q, ReadOnlyTensorSpan<float> k,
         ReadOnlyTensorSpan<float> v, FlexPrefillOptions options, TensorSpan<float> output, TensorSpan<float> lse = default)
     {
         var watch = Stopwatch.StartNew();
-        HybridSparsePlan plan = BuildPlan(q, k, v, options, out bool[] queryAware);
+        HybridSparsePlan plan = BuildPlan(q, k, v, options, out bool[][] queryAware);
         double ms = watch.Elapsed.TotalMilliseconds;
         plan.Forward(q, k, v, new AttentionOptions { Scale = options.Scale, QueryOffsets = options.Offsets, MaxThreads = options.MaxThreads }, output, lse);
         return (plan, queryAware, ms);

@@ -7,11 +7,16 @@ namespace Attend.Methods.Sparse.Dynamic;
 /// <see cref="BlockHeads"/> run their chosen (query block, key block) cells of <see cref="Blocks"/> on the block-sparse
 /// exact kernel (<see cref="Attention.Forward{T}(ReadOnlyTensorSpan{T}, ReadOnlyTensorSpan{T}, ReadOnlyTensorSpan{T}, AttentionOptions, TensorSpan{T}, TensorSpan{float})"/>
 /// with <c>Causal ∧ selection</c>); the others run their <see cref="Tokens"/> plan on the token-level path
-/// (<see cref="VerticalSlashAttention"/>). Both are causal; each pair of a head is computed by one path only.
+/// (<see cref="VerticalSlashAttention"/>). Both are causal; each pair of a head is computed by one path only. The kind
+/// is chosen per sequence and head (<see cref="SetBlockHead(int, int, bool)"/>), so a sequence of a batch gets the same
+/// plan as alone.
 /// </summary>
 public sealed class HybridSparsePlan : IPairCoverage
 {
-    private readonly bool[] _blockHeads;
+    private readonly bool[] _blockHeads; // [sequence, head]
+    private readonly int _heads;
+    private readonly SeqOffsets? _offsets;
+    private readonly int _queryLength;
 
     /// <summary>A plan with nothing chosen yet, for a regular batch or (with <paramref name="offsets"/>) a packed one.</summary>
     public HybridSparsePlan(int batch, int heads, int queryLength, int keyLength, SeqOffsets? offsets)
@@ -26,7 +31,10 @@ public sealed class HybridSparsePlan : IPairCoverage
             Tokens = new VerticalSlashPlan(offsets, offsets, heads);
             Blocks = new BlockSelection(offsets, offsets, heads, BlockSize, BlockSize);
         }
-        _blockHeads = new bool[heads];
+        _heads = heads;
+        _offsets = offsets;
+        _queryLength = queryLength;
+        _blockHeads = new bool[(long)(offsets?.Count ?? batch) * heads];
     }
 
     /// <summary>Query and key block size of <see cref="Blocks"/> (the kernel's tile).</summary>
@@ -38,11 +46,39 @@ public sealed class HybridSparsePlan : IPairCoverage
     /// <summary>The chosen cells of the heads in <see cref="BlockHeads"/>.</summary>
     public BlockSelection Blocks { get; }
 
-    /// <summary>Per head: true when it runs on <see cref="Blocks"/>.</summary>
-    public IReadOnlyList<bool> BlockHeads => _blockHeads;
+    /// <summary>Per head: true when it runs on <see cref="Blocks"/> in every sequence.</summary>
+    public IReadOnlyList<bool> BlockHeads
+    {
+        get
+        {
+            var all = new bool[_heads];
+            for (int h = 0; h < _heads; h++)
+            {
+                all[h] = true;
+                for (int s = 0; s < Sequences; s++) all[h] &= IsBlockHead(s, h);
+            }
+            return all;
+        }
+    }
 
-    /// <summary>Marks head <paramref name="head"/> as a block-sparse head (or not).</summary>
-    public void SetBlockHead(int head, bool isBlock) => _blockHeads[head] = isBlock;
+    /// <summary>Sequences (batch entries, or varlen sequences) of the plan.</summary>
+    public int Sequences => _blockHeads.Length / Math.Max(1, _heads);
+
+    /// <summary>True when head <paramref name="head"/> of sequence <paramref name="sequence"/> runs on <see cref="Blocks"/>.</summary>
+    public bool IsBlockHead(int sequence, int head) => _blockHeads[sequence * _heads + head];
+
+    /// <summary>Marks head <paramref name="head"/> as a block-sparse head (or not) in every sequence.</summary>
+    public void SetBlockHead(int head, bool isBlock)
+    {
+        for (int s = 0; s < Sequences; s++) _blockHeads[s * _heads + head] = isBlock;
+    }
+
+    /// <summary>Marks head <paramref name="head"/> of sequence <paramref name="sequence"/> as a block-sparse head (or not).</summary>
+    public void SetBlockHead(int sequence, int head, bool isBlock) => _blockHeads[sequence * _heads + head] = isBlock;
+
+    // The batch entry and query rows [first, end) of sequence s in the tensors.
+    private (int Batch, int First, int End) Rows(int s) =>
+        _offsets is SeqOffsets o ? (0, o.Start(s), o.Start(s) + o.Length(s)) : (s, 0, _queryLength);
 
     /// <summary>Runs the plan: output [B, Tq, H, D] and LSE [B, H, Tq] (or empty).</summary>
     public unsafe void Forward(ReadOnlyTensorSpan<float> q, ReadOnlyTensorSpan<float> k, ReadOnlyTensorSpan<float> v, AttentionOptions options,
@@ -76,14 +112,17 @@ public sealed class HybridSparsePlan : IPairCoverage
         {
             TensorView<float> vo = Views.Of<float>(output, po);
             LseView vl = Views.Lse(lseAll, pl);
-            for (int b = 0; b < sh.Batch; b++)
-                for (int t = 0; t < sh.QueryTokens; t++)
-                    for (int h = 0; h < sh.Heads; h++)
+            for (int s = 0; s < Sequences; s++)
+                for (int h = 0; h < sh.Heads; h++)
+                {
+                    if (!IsBlockHead(s, h)) continue;
+                    (int b, int first, int end) = Rows(s);
+                    for (int t = first; t < end; t++)
                     {
-                        if (!_blockHeads[h]) continue;
                         o2.AsSpan((int)((((long)b * sh.QueryTokens + t) * sh.Heads + h) * sh.Dim), sh.Dim).CopyTo(new Span<float>(vo.Row(b, t, h), sh.Dim));
                         *vl.At(b, h, t) = l2[((long)b * sh.Heads + h) * sh.QueryTokens + t];
                     }
+                }
         }
     }
 
@@ -94,11 +133,12 @@ public sealed class HybridSparsePlan : IPairCoverage
         ReferenceForwardResult blocks = ReferenceAttention.Forward(q, k, v, options with { Mask = Masks.And(Masks.Causal, Blocks.ToMask()) });
         AttentionShape sh = AttentionShape.Validate(q, k, v, options);
         int d = sh.Dim;
-        for (int b = 0; b < sh.Batch; b++)
+        for (int s = 0; s < Sequences; s++)
             for (int h = 0; h < sh.Heads; h++)
             {
-                if (!_blockHeads[h]) continue;
-                for (int t = 0; t < sh.QueryTokens; t++)
+                if (!IsBlockHead(s, h)) continue;
+                (int b, int first, int end) = Rows(s);
+                for (int t = first; t < end; t++)
                 {
                     long row = ((long)b * sh.QueryTokens + t) * sh.Heads + h;
                     Array.Copy(blocks.Output, row * d, tokens.Output, row * d, d);
@@ -112,7 +152,7 @@ public sealed class HybridSparsePlan : IPairCoverage
     /// <inheritdoc/>
     public void CoveredKeys(int batch, int head, int query, Span<bool> covered)
     {
-        if (!_blockHeads[head])
+        if (!IsBlockHead(batch, head))
         {
             Tokens.CoveredKeys(batch, head, query, covered);
             return;
@@ -135,9 +175,9 @@ public sealed class HybridSparsePlan : IPairCoverage
             for (int s = 0; s < Blocks.Sequences; s++)
             {
                 int tq = Blocks.QueryLength(s), tk = Blocks.KeyLength(s), shift = tk - tq;
-                for (int h = 0; h < _blockHeads.Length; h++)
+                for (int h = 0; h < _heads; h++)
                 {
-                    if (!_blockHeads[h]) continue;
+                    if (!IsBlockHead(s, h)) continue;
                     for (int qb = 0; qb < Blocks.QueryBlocks(s); qb++)
                         for (int kb = 0; kb < Blocks.KeyBlocks(s); kb++)
                         {

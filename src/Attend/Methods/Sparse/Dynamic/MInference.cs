@@ -236,13 +236,13 @@ public static class MInference
         switch (pattern.Kind)
         {
             case MInferencePattern.AShape:
-                plan.SetBlockHead(h, false);
+                plan.SetBlockHead(s, h, false);
                 plan.Tokens.SetVertical(s, h, SelectorMath.Range(0, pattern.Vertical, tk));
                 plan.Tokens.SetSlash(s, h, SelectorMath.Range(0, pattern.Slash, tk));
                 break;
             case MInferencePattern.VerticalSlash:
             {
-                plan.SetBlockHead(h, false);
+                plan.SetBlockHead(s, h, false);
                 (float[] vertical, float[] slash) = ctx.LastRowsColumnAndDiagonalMass(s, h, lastQueries);
                 for (int j = 0; j < Math.Min(30, tk); j++) vertical[j] = float.PositiveInfinity;
                 for (int o = 0; o < Math.Min(100, tk); o++) slash[o] = float.PositiveInfinity;
@@ -252,7 +252,7 @@ public static class MInference
             }
             default:
             {
-                plan.SetBlockHead(h, true);
+                plan.SetBlockHead(s, h, true);
                 float[] scores = ctx.PooledBlockScores(s, h, out int qBlocks, out int kBlocks);
                 for (int qb = 0; qb < qBlocks; qb++)
                 {

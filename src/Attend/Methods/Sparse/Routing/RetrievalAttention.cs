@@ -211,6 +211,12 @@ public sealed class KeyIndex
 public static class RetrievalAttention
 {
     /// <summary>Searches and freezes the plan; <paramref name="index"/> is built when null.</summary>
+    /// <remarks>
+    /// On a packed input the default list count (√Tk) and query block come from the longest sequence (the index itself
+    /// is per sequence and key head); the runnable
+    /// adapter instead plans each sequence alone (<see cref="PackedBatch"/>), so a packed batch gives each sequence what
+    /// it gives alone. Set <see cref="RetrievalAttentionOptions.Lists"/> to make the typed call length-independent.
+    /// </remarks>
     /// <exception cref="ArgumentOutOfRangeException">A top-k, list, probe or query-block count below 1; negative sinks or window.</exception>
     public static SparsePlan Plan(SelectorInput input, RetrievalAttentionOptions? options = null, KeyIndex? index = null)
     {
@@ -296,6 +302,8 @@ public sealed class RetrievalAttentionMethod : IAttentionMethod
     {
         ArgumentNullException.ThrowIfNull(inputs);
         ArgumentNullException.ThrowIfNull(arguments);
+        // A packed batch is planned one sequence at a time: the list count and query block depend on the sequence.
+        if (inputs.Offsets is not null) return PackedBatch.RunEachSequence(inputs, arguments, RoutingAdapter.Causal(arguments), Run);
         var options = new RetrievalAttentionOptions
         {
             TopK = RoutingAdapter.OptionalInt(arguments, "top-k", 1),

@@ -228,6 +228,11 @@ public sealed class RoutingCentroids
 public static class RoutingTransformer
 {
     /// <summary>Routes with <paramref name="centroids"/> (fitted to the input when null) and freezes the plan.</summary>
+    /// <remarks>
+    /// Centroids are shared by every sequence of the input (the paper's are model parameters); fitted here, they are
+    /// fitted on all sequences together, and the default cluster count (√Tk) comes from the longest. The runnable adapter
+    /// instead plans each sequence of a packed batch alone (<see cref="PackedBatch"/>).
+    /// </remarks>
     /// <exception cref="ArgumentOutOfRangeException">Clusters below 1 or above the number of keys; a negative window or iteration count.</exception>
     public static SparsePlan Plan(SelectorInput input, RoutingTransformerOptions? options = null, RoutingCentroids? centroids = null)
     {
@@ -301,6 +306,8 @@ public sealed class RoutingTransformerMethod : IAttentionMethod
     {
         ArgumentNullException.ThrowIfNull(inputs);
         ArgumentNullException.ThrowIfNull(arguments);
+        // A packed batch is planned one sequence at a time: the cluster count and the centroids depend on the sequence.
+        if (inputs.Offsets is not null) return PackedBatch.RunEachSequence(inputs, arguments, RoutingAdapter.Causal(arguments), Run);
         var options = new RoutingTransformerOptions
         {
             Clusters = RoutingAdapter.OptionalInt(arguments, "clusters", 1),

@@ -34,6 +34,11 @@ public sealed record SuperlinearOptions
 public static class SuperlinearAttention
 {
     /// <summary>Searches and freezes the plan.</summary>
+    /// <remarks>
+    /// On a packed input the span lengths come from the longest sequence (one <see cref="BlockSelection"/> block size for
+    /// all); the runnable adapter instead plans each sequence alone (<see cref="PackedBatch"/>), so a packed batch gives
+    /// each sequence what it gives alone.
+    /// </remarks>
     /// <exception cref="ArgumentOutOfRangeException">Steps below 2, or a top-k or query block below 1 (the parameter is named).</exception>
     public static SparsePlan Plan(SelectorInput input, SuperlinearOptions? options = null)
     {
@@ -135,6 +140,8 @@ public sealed class SuperlinearMethod : IAttentionMethod
     {
         ArgumentNullException.ThrowIfNull(inputs);
         ArgumentNullException.ThrowIfNull(arguments);
+        // A packed batch is planned one sequence at a time: the span lengths depend on the sequence.
+        if (inputs.Offsets is not null) return PackedBatch.RunEachSequence(inputs, arguments, RoutingAdapter.Causal(arguments), Run);
         var options = new SuperlinearOptions
         {
             Steps = RoutingAdapter.OptionalInt(arguments, "steps", 2),

@@ -41,8 +41,7 @@ public abstract class StaticPatternMethod : IAttentionMethod
         int tk = k.Dim(1), hkv = k.Dim(2), dv = v.Dim(3);
         SeqOffsets? offsets = inputs.Offsets;
         bool causal = arguments.GetBool("causal", true);
-        int patternKeys = offsets is null ? tk : MaxLength(offsets);
-        IMaskMod mask = CreateMask(arguments, patternKeys, h, causal);
+        IMaskMod mask = offsets is null ? CreateMask(arguments, tk, h, causal) : CreatePackedMask(arguments, offsets, h, causal);
         arguments.ThrowIfUnused(Info.Name);
 
         var clock = Stopwatch.StartNew();
@@ -94,11 +93,21 @@ public abstract class StaticPatternMethod : IAttentionMethod
         return total;
     }
 
-    private static int MaxLength(SeqOffsets offsets)
+    /// <summary>
+    /// The pattern of a packed batch: each sequence's own pattern (built for its own length, so length-dependent
+    /// defaults such as MoA's windows or the axial/MaxViT/HaloNet grid are per sequence), combined by sequence index
+    /// (<see cref="PerSequenceMask{TMask}"/>); one mask when every sequence has the same length.
+    /// </summary>
+    /// <exception cref="ArgumentException">A bad parameter, or one (an explicit grid) that does not fit some sequence's length.</exception>
+    public IMaskMod CreatePackedMask(MethodArguments arguments, SeqOffsets offsets, int heads, bool causal)
     {
-        int max = 0;
-        for (int s = 0; s < offsets.Count; s++) max = Math.Max(max, offsets.Length(s));
-        return max;
+        ArgumentNullException.ThrowIfNull(offsets);
+        bool sameLength = true;
+        for (int s = 1; s < offsets.Count; s++) sameLength &= offsets.Length(s) == offsets.Length(0);
+        if (sameLength) return CreateMask(arguments, offsets.Length(0), heads, causal);
+        var masks = new IMaskMod[offsets.Count];
+        for (int s = 0; s < masks.Length; s++) masks[s] = CreateMask(arguments, offsets.Length(s), heads, causal);
+        return PerSequenceMask.Create(masks);
     }
 
     /// <summary>A comma-separated list of integers ≥ <paramref name="min"/>, or null when the parameter is absent.</summary>
