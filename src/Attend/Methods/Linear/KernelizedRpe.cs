@@ -213,21 +213,82 @@ public static unsafe partial class KernelizedRpe
                     }
                 }
             }
+            float maxDen = 0;
+            for (int i = 0; i < len; i++) maxDen = MathF.Max(maxDen, num[(long)i * cols + dv]);
+            double[]? logK = null, weights = null, logQ = null;
             for (int i = 0; i < len; i++)
             {
-                // The normaliser is a sum of positive terms, but features shifted by the keys' maximum can underflow to 0
-                // for a query far from every key (inputs of size ~20), and the FFT's rounding can leave it ≤ 0: such a row
-                // has no usable weights, so it is 0 (as a fully masked softmax row), never 0/0.
                 float den = num[(long)i * cols + dv];
                 var row = new Span<float>(O + Shape.O(start + i, h), dv);
-                if (den > 0 && float.IsFinite(den)) TensorPrimitives.Divide(new ReadOnlySpan<float>(num + (long)i * cols, dv), den, row);
-                else row.Clear();
+                if (den > 1e-8f * maxDen && float.IsFinite(den))
+                {
+                    TensorPrimitives.Divide(new ReadOnlySpan<float>(num + (long)i * cols, dv), den, row);
+                    continue;
+                }
+                // The keys' features share one shift (the sequence's maximum), so a row whose own keys all sit far below
+                // it (an early causal row at large inputs) gets a normaliser that underflows, or that the transforms'
+                // rounding (relative to the largest rows) swamps. Such rows are computed directly, in the log domain.
+                logK ??= LogFeatures(K + Shape.K(start, g), (long)Shape.KvHeads * dk, len, dk, W, m, RootScale);
+                weights ??= new double[len];
+                logQ ??= new double[m];
+                LogFeatures(Q + Shape.Q(start + i, h), dk, W, m, RootScale, logQ);
+                int keys = Causal ? i + 1 : len;
+                LogWeights(logQ, logK, m, new ReadOnlySpan<float>(b - i, keys), weights.AsSpan(0, keys));
+                for (int x = 0; x < dv; x++)
+                {
+                    double o = 0;
+                    for (int j = 0; j < keys; j++) o += weights[j] * vBase[j * vStride + x];
+                    row[x] = (float)o;
+                }
             }
         }
     }
+
+    // ℓ(x)_a = √s·ω_a·x − s·|x|²/2: the exponents of φ(x) = e^ℓ, kept as logs (float64) so that nothing under- or overflows.
+    internal static void LogFeatures(float* x, int dk, float* w, int m, float rootScale, Span<double> logPhi)
+    {
+        double norm = 0;
+        for (int i = 0; i < dk; i++) norm += (double)rootScale * x[i] * rootScale * x[i];
+        for (int a = 0; a < m; a++)
+        {
+            double dot = 0;
+            for (int i = 0; i < dk; i++) dot += (double)w[(long)a * dk + i] * rootScale * x[i];
+            logPhi[a] = dot - norm / 2;
+        }
+    }
+
+    internal static double[] LogFeatures(float* x, long rowStride, int count, int dk, float* w, int m, float rootScale)
+    {
+        var logPhi = new double[(long)count * m];
+        for (int t = 0; t < count; t++) LogFeatures(x + t * rowStride, dk, w, m, rootScale, logPhi.AsSpan(t * m, m));
+        return logPhi;
+    }
+
+    // The normalised weights of one row of the definition: log w_j = b_j + ln Σ_a e^(ℓq_a + ℓk_(j,a)), w = softmax(log w),
+    // for the row's keys j (bias[j] = b_(j − i)). Log-sum-exps throughout: exact at any input scale.
+    internal static void LogWeights(ReadOnlySpan<double> logQ, double[] logK, int m, ReadOnlySpan<float> bias, Span<double> weights)
+    {
+        double top = double.NegativeInfinity;
+        for (int j = 0; j < weights.Length; j++)
+        {
+            double peak = double.NegativeInfinity;
+            for (int a = 0; a < m; a++) peak = Math.Max(peak, logQ[a] + logK[(long)j * m + a]);
+            double sum = 0;
+            for (int a = 0; a < m; a++) sum += Math.Exp(logQ[a] + logK[(long)j * m + a] - peak);
+            weights[j] = bias[j] + peak + Math.Log(sum);
+            top = Math.Max(top, weights[j]);
+        }
+        double total = 0;
+        for (int j = 0; j < weights.Length; j++) total += weights[j] = Math.Exp(weights[j] - top);
+        for (int j = 0; j < weights.Length; j++) weights[j] /= total;
+    }
 }
 
-/// <summary>The float64 quadratic definition of <see cref="KernelizedRpe"/> (same feature map, direct sums).</summary>
+/// <summary>
+/// The float64 quadratic definition of <see cref="KernelizedRpe"/> (same feature map, direct sums), computed with log-sum-exps
+/// over the feature exponents so that it stays exact at any input scale (plain exponentials underflow to 0/0 at inputs of
+/// size ~20, where the definition still has a value).
+/// </summary>
 public static class KernelizedRpeReference
 {
     /// <summary>Output <c>[B, T, H, Dv]</c> in float64.</summary>
@@ -245,28 +306,28 @@ public static class KernelizedRpeReference
             for (int h = 0; h < shape.Heads; h++)
             {
                 int g = h / shape.Group;
-                double[,] pq = Phi(qa, len, t => (int)shape.Q(start + t, h)), pk = Phi(ka, len, t => (int)shape.K(start + t, g));
+                double[] lq = LogPhi(qa, len, t => (int)shape.Q(start + t, h)), lk = LogPhi(ka, len, t => (int)shape.K(start + t, g));
+                var weights = new double[len];
                 for (int i = 0; i < len; i++)
                 {
-                    double den = 0;
-                    var num = new double[dv];
-                    for (int j = 0; j < (causal ? i + 1 : len); j++)
+                    int keys = causal ? i + 1 : len;
+                    // b_(j − i) for j = 0 … keys − 1 sits at index h·(2R − 1) + (j − i) + R − 1.
+                    KernelizedRpe.LogWeights(lq.AsSpan(i * m, m), lk, m, bias.Slice(h * (2 * radius - 1) + radius - 1 - i, keys), weights.AsSpan(0, keys));
+                    for (int x = 0; x < dv; x++)
                     {
-                        double dot = 0;
-                        for (int a = 0; a < m; a++) dot += pq[i, a] * pk[j, a];
-                        double w = Math.Exp(bias[h * (2 * radius - 1) + (j - i) + radius - 1]) * dot;
-                        den += w;
-                        for (int x = 0; x < dv; x++) num[x] += w * v[(int)shape.V(start + j, g) + x];
+                        double o = 0;
+                        for (int j = 0; j < keys; j++) o += weights[j] * v[(int)shape.V(start + j, g) + x];
+                        output[shape.O(start + i, h) + x] = o;
                     }
-                    for (int x = 0; x < dv; x++) output[shape.O(start + i, h) + x] = den > 0 ? num[x] / den : 0; // as the fast form
                 }
             }
         }
         return output;
 
-        double[,] Phi(float[] x, int len, Func<int, int> offset)
+        // The feature exponents ℓ (φ = e^ℓ), kept as logs so the weights never under- or overflow.
+        double[] LogPhi(float[] x, int len, Func<int, int> offset)
         {
-            var phi = new double[len, m];
+            var logPhi = new double[len * m];
             for (int t = 0; t < len; t++)
             {
                 int o = offset(t);
@@ -276,10 +337,10 @@ public static class KernelizedRpeReference
                 {
                     double dot = 0;
                     for (int i = 0; i < dk; i++) dot += (double)wa[a * dk + i] * rs * x[o + i];
-                    phi[t, a] = Math.Exp(dot - norm / 2);
+                    logPhi[t * m + a] = dot - norm / 2;
                 }
             }
-            return phi;
+            return logPhi;
         }
     }
 }
