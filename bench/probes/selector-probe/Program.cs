@@ -40,7 +40,7 @@ foreach (string workload in new[] { WorkloadPresets.Random, WorkloadPresets.Llm 
     // each access, which is not part of the selection, as in `attend bench sparse`'s selector time).
     var plans = new HybridSparsePlan?[4];
 
-    bool[] queryAware = [];
+    bool[][] queryAware = [];
     var cases = new (string Name, Action Run)[]
     {
         ("exact causal kernel", () => Attention.Forward(Q(), K(), V(), new AttentionOptions { Mask = Masks.Causal }, O(), L())),
@@ -64,7 +64,7 @@ foreach (string workload in new[] { WorkloadPresets.Random, WorkloadPresets.Llm 
             proc.Refresh();
             cpu[c][r] = (proc.TotalProcessorTime - c0).TotalMilliseconds;
         }
-    Console.WriteLine($"FlexPrefill heads: {string.Join(" ", queryAware.Select(a => a ? "query-aware" : "vertical-slash"))}");
+    Console.WriteLine($"FlexPrefill heads: {string.Join(" ", queryAware[0].Select(a => a ? "query-aware" : "vertical-slash"))}");
     Console.WriteLine($"== {workload}, finished {DateTime.UtcNow:yyyy-MM-dd HH:mm:ss} UTC, load {string.Join(" ", File.ReadAllText("/proc/loadavg").Split(' ').Take(3))}");
     Console.WriteLine($"{"case",-26} {"density",8} {"CPU ms (median)",16} {"CPU % of exact",15} {"wall ms (median)",17} {"wall % of exact",16}   per round: CPU ms | wall ms | CPU % of that round's exact");
     double exactCpu = Median(cpu[0]), exactWall = Median(wall[0]);

@@ -9,6 +9,59 @@ namespace Attend.Tests.Linear;
 public class HedgehogAttentionBackwardTests
 {
     [Theory]
+    [InlineData(LinearForm.Chunked, 0.3)]
+    [InlineData(LinearForm.Recurrent, 0.3)]
+    [InlineData(LinearForm.Recurrent, 3.0)]
+    [InlineData(LinearForm.Chunked, 8.0)] // identity map, projections up to ~28: below both guards; a query scale there
+    [InlineData(LinearForm.Recurrent, 8.0)] // would blow the denominator's ε up by e^28 (the first version of the guard did)
+    public void BelowTheGuardsTheMapIsThePapersPlainExponential(LinearForm form, double qkScale)
+    {
+        // An independent float64 computation with the plain φ = [e^y, e^−y] and the engine's ε = 1e-6: the guards
+        // (query scale above 40, key clip at 30) must not move a result the plain map computes finitely.
+        Random rng = TestData.Rng(674);
+        const int t = 16, dk = 4, f = 3, dv = 5;
+        float[] identity = new float[f * dk];
+        for (int i = 0; i < f; i++) identity[i * dk + i] = 1;
+        var weights = qkScale > 5
+            ? new HedgehogWeights(1, f, dk, identity, new float[f])
+            : new HedgehogWeights(1, f, dk, TestData.Gaussian<float>(rng, f * dk, 1.0), TestData.Gaussian<float>(rng, f, 0.5));
+        float[] q = TestData.Gaussian<float>(rng, t * dk, qkScale), k = TestData.Gaussian<float>(rng, t * dk, qkScale), v = TestData.Gaussian<float>(rng, t * dv);
+        var o = TestData.Poisoned<float>(t * dv);
+        LinearAttention.Forward(new LinearInputs { Shape = new LinearShape(1, t, 1, 1, dk, dv), Q = q, K = k, V = v },
+            HedgehogAttention.Options(weights, new LinearAttentionOptions { ChunkSize = 4, Form = form }), o, default);
+        double[] Phi(float[] x, int row)
+        {
+            var phi = new double[2 * f];
+            for (int i = 0; i < f; i++)
+            {
+                double y = weights.B[i];
+                for (int j = 0; j < dk; j++) y += weights.W[i * dk + j] * x[row * dk + j];
+                phi[i] = Math.Exp(y);
+                phi[f + i] = Math.Exp(-y);
+            }
+            return phi;
+        }
+        var expected = new double[t * dv];
+        for (int row = 0; row < t; row++)
+        {
+            double[] pq = Phi(q, row);
+            double den = 0;
+            var num = new double[dv];
+            for (int s = 0; s <= row; s++)
+            {
+                double[] pk = Phi(k, s);
+                double w = 0;
+                for (int a = 0; a < 2 * f; a++) w += pq[a] * pk[a];
+                den += w;
+                for (int x = 0; x < dv; x++) num[x] += w * v[s * dv + x];
+            }
+            for (int x = 0; x < dv; x++) expected[row * dv + x] = num[x] / (den + 1e-6);
+        }
+        double e = TestData.RelativeError<float>(o, expected);
+        Assert.True(e < 1e-4, $"form {form}, scale {qkScale}: error {e:E2} against the plain map; seed {TestData.RunSeed}");
+    }
+
+    [Theory]
     [InlineData(LinearForm.Chunked)]
     [InlineData(LinearForm.Recurrent)]
     public void LargeInputsStayFiniteAndEqualTheReference(LinearForm form)

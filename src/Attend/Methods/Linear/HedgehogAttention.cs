@@ -109,6 +109,7 @@ public static class HedgehogAttention
             g[i] = y;
             shift = Math.Max(shift, Math.Abs(y));
         }
+        shift = isKey ? 0 : HedgehogFeatureMap.QueryShift(shift);
         for (int i = 0; i < f; i++)
         {
             double y = g[i];

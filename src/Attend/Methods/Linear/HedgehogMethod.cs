@@ -115,22 +115,29 @@ public sealed class HedgehogWeights
 }
 
 /// <summary>
-/// φ(x) = [exp(W_h x + b_h), exp(−(W_h x + b_h))], kept inside float range: a query's features are scaled by
-/// e^(−m), m = max_i |W_h q + b_h|_i (so its largest feature is 1), and a key's exponents are clipped at
-/// <see cref="KeyExponentLimit"/>.
+/// φ(x) = [exp(W_h x + b_h), exp(−(W_h x + b_h))], kept inside float range: a query whose largest exponent m = max_i
+/// |W_h q + b_h|_i exceeds <see cref="QueryExponentLimit"/> has its features scaled by e^(−(m − 40)), and a key's exponents
+/// are clipped at <see cref="KeyExponentLimit"/>.
 /// </summary>
 /// <remarks>
-/// The query scale is exact for the method: Hedgehog normalises by the denominator φ(q)·Σφ(k), and a per-query factor
-/// cancels there (as it does under the RMS normalisation; under <see cref="LinearNormalization.None"/> it would not, so
-/// use this map with a normalisation). The key clip changes a result only where a key's projection exceeds 60: without
-/// it, e^88 overflows float32, and the state's sums of e^x·v overflow well before (the earlier map turned NaN at inputs
-/// of size ~20). A trained Hedgehog map's projections sit far inside this range.
+/// Below both limits the map is exactly the paper's (the earlier unguarded map gave the same numbers there). Above them
+/// the plain map overflows float32 (e^88) or, through the state's sums of e^x·v and their products with φ(q), turns the
+/// rows NaN (at inputs of size ~20). The query scale cancels in Hedgehog's denominator normalisation up to its ε = 1e-6,
+/// whose weight grows by e^(m − 40) (negligible against φ(q)·z once the largest query feature is e^40); the key clip changes
+/// the weight of a key only where its projection exceeds 30. Together they keep every product φ(q)ᵢφ(k)ᵢ ≤ e^70, so the sums
+/// stay finite for T · F · |v| up to ~10^8. A trained Hedgehog map's projections sit far inside these limits.
 /// </remarks>
 /// <param name="weights">The per-head weights (float64, used by the reference; a float32 copy taken here serves the engine).</param>
 public sealed class HedgehogFeatureMap(HedgehogWeights weights) : FeatureMap
 {
-    /// <summary>Largest exponent of a key feature: e^60 ≈ 1.1e26, so Σ over 10^6 keys of e^60·|v| stays finite for |v| ≤ 10^6.</summary>
-    public const double KeyExponentLimit = 60;
+    /// <summary>Largest query exponent kept as is; larger queries are scaled down to it (e^40 ≈ 2.4e17).</summary>
+    public const double QueryExponentLimit = 40;
+
+    /// <summary>Largest exponent of a key feature (e^30 ≈ 1.1e13).</summary>
+    public const double KeyExponentLimit = 30;
+
+    /// <summary>The scale exponent of a query whose largest |projection| is <paramref name="largest"/>: max(0, largest − 40).</summary>
+    internal static double QueryShift(double largest) => Math.Max(0, largest - QueryExponentLimit);
 
     private readonly float[] _w = Array.ConvertAll(weights.W, x => (float)x);
     private readonly float[] _b = Array.ConvertAll(weights.B, x => (float)x);
@@ -157,14 +164,21 @@ public sealed class HedgehogFeatureMap(HedgehogWeights weights) : FeatureMap
             System.Numerics.Tensors.TensorPrimitives.Negate(yf[..f], yf.Slice(f, f));
             Span<float> both = yf[..(2 * f)];
             if (isKey) System.Numerics.Tensors.TensorPrimitives.Min(both, (float)KeyExponentLimit, both);
-            else System.Numerics.Tensors.TensorPrimitives.Subtract(both, System.Numerics.Tensors.TensorPrimitives.Max(both), both);
+            else
+            {
+                float scaleDown = (float)QueryShift(System.Numerics.Tensors.TensorPrimitives.Max(both));
+                if (scaleDown > 0) System.Numerics.Tensors.TensorPrimitives.Subtract(both, scaleDown, both);
+            }
             System.Numerics.Tensors.TensorPrimitives.Exp(both, both);
             return;
         }
         weights.Project(head, x, y[..f]);
         T limit = T.CreateTruncating(KeyExponentLimit), shift = T.Zero;
         if (!isKey)
+        {
             for (int i = 0; i < f; i++) shift = T.Max(shift, T.Abs(y[i]));
+            shift = T.CreateTruncating(QueryShift(double.CreateTruncating(shift)));
+        }
         for (int i = 0; i < f; i++)
         {
             T p = y[i];
@@ -175,8 +189,8 @@ public sealed class HedgehogFeatureMap(HedgehogWeights weights) : FeatureMap
 
     /// <inheritdoc />
     /// <remarks>
-    /// The query scale's own derivative is left out: it moves φ(q) along itself, which the normalisation cancels, so the
-    /// loss's gradient along it is 0. A clipped key exponent has derivative 0.
+    /// The query scale's own derivative is left out: it moves φ(q) along itself, which the normalisation cancels (up to its
+    /// ε), so the loss's gradient along it is 0. A clipped key exponent has derivative 0.
     /// </remarks>
     public override void Backward<T>(int head, bool isKey, ReadOnlySpan<T> x, ReadOnlySpan<T> dy, Span<T> dx)
     {
@@ -185,7 +199,10 @@ public sealed class HedgehogFeatureMap(HedgehogWeights weights) : FeatureMap
         weights.Project(head, x, y);
         T limit = T.CreateTruncating(KeyExponentLimit), shift = T.Zero;
         if (!isKey)
+        {
             for (int i = 0; i < f; i++) shift = T.Max(shift, T.Abs(y[i]));
+            shift = T.CreateTruncating(QueryShift(double.CreateTruncating(shift)));
+        }
         dx.Clear();
         for (int i = 0; i < f; i++)
         {

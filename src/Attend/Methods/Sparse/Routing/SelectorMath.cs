@@ -123,6 +123,14 @@ internal static class SelectorMath
             logits.Clear(); // nothing visible: no weight anywhere (not NaN)
             return;
         }
+        if (float.IsPositiveInfinity(max))
+        {
+            // The limit of the softmax as those logits grow: their weight shared evenly, every other one 0 (∞ − ∞ is NaN).
+            int top = 0;
+            foreach (float x in logits) if (float.IsPositiveInfinity(x)) top++;
+            for (int i = 0; i < logits.Length; i++) logits[i] = float.IsPositiveInfinity(logits[i]) ? 1f / top : 0f;
+            return;
+        }
         TensorPrimitives.Subtract(logits, max, logits);
         TensorPrimitives.SoftMax(logits, logits);
     }
