@@ -89,6 +89,25 @@ public sealed class PackedBatchContractTests
                 $"{name}: packed density {density} but the sequences' weighted density is {weightedDensity / basePairs}");
     }
 
+    [Theory]
+    [InlineData("minference")]
+    [InlineData("routing-transformer")]
+    [InlineData("retrieval-attention")]
+    [InlineData("superlinear")]
+    public void AllEmptyPackedBatchStillChecksItsParameters(string name)
+    {
+        // The methods that plan each sequence alone ran nothing on a batch of empty sequences, so a misspelled parameter
+        // passed unnoticed; the valid call gives an empty output.
+        IAttentionMethod method = MethodCatalog.FindRunnable(name) ?? throw new InvalidOperationException($"{name} is not registered");
+        MethodInputs Empty() => new(new MethodTensor([], 1, 0, Heads, Dim), new MethodTensor([], 1, 0, KvHeads, Dim), new MethodTensor([], 1, 0, KvHeads, Dim))
+        {
+            Offsets = SeqOffsets.FromLengths([0, 0]),
+        };
+        Assert.Empty(method.Run(Empty(), MethodArguments.Empty).Output.Data);
+        var e = Assert.ThrowsAny<ArgumentException>(() => method.Run(Empty(), MethodArguments.Parse(["no-such-parameter=1"])));
+        Assert.Contains("no-such-parameter", e.Message, StringComparison.Ordinal);
+    }
+
     /// <summary>
     /// The dynamic prefill selectors decide a pattern per head from the data; in a padded batch too each entry gets the
     /// plan it gets alone (FlexPrefill's query-aware / vertical-slash choice is per entry and head, not the first entry's).

@@ -248,7 +248,7 @@ public static class RoutingTransformer
         bool causal = options.Causal ?? true;
         return SparsePlan.Timed(() =>
         {
-            RoutingCentroids fitted = centroids ?? RoutingCentroids.Fit(input, clusters, iterations);
+            RoutingCentroids fitted = centroids ?? (maxKeys == 0 ? Unrouted(input, clusters) : RoutingCentroids.Fit(input, clusters, iterations));
             int n = input.Sequences, h = input.Heads;
             var qc = new int[n * h][];
             var kc = new int[n * h][];
@@ -279,6 +279,14 @@ public static class RoutingTransformer
             var mask = new ClusterMask(new ClusterMask.Table(ql, kl, h, fitted.Clusters, window, causal, qc, kc));
             return new SparsePlan(input, mask, causal, 0, mask.CountPairs());
         });
+    }
+
+    // No keys anywhere (a batch of empty sequences): nothing is routed, so any unit centroids do (basis vectors).
+    private static RoutingCentroids Unrouted(SelectorInput input, int clusters)
+    {
+        var values = new float[input.Heads * clusters * input.Dim];
+        for (int i = 0; i < input.Heads * clusters; i++) values[i * input.Dim + i % clusters % input.Dim] = 1;
+        return new RoutingCentroids(input.Heads, clusters, input.Dim, values);
     }
 }
 
