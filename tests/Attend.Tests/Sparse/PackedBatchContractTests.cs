@@ -120,29 +120,35 @@ public sealed class PackedBatchContractTests
     public void PaddedBatchEqualsEachEntryAlone(string name, string[] pairs)
     {
         IAttentionMethod method = MethodCatalog.FindRunnable(name) ?? throw new InvalidOperationException($"{name} is not registered");
-        var rng = TestData.Rng(TestData.Salt(name) + 17 * pairs.Length);
         const int batch = 3, t = 701;
-        // Entries of different character, so a per-head choice made on one entry is wrong for another: a flat one
-        // (nearly uniform attention: FlexPrefill goes query-aware), one where every query wants one planted key (a
-        // vertical line the pooled block estimate dilutes: vertical-slash), and a plain random one.
-        float[] q = TestData.Gaussian<float>(rng, (long)batch * t * Heads * Dim);
-        float[] k = TestData.Gaussian<float>(rng, (long)batch * t * KvHeads * Dim);
-        float[] v = TestData.Gaussian<float>(rng, (long)batch * t * KvHeads * Dim);
-        for (long i = 0; i < (long)t * Heads * Dim; i++) q[i] *= 0.05f;
-        float[] u = TestData.Gaussian<float>(rng, Dim);
-        for (int row = 0; row < t; row++)
-            for (int head = 0; head < Heads; head++)
-                for (int i = 0; i < Dim; i++) q[((long)(t + row) * Heads + head) * Dim + i] = 0.3f * q[((long)(t + row) * Heads + head) * Dim + i] + 2 * u[i];
-        for (int head = 0; head < KvHeads; head++)
-            for (int i = 0; i < Dim; i++) k[((long)(t + 70) * KvHeads + head) * Dim + i] = 3 * u[i];
-        var inputs = new MethodInputs(new MethodTensor(q, batch, t, Heads, Dim), new MethodTensor(k, batch, t, KvHeads, Dim), new MethodTensor(v, batch, t, KvHeads, Dim));
-        MethodResult padded = method.Run(inputs, MethodArguments.Parse(pairs));
-        if (name == "flexprefill")
+        float[] q = [], k = [], v = [];
+        MethodResult padded = null!;
+        for (int attempt = 0; ; attempt++)
         {
-            // At τ = 0.3 the flat entry goes query-aware and the planted-key entry vertical-slash: the choice is per entry.
+            var rng = TestData.Rng(TestData.Salt(name) + 17 * pairs.Length + 1000 * attempt);
+            // Entries of different character, so a per-head choice made on one entry is wrong for another: a flat one
+            // (nearly uniform attention: FlexPrefill goes query-aware), one where every query wants one planted key (a
+            // vertical line the pooled block estimate dilutes: vertical-slash), and a plain random one.
+            q = TestData.Gaussian<float>(rng, (long)batch * t * Heads * Dim);
+            k = TestData.Gaussian<float>(rng, (long)batch * t * KvHeads * Dim);
+            v = TestData.Gaussian<float>(rng, (long)batch * t * KvHeads * Dim);
+            for (long i = 0; i < (long)t * Heads * Dim; i++) q[i] *= 0.05f;
+            float[] u = TestData.Gaussian<float>(rng, Dim);
+            for (int row = 0; row < t; row++)
+                for (int head = 0; head < Heads; head++)
+                    for (int i = 0; i < Dim; i++) q[((long)(t + row) * Heads + head) * Dim + i] = 0.3f * q[((long)(t + row) * Heads + head) * Dim + i] + 2 * u[i];
+            for (int head = 0; head < KvHeads; head++)
+                for (int i = 0; i < Dim; i++) k[((long)(t + 70) * KvHeads + head) * Dim + i] = 3 * u[i];
+            var inputs = new MethodInputs(new MethodTensor(q, batch, t, Heads, Dim), new MethodTensor(k, batch, t, KvHeads, Dim), new MethodTensor(v, batch, t, KvHeads, Dim));
+            padded = method.Run(inputs, MethodArguments.Parse(pairs));
+            if (name != "flexprefill") break;
+            // At τ = 0.3 the flat entry goes query-aware and the planted-key entry vertical-slash, so the choice must be
+            // per entry. A rare draw (about one in fifty) gives both entries the same choices: that draw proves nothing
+            // about the per-entry choice, so it is drawn again (five draws at most).
             string[] entries = padded.Report.First(p => p.Key == "patterns").Value.Split("; ");
             Assert.Equal(batch, entries.Length);
-            Assert.NotEqual(entries[0], entries[1]);
+            if (entries[0] != entries[1]) break;
+            Assert.True(attempt < 4, $"five draws gave the flat and the planted-key entry the same choices: {entries[0]} (seed {TestData.RunSeed})");
         }
         for (int b = 0; b < batch; b++)
         {

@@ -220,7 +220,9 @@ public static unsafe partial class KernelizedRpe
             {
                 float den = num[(long)i * cols + dv];
                 var row = new Span<float>(O + Shape.O(start + i, h), dv);
-                if (den > 1e-8f * maxDen && float.IsFinite(den))
+                // Trusted: a normaliser well above the transforms' rounding of the largest rows, and far above float32's
+                // underflow (features at most 1, so a row of 1e-15 is made of products that float32 still holds exactly).
+                if (den > MathF.Max(1e-8f * maxDen, 1e-15f) && float.IsFinite(den))
                 {
                     TensorPrimitives.Divide(new ReadOnlySpan<float>(num + (long)i * cols, dv), den, row);
                     continue;
