@@ -21,6 +21,9 @@
 #                                 16 CPU cores have room), then part 7 once the GPU is free again: one call under 600 s
 #   bash all-check.sh final   10. the linear and sparse checks (one exact problem) and their memcheck, the linear bench at
 #                                 16k, and fla's GLA forward+backward beside ours (its autotune needs minutes)
+#   bash all-check.sh peers   11. issue 5's same-call ratios: the linear bench at 16k, then fla's forward+backward for every
+#                                 method, each verified first against linear_peers.py's float32 reference (its Hopper guard
+#                                 for gated backward kernels bypassed, fla #640), then fla's forwards while time is left
 #
 # The kernel cache lives in /tmp/attend-cuda-cache, so a second part on a still-warm machine skips NVRTC.
 set -u
@@ -75,6 +78,18 @@ final)
   echo "bench linear exit $?"; cut -c1-200 "$OUT/bench-linear.log" | tail -30
   PYTHONPATH=$PWD timeout ${PEER_TIMEOUT:-300} python3 linear_peers.py --ours "$OUT/linear-cuda.json" --rep 100 --warmup 25 \
     --methods gla --skip-forward --autotune-ms 5,20 2>&1 | grep -v Warning | tee "$OUT/peers-gla.log"
+  ;;
+peers)
+  ATTEND_BENCH_LINEAR_T=16384 timeout ${LINEAR_TIMEOUT:-150} ./attend/Attend.Cli bench linear --backend cuda \
+    --json "$OUT/linear-cuda.json" > "$OUT/bench-linear.log" 2>&1
+  echo "bench linear exit $?"; cut -c1-200 "$OUT/bench-linear.log" | tail -30
+  export TRITON_CACHE_DIR=/tmp/triton-cache
+  PYTHONPATH=$PWD timeout ${PEER_TIMEOUT:-380} python3 linear_peers.py --ours "$OUT/linear-cuda.json" --rep 100 --warmup 25 \
+    --methods ${PEER_METHODS:-gla,simple_gla,gated_delta,retnet,delta,linear_attn} --skip-forward --verify --bypass-hopper-guard \
+    --autotune-ms 5,20 2>&1 | grep -v Warning | tee "$OUT/peers-fb.log"
+  PYTHONPATH=$PWD timeout ${PEER_FWD_TIMEOUT:-60} python3 linear_peers.py --ours "$OUT/linear-cuda.json" --rep 100 --warmup 25 \
+    --methods ${PEER_METHODS:-gla,simple_gla,gated_delta,retnet,delta,linear_attn} --budget 0 --autotune-ms 5,20 2>&1 \
+    | grep -v Warning | tee "$OUT/peers-fwd.log"
   ;;
 wtarget)
   for round in 1 2; do

@@ -28,6 +28,12 @@ def parse():
     p.add_argument("--methods", default="linear_attn,retnet,simple_gla,gla,delta,gated_delta")
     p.add_argument("--skip-forward", action="store_true", help="time only forward+backward (fla's forwards were timed in an earlier call)")
     p.add_argument("--budget", type=float, default=1e9, help="seconds: forward+backward timings start only while this much time is left")
+    p.add_argument("--bypass-hopper-guard", action="store_true",
+                   help="let fla 0.5.2 run its gated chunk_bwd_dqkwg on Triton 3.4-3.7.0 on Hopper, which it refuses (fla #640: "
+                        "'produces incorrect results'); use with --verify, which checks its gradients against a float32 reference")
+    p.add_argument("--verify", action="store_true",
+                   help="before timing a method's forward+backward, compare fla's output and gradients with a float32 chunked "
+                        "reference written here (torch autograd) on the same inputs, and print the relative L2 errors")
     p.add_argument("--autotune-ms", default=None,
                    help="W,R: fla's Triton autotuner times each config with warmup W ms and rep R ms instead of 25,100 "
                         "(every config is still tried; only the selection's timing is shorter)")
@@ -67,13 +73,15 @@ def inputs(T, H, D, kind, device="cuda"):
     return q, k, v, extra
 
 
-def make(kind, T, H, D):
+def make(kind, T, H, D, extra_override=None):
     from fla.ops.linear_attn import chunk_linear_attn
     from fla.ops.simple_gla import chunk_simple_gla
     from fla.ops.gla import chunk_gla
     from fla.ops.delta_rule import chunk_delta_rule
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
     q, k, v, extra = inputs(T, H, D, kind)
+    if extra_override is not None:
+        extra = extra_override
     scale = D ** -0.5
     if kind == "linear_attn":
         fn = lambda q, k, v: chunk_linear_attn(q, k, v, scale=scale, normalize=False)[0]
@@ -90,6 +98,134 @@ def make(kind, T, H, D):
     else:
         raise ValueError(kind)
     return fn, q, k, v, extra
+
+
+def reference(kind, q, k, v, extra, scale, C=64):
+    """The method's own recurrence in float32, chunk by chunk (C tokens), differentiable by torch autograd: an oracle for
+    fla's gradients that shares no code with fla. Inside a chunk, b is the cumulative log decay (per token, or per key
+    channel for GLA) and every decay e^{b_i - b_j} is formed from b directly (scalar gates) or as e^{b_i} e^{-b_j} (GLA:
+    with this script's gates |b| stays below about 25 inside a chunk, far inside float32's range). The delta rules solve
+    (I + L) delta = beta (v - e^b k S) with L_ij = beta_i e^{b_i - b_j} k_i.k_j (j < i), as the WY form does."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    dev = q.device
+    qf, kf, vf = (x.float().transpose(1, 2) for x in (q, k, v))  # [B, H, T, .]
+    g = extra.get("g")
+    if kind == "retnet":
+        glog = extra["g_gamma"].float().view(1, H, 1).expand(B, H, T)
+    elif kind in ("simple_gla", "gated_delta"):
+        glog = g.float().transpose(1, 2)  # [B, H, T]
+    elif kind == "gla":
+        glog = g.float().transpose(1, 2)  # [B, H, T, K]
+    else:
+        glog = None
+    beta = extra["beta"].float().transpose(1, 2) if kind in ("delta", "gated_delta") else None
+    S = torch.zeros(B, H, K, V, device=dev, dtype=torch.float32)
+    outs = []
+    for c0 in range(0, T, C):
+        c1 = min(T, c0 + C)
+        L = c1 - c0
+        qc, kc, vc = qf[:, :, c0:c1], kf[:, :, c0:c1], vf[:, :, c0:c1]
+        causal = torch.ones(L, L, device=dev, dtype=torch.bool).tril()
+        if kind == "gla":
+            b = glog[:, :, c0:c1].cumsum(2)  # [B, H, L, K]
+            bC = b[:, :, -1:]  # [B, H, 1, K]
+            qt, kt = qc * b.exp(), kc * (-b).exp()
+            A = (qt @ kt.transpose(-1, -2)).masked_fill(~causal, 0.0)
+            o = scale * (qt @ S + A @ vc)
+            S = bC.transpose(-1, -2).exp() * S + (kc * (bC - b).exp()).transpose(-1, -2) @ vc
+        else:
+            b = glog[:, :, c0:c1].cumsum(2) if glog is not None else torch.zeros(B, H, L, device=dev)
+            Dm = (b[..., :, None] - b[..., None, :]).masked_fill(~causal, float("-inf")).exp()  # e^{b_i - b_j}, j <= i
+            eb = b.exp()[..., None]
+            if beta is None:
+                A = (qc @ kc.transpose(-1, -2)) * Dm
+                o = scale * (eb * (qc @ S) + A @ vc)
+                S = b[..., -1:, None].exp() * S + (kc * (b[..., -1:] - b).exp()[..., None]).transpose(-1, -2) @ vc
+            else:
+                bet = beta[:, :, c0:c1]
+                strict = torch.ones(L, L, device=dev, dtype=torch.bool).tril(-1)
+                Lm = (bet[..., :, None] * Dm * (kc @ kc.transpose(-1, -2))).masked_fill(~strict, 0.0)
+                eye = torch.eye(L, device=dev, dtype=torch.float32)
+                rhs = bet[..., None] * (vc - eb * (kc @ S))
+                delta = torch.linalg.solve_triangular(eye + Lm, rhs, upper=False, unitriangular=True)
+                A = (qc @ kc.transpose(-1, -2)) * Dm
+                o = scale * (eb * (qc @ S) + A @ delta)
+                S = b[..., -1:, None].exp() * S + (kc * (b[..., -1:] - b).exp()[..., None]).transpose(-1, -2) @ delta
+        outs.append(o)
+    return torch.cat(outs, dim=2).transpose(1, 2)  # [B, T, H, V]
+
+
+def recurrent(kind, q, k, v, extra, scale):
+    """Token by token, float64: S_t = decay_t S_{t-1} + update; o_t = scale q_t S_t. Only for `selftest`."""
+    B, T, H, K = q.shape
+    S = torch.zeros(B, H, K, v.shape[-1], dtype=torch.float64, device=q.device)
+    out = []
+    for t in range(T):
+        qt, kt, vt = (x[:, t].double() for x in (q, k, v))  # [B, H, .]
+        if kind == "retnet":
+            S = extra["g_gamma"].double().exp().view(1, H, 1, 1) * S
+        elif kind in ("simple_gla", "gated_delta"):
+            S = extra["g"][:, t].double().exp()[..., None, None] * S
+        elif kind == "gla":
+            S = extra["g"][:, t].double().exp()[..., None] * S
+        if kind in ("delta", "gated_delta"):
+            bt = extra["beta"][:, t].double()[..., None]
+            delta = bt * (vt - (kt[..., None, :] @ S).squeeze(-2))
+            S = S + kt[..., :, None] * delta[..., None, :]
+        else:
+            S = S + kt[..., :, None] * vt[..., None, :]
+        out.append(scale * (qt[..., None, :] @ S).squeeze(-2))
+    return torch.stack(out, dim=1)
+
+
+def selftest(device="cuda"):
+    """The chunked reference against the token recurrence on small random inputs (T not a multiple of the chunk)."""
+    worst = 0.0
+    for kind in ("linear_attn", "retnet", "simple_gla", "gla", "delta", "gated_delta"):
+        q, k, v, extra = inputs(150, 2, 32, kind, device=device)
+        e = rel_l2(reference(kind, q, k, v, extra, 32 ** -0.5, C=64), recurrent(kind, q, k, v, extra, 32 ** -0.5))
+        print(f"  reference selftest {kind}: chunked vs token recurrence, relative L2 {e:.1e}", flush=True)
+        worst = max(worst, e)
+    if worst > 1e-4:
+        raise RuntimeError(f"the reference disagrees with the recurrence ({worst:.1e}): verify results are void")
+
+
+def rel_l2(a, e):
+    a, e = a.float(), e.float()
+    return ((a - e).norm() / e.norm().clamp_min(1e-30)).item()
+
+
+def verify(kind, T, H, D):
+    """fla's output and gradients against `reference` on the inputs the timing uses; prints the relative L2 errors."""
+    fn, q, k, v, extra = make(kind, T, H, D)
+    names = ["q", "k", "v"] + (["g"] if "g" in extra else [])
+    leaves = [x.detach().clone().requires_grad_(True) for x in (q, k, v)]
+    gate = extra["g"].detach().clone().requires_grad_(True) if "g" in extra else None
+    torch.manual_seed(1)
+    do = torch.randn_like(v)
+    extra_fla = dict(extra)
+    if gate is not None:
+        extra_fla["g"] = gate
+    fn_fla, *_ = make(kind, T, H, D, extra_override=extra_fla)
+    o = fn_fla(*leaves)
+    grads = torch.autograd.grad(o, leaves + ([gate] if gate is not None else []), do)
+    ref_leaves = [x.detach().clone().requires_grad_(True) for x in (q, k, v)]
+    ref_gate = extra["g"].detach().clone().float().requires_grad_(True) if "g" in extra else None
+    extra_ref = dict(extra)
+    if ref_gate is not None:
+        extra_ref["g"] = ref_gate
+    o_ref = reference(kind, *ref_leaves, extra_ref, D ** -0.5)
+    ref_grads = torch.autograd.grad(o_ref, ref_leaves + ([ref_gate] if ref_gate is not None else []), do.float())
+    errs = {"o": rel_l2(o, o_ref)}
+    for n, a, e in zip(names, grads, ref_grads):
+        errs["d" + n] = rel_l2(a, e)
+    finite = all(torch.isfinite(x).all().item() for x in (o, *grads))
+    print(f"  fla {kind}: verify against the float32 reference, relative L2: "
+          + ", ".join(f"{n} {e:.1e}" for n, e in errs.items()) + ("" if finite else "  NON-FINITE VALUES"), flush=True)
+    del o, grads, o_ref, ref_grads
+    torch.cuda.empty_cache()
+    return errs
 
 
 def time_fwd(kind, T, H, D, warmup, rep):
@@ -136,8 +272,15 @@ def main():
     except Exception as e:  # noqa: BLE001
         print(f"fla import failed: {e!r}")
         return 2
+    if a.bypass_hopper_guard:
+        import fla.ops.common.chunk_o as chunk_o
+        chunk_o.TRITON_ABOVE_3_7_1 = True
+        print("fla's Hopper guard for gated chunk_bwd_dqkwg bypassed (fla #640): its gradients are verified below", flush=True)
+    if a.verify:
+        selftest()
     start = time.time()
     kinds = a.methods.split(",")
+    verified = {}
     fwds, fbs = {}, {}
     # All forwards first (autotuning fla's forward kernels is the quicker part), then forward+backward while time is left.
     for kind in ([] if a.skip_forward else kinds):
@@ -151,6 +294,12 @@ def main():
         if time.time() - start > a.budget:
             print(f"  fla {kind}: forward+backward not timed (time budget {a.budget:.0f} s spent)", flush=True)
             continue
+        if a.verify:
+            try:
+                verified[kind] = verify(kind, a.T, a.H, a.D)
+            except Exception as e:  # noqa: BLE001
+                print(f"  fla {kind}: verify FAILED {type(e).__name__}: {e}", flush=True)
+            torch.cuda.empty_cache()
         try:
             fbs[kind] = time_fwd_bwd(kind, a.T, a.H, a.D, a.warmup, a.rep)
             print(f"  fla {kind}: forward+backward {fbs[kind]:.3f} ms ({time.time() - start:.0f} s)", flush=True)
@@ -175,7 +324,8 @@ def main():
         print(f"{kind:<12} {f(theirs, 9)} {f(theirs_fb, 12)} {f(mine_m, 9)} {f(ratio, 13, 2)} {f(mine_fb, 13)} {f(ratio_fb, 13, 2)}")
         out.append({"method": kind, "T": T, "H": a.H, "D": a.D, "fla_fwd_ms": fwd, "fla_fwd_bwd_ms": fb,
                     "fla_fwd_mtok_s": theirs, "fla_fwd_bwd_mtok_s": theirs_fb, "ours_fwd_mtok_s": mine_m, "ratio_fwd": ratio,
-                    "ours_fwd_bwd_mtok_s": mine_fb, "ratio_fwd_bwd": ratio_fb})
+                    "ours_fwd_bwd_mtok_s": mine_fb, "ratio_fwd_bwd": ratio_fb, "fla_rel_l2_vs_reference": verified.get(kind),
+                    "fla_guard_bypassed": a.bypass_hopper_guard})
     print("ours fwd+bwd: the CUDA chunked backward covers linear_attn, retnet, simple_gla, gla (with the gate's gradient), delta and gated_delta (with dβ and the gate's gradient)")
     print("JSON " + json.dumps(out))
     return 0
