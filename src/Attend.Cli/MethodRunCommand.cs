@@ -66,6 +66,12 @@ internal static class MethodRunCommand
         try { inputs.ThrowIfUnread(method.Info.Name); }
         catch (ArgumentException e) { throw new UserError($"--input {e.ParamName}: {AttendApp.OneLine(e)}; nothing was written."); }
 
+        // Asked-for extras the method does not produce are refused before anything is written (a stateless method with
+        // --state-out used to leave its output file behind and then fail).
+        foreach ((string? path, string name, string option) in new[] { (r.Lse, "lse", "--lse"), (r.StateOut, "state", "--state-out") })
+            if (path is not null && !result.Extras.ContainsKey(name))
+                throw new UserError($"{option}: method '{method.Info.Name}' produces no '{name}' output; nothing was written.");
+
         // The output keeps the queries' rank and element type.
         int[] outShape = [.. result.Output.Shape];
         if (qa.Shape.Length == 3 && outShape[0] == 1) outShape = outShape[1..];

@@ -42,6 +42,66 @@ public class LinearCliTests
         Assert.True(es < 1e-4, $"state after decode vs whole run {es:E2}");
     }
 
+    public static TheoryData<string> AllLinearMethods
+    {
+        get
+        {
+            var data = new TheoryData<string>();
+            foreach (Attend.Methods.IAttentionMethod m in Attend.Methods.Linear.LinearMethods.All) data.Add(m.Info.Name);
+            foreach (Attend.Methods.IAttentionMethod m in Attend.Methods.Linear.LinearExtraMethods.All) data.Add(m.Info.Name);
+            return data;
+        }
+    }
+
+    /// <summary>
+    /// Every method of the family through <c>attend run --method NAME --form F --state-out</c> on .npy files, in each form
+    /// its <c>form</c> parameter lists: the written output and final state equal the in-process naive (float64) form's;
+    /// a method without a state refuses <c>--state-out</c> and writes nothing.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(AllLinearMethods))]
+    public void EveryMethodRunsFromTheCliInEachOfItsFormsWithItsState(string name)
+    {
+        using var dir = new TempDir();
+        Random rng = TestData.Rng(TestData.Salt(name) & 0xffff);
+        const int t = 11, h = 2, hkv = 1, d = 8;
+        Attend.Methods.MethodInputs inputs = LinearMethodTests.InputsFor(name, rng, 1, t, h, hkv, d);
+        var files = new List<string>();
+        foreach (string n in inputs.Names)
+        {
+            Attend.Methods.MethodTensor x = inputs.Find(n)!;
+            NpyFile.Write(dir.File(n + ".npy"), [.. x.Shape], x.Data);
+            if (n is not ("q" or "k" or "v")) files.AddRange(["--input", $"{n}={dir.File(n + ".npy")}"]);
+        }
+        Attend.Methods.IAttentionMethod method = Attend.Methods.MethodCatalog.FindRunnable(name)!;
+        string[] forms = method.Info.Parameters.Single(p => p.Name == "form").Type.Split('|');
+        Assert.Contains("naive", forms);
+        Assert.Contains("chunked", forms);
+        Attend.Methods.MethodResult naive = method.Run(inputs, Attend.Methods.MethodArguments.Parse(["form=naive"]));
+        bool stateful = naive.Extras.TryGetValue("state", out Attend.Methods.MethodTensor? naiveState);
+        foreach (string form in forms)
+        {
+            string o = dir.File($"o-{form}.npy"), s = dir.File($"s-{form}.npy");
+            string[] io = ["run", "--method", name, "--q", dir.File("q.npy"), "--k", dir.File("k.npy"), "--v", dir.File("v.npy"), .. files, "--form", form, "--out", o, "--state-out", s];
+            var (code, output, err) = CliHarness.Run(io);
+            if (!stateful)
+            {
+                Assert.Equal(Attend.Cli.AttendApp.UsageError, code);
+                Assert.Contains("--state-out", err);
+                Assert.False(File.Exists(o), $"{name} {form}: the output was written before --state-out was refused");
+                (code, output, err) = CliHarness.Run(io[..^2]);
+            }
+            Assert.True(code == 0, $"{name} {form}: {err}{output}");
+            double e = TestData.RelativeError<float>(NpyFile.Read(o).AsSingle(), Array.ConvertAll(naive.Output.Data, x => (double)x));
+            Assert.True(e < 2e-4, $"{name} {form} output vs naive {e:E2}, seed {TestData.RunSeed}");
+            if (!stateful) continue;
+            NpyArray state = NpyFile.Read(s);
+            Assert.Equal(naiveState!.Shape.ToArray(), state.Shape.ToArray());
+            double es = TestData.RelativeError<float>(state.AsSingle(), Array.ConvertAll(naiveState.Data, x => (double)x));
+            Assert.True(es < 2e-4, $"{name} {form} state vs naive {es:E2}, seed {TestData.RunSeed}");
+        }
+    }
+
     [Fact]
     public void MissingGateIsAUserError()
     {
