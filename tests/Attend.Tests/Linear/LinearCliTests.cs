@@ -146,6 +146,15 @@ public class LinearCliTests
             Assert.Contains(results, r => r.GetProperty("method").GetString() == m.Info.Name && r.GetProperty("form").GetString() == "chunked");
             Assert.Contains(results, r => r.GetProperty("method").GetString() == m.Info.Name && r.GetProperty("form").GetString() == "recurrent");
         }
+        // The extra methods too: a chunked row each, a recurrent (decode) row with µs/token where the method has that form.
+        foreach (Attend.Methods.IAttentionMethod m in Attend.Methods.Linear.LinearExtraMethods.All)
+        {
+            Assert.Contains(results, r => r.GetProperty("method").GetString() == m.Info.Name && r.GetProperty("form").GetString() == "chunked"
+                && r.GetProperty("tokens_per_s").GetDouble() > 0 && r.GetProperty("max_rel_err").GetDouble() < 2e-4);
+            bool recurrent = m.Info.Parameters.Single(p => p.Name == "form").Type.Split('|').Contains("recurrent");
+            Assert.Equal(recurrent, results.Any(r => r.GetProperty("method").GetString() == m.Info.Name && r.GetProperty("form").GetString() == "recurrent"
+                && r.GetProperty("us_per_token").ValueKind == JsonValueKind.Number));
+        }
         foreach (JsonElement r in results)
         {
             Assert.Equal("ok", r.GetProperty("status").GetString());
