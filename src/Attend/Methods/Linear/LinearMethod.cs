@@ -47,6 +47,20 @@ public abstract class LinearMethod : IAttentionMethod
     /// <param name="shape">The q/k/v dimensions.</param>
     protected abstract LinearCall Configure(MethodInputs inputs, MethodArguments arguments, LinearShape shape);
 
+    /// <summary>
+    /// What <see cref="Run"/> would hand to <see cref="LinearAttention"/> for these inputs and parameters (options with the
+    /// form and chunk filled in, gates, β), without running it: lets the tests take each method's exact configuration
+    /// through the engine's backward and the float64 reference.
+    /// </summary>
+    internal LinearCall Plan(MethodInputs inputs, MethodArguments arguments)
+    {
+        LinearShape shape = ShapeOf(inputs);
+        LinearForm form = ParseForm(arguments);
+        int chunk = arguments.GetInt("chunk", 64, 1, 1024);
+        LinearCall call = Configure(inputs, arguments, shape);
+        return call with { Options = call.Options with { Form = form, ChunkSize = chunk } };
+    }
+
     /// <inheritdoc />
     public MethodResult Run(MethodInputs inputs, MethodArguments arguments)
     {
