@@ -69,7 +69,11 @@ public class LinearMethodTests
     public void FormsAgreeAndReturnTheState(string name)
     {
         Random rng = TestData.Rng(name.Length * 97 + name[0]);
-        foreach ((int t, int h, int hkv, int d, int chunk) in new[] { (1, 2, 1, 16, 16), (37, 4, 2, 32, 16), (50, 2, 2, 20, 32) })
+        // Plus one draw per run seed: an odd length that is not a multiple of its chunk, a head dim and a GQA ratio.
+        int randomChunk = new[] { 3, 8, 16, 32 }[rng.Next(4)], randomT = 2 * rng.Next(1, 48) + 1;
+        if (randomT % randomChunk == 0) randomT += 2;
+        int randomHkv = 1 + rng.Next(2), randomD = new[] { 8, 12, 24 }[rng.Next(3)];
+        foreach ((int t, int h, int hkv, int d, int chunk) in new[] { (1, 2, 1, 16, 16), (37, 4, 2, 32, 16), (50, 2, 2, 20, 32), (randomT, 2 * randomHkv * (1 + rng.Next(2)), randomHkv, randomD, randomChunk) })
         {
             MethodInputs inputs = InputsFor(name, rng, 2, t, h, hkv, d);
             MethodResult naive = Run(name, inputs, "naive", chunk), chunked = Run(name, inputs, "chunked", chunk), recurrent = Run(name, inputs, "recurrent", chunk);
@@ -106,22 +110,43 @@ public class LinearMethodTests
     }
 
     [Theory]
-    [InlineData("gla")]
-    [InlineData("kda")]
-    [InlineData("gated-deltanet")]
-    [InlineData("retnet")]
-    [InlineData("linear-attention")]
+    [MemberData(nameof(Names))]
     public void VarlenMatchesNaiveWithGatesAtTheExtremes(string name)
     {
-        Random rng = TestData.Rng(name.Length * 13);
-        var offsets = SeqOffsets.FromLengths([9, 1, 33]);
+        Random rng = TestData.Rng(name.Length * 13 + name[^1]);
+        // An empty, a 1-token, a random odd and a longer sequence (the chunk is 16).
+        var offsets = SeqOffsets.FromLengths([9, 0, 1, 2 * rng.Next(1, 12) + 1, 33]);
         foreach (string regime in new[] { "zero", "one" })
         {
             MethodInputs inputs = InputsFor(name, rng, 1, offsets.TotalTokens, 2, 1, 16, offsets, regime);
-            MethodResult naive = Run(name, inputs, "naive"), chunked = Run(name, inputs, "chunked");
-            Assert.Equal(3, naive.Extras["state"].Dim(0));
-            Assert.True(Err(chunked.Output.Data, naive.Output.Data) < 2e-4, $"{name} {regime} varlen, seed {TestData.RunSeed}");
-            Assert.True(Err(chunked.Extras["state"].Data, naive.Extras["state"].Data) < 2e-4, $"{name} {regime} varlen state, seed {TestData.RunSeed}");
+            // A per-sequence initial state that the method produced itself (a short varlen prefix), so every sequence carries its own.
+            MethodInputs prefix = InputsFor(name, rng, 1, 15, 2, 1, 16, SeqOffsets.FromLengths([3, 2, 1, 4, 5]), regime);
+            inputs.Add("state", Run(name, prefix, "chunked").Extras["state"]);
+            MethodResult naive = Run(name, inputs, "naive");
+            Assert.Equal(5, naive.Extras["state"].Dim(0));
+            foreach (string form in new[] { "chunked", "recurrent" })
+            {
+                MethodResult r = Run(name, inputs, form);
+                Assert.True(Err(r.Output.Data, naive.Output.Data) < 2e-4, $"{name} {form} {regime} varlen, seed {TestData.RunSeed}");
+                Assert.True(Err(r.Extras["state"].Data, naive.Extras["state"].Data) < 2e-4, $"{name} {form} {regime} varlen state, seed {TestData.RunSeed}");
+            }
+            // Each sequence alone (B = 1, its own initial state) gives the same output rows and final state.
+            MethodTensor states = inputs.Find("state")!;
+            int per = (int)(states.Data.LongLength / 5), rowWidth = 2 * inputs.V.Dim(3);
+            for (int n = 0; n < offsets.Count; n++)
+            {
+                int start = offsets.Start(n), len = offsets.Length(n);
+                if (len == 0)
+                {
+                    Assert.Equal(states.Data.AsSpan(n * per, per).ToArray(), naive.Extras["state"].Data.AsSpan(n * per, per).ToArray());
+                    continue;
+                }
+                MethodInputs one = Slice(inputs, start, len);
+                one.Add("state", new MethodTensor(states.Data.AsSpan(n * per, per).ToArray(), [1, .. states.Shape.Skip(1)]));
+                MethodResult alone = Run(name, one, "naive");
+                Assert.True(Err(alone.Output.Data, naive.Output.Data.AsSpan(start * rowWidth, len * rowWidth).ToArray()) < 1e-6, $"{name} sequence {n} alone, seed {TestData.RunSeed}");
+                Assert.True(Err(alone.Extras["state"].Data, naive.Extras["state"].Data.AsSpan(n * per, per).ToArray()) < 1e-6, $"{name} sequence {n} state alone, seed {TestData.RunSeed}");
+            }
         }
     }
 
@@ -137,7 +162,7 @@ public class LinearMethodTests
         var r = new MethodInputs(Cut(all.Q), Cut(all.K), Cut(all.V));
         foreach (string n in all.Names)
         {
-            if (n is "q" or "k" or "v") continue;
+            if (n is "q" or "k" or "v" or "state") continue;
             MethodTensor x = all.Find(n)!;
             r.Add(n, n is "w" or "b" ? x : Cut(x));
         }
