@@ -150,6 +150,35 @@ public class LinearMethodTests
         }
     }
 
+    /// <summary>
+    /// 64k tokens through every method's adapter with its gates at the extremes (α ≈ e^-25 and α ≈ 1 − 1e-4; RetNet's γ
+    /// at 1e-30 and 1), q and k of size ~3: chunked and recurrent outputs and states stay finite and agree at the end.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Names))]
+    public void SixtyFourThousandTokensStayFiniteWithGatesAtTheirExtremes(string name)
+    {
+        const int t = 65536, d = 8;
+        Random rng = TestData.Rng(name.Length * 17 + 5);
+        foreach (string regime in new[] { "zero", "one" })
+        {
+            MethodInputs inputs = InputsFor(name, rng, 1, t, 1, 1, d, regime: regime);
+            foreach (float[] x in new[] { inputs.Q.Data, inputs.K.Data })
+                for (int i = 0; i < x.Length; i++) x[i] *= 6;
+            string[] extra = name == "retnet" ? [regime == "zero" ? "gamma=1e-30" : "gamma=1"] : [];
+            MethodResult chunked = Run(name, inputs, "chunked", 64, extra), recurrent = Run(name, inputs, "recurrent", 64, extra);
+            foreach ((string what, MethodResult r) in new[] { ("chunked", chunked), ("recurrent", recurrent) })
+            {
+                Assert.True(Array.TrueForAll(r.Output.Data, float.IsFinite), $"{name} {regime} {what} output not finite, seed {TestData.RunSeed}");
+                Assert.True(Array.TrueForAll(r.Extras["state"].Data, float.IsFinite), $"{name} {regime} {what} state not finite, seed {TestData.RunSeed}");
+            }
+            int tail = 256 * chunked.Output.Dim(3);
+            double e = Err(chunked.Output.Data[^tail..], recurrent.Output.Data[^tail..]);
+            Assert.True(e < 1e-3, $"{name} {regime}: chunked vs recurrent over the last 256 tokens {e:E2}, seed {TestData.RunSeed}");
+            Assert.True(Err(chunked.Extras["state"].Data, recurrent.Extras["state"].Data) < 1e-3, $"{name} {regime}: final states, seed {TestData.RunSeed}");
+        }
+    }
+
     internal static MethodInputs Slice(MethodInputs all, int start, int len)
     {
         MethodTensor Cut(MethodTensor x)
