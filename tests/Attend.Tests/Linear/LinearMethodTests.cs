@@ -318,4 +318,85 @@ public class LinearMethodTests
         var s = Assert.Throws<ArgumentException>(() => Run("retnet", noGate, "chunked"));
         Assert.Equal("state", s.ParamName);
     }
+
+    /// <summary>
+    /// Each method's own bad parameters and inputs are refused with an exception naming the parameter or input: a log gate
+    /// above 0 (a decay above 1) or NaN, β outside [0, 2] or NaN, a Hedgehog map or initial state of the wrong width, a
+    /// negative λ, out-of-range layers and chunks, Based's Dk above 64, DiagAttention on a varlen batch.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Names))]
+    public void EachMethodRefusesItsBadParametersByName(string name)
+    {
+        Random rng = TestData.Rng(TestData.Salt(name) & 0xfff);
+        MethodInputs Fresh() => InputsFor(name, rng, 1, 9, 2, 1, 8);
+        void Refused(string expected, MethodInputs inputs, params string[] args)
+        {
+            var e = Assert.ThrowsAny<ArgumentException>(() => Method(name).Run(inputs, MethodArguments.Parse(args)));
+            Assert.True(e.ParamName == expected, $"{name} {string.Join(' ', args)}: ParamName '{e.ParamName}', expected '{expected}': {e.Message}");
+        }
+
+        Refused("chunk", Fresh(), "chunk=0");
+        Refused("form", Fresh(), "form=sideways");
+        Refused("nonsense", Fresh(), "nonsense=1");
+        // An initial state one feature row short: the width of the feature map (2F, 1 + d + d², …) decides its size.
+        MethodInputs wrongState = Fresh();
+        MethodTensor good = Run(name, Fresh(), "chunked").Extras["state"];
+        wrongState.Add("state", new MethodTensor(new float[good.Dim(0) * good.Dim(1) * (good.Dim(2) - 1) * good.Dim(3)], good.Dim(0), good.Dim(1), good.Dim(2) - 1, good.Dim(3)));
+        Refused("state", wrongState);
+        MethodInputs probe = Fresh();
+        if (probe.Find("g") is not null)
+        {
+            foreach (float bad in new[] { 0.25f, float.NaN })
+            {
+                MethodInputs x = Fresh();
+                x.Find("g")!.Data[3] = bad;
+                Refused("g", x);
+            }
+        }
+        if (probe.Find("beta") is not null)
+        {
+            foreach (float bad in new[] { -0.5f, 2.5f, float.NaN })
+            {
+                MethodInputs x = Fresh();
+                x.Find("beta")!.Data[5] = bad;
+                Refused("beta", x);
+            }
+        }
+        switch (name)
+        {
+            case "retnet":
+                Refused("gamma", Fresh(), "gamma=-0.5");
+                Refused("gamma", Fresh(), "gamma=1.5");
+                break;
+            case "hedgehog":
+                MethodInputs w = InputsFor("linear-attention", rng, 1, 9, 2, 1, 8);
+                w.Add("w", new MethodTensor(new float[2 * 8 * 7], 2, 8, 7));
+                Refused("w", w);
+                MethodInputs b = Fresh();
+                b.Add("b", new MethodTensor(new float[2 * 7], 2, 7));
+                Refused("b", b);
+                break;
+            case "nalaformer":
+                Refused("lambda", Fresh(), "lambda=-1");
+                break;
+            case "based":
+                MethodInputs wide = InputsFor("linear-attention", rng, 1, 9, 2, 1, 72);
+                Refused("q", wide);
+                Refused("window", Fresh(), "window=-1");
+                break;
+            case "lightning-attention" or "lightning-attention-2" or "transnormerllm":
+                Refused("layer", Fresh(), "layers=4", "layer=4");
+                Refused("decay", Fresh(), "decay=fast");
+                break;
+            case "transnormer":
+                MethodInputs varlen = InputsFor(name, rng, 1, 9, 2, 1, 8, SeqOffsets.FromLengths([4, 5]));
+                Refused("attention", varlen, "attention=diag");
+                Refused("block", Fresh(), "attention=diag", "block=0");
+                break;
+            case "linear-attention":
+                Refused("map", Fresh(), "map=softmax");
+                break;
+        }
+    }
 }

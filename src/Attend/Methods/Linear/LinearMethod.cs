@@ -72,7 +72,13 @@ public abstract class LinearMethod : IAttentionMethod
         LinearCall call = Configure(inputs, arguments, shape);
         arguments.ThrowIfUnused(Info.Name);
         if (call.Instead is { } instead) return instead(inputs, shape);
-        MethodResult result = Execute(inputs, shape, WithBackend(call.Options with { Form = form, ChunkSize = chunk }, AttentionBackend.Current), call.Gate, call.Beta);
+        MethodResult result;
+        try { result = Execute(inputs, shape, WithBackend(call.Options with { Form = form, ChunkSize = chunk }, AttentionBackend.Current), call.Gate, call.Beta); }
+        catch (ArgumentOutOfRangeException e) when (e.ParamName == "gate")
+        {
+            // The engine calls the gates "gate"; the methods read them as the input "g".
+            throw new ArgumentOutOfRangeException("g", $"Input 'g': {e.Message.Replace(" (Parameter 'gate')", "", StringComparison.Ordinal)}");
+        }
         result.Report.Add(new("form", form.ToString().ToLowerInvariant()));
         call.After?.Invoke(inputs, shape, result);
         return result;
