@@ -102,6 +102,46 @@ public class LinearCliTests
         }
     }
 
+    /// <summary>
+    /// Based with its window branch summed in, decoded from the command line: the prefix run writes the linear state
+    /// (<c>--state-out</c>) and the window's keys and values (<c>--extra-out window_state=…</c>), and the next token's
+    /// run reads both (<c>--input</c>): its output and state equal the whole run's last row and state.
+    /// </summary>
+    [Fact]
+    public void BasedDecodesFromTheCommandLineWithItsWindowState()
+    {
+        using var dir = new TempDir();
+        const int t = 14, h = 2, d = 8;
+        Random rng = TestData.Rng(105);
+        foreach (string n in (string[])["q", "k", "v"])
+        {
+            float[] x = TestData.Gaussian<float>(rng, t * h * d, 0.5);
+            NpyFile.Write(dir.File($"{n}.npy"), [1, t, h, d], x);
+            NpyFile.Write(dir.File($"{n}-head.npy"), [1, t - 1, h, d], x[..((t - 1) * h * d)]);
+            NpyFile.Write(dir.File($"{n}-last.npy"), [1, 1, h, d], x[((t - 1) * h * d)..]);
+        }
+        string[] Io(string suffix, string o) => ["run", "--method", "based", "--param", "window=4", "--param", "combine=sum",
+            "--q", dir.File($"q{suffix}.npy"), "--k", dir.File($"k{suffix}.npy"), "--v", dir.File($"v{suffix}.npy"), "--out", dir.File(o)];
+        var (c1, _, e1) = CliHarness.Run([.. Io("", "o.npy"), "--state-out", dir.File("s.npy")]);
+        Assert.True(c1 == 0, e1);
+        var (c2, _, e2) = CliHarness.Run([.. Io("-head", "o-head.npy"), "--state-out", dir.File("s-head.npy"), "--extra-out", $"window_state={dir.File("w-head.npy")}"]);
+        Assert.True(c2 == 0, e2);
+        Assert.Equal([1, 3, h, 2 * d + 1], NpyFile.Read(dir.File("w-head.npy")).Shape);
+        var (c3, _, e3) = CliHarness.Run([.. Io("-last", "o-last.npy"), "--form", "recurrent", "--input", $"state={dir.File("s-head.npy")}",
+            "--input", $"window_state={dir.File("w-head.npy")}", "--state-out", dir.File("s-last.npy")]);
+        Assert.True(c3 == 0, e3);
+        float[] whole = NpyFile.Read(dir.File("o.npy")).AsSingle(), last = NpyFile.Read(dir.File("o-last.npy")).AsSingle();
+        double e = TestData.RelativeError<float>(last, Array.ConvertAll(whole[^(h * d)..], x => (double)x));
+        Assert.True(e < 1e-4, $"decode step vs whole run {e:E2}");
+        double es = TestData.RelativeError<float>(NpyFile.Read(dir.File("s-last.npy")).AsSingle(), Array.ConvertAll(NpyFile.Read(dir.File("s.npy")).AsSingle(), x => (double)x));
+        Assert.True(es < 1e-4, $"state after decode vs whole run {es:E2}");
+        // An extra result the method does not produce is refused before anything is written, and names what it does produce.
+        var (c4, _, e4) = CliHarness.Run([.. Io("", "o-bad.npy"), "--extra-out", $"lse={dir.File("x.npy")}"]);
+        Assert.Equal(Attend.Cli.AttendApp.UsageError, c4);
+        Assert.Contains("window_state", e4);
+        Assert.False(File.Exists(dir.File("o-bad.npy")));
+    }
+
     [Fact]
     public void MissingGateIsAUserError()
     {

@@ -229,6 +229,119 @@ public class LinearMethodTests
         Assert.True(Err(sum.Output.Data, expected) < 1e-6);
     }
 
+    /// <summary>
+    /// Based with its window branch summed in: a prefix run followed by decode steps (each carrying the linear state and
+    /// the window's last W − 1 keys and values) equals the whole run, output, state and window state; so does a varlen
+    /// batch split in two calls (sequences shorter than the window, and ones with nothing left for the second call).
+    /// </summary>
+    [Fact]
+    public void BasedDecodeStepsCarryTheWindowAndEqualTheWholeRun()
+    {
+        Random rng = TestData.Rng(74);
+        const int total = 29, prefix = 10, h = 2, d = 8;
+        string[] args = ["window=8", "combine=sum"];
+        MethodInputs whole = InputsFor("based", rng, 2, total, h, 1, d);
+        MethodResult reference = Run("based", whole, "chunked", 16, args);
+        Assert.Equal([2, 7, 1, 2 * d + 1], reference.Extras[BasedMethod.WindowStateName].Shape.ToArray());
+        MethodResult head = Run("based", Tokens(whole, 0, prefix), "chunked", 16, args);
+        MethodTensor state = head.Extras["state"], window = head.Extras[BasedMethod.WindowStateName];
+        for (int t = prefix; t < total; t++)
+        {
+            MethodInputs step = Tokens(whole, t, 1);
+            step.Add("state", state);
+            step.Add(BasedMethod.WindowStateName, window);
+            MethodResult r = Run("based", step, "recurrent", 16, args);
+            for (int b = 0; b < 2; b++)
+            {
+                float[] expected = reference.Output.Data.AsSpan((b * total + t) * h * d, h * d).ToArray();
+                float[] got = r.Output.Data.AsSpan(b * h * d, h * d).ToArray();
+                Assert.True(Err(got, expected) < 2e-4, $"based decode token {t} batch {b}: {Err(got, expected):E2}, seed {TestData.RunSeed}");
+            }
+            (state, window) = (r.Extras["state"], r.Extras[BasedMethod.WindowStateName]);
+        }
+        Assert.True(Err(state.Data, reference.Extras["state"].Data) < 2e-4, $"based final state after decode, seed {TestData.RunSeed}");
+        Assert.Equal(reference.Extras[BasedMethod.WindowStateName].Data, window.Data);
+        // Without the window state a decode step's window sees its own token only: the output differs.
+        MethodInputs bare = Tokens(whole, total - 1, 1);
+        bare.Add("state", head.Extras["state"]);
+        Assert.True(Err(Run("based", bare, "recurrent", 16, args).Output.Data, reference.Output.Data.AsSpan((total - 1) * h * d, h * d).ToArray()) > 1e-3);
+
+        // Varlen: lengths 3, 12, 1, 20 split after 5 tokens of each (or all of a shorter one).
+        int[] lengths = [3, 12, 1, 20];
+        var offsets = SeqOffsets.FromLengths(lengths);
+        MethodInputs packed = InputsFor("based", rng, 1, offsets.TotalTokens, h, 1, d, offsets);
+        MethodResult all = Run("based", packed, "chunked", 4, args);
+        int[] first = lengths.Select(l => Math.Min(l, 5)).ToArray(), rest = lengths.Select(l => l - Math.Min(l, 5)).ToArray();
+        MethodInputs part1 = Pick(packed, offsets, first, 0), part2 = Pick(packed, offsets, rest, 5);
+        MethodResult r1 = Run("based", part1, "chunked", 4, args);
+        part2.Add("state", r1.Extras["state"]);
+        part2.Add(BasedMethod.WindowStateName, r1.Extras[BasedMethod.WindowStateName]);
+        MethodResult r2 = Run("based", part2, "recurrent", 4, args);
+        var joined = new List<float>();
+        int row = h * d, at1 = 0, at2 = 0;
+        for (int n = 0; n < lengths.Length; n++)
+        {
+            joined.AddRange(r1.Output.Data.AsSpan(at1 * row, first[n] * row).ToArray());
+            joined.AddRange(r2.Output.Data.AsSpan(at2 * row, rest[n] * row).ToArray());
+            at1 += first[n]; at2 += rest[n];
+        }
+        Assert.True(Err([.. joined], all.Output.Data) < 2e-4, $"based varlen split, seed {TestData.RunSeed}");
+        Assert.True(Err(r2.Extras["state"].Data, all.Extras["state"].Data) < 2e-4, $"based varlen state, seed {TestData.RunSeed}");
+        Assert.Equal(all.Extras[BasedMethod.WindowStateName].Data, r2.Extras[BasedMethod.WindowStateName].Data);
+
+        // A window state of the wrong shape, with a flag that is not 0/1, or with an empty slot after a filled one, or for W = 1.
+        MethodTensor good = head.Extras[BasedMethod.WindowStateName];
+        foreach (MethodTensor bad in new[]
+                 {
+                     new MethodTensor(new float[2 * 6 * (2 * d + 1)], 2, 6, 1, 2 * d + 1),
+                     Flagged(good, 3, 0.5f), Flagged(good, good.Dim(1) - 1, 0f),
+                 })
+        {
+            MethodInputs x = Tokens(whole, prefix, 1);
+            x.Add(BasedMethod.WindowStateName, bad);
+            var e = Assert.ThrowsAny<ArgumentException>(() => Run("based", x, "recurrent", 16, args));
+            Assert.Equal(BasedMethod.WindowStateName, e.ParamName);
+        }
+        MethodInputs w1 = Tokens(whole, prefix, 1);
+        w1.Add(BasedMethod.WindowStateName, good);
+        Assert.Equal(BasedMethod.WindowStateName, Assert.ThrowsAny<ArgumentException>(() => Run("based", w1, "recurrent", 16, "window=1")).ParamName);
+    }
+
+    // q, k, v tokens [start, start + len) of every batch row (no other inputs).
+    private static MethodInputs Tokens(MethodInputs all, int start, int len)
+    {
+        MethodTensor Cut(MethodTensor x)
+        {
+            int b = x.Dim(0), t = x.Dim(1), per = x.Dim(2) * x.Dim(3);
+            var data = new float[b * len * per];
+            for (int i = 0; i < b; i++) Array.Copy(x.Data, (i * t + start) * per, data, i * len * per, len * per);
+            return new MethodTensor(data, b, len, x.Dim(2), x.Dim(3));
+        }
+        return new MethodInputs(Cut(all.Q), Cut(all.K), Cut(all.V));
+    }
+
+    // A varlen batch of tokens [skip, skip + counts[n]) of each sequence n.
+    private static MethodInputs Pick(MethodInputs all, SeqOffsets offsets, int[] counts, int skip)
+    {
+        MethodTensor Cut(MethodTensor x)
+        {
+            int per = x.Dim(2) * x.Dim(3);
+            var data = new List<float>();
+            for (int n = 0; n < counts.Length; n++)
+                data.AddRange(x.Data.AsSpan((offsets.Start(n) + Math.Min(skip, offsets.Length(n))) * per, counts[n] * per).ToArray());
+            return new MethodTensor([.. data], 1, counts.Sum(), x.Dim(2), x.Dim(3));
+        }
+        return new MethodInputs(Cut(all.Q), Cut(all.K), Cut(all.V)) { Offsets = SeqOffsets.FromLengths(counts) };
+    }
+
+    private static MethodTensor Flagged(MethodTensor cache, int slot, float flag)
+    {
+        float[] data = (float[])cache.Data.Clone();
+        int width = cache.Dim(3);
+        for (int b = 0; b < cache.Dim(0); b++) data[((b * cache.Dim(1) + slot) * cache.Dim(2)) * width + width - 1] = flag;
+        return new MethodTensor(data, [.. cache.Shape]);
+    }
+
     [Fact]
     public void HedgehogDistillationGradientMatchesFiniteDifferencesAndLowersTheLoss()
     {
