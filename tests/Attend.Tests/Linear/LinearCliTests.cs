@@ -142,6 +142,53 @@ public class LinearCliTests
         Assert.False(File.Exists(dir.File("o-bad.npy")));
     }
 
+    /// <summary>
+    /// <c>attend methods --json</c> lists every method issue 5 names, as family <c>linear</c> with status
+    /// <c>implemented</c>, a <c>form</c> parameter with at least naive|chunked, every parameter with a default and a
+    /// description, and names (in its summary or parameter descriptions) every input the method looks for.
+    /// </summary>
+    [Fact]
+    public void MethodsListsEveryLinearMethodWithStatusParametersAndInputs()
+    {
+        string[] issue5 =
+        [
+            "linear-attention", "based", "hedgehog", "lightning-attention", "lightning-attention-2", "transnormer", "transnormerllm", "retnet",
+            "gla", "deltanet", "gated-deltanet", "kda", "nalaformer", "aaren", "agent-attention", "local-linear-attention", "kernelized-rpe",
+            "titans-memory", "gam",
+        ];
+        var (code, output, err) = CliHarness.Run("methods", "--json");
+        Assert.True(code == 0, err);
+        using JsonDocument doc = JsonDocument.Parse(output);
+        foreach (string name in issue5)
+        {
+            JsonElement m = doc.RootElement.EnumerateArray().Single(x => x.GetProperty("name").GetString() == name);
+            Assert.Equal("linear", m.GetProperty("family").GetString());
+            Assert.Equal("implemented", m.GetProperty("status").GetString());
+            JsonElement[] parameters = [.. m.GetProperty("parameters").EnumerateArray()];
+            JsonElement form = parameters.Single(p => p.GetProperty("name").GetString() == "form");
+            Assert.StartsWith("naive|chunked", form.GetProperty("type").GetString(), StringComparison.Ordinal);
+            var text = new System.Text.StringBuilder(m.GetProperty("summary").GetString());
+            foreach (JsonElement p in parameters)
+            {
+                Assert.False(string.IsNullOrWhiteSpace(p.GetProperty("default").GetString()), $"{name}: parameter {p.GetProperty("name")} has no default");
+                Assert.False(string.IsNullOrWhiteSpace(p.GetProperty("description").GetString()), $"{name}: parameter {p.GetProperty("name")} has no description");
+                text.Append(' ').Append(p.GetProperty("description").GetString());
+            }
+            // The inputs the method looks for: an unread input's error lists them.
+            Attend.Methods.MethodInputs inputs = LinearMethodTests.InputsFor(name, TestData.Rng(106), 1, 9, 2, 1, 8);
+            inputs.Add("zzz", new Attend.Methods.MethodTensor([0f], 1));
+            Attend.Methods.MethodCatalog.FindRunnable(name)!.Run(inputs, Attend.Methods.MethodArguments.Parse(["form=naive"]));
+            string looked = Assert.ThrowsAny<ArgumentException>(() => inputs.ThrowIfUnread(name)).Message;
+            int at = looked.IndexOf("it looks for: ", StringComparison.Ordinal);
+            Assert.True(at >= 0, looked);
+            string list = looked[(at + "it looks for: ".Length)..];
+            list = list[..list.IndexOf(')', StringComparison.Ordinal)];
+            if (list.StartsWith("no inputs", StringComparison.Ordinal)) continue;
+            foreach (string input in list.Split(", "))
+                Assert.True(text.ToString().Contains(input, StringComparison.Ordinal), $"{name}: input '{input}' is not named by `attend methods`: {text}");
+        }
+    }
+
     [Fact]
     public void MissingGateIsAUserError()
     {

@@ -29,7 +29,7 @@ public sealed class BasedMethod : LinearMethod
 
     /// <inheritdoc />
     public override MethodInfo Info { get; } = new(Name, "linear", "method", Paper, ["cpu"], "implemented",
-        "Taylor (2nd-order) feature-map linear attention + exact sliding-window softmax branch")
+        "Taylor (2nd-order) feature-map linear attention + exact sliding-window softmax branch (input/Extras window_state carries the window between calls)")
     {
         Parameters =
         [

@@ -33,7 +33,7 @@ public abstract class LinearMethod : IAttentionMethod
 {
     /// <summary>The <c>form</c> parameter every linear method takes.</summary>
     public static readonly MethodParameter FormParameter = new("form", "naive|chunked|recurrent", "chunked",
-        "naive: float64 quadratic oracle; chunked: parallel prefill/training form; recurrent: step form (decode)");
+        "naive: float64 quadratic oracle; chunked: parallel prefill/training form; recurrent: step form (decode); every form reads the initial state as input state [N,H,Df,Dv'] and returns the final one");
 
     /// <summary>The <c>chunk</c> parameter every linear method takes.</summary>
     public static readonly MethodParameter ChunkParameter = new("chunk", "int", "64", "tokens per chunk of the chunked form");
