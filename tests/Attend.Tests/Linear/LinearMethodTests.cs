@@ -73,7 +73,7 @@ public class LinearMethodTests
         int randomChunk = new[] { 3, 8, 16, 32 }[rng.Next(4)], randomT = 2 * rng.Next(1, 48) + 1;
         if (randomT % randomChunk == 0) randomT += 2;
         int randomHkv = 1 + rng.Next(2), randomD = new[] { 8, 12, 24 }[rng.Next(3)];
-        foreach ((int t, int h, int hkv, int d, int chunk) in new[] { (1, 2, 1, 16, 16), (37, 4, 2, 32, 16), (50, 2, 2, 20, 32), (randomT, 2 * randomHkv * (1 + rng.Next(2)), randomHkv, randomD, randomChunk) })
+        foreach ((int t, int h, int hkv, int d, int chunk) in new[] { (1, 2, 1, 16, 16), (37, 4, 2, 32, 16), (50, 2, 2, 20, 32), (7, 2, 1, 128, 4), (randomT, 2 * randomHkv * (1 + rng.Next(2)), randomHkv, randomD, randomChunk) })
         {
             MethodInputs inputs = InputsFor(name, rng, 2, t, h, hkv, d);
             MethodResult naive = Run(name, inputs, "naive", chunk), chunked = Run(name, inputs, "chunked", chunk), recurrent = Run(name, inputs, "recurrent", chunk);
