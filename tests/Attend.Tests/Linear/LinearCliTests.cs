@@ -238,6 +238,10 @@ public class LinearCliTests
         {
             Assert.Contains(results, r => r.GetProperty("method").GetString() == m.Info.Name && r.GetProperty("form").GetString() == "chunked"
                 && r.GetProperty("tokens_per_s").GetDouble() > 0 && r.GetProperty("max_rel_err").GetDouble() < 2e-4);
+            // A FLOP count (so a peak fraction) where the method's work has a simple one (BenchLinearCommand.ExtraFlops).
+            bool counted = m.Info.Name is "aaren" or "agent-attention" or "gam" or "local-linear-attention";
+            Assert.All(results.Where(r => r.GetProperty("method").GetString() == m.Info.Name && r.GetProperty("form").GetString() == "chunked"),
+                r => Assert.Equal(counted ? JsonValueKind.Number : JsonValueKind.Null, r.GetProperty("peak_fraction").ValueKind));
             bool recurrent = m.Info.Parameters.Single(p => p.Name == "form").Type.Split('|').Contains("recurrent");
             Assert.Equal(recurrent, results.Any(r => r.GetProperty("method").GetString() == m.Info.Name && r.GetProperty("form").GetString() == "recurrent"
                 && r.GetProperty("us_per_token").ValueKind == JsonValueKind.Number));
