@@ -63,11 +63,9 @@ public sealed class BasedMethod : LinearMethod
 
     private static void CheckCache(MethodInputs inputs, MethodTensor cache, LinearShape shape, int window)
     {
-        int d = shape.KeyDim;
-        string want = $"[N, W − 1 = {window - 1}, Hkv = {shape.KvHeads}, 2·Dk + 1 = {2 * d + 1}]";
-        int sequences = inputs.Offsets?.Count ?? shape.Batch;
+        int d = shape.KeyDim, sequences = Sequences(inputs, shape);
         if (shape.ValueDim != d) throw new ArgumentException($"The window branch needs Dk = Dv; got Dk = {d}, Dv = {shape.ValueDim}.", "v");
-        want = $"[N = {sequences}, W − 1 = {window - 1}, Hkv = {shape.KvHeads}, 2·Dk + 1 = {2 * d + 1}]";
+        string want = $"[N = {sequences}, W − 1 = {window - 1}, Hkv = {shape.KvHeads}, 2·Dk + 1 = {2 * d + 1}]";
         if (cache.Shape.Count != 4 || cache.Dim(0) != sequences || cache.Dim(1) != window - 1 || cache.Dim(2) != shape.KvHeads || cache.Dim(3) != 2 * d + 1)
             throw new ArgumentException($"Input '{WindowStateName}' {cache} must be {want}.", WindowStateName);
         int slots = window - 1, row = shape.KvHeads * (2 * d + 1);
