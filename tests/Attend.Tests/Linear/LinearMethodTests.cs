@@ -107,6 +107,13 @@ public class LinearMethodTests
             state = r.Extras["state"];
         }
         Assert.True(Err(state.Data, reference.Extras["state"].Data) < 2e-4, $"{name} final state after decode, seed {TestData.RunSeed}");
+        // The whole rest as one recurrent call from the prefix's state gives the same rows and state.
+        MethodInputs rest = Slice(whole, prefix, total - prefix);
+        rest.Add("state", Run(name, Slice(whole, 0, prefix), "chunked").Extras["state"]);
+        MethodResult restRun = Run(name, rest, "recurrent");
+        float[] expectedRest = reference.Output.Data.AsSpan(prefix * h * dv).ToArray();
+        Assert.True(Err(restRun.Output.Data, expectedRest) < 2e-4, $"{name} rest in one recurrent call: {Err(restRun.Output.Data, expectedRest):E2}, seed {TestData.RunSeed}");
+        Assert.True(Err(restRun.Extras["state"].Data, reference.Extras["state"].Data) < 2e-4, $"{name} state after the recurrent rest, seed {TestData.RunSeed}");
     }
 
     [Theory]
