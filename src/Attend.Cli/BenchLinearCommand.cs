@@ -213,6 +213,28 @@ internal static class BenchLinearCommand
     }
 
     /// <summary>
+    /// FLOPs of the extra methods' default forward (their default parameters, Dk = Dv = d, per head; exponentials and
+    /// pooling not counted), or null where no simple count applies (kernelized RPE's FFTs, Titans' inner gradient steps):
+    /// Aaren 2T(Dk + Dv) (a score and a value update per token); Agent Attention with n = 64 agents 4nT(Dk + Dv) (two
+    /// softmax products each way); GAM with S = 64 slots and W = 3 taps T(2WD + 4SD); Local Linear Attention per causal
+    /// pair 6d + 4d² (score, two weighted means, the covariance products XᵀX and YᵀX) and per query d³/3 + 4d² (Cholesky,
+    /// solve, read-out).
+    /// </summary>
+    internal static double? ExtraFlops(string name, int t, int heads, int d)
+    {
+        double pairs = (double)t * (t + 1) / 2;
+        double? perHead = name switch
+        {
+            "aaren" => 2.0 * t * (d + d),
+            "agent-attention" => 4.0 * 64 * t * (d + d),
+            "gam" => (double)t * (2 * 3 * d + 4 * 64 * d),
+            "local-linear-attention" => pairs * (6.0 * d + 4.0 * d * d) + t * (d * (double)d * d / 3 + 4.0 * d * d),
+            _ => null,
+        };
+        return perHead * heads;
+    }
+
+    /// <summary>
     /// FLOPs of the chunked backward (additive, no decay): per head and chunk, the scores and their gradient (causal
     /// pairs × 2·(Df + Dv)), dA·K and dAᵀ·Q (pairs × 4·Df), Aᵀ·dO (pairs × 2·Dv), and five state-sized products (the
     /// forward sweep's state update, dO·S₀ᵀ, K·dS, V·dSᵀ, Qᵀ·dO: 5 × 2·L·Df·Dv).
@@ -416,7 +438,8 @@ internal static class BenchLinearCommand
             state = last!.Extras.GetValueOrDefault("state");
             yield return new LinearRecord(name, "chunked", t, d, sweep.H, passed ? t / seconds : null, null, null, err, timing.SpreadMs / timing.MedianMs)
             {
-                Gflops = config is null || !passed ? null : ChunkedFlops(config) / seconds / 1e9, Passed = passed,
+                Gflops = !passed ? null : config is not null ? ChunkedFlops(config) / seconds / 1e9 : ExtraFlops(name, t, sweep.H, d) / seconds / 1e9,
+                Passed = passed,
             };
         }
         if (!forms.Contains("recurrent")) yield break; // no step form (the state would be the whole prefix): no decode row
@@ -608,7 +631,7 @@ internal static class BenchLinearCommand
         w.WriteString("date", DateTime.UtcNow.ToString("yyyy-MM-ddTHH:mm:ssZ", CultureInfo.InvariantCulture));
         w.WriteNumber("cores", Environment.ProcessorCount);
         w.WriteNumber("fma_gflops", ceilings.FmaGflops);
-        w.WriteString("flop_convention", "chunked: per head and chunk of L tokens, causal pairs L(L+1)/2 x 2(Df+Dv) + state read/write 4 L Df Dv (+ delta-rule terms); masked work not counted");
+        w.WriteString("flop_convention", "chunked: per head and chunk of L tokens, causal pairs L(L+1)/2 x 2(Df+Dv) + state read/write 4 L Df Dv (+ delta-rule terms); masked work not counted; extra methods (BenchLinearCommand.ExtraFlops): aaren 2T(Dk+Dv), agent-attention 4nT(Dk+Dv), gam T(2WD+4SD), local-linear-attention pairs(6d+4d^2)+T(d^3/3+4d^2) per head; kernelized-rpe and titans-memory none");
         w.WriteStartArray("results");
         foreach (LinearRecord r in records) r.Write(w, "cpu");
         w.WriteEndArray();

@@ -15,6 +15,9 @@ internal static class MethodRunCommand
     {
         /// <summary>cpu (null) or cuda: where the method's kernel calls run (its selector stays on the CPU).</summary>
         public string? Backend { get; init; }
+
+        /// <summary><c>--extra-out name=file.npy</c> pairs: further named results of the method to write.</summary>
+        public string[] ExtraOuts { get; init; } = [];
     }
 
     internal static int Execute(Request r, TextWriter output)
@@ -66,6 +69,20 @@ internal static class MethodRunCommand
         try { inputs.ThrowIfUnread(method.Info.Name); }
         catch (ArgumentException e) { throw new UserError($"--input {e.ParamName}: {AttendApp.OneLine(e)}; nothing was written."); }
 
+        // Asked-for extras the method does not produce are refused before anything is written (a stateless method with
+        // --state-out used to leave its output file behind and then fail).
+        var extras = new List<(string? Path, string Name, string Option)> { (r.Lse, "lse", "--lse"), (r.StateOut, "state", "--state-out") };
+        foreach (string pair in r.ExtraOuts)
+        {
+            int eq = pair.IndexOf('=', StringComparison.Ordinal);
+            if (eq <= 0) throw new UserError($"--extra-out: '{pair}' must be written name=file.npy.");
+            extras.Add((pair[(eq + 1)..].Trim(), pair[..eq].Trim(), "--extra-out"));
+        }
+        foreach ((string? path, string name, string option) in extras)
+            if (path is not null && !result.Extras.ContainsKey(name))
+                throw new UserError($"{option}: method '{method.Info.Name}' produces no '{name}' output" +
+                    (result.Extras.Count == 0 ? "" : $" (it produces: {string.Join(", ", result.Extras.Keys.Order(StringComparer.Ordinal))})") + "; nothing was written.");
+
         // The output keeps the queries' rank and element type.
         int[] outShape = [.. result.Output.Shape];
         if (qa.Shape.Length == 3 && outShape[0] == 1) outShape = outShape[1..];
@@ -73,6 +90,7 @@ internal static class MethodRunCommand
         var written = new List<string> { r.Out };
         if (r.Lse is not null) written.Add(WriteExtra(result, "lse", r.Lse, method.Info.Name));
         if (r.StateOut is not null) written.Add(WriteExtra(result, "state", r.StateOut, method.Info.Name));
+        foreach ((string? path, string name, string option) in extras.Skip(2)) written.Add(WriteExtra(result, name, path!, method.Info.Name));
 
         output.WriteLine($"{method.Info.Name}: wrote {string.Join(", ", written)}" + (cuda ? " (kernels on cuda, bf16)" : ""));
         if (result.Density is double density) output.WriteLine($"  density: {density:0.####}");

@@ -28,9 +28,10 @@ internal static class RunCommand
         var input = new Option<string[]>("--input") { Description = "A further named input name=file.npy for the method (gates, betas, initial state; repeatable)." };
         var form = new Option<string?>("--form") { Description = "Form of a linear/recurrent method: naive | chunked | recurrent (same as --param form=...)." };
         var stateOut = new Option<string?>("--state-out") { Description = "Write the method's final state (linear/recurrent family) to this .npy." };
+        var extraOut = new Option<string[]>("--extra-out") { Description = "Write another named result of the method to a .npy, name=file.npy (repeatable; e.g. Based's window_state, the window's last keys and values for the next call's --input window_state=…)." };
         var command = new Command("run", "Run exact attention, or a named method, on Q, K, V read from .npy files.")
         {
-            q, k, v, outPath, lse, mask, scale, softcap, variant, method, param, input, form, stateOut, backend,
+            q, k, v, outPath, lse, mask, scale, softcap, variant, method, param, input, form, stateOut, backend, extraOut,
         };
         command.SetAction(parse =>
         {
@@ -40,14 +41,15 @@ internal static class RunCommand
                     parse.GetValue(outPath)!, parse.GetValue(lse), parse.GetValue(stateOut), parse.GetValue(param) ?? [],
                     parse.GetValue(input) ?? [], parse.GetValue(form))
                 {
-                    Backend = parse.GetValue(backend),
+                    Backend = parse.GetValue(backend), ExtraOuts = parse.GetValue(extraOut) ?? [],
                 };
                 if (parse.GetValue(mask) is not null || parse.GetValue(scale) is not null || parse.GetValue(softcap) is not null || parse.GetValue(variant) is not null)
                     throw new UserError("--mask, --scale, --softcap and --variant apply to exact attention; with --method pass them as --param name=value.");
                 return MethodRunCommand.Execute(methodRequest, output);
             }
-            if (parse.GetValue(param) is { Length: > 0 } || parse.GetValue(input) is { Length: > 0 } || parse.GetValue(form) is not null || parse.GetValue(stateOut) is not null)
-                throw new UserError("--param, --input, --form and --state-out need --method NAME.");
+            if (parse.GetValue(param) is { Length: > 0 } || parse.GetValue(input) is { Length: > 0 } || parse.GetValue(form) is not null || parse.GetValue(stateOut) is not null
+                || parse.GetValue(extraOut) is { Length: > 0 })
+                throw new UserError("--param, --input, --form, --state-out and --extra-out need --method NAME.");
             var request = new RunRequest(parse.GetValue(q)!, parse.GetValue(k)!, parse.GetValue(v)!, parse.GetValue(outPath)!,
                 parse.GetValue(lse), parse.GetValue(mask), parse.GetValue(scale), parse.GetValue(softcap), parse.GetValue(variant))
             {

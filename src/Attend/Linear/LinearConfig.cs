@@ -99,7 +99,7 @@ internal sealed class LinearConfig
             ReadOnlySpan<float> gate = inputs.Gate;
             for (int i = 0; i < gate.Length; i++)
                 if (!(gate[i] <= 0f))
-                    throw new ArgumentOutOfRangeException(nameof(inputs), $"gate[{i}] = {gate[i]}: log decay gates must be ≤ 0 (a decay in (0, 1]) and not NaN.");
+                    throw new ArgumentOutOfRangeException("gate", $"gate[{i}] = {gate[i]}: log decay gates must be ≤ 0 (a decay in (0, 1]) and not NaN.");
         }
         else if (!inputs.Gate.IsEmpty)
             throw new ArgumentException($"A gate was given but the decay is {decay}; use ScalarGate or ChannelGate.", nameof(inputs));
@@ -111,7 +111,16 @@ internal sealed class LinearConfig
             throw new ArgumentException("Update GatedDelta needs a decay (FixedPerHead, ScalarGate or ChannelGate).", nameof(options));
         if (update == LinearUpdate.Additive && !inputs.Beta.IsEmpty)
             throw new ArgumentException("beta is given but the update is Additive; β belongs to the delta rules.", nameof(inputs));
-        if (!inputs.Beta.IsEmpty) CheckLength("beta", inputs.Beta.Length, (long)s.Batch * s.Tokens * s.Heads, "[B, T, H]");
+        if (!inputs.Beta.IsEmpty)
+        {
+            CheckLength("beta", inputs.Beta.Length, (long)s.Batch * s.Tokens * s.Heads, "[B, T, H]");
+            // The transition I − β k kᵀ (unit k) has eigenvalue 1 − β along k: inside [0, 2] it never amplifies the state;
+            // outside it (a negative β, say) the state grows geometrically and a long run overflows.
+            ReadOnlySpan<float> beta = inputs.Beta;
+            for (int i = 0; i < beta.Length; i++)
+                if (!(beta[i] >= 0f && beta[i] <= 2f))
+                    throw new ArgumentOutOfRangeException("beta", $"beta[{i}] = {beta[i]}: β must be in [0, 2] (the delta rule's I − βkkᵀ has eigenvalue 1 − β along k) and not NaN.");
+        }
 
         LinearNormalization norm = options.Normalization ?? LinearNormalization.None;
         if (norm == LinearNormalization.Denominator && update != LinearUpdate.Additive)

@@ -59,6 +59,26 @@ public class LinearValidationTests
     }
 
     [Fact]
+    public void BetaOutsideZeroToTwoOrNaNIsRejectedByName()
+    {
+        float[] q = Ones(64), k = Ones(64), v = Ones(64), o = new float[64];
+        var delta = new LinearAttentionOptions { FeatureMap = FeatureMaps.L2Norm, Update = LinearUpdate.Delta };
+        foreach (float bad in new[] { -0.1f, 2.01f, float.NaN, float.PositiveInfinity })
+        {
+            float[] beta = Ones(8);
+            beta[6] = bad;
+            var e = Assert.Throws<ArgumentOutOfRangeException>(() => LinearAttention.Forward(Inputs(q, k, v) with { Beta = beta }, delta, o, default));
+            Assert.Equal("beta", e.ParamName);
+            Assert.Contains("beta[6]", e.Message, StringComparison.Ordinal);
+        }
+        // The ends of the range are accepted (β = 2 reflects along k, β = 0 leaves the state alone).
+        float[] ends = [0f, 2f, 0f, 2f, 1f, 0f, 2f, 0.5f];
+        float[] state = new float[2 * 8 * 8];
+        LinearAttention.Forward(Inputs(q, k, v) with { Beta = ends }, delta, o, state);
+        Assert.True(Array.TrueForAll(o, float.IsFinite) && Array.TrueForAll(state, float.IsFinite));
+    }
+
+    [Fact]
     public void FeatureWidthMismatchingTheStateIsRejected()
     {
         float[] q = Ones(64), k = Ones(64), v = Ones(64), o = new float[64];

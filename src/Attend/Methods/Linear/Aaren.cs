@@ -411,7 +411,7 @@ public sealed class AarenMethod : IAttentionMethod
 
     /// <inheritdoc />
     public MethodInfo Info { get; } = new(Name, "linear", "method", Paper, ["cpu"], "implemented",
-        "softmax attention of one query token over every prefix, as an RNN (m, u, w) and a parallel prefix scan; exact")
+        "softmax attention of one query token over every prefix, as an RNN (m, u, w) and a parallel prefix scan; exact (inputs query [N,H,Dk], state [N,H,Dv+2])")
     {
         Parameters =
         [

@@ -420,7 +420,7 @@ public sealed class GatedAssociativeMemoryMethod : IAttentionMethod
     /// <inheritdoc />
     public MethodInfo Info { get; } = new(Name, "linear", "method",
         "Gated Associative Memory: A Parallel O(N) Architecture for Efficient Sequence Modeling (Acharya, 2025)", ["cpu"], "implemented",
-        "gated sum of a causal depthwise convolution and a softmax retrieval from a learned memory bank, O(T)")
+        "gated sum of a causal depthwise convolution and a softmax retrieval from a learned memory bank, O(T) (inputs memory [H,S,D], conv [H,W,D], gate_local, gate_global [B,T,H,D], state [N,Hkv,W-1,D])")
     {
         Parameters =
         [

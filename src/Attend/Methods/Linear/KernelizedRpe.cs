@@ -360,7 +360,7 @@ public sealed class KernelizedRpeMethod : IAttentionMethod
     /// <inheritdoc />
     public MethodInfo Info { get; } = new(Name, "linear", "method",
         "Stable, Fast and Accurate: Kernelized Attention with Relative Positional Encoding (Luo et al., 2021)", ["cpu"], "implemented",
-        "random-feature kernelized attention with a Toeplitz relative-position bias applied by FFT, O(m·Dv·T log T)")
+        "random-feature kernelized attention with a Toeplitz relative-position bias applied by FFT, O(m·Dv·T log T) (inputs features [m,Dk], rpe [H,2R-1])")
     {
         Parameters =
         [

@@ -33,7 +33,7 @@ public abstract class LinearMethod : IAttentionMethod
 {
     /// <summary>The <c>form</c> parameter every linear method takes.</summary>
     public static readonly MethodParameter FormParameter = new("form", "naive|chunked|recurrent", "chunked",
-        "naive: float64 quadratic oracle; chunked: parallel prefill/training form; recurrent: step form (decode)");
+        "naive: float64 quadratic oracle; chunked: parallel prefill/training form; recurrent: step form (decode); every form reads the initial state as input state [N,H,Df,Dv'] and returns the final one");
 
     /// <summary>The <c>chunk</c> parameter every linear method takes.</summary>
     public static readonly MethodParameter ChunkParameter = new("chunk", "int", "64", "tokens per chunk of the chunked form");
@@ -47,6 +47,20 @@ public abstract class LinearMethod : IAttentionMethod
     /// <param name="shape">The q/k/v dimensions.</param>
     protected abstract LinearCall Configure(MethodInputs inputs, MethodArguments arguments, LinearShape shape);
 
+    /// <summary>
+    /// What <see cref="Run"/> would hand to <see cref="LinearAttention"/> for these inputs and parameters (options with the
+    /// form and chunk filled in, gates, β), without running it: lets the tests take each method's exact configuration
+    /// through the engine's backward and the float64 reference.
+    /// </summary>
+    internal LinearCall Plan(MethodInputs inputs, MethodArguments arguments)
+    {
+        LinearShape shape = ShapeOf(inputs);
+        LinearForm form = ParseForm(arguments);
+        int chunk = arguments.GetInt("chunk", 64, 1, 1024);
+        LinearCall call = Configure(inputs, arguments, shape);
+        return call with { Options = call.Options with { Form = form, ChunkSize = chunk } };
+    }
+
     /// <inheritdoc />
     public MethodResult Run(MethodInputs inputs, MethodArguments arguments)
     {
@@ -58,7 +72,13 @@ public abstract class LinearMethod : IAttentionMethod
         LinearCall call = Configure(inputs, arguments, shape);
         arguments.ThrowIfUnused(Info.Name);
         if (call.Instead is { } instead) return instead(inputs, shape);
-        MethodResult result = Execute(inputs, shape, WithBackend(call.Options with { Form = form, ChunkSize = chunk }, AttentionBackend.Current), call.Gate, call.Beta);
+        MethodResult result;
+        try { result = Execute(inputs, shape, WithBackend(call.Options with { Form = form, ChunkSize = chunk }, AttentionBackend.Current), call.Gate, call.Beta); }
+        catch (ArgumentOutOfRangeException e) when (e.ParamName == "gate")
+        {
+            // The engine calls the gates "gate"; the methods read them as the input "g".
+            throw new ArgumentOutOfRangeException("g", $"Input 'g': {e.Message.Replace(" (Parameter 'gate')", "", StringComparison.Ordinal)}");
+        }
         result.Report.Add(new("form", form.ToString().ToLowerInvariant()));
         call.After?.Invoke(inputs, shape, result);
         return result;

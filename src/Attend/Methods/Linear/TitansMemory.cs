@@ -559,7 +559,7 @@ public sealed class TitansMemoryMethod : IAttentionMethod
     /// <inheritdoc />
     public MethodInfo Info { get; } = new(Name, "linear", "method",
         "Titans: Learning to Memorize at Test Time (Behrouz, Zhong, Mirrokni, 2025)", ["cpu"], "implemented",
-        "MLP memory written by test-time gradient steps with momentum and forgetting; chunked = parallel mini-batch update")
+        "MLP memory written by test-time gradient steps with momentum and forgetting; chunked = parallel mini-batch update (inputs alpha, eta, theta [B,T,Hkv], state)")
     {
         Parameters =
         [
