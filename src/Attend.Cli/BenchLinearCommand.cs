@@ -425,7 +425,7 @@ internal static class BenchLinearCommand
         }
         bool passed = err <= Tolerance;
         int d = name == "based" ? 16 : sweep.D;
-        MethodTensor? state = null;
+        MethodTensor? state = null, windowState = null;
         int maxT = MaxLength(name);
         foreach (int t in sweep.Lengths)
         {
@@ -436,6 +436,7 @@ internal static class BenchLinearCommand
             double seconds = timing.MedianMs / 1e3;
             LinearConfig? config = ConfigOf(name, inputs);
             state = last!.Extras.GetValueOrDefault("state");
+            windowState = last.Extras.GetValueOrDefault("window_state");
             yield return new LinearRecord(name, "chunked", t, d, sweep.H, passed ? t / seconds : null, null, null, err, timing.SpreadMs / timing.MedianMs)
             {
                 Gflops = !passed ? null : config is not null ? ChunkedFlops(config) / seconds / 1e9 : ExtraFlops(name, t, sweep.H, d) / seconds / 1e9,
@@ -445,18 +446,23 @@ internal static class BenchLinearCommand
         if (!forms.Contains("recurrent")) yield break; // no step form (the state would be the whole prefix): no decode row
         if (state is null) yield break; // a call without a recurrent state (none of the defaults): no decode row
         // Decode: a timed sample is a chain of steps, each a T = 1 recurrent call on the previous call's state (the
-        // adapter's per-call work included), so one preempted microsecond does not make the sample.
+        // adapter's per-call work included), so one preempted microsecond does not make the sample. Based also carries
+        // its window branch's last keys and values (window_state), as a real decode step does.
         const int chain = 32;
         MethodInputs[] steps = new MethodInputs[chain];
         for (int i = 0; i < chain; i++) steps[i] = Inputs(name, 1, 1, sweep.H, d, 41 + i);
         Timing decode = BenchTimer.Measure(() =>
         {
             MethodTensor s = state;
+            MethodTensor? w = windowState;
             for (int i = 0; i < chain; i++)
             {
                 MethodInputs step = Inputs(steps[i]);
                 step.Add("state", s);
-                s = method.Run(step, MethodArguments.Parse(["form=recurrent"])).Extras["state"];
+                if (w is not null) step.Add("window_state", w);
+                MethodResult r = method.Run(step, MethodArguments.Parse(["form=recurrent"]));
+                s = r.Extras["state"];
+                if (w is not null) w = r.Extras["window_state"];
             }
         }, sweep.MinSeconds, minRuns: 5);
         double us = decode.MedianMs * 1e3 / chain;

@@ -185,7 +185,12 @@ public class LinearCliTests
             list = list[..list.IndexOf(')', StringComparison.Ordinal)];
             if (list.StartsWith("no inputs", StringComparison.Ordinal)) continue;
             foreach (string input in list.Split(", "))
-                Assert.True(text.ToString().Contains(input, StringComparison.Ordinal), $"{name}: input '{input}' is not named by `attend methods`: {text}");
+            {
+                // Named as an input: the word after "input"/"inputs" in the same parenthesis, whole (a bare substring
+                // test passes for one-letter names such as g, w, b whatever the text says).
+                var named = new System.Text.RegularExpressions.Regex($@"\binputs?\b[^)]*?(?<!\w){System.Text.RegularExpressions.Regex.Escape(input)}(?!\w)");
+                Assert.True(named.IsMatch(text.ToString()), $"{name}: input '{input}' is not named by `attend methods`: {text}");
+            }
         }
     }
 

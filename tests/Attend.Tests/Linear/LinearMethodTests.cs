@@ -473,6 +473,13 @@ public class LinearMethodTests
                 x.Find("g")!.Data[3] = bad;
                 Refused("g", x);
             }
+            // A gate tensor one element short is named as the input too (the engine's length check calls it "gate").
+            MethodInputs shortGate = Fresh();
+            MethodTensor g = shortGate.Find("g")!;
+            var shorter = new MethodInputs(shortGate.Q, shortGate.K, shortGate.V);
+            if (shortGate.Find("beta") is { } beta) shorter.Add("beta", beta);
+            shorter.Add("g", new MethodTensor(g.Data[..^1], g.Data.Length - 1));
+            Refused("g", shorter);
         }
         if (probe.Find("beta") is not null)
         {

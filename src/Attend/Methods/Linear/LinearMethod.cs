@@ -74,10 +74,12 @@ public abstract class LinearMethod : IAttentionMethod
         if (call.Instead is { } instead) return instead(inputs, shape);
         MethodResult result;
         try { result = Execute(inputs, shape, WithBackend(call.Options with { Form = form, ChunkSize = chunk }, AttentionBackend.Current), call.Gate, call.Beta); }
-        catch (ArgumentOutOfRangeException e) when (e.ParamName == "gate")
+        catch (ArgumentException e) when (e.ParamName == "gate")
         {
-            // The engine calls the gates "gate"; the methods read them as the input "g".
-            throw new ArgumentOutOfRangeException("g", $"Input 'g': {e.Message.Replace(" (Parameter 'gate')", "", StringComparison.Ordinal)}");
+            // The engine calls the gates "gate"; the methods read them as the input "g" (a value out of range, or a
+            // tensor of the wrong length).
+            string message = $"Input 'g': {e.Message.Replace(" (Parameter 'gate')", "", StringComparison.Ordinal)}";
+            throw e is ArgumentOutOfRangeException ? new ArgumentOutOfRangeException("g", message) : new ArgumentException(message, "g");
         }
         result.Report.Add(new("form", form.ToString().ToLowerInvariant()));
         call.After?.Invoke(inputs, shape, result);
