@@ -57,9 +57,9 @@ def inputs(T, H, D, kind, device="cuda"):
     extra = {}
     if kind in ("simple_gla", "gated_delta"):
         extra["g"] = (F.logsigmoid(torch.randn(B, T, H, device=device)) / 16).float()
-    if kind == "gla":
+    if kind in ("gla", "kda"):
         extra["g"] = (F.logsigmoid(torch.randn(B, T, H, D, device=device)) / 16).float()
-    if kind in ("delta", "gated_delta"):
+    if kind in ("delta", "gated_delta", "kda"):
         k = F.normalize(k.float(), p=2, dim=-1).to(torch.bfloat16)
         extra["beta"] = torch.rand(B, T, H, device=device, dtype=torch.bfloat16).sigmoid()
     if kind == "retnet":
@@ -87,6 +87,10 @@ def make(kind, T, H, D):
         fn = lambda q, k, v: chunk_delta_rule(q, k, v, beta=extra["beta"], scale=scale)[0]
     elif kind == "gated_delta":
         fn = lambda q, k, v: chunk_gated_delta_rule(q, k, v, g=extra["g"], beta=extra["beta"], scale=scale)[0]
+    elif kind == "kda":
+        # Kimi Delta Attention: the gate per key channel [B, T, H, D] (log α, given directly: no in-kernel gate projection).
+        from fla.ops.kda import chunk_kda
+        fn = lambda q, k, v: chunk_kda(q, k, v, g=extra["g"], beta=extra["beta"], scale=scale)[0]
     else:
         raise ValueError(kind)
     return fn, q, k, v, extra
