@@ -64,9 +64,9 @@ def inputs(T, H, D, kind, device="cuda"):
     extra = {}
     if kind in ("simple_gla", "gated_delta"):
         extra["g"] = (F.logsigmoid(torch.randn(B, T, H, device=device)) / 16).float()
-    if kind == "gla":
+    if kind in ("gla", "kda"):
         extra["g"] = (F.logsigmoid(torch.randn(B, T, H, D, device=device)) / 16).float()
-    if kind in ("delta", "gated_delta"):
+    if kind in ("delta", "gated_delta", "kda"):
         k = F.normalize(k.float(), p=2, dim=-1).to(torch.bfloat16)
         extra["beta"] = torch.rand(B, T, H, device=device, dtype=torch.bfloat16).sigmoid()
     if kind == "retnet":
@@ -96,6 +96,10 @@ def make(kind, T, H, D, extra_override=None):
         fn = lambda q, k, v: chunk_delta_rule(q, k, v, beta=extra["beta"], scale=scale)[0]
     elif kind == "gated_delta":
         fn = lambda q, k, v: chunk_gated_delta_rule(q, k, v, g=extra["g"], beta=extra["beta"], scale=scale)[0]
+    elif kind == "kda":
+        # Kimi Delta Attention: the gate per key channel [B, T, H, D] (log α, given directly: no in-kernel gate projection).
+        from fla.ops.kda import chunk_kda
+        fn = lambda q, k, v: chunk_kda(q, k, v, g=extra["g"], beta=extra["beta"], scale=scale)[0]
     else:
         raise ValueError(kind)
     return fn, q, k, v, extra
@@ -104,7 +108,7 @@ def make(kind, T, H, D, extra_override=None):
 def reference(kind, q, k, v, extra, scale, C=64):
     """The method's own recurrence in float32, chunk by chunk (C tokens), differentiable by torch autograd: an oracle for
     fla's gradients that shares no code with fla. Inside a chunk, b is the cumulative log decay (per token, or per key
-    channel for GLA) and every decay e^{b_i - b_j} is formed from b directly (scalar gates) or as e^{b_i} e^{-b_j} (GLA:
+    channel for GLA and KDA) and every decay e^{b_i - b_j} is formed from b directly (scalar gates) or as e^{b_i} e^{-b_j} (GLA, KDA:
     with this script's gates |b| stays below about 25 inside a chunk, far inside float32's range). The delta rules solve
     (I + L) delta = beta (v - e^b k S) with L_ij = beta_i e^{b_i - b_j} k_i.k_j (j < i), as the WY form does."""
     B, T, H, K = q.shape
@@ -116,11 +120,11 @@ def reference(kind, q, k, v, extra, scale, C=64):
         glog = extra["g_gamma"].float().view(1, H, 1).expand(B, H, T)
     elif kind in ("simple_gla", "gated_delta"):
         glog = g.float().transpose(1, 2)  # [B, H, T]
-    elif kind == "gla":
+    elif kind in ("gla", "kda"):
         glog = g.float().transpose(1, 2)  # [B, H, T, K]
     else:
         glog = None
-    beta = extra["beta"].float().transpose(1, 2) if kind in ("delta", "gated_delta") else None
+    beta = extra["beta"].float().transpose(1, 2) if kind in ("delta", "gated_delta", "kda") else None
     S = torch.zeros(B, H, K, V, device=dev, dtype=torch.float32)
     outs = []
     for c0 in range(0, T, C):
@@ -135,6 +139,19 @@ def reference(kind, q, k, v, extra, scale, C=64):
             A = (qt @ kt.transpose(-1, -2)).masked_fill(~causal, 0.0)
             o = scale * (qt @ S + A @ vc)
             S = bC.transpose(-1, -2).exp() * S + (kc * (bC - b).exp()).transpose(-1, -2) @ vc
+        elif kind == "kda":
+            # The delta rule with the gate per key channel: the same solve, every decay factored per channel.
+            b = glog[:, :, c0:c1].cumsum(2)  # [B, H, L, K]
+            bC = b[:, :, -1:]
+            qt, kp, km = qc * b.exp(), kc * b.exp(), kc * (-b).exp()
+            bet = beta[:, :, c0:c1]
+            strict = torch.ones(L, L, device=dev, dtype=torch.bool).tril(-1)
+            Lm = (bet[..., :, None] * (kp @ km.transpose(-1, -2))).masked_fill(~strict, 0.0)
+            eye = torch.eye(L, device=dev, dtype=torch.float32)
+            delta = torch.linalg.solve_triangular(eye + Lm, bet[..., None] * (vc - kp @ S), upper=False, unitriangular=True)
+            A = (qt @ km.transpose(-1, -2)).masked_fill(~causal, 0.0)
+            o = scale * (qt @ S + A @ delta)
+            S = bC.transpose(-1, -2).exp() * S + (kc * (bC - b).exp()).transpose(-1, -2) @ delta
         else:
             b = glog[:, :, c0:c1].cumsum(2) if glog is not None else torch.zeros(B, H, L, device=dev)
             Dm = (b[..., :, None] - b[..., None, :]).masked_fill(~causal, float("-inf")).exp()  # e^{b_i - b_j}, j <= i
@@ -168,9 +185,9 @@ def recurrent(kind, q, k, v, extra, scale):
             S = extra["g_gamma"].double().exp().view(1, H, 1, 1) * S
         elif kind in ("simple_gla", "gated_delta"):
             S = extra["g"][:, t].double().exp()[..., None, None] * S
-        elif kind == "gla":
+        elif kind in ("gla", "kda"):
             S = extra["g"][:, t].double().exp()[..., None] * S
-        if kind in ("delta", "gated_delta"):
+        if kind in ("delta", "gated_delta", "kda"):
             bt = extra["beta"][:, t].double()[..., None]
             delta = bt * (vt - (kt[..., None, :] @ S).squeeze(-2))
             S = S + kt[..., :, None] * delta[..., None, :]
@@ -183,7 +200,7 @@ def recurrent(kind, q, k, v, extra, scale):
 def selftest(device="cuda"):
     """The chunked reference against the token recurrence on small random inputs (T not a multiple of the chunk)."""
     worst = 0.0
-    for kind in ("linear_attn", "retnet", "simple_gla", "gla", "delta", "gated_delta"):
+    for kind in ("linear_attn", "retnet", "simple_gla", "gla", "delta", "gated_delta", "kda"):
         q, k, v, extra = inputs(150, 2, 32, kind, device=device)
         e = rel_l2(reference(kind, q, k, v, extra, 32 ** -0.5, C=64), recurrent(kind, q, k, v, extra, 32 ** -0.5))
         print(f"  reference selftest {kind}: chunked vs token recurrence, relative L2 {e:.1e}", flush=True)

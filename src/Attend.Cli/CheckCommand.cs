@@ -144,8 +144,8 @@ internal static class CheckCommand
         }
         if (registered && !forwardOnly && backends.Contains("cuda") && CudaBackend.IsAvailable(out _))
         {
-            // ATTEND_CHECK_CUDA_PARTS (a development switch: a comma list of decode, linear, delta, delta-bwd, sparse) runs only those parts.
-            string[] parts = (Environment.GetEnvironmentVariable("ATTEND_CHECK_CUDA_PARTS") ?? "decode,linear,delta,sparse").Split(',', StringSplitOptions.TrimEntries);
+            // ATTEND_CHECK_CUDA_PARTS (a development switch: a comma list of decode, linear, delta, delta-bwd, kda, sparse) runs only those parts.
+            string[] parts = (Environment.GetEnvironmentVariable("ATTEND_CHECK_CUDA_PARTS") ?? "decode,linear,delta,kda,sparse").Split(',', StringSplitOptions.TrimEntries);
             int p = 0, f = 0;
             if (parts.Contains("decode")) (p, f) = CudaDecodeCheck.Run(seed, output, error);
             passed += p;
@@ -158,6 +158,9 @@ internal static class CheckCommand
                 : parts.Contains("delta-bwd") ? CudaDeltaCheck.RunBackwardOnly(seed, output, error) : (0, 0);
             passed += lp;
             failures += lf;
+            (p, f) = parts.Contains("kda") ? CudaKdaCheck.Run(seed, output, error) : (0, 0);
+            passed += p;
+            failures += f;
             (p, f) = parts.Contains("sparse") ? CudaSparseCheck.Run(seed, output, error) : (0, 0);
             passed += p;
             failures += f;

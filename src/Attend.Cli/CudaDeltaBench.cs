@@ -7,7 +7,8 @@ namespace Attend.Cli;
 
 /// <summary>
 /// The delta rules' rows of <c>attend bench linear --backend cuda</c>: <see cref="CudaDeltaRulePlan"/>'s chunked forward
-/// of the delta rule (<c>delta</c>) and the gated delta rule with a scalar gate per token (<c>gated_delta</c>) at bf16,
+/// of the delta rule (<c>delta</c>), the gated delta rule with a scalar gate per token (<c>gated_delta</c>) and with a gate
+/// per token and key channel (Kimi Delta Attention, <c>kda</c>: log gates <c>[T, H, Dk]</c>, same draw) at bf16,
 /// B = 1, H = 16, D = 128, on flash-linear-attention's benchmark inputs (q, v standard normal, k L2-normalised,
 /// β = sigmoid(uniform), log gates logsigmoid(normal) / 16), device-resident, timed with CUDA events (median after a
 /// warm-up). Each shape's output is compared with the recurrent form (float32 state, token by token) on the same inputs;
@@ -26,17 +27,29 @@ internal static class CudaDeltaBench
     [
         new("delta", LinearUpdate.Delta, LinearDecay.None),
         new("gated_delta", LinearUpdate.GatedDelta, LinearDecay.ScalarGate),
+        new("kda", LinearUpdate.GatedDelta, LinearDecay.ChannelGate),
     ];
+
+    // The method's log gates for `rows` (token, head) rows: [rows] for a scalar gate, [rows, Dk] for the channel gate; null without.
+    private static DeviceBuffer? GateBuffer(CudaContext ctx, Method m, long rows, int seed) => m.Decay switch
+    {
+        LinearDecay.ScalarGate => DeviceBuffer.From<float>(ctx, Gates(rows, seed)),
+        LinearDecay.ChannelGate => DeviceBuffer.From<float>(ctx, Gates(rows * Dim, seed)),
+        _ => null,
+    };
 
     /// <summary>Times the rows into <paramref name="records"/>; returns the number of failed comparisons.</summary>
     public static int Run(CudaContext ctx, int[] lengths, bool quick, GpuCeilings ceilings, List<LinearRecord> records, TextWriter output)
     {
         int failed = 0;
+        // ATTEND_BENCH_DELTA_METHODS (a development switch: a comma list of delta, gated_delta, kda) times only those rows.
+        string? only = Environment.GetEnvironmentVariable("ATTEND_BENCH_DELTA_METHODS");
+        Method[] methods = only is null ? s_methods : Array.FindAll(s_methods, m => only.Split(',', StringSplitOptions.TrimEntries).Contains(m.Name));
         foreach (int t in lengths)
-            foreach (Method m in s_methods)
+            foreach (Method m in methods)
             {
                 // (columns per warp group, groups per CTA): the default first, then the others at T = 16k.
-                (int, int)[] blocks = t == 16384 && !quick ? [(0, 0), (16, 2), (32, 1)] : [(0, 0)];
+                (int, int)[] blocks = t == 16384 && !quick && m.Decay != LinearDecay.ChannelGate ? [(0, 0), (16, 2), (32, 1)] : [(0, 0)];
                 foreach ((int bv, int groups) in blocks)
                 {
                     string name = bv == 0 ? m.Name : $"{m.Name}/{bv}x{groups}";
@@ -49,15 +62,16 @@ internal static class CudaDeltaBench
             }
         // Forward + backward, as flash-linear-attention's peers are timed: o, then dq, dk, dv, dβ (and d log α).
         foreach (int t in lengths)
-            foreach (Method m in s_methods)
+            foreach (Method m in methods)
             {
+                if (!CudaDeltaRulePlan.IsBackwardSupported(LinearShape.Mha(1, t, Heads, Dim), ElementType.BFloat16, Options(m, LinearForm.Chunked), out _)) continue;
                 LinearRecord r = ForwardBackward(ctx, m, t, quick, out double ms, out double backwardMs, out double recomputeMs, out double chainMs);
                 records.Add(r);
                 if (!r.Passed) failed++;
                 output.WriteLine(string.Create(CultureInfo.InvariantCulture,
                     $"{m.Name,-12} {"fwd+bwd",-9} {t,6} {(r.Passed ? ms.ToString("F3", CultureInfo.InvariantCulture) : "-"),9} {(r.Passed ? (r.TokensPerS!.Value / 1e6).ToString("F1", CultureInfo.InvariantCulture) : "FAILED"),9}   (backward alone {backwardMs:F3} ms: recompute {recomputeMs:F3}, reverse chain {chainMs:F3}, chunk kernel {backwardMs - recomputeMs - chainMs:F3}; gradients {(r.Passed ? "finite" : "NOT finite")})"));
             }
-        foreach (Method m in s_methods)
+        foreach (Method m in methods)
         {
             const int batch = 8;
             LinearRecord r = Decode(ctx, m, batch, quick);
@@ -84,7 +98,7 @@ internal static class CudaDeltaBench
         using CudaTensor o = CudaTensor.Create(ctx, ElementType.BFloat16, 1, t, Heads, Dim);
         using CudaTensor oRef = CudaTensor.Create(ctx, ElementType.BFloat16, 1, t, Heads, Dim);
         using DeviceBuffer beta = DeviceBuffer.From<float>(ctx, Betas((long)t * Heads, 44));
-        using DeviceBuffer? gate = m.Decay == LinearDecay.ScalarGate ? DeviceBuffer.From<float>(ctx, Gates((long)t * Heads, 45)) : null;
+        using DeviceBuffer? gate = GateBuffer(ctx, m, (long)t * Heads, 45);
         using var sT = new DeviceBuffer(ctx, (long)Heads * Dim * Dim * 4);
         using var plan = new CudaDeltaRulePlan(ctx, shape, ElementType.BFloat16, Options(m, LinearForm.Chunked), null, valueBlock, groups);
         using var reference = new CudaDeltaRulePlan(ctx, shape, ElementType.BFloat16, Options(m, LinearForm.Recurrent));
@@ -104,6 +118,8 @@ internal static class CudaDeltaBench
         double flops = (double)Heads * chunks * (2.0 * 2 * 64 * 64 * Dim + 64.0 * 64 * 64 / 3 + 2.0 * 64 * 64 * 2 * Dim + 3 * 2.0 * 64 * Dim * Dim + 2.0 * 64 * 64 * Dim);
         // Bytes: q, k, v, o once (bf16), β and g (float32), plus the scratch w, u, A written once and read once per value block.
         double bytes = 4.0 * n * 2 + (double)t * Heads * 8 + 2.0 * (2.0 * n + (double)t * Heads * 64) * 2;
+        // KDA: the gate is [T, H, Dk] float32, and Q̃, K̂ go through scratch (written once, read once) in place of q, k.
+        if (m.Decay == LinearDecay.ChannelGate) bytes += 4.0 * n - (double)t * Heads * 4 + 2.0 * 2.0 * n * 2;
         gbps = bytes / seconds / 1e9;
         return new LinearRecord(name, "chunked", t, Dim, Heads, passed ? t / seconds : null, null, passed ? flops / seconds / 1e12 / ceilings.GemmTflops : null,
             maxRelErr, 0)
@@ -120,12 +136,12 @@ internal static class CudaDeltaBench
         using CudaTensor q = Random(ctx, 1, t, 61, false), k = Random(ctx, 1, t, 62, true), v = Random(ctx, 1, t, 63, false), dO = Random(ctx, 1, t, 64, false);
         using CudaTensor o = CudaTensor.Create(ctx, ElementType.BFloat16, 1, t, Heads, Dim);
         using DeviceBuffer beta = DeviceBuffer.From<float>(ctx, Betas((long)t * Heads, 65));
-        using DeviceBuffer? gate = m.Decay == LinearDecay.ScalarGate ? DeviceBuffer.From<float>(ctx, Gates((long)t * Heads, 66)) : null;
+        using DeviceBuffer? gate = GateBuffer(ctx, m, (long)t * Heads, 66);
         using var dq = new DeviceBuffer(ctx, n * 4);
         using var dk = new DeviceBuffer(ctx, n * 4);
         using var dv = new DeviceBuffer(ctx, n * 4);
         using var dbeta = new DeviceBuffer(ctx, (long)t * Heads * 4);
-        using DeviceBuffer? dg = gate is null ? null : new DeviceBuffer(ctx, (long)t * Heads * 4);
+        using DeviceBuffer? dg = gate is null ? null : new DeviceBuffer(ctx, gate.Bytes);
         using var plan = new CudaDeltaRulePlan(ctx, shape, ElementType.BFloat16, Options(m, LinearForm.Chunked));
         using var stream = new CudaStream(ctx);
         foreach (DeviceBuffer? b in (DeviceBuffer?[])[dq, dk, dv, dbeta, dg]) b?.Fill(0xFF);
@@ -167,7 +183,7 @@ internal static class CudaDeltaBench
         using CudaTensor q = Random(ctx, batch, 1, 51, false), k = Random(ctx, batch, 1, 52, true), v = Random(ctx, batch, 1, 53, false);
         using CudaTensor o = CudaTensor.Create(ctx, ElementType.BFloat16, batch, 1, Heads, Dim);
         using DeviceBuffer beta = DeviceBuffer.From<float>(ctx, Betas((long)batch * Heads, 54));
-        using DeviceBuffer? gate = m.Decay == LinearDecay.ScalarGate ? DeviceBuffer.From<float>(ctx, Gates((long)batch * Heads, 55)) : null;
+        using DeviceBuffer? gate = GateBuffer(ctx, m, (long)batch * Heads, 55);
         using DeviceBuffer state = DeviceBuffer.From<float>(ctx, GaussianData.Create((long)batch * Heads * Dim * Dim, 56));
         using var plan = new CudaDeltaRulePlan(ctx, shape, ElementType.BFloat16, Options(m, LinearForm.Recurrent));
         using var stream = new CudaStream(ctx);

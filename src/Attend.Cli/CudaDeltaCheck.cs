@@ -223,7 +223,7 @@ internal static class CudaDeltaCheck
     }
 
     // β = sigmoid(x) for uniform x in [0, 1), as flash-linear-attention's tests draw it, spread to (0.1, 1) here.
-    private static float[] Betas(Random rng, long count)
+    internal static float[] Betas(Random rng, long count)
     {
         var b = new float[count];
         for (long i = 0; i < count; i++) b[i] = (float)(0.1 + 0.9 / (1 + Math.Exp(-4 * (rng.NextDouble() - 0.3))));
@@ -231,7 +231,7 @@ internal static class CudaDeltaCheck
     }
 
     // `count` rows of `width` Gaussian values rounded to T; scale 0 L2-normalises each row (the delta rule's keys).
-    private static float[] Rounded<T>(Random rng, long count, int width, double scale) where T : unmanaged
+    internal static float[] Rounded<T>(Random rng, long count, int width, double scale) where T : unmanaged
     {
         var data = new float[count * width];
         var row = new double[width];

@@ -28,7 +28,9 @@
 // w and A tiles (one load from L2 for VH × BV columns) and keep their own u, δ and state tiles.
 //
 // Defines: DK (64 | 128; any multiple of 8 up to 256 for the recurrent kernel), ELEM_BF16 (1 bf16, 0 fp16),
-// GATE (0 none: the delta rule; 1 a scalar per token and head: the gated delta rule), BV (16 | 32 | 64), VH (1 | 2).
+// GATE (0 none: the delta rule; 1 a scalar per token and head: the gated delta rule; 2 a log gate per token, head and
+// key channel: Kimi Delta Attention, whose first kernel is attend_kda_prepare in linear_kda_prepare.cuh and whose chain
+// is attend_delta_chunk reading Q̃, K̂ and e^{b_C} from it), BV (16 | 32 | 64), VH (1 | 2).
 // mma_tiles.cuh is expanded in place by KernelCompiler.Source. (elem_lo/elem_hi, exp_e, bget and cp_async4 repeat
 // linear_tiles.cuh's; moving them there waits for a device session to compile it.)
 
@@ -125,6 +127,7 @@ __device__ __forceinline__ float log_gate(const float* gate, const float* headLo
 // ---------------------------------------------------------------------------------------------------------------
 // attend_delta_prepare: per (chunk, query head): w, u and A.
 
+#if GATE != 2
 #define PQ_BYTES (CHUNK * DK * 2)
 #define P_OFF_Q 0
 #define P_OFF_K (P_OFF_Q + PQ_BYTES)
@@ -346,6 +349,9 @@ attend_delta_prepare(
         __syncthreads();   // every warp is done with this V block before the next one lands
     }
 }
+#else
+#include "linear_kda_prepare.cuh"
+#endif
 
 // ---------------------------------------------------------------------------------------------------------------
 // attend_delta_chunk: the state passed from chunk to chunk, and the outputs.
@@ -382,7 +388,9 @@ __device__ __forceinline__ void cp_async4(unsigned dst, const void* src, int byt
 extern "C" __global__ void __launch_bounds__(NT * VH)
 attend_delta_chunk(
     const elem_t* __restrict__ Q, const elem_t* __restrict__ K, const elem_t* __restrict__ W, const elem_t* __restrict__ U,
-    const elem_t* __restrict__ A, const float* __restrict__ gate, const float* __restrict__ headLogDecay,
+    const elem_t* __restrict__ A,
+    const float* __restrict__ gate,          // GATE 1: [tokens, H] log α (unless headLogDecay); GATE 2: e^{b_C} [chunks, H, DK]
+    const float* __restrict__ headLogDecay,
     const float* __restrict__ S0, float* __restrict__ ST,   // [N, H, DK, dv] or null
     elem_t* __restrict__ O, const DeltaRow* __restrict__ seqs, int heads, int kvHeads, int dv, float scale,
     elem_t* __restrict__ Hck,     // backward only: the state at each chunk's start [chunks, H, DK, dv] (element type), or null
@@ -397,10 +405,19 @@ attend_delta_chunk(
     const int col0 = (blockIdx.x * VH + vh) * BV;   // this group's first value column
     const DeltaRow sq = seqs[blockIdx.z];
     const int hk = h / (heads / kvHeads);
+#if GATE == 2
+    // Q is Q̃ and K is K̂ (attend_kda_prepare), both per query head.
+    const long long qStride = (long long)heads * DK, kStride = qStride, uStride = (long long)heads * dv;
+    const long long tok0 = sq.tokStart;
+    const elem_t* qBase = Q + tok0 * qStride + (long long)h * DK;
+    const elem_t* kBase = K + tok0 * kStride + (long long)h * DK;
+    (void)hk;
+#else
     const long long qStride = (long long)heads * DK, kStride = (long long)kvHeads * DK, uStride = (long long)heads * dv;
     const long long tok0 = sq.tokStart;
     const elem_t* qBase = Q + tok0 * qStride + (long long)h * DK;
     const elem_t* kBase = K + tok0 * kStride + (long long)hk * DK;
+#endif
     const elem_t* wBase = W + tok0 * qStride + (long long)h * DK;
     const elem_t* uBase = U + tok0 * uStride + (long long)h * dv + col0;
     const elem_t* aBase = A + (tok0 * heads + h) * 64;
@@ -531,6 +548,16 @@ attend_delta_chunk(
             }
         }
         const float bLast = __shfl_sync(0xffffffffu, b1, 31);
+#elif GATE == 2
+        // The chunk's decay e^{b_C} of this thread's state rows (channels), read now so the load is off the chain.
+        float rowDecay[MS][2];
+        {
+            const float* dec = gate + ((long long)(sq.pad + c) * heads + h) * DK;
+#pragma unroll
+            for (int m = 0; m < MS; m++)
+#pragma unroll
+                for (int half = 0; half < 2; half++) rowDecay[m][half] = __ldg(dec + stateRow0 + 16 * m + g + 8 * half);
+        }
 #endif
 
         // 1. w S and q S in one pass over the state tile.
@@ -654,6 +681,13 @@ attend_delta_chunk(
 #pragma unroll
                     for (int e = 0; e < 4; e++) st[m][j][e] *= f;
         }
+#elif GATE == 2
+#pragma unroll
+        for (int m = 0; m < MS; m++)
+#pragma unroll
+            for (int j = 0; j < VC; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) st[m][j][e] *= rowDecay[m][e >> 1];
 #endif
 #pragma unroll
         for (int kk = 0; kk < 4; kk++)
@@ -700,9 +734,11 @@ attend_delta_chunk(
                     *(float2*)(ST + (stateRowBase + row) * dv + col0 + 8 * j + 2 * t) = make_float2(st[m][j][2 * half], st[m][j][2 * half + 1]);
             }
     }
+#if GATE != 1
+    (void)headLogDecay;
+#endif
 #if GATE == 0
     (void)gate;
-    (void)headLogDecay;
 #endif
 }
 
@@ -745,15 +781,21 @@ attend_delta_recurrent(
         const float b = beta != 0 ? beta[tok * heads + h] : 1.f;
 #if GATE == 1
         const float a = exp_e(log_gate(gate, headLogDecay, tok, h, heads));
-#else
+#elif GATE == 0
         const float a = 1.f;
+#else
+        const float* gt = gate + (tok * heads + h) * DK;   // the channel gate: row r of the state decays by e^{g_r}
 #endif
         // The prediction kᵀ (α S) of this column.
         float p = 0.f;
 #pragma unroll
         for (int r = 0; r < RROWS; r++)
         {
+#if GATE == 2
+            s[r] *= exp_e(gt[warp + RW * r]);
+#else
             s[r] *= a;
+#endif
             p = fmaf(elem_to_float(k[warp + RW * r]), s[r], p);
         }
         red[0][warp][lane] = p;

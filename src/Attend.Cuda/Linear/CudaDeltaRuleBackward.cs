@@ -35,13 +35,15 @@ public sealed unsafe partial class CudaDeltaRulePlan
     {
         options ??= new LinearAttentionOptions();
         if (!IsSupported(shape, elementType, options, out reason)) return false;
-        reason = BackwardRefusal(shape, options.Form ?? LinearForm.Chunked) ?? "";
+        reason = BackwardRefusal(shape, options.Form ?? LinearForm.Chunked, options.Decay ?? LinearDecay.None) ?? "";
         return reason.Length == 0;
     }
 
     // Why the backward cannot compute a configuration the forward takes, or null.
-    internal static string? BackwardRefusal(LinearShape shape, LinearForm form)
+    internal static string? BackwardRefusal(LinearShape shape, LinearForm form, LinearDecay decay)
     {
+        if (decay == LinearDecay.ChannelGate)
+            return "the CUDA delta-rule backward takes no decay, a fixed γ or a scalar gate; the channel gate's (Kimi Delta Attention's) backward is not on the GPU (use the CPU)";
         if (form != LinearForm.Chunked)
             return $"the CUDA delta-rule backward is the chunked form's; got form {form}";
         if (shape.ValueDim is not (64 or 128))
@@ -70,7 +72,7 @@ public sealed unsafe partial class CudaDeltaRulePlan
         DeviceBuffer? betaGradient, DeviceBuffer? gateGradient, DeviceBuffer? initialStateGradient, CudaStream? stream = null)
     {
         LinearShape s = Shape;
-        if (BackwardRefusal(s, Form) is { } refusal) throw new NotSupportedException(refusal);
+        if (BackwardRefusal(s, Form, Decay) is { } refusal) throw new NotSupportedException(refusal);
         ArgumentNullException.ThrowIfNull(queryGradient);
         ArgumentNullException.ThrowIfNull(keyGradient);
         ArgumentNullException.ThrowIfNull(valueGradient);

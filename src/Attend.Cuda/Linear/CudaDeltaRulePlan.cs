@@ -8,7 +8,8 @@ namespace Attend.Cuda.Linear;
 /// <summary>
 /// A delta-rule call prepared for the GPU: <see cref="LinearUpdate.Delta"/> (DeltaNet, no decay) or
 /// <see cref="LinearUpdate.GatedDelta"/> with a scalar decay (gated DeltaNet: a <c>[tokens, H]</c> log gate, or a fixed γ
-/// per head), identity feature map, no normalisation. Tensors stay on the device: q <c>[B, T, H, Dk]</c>, k
+/// per head) or a decay per key channel (Kimi Delta Attention: <see cref="LinearDecay.ChannelGate"/>, a
+/// <c>[tokens, H, Dk]</c> log gate), identity feature map, no normalisation. Tensors stay on the device: q <c>[B, T, H, Dk]</c>, k
 /// <c>[B, T, Hkv, Dk]</c>, v <c>[B, T, Hkv, Dv]</c>, output <c>[B, T, H, Dv]</c> in bf16 or fp16; β <c>[B, T, H]</c>,
 /// gates (log α ≤ 0), initial and final states <c>[N, H, Dk, Dv]</c> in float32. A varlen call (offsets) has B = 1 and
 /// one state per sequence.
@@ -22,7 +23,10 @@ namespace Attend.Cuda.Linear;
 /// warp group per <see cref="ValueBlock"/> columns, the groups sharing the q, k, w and A tiles): <c>δ = u − w S</c>,
 /// <c>o = e^b ⊙ q S + A δ</c>, <c>S' = e^{b_C} S + K̂ᵀ δ</c>. Unlike the additive kernels there are no segments: the
 /// delta rule's state transition is a matrix, not a decay, so a sequence's chunks are not split across CTAs. The
-/// recurrent form walks the tokens one by one (decode). <see cref="LinearAttentionOptions.ChunkSize"/> and
+/// recurrent form walks the tokens one by one (decode). The channel gate (KDA) has its own first kernel
+/// (<c>attend_kda_prepare</c>, <c>linear_kda_prepare.cuh</c>): it computes the in-chunk decays per channel (exactly, in
+/// float32, on the diagonal 16-token blocks) and also writes Q̃ = q ⊙ e^b, K̂ = k ⊙ e^{b_C − b} and e^{b_C} per chunk, so the
+/// same chain kernel runs it with no exponentials. <see cref="LinearAttentionOptions.ChunkSize"/> and
 /// <see cref="LinearAttentionOptions.Threads"/> apply to the CPU engine only.
 /// </remarks>
 public sealed unsafe partial class CudaDeltaRulePlan : IDisposable
@@ -32,6 +36,7 @@ public sealed unsafe partial class CudaDeltaRulePlan : IDisposable
 
     internal const string Source = "linear_delta_chunk.cu";
     internal const string PrepareEntry = "attend_delta_prepare", ChunkEntry = "attend_delta_chunk", RecurrentEntry = "attend_delta_recurrent";
+    internal const string KdaPrepareEntry = "attend_kda_prepare";
     internal const int Threads = 128, RecurrentThreads = 256, RecurrentColumns = 32;
 
     private static readonly ConcurrentDictionary<(CudaContext, int, ElementType, int, int, int, string), CudaKernelFunction> s_loaded = new();
@@ -41,6 +46,7 @@ public sealed unsafe partial class CudaDeltaRulePlan : IDisposable
     private readonly CudaKernelFunction? _prepare, _chunk, _recurrent;
     private readonly DeviceBuffer _headLogDecay, _sequenceTable, _chunkTable;
     private readonly DeviceBuffer? _w, _u, _a;
+    private readonly DeviceBuffer? _gatedQ, _decayedK, _chunkDecay;   // channel gate only: Q̃, K̂ [tokens, H, Dk], e^{b_C} [chunks, H, Dk]
     private readonly CudaContext _context;
     private readonly int _sequences, _chunks;
     private readonly float _scale;
@@ -92,12 +98,14 @@ public sealed unsafe partial class CudaDeltaRulePlan : IDisposable
         int[] chunkTable = ChunkTable(starts, lengths);
         _chunks = chunkTable.Length / 4;
 
-        int gate = Update == LinearUpdate.GatedDelta ? 1 : 0;
+        int gate = Update != LinearUpdate.GatedDelta ? 0 : Decay == LinearDecay.ChannelGate ? 2 : 1;
         if (Form == LinearForm.Recurrent)
             _recurrent = Kernel(context, shape.KeyDim, elementType, gate, 16, 1, RecurrentEntry, 0);
         else
         {
-            _prepare = Kernel(context, shape.KeyDim, elementType, gate, ValueBlock, ValueGroups, PrepareEntry, PrepareSharedBytes(shape.KeyDim));
+            _prepare = gate == 2
+                ? Kernel(context, shape.KeyDim, elementType, gate, ValueBlock, ValueGroups, KdaPrepareEntry, KdaPrepareSharedBytes(shape.KeyDim))
+                : Kernel(context, shape.KeyDim, elementType, gate, ValueBlock, ValueGroups, PrepareEntry, PrepareSharedBytes(shape.KeyDim));
             _chunk = Kernel(context, shape.KeyDim, elementType, gate, ValueBlock, ValueGroups, ChunkEntry, ChunkSharedBytes(shape.KeyDim, ValueBlock, ValueGroups));
         }
 
@@ -114,6 +122,12 @@ public sealed unsafe partial class CudaDeltaRulePlan : IDisposable
                 _w = Track(new DeviceBuffer(context, rows * shape.KeyDim * size), owned);
                 _u = Track(new DeviceBuffer(context, rows * shape.ValueDim * size), owned);
                 _a = Track(new DeviceBuffer(context, rows * Chunk * size), owned);
+                if (Decay == LinearDecay.ChannelGate)
+                {
+                    _gatedQ = Track(new DeviceBuffer(context, rows * shape.KeyDim * size), owned);
+                    _decayedK = Track(new DeviceBuffer(context, rows * shape.KeyDim * size), owned);
+                    _chunkDecay = Track(new DeviceBuffer(context, Math.Max(1L, (long)_chunks * shape.Heads) * shape.KeyDim * 4), owned);
+                }
             }
         }
         catch
@@ -141,7 +155,7 @@ public sealed unsafe partial class CudaDeltaRulePlan : IDisposable
     /// <summary>Delta or GatedDelta.</summary>
     public LinearUpdate Update { get; }
 
-    /// <summary>None (Delta), FixedPerHead or ScalarGate (GatedDelta).</summary>
+    /// <summary>None (Delta), FixedPerHead, ScalarGate or ChannelGate (GatedDelta).</summary>
     public LinearDecay Decay { get; }
 
     /// <summary>Value columns per warp group of the chunked form.</summary>
@@ -187,10 +201,8 @@ public sealed unsafe partial class CudaDeltaRulePlan : IDisposable
             reason = $"the CUDA delta-rule kernels compute no normalisation; {options.Normalization} is not on the GPU";
         else if (update == LinearUpdate.Delta && decay != LinearDecay.None)
             reason = $"the Delta update takes no decay (got {decay}); use GatedDelta";
-        else if (update == LinearUpdate.GatedDelta && decay == LinearDecay.ChannelGate)
-            reason = "the CUDA gated delta rule takes a scalar gate per token and head (gated DeltaNet) or a fixed γ per head; the channel gate (Kimi Delta Attention) is not on the GPU yet";
         else if (update == LinearUpdate.GatedDelta && decay == LinearDecay.None)
-            reason = "the GatedDelta update needs a decay (FixedPerHead or ScalarGate)";
+            reason = "the GatedDelta update needs a decay (FixedPerHead, ScalarGate or ChannelGate)";
         else if (form == LinearForm.Chunked && shape.KeyDim is not (64 or 128))
             reason = $"the chunked CUDA delta-rule kernels are specialised for key dims 64 and 128; got Dk = {shape.KeyDim}";
         else if (form == LinearForm.Chunked && (shape.ValueDim <= 0 || shape.ValueDim % 64 != 0))
@@ -204,8 +216,8 @@ public sealed unsafe partial class CudaDeltaRulePlan : IDisposable
 
     /// <summary>
     /// Queues the call on <paramref name="stream"/> (null: the default stream). <paramref name="beta"/>: float32 β
-    /// <c>[B, T, H]</c>, or null (β = 1); <paramref name="gate"/>: float32 log gates <c>[B, T, H]</c> (ScalarGate), else
-    /// null; <paramref name="initialState"/> and <paramref name="finalState"/>: float32 <c>[N, H, Dk, Dv]</c> or null (zero /
+    /// <c>[B, T, H]</c>, or null (β = 1); <paramref name="gate"/>: float32 log gates <c>[B, T, H]</c> (ScalarGate) or
+    /// <c>[B, T, H, Dk]</c> (ChannelGate), else null; <paramref name="initialState"/> and <paramref name="finalState"/>: float32 <c>[N, H, Dk, Dv]</c> or null (zero /
     /// not wanted). The recurrent form may update the state in place (one buffer for both: each CTA reads its own state
     /// slice before it writes it, and no other CTA touches that slice); the chunked form reads the initial state through
     /// the read-only cache (<c>__restrict__</c>), so it takes two buffers that do not overlap. Allocates nothing.
@@ -227,6 +239,11 @@ public sealed unsafe partial class CudaDeltaRulePlan : IDisposable
         {
             if (gate is null || gate.Bytes < rows * 4)
                 throw new ArgumentException($"Decay ScalarGate needs a float32 gate [B, T, H] of {rows * 4} bytes; got {(gate is null ? "none" : gate.Bytes + " bytes")}.", nameof(gate));
+        }
+        else if (Decay == LinearDecay.ChannelGate)
+        {
+            if (gate is null || gate.Bytes < rows * s.KeyDim * 4)
+                throw new ArgumentException($"Decay ChannelGate needs a float32 gate [B, T, H, Dk] of {rows * s.KeyDim * 4} bytes; got {(gate is null ? "none" : gate.Bytes + " bytes")}.", nameof(gate));
         }
         else if (gate is not null)
             throw new ArgumentException($"A gate was given but the decay is {Decay}.", nameof(gate));
@@ -257,6 +274,17 @@ public sealed unsafe partial class CudaDeltaRulePlan : IDisposable
             _recurrent!.Launch(columns, (uint)s.Heads, (uint)_sequences, RecurrentThreads, 0, stream, r);
             return;
         }
+        if (Decay == LinearDecay.ChannelGate)
+        {
+            // KDA: the first kernel writes Q̃, K̂ and e^{b_C}; the chain reads them in place of q, k and the gate.
+            LaunchKdaPrepare(&a, stream);
+            a.Q = _gatedQ!.Pointer;
+            a.K = _decayedK!.Pointer;
+            a.Gate = _chunkDecay!.Pointer;
+            a.HeadLogDecay = 0;
+            LaunchChain(&a, stream);
+            return;
+        }
         if (_chunks > 0)
         {
             void** p = stackalloc void*[14];
@@ -265,6 +293,17 @@ public sealed unsafe partial class CudaDeltaRulePlan : IDisposable
             _prepare!.Launch((uint)_chunks, (uint)s.Heads, 1, Threads, (uint)PrepareSharedBytes(s.KeyDim), stream, p);
         }
         LaunchChain(&a, stream);
+    }
+
+    // attend_kda_prepare with the arguments in `a` (Q, K, V, Beta, Gate as given; W, U, A and the plan's Q̃, K̂, e^{b_C} scratch).
+    private void LaunchKdaPrepare(Arguments* a, CudaStream? stream)
+    {
+        if (_chunks == 0) return;
+        ulong qg = _gatedQ!.Pointer, kh = _decayedK!.Pointer, dec = _chunkDecay!.Pointer;
+        void** p = stackalloc void*[15];
+        p[0] = &a->Q; p[1] = &a->K; p[2] = &a->V; p[3] = &a->Beta; p[4] = &a->Gate; p[5] = &a->W; p[6] = &a->U; p[7] = &a->A;
+        p[8] = &qg; p[9] = &kh; p[10] = &dec; p[11] = &a->Chunks; p[12] = &a->Heads; p[13] = &a->KvHeads; p[14] = &a->Dv;
+        _prepare!.Launch((uint)_chunks, (uint)Shape.Heads, 1, Threads, (uint)KdaPrepareSharedBytes(Shape.KeyDim), stream, p);
     }
 
     // The sequential kernel (attend_delta_chunk) with the arguments in `a`; the backward sets Hck and Dnew (the
@@ -290,6 +329,11 @@ public sealed unsafe partial class CudaDeltaRulePlan : IDisposable
             HeadLogDecay = _fixedDecay ? _headLogDecay.Pointer : 0, W = _w!.Pointer, U = _u!.Pointer, A = _a!.Pointer, Chunks = _chunkTable.Pointer,
             Heads = Shape.Heads, KvHeads = Shape.KvHeads, Dv = Shape.ValueDim,
         };
+        if (Decay == LinearDecay.ChannelGate)
+        {
+            LaunchKdaPrepare(&a, stream);
+            return;
+        }
         void** p = stackalloc void*[14];
         p[0] = &a.Q; p[1] = &a.K; p[2] = &a.V; p[3] = &a.Beta; p[4] = &a.Gate; p[5] = &a.HeadLogDecay; p[6] = &a.W; p[7] = &a.U;
         p[8] = &a.A; p[9] = &a.Chunks; p[10] = &a.Heads; p[11] = &a.KvHeads; p[12] = &a.Dv; p[13] = &a.Tout;
@@ -298,6 +342,12 @@ public sealed unsafe partial class CudaDeltaRulePlan : IDisposable
 
     /// <summary>Dynamic shared memory of <c>attend_delta_prepare</c> (mirrors its P_OFF_* layout): Q, K, a V block, two T tiles, L (float32), b and β.</summary>
     internal static int PrepareSharedBytes(int keyDim) => 2 * Chunk * keyDim * 2 + 3 * Chunk * 64 * 2 + Chunk * 65 * 4 + 2 * Chunk * 4;
+
+    /// <summary>
+    /// Dynamic shared memory of <c>attend_kda_prepare</c> (mirrors its K_OFF_* layout): Q, K, a V block (A before it), T diag(β),
+    /// L (float32), the cumulative gate tile (float32, pitch Dk + 4) and β.
+    /// </summary>
+    internal static int KdaPrepareSharedBytes(int keyDim) => 2 * Chunk * keyDim * 2 + 2 * Chunk * 64 * 2 + Chunk * 65 * 4 + Chunk * (keyDim + 4) * 4 + Chunk * 4;
 
     /// <summary>
     /// Dynamic shared memory of <c>attend_delta_chunk</c> (mirrors its C_OFF_* layout): two stages of q, k, w, A, gates and
@@ -399,6 +449,9 @@ public sealed unsafe partial class CudaDeltaRulePlan : IDisposable
         _w?.Dispose();
         _u?.Dispose();
         _a?.Dispose();
+        _gatedQ?.Dispose();
+        _decayedK?.Dispose();
+        _chunkDecay?.Dispose();
         DisposeBackwardBuffers();
     }
 }

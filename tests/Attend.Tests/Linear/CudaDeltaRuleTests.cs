@@ -31,7 +31,6 @@ public class CudaDeltaRuleTests
     [Theory]
     [InlineData(LinearUpdate.Additive, LinearDecay.None, LinearForm.Chunked, 128, 128, "CudaLinearPlan")]
     [InlineData(LinearUpdate.Delta, LinearDecay.ScalarGate, LinearForm.Chunked, 128, 128, "GatedDelta")]
-    [InlineData(LinearUpdate.GatedDelta, LinearDecay.ChannelGate, LinearForm.Chunked, 128, 128, "channel gate")]
     [InlineData(LinearUpdate.GatedDelta, LinearDecay.None, LinearForm.Chunked, 128, 128, "needs a decay")]
     [InlineData(LinearUpdate.Delta, LinearDecay.None, LinearForm.Naive, 128, 128, "float64")]
     [InlineData(LinearUpdate.Delta, LinearDecay.None, LinearForm.Chunked, 96, 128, "key dims 64 and 128")]

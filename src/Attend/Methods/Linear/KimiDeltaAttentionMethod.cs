@@ -20,7 +20,7 @@ public sealed class KimiDeltaAttentionMethod : LinearMethod
     public const string Paper = "Kimi Linear: An Expressive, Efficient Attention Architecture (Kimi Team, 2025)";
 
     /// <inheritdoc />
-    public override MethodInfo Info { get; } = new(Name, "linear", "method", Paper, ["cpu"], "implemented",
+    public override MethodInfo Info { get; } = new(Name, "linear", "method", Paper, ["cpu", "cuda"], "implemented",
         "Kimi Delta Attention: gated delta rule with a per-channel decay (inputs g = log α [B,T,H,Dk], beta [B,T,H])")
     {
         Parameters = [FormParameter, ChunkParameter, new MethodParameter("scale", "float", "1/sqrt(Dk)", "multiplies q (after the L2 norm)")],
