@@ -60,16 +60,26 @@ internal static class CudaDeltaBench
                         $"{name,-12} {"chunked",-9} {t,6} {(r.Passed ? ms.ToString("F3", CultureInfo.InvariantCulture) : "-"),9} {(r.Passed ? (r.TokensPerS!.Value / 1e6).ToString("F1", CultureInfo.InvariantCulture) : "FAILED"),9} {r.Gflops / 1e3,8:F1} {gbps,7:F0} {r.MaxRelErr,9:E2}  (w, u, A kernel {prepareMs:F3} ms)"));
                 }
             }
-        // Forward + backward, as flash-linear-attention's peers are timed: o, then dq, dk, dv, dβ (and d log α).
+        // Forward + backward, as flash-linear-attention's peers are timed: o, then dq, dk, dv, dβ (and d log α). At T = 16k
+        // two variants follow the default: the chunk kernel at 4 warps (/cw4, the previous default) and KeepForBackward
+        // (/keep: the forward keeps T, the checkpoints and δ, so the backward recomputes nothing; more memory held).
         foreach (int t in lengths)
             foreach (Method m in methods)
             {
                 if (!CudaDeltaRulePlan.IsBackwardSupported(LinearShape.Mha(1, t, Heads, Dim), ElementType.BFloat16, Options(m, LinearForm.Chunked), out _)) continue;
-                LinearRecord r = ForwardBackward(ctx, m, t, quick, out double ms, out double backwardMs, out double recomputeMs, out double chainMs);
-                records.Add(r);
-                if (!r.Passed) failed++;
-                output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"{m.Name,-12} {"fwd+bwd",-9} {t,6} {(r.Passed ? ms.ToString("F3", CultureInfo.InvariantCulture) : "-"),9} {(r.Passed ? (r.TokensPerS!.Value / 1e6).ToString("F1", CultureInfo.InvariantCulture) : "FAILED"),9}   (backward alone {backwardMs:F3} ms: recompute {recomputeMs:F3}, reverse chain {chainMs:F3}, chunk kernel {backwardMs - recomputeMs - chainMs:F3}; gradients {(r.Passed ? "finite" : "NOT finite")})"));
+                (string Suffix, int Warps, bool Keep)[] variants = t == 16384 && !quick
+                    ? [("", CudaDeltaRulePlan.DefaultChunkWarps, false), ("/cw4", 4, false), ("/keep", CudaDeltaRulePlan.DefaultChunkWarps, true)]
+                    : [("", CudaDeltaRulePlan.DefaultChunkWarps, false)];
+                foreach ((string suffix, int warps, bool keep) in variants)
+                {
+                    LinearRecord r = ForwardBackward(ctx, m, m.Name + suffix, t, quick, warps, keep, out double ms, out double backwardMs, out double recomputeMs,
+                        out double chainMs, out long keptBytes);
+                    records.Add(r);
+                    if (!r.Passed) failed++;
+                    string kept = keep ? string.Create(CultureInfo.InvariantCulture, $"; backward buffers {keptBytes / 1e6:F1} MB, allocated by the forward") : "";
+                    output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                        $"{m.Name + suffix,-12} {"fwd+bwd",-9} {t,6} {(r.Passed ? ms.ToString("F3", CultureInfo.InvariantCulture) : "-"),9} {(r.Passed ? (r.TokensPerS!.Value / 1e6).ToString("F1", CultureInfo.InvariantCulture) : "FAILED"),9}   (backward alone {backwardMs:F3} ms: recompute {recomputeMs:F3}, reverse chain {chainMs:F3}, chunk kernel {backwardMs - recomputeMs - chainMs:F3}; gradients {(r.Passed ? "finite" : "NOT finite")}{kept})"));
+                }
             }
         foreach (Method m in methods)
         {
@@ -128,8 +138,8 @@ internal static class CudaDeltaBench
 
     // Forward (output) then backward (dq, dk, dv, dβ float32, and d log α for the gated rule) on device-resident tensors.
     // The gradients' correctness is attend check's (against the float64 reference); here they must be finite and written.
-    private static LinearRecord ForwardBackward(CudaContext ctx, Method m, int t, bool quick, out double ms, out double backwardMs, out double recomputeMs,
-        out double chainMs)
+    private static LinearRecord ForwardBackward(CudaContext ctx, Method m, string name, int t, bool quick, int chunkWarps, bool keep, out double ms,
+        out double backwardMs, out double recomputeMs, out double chainMs, out long keptBytes)
     {
         var shape = LinearShape.Mha(1, t, Heads, Dim);
         long n = (long)t * Heads * Dim;
@@ -142,7 +152,8 @@ internal static class CudaDeltaBench
         using var dv = new DeviceBuffer(ctx, n * 4);
         using var dbeta = new DeviceBuffer(ctx, (long)t * Heads * 4);
         using DeviceBuffer? dg = gate is null ? null : new DeviceBuffer(ctx, gate.Bytes);
-        using var plan = new CudaDeltaRulePlan(ctx, shape, ElementType.BFloat16, Options(m, LinearForm.Chunked));
+        using var plan = new CudaDeltaRulePlan(ctx, shape, ElementType.BFloat16, Options(m, LinearForm.Chunked)) { KeepForBackward = keep, ChunkWarps = chunkWarps };
+        keptBytes = plan.BackwardBufferBytes;
         using var stream = new CudaStream(ctx);
         foreach (DeviceBuffer? b in (DeviceBuffer?[])[dq, dk, dv, dbeta, dg]) b?.Fill(0xFF);
         plan.Run(q, k, v, beta, gate, null, o, null, stream);
@@ -174,7 +185,7 @@ internal static class CudaDeltaBench
         plan.BackwardStages = 2;
         chainMs = CudaLinearBench.Median(() => plan.Backward(q, k, v, beta, gate, null, dO, null, dq, dk, dv, dbeta, dg, null, stream), ctx, stream, reps) - recomputeMs;
         plan.BackwardStages = 3;
-        return new LinearRecord(m.Name, "fwd+bwd", t, Dim, Heads, passed ? t / (ms / 1e3) : null, null, null, null, 0) { Passed = passed };
+        return new LinearRecord(name, "fwd+bwd", t, Dim, Heads, passed ? t / (ms / 1e3) : null, null, null, null, 0) { Passed = passed };
     }
 
     private static LinearRecord Decode(CudaContext ctx, Method m, int batch, bool quick)

@@ -426,6 +426,8 @@ attend_delta_chunk(
     const int wr = wq * 16;                 // this warp's first token row in a chunk
     const unsigned uOff = C_OFF_U + vh * C_U_BYTES, sOff = C_OFF_S + vh * 2 * DK * BV * 2, dOff = C_OFF_D + vh * C_U_BYTES;
     const bool loadsQW = VH == 1 || vh == 0, loadsKA = VH == 1 || vh == 1;   // the shared tiles, split between the groups
+    // Without an output (the backward's recomputation: only the checkpoints and δ) q and A are neither loaded nor used.
+    const bool hasOut = O != 0;
     const long long stateRowBase = ((long long)sq.seq * heads + h) * DK;
 
     // The state slice as the accumulators of K̂ᵀδ: element (m, j, e) is row stateRow0 + 16m + g + 8(e>>1), column 8j + 2t + (e&1).
@@ -453,13 +455,13 @@ attend_delta_chunk(
         const int valid = sq.len < CHUNK ? sq.len : CHUNK;
         if (loadsQW)
         {
-            load_tile<CHUNK>(base + C_OFF_Q, qBase, qStride, valid, gt);
+            if (hasOut) load_tile<CHUNK>(base + C_OFF_Q, qBase, qStride, valid, gt);
             load_tile<CHUNK>(base + C_OFF_W, wBase, qStride, valid, gt);
         }
         if (loadsKA)
         {
             load_tile<CHUNK>(base + C_OFF_K, kBase, kStride, valid, gt);
-            load_cols<64>(base + C_OFF_A, aBase, (long long)heads * 64, valid, gt);
+            if (hasOut) load_cols<64>(base + C_OFF_A, aBase, (long long)heads * 64, valid, gt);
 #if GATE == 1
             if (headLogDecay == 0 && gt < CHUNK)
                 cp_async4(base + C_OFF_G + gt * 4, gt < valid ? gate + (tok0 + gt) * heads + h : gate, gt < valid ? 4 : 0);
@@ -484,13 +486,13 @@ attend_delta_chunk(
             const unsigned ns = base + (stage ^ 1) * C_STAGE;
             if (loadsQW)
             {
-                load_tile<CHUNK>(ns + C_OFF_Q, qBase + (long long)n0 * qStride, qStride, nvalid, gt);
+                if (hasOut) load_tile<CHUNK>(ns + C_OFF_Q, qBase + (long long)n0 * qStride, qStride, nvalid, gt);
                 load_tile<CHUNK>(ns + C_OFF_W, wBase + (long long)n0 * qStride, qStride, nvalid, gt);
             }
             if (loadsKA)
             {
                 load_tile<CHUNK>(ns + C_OFF_K, kBase + (long long)n0 * kStride, kStride, nvalid, gt);
-                load_cols<64>(ns + C_OFF_A, aBase + (long long)n0 * heads * 64, (long long)heads * 64, nvalid, gt);
+                if (hasOut) load_cols<64>(ns + C_OFF_A, aBase + (long long)n0 * heads * 64, (long long)heads * 64, nvalid, gt);
 #if GATE == 1
                 if (headLogDecay == 0 && gt < CHUNK)
                     cp_async4(ns + C_OFF_G + gt * 4, gt < nvalid ? gate + (tok0 + n0 + gt) * heads + h : gate, gt < nvalid ? 4 : 0);
@@ -560,12 +562,31 @@ attend_delta_chunk(
         }
 #endif
 
-        // 1. w S and q S in one pass over the state tile.
+        // 1. w S and q S in one pass over the state tile (w S alone without an output).
         float va[VC][4], oa[VC][4];
 #pragma unroll
         for (int j = 0; j < VC; j++)
 #pragma unroll
             for (int e = 0; e < 4; e++) va[j][e] = oa[j][e] = 0.f;
+        if (!hasOut)
+        {
+#pragma unroll
+            for (int kk = 0; kk < KS; kk++)
+            {
+                unsigned w0, w1, w2, w3;
+                ldsm_x4(sW + tile_offset(wr + (lane & 15), 2 * kk + (lane >> 4)), w0, w1, w2, w3);
+#pragma unroll
+                for (int dp = 0; dp < VC / 2; dp++)
+                {
+                    unsigned s0, s1, s2, s3;
+                    ldsm_x4_t(sS + boff(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), 2 * dp + (lane >> 4)), s0, s1, s2, s3);
+                    mma16816(va[2 * dp], w0, w1, w2, w3, s0, s1);
+                    mma16816(va[2 * dp + 1], w0, w1, w2, w3, s2, s3);
+                }
+            }
+        }
+        else
+        {
 #pragma unroll
         for (int kk = 0; kk < KS; kk++)
         {
@@ -582,6 +603,7 @@ attend_delta_chunk(
                 mma16816(oa[2 * dp], q0, q1, q2, q3, s0, s1);
                 mma16816(oa[2 * dp + 1], q0, q1, q2, q3, s2, s3);
             }
+        }
         }
         // The state update's key operands K̂ᵀ, loaded and decayed before the barrier: they do not depend on δ, so their
         // shared-memory latency and the gate arithmetic come off the chain δ → K̂ᵀδ → next chunk.
@@ -632,6 +654,8 @@ attend_delta_chunk(
 #endif
 
         // 2. o = e^b ⊙ (q S) + A δ.
+        if (hasOut)
+        {
 #if GATE == 1
         {
             const float f0 = exp_e(bget(b0, b1, wr + g)), f1 = exp_e(bget(b0, b1, wr + g + 8));
@@ -662,12 +686,13 @@ attend_delta_chunk(
         for (int half = 0; half < 2; half++)
         {
             const int row = wr + g + 8 * half;
-            if (O != 0 && row < len)
+            if (row < len)
             {
                 elem_t* out = O + (tok0 + c0 + row) * uStride + (long long)h * dv + col0;
 #pragma unroll
                 for (int j = 0; j < VC; j++) *(unsigned*)(out + 8 * j + 2 * t) = pack2(oa[j][2 * half] * scale, oa[j][2 * half + 1] * scale);
             }
+        }
         }
 
         // 3. S' = e^{b_C} S + K̂ᵀ δ with K̂_j = k_j e^{b_C − b_j}.

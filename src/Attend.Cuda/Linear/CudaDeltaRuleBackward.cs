@@ -15,10 +15,40 @@ public sealed unsafe partial class CudaDeltaRulePlan
     /// <summary>Value columns per CTA of the reverse chain (<c>attend_delta_bwd_dstate</c>).</summary>
     internal const int BackwardValueBlock = 16;
 
-    private static readonly ConcurrentDictionary<(CudaContext, int, int, ElementType, int, string), CudaKernelFunction> s_backwardLoaded = new();
-    private static readonly ConcurrentDictionary<(CudaContext, int, int, ElementType, int), CompiledKernel> s_backwardImages = new();
+    /// <summary>
+    /// Warps per CTA of <c>attend_delta_bwd_chunk</c> by default: 8 (two warps per 16 token rows, each with half of every
+    /// product's columns), as the one CTA that fits an SM (201 KB of shared memory at Dk = Dv = 128) is latency-bound at 4.
+    /// </summary>
+    internal const int DefaultChunkWarps = 8;
+
+    private static readonly ConcurrentDictionary<(CudaContext, int, int, ElementType, int, int, string), CudaKernelFunction> s_backwardLoaded = new();
+    private static readonly ConcurrentDictionary<(CudaContext, int, int, ElementType, int, int), CompiledKernel> s_backwardImages = new();
 
     private DeviceBuffer? _checkpoints, _stateGradients, _delta, _deltaGradient, _inverse;
+    // The inputs (device pointers: q, k, v, β, gate, initial state) whose forward w, u, A, T, checkpoints and δ the
+    // buffers hold (a Run with KeepForBackward, or a backward's recomputation), or null.
+    private (ulong Q, ulong K, ulong V, ulong Beta, ulong Gate, ulong S0)? _kept;
+
+    /// <summary>
+    /// Whether <see cref="Run"/> keeps what <see cref="Backward"/> needs from the forward (false by default; the chunked
+    /// form with no decay, a fixed γ or a scalar gate): T, the state at each chunk's start and δ, beside w, u and A, which
+    /// the plan's scratch holds anyway. A <see cref="Backward"/> given the same q, k, v, β, gate and initial-state buffers
+    /// as the last <see cref="Run"/> then skips the forward's recomputation (its first stage); with other buffers it
+    /// recomputes. The price is memory: the first such Run allocates the backward's buffers (the checkpoints
+    /// <c>[chunks, H, Dk, Dv]</c>, δ and dδ <c>[B, T, H, Dv]</c>, the state gradients <c>[chunks, H, Dk, Dv]</c> and T
+    /// <c>[B, T, H, 64]</c>, element type), and the checkpoints, δ and T hold the forward's values from the Run to the
+    /// Backward (flash-linear-attention's chunked delta rules keep T alone and recompute the rest in the backward). The
+    /// caller must not change the inputs' contents in between.
+    /// </summary>
+    public bool KeepForBackward { get; set; }
+
+    /// <summary>Warps per CTA of the backward's chunk kernel (4 or 8; <see cref="DefaultChunkWarps"/>); the bench's A/B switch.</summary>
+    internal int ChunkWarps { get; set; } = DefaultChunkWarps;
+
+    // The keys of the inputs' buffers that the kept forward values belong to.
+    private static (ulong, ulong, ulong, ulong, ulong, ulong) InputKey(CudaTensor q, CudaTensor k, CudaTensor v, DeviceBuffer? beta, DeviceBuffer? gate,
+        DeviceBuffer? initialState) =>
+        (q.Buffer.Pointer, k.Buffer.Pointer, v.Buffer.Pointer, beta?.Pointer ?? 0, gate?.Pointer ?? 0, initialState?.Pointer ?? 0);
 
     /// <summary>
     /// How many of the backward's three stages <see cref="Backward"/> queues (3, all; the bench sets 1 for the forward's
@@ -106,8 +136,9 @@ public sealed unsafe partial class CudaDeltaRulePlan
 
         int gateKind = Update == LinearUpdate.GatedDelta ? 1 : 0;
         CudaContext context = _context;
-        CudaKernelFunction dstate = BackwardKernel(context, s.KeyDim, s.ValueDim, ElementType, gateKind, StateGradientEntry, BackwardStateSharedBytes(s.KeyDim));
-        CudaKernelFunction chunk = BackwardKernel(context, s.KeyDim, s.ValueDim, ElementType, gateKind, ChunkBackwardEntry, BackwardChunkSharedBytes(s.KeyDim, s.ValueDim));
+        int warps = ChunkWarps is 4 or 8 ? ChunkWarps : throw new InvalidOperationException($"ChunkWarps must be 4 or 8; got {ChunkWarps}.");
+        CudaKernelFunction dstate = BackwardKernel(context, s.KeyDim, s.ValueDim, ElementType, gateKind, warps, StateGradientEntry, BackwardStateSharedBytes(s.KeyDim));
+        CudaKernelFunction chunk = BackwardKernel(context, s.KeyDim, s.ValueDim, ElementType, gateKind, warps, ChunkBackwardEntry, BackwardChunkSharedBytes(s.KeyDim, s.ValueDim));
         EnsureBackwardBuffers();
         if (s.Heads != s.KvHeads)
         {
@@ -125,8 +156,11 @@ public sealed unsafe partial class CudaDeltaRulePlan
             Seqs = _sequenceTable.Pointer, Chunks = _chunkTable.Pointer, Hck = _checkpoints!.Pointer, Dnew = _delta!.Pointer, Tout = _inverse!.Pointer,
             Heads = s.Heads, KvHeads = s.KvHeads, Dv = s.ValueDim, Scale = _scale,
         };
-        // 1. The forward again: w, u, A and T, then the chain keeping the state at each chunk's start and δ (no output).
-        if (_chunks > 0)
+        // 1. The forward again: w, u, A and T, then the chain keeping the state at each chunk's start and δ (no output);
+        // skipped when a Run with KeepForBackward left them for these inputs.
+        var key = InputKey(q, k, v, beta, gate, initialState);
+        bool reuse = KeepForBackward && _kept == key;
+        if (_chunks > 0 && !reuse)
         {
             void** p = stackalloc void*[14];
             p[0] = &a.Q; p[1] = &a.K; p[2] = &a.V; p[3] = &a.Beta; p[4] = &a.Gate; p[5] = &a.HeadLogDecay; p[6] = &a.W; p[7] = &a.U;
@@ -134,6 +168,7 @@ public sealed unsafe partial class CudaDeltaRulePlan
             _prepare!.Launch((uint)_chunks, (uint)s.Heads, 1, Threads, (uint)PrepareSharedBytes(s.KeyDim), stream, p);
             LaunchChain(&a, stream);
         }
+        _kept = key;
         if (BackwardStages < 2) return;
 
         // 2. The reverse chain: the state gradient at each chunk's end, dδ, dS0.
@@ -156,7 +191,7 @@ public sealed unsafe partial class CudaDeltaRulePlan
         c[0] = &b.Q; c[1] = &b.K; c[2] = &b.V; c[3] = &b.DO; c[4] = &b.Dnew; c[5] = &b.DDelta; c[6] = &b.W; c[7] = &b.U; c[8] = &b.T;
         c[9] = &b.Hck; c[10] = &b.DHck; c[11] = &b.Beta; c[12] = &b.Gate; c[13] = &b.HeadLogDecay; c[14] = &b.DQ; c[15] = &b.DK; c[16] = &b.DV;
         c[17] = &b.DBeta; c[18] = &b.DGate; c[19] = &b.Chunks; c[20] = &b.Heads; c[21] = &b.KvHeads; c[22] = &b.Scale;
-        chunk.Launch((uint)_chunks, (uint)s.Heads, 1, Threads, (uint)BackwardChunkSharedBytes(s.KeyDim, s.ValueDim), stream, c);
+        chunk.Launch((uint)_chunks, (uint)s.Heads, 1, (uint)(32 * warps), (uint)BackwardChunkSharedBytes(s.KeyDim, s.ValueDim), stream, c);
     }
 
     /// <summary>
@@ -177,27 +212,28 @@ public sealed unsafe partial class CudaDeltaRulePlan
         2 * Chunk * keyDim * 2 + 4 * Chunk * valueDim * 2 + 2 * keyDim * valueDim * 2 + Chunk * keyDim * 2 + 3 * Chunk * 64 * 2 + 4 * Chunk * 4 + 16 * 4;
 
     /// <summary>The NVRTC options of one backward specialisation.</summary>
-    internal static string[] BackwardOptions(int keyDim, int valueDim, ElementType type, int gate) =>
+    internal static string[] BackwardOptions(int keyDim, int valueDim, ElementType type, int gate, int chunkWarps = DefaultChunkWarps) =>
     [
         $"-DDK={keyDim}",
         $"-DDV={valueDim}",
         $"-DELEM_BF16={(type == ElementType.BFloat16 ? 1 : 0)}",
         $"-DGATE={gate}",
+        $"-DCW={chunkWarps}",
         "--use_fast_math",
         "--std=c++17",
     ];
 
-    private static CudaKernelFunction BackwardKernel(CudaContext context, int keyDim, int valueDim, ElementType type, int gate, string entry, int smem)
+    private static CudaKernelFunction BackwardKernel(CudaContext context, int keyDim, int valueDim, ElementType type, int gate, int warps, string entry, int smem)
     {
-        var key = (context, keyDim, valueDim, type, gate, entry);
+        var key = (context, keyDim, valueDim, type, gate, warps, entry);
         if (s_backwardLoaded.TryGetValue(key, out CudaKernelFunction? f)) return f;
         lock (s_gate)
         {
             if (s_backwardLoaded.TryGetValue(key, out f)) return f;
             if (smem > context.MaxSharedBytesPerBlock)
                 throw new NotSupportedException($"{BackwardSource}:{entry} at Dk = {keyDim}, Dv = {valueDim} needs {smem} bytes of shared memory per block; {context.Name} allows {context.MaxSharedBytesPerBlock}.");
-            CompiledKernel image = s_backwardImages.GetOrAdd((context, keyDim, valueDim, type, gate),
-                _ => KernelCompiler.Build(BackwardSource, KernelCompiler.Source(BackwardSource), BackwardOptions(keyDim, valueDim, type, gate), context.Architecture));
+            CompiledKernel image = s_backwardImages.GetOrAdd((context, keyDim, valueDim, type, gate, warps),
+                _ => KernelCompiler.Build(BackwardSource, KernelCompiler.Source(BackwardSource), BackwardOptions(keyDim, valueDim, type, gate, warps), context.Architecture));
             f = new CudaKernelFunction(context, image, entry, smem);
             s_backwardLoaded[key] = f;
             return f;
@@ -207,15 +243,28 @@ public sealed unsafe partial class CudaDeltaRulePlan
     /// <summary>One line per loaded backward kernel: registers, local memory, compile time.</summary>
     public static IEnumerable<string> DescribeBackward()
     {
-        foreach (KeyValuePair<(CudaContext, int, int, ElementType, int, string), CudaKernelFunction> entry in s_backwardLoaded)
+        foreach (KeyValuePair<(CudaContext, int, int, ElementType, int, int, string), CudaKernelFunction> entry in s_backwardLoaded)
         {
-            (_, int dk, int dv, ElementType type, int gate, string kernel) = entry.Key;
+            (_, int dk, int dv, ElementType type, int gate, int warps, string kernel) = entry.Key;
             CudaKernelFunction f = entry.Value;
             string origin = f.Image.FromCache ? "from the disk cache" : string.Create(CultureInfo.InvariantCulture, $"compiled in {f.Image.CompileSeconds:F2} s");
-            yield return $"{BackwardSource}:{kernel} Dk={dk} Dv={dv} {type.ShortName()} gate={gate}: {f.Registers} registers, {f.LocalBytes} B local, {origin}";
+            yield return $"{BackwardSource}:{kernel} Dk={dk} Dv={dv} {type.ShortName()} gate={gate} CW={warps}: {f.Registers} registers, {f.LocalBytes} B local, {origin}";
         }
     }
 
+    /// <summary>Bytes of the backward's buffers (allocated by the first Backward, or by the first Run with <see cref="KeepForBackward"/>).</summary>
+    public long BackwardBufferBytes
+    {
+        get
+        {
+            LinearShape s = Shape;
+            long stateElements = (long)_chunks * s.Heads * s.KeyDim * s.ValueDim;
+            long valueElements = (long)s.Batch * s.Tokens * s.Heads * s.ValueDim;
+            return 2 * (2 * stateElements + 2 * valueElements + (long)s.Batch * s.Tokens * s.Heads * Chunk);
+        }
+    }
+
+    // Allocates the backward's buffers once (the checkpoints, state gradients, δ, dδ and T).
     private void EnsureBackwardBuffers()
     {
         if (_checkpoints is not null) return;

@@ -220,7 +220,8 @@ public sealed unsafe partial class CudaDeltaRulePlan : IDisposable
     /// <c>[B, T, H, Dk]</c> (ChannelGate), else null; <paramref name="initialState"/> and <paramref name="finalState"/>: float32 <c>[N, H, Dk, Dv]</c> or null (zero /
     /// not wanted). The recurrent form may update the state in place (one buffer for both: each CTA reads its own state
     /// slice before it writes it, and no other CTA touches that slice); the chunked form reads the initial state through
-    /// the read-only cache (<c>__restrict__</c>), so it takes two buffers that do not overlap. Allocates nothing.
+    /// the read-only cache (<c>__restrict__</c>), so it takes two buffers that do not overlap. Allocates nothing, except the first
+    /// Run with <see cref="KeepForBackward"/> (the backward's buffers).
     /// </summary>
     /// <exception cref="ArgumentException">Tensors that do not match the plan; the message names the argument.</exception>
     public void Run(CudaTensor q, CudaTensor k, CudaTensor v, DeviceBuffer? beta, DeviceBuffer? gate, DeviceBuffer? initialState, CudaTensor output,
@@ -254,6 +255,7 @@ public sealed unsafe partial class CudaDeltaRulePlan : IDisposable
         if (Form == LinearForm.Chunked && initialState is not null && finalState is not null
             && initialState.Pointer < finalState.Pointer + (ulong)stateBytes && finalState.Pointer < initialState.Pointer + (ulong)stateBytes)
             throw new ArgumentException("The chunked form reads initialState through the read-only cache while it writes finalState; give finalState a buffer that does not overlap initialState (the recurrent form may update in place).", nameof(finalState));
+        _kept = null;
         if (_sequences == 0) return;
 
         var a = new Arguments
@@ -285,6 +287,15 @@ public sealed unsafe partial class CudaDeltaRulePlan : IDisposable
             LaunchChain(&a, stream);
             return;
         }
+        // KeepForBackward: T, the checkpoints and δ are written beside the output (CudaDeltaRuleBackward.cs).
+        bool keep = KeepForBackward && BackwardRefusal(s, Form, Decay) is null;
+        if (keep)
+        {
+            EnsureBackwardBuffers();
+            a.Tout = _inverse!.Pointer;
+            a.Hck = _checkpoints!.Pointer;
+            a.Dnew = _delta!.Pointer;
+        }
         if (_chunks > 0)
         {
             void** p = stackalloc void*[14];
@@ -293,6 +304,7 @@ public sealed unsafe partial class CudaDeltaRulePlan : IDisposable
             _prepare!.Launch((uint)_chunks, (uint)s.Heads, 1, Threads, (uint)PrepareSharedBytes(s.KeyDim), stream, p);
         }
         LaunchChain(&a, stream);
+        if (keep) _kept = InputKey(q, k, v, beta, gate, initialState);
     }
 
     // attend_kda_prepare with the arguments in `a` (Q, K, V, Beta, Gate as given; W, U, A and the plan's Q̃, K̂, e^{b_C} scratch).
@@ -322,6 +334,7 @@ public sealed unsafe partial class CudaDeltaRulePlan : IDisposable
     /// <summary>The first kernel alone (w, u and A into the plan's scratch), for the bench's split of the time.</summary>
     internal void RunPrepareOnly(CudaTensor q, CudaTensor k, CudaTensor v, DeviceBuffer? beta, DeviceBuffer? gate, CudaStream? stream)
     {
+        _kept = null;
         if (Form != LinearForm.Chunked || _chunks == 0) return;
         var a = new Arguments
         {
