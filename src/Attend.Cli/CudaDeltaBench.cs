@@ -49,7 +49,9 @@ internal static class CudaDeltaBench
             foreach (Method m in methods)
             {
                 // (columns per warp group, groups per CTA): the default first, then the others at T = 16k.
-                (int, int)[] blocks = t == 16384 && !quick && m.Decay != LinearDecay.ChannelGate ? [(0, 0), (16, 2), (32, 1)] : [(0, 0)];
+                // ATTEND_BENCH_DELTA_NO_BLOCKS=1 (a development switch) times the default shape alone.
+                bool blocksToo = t == 16384 && !quick && m.Decay != LinearDecay.ChannelGate && Environment.GetEnvironmentVariable("ATTEND_BENCH_DELTA_NO_BLOCKS") != "1";
+                (int, int)[] blocks = blocksToo ? [(0, 0), (16, 2), (32, 1)] : [(0, 0)];
                 foreach ((int bv, int groups) in blocks)
                 {
                     string name = bv == 0 ? m.Name : $"{m.Name}/{bv}x{groups}";
@@ -61,22 +63,25 @@ internal static class CudaDeltaBench
                 }
             }
         // Forward + backward, as flash-linear-attention's peers are timed: o, then dq, dk, dv, dβ (and d log α). At T = 16k
-        // two variants follow the default: the chunk kernel at 4 warps (/cw4, the previous default) and KeepForBackward
-        // (/keep: the forward keeps T, the checkpoints and δ, so the backward recomputes nothing; more memory held).
+        // three variants follow the default: KeepForBackward Inverse (/keepT: the forward keeps T, as fla's keeps its A; the
+        // backward recomputes w, u, A and the chain from it), All (/keep: the forward also keeps the checkpoints and δ, the
+        // backward recomputes nothing; more memory held from the forward to the backward), and the chunk kernel at 4 warps
+        // (/cw4, the previous default).
         foreach (int t in lengths)
             foreach (Method m in methods)
             {
                 if (!CudaDeltaRulePlan.IsBackwardSupported(LinearShape.Mha(1, t, Heads, Dim), ElementType.BFloat16, Options(m, LinearForm.Chunked), out _)) continue;
-                (string Suffix, int Warps, bool Keep)[] variants = t == 16384 && !quick
-                    ? [("", CudaDeltaRulePlan.DefaultChunkWarps, false), ("/cw4", 4, false), ("/keep", CudaDeltaRulePlan.DefaultChunkWarps, true)]
-                    : [("", CudaDeltaRulePlan.DefaultChunkWarps, false)];
-                foreach ((string suffix, int warps, bool keep) in variants)
+                const int cw = CudaDeltaRulePlan.DefaultChunkWarps;
+                (string Suffix, int Warps, CudaDeltaKeep Keep)[] variants = t == 16384 && !quick
+                    ? [("", cw, CudaDeltaKeep.None), ("/keepT", cw, CudaDeltaKeep.Inverse), ("/keep", cw, CudaDeltaKeep.All), ("/cw4", 4, CudaDeltaKeep.None)]
+                    : [("", cw, CudaDeltaKeep.None)];
+                foreach ((string suffix, int warps, CudaDeltaKeep keep) in variants)
                 {
                     LinearRecord r = ForwardBackward(ctx, m, m.Name + suffix, t, quick, warps, keep, out double ms, out double backwardMs, out double recomputeMs,
                         out double chainMs, out long keptBytes);
                     records.Add(r);
                     if (!r.Passed) failed++;
-                    string kept = keep ? string.Create(CultureInfo.InvariantCulture, $"; backward buffers {keptBytes / 1e6:F1} MB, allocated by the forward") : "";
+                    string kept = keep != CudaDeltaKeep.None ? string.Create(CultureInfo.InvariantCulture, $"; backward buffers {keptBytes / 1e6:F1} MB, allocated by the forward") : "";
                     output.WriteLine(string.Create(CultureInfo.InvariantCulture,
                         $"{m.Name + suffix,-12} {"fwd+bwd",-9} {t,6} {(r.Passed ? ms.ToString("F3", CultureInfo.InvariantCulture) : "-"),9} {(r.Passed ? (r.TokensPerS!.Value / 1e6).ToString("F1", CultureInfo.InvariantCulture) : "FAILED"),9}   (backward alone {backwardMs:F3} ms: recompute {recomputeMs:F3}, reverse chain {chainMs:F3}, chunk kernel {backwardMs - recomputeMs - chainMs:F3}; gradients {(r.Passed ? "finite" : "NOT finite")}{kept})"));
                 }
@@ -138,7 +143,7 @@ internal static class CudaDeltaBench
 
     // Forward (output) then backward (dq, dk, dv, dβ float32, and d log α for the gated rule) on device-resident tensors.
     // The gradients' correctness is attend check's (against the float64 reference); here they must be finite and written.
-    private static LinearRecord ForwardBackward(CudaContext ctx, Method m, string name, int t, bool quick, int chunkWarps, bool keep, out double ms,
+    private static LinearRecord ForwardBackward(CudaContext ctx, Method m, string name, int t, bool quick, int chunkWarps, CudaDeltaKeep keep, out double ms,
         out double backwardMs, out double recomputeMs, out double chainMs, out long keptBytes)
     {
         var shape = LinearShape.Mha(1, t, Heads, Dim);

@@ -147,7 +147,8 @@ attend_delta_prepare(
     const float* __restrict__ headLogDecay,  // GATE 1: [H] log γ, or null to read `gate`
     elem_t* __restrict__ W, elem_t* __restrict__ U, elem_t* __restrict__ A,   // [tokens, H, DK], [tokens, H, dv], [tokens, H, 64]
     const DeltaRow* __restrict__ chunks, int heads, int kvHeads, int dv,
-    elem_t* __restrict__ Tout)               // backward only: T = (I + L)⁻¹ [tokens, H, 64] (element type), or null
+    elem_t* __restrict__ Tout,               // backward only: T = (I + L)⁻¹ [tokens, H, 64] (element type), or null
+    const elem_t* __restrict__ Tin)          // backward only: T as a forward wrote it (then no K Kᵀ, no solve), or null
 {
     extern __shared__ __align__(128) unsigned char smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -166,6 +167,8 @@ attend_delta_prepare(
 
     load_tile<CHUNK>(base + P_OFF_Q, Q + tok0 * qStride + (long long)h * DK, qStride, len, tid);
     load_tile<CHUNK>(base + P_OFF_K, K + tok0 * kStride + (long long)hk * DK, kStride, len, tid);
+    // A given T lands in V's block (free until u), rows past the chunk's end zero.
+    if (Tin != 0) load_cols<64>(base + P_OFF_V, Tin + (tok0 * heads + h) * 64, (long long)heads * 64, len, tid);
     cp_async_commit();
     if (tid < CHUNK)
     {
@@ -212,8 +215,11 @@ attend_delta_prepare(
                 if (np > warp) break;
                 unsigned b0, b1, b2, b3;
                 ldsm_x4(base + P_OFF_K + tile_offset(np * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)), b0, b1, b2, b3);
-                mma16816(kk_[2 * np], a0, a1, a2, a3, b0, b1);
-                mma16816(kk_[2 * np + 1], a0, a1, a2, a3, b2, b3);
+                if (Tin == 0)
+                {
+                    mma16816(kk_[2 * np], a0, a1, a2, a3, b0, b1);
+                    mma16816(kk_[2 * np + 1], a0, a1, a2, a3, b2, b3);
+                }
                 mma16816(qk[2 * np], q0, q1, q2, q3, b0, b1);
                 mma16816(qk[2 * np + 1], q0, q1, q2, q3, b2, b3);
             }
@@ -244,8 +250,27 @@ attend_delta_prepare(
     }
     __syncthreads();
 
+    if (Tin != 0)
+    {
+        // T given: T diag(β) and T diag(β e^b) element by element (T rounded once more, as fla's backward recomputes w
+        // and u from its saved A).
+        unsigned char* tu = smem + P_OFF_TU;
+        unsigned char* tw = smem + P_OFF_TW;
+        const unsigned char* tin = smem + P_OFF_V;
+        for (int idx = tid; idx < CHUNK * CHUNK; idx += NT)
+        {
+            const int i = idx >> 6, c = idx & 63;
+            const unsigned o = off64(i, c >> 3) + (c & 7) * 2;
+            const unsigned short raw = *(const unsigned short*)(tin + o);
+            const float x = elem_lo((unsigned)raw);
+            const float bc = sBeta[c];
+            const unsigned pu = pack2(x * bc, 0.f), pw = pack2(x * bc * exp_e(sB[c]), 0.f);
+            *(elem_t*)(tu + o) = (elem_t)(pu & 0xffffu);
+            *(elem_t*)(tw + o) = (elem_t)(pw & 0xffffu);
+        }
+    }
     // T = (I + L)⁻¹ by forward substitution, one column per thread: x_i = δ_ic − Σ_{j<i} L_ij x_j (x_j = 0 for j < c).
-    if (tid < CHUNK)
+    else if (tid < CHUNK)
     {
         const int c = tid;
         float x[CHUNK];

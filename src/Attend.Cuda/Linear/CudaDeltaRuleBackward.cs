@@ -25,22 +25,23 @@ public sealed unsafe partial class CudaDeltaRulePlan
     private static readonly ConcurrentDictionary<(CudaContext, int, int, ElementType, int, int), CompiledKernel> s_backwardImages = new();
 
     private DeviceBuffer? _checkpoints, _stateGradients, _delta, _deltaGradient, _inverse;
-    // The inputs (device pointers: q, k, v, β, gate, initial state) whose forward w, u, A, T, checkpoints and δ the
-    // buffers hold (a Run with KeepForBackward, or a backward's recomputation), or null.
+    // The inputs (device pointers: q, k, v, β, gate, initial state) whose forward values a Run with KeepForBackward left
+    // in the buffers, and which (_keptMode); null when none (every Run resets it, a Backward that recomputes too).
     private (ulong Q, ulong K, ulong V, ulong Beta, ulong Gate, ulong S0)? _kept;
+    private CudaDeltaKeep _keptMode;
 
     /// <summary>
-    /// Whether <see cref="Run"/> keeps what <see cref="Backward"/> needs from the forward (false by default; the chunked
-    /// form with no decay, a fixed γ or a scalar gate): T, the state at each chunk's start and δ, beside w, u and A, which
-    /// the plan's scratch holds anyway. A <see cref="Backward"/> given the same q, k, v, β, gate and initial-state buffers
-    /// as the last <see cref="Run"/> then skips the forward's recomputation (its first stage); with other buffers it
-    /// recomputes. The price is memory: the first such Run allocates the backward's buffers (the checkpoints
-    /// <c>[chunks, H, Dk, Dv]</c>, δ and dδ <c>[B, T, H, Dv]</c>, the state gradients <c>[chunks, H, Dk, Dv]</c> and T
-    /// <c>[B, T, H, 64]</c>, element type), and the checkpoints, δ and T hold the forward's values from the Run to the
-    /// Backward (flash-linear-attention's chunked delta rules keep T alone and recompute the rest in the backward). The
-    /// caller must not change the inputs' contents in between.
+    /// What <see cref="Run"/> keeps for <see cref="Backward"/> (<see cref="CudaDeltaKeep.None"/> by default; the chunked
+    /// form with no decay, a fixed γ or a scalar gate). <see cref="CudaDeltaKeep.Inverse"/> keeps T, as
+    /// flash-linear-attention's forward keeps its A, and the backward recomputes w, u, A and the chain from it;
+    /// <see cref="CudaDeltaKeep.All"/> also keeps the state at each chunk's start and δ, and the backward recomputes nothing.
+    /// Only a <see cref="Backward"/> given the same q, k, v, β, gate and initial-state buffers as the last Run uses them
+    /// (with other buffers it recomputes), and the caller must not change those buffers' contents in between. The price
+    /// is memory: the first such Run allocates the backward's buffers (<see cref="BackwardBufferBytes"/>), and T
+    /// (<c>[B, T, H, 64]</c>), or with All also the checkpoints (<c>[chunks, H, Dk, Dv]</c>) and δ (<c>[B, T, H, Dv]</c>),
+    /// element type, hold the forward's values from the Run to the Backward.
     /// </summary>
-    public bool KeepForBackward { get; set; }
+    public CudaDeltaKeep KeepForBackward { get; set; }
 
     /// <summary>Warps per CTA of the backward's chunk kernel (4 or 8; <see cref="DefaultChunkWarps"/>); the bench's A/B switch.</summary>
     internal int ChunkWarps { get; set; } = DefaultChunkWarps;
@@ -158,23 +159,27 @@ public sealed unsafe partial class CudaDeltaRulePlan
         };
         // 1. The forward again: w, u, A and T, then the chain keeping the state at each chunk's start and δ (no output);
         // skipped when a Run with KeepForBackward left them for these inputs.
-        var key = InputKey(q, k, v, beta, gate, initialState);
-        bool reuse = KeepForBackward && _kept == key;
-        if (_chunks > 0 && !reuse)
+        CudaDeltaKeep kept = KeepForBackward != CudaDeltaKeep.None && _kept == InputKey(q, k, v, beta, gate, initialState) ? _keptMode : CudaDeltaKeep.None;
+        if (kept == CudaDeltaKeep.None) _kept = null;   // the recomputation below overwrites what a Run kept
+        if (_chunks > 0 && kept != CudaDeltaKeep.All)
         {
-            void** p = stackalloc void*[14];
+            if (kept == CudaDeltaKeep.Inverse)
+            {
+                a.Tin = a.Tout;   // T as the forward wrote it: read, not written
+                a.Tout = 0;
+            }
+            void** p = stackalloc void*[15];
             p[0] = &a.Q; p[1] = &a.K; p[2] = &a.V; p[3] = &a.Beta; p[4] = &a.Gate; p[5] = &a.HeadLogDecay; p[6] = &a.W; p[7] = &a.U;
-            p[8] = &a.A; p[9] = &a.Chunks; p[10] = &a.Heads; p[11] = &a.KvHeads; p[12] = &a.Dv; p[13] = &a.Tout;
+            p[8] = &a.A; p[9] = &a.Chunks; p[10] = &a.Heads; p[11] = &a.KvHeads; p[12] = &a.Dv; p[13] = &a.Tout; p[14] = &a.Tin;
             _prepare!.Launch((uint)_chunks, (uint)s.Heads, 1, Threads, (uint)PrepareSharedBytes(s.KeyDim), stream, p);
             LaunchChain(&a, stream);
         }
-        _kept = key;
         if (BackwardStages < 2) return;
 
         // 2. The reverse chain: the state gradient at each chunk's end, dδ, dS0.
         var b = new BackwardArguments
         {
-            Q = a.Q, K = a.K, V = a.V, DO = outputGradient.Buffer.Pointer, Dnew = a.Dnew, DDelta = _deltaGradient!.Pointer, W = a.W, U = a.U, A = a.A, T = a.Tout,
+            Q = a.Q, K = a.K, V = a.V, DO = outputGradient.Buffer.Pointer, Dnew = a.Dnew, DDelta = _deltaGradient!.Pointer, W = a.W, U = a.U, A = a.A, T = _inverse!.Pointer,
             Hck = a.Hck, DHck = _stateGradients!.Pointer, Beta = a.Beta, Gate = a.Gate, HeadLogDecay = a.HeadLogDecay,
             DST = finalStateGradient?.Pointer ?? 0, DS0 = initialStateGradient?.Pointer ?? 0,
             DQ = queryGradient.Pointer, DK = keyGradient.Pointer, DV = valueGradient.Pointer, DBeta = betaGradient?.Pointer ?? 0, DGate = gateGradient?.Pointer ?? 0,
@@ -252,7 +257,7 @@ public sealed unsafe partial class CudaDeltaRulePlan
         }
     }
 
-    /// <summary>Bytes of the backward's buffers (allocated by the first Backward, or by the first Run with <see cref="KeepForBackward"/>).</summary>
+    /// <summary>Bytes of the backward's buffers (allocated by the first Backward, or by the first Run with a <see cref="KeepForBackward"/>).</summary>
     public long BackwardBufferBytes
     {
         get

@@ -287,24 +287,31 @@ public sealed unsafe partial class CudaDeltaRulePlan : IDisposable
             LaunchChain(&a, stream);
             return;
         }
-        // KeepForBackward: T, the checkpoints and δ are written beside the output (CudaDeltaRuleBackward.cs).
-        bool keep = KeepForBackward && BackwardRefusal(s, Form, Decay) is null;
+        // KeepForBackward: T (and with All the checkpoints and δ) written beside the output (CudaDeltaRuleBackward.cs).
+        bool keep = KeepForBackward != CudaDeltaKeep.None && BackwardRefusal(s, Form, Decay) is null;
         if (keep)
         {
             EnsureBackwardBuffers();
             a.Tout = _inverse!.Pointer;
-            a.Hck = _checkpoints!.Pointer;
-            a.Dnew = _delta!.Pointer;
+            if (KeepForBackward == CudaDeltaKeep.All)
+            {
+                a.Hck = _checkpoints!.Pointer;
+                a.Dnew = _delta!.Pointer;
+            }
         }
         if (_chunks > 0)
         {
-            void** p = stackalloc void*[14];
+            void** p = stackalloc void*[15];
             p[0] = &a.Q; p[1] = &a.K; p[2] = &a.V; p[3] = &a.Beta; p[4] = &a.Gate; p[5] = &a.HeadLogDecay; p[6] = &a.W; p[7] = &a.U;
-            p[8] = &a.A; p[9] = &a.Chunks; p[10] = &a.Heads; p[11] = &a.KvHeads; p[12] = &a.Dv; p[13] = &a.Tout;
+            p[8] = &a.A; p[9] = &a.Chunks; p[10] = &a.Heads; p[11] = &a.KvHeads; p[12] = &a.Dv; p[13] = &a.Tout; p[14] = &a.Tin;
             _prepare!.Launch((uint)_chunks, (uint)s.Heads, 1, Threads, (uint)PrepareSharedBytes(s.KeyDim), stream, p);
         }
         LaunchChain(&a, stream);
-        if (keep) _kept = InputKey(q, k, v, beta, gate, initialState);
+        if (keep)
+        {
+            _kept = InputKey(q, k, v, beta, gate, initialState);
+            _keptMode = KeepForBackward;
+        }
     }
 
     // attend_kda_prepare with the arguments in `a` (Q, K, V, Beta, Gate as given; W, U, A and the plan's Q̃, K̂, e^{b_C} scratch).
@@ -347,9 +354,9 @@ public sealed unsafe partial class CudaDeltaRulePlan : IDisposable
             LaunchKdaPrepare(&a, stream);
             return;
         }
-        void** p = stackalloc void*[14];
+        void** p = stackalloc void*[15];
         p[0] = &a.Q; p[1] = &a.K; p[2] = &a.V; p[3] = &a.Beta; p[4] = &a.Gate; p[5] = &a.HeadLogDecay; p[6] = &a.W; p[7] = &a.U;
-        p[8] = &a.A; p[9] = &a.Chunks; p[10] = &a.Heads; p[11] = &a.KvHeads; p[12] = &a.Dv; p[13] = &a.Tout;
+        p[8] = &a.A; p[9] = &a.Chunks; p[10] = &a.Heads; p[11] = &a.KvHeads; p[12] = &a.Dv; p[13] = &a.Tout; p[14] = &a.Tin;
         _prepare!.Launch((uint)_chunks, (uint)Shape.Heads, 1, Threads, (uint)PrepareSharedBytes(Shape.KeyDim), stream, p);
     }
 
@@ -448,7 +455,7 @@ public sealed unsafe partial class CudaDeltaRulePlan : IDisposable
     [StructLayout(LayoutKind.Sequential)]
     private struct Arguments
     {
-        public ulong Q, K, V, O, Beta, Gate, HeadLogDecay, S0, ST, W, U, A, Seqs, Chunks, Hck, Dnew, Tout;
+        public ulong Q, K, V, O, Beta, Gate, HeadLogDecay, S0, ST, W, U, A, Seqs, Chunks, Hck, Dnew, Tout, Tin;
         public int Heads, KvHeads, Dv;
         public float Scale;
     }
