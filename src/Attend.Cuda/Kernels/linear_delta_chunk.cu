@@ -30,7 +30,9 @@
 // Defines: DK (64 | 128; any multiple of 8 up to 256 for the recurrent kernel), ELEM_BF16 (1 bf16, 0 fp16),
 // GATE (0 none: the delta rule; 1 a scalar per token and head: the gated delta rule; 2 a log gate per token, head and
 // key channel: Kimi Delta Attention, whose first kernel is attend_kda_prepare in linear_kda_prepare.cuh and whose chain
-// is attend_delta_chunk reading Q̃, K̂ and e^{b_C} from it), BV (16 | 32 | 64), VH (1 | 2).
+// is attend_delta_chunk reading Q̃, K̂ and e^{b_C} from it), BV (16 | 32 | 64), VH (1 | 2), CHAIN_NOOUT (1: the
+// backward's recomputation of the chain, no output: no q and A tiles in shared memory, 78.5 KB at DK = 128, BV = 16, so
+// that it fits an SM beside the reverse chain of linear_delta_bwd.cu and the two run at once; default 0).
 // mma_tiles.cuh is expanded in place by KernelCompiler.Source. (elem_lo/elem_hi, exp_e, bget and cp_async4 repeat
 // linear_tiles.cuh's; moving them there waits for a device session to compile it.)
 
@@ -42,6 +44,9 @@
 #endif
 #ifndef VH
 #define VH 1
+#endif
+#ifndef CHAIN_NOOUT
+#define CHAIN_NOOUT 0
 #endif
 
 #define NWARPS 4
@@ -385,6 +390,15 @@ attend_delta_prepare(
 #define C_Q_BYTES (CHUNK * DK * 2)
 #define C_U_BYTES (CHUNK * BV * 2)
 #define C_A_BYTES (CHUNK * 64 * 2)
+#if CHAIN_NOOUT
+#define C_STAGE (2 * C_Q_BYTES + VH * C_U_BYTES + CHUNK * 4)   // k, w, u (per group), raw gates: no q, no A
+#define C_OFF_K 0
+#define C_OFF_W (C_OFF_K + C_Q_BYTES)
+#define C_OFF_U (C_OFF_W + C_Q_BYTES)
+#define C_OFF_G (C_OFF_U + VH * C_U_BYTES)
+#define C_OFF_Q 0   // never read
+#define C_OFF_A 0   // never read
+#else
 #define C_STAGE (3 * C_Q_BYTES + VH * C_U_BYTES + C_A_BYTES + CHUNK * 4)   // q, k, w, u (per group), A, raw gates
 #define C_OFF_Q 0
 #define C_OFF_K (C_OFF_Q + C_Q_BYTES)
@@ -392,6 +406,7 @@ attend_delta_prepare(
 #define C_OFF_U (C_OFF_W + C_Q_BYTES)
 #define C_OFF_A (C_OFF_U + VH * C_U_BYTES)
 #define C_OFF_G (C_OFF_A + C_A_BYTES)
+#endif
 #define C_OFF_S (2 * C_STAGE)                        // per group: the state slice in the element type, 2 buffers of [DK][BV]
 #define C_OFF_D (C_OFF_S + VH * 2 * DK * BV * 2)     // per group: δ, [64][BV]
 #define C_SMEM_BYTES (C_OFF_D + VH * C_U_BYTES)
@@ -452,7 +467,7 @@ attend_delta_chunk(
     const unsigned uOff = C_OFF_U + vh * C_U_BYTES, sOff = C_OFF_S + vh * 2 * DK * BV * 2, dOff = C_OFF_D + vh * C_U_BYTES;
     const bool loadsQW = VH == 1 || vh == 0, loadsKA = VH == 1 || vh == 1;   // the shared tiles, split between the groups
     // Without an output (the backward's recomputation: only the checkpoints and δ) q and A are neither loaded nor used.
-    const bool hasOut = O != 0;
+    const bool hasOut = !CHAIN_NOOUT && O != 0;
     const long long stateRowBase = ((long long)sq.seq * heads + h) * DK;
 
     // The state slice as the accumulators of K̂ᵀδ: element (m, j, e) is row stateRow0 + 16m + g + 8(e>>1), column 8j + 2t + (e&1).

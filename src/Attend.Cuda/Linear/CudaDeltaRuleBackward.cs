@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using System.Globalization;
+using Attend.Cuda.Interop;
 using Attend.Linear;
 
 namespace Attend.Cuda.Linear;
@@ -24,7 +25,17 @@ public sealed unsafe partial class CudaDeltaRulePlan
     private static readonly ConcurrentDictionary<(CudaContext, int, int, ElementType, int, int, string), CudaKernelFunction> s_backwardLoaded = new();
     private static readonly ConcurrentDictionary<(CudaContext, int, int, ElementType, int, int), CompiledKernel> s_backwardImages = new();
 
+    private static readonly ConcurrentDictionary<(CudaContext, int, ElementType, int, int, int), CudaKernelFunction> s_recomputeLoaded = new();
+
+    // CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT: the recomputed chain and the reverse chain ask for all of an
+    // SM's shared memory (100 %), so that one CTA of each fits an SM at once (78.5 + 126.5 KB at Dk = Dv = 128).
+    private const int PreferredCarveoutAttribute = 9;
+
     private DeviceBuffer? _checkpoints, _stateGradients, _delta, _deltaGradient, _inverse;
+    // The side stream of the backward's recomputed chain (it runs beside the reverse chain: both need only the first
+    // kernel's w and A), and the events that fork it from and join it to the caller's stream.
+    private CudaStream? _side;
+    private CudaEvent? _fork, _join;
     // The inputs (device pointers: q, k, v, β, gate, initial state) whose forward values a Run with KeepForBackward left
     // in the buffers, and which (_keptMode); null when none (every Run resets it, a Backward that recomputes too).
     private (ulong Q, ulong K, ulong V, ulong Beta, ulong Gate, ulong S0)? _kept;
@@ -159,6 +170,7 @@ public sealed unsafe partial class CudaDeltaRulePlan
         };
         // 1. The forward again: w, u, A and T, then the chain keeping the state at each chunk's start and δ (no output);
         // skipped when a Run with KeepForBackward left them for these inputs.
+        bool forked = false;
         CudaDeltaKeep kept = KeepForBackward != CudaDeltaKeep.None && _kept == InputKey(q, k, v, beta, gate, initialState) ? _keptMode : CudaDeltaKeep.None;
         if (kept == CudaDeltaKeep.None) _kept = null;   // the recomputation below overwrites what a Run kept
         if (_chunks > 0 && kept != CudaDeltaKeep.All)
@@ -172,9 +184,19 @@ public sealed unsafe partial class CudaDeltaRulePlan
             p[0] = &a.Q; p[1] = &a.K; p[2] = &a.V; p[3] = &a.Beta; p[4] = &a.Gate; p[5] = &a.HeadLogDecay; p[6] = &a.W; p[7] = &a.U;
             p[8] = &a.A; p[9] = &a.Chunks; p[10] = &a.Heads; p[11] = &a.KvHeads; p[12] = &a.Dv; p[13] = &a.Tout; p[14] = &a.Tin;
             _prepare!.Launch((uint)_chunks, (uint)s.Heads, 1, Threads, (uint)PrepareSharedBytes(s.KeyDim), stream, p);
-            LaunchChain(&a, stream);
+            // The chain (checkpoints and δ, no output) on the side stream, after the first kernel; the reverse chain below
+            // needs only w and A, so the two sequential kernels share the SMs.
+            _fork!.Record(stream);
+            CudaException.CheckDriver(Driver.cuStreamWaitEvent(_side!.Handle, _fork.Handle, 0), nameof(Driver.cuStreamWaitEvent));
+            LaunchRecomputeChain(&a, _side);
+            _join!.Record(_side);
+            forked = true;
         }
-        if (BackwardStages < 2) return;
+        if (BackwardStages < 2)
+        {
+            if (forked) Join(stream);
+            return;
+        }
 
         // 2. The reverse chain: the state gradient at each chunk's end, dδ, dS0.
         var b = new BackwardArguments
@@ -189,6 +211,7 @@ public sealed unsafe partial class CudaDeltaRulePlan
         r[0] = &b.Q; r[1] = &b.K; r[2] = &b.W; r[3] = &b.A; r[4] = &b.DO; r[5] = &b.Gate; r[6] = &b.HeadLogDecay; r[7] = &b.DST;
         r[8] = &b.DS0; r[9] = &b.DHck; r[10] = &b.DDelta; r[11] = &b.Seqs; r[12] = &b.Heads; r[13] = &b.KvHeads; r[14] = &b.Dv; r[15] = &b.Scale;
         dstate.Launch((uint)(s.ValueDim / BackwardValueBlock), (uint)s.Heads, (uint)_sequences, Threads, (uint)BackwardStateSharedBytes(s.KeyDim), stream, r);
+        if (forked) Join(stream);
         if (_chunks == 0 || BackwardStages < 3) return;
 
         // 3. dq, dk, dv, dβ, d log α per (chunk, query head).
@@ -197,6 +220,48 @@ public sealed unsafe partial class CudaDeltaRulePlan
         c[9] = &b.Hck; c[10] = &b.DHck; c[11] = &b.Beta; c[12] = &b.Gate; c[13] = &b.HeadLogDecay; c[14] = &b.DQ; c[15] = &b.DK; c[16] = &b.DV;
         c[17] = &b.DBeta; c[18] = &b.DGate; c[19] = &b.Chunks; c[20] = &b.Heads; c[21] = &b.KvHeads; c[22] = &b.Scale;
         chunk.Launch((uint)_chunks, (uint)s.Heads, 1, (uint)(32 * warps), (uint)BackwardChunkSharedBytes(s.KeyDim, s.ValueDim), stream, c);
+    }
+
+    // The caller's stream waits for the side stream's recomputed chain.
+    private void Join(CudaStream? stream) =>
+        CudaException.CheckDriver(Driver.cuStreamWaitEvent(stream?.Handle ?? 0, _join!.Handle, 0), nameof(Driver.cuStreamWaitEvent));
+
+    // attend_delta_chunk compiled with CHAIN_NOOUT (no q, A tiles: the checkpoints Hck and δ only) with the arguments in `a`.
+    private void LaunchRecomputeChain(Arguments* a, CudaStream stream)
+    {
+        LinearShape s = Shape;
+        int gateKind = Update == LinearUpdate.GatedDelta ? 1 : 0;
+        int smem = RecomputeChainSharedBytes(s.KeyDim, ValueBlock, ValueGroups);
+        var key = (_context, s.KeyDim, ElementType, gateKind, ValueBlock, ValueGroups);
+        if (!s_recomputeLoaded.TryGetValue(key, out CudaKernelFunction? f))
+        {
+            lock (s_gate)
+            {
+                if (!s_recomputeLoaded.TryGetValue(key, out f))
+                {
+                    string[] options = [.. Options(s.KeyDim, ElementType, gateKind, ValueBlock, ValueGroups), "-DCHAIN_NOOUT=1"];
+                    CompiledKernel image = KernelCompiler.Build(Source, KernelCompiler.Source(Source), options, _context.Architecture);
+                    f = new CudaKernelFunction(_context, image, ChunkEntry, smem);
+                    CudaException.CheckDriver(Driver.cuFuncSetAttribute(f.Function, PreferredCarveoutAttribute, 100), nameof(Driver.cuFuncSetAttribute));
+                    s_recomputeLoaded[key] = f;
+                }
+            }
+        }
+        void** c = stackalloc void*[17];
+        c[0] = &a->Q; c[1] = &a->K; c[2] = &a->W; c[3] = &a->U; c[4] = &a->A; c[5] = &a->Gate; c[6] = &a->HeadLogDecay; c[7] = &a->S0;
+        c[8] = &a->ST; c[9] = &a->O; c[10] = &a->Seqs; c[11] = &a->Heads; c[12] = &a->KvHeads; c[13] = &a->Dv; c[14] = &a->Scale;
+        c[15] = &a->Hck; c[16] = &a->Dnew;
+        f.Launch((uint)(s.ValueDim / (ValueBlock * ValueGroups)), (uint)s.Heads, (uint)_sequences, (uint)(Threads * ValueGroups), (uint)smem, stream, c);
+    }
+
+    /// <summary>
+    /// Dynamic shared memory of <c>attend_delta_chunk</c> compiled with CHAIN_NOOUT (its C_OFF_* layout without q and A):
+    /// two stages of k, w, gates and each group's u, then per group two state tiles and δ.
+    /// </summary>
+    internal static int RecomputeChainSharedBytes(int keyDim, int valueBlock, int valueGroups)
+    {
+        int stage = 2 * Chunk * keyDim * 2 + valueGroups * Chunk * valueBlock * 2 + Chunk * 4;
+        return 2 * stage + valueGroups * (2 * keyDim * valueBlock * 2 + Chunk * valueBlock * 2);
     }
 
     /// <summary>
@@ -240,6 +305,8 @@ public sealed unsafe partial class CudaDeltaRulePlan
             CompiledKernel image = s_backwardImages.GetOrAdd((context, keyDim, valueDim, type, gate, warps),
                 _ => KernelCompiler.Build(BackwardSource, KernelCompiler.Source(BackwardSource), BackwardOptions(keyDim, valueDim, type, gate, warps), context.Architecture));
             f = new CudaKernelFunction(context, image, entry, smem);
+            if (entry == StateGradientEntry)
+                CudaException.CheckDriver(Driver.cuFuncSetAttribute(f.Function, PreferredCarveoutAttribute, 100), nameof(Driver.cuFuncSetAttribute));
             s_backwardLoaded[key] = f;
             return f;
         }
@@ -281,6 +348,9 @@ public sealed unsafe partial class CudaDeltaRulePlan
         _delta = new DeviceBuffer(_context, Math.Max(4, valueElements * 2));
         _deltaGradient = new DeviceBuffer(_context, Math.Max(4, valueElements * 2));
         _inverse = new DeviceBuffer(_context, Math.Max(4, (long)s.Batch * s.Tokens * s.Heads * Chunk * 2));
+        _side = new CudaStream(_context);
+        _fork = new CudaEvent(_context);
+        _join = new CudaEvent(_context);
     }
 
     private void DisposeBackwardBuffers()
@@ -290,6 +360,9 @@ public sealed unsafe partial class CudaDeltaRulePlan
         _delta?.Dispose();
         _deltaGradient?.Dispose();
         _inverse?.Dispose();
+        _side?.Dispose();
+        _fork?.Dispose();
+        _join?.Dispose();
     }
 
     private static void RequireBytes(DeviceBuffer buffer, string name, long bytes)
