@@ -21,11 +21,13 @@
 // attend_delta_bwd_dstate: one CTA per (sequence, query head, 16 value columns), 4 warps, walking the chunks last to
 // first with the [DK, 16] slice of X in float32 registers and a rounded copy in shared memory (as attend_delta_chunk
 // walks them forward); it writes X at each chunk's end (the element type) and dδ (the element type) for the chunk kernel,
-// and dS0. attend_delta_bwd_chunk: one CTA per (chunk, query head), 4 warps of 16 token rows each, every tile of the
-// chunk in shared memory (about 201 KB at DK = DV = 128: one CTA per SM); T comes from the forward's first kernel.
+// and dS0. attend_delta_bwd_chunk: one CTA per (chunk, query head), CW warps (8 by default: two per 16 token rows, each
+// with half of every product's columns; 4: one per 16 rows), every tile of the chunk in shared memory (about 201 KB at
+// DK = DV = 128: one CTA per SM); T comes from the forward's first kernel. The host runs the recomputed forward chain
+// (linear_delta_chunk.cu with CHAIN_NOOUT) on a side stream while the reverse chain runs: both need only w and A.
 //
 // Defines: DK (64 | 128), DV (64 | 128; the chunk kernel), ELEM_BF16 (1 bf16, 0 fp16), GATE (0 none, 1 scalar gate or
-// fixed γ). mma_tiles.cuh is expanded in place by KernelCompiler.Source.
+// fixed γ), CW (4 | 8: the chunk kernel's warps; default 8). mma_tiles.cuh is expanded in place by KernelCompiler.Source.
 
 #ifndef DK
 #error "DK must be defined"
