@@ -19,14 +19,10 @@
 //     b·log2(e) in place (thread c walks channel c down the 64 rows); e^{b_C} written out.
 //  2. L and A. A pair of 16-row blocks (query block above key block) on tensor cores, the decay split at the key block's
 //     last row e: (x_i ⊙ e^{b_i − b_e}) · (k_j ⊙ e^{b_e − b_j}), both factors ≤ 1, applied to the mma fragments in
-//     registers after ldmatrix. On a warp's own 16 × 16 diagonal block any split needs factors above 1: there the warp
-//     splits at its 8th row m, factors in [2^−S, 2^S] where S bounds the block's decay 2^{B_first − B_last} over every
-//     channel (B = b·log2 e), when S ≤ DIAG_SPREAD (64 for bf16, whose exponent range is float32's; 8 for fp16, so that
-//     neither factor leaves fp16's normal range by much) — the usual case (fla's benchmark gates give S ≈ 1–10);
-//     otherwise (gates that decay by more than 2^−64 within 16 tokens) the warp computes the block in float32 on the CUDA
-//     cores, one exponential per (i, j, channel): exact for any gate, and never a clamp (GLA's forward clamps at e^80).
-//  3. T = (I + L)⁻¹ by forward substitution (one thread per column, as attend_delta_prepare: warps 0 and 1), T diag(β)
-//     rounded to the element type; meanwhile warps 2 and 3 write A, Q̃ and K̂ out and put K̃ in place of k.
+//     registers after ldmatrix. The 16 × 16 diagonal blocks, where such a split needs a factor above 1 (GLA's forward
+//     clamps it at e^80), in float32 on the CUDA cores, one exponential per (i, j, channel): exact for any gate.
+//  3. Q̃ and K̂ written out; K̃ in place of k in shared memory; T = (I + L)⁻¹ by forward substitution (one thread per
+//     column, as attend_delta_prepare); T diag(β) rounded to the element type.
 //  4. w = T diag(β) K̃ and u = T diag(β) V on tensor cores.
 // Because every operand is bounded by its unscaled value, fp16 is as safe as bf16 here (GLA's chunk kernel, which
 // puts factors up to e^80 on its operands, refuses fp16 for the channel gate; this one does not need to).
@@ -41,11 +37,6 @@
 #define K_OFF_G (K_OFF_L + CHUNK * 65 * 4)           // b · log2(e), float32 [64][KG_PITCH]
 #define K_OFF_BETA (K_OFF_G + CHUNK * KG_PITCH * 4)  // β, float32 [64]
 #define K_SMEM_BYTES (K_OFF_BETA + CHUNK * 4)
-#if ELEM_BF16
-#define DIAG_SPREAD 64.f
-#else
-#define DIAG_SPREAD 8.f
-#endif
 
 // Two packed elements scaled by (f0, f1), repacked.
 __device__ __forceinline__ unsigned scale2(unsigned x, float f0, float f1)
@@ -110,27 +101,14 @@ attend_kda_prepare(
     }
     __syncthreads();
 
-    // Whether this warp's diagonal block can be split at its row m = wr + 7 (warp-uniform): the largest decay inside the
-    // block over all channels, in log2 units.
-    bool fastDiag;
+    // 2a. Off-diagonal 16-row blocks of K Kᵀ and Q Kᵀ on tensor cores (key blocks np < warp), decays split at row e = 16np + 15.
     {
-        float spread = 0.f;
+        float kk_[6][4], qk[6][4];
 #pragma unroll
-        for (int c = lane; c < DK; c += 32) spread = fmaxf(spread, sG[wr * KG_PITCH + c] - sG[(wr + 15) * KG_PITCH + c]);
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) spread = fmaxf(spread, __shfl_xor_sync(0xffffffffu, spread, o));
-        fastDiag = spread <= DIAG_SPREAD;
-    }
-
-    // 2a. 16-row blocks of K Kᵀ and Q Kᵀ on tensor cores: key blocks np < warp with the decays split at row e = 16np + 15,
-    // and the diagonal block np = warp split at e = wr + 7 when fastDiag.
-    {
-        float kk_[8][4], qk[8][4];
-#pragma unroll
-        for (int j = 0; j < 8; j++)
+        for (int j = 0; j < 6; j++)
 #pragma unroll
             for (int e = 0; e < 4; e++) kk_[j][e] = qk[j][e] = 0.f;
-        const int npEnd = fastDiag ? warp + 1 : warp;
+        if (warp > 0)
         {
 #pragma unroll
             for (int kk = 0; kk < KS; kk++)
@@ -143,18 +121,17 @@ attend_kda_prepare(
                 const float2 rg0 = *(const float2*)(sG + (wr + g) * KG_PITCH + c0), rg8 = *(const float2*)(sG + (wr + g) * KG_PITCH + c0 + 8);
                 const float2 rh0 = *(const float2*)(sG + (wr + g + 8) * KG_PITCH + c0), rh8 = *(const float2*)(sG + (wr + g + 8) * KG_PITCH + c0 + 8);
 #pragma unroll
-                for (int np = 0; np < 4; np++)
+                for (int np = 0; np < 3; np++)
                 {
-                    if (np >= npEnd) break;
-                    const int e = np < warp ? 16 * np + 15 : wr + 7;
+                    if (np >= warp) break;
+                    const int e = 16 * np + 15;
                     const float2 e0 = *(const float2*)(sG + e * KG_PITCH + c0), e8 = *(const float2*)(sG + e * KG_PITCH + c0 + 8);
-                    // Row factors e^{b_i − b_e}: ≤ 1 off the diagonal block (i > e), at most 2^DIAG_SPREAD on it.
+                    // Row factors e^{b_i − b_e} ≤ 1 (i > e).
                     const float f00 = fast_exp2(rg0.x - e0.x), f01 = fast_exp2(rg0.y - e0.y), f08 = fast_exp2(rg8.x - e8.x), f09 = fast_exp2(rg8.y - e8.y);
                     const float f10 = fast_exp2(rh0.x - e0.x), f11 = fast_exp2(rh0.y - e0.y), f18 = fast_exp2(rh8.x - e8.x), f19 = fast_exp2(rh8.y - e8.y);
                     const unsigned sa0 = scale2(a0, f00, f01), sa1 = scale2(a1, f10, f11), sa2 = scale2(a2, f08, f09), sa3 = scale2(a3, f18, f19);
                     const unsigned sq0 = scale2(q0, f00, f01), sq1 = scale2(q1, f10, f11), sq2 = scale2(q2, f08, f09), sq3 = scale2(q3, f18, f19);
-                    // Key rows j = 16np + g (b0, b1) and 16np + 8 + g (b2, b3), channels c0.. (b0, b2) and c0 + 8.. (b1, b3);
-                    // factors e^{b_e − b_j}: ≤ 1 off the diagonal block (j ≤ e), at most 2^DIAG_SPREAD on it.
+                    // Key rows j = 16np + g (b0, b1) and 16np + 8 + g (b2, b3), channels c0.. (b0, b2) and c0 + 8.. (b1, b3); factors e^{b_e − b_j} ≤ 1.
                     unsigned b0, b1, b2, b3;
                     ldsm_x4(base + K_OFF_K + tile_offset(np * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)), b0, b1, b2, b3);
                     const int j0 = 16 * np + g, j8 = j0 + 8;
@@ -171,8 +148,8 @@ attend_kda_prepare(
                 }
             }
         }
-        // L (float32) and A (element type, into the V block's place): the products before the diagonal block, on it
-        // when fastDiag (masked: L strictly lower, A lower with the diagonal), zeros after it.
+        // L (float32) and A (element type, into the V block's place) for the columns outside the diagonal block: the
+        // products before it, zeros after it.
         unsigned char* const sA = smem + K_OFF_V;
 #pragma unroll
         for (int half = 0; half < 2; half++)
@@ -182,16 +159,16 @@ attend_kda_prepare(
 #pragma unroll
             for (int j = 0; j < 8; j++)
             {
-                const bool diag = j == 2 * warp || j == 2 * warp + 1;
-                if (diag && !fastDiag) continue;   // the diagonal block in float32: 2b
-                const bool live = j < 2 * warp || diag;
+                if (j == 2 * warp || j == 2 * warp + 1) continue;   // the diagonal block: 2b
+                const bool live = j < 2 * warp;
                 float lv[2], av[2];
 #pragma unroll
                 for (int e = 0; e < 2; e++)
                 {
                     const int col = 8 * j + 2 * t + e;
-                    lv[e] = live && col < row ? betaRow * kk_[j][2 * half + e] : 0.f;
-                    av[e] = live && col <= row ? qk[j][2 * half + e] : 0.f;
+                    const float kv = j < 6 ? kk_[j < 6 ? j : 0][2 * half + e] : 0.f, qv = j < 6 ? qk[j < 6 ? j : 0][2 * half + e] : 0.f;
+                    lv[e] = live ? betaRow * kv : 0.f;
+                    av[e] = live ? qv : 0.f;
                     sL[row * 65 + col] = lv[e];
                 }
                 *(unsigned*)(sA + off64(row, j) + 4 * t) = pack2(av[0], av[1]);
@@ -199,9 +176,7 @@ attend_kda_prepare(
         }
     }
 
-    // 2b. The diagonal 16 × 16 block of the warp when it could not be split, exact in float32: pair p = lane + 32m of the
-    // 136 pairs (i ≥ j).
-    if (!fastDiag)
+    // 2b. The diagonal 16 × 16 block of the warp, exact in float32: pair p = lane + 32m of the 136 pairs (i ≥ j).
     {
         unsigned char* const sA = smem + K_OFF_V;
         for (int p = lane; p < 256; p += 32)
@@ -249,45 +224,22 @@ attend_kda_prepare(
     }
     __syncthreads();
 
-    // 3a. T = (I + L)⁻¹ by forward substitution, one column per thread of warps 0 and 1 (as attend_delta_prepare); T diag(β)
-    // to the element type.
-    if (tid < CHUNK)
+    // 3. A out; Q̃ and K̂ out; K̃ in place of k.
     {
-        const int c = tid;
-        float x[CHUNK];
-#pragma unroll
-        for (int i = 0; i < CHUNK; i++)
-        {
-            float acc[4] = {i == c ? 1.f : 0.f, 0.f, 0.f, 0.f};
-            const float* li = sL + i * 65;
-#pragma unroll
-            for (int j = 0; j < i; j++) acc[j & 3] = fmaf(-li[j], x[j], acc[j & 3]);
-            x[i] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-        }
-        const float bc = sBeta[c];
-        unsigned char* tu = smem + K_OFF_TU;
-#pragma unroll
-        for (int i = 0; i < CHUNK; i++)
-            *(elem_t*)(tu + off64(i, c >> 3) + (c & 7) * 2) = (elem_t)(pack2(x[i] * bc, 0.f) & 0xffffu);
-    }
-    else
-    {
-        // 3b. Warps 2 and 3, while warps 0 and 1 solve: A out; Q̃ and K̂ out; K̃ in place of k.
-        const int ot = tid - CHUNK;
         const unsigned char* const sA = smem + K_OFF_V;
         elem_t* aOut = A + (tok0 * heads + h) * 64;
 #pragma unroll
-        for (int i = 0; i < CHUNK * 8 / (NT - CHUNK); i++)
+        for (int i = 0; i < CHUNK * 8 / NT; i++)
         {
-            const int idx = ot + i * (NT - CHUNK);
+            const int idx = tid + i * NT;
             const int r = idx >> 3, c = idx & 7;
             if (r < len) *(uint4*)(aOut + (long long)r * heads * 64 + 8 * c) = *(const uint4*)(sA + off64(r, c));
         }
         const float* gLast = sG + (CHUNK - 1) * KG_PITCH;
 #pragma unroll
-        for (int i = 0; i < CHUNK * DC / (NT - CHUNK); i++)
+        for (int i = 0; i < CHUNK * DC / NT; i++)
         {
-            const int idx = ot + i * (NT - CHUNK);
+            const int idx = tid + i * NT;
             const int r = idx / DC, c8 = idx % DC;
             unsigned char* kp = smem + K_OFF_K + tile_offset(r, c8);
             const uint4 qv = *(const uint4*)(smem + K_OFF_Q + tile_offset(r, c8));
@@ -314,6 +266,27 @@ attend_kda_prepare(
             }
             *(uint4*)kp = make_uint4(to[0], to[1], to[2], to[3]);
         }
+    }
+
+    // T = (I + L)⁻¹ by forward substitution, one column per thread (as attend_delta_prepare); T diag(β) to the element type.
+    if (tid < CHUNK)
+    {
+        const int c = tid;
+        float x[CHUNK];
+#pragma unroll
+        for (int i = 0; i < CHUNK; i++)
+        {
+            float acc[4] = {i == c ? 1.f : 0.f, 0.f, 0.f, 0.f};
+            const float* li = sL + i * 65;
+#pragma unroll
+            for (int j = 0; j < i; j++) acc[j & 3] = fmaf(-li[j], x[j], acc[j & 3]);
+            x[i] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+        }
+        const float bc = sBeta[c];
+        unsigned char* tu = smem + K_OFF_TU;
+#pragma unroll
+        for (int i = 0; i < CHUNK; i++)
+            *(elem_t*)(tu + off64(i, c >> 3) + (c & 7) * 2) = (elem_t)(pack2(x[i] * bc, 0.f) & 0xffffu);
     }
     __syncthreads();
 

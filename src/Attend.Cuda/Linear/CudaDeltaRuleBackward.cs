@@ -230,7 +230,8 @@ public sealed unsafe partial class CudaDeltaRulePlan
     private void LaunchRecomputeChain(Arguments* a, CudaStream stream)
     {
         LinearShape s = Shape;
-        int gateKind = Update == LinearUpdate.GatedDelta ? 1 : 0;
+        // The chain's gate kind as the plan compiled it (2, the channel gate, reads Q̃, K̂ and e^{b_C} from attend_kda_prepare).
+        int gateKind = Update != LinearUpdate.GatedDelta ? 0 : Decay == LinearDecay.ChannelGate ? 2 : 1;
         int smem = RecomputeChainSharedBytes(s.KeyDim, ValueBlock, ValueGroups);
         var key = (_context, s.KeyDim, ElementType, gateKind, ValueBlock, ValueGroups);
         if (!s_recomputeLoaded.TryGetValue(key, out CudaKernelFunction? f))
