@@ -49,7 +49,9 @@ internal static class CudaDeltaBench
             foreach (Method m in methods)
             {
                 // (columns per warp group, groups per CTA): the default first, then the others at T = 16k.
-                (int, int)[] blocks = t == 16384 && !quick && m.Decay != LinearDecay.ChannelGate ? [(0, 0), (16, 2), (32, 1)] : [(0, 0)];
+                // ATTEND_BENCH_DELTA_NO_BLOCKS=1 (a development switch) times the default shape alone.
+                bool blocksToo = t == 16384 && !quick && m.Decay != LinearDecay.ChannelGate && Environment.GetEnvironmentVariable("ATTEND_BENCH_DELTA_NO_BLOCKS") != "1";
+                (int, int)[] blocks = blocksToo ? [(0, 0), (16, 2), (32, 1)] : [(0, 0)];
                 foreach ((int bv, int groups) in blocks)
                 {
                     string name = bv == 0 ? m.Name : $"{m.Name}/{bv}x{groups}";
@@ -60,16 +62,29 @@ internal static class CudaDeltaBench
                         $"{name,-12} {"chunked",-9} {t,6} {(r.Passed ? ms.ToString("F3", CultureInfo.InvariantCulture) : "-"),9} {(r.Passed ? (r.TokensPerS!.Value / 1e6).ToString("F1", CultureInfo.InvariantCulture) : "FAILED"),9} {r.Gflops / 1e3,8:F1} {gbps,7:F0} {r.MaxRelErr,9:E2}  (w, u, A kernel {prepareMs:F3} ms)"));
                 }
             }
-        // Forward + backward, as flash-linear-attention's peers are timed: o, then dq, dk, dv, dβ (and d log α).
+        // Forward + backward, as flash-linear-attention's peers are timed: o, then dq, dk, dv, dβ (and d log α). At T = 16k
+        // three variants follow the default: KeepForBackward Inverse (/keepT: the forward keeps T, as fla's keeps its A; the
+        // backward recomputes w, u, A and the chain from it), All (/keep: the forward also keeps the checkpoints and δ, the
+        // backward recomputes nothing; more memory held from the forward to the backward), and the chunk kernel at 4 warps
+        // (/cw4, the previous default).
         foreach (int t in lengths)
             foreach (Method m in methods)
             {
                 if (!CudaDeltaRulePlan.IsBackwardSupported(LinearShape.Mha(1, t, Heads, Dim), ElementType.BFloat16, Options(m, LinearForm.Chunked), out _)) continue;
-                LinearRecord r = ForwardBackward(ctx, m, t, quick, out double ms, out double backwardMs, out double recomputeMs, out double chainMs);
-                records.Add(r);
-                if (!r.Passed) failed++;
-                output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"{m.Name,-12} {"fwd+bwd",-9} {t,6} {(r.Passed ? ms.ToString("F3", CultureInfo.InvariantCulture) : "-"),9} {(r.Passed ? (r.TokensPerS!.Value / 1e6).ToString("F1", CultureInfo.InvariantCulture) : "FAILED"),9}   (backward alone {backwardMs:F3} ms: recompute {recomputeMs:F3}, reverse chain {chainMs:F3}, chunk kernel {backwardMs - recomputeMs - chainMs:F3}; gradients {(r.Passed ? "finite" : "NOT finite")})"));
+                const int cw = CudaDeltaRulePlan.DefaultChunkWarps;
+                (string Suffix, int Warps, CudaDeltaKeep Keep)[] variants = t == 16384 && !quick
+                    ? [("", cw, CudaDeltaKeep.None), ("/keepT", cw, CudaDeltaKeep.Inverse), ("/keep", cw, CudaDeltaKeep.All), ("/cw4", 4, CudaDeltaKeep.None)]
+                    : [("", cw, CudaDeltaKeep.None)];
+                foreach ((string suffix, int warps, CudaDeltaKeep keep) in variants)
+                {
+                    LinearRecord r = ForwardBackward(ctx, m, m.Name + suffix, t, quick, warps, keep, out double ms, out double backwardMs, out double recomputeMs,
+                        out double chainMs, out long keptBytes);
+                    records.Add(r);
+                    if (!r.Passed) failed++;
+                    string kept = keep != CudaDeltaKeep.None ? string.Create(CultureInfo.InvariantCulture, $"; backward buffers {keptBytes / 1e6:F1} MB, allocated by the forward") : "";
+                    output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                        $"{m.Name + suffix,-12} {"fwd+bwd",-9} {t,6} {(r.Passed ? ms.ToString("F3", CultureInfo.InvariantCulture) : "-"),9} {(r.Passed ? (r.TokensPerS!.Value / 1e6).ToString("F1", CultureInfo.InvariantCulture) : "FAILED"),9}   (backward alone {backwardMs:F3} ms: recompute {recomputeMs:F3}, reverse chain {chainMs:F3}, chunk kernel {backwardMs - recomputeMs - chainMs:F3}; gradients {(r.Passed ? "finite" : "NOT finite")}{kept})"));
+                }
             }
         foreach (Method m in methods)
         {
@@ -128,8 +143,8 @@ internal static class CudaDeltaBench
 
     // Forward (output) then backward (dq, dk, dv, dβ float32, and d log α for the gated rule) on device-resident tensors.
     // The gradients' correctness is attend check's (against the float64 reference); here they must be finite and written.
-    private static LinearRecord ForwardBackward(CudaContext ctx, Method m, int t, bool quick, out double ms, out double backwardMs, out double recomputeMs,
-        out double chainMs)
+    private static LinearRecord ForwardBackward(CudaContext ctx, Method m, string name, int t, bool quick, int chunkWarps, CudaDeltaKeep keep, out double ms,
+        out double backwardMs, out double recomputeMs, out double chainMs, out long keptBytes)
     {
         var shape = LinearShape.Mha(1, t, Heads, Dim);
         long n = (long)t * Heads * Dim;
@@ -142,7 +157,8 @@ internal static class CudaDeltaBench
         using var dv = new DeviceBuffer(ctx, n * 4);
         using var dbeta = new DeviceBuffer(ctx, (long)t * Heads * 4);
         using DeviceBuffer? dg = gate is null ? null : new DeviceBuffer(ctx, gate.Bytes);
-        using var plan = new CudaDeltaRulePlan(ctx, shape, ElementType.BFloat16, Options(m, LinearForm.Chunked));
+        using var plan = new CudaDeltaRulePlan(ctx, shape, ElementType.BFloat16, Options(m, LinearForm.Chunked)) { KeepForBackward = keep, ChunkWarps = chunkWarps };
+        keptBytes = plan.BackwardBufferBytes;
         using var stream = new CudaStream(ctx);
         foreach (DeviceBuffer? b in (DeviceBuffer?[])[dq, dk, dv, dbeta, dg]) b?.Fill(0xFF);
         plan.Run(q, k, v, beta, gate, null, o, null, stream);
@@ -174,7 +190,7 @@ internal static class CudaDeltaBench
         plan.BackwardStages = 2;
         chainMs = CudaLinearBench.Median(() => plan.Backward(q, k, v, beta, gate, null, dO, null, dq, dk, dv, dbeta, dg, null, stream), ctx, stream, reps) - recomputeMs;
         plan.BackwardStages = 3;
-        return new LinearRecord(m.Name, "fwd+bwd", t, Dim, Heads, passed ? t / (ms / 1e3) : null, null, null, null, 0) { Passed = passed };
+        return new LinearRecord(name, "fwd+bwd", t, Dim, Heads, passed ? t / (ms / 1e3) : null, null, null, null, 0) { Passed = passed };
     }
 
     private static LinearRecord Decode(CudaContext ctx, Method m, int batch, bool quick)

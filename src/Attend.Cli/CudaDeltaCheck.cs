@@ -63,7 +63,7 @@ internal static class CudaDeltaCheck
         RunBackward(new Random(unchecked(seed * 31 + 19)), output, error);
 
     private sealed record BackwardCase(string Name, int B, int T, int H, int Hkv, int Dk, int Dv, LinearUpdate Update, LinearDecay Decay, bool InitialState,
-        bool StateGradient, int[]? Lengths = null, bool Beta = true, float GateScale = 1f, bool ExtremeBeta = false);
+        bool StateGradient, int[]? Lengths = null, bool Beta = true, float GateScale = 1f, bool ExtremeBeta = false, CudaDeltaKeep Keep = CudaDeltaKeep.None);
 
     // The chunked backward (CudaDeltaRulePlan.Backward): dq, dk, dv, dβ, d log α and dS0 against the float64 naive form's
     // gradients on the same inputs rounded to the element type, into NaN-poisoned gradients.
@@ -82,6 +82,11 @@ internal static class CudaDeltaCheck
             new("bwd gated, T = 1, GQA 2:1", 3, 1, 4, 2, 128, 128, G, LinearDecay.ScalarGate, true, true),
             new("bwd gated, varlen (1, empty), strong", 1, 0, 4, 2, 64, 128, G, LinearDecay.ScalarGate, true, true, [1, rng.Next(2, 200), 0, rng.Next(300, 700)], GateScale: 8f, ExtremeBeta: true),
             new("bwd gated, weak gates, no dS_T", 1, Odd(200, 600), 2, 2, 64, 128, G, LinearDecay.ScalarGate, true, false, GateScale: 0.02f),
+            // KeepForBackward: a Run keeps T (the backward recomputes w, u, A and the chain from it) or also the checkpoints
+            // and δ (the backward recomputes nothing).
+            new("bwd delta, kept T, GQA 2:1", 1, Odd(65, 400), 4, 2, 128, 128, D, LinearDecay.None, true, true, Keep: CudaDeltaKeep.Inverse),
+            new("bwd gated, kept T, T = 64m + r", 1, 64 * rng.Next(2, 6) + rng.Next(1, 63), 4, 4, 128, 128, G, LinearDecay.ScalarGate, true, true, Keep: CudaDeltaKeep.Inverse),
+            new("bwd gated, kept all, varlen (empty)", 1, 0, 4, 4, 128, 128, G, LinearDecay.ScalarGate, true, true, [rng.Next(1, 100), 0, rng.Next(100, 400)], Keep: CudaDeltaKeep.All),
         ];
         int passed = 0, failed = 0;
         foreach (BackwardCase c in cases)
@@ -127,6 +132,8 @@ internal static class CudaDeltaCheck
         try
         {
             using var plan = new CudaDeltaRulePlan(context, shape, type, options, offsets);
+            // ATTEND_CHECK_DELTA_BWD_WARPS (a development switch, 4 or 8): the chunk kernel's warps, to check both variants.
+            if (int.TryParse(Environment.GetEnvironmentVariable("ATTEND_CHECK_DELTA_BWD_WARPS"), out int warps)) plan.ChunkWarps = warps;
             using CudaTensor tq = CudaLinearCheck.Upload<T>(context, q, c.B, tokens, c.H, c.Dk);
             using CudaTensor tk = CudaLinearCheck.Upload<T>(context, k, c.B, tokens, c.Hkv, c.Dk);
             using CudaTensor tv = CudaLinearCheck.Upload<T>(context, v, c.B, tokens, c.Hkv, c.Dv);
@@ -142,6 +149,12 @@ internal static class CudaDeltaCheck
             using DeviceBuffer? gg = gate.Length == 0 ? null : new DeviceBuffer(context, gate.Length * 4L);
             using DeviceBuffer? gs = rs.Length == 0 ? null : new DeviceBuffer(context, Math.Max(4, stateLength * 4));
             foreach (DeviceBuffer? poisoned in (DeviceBuffer?[])[gq, gk, gv, gb, gg, gs]) poisoned?.Fill(0xFF);
+            if (c.Keep != CudaDeltaKeep.None)
+            {
+                plan.KeepForBackward = c.Keep;
+                using CudaTensor output = CudaTensor.Create(context, type, c.B, tokens, c.H, c.Dv);
+                plan.Run(tq, tk, tv, dbeta, dgate, ds0, output, null);
+            }
             plan.Backward(tq, tk, tv, dbeta, dgate, ds0, tdO, ddST, gq, gk, gv, gb, gg, gs);
             context.Synchronize();
             double Error(DeviceBuffer? buffer, float[] expected, ref int nan)

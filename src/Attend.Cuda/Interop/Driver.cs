@@ -40,6 +40,7 @@ internal static unsafe partial class Driver
     [LibraryImport(NativeLibraries.Driver)] public static partial int cuStreamCreate(out nint stream, uint flags);
     [LibraryImport(NativeLibraries.Driver, EntryPoint = "cuStreamDestroy_v2")] public static partial int cuStreamDestroy(nint stream);
     [LibraryImport(NativeLibraries.Driver)] public static partial int cuStreamSynchronize(nint stream);
+    [LibraryImport(NativeLibraries.Driver)] public static partial int cuStreamWaitEvent(nint stream, nint evt, uint flags);
     [LibraryImport(NativeLibraries.Driver)] public static partial int cuEventCreate(out nint evt, uint flags);
     [LibraryImport(NativeLibraries.Driver, EntryPoint = "cuEventDestroy_v2")] public static partial int cuEventDestroy(nint evt);
     [LibraryImport(NativeLibraries.Driver)] public static partial int cuEventRecord(nint evt, nint stream);

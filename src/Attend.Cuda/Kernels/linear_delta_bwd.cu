@@ -21,11 +21,13 @@
 // attend_delta_bwd_dstate: one CTA per (sequence, query head, 16 value columns), 4 warps, walking the chunks last to
 // first with the [DK, 16] slice of X in float32 registers and a rounded copy in shared memory (as attend_delta_chunk
 // walks them forward); it writes X at each chunk's end (the element type) and dδ (the element type) for the chunk kernel,
-// and dS0. attend_delta_bwd_chunk: one CTA per (chunk, query head), 4 warps of 16 token rows each, every tile of the
-// chunk in shared memory (about 201 KB at DK = DV = 128: one CTA per SM); T comes from the forward's first kernel.
+// and dS0. attend_delta_bwd_chunk: one CTA per (chunk, query head), CW warps (8 by default: two per 16 token rows, each
+// with half of every product's columns; 4: one per 16 rows), every tile of the chunk in shared memory (about 201 KB at
+// DK = DV = 128: one CTA per SM); T comes from the forward's first kernel. The host runs the recomputed forward chain
+// (linear_delta_chunk.cu with CHAIN_NOOUT) on a side stream while the reverse chain runs: both need only w and A.
 //
 // Defines: DK (64 | 128), DV (64 | 128; the chunk kernel), ELEM_BF16 (1 bf16, 0 fp16), GATE (0 none, 1 scalar gate or
-// fixed γ). mma_tiles.cuh is expanded in place by KernelCompiler.Source.
+// fixed γ), CW (4 | 8: the chunk kernel's warps; default 8). mma_tiles.cuh is expanded in place by KernelCompiler.Source.
 
 #ifndef DK
 #error "DK must be defined"
@@ -98,10 +100,10 @@ __device__ __forceinline__ unsigned boff(int row, int chunk)
 
 // Copies `rows` rows of COLS elements (global row stride `stride` elements) into a swizzled [rows][COLS] tile; rows
 // past `valid` are zero-filled.
-template <int COLS>
+template <int COLS, int THREADS = NT>
 __device__ __forceinline__ void load_rows(unsigned tile, const elem_t* g, long long stride, int rows, int valid, int tid)
 {
-    for (int idx = tid; idx < rows * (COLS / 8); idx += NT)
+    for (int idx = tid; idx < rows * (COLS / 8); idx += THREADS)
     {
         const int r = idx / (COLS / 8), c = idx % (COLS / 8);
         const bool ok = r < valid;
@@ -136,8 +138,9 @@ __device__ __forceinline__ float bget(float b0, float b1, int x)
 // acc[2·N16][4] += A · B for this warp's 16 rows starting at m0, over the 16-wide steps k0 ≤ kk < k1 of the inner
 // dimension. A is stored [M][K] (ATR false) or [K][M] (ATR true: the product takes its transpose) in an ACOLS-wide
 // tile; B is stored [K][N] (BKM true) or [N][K] (BKM false: the product takes Yᵀ of the stored Y) in a BCOLS-wide tile.
+// The product's N16 16-column blocks start at block n16 of B (0: its first column).
 template <int N16, int ACOLS, bool ATR, int BCOLS, bool BKM>
-__device__ __forceinline__ void mma_rows(float (*acc)[4], unsigned aT, int m0, unsigned bT, int k0, int k1, int lane)
+__device__ __forceinline__ void mma_rows(float (*acc)[4], unsigned aT, int m0, unsigned bT, int k0, int k1, int lane, int n16 = 0)
 {
     for (int kk = k0; kk < k1; kk++)
     {
@@ -148,8 +151,8 @@ __device__ __forceinline__ void mma_rows(float (*acc)[4], unsigned aT, int m0, u
         for (int np = 0; np < N16; np++)
         {
             unsigned b0, b1, b2, b3;
-            if (BKM) ldsm_x4_t(bT + toff<BCOLS>(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), 2 * np + (lane >> 4)), b0, b1, b2, b3);
-            else ldsm_x4(bT + toff<BCOLS>(np * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)), b0, b1, b2, b3);
+            if (BKM) ldsm_x4_t(bT + toff<BCOLS>(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), 2 * (np + n16) + (lane >> 4)), b0, b1, b2, b3);
+            else ldsm_x4(bT + toff<BCOLS>((np + n16) * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)), b0, b1, b2, b3);
             mma16816(acc[2 * np], a0, a1, a2, a3, b0, b1);
             mma16816(acc[2 * np + 1], a0, a1, a2, a3, b2, b3);
         }
@@ -164,15 +167,15 @@ __device__ __forceinline__ void zero_acc(float (*acc)[4])
 }
 
 // Σ over this thread's columns of x ⊙ acc for accumulator row half `half` (row g or g + 8), x a row of a swizzled
-// [rows][COLS] tile; the caller reduces over the quad.
+// [rows][COLS] tile, acc's 8-column blocks starting at block j0 of the row; the caller reduces over the quad.
 template <int N8, int COLS>
-__device__ __forceinline__ float row_dot(const float (*acc)[4], unsigned tile, int row, int half, int t)
+__device__ __forceinline__ float row_dot(const float (*acc)[4], unsigned tile, int row, int half, int t, int j0 = 0)
 {
     float s = 0.f;
 #pragma unroll
     for (int j = 0; j < N8; j++)
     {
-        const unsigned x = lds32(tile + toff<COLS>(row, j) + 4 * t);
+        const unsigned x = lds32(tile + toff<COLS>(row, j0 + j) + 4 * t);
         s = fmaf(elem_lo(x), acc[j][2 * half], s);
         s = fmaf(elem_hi(x), acc[j][2 * half + 1], s);
     }
@@ -499,12 +502,13 @@ __device__ __forceinline__ float decay_ij(const float* sB, int row, int col)
 #endif
 }
 
-// Adds −Σ over this warp's 16 rows of colPart[j][e] (column 8j + 2t + e) to sDB: a reduction over the 8 lanes of one
-// column (g = lane / 4), then one shared atomic per column and warp.
-__device__ __forceinline__ void sub_columns(float (*colPart)[2], float* sDB, int lane)
+// Adds −Σ over this warp's 16 rows of colPart[j][e] (column 8(j0 + j) + 2t + e) to sDB: a reduction over the 8 lanes of
+// one column (g = lane / 4), then one shared atomic per column and warp.
+template <int N8>
+__device__ __forceinline__ void sub_columns(float (*colPart)[2], float* sDB, int lane, int j0)
 {
 #pragma unroll
-    for (int j = 0; j < 8; j++)
+    for (int j = 0; j < N8; j++)
 #pragma unroll
         for (int e = 0; e < 2; e++)
         {
@@ -512,11 +516,24 @@ __device__ __forceinline__ void sub_columns(float (*colPart)[2], float* sDB, int
             v += __shfl_xor_sync(0xffffffffu, v, 4);
             v += __shfl_xor_sync(0xffffffffu, v, 8);
             v += __shfl_xor_sync(0xffffffffu, v, 16);
-            if ((lane >> 2) == 0) atomicAdd(&sDB[8 * j + 2 * (lane & 3) + e], -v);
+            if ((lane >> 2) == 0) atomicAdd(&sDB[8 * (j0 + j) + 2 * (lane & 3) + e], -v);
         }
 }
 
-extern "C" __global__ void __launch_bounds__(NT)
+// CW warps per CTA (4 or 8): warp w takes token rows 16 (w mod 4) .. + 15 and, at CW = 8, half of every product's
+// columns (block w / 4): twice the warps to hide the products' latency on the one CTA that fits an SM, each with half
+// the accumulators. The per-row and per-column sums of the gate and β gradients are partial then, added by the same
+// shared atomics.
+#ifndef CW
+#define CW 8
+#endif
+#define CNT (CW * 32)
+#define NSPL (CW / 4)
+#define N8_64 (8 / NSPL)
+#define N8_K (DK / 8 / NSPL)
+#define N8_V (DV / 8 / NSPL)
+
+extern "C" __global__ void __launch_bounds__(CNT)
 attend_delta_bwd_chunk(
     const elem_t* __restrict__ Q, const elem_t* __restrict__ K, const elem_t* __restrict__ V, const elem_t* __restrict__ dO,
     const elem_t* __restrict__ Dnew, const elem_t* __restrict__ dDelta, const elem_t* __restrict__ W, const elem_t* __restrict__ U,
@@ -528,10 +545,13 @@ attend_delta_bwd_chunk(
     const DeltaRow* __restrict__ chunks, int heads, int kvHeads, float scale)
 {
     extern __shared__ __align__(128) unsigned char smem[];
-    const int tid = threadIdx.x, lane = tid & 31, wq = tid >> 5;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wq = warp & 3, wh = warp >> 2;
     const int g = lane >> 2, t = lane & 3;
     const int h = blockIdx.y;
     const long long ci = blockIdx.x;
+    // This warp's first 8-column block of a 64-, DK- and DV-column product (j0*) and first 16-column block (n16*).
+    const int j64 = wh * N8_64, jK = wh * N8_K, jV = wh * N8_V;
+    const int n64 = j64 / 2, nK = jK / 2, nV = jV / 2;
     const DeltaRow ch = chunks[blockIdx.x];
     const int len = ch.len;
     const int hk = h / (heads / kvHeads);
@@ -552,16 +572,16 @@ attend_delta_bwd_chunk(
     const int wr = wq * 16;
 
     // Two load groups: what phase A reads (dO, δ, and Q, K for the gate's A-term), then the rest, landing during phase A.
-    load_rows<DV>(sDO, dO + tok0 * oStride + (long long)h * DV, oStride, CHUNK, len, tid);
-    load_rows<DV>(sDN, Dnew + tok0 * oStride + (long long)h * DV, oStride, CHUNK, len, tid);
-    load_rows<DK>(sQ, Q + tok0 * qStride + (long long)h * DK, qStride, CHUNK, len, tid);
-    load_rows<DK>(sK, K + tok0 * kStride + (long long)hk * DK, kStride, CHUNK, len, tid);
+    load_rows<DV, CNT>(sDO, dO + tok0 * oStride + (long long)h * DV, oStride, CHUNK, len, tid);
+    load_rows<DV, CNT>(sDN, Dnew + tok0 * oStride + (long long)h * DV, oStride, CHUNK, len, tid);
+    load_rows<DK, CNT>(sQ, Q + tok0 * qStride + (long long)h * DK, qStride, CHUNK, len, tid);
+    load_rows<DK, CNT>(sK, K + tok0 * kStride + (long long)hk * DK, kStride, CHUNK, len, tid);
     cp_async_commit();
-    load_rows<DV>(sS, Hck + (ci * heads + h) * DK * DV, DV, DK, DK, tid);
-    load_rows<DV>(sX, dHck + (ci * heads + h) * DK * DV, DV, DK, DK, tid);
-    load_rows<DV>(sDD, dDelta + tok0 * oStride + (long long)h * DV, oStride, CHUNK, len, tid);
-    load_rows<DV>(sV, V + tok0 * vStride + (long long)hk * DV, vStride, CHUNK, len, tid);
-    load_rows<64>(sT, Tm + (tok0 * heads + h) * 64, (long long)heads * 64, CHUNK, len, tid);
+    load_rows<DV, CNT>(sS, Hck + (ci * heads + h) * DK * DV, DV, DK, DK, tid);
+    load_rows<DV, CNT>(sX, dHck + (ci * heads + h) * DK * DV, DV, DK, DK, tid);
+    load_rows<DV, CNT>(sDD, dDelta + tok0 * oStride + (long long)h * DV, oStride, CHUNK, len, tid);
+    load_rows<DV, CNT>(sV, V + tok0 * vStride + (long long)hk * DV, vStride, CHUNK, len, tid);
+    load_rows<64, CNT>(sT, Tm + (tok0 * heads + h) * 64, (long long)heads * 64, CHUNK, len, tid);
     cp_async_commit();
     if (tid < CHUNK)
     {
@@ -578,7 +598,7 @@ attend_delta_bwd_chunk(
     if (tid < 16) sRed[tid] = 0.f;
     __syncthreads();
 #if GATE == 1
-    if (wq == 0)
+    if (warp == 0)
     {
         const float a0 = sB[2 * lane], a1 = sB[2 * lane + 1];
         const float pair = a0 + a1;
@@ -600,16 +620,16 @@ attend_delta_bwd_chunk(
     // Phase A: dA = dO δᵀ for this warp's rows; s dA ⊙ D into M1; the gate gradient's A-term (s dA_ij A_ij, j < i: + to
     // row i, − to column j).
     {
-        float da[8][4];
-        zero_acc<8>(da);
-        mma_rows<4, DV, false, DV, false>(da, sDO, wr, sDN, 0, DV / 16, lane);
+        float da[N8_64][4];
+        zero_acc<N8_64>(da);
+        mma_rows<N8_64 / 2, DV, false, DV, false>(da, sDO, wr, sDN, 0, DV / 16, lane, n64);
 #if GATE == 1
-        float qk[8][4];
-        zero_acc<8>(qk);
-        mma_rows<4, DK, false, DK, false>(qk, sQ, wr, sK, 0, KS, lane);
-        float colP[8][2];
+        float qk[N8_64][4];
+        zero_acc<N8_64>(qk);
+        mma_rows<N8_64 / 2, DK, false, DK, false>(qk, sQ, wr, sK, 0, KS, lane, n64);
+        float colP[N8_64][2];
 #pragma unroll
-        for (int j = 0; j < 8; j++) colP[j][0] = colP[j][1] = 0.f;
+        for (int j = 0; j < N8_64; j++) colP[j][0] = colP[j][1] = 0.f;
 #endif
 #pragma unroll
         for (int half = 0; half < 2; half++)
@@ -617,13 +637,13 @@ attend_delta_bwd_chunk(
             const int row = wr + g + 8 * half;
             float rowP = 0.f;
 #pragma unroll
-            for (int j = 0; j < 8; j++)
+            for (int j = 0; j < N8_64; j++)
             {
                 float dad[2];
 #pragma unroll
                 for (int e = 0; e < 2; e++)
                 {
-                    const int col = 8 * j + 2 * t + e;
+                    const int col = 8 * (j64 + j) + 2 * t + e;
                     const float d = decay_ij(sB, row, col);
                     dad[e] = scale * da[j][2 * half + e] * d;
 #if GATE == 1
@@ -632,7 +652,7 @@ attend_delta_bwd_chunk(
                     colP[j][e] += p;
 #endif
                 }
-                sts32(sM1 + toff<64>(row, j) + 4 * t, pack2(dad[0], dad[1]));
+                sts32(sM1 + toff<64>(row, j64 + j) + 4 * t, pack2(dad[0], dad[1]));
             }
 #if GATE == 1
             rowP = quad_sum(rowP);
@@ -642,19 +662,19 @@ attend_delta_bwd_chunk(
 #endif
         }
 #if GATE == 1
-        sub_columns(colP, sDB, lane);
+        sub_columns<N8_64>(colP, sDB, lane, j64);
 #endif
     }
     cp_async_wait<0>();
     __syncthreads();
 
     // Phase B: dq; dk's A and K̂ terms (kept in registers); dw into DW; ⟨S, X⟩.
-    float dk[DK / 8][4];
-    zero_acc<DK / 8>(dk);
+    float dk[N8_K][4];
+    zero_acc<N8_K>(dk);
     {
-        float acc[DK / 8][4];
-        zero_acc<DK / 8>(acc);
-        mma_rows<DK / 16, DV, false, DV, false>(acc, sDO, wr, sS, 0, DV / 16, lane);   // dO Sᵀ
+        float acc[N8_K][4];
+        zero_acc<N8_K>(acc);
+        mma_rows<N8_K / 2, DV, false, DV, false>(acc, sDO, wr, sS, 0, DV / 16, lane, nK);   // dO Sᵀ
 #pragma unroll
         for (int half = 0; half < 2; half++)
         {
@@ -665,34 +685,34 @@ attend_delta_bwd_chunk(
             const float f = scale;
 #endif
 #pragma unroll
-            for (int j = 0; j < DK / 8; j++)
+            for (int j = 0; j < N8_K; j++)
             {
                 acc[j][2 * half] *= f;
                 acc[j][2 * half + 1] *= f;
             }
 #if GATE == 1
-            const float inter = quad_sum(row_dot<DK / 8, DK>(acc, sQ, row, half, t));
+            const float inter = quad_sum(row_dot<N8_K, DK>(acc, sQ, row, half, t, jK));
             if (t == 0) atomicAdd(&sDB[row], inter);
 #endif
         }
-        mma_rows<DK / 16, 64, false, DK, true>(acc, sM1, wr, sK, 0, 4, lane);          // + (s dA ⊙ D) K
+        mma_rows<N8_K / 2, 64, false, DK, true>(acc, sM1, wr, sK, 0, 4, lane, nK);     // + (s dA ⊙ D) K
 #pragma unroll
         for (int half = 0; half < 2; half++)
         {
             const int row = wr + g + 8 * half;
             if (row < len)
             {
-                float* out = dQ + ((tok0 + row) * heads + h) * DK;
+                float* out = dQ + ((tok0 + row) * heads + h) * DK + 8 * jK;
 #pragma unroll
-                for (int j = 0; j < DK / 8; j++) *(float2*)(out + 8 * j + 2 * t) = make_float2(acc[j][2 * half], acc[j][2 * half + 1]);
+                for (int j = 0; j < N8_K; j++) *(float2*)(out + 8 * j + 2 * t) = make_float2(acc[j][2 * half], acc[j][2 * half + 1]);
             }
         }
     }
-    mma_rows<DK / 16, 64, true, DK, true>(dk, sM1, wr, sQ, 0, 4, lane);                // (s dA ⊙ D)ᵀ Q
+    mma_rows<N8_K / 2, 64, true, DK, true>(dk, sM1, wr, sQ, 0, 4, lane, nK);           // (s dA ⊙ D)ᵀ Q
     {
-        float acc[DK / 8][4];
-        zero_acc<DK / 8>(acc);
-        mma_rows<DK / 16, DV, false, DV, false>(acc, sDN, wr, sX, 0, DV / 16, lane);   // δ Xᵀ
+        float acc[N8_K][4];
+        zero_acc<N8_K>(acc);
+        mma_rows<N8_K / 2, DV, false, DV, false>(acc, sDN, wr, sX, 0, DV / 16, lane, nK);   // δ Xᵀ
 #pragma unroll
         for (int half = 0; half < 2; half++)
         {
@@ -700,12 +720,12 @@ attend_delta_bwd_chunk(
 #if GATE == 1
             const float f = exp_e(bC - sB[row]);
 #pragma unroll
-            for (int j = 0; j < DK / 8; j++)
+            for (int j = 0; j < N8_K; j++)
             {
                 acc[j][2 * half] *= f;
                 acc[j][2 * half + 1] *= f;
             }
-            const float kd = quad_sum(row_dot<DK / 8, DK>(acc, sK, row, half, t));
+            const float kd = quad_sum(row_dot<N8_K, DK>(acc, sK, row, half, t, jK));
             if (t == 0)
             {
                 atomicAdd(&sDB[row], -kd);
@@ -713,7 +733,7 @@ attend_delta_bwd_chunk(
             }
 #endif
 #pragma unroll
-            for (int j = 0; j < DK / 8; j++)
+            for (int j = 0; j < N8_K; j++)
             {
                 dk[j][2 * half] += acc[j][2 * half];
                 dk[j][2 * half + 1] += acc[j][2 * half + 1];
@@ -721,22 +741,22 @@ attend_delta_bwd_chunk(
         }
     }
     {
-        float acc[DK / 8][4];
-        zero_acc<DK / 8>(acc);
-        mma_rows<DK / 16, DV, false, DV, false>(acc, sDD, wr, sS, 0, DV / 16, lane);   // dδ Sᵀ
+        float acc[N8_K][4];
+        zero_acc<N8_K>(acc);
+        mma_rows<N8_K / 2, DV, false, DV, false>(acc, sDD, wr, sS, 0, DV / 16, lane, nK);   // dδ Sᵀ
 #pragma unroll
         for (int half = 0; half < 2; half++)
         {
             const int row = wr + g + 8 * half;
 #pragma unroll
-            for (int j = 0; j < DK / 8; j++) sts32(sDW + toff<DK>(row, j) + 4 * t, pack2(-acc[j][2 * half], -acc[j][2 * half + 1]));
+            for (int j = 0; j < N8_K; j++) sts32(sDW + toff<DK>(row, jK + j) + 4 * t, pack2(-acc[j][2 * half], -acc[j][2 * half + 1]));
         }
     }
 #if GATE == 1
     {
         // ⟨S, X⟩: both tiles share one layout, so the sum runs over matching positions of the two arrays.
         float sx = 0.f;
-        for (int idx = tid; idx < DK * DV / 2; idx += NT)
+        for (int idx = tid; idx < DK * DV / 2; idx += CNT)
         {
             const unsigned a = lds32(sS + 4 * idx), b = lds32(sX + 4 * idx);
             sx = fmaf(elem_lo(a), elem_lo(b), sx);
@@ -749,15 +769,15 @@ attend_delta_bwd_chunk(
 #endif
     __syncthreads();   // S, X, dO free; dw complete
 
-    load_rows<DK>(sW, W + tok0 * qStride + (long long)h * DK, qStride, CHUNK, len, tid);
-    load_rows<DV>(sU, U + tok0 * oStride + (long long)h * DV, oStride, CHUNK, len, tid);
+    load_rows<DK, CNT>(sW, W + tok0 * qStride + (long long)h * DK, qStride, CHUNK, len, tid);
+    load_rows<DV, CNT>(sU, U + tok0 * oStride + (long long)h * DV, oStride, CHUNK, len, tid);
     cp_async_commit();
 
     // Phase C: dM = Tᵀ dw (dk, dβ, db), dN = Tᵀ dδ (dv, dβ).
     {
-        float acc[DK / 8][4];
-        zero_acc<DK / 8>(acc);
-        mma_rows<DK / 16, 64, true, DK, true>(acc, sT, wr, sDW, 0, 4, lane);
+        float acc[N8_K][4];
+        zero_acc<N8_K>(acc);
+        mma_rows<N8_K / 2, 64, true, DK, true>(acc, sT, wr, sDW, 0, 4, lane, nK);
 #pragma unroll
         for (int half = 0; half < 2; half++)
         {
@@ -769,12 +789,12 @@ attend_delta_bwd_chunk(
 #endif
             const float f = sBeta[row] * eb;
 #pragma unroll
-            for (int j = 0; j < DK / 8; j++)
+            for (int j = 0; j < N8_K; j++)
             {
                 dk[j][2 * half] = fmaf(f, acc[j][2 * half], dk[j][2 * half]);
                 dk[j][2 * half + 1] = fmaf(f, acc[j][2 * half + 1], dk[j][2 * half + 1]);
             }
-            const float km = quad_sum(row_dot<DK / 8, DK>(acc, sK, row, half, t));
+            const float km = quad_sum(row_dot<N8_K, DK>(acc, sK, row, half, t, jK));
             if (t == 0)
             {
                 atomicAdd(&sDBeta[row], eb * km);
@@ -785,21 +805,21 @@ attend_delta_bwd_chunk(
         }
     }
     {
-        float acc[DV / 8][4];
-        zero_acc<DV / 8>(acc);
-        mma_rows<DV / 16, 64, true, DV, true>(acc, sT, wr, sDD, 0, 4, lane);
+        float acc[N8_V][4];
+        zero_acc<N8_V>(acc);
+        mma_rows<N8_V / 2, 64, true, DV, true>(acc, sT, wr, sDD, 0, 4, lane, nV);
 #pragma unroll
         for (int half = 0; half < 2; half++)
         {
             const int row = wr + g + 8 * half;
             const float br = sBeta[row];
-            const float vn = quad_sum(row_dot<DV / 8, DV>(acc, sV, row, half, t));
+            const float vn = quad_sum(row_dot<N8_V, DV>(acc, sV, row, half, t, jV));
             if (t == 0) atomicAdd(&sDBeta[row], vn);
             if (row < len)
             {
-                float* out = dV + ((tok0 + row) * kvHeads + hk) * DV;
+                float* out = dV + ((tok0 + row) * kvHeads + hk) * DV + 8 * jV;
 #pragma unroll
-                for (int j = 0; j < DV / 8; j++)
+                for (int j = 0; j < N8_V; j++)
                 {
                     if (grouped)
                     {
@@ -816,31 +836,31 @@ attend_delta_bwd_chunk(
 
     // Z = dw wᵀ + dδ uᵀ for this warp's rows, into M1 (s dA ⊙ D is no longer read).
     {
-        float z[8][4];
-        zero_acc<8>(z);
-        mma_rows<4, DK, false, DK, false>(z, sDW, wr, sW, 0, KS, lane);
-        mma_rows<4, DV, false, DV, false>(z, sDD, wr, sU, 0, DV / 16, lane);
+        float z[N8_64][4];
+        zero_acc<N8_64>(z);
+        mma_rows<N8_64 / 2, DK, false, DK, false>(z, sDW, wr, sW, 0, KS, lane, n64);
+        mma_rows<N8_64 / 2, DV, false, DV, false>(z, sDD, wr, sU, 0, DV / 16, lane, n64);
 #pragma unroll
         for (int half = 0; half < 2; half++)
         {
             const int row = wr + g + 8 * half;
 #pragma unroll
-            for (int j = 0; j < 8; j++) sts32(sM1 + toff<64>(row, j) + 4 * t, pack2(z[j][2 * half], z[j][2 * half + 1]));
+            for (int j = 0; j < N8_64; j++) sts32(sM1 + toff<64>(row, j64 + j) + 4 * t, pack2(z[j][2 * half], z[j][2 * half + 1]));
         }
     }
     __syncthreads();
 
     // G = −Tᵀ Z (the gradient of L, strictly lower) against D ⊙ K Kᵀ (recomputed): dβ and db terms, E = G ⊙ β_i D_ij into M2.
     {
-        float gl[8][4], kk_[8][4];
-        zero_acc<8>(gl);
-        zero_acc<8>(kk_);
-        mma_rows<4, 64, true, 64, true>(gl, sT, wr, sM1, 0, 4, lane);
-        mma_rows<4, DK, false, DK, false>(kk_, sK, wr, sK, 0, KS, lane);
+        float gl[N8_64][4], kk_[N8_64][4];
+        zero_acc<N8_64>(gl);
+        zero_acc<N8_64>(kk_);
+        mma_rows<N8_64 / 2, 64, true, 64, true>(gl, sT, wr, sM1, 0, 4, lane, n64);
+        mma_rows<N8_64 / 2, DK, false, DK, false>(kk_, sK, wr, sK, 0, KS, lane, n64);
 #if GATE == 1
-        float colP[8][2];
+        float colP[N8_64][2];
 #pragma unroll
-        for (int j = 0; j < 8; j++) colP[j][0] = colP[j][1] = 0.f;
+        for (int j = 0; j < N8_64; j++) colP[j][0] = colP[j][1] = 0.f;
 #endif
 #pragma unroll
         for (int half = 0; half < 2; half++)
@@ -849,13 +869,13 @@ attend_delta_bwd_chunk(
             const float br = sBeta[row];
             float rowBeta = 0.f, rowB = 0.f;
 #pragma unroll
-            for (int j = 0; j < 8; j++)
+            for (int j = 0; j < N8_64; j++)
             {
                 float ev[2];
 #pragma unroll
                 for (int e = 0; e < 2; e++)
                 {
-                    const int col = 8 * j + 2 * t + e;
+                    const int col = 8 * (j64 + j) + 2 * t + e;
                     const float d = col < row ? decay_ij(sB, row, col) : 0.f;
                     const float G = -gl[j][2 * half + e];
                     const float kkd = d * kk_[j][2 * half + e];
@@ -867,7 +887,7 @@ attend_delta_bwd_chunk(
                     colP[j][e] += p;
 #endif
                 }
-                sts32(sM2 + toff<64>(row, j) + 4 * t, pack2(ev[0], ev[1]));
+                sts32(sM2 + toff<64>(row, j64 + j) + 4 * t, pack2(ev[0], ev[1]));
             }
             rowBeta = quad_sum(rowBeta);
             if (t == 0) atomicAdd(&sDBeta[row], rowBeta);
@@ -879,23 +899,23 @@ attend_delta_bwd_chunk(
 #endif
         }
 #if GATE == 1
-        sub_columns(colP, sDB, lane);
+        sub_columns<N8_64>(colP, sDB, lane, j64);
 #endif
     }
     __syncthreads();
 
     // dk += E K + Eᵀ K, then the store.
-    mma_rows<DK / 16, 64, false, DK, true>(dk, sM2, wr, sK, 0, 4, lane);
-    mma_rows<DK / 16, 64, true, DK, true>(dk, sM2, wr, sK, 0, 4, lane);
+    mma_rows<N8_K / 2, 64, false, DK, true>(dk, sM2, wr, sK, 0, 4, lane, nK);
+    mma_rows<N8_K / 2, 64, true, DK, true>(dk, sM2, wr, sK, 0, 4, lane, nK);
 #pragma unroll
     for (int half = 0; half < 2; half++)
     {
         const int row = wr + g + 8 * half;
         if (row < len)
         {
-            float* out = dK + ((tok0 + row) * kvHeads + hk) * DK;
+            float* out = dK + ((tok0 + row) * kvHeads + hk) * DK + 8 * jK;
 #pragma unroll
-            for (int j = 0; j < DK / 8; j++)
+            for (int j = 0; j < N8_K; j++)
             {
                 if (grouped)
                 {
@@ -910,7 +930,7 @@ attend_delta_bwd_chunk(
 
     if (dBeta != 0 && tid < len) dBeta[(tok0 + tid) * heads + h] = sDBeta[tid];
 #if GATE == 1
-    if (dGate != 0 && wq == 0)
+    if (dGate != 0 && warp == 0)
     {
         // d log α_r = Σ_{i ≥ r} db_i over the chunk (a reverse scan, lane l holding rows 2l and 2l + 1); the chunk's last
         // token also carries ⟨S', X⟩ = Σ k·dk̂ + e^{b_C} ⟨S, X⟩.

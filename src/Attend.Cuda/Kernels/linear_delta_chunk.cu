@@ -30,7 +30,9 @@
 // Defines: DK (64 | 128; any multiple of 8 up to 256 for the recurrent kernel), ELEM_BF16 (1 bf16, 0 fp16),
 // GATE (0 none: the delta rule; 1 a scalar per token and head: the gated delta rule; 2 a log gate per token, head and
 // key channel: Kimi Delta Attention, whose first kernel is attend_kda_prepare in linear_kda_prepare.cuh and whose chain
-// is attend_delta_chunk reading Q̃, K̂ and e^{b_C} from it), BV (16 | 32 | 64), VH (1 | 2).
+// is attend_delta_chunk reading Q̃, K̂ and e^{b_C} from it), BV (16 | 32 | 64), VH (1 | 2), CHAIN_NOOUT (1: the
+// backward's recomputation of the chain, no output: no q and A tiles in shared memory, 78.5 KB at DK = 128, BV = 16, so
+// that it fits an SM beside the reverse chain of linear_delta_bwd.cu and the two run at once; default 0).
 // mma_tiles.cuh is expanded in place by KernelCompiler.Source. (elem_lo/elem_hi, exp_e, bget and cp_async4 repeat
 // linear_tiles.cuh's; moving them there waits for a device session to compile it.)
 
@@ -42,6 +44,9 @@
 #endif
 #ifndef VH
 #define VH 1
+#endif
+#ifndef CHAIN_NOOUT
+#define CHAIN_NOOUT 0
 #endif
 
 #define NWARPS 4
@@ -147,7 +152,8 @@ attend_delta_prepare(
     const float* __restrict__ headLogDecay,  // GATE 1: [H] log γ, or null to read `gate`
     elem_t* __restrict__ W, elem_t* __restrict__ U, elem_t* __restrict__ A,   // [tokens, H, DK], [tokens, H, dv], [tokens, H, 64]
     const DeltaRow* __restrict__ chunks, int heads, int kvHeads, int dv,
-    elem_t* __restrict__ Tout)               // backward only: T = (I + L)⁻¹ [tokens, H, 64] (element type), or null
+    elem_t* __restrict__ Tout,               // backward only: T = (I + L)⁻¹ [tokens, H, 64] (element type), or null
+    const elem_t* __restrict__ Tin)          // backward only: T as a forward wrote it (then no K Kᵀ, no solve), or null
 {
     extern __shared__ __align__(128) unsigned char smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -166,6 +172,8 @@ attend_delta_prepare(
 
     load_tile<CHUNK>(base + P_OFF_Q, Q + tok0 * qStride + (long long)h * DK, qStride, len, tid);
     load_tile<CHUNK>(base + P_OFF_K, K + tok0 * kStride + (long long)hk * DK, kStride, len, tid);
+    // A given T lands in V's block (free until u), rows past the chunk's end zero.
+    if (Tin != 0) load_cols<64>(base + P_OFF_V, Tin + (tok0 * heads + h) * 64, (long long)heads * 64, len, tid);
     cp_async_commit();
     if (tid < CHUNK)
     {
@@ -212,8 +220,11 @@ attend_delta_prepare(
                 if (np > warp) break;
                 unsigned b0, b1, b2, b3;
                 ldsm_x4(base + P_OFF_K + tile_offset(np * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)), b0, b1, b2, b3);
-                mma16816(kk_[2 * np], a0, a1, a2, a3, b0, b1);
-                mma16816(kk_[2 * np + 1], a0, a1, a2, a3, b2, b3);
+                if (Tin == 0)
+                {
+                    mma16816(kk_[2 * np], a0, a1, a2, a3, b0, b1);
+                    mma16816(kk_[2 * np + 1], a0, a1, a2, a3, b2, b3);
+                }
                 mma16816(qk[2 * np], q0, q1, q2, q3, b0, b1);
                 mma16816(qk[2 * np + 1], q0, q1, q2, q3, b2, b3);
             }
@@ -244,8 +255,27 @@ attend_delta_prepare(
     }
     __syncthreads();
 
+    if (Tin != 0)
+    {
+        // T given: T diag(β) and T diag(β e^b) element by element (T rounded once more, as fla's backward recomputes w
+        // and u from its saved A).
+        unsigned char* tu = smem + P_OFF_TU;
+        unsigned char* tw = smem + P_OFF_TW;
+        const unsigned char* tin = smem + P_OFF_V;
+        for (int idx = tid; idx < CHUNK * CHUNK; idx += NT)
+        {
+            const int i = idx >> 6, c = idx & 63;
+            const unsigned o = off64(i, c >> 3) + (c & 7) * 2;
+            const unsigned short raw = *(const unsigned short*)(tin + o);
+            const float x = elem_lo((unsigned)raw);
+            const float bc = sBeta[c];
+            const unsigned pu = pack2(x * bc, 0.f), pw = pack2(x * bc * exp_e(sB[c]), 0.f);
+            *(elem_t*)(tu + o) = (elem_t)(pu & 0xffffu);
+            *(elem_t*)(tw + o) = (elem_t)(pw & 0xffffu);
+        }
+    }
     // T = (I + L)⁻¹ by forward substitution, one column per thread: x_i = δ_ic − Σ_{j<i} L_ij x_j (x_j = 0 for j < c).
-    if (tid < CHUNK)
+    else if (tid < CHUNK)
     {
         const int c = tid;
         float x[CHUNK];
@@ -360,6 +390,15 @@ attend_delta_prepare(
 #define C_Q_BYTES (CHUNK * DK * 2)
 #define C_U_BYTES (CHUNK * BV * 2)
 #define C_A_BYTES (CHUNK * 64 * 2)
+#if CHAIN_NOOUT
+#define C_STAGE (2 * C_Q_BYTES + VH * C_U_BYTES + CHUNK * 4)   // k, w, u (per group), raw gates: no q, no A
+#define C_OFF_K 0
+#define C_OFF_W (C_OFF_K + C_Q_BYTES)
+#define C_OFF_U (C_OFF_W + C_Q_BYTES)
+#define C_OFF_G (C_OFF_U + VH * C_U_BYTES)
+#define C_OFF_Q 0   // never read
+#define C_OFF_A 0   // never read
+#else
 #define C_STAGE (3 * C_Q_BYTES + VH * C_U_BYTES + C_A_BYTES + CHUNK * 4)   // q, k, w, u (per group), A, raw gates
 #define C_OFF_Q 0
 #define C_OFF_K (C_OFF_Q + C_Q_BYTES)
@@ -367,6 +406,7 @@ attend_delta_prepare(
 #define C_OFF_U (C_OFF_W + C_Q_BYTES)
 #define C_OFF_A (C_OFF_U + VH * C_U_BYTES)
 #define C_OFF_G (C_OFF_A + C_A_BYTES)
+#endif
 #define C_OFF_S (2 * C_STAGE)                        // per group: the state slice in the element type, 2 buffers of [DK][BV]
 #define C_OFF_D (C_OFF_S + VH * 2 * DK * BV * 2)     // per group: δ, [64][BV]
 #define C_SMEM_BYTES (C_OFF_D + VH * C_U_BYTES)
@@ -426,6 +466,10 @@ attend_delta_chunk(
     const int wr = wq * 16;                 // this warp's first token row in a chunk
     const unsigned uOff = C_OFF_U + vh * C_U_BYTES, sOff = C_OFF_S + vh * 2 * DK * BV * 2, dOff = C_OFF_D + vh * C_U_BYTES;
     const bool loadsQW = VH == 1 || vh == 0, loadsKA = VH == 1 || vh == 1;   // the shared tiles, split between the groups
+    // Without an output (CHAIN_NOOUT, the backward's recomputation: only the checkpoints and δ) q and A are neither
+    // loaded nor used. A compile-time constant, so the forward's code is the one measured before: with a test of O at
+    // run time the forward (gate 0) measured 0.628 ms against 0.555 (H100, T = 16k, delta-speed run 1; not re-measured).
+    constexpr bool hasOut = !CHAIN_NOOUT;
     const long long stateRowBase = ((long long)sq.seq * heads + h) * DK;
 
     // The state slice as the accumulators of K̂ᵀδ: element (m, j, e) is row stateRow0 + 16m + g + 8(e>>1), column 8j + 2t + (e&1).
@@ -453,13 +497,13 @@ attend_delta_chunk(
         const int valid = sq.len < CHUNK ? sq.len : CHUNK;
         if (loadsQW)
         {
-            load_tile<CHUNK>(base + C_OFF_Q, qBase, qStride, valid, gt);
+            if (hasOut) load_tile<CHUNK>(base + C_OFF_Q, qBase, qStride, valid, gt);
             load_tile<CHUNK>(base + C_OFF_W, wBase, qStride, valid, gt);
         }
         if (loadsKA)
         {
             load_tile<CHUNK>(base + C_OFF_K, kBase, kStride, valid, gt);
-            load_cols<64>(base + C_OFF_A, aBase, (long long)heads * 64, valid, gt);
+            if (hasOut) load_cols<64>(base + C_OFF_A, aBase, (long long)heads * 64, valid, gt);
 #if GATE == 1
             if (headLogDecay == 0 && gt < CHUNK)
                 cp_async4(base + C_OFF_G + gt * 4, gt < valid ? gate + (tok0 + gt) * heads + h : gate, gt < valid ? 4 : 0);
@@ -484,13 +528,13 @@ attend_delta_chunk(
             const unsigned ns = base + (stage ^ 1) * C_STAGE;
             if (loadsQW)
             {
-                load_tile<CHUNK>(ns + C_OFF_Q, qBase + (long long)n0 * qStride, qStride, nvalid, gt);
+                if (hasOut) load_tile<CHUNK>(ns + C_OFF_Q, qBase + (long long)n0 * qStride, qStride, nvalid, gt);
                 load_tile<CHUNK>(ns + C_OFF_W, wBase + (long long)n0 * qStride, qStride, nvalid, gt);
             }
             if (loadsKA)
             {
                 load_tile<CHUNK>(ns + C_OFF_K, kBase + (long long)n0 * kStride, kStride, nvalid, gt);
-                load_cols<64>(ns + C_OFF_A, aBase + (long long)n0 * heads * 64, (long long)heads * 64, nvalid, gt);
+                if (hasOut) load_cols<64>(ns + C_OFF_A, aBase + (long long)n0 * heads * 64, (long long)heads * 64, nvalid, gt);
 #if GATE == 1
                 if (headLogDecay == 0 && gt < CHUNK)
                     cp_async4(ns + C_OFF_G + gt * 4, gt < nvalid ? gate + (tok0 + n0 + gt) * heads + h : gate, gt < nvalid ? 4 : 0);
@@ -560,12 +604,31 @@ attend_delta_chunk(
         }
 #endif
 
-        // 1. w S and q S in one pass over the state tile.
+        // 1. w S and q S in one pass over the state tile (w S alone without an output).
         float va[VC][4], oa[VC][4];
 #pragma unroll
         for (int j = 0; j < VC; j++)
 #pragma unroll
             for (int e = 0; e < 4; e++) va[j][e] = oa[j][e] = 0.f;
+        if (!hasOut)
+        {
+#pragma unroll
+            for (int kk = 0; kk < KS; kk++)
+            {
+                unsigned w0, w1, w2, w3;
+                ldsm_x4(sW + tile_offset(wr + (lane & 15), 2 * kk + (lane >> 4)), w0, w1, w2, w3);
+#pragma unroll
+                for (int dp = 0; dp < VC / 2; dp++)
+                {
+                    unsigned s0, s1, s2, s3;
+                    ldsm_x4_t(sS + boff(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), 2 * dp + (lane >> 4)), s0, s1, s2, s3);
+                    mma16816(va[2 * dp], w0, w1, w2, w3, s0, s1);
+                    mma16816(va[2 * dp + 1], w0, w1, w2, w3, s2, s3);
+                }
+            }
+        }
+        else
+        {
 #pragma unroll
         for (int kk = 0; kk < KS; kk++)
         {
@@ -582,6 +645,7 @@ attend_delta_chunk(
                 mma16816(oa[2 * dp], q0, q1, q2, q3, s0, s1);
                 mma16816(oa[2 * dp + 1], q0, q1, q2, q3, s2, s3);
             }
+        }
         }
         // The state update's key operands K̂ᵀ, loaded and decayed before the barrier: they do not depend on δ, so their
         // shared-memory latency and the gate arithmetic come off the chain δ → K̂ᵀδ → next chunk.
@@ -632,6 +696,8 @@ attend_delta_chunk(
 #endif
 
         // 2. o = e^b ⊙ (q S) + A δ.
+        if (hasOut)
+        {
 #if GATE == 1
         {
             const float f0 = exp_e(bget(b0, b1, wr + g)), f1 = exp_e(bget(b0, b1, wr + g + 8));
@@ -668,6 +734,7 @@ attend_delta_chunk(
 #pragma unroll
                 for (int j = 0; j < VC; j++) *(unsigned*)(out + 8 * j + 2 * t) = pack2(oa[j][2 * half] * scale, oa[j][2 * half + 1] * scale);
             }
+        }
         }
 
         // 3. S' = e^{b_C} S + K̂ᵀ δ with K̂_j = k_j e^{b_C − b_j}.

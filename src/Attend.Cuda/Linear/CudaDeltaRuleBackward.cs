@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using System.Globalization;
+using Attend.Cuda.Interop;
 using Attend.Linear;
 
 namespace Attend.Cuda.Linear;
@@ -15,10 +16,51 @@ public sealed unsafe partial class CudaDeltaRulePlan
     /// <summary>Value columns per CTA of the reverse chain (<c>attend_delta_bwd_dstate</c>).</summary>
     internal const int BackwardValueBlock = 16;
 
-    private static readonly ConcurrentDictionary<(CudaContext, int, int, ElementType, int, string), CudaKernelFunction> s_backwardLoaded = new();
-    private static readonly ConcurrentDictionary<(CudaContext, int, int, ElementType, int), CompiledKernel> s_backwardImages = new();
+    /// <summary>
+    /// Warps per CTA of <c>attend_delta_bwd_chunk</c> by default: 8 (two warps per 16 token rows, each with half of every
+    /// product's columns), as the one CTA that fits an SM (201 KB of shared memory at Dk = Dv = 128) is latency-bound at 4.
+    /// </summary>
+    internal const int DefaultChunkWarps = 8;
+
+    private static readonly ConcurrentDictionary<(CudaContext, int, int, ElementType, int, int, string), CudaKernelFunction> s_backwardLoaded = new();
+    private static readonly ConcurrentDictionary<(CudaContext, int, int, ElementType, int, int), CompiledKernel> s_backwardImages = new();
+
+    private static readonly ConcurrentDictionary<(CudaContext, int, ElementType, int, int, int), CudaKernelFunction> s_recomputeLoaded = new();
+
+    // CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT: the recomputed chain and the reverse chain ask for all of an
+    // SM's shared memory (100 %), so that one CTA of each fits an SM at once (78.5 + 126.5 KB at Dk = Dv = 128).
+    private const int PreferredCarveoutAttribute = 9;
 
     private DeviceBuffer? _checkpoints, _stateGradients, _delta, _deltaGradient, _inverse;
+    // The side stream of the backward's recomputed chain (it runs beside the reverse chain: both need only the first
+    // kernel's w and A), and the events that fork it from and join it to the caller's stream.
+    private CudaStream? _side;
+    private CudaEvent? _fork, _join;
+    // The inputs (device pointers: q, k, v, β, gate, initial state) whose forward values a Run with KeepForBackward left
+    // in the buffers, and which (_keptMode); null when none (every Run resets it, a Backward that recomputes too).
+    private (ulong Q, ulong K, ulong V, ulong Beta, ulong Gate, ulong S0)? _kept;
+    private CudaDeltaKeep _keptMode;
+
+    /// <summary>
+    /// What <see cref="Run"/> keeps for <see cref="Backward"/> (<see cref="CudaDeltaKeep.None"/> by default; the chunked
+    /// form with no decay, a fixed γ or a scalar gate). <see cref="CudaDeltaKeep.Inverse"/> keeps T, as
+    /// flash-linear-attention's forward keeps its A, and the backward recomputes w, u, A and the chain from it;
+    /// <see cref="CudaDeltaKeep.All"/> also keeps the state at each chunk's start and δ, and the backward recomputes nothing.
+    /// Only a <see cref="Backward"/> given the same q, k, v, β, gate and initial-state buffers as the last Run uses them
+    /// (with other buffers it recomputes), and the caller must not change those buffers' contents in between. The price
+    /// is memory: the first such Run allocates the backward's buffers (<see cref="BackwardBufferBytes"/>), and T
+    /// (<c>[B, T, H, 64]</c>), or with All also the checkpoints (<c>[chunks, H, Dk, Dv]</c>) and δ (<c>[B, T, H, Dv]</c>),
+    /// element type, hold the forward's values from the Run to the Backward.
+    /// </summary>
+    public CudaDeltaKeep KeepForBackward { get; set; }
+
+    /// <summary>Warps per CTA of the backward's chunk kernel (4 or 8; <see cref="DefaultChunkWarps"/>); the bench's A/B switch.</summary>
+    internal int ChunkWarps { get; set; } = DefaultChunkWarps;
+
+    // The keys of the inputs' buffers that the kept forward values belong to.
+    private static (ulong, ulong, ulong, ulong, ulong, ulong) InputKey(CudaTensor q, CudaTensor k, CudaTensor v, DeviceBuffer? beta, DeviceBuffer? gate,
+        DeviceBuffer? initialState) =>
+        (q.Buffer.Pointer, k.Buffer.Pointer, v.Buffer.Pointer, beta?.Pointer ?? 0, gate?.Pointer ?? 0, initialState?.Pointer ?? 0);
 
     /// <summary>
     /// How many of the backward's three stages <see cref="Backward"/> queues (3, all; the bench sets 1 for the forward's
@@ -106,8 +148,9 @@ public sealed unsafe partial class CudaDeltaRulePlan
 
         int gateKind = Update == LinearUpdate.GatedDelta ? 1 : 0;
         CudaContext context = _context;
-        CudaKernelFunction dstate = BackwardKernel(context, s.KeyDim, s.ValueDim, ElementType, gateKind, StateGradientEntry, BackwardStateSharedBytes(s.KeyDim));
-        CudaKernelFunction chunk = BackwardKernel(context, s.KeyDim, s.ValueDim, ElementType, gateKind, ChunkBackwardEntry, BackwardChunkSharedBytes(s.KeyDim, s.ValueDim));
+        int warps = ChunkWarps is 4 or 8 ? ChunkWarps : throw new InvalidOperationException($"ChunkWarps must be 4 or 8; got {ChunkWarps}.");
+        CudaKernelFunction dstate = BackwardKernel(context, s.KeyDim, s.ValueDim, ElementType, gateKind, warps, StateGradientEntry, BackwardStateSharedBytes(s.KeyDim));
+        CudaKernelFunction chunk = BackwardKernel(context, s.KeyDim, s.ValueDim, ElementType, gateKind, warps, ChunkBackwardEntry, BackwardChunkSharedBytes(s.KeyDim, s.ValueDim));
         EnsureBackwardBuffers();
         if (s.Heads != s.KvHeads)
         {
@@ -125,21 +168,40 @@ public sealed unsafe partial class CudaDeltaRulePlan
             Seqs = _sequenceTable.Pointer, Chunks = _chunkTable.Pointer, Hck = _checkpoints!.Pointer, Dnew = _delta!.Pointer, Tout = _inverse!.Pointer,
             Heads = s.Heads, KvHeads = s.KvHeads, Dv = s.ValueDim, Scale = _scale,
         };
-        // 1. The forward again: w, u, A and T, then the chain keeping the state at each chunk's start and δ (no output).
-        if (_chunks > 0)
+        // 1. The forward again: w, u, A and T, then the chain keeping the state at each chunk's start and δ (no output);
+        // skipped when a Run with KeepForBackward left them for these inputs.
+        bool forked = false;
+        CudaDeltaKeep kept = KeepForBackward != CudaDeltaKeep.None && _kept == InputKey(q, k, v, beta, gate, initialState) ? _keptMode : CudaDeltaKeep.None;
+        if (kept == CudaDeltaKeep.None) _kept = null;   // the recomputation below overwrites what a Run kept
+        if (_chunks > 0 && kept != CudaDeltaKeep.All)
         {
-            void** p = stackalloc void*[14];
+            if (kept == CudaDeltaKeep.Inverse)
+            {
+                a.Tin = a.Tout;   // T as the forward wrote it: read, not written
+                a.Tout = 0;
+            }
+            void** p = stackalloc void*[15];
             p[0] = &a.Q; p[1] = &a.K; p[2] = &a.V; p[3] = &a.Beta; p[4] = &a.Gate; p[5] = &a.HeadLogDecay; p[6] = &a.W; p[7] = &a.U;
-            p[8] = &a.A; p[9] = &a.Chunks; p[10] = &a.Heads; p[11] = &a.KvHeads; p[12] = &a.Dv; p[13] = &a.Tout;
+            p[8] = &a.A; p[9] = &a.Chunks; p[10] = &a.Heads; p[11] = &a.KvHeads; p[12] = &a.Dv; p[13] = &a.Tout; p[14] = &a.Tin;
             _prepare!.Launch((uint)_chunks, (uint)s.Heads, 1, Threads, (uint)PrepareSharedBytes(s.KeyDim), stream, p);
-            LaunchChain(&a, stream);
+            // The chain (checkpoints and δ, no output) on the side stream, after the first kernel; the reverse chain below
+            // needs only w and A, so the two sequential kernels share the SMs.
+            _fork!.Record(stream);
+            CudaException.CheckDriver(Driver.cuStreamWaitEvent(_side!.Handle, _fork.Handle, 0), nameof(Driver.cuStreamWaitEvent));
+            LaunchRecomputeChain(&a, _side);
+            _join!.Record(_side);
+            forked = true;
         }
-        if (BackwardStages < 2) return;
+        if (BackwardStages < 2)
+        {
+            if (forked) Join(stream);
+            return;
+        }
 
         // 2. The reverse chain: the state gradient at each chunk's end, dδ, dS0.
         var b = new BackwardArguments
         {
-            Q = a.Q, K = a.K, V = a.V, DO = outputGradient.Buffer.Pointer, Dnew = a.Dnew, DDelta = _deltaGradient!.Pointer, W = a.W, U = a.U, A = a.A, T = a.Tout,
+            Q = a.Q, K = a.K, V = a.V, DO = outputGradient.Buffer.Pointer, Dnew = a.Dnew, DDelta = _deltaGradient!.Pointer, W = a.W, U = a.U, A = a.A, T = _inverse!.Pointer,
             Hck = a.Hck, DHck = _stateGradients!.Pointer, Beta = a.Beta, Gate = a.Gate, HeadLogDecay = a.HeadLogDecay,
             DST = finalStateGradient?.Pointer ?? 0, DS0 = initialStateGradient?.Pointer ?? 0,
             DQ = queryGradient.Pointer, DK = keyGradient.Pointer, DV = valueGradient.Pointer, DBeta = betaGradient?.Pointer ?? 0, DGate = gateGradient?.Pointer ?? 0,
@@ -149,6 +211,7 @@ public sealed unsafe partial class CudaDeltaRulePlan
         r[0] = &b.Q; r[1] = &b.K; r[2] = &b.W; r[3] = &b.A; r[4] = &b.DO; r[5] = &b.Gate; r[6] = &b.HeadLogDecay; r[7] = &b.DST;
         r[8] = &b.DS0; r[9] = &b.DHck; r[10] = &b.DDelta; r[11] = &b.Seqs; r[12] = &b.Heads; r[13] = &b.KvHeads; r[14] = &b.Dv; r[15] = &b.Scale;
         dstate.Launch((uint)(s.ValueDim / BackwardValueBlock), (uint)s.Heads, (uint)_sequences, Threads, (uint)BackwardStateSharedBytes(s.KeyDim), stream, r);
+        if (forked) Join(stream);
         if (_chunks == 0 || BackwardStages < 3) return;
 
         // 3. dq, dk, dv, dβ, d log α per (chunk, query head).
@@ -156,7 +219,50 @@ public sealed unsafe partial class CudaDeltaRulePlan
         c[0] = &b.Q; c[1] = &b.K; c[2] = &b.V; c[3] = &b.DO; c[4] = &b.Dnew; c[5] = &b.DDelta; c[6] = &b.W; c[7] = &b.U; c[8] = &b.T;
         c[9] = &b.Hck; c[10] = &b.DHck; c[11] = &b.Beta; c[12] = &b.Gate; c[13] = &b.HeadLogDecay; c[14] = &b.DQ; c[15] = &b.DK; c[16] = &b.DV;
         c[17] = &b.DBeta; c[18] = &b.DGate; c[19] = &b.Chunks; c[20] = &b.Heads; c[21] = &b.KvHeads; c[22] = &b.Scale;
-        chunk.Launch((uint)_chunks, (uint)s.Heads, 1, Threads, (uint)BackwardChunkSharedBytes(s.KeyDim, s.ValueDim), stream, c);
+        chunk.Launch((uint)_chunks, (uint)s.Heads, 1, (uint)(32 * warps), (uint)BackwardChunkSharedBytes(s.KeyDim, s.ValueDim), stream, c);
+    }
+
+    // The caller's stream waits for the side stream's recomputed chain.
+    private void Join(CudaStream? stream) =>
+        CudaException.CheckDriver(Driver.cuStreamWaitEvent(stream?.Handle ?? 0, _join!.Handle, 0), nameof(Driver.cuStreamWaitEvent));
+
+    // attend_delta_chunk compiled with CHAIN_NOOUT (no q, A tiles: the checkpoints Hck and δ only) with the arguments in `a`.
+    private void LaunchRecomputeChain(Arguments* a, CudaStream stream)
+    {
+        LinearShape s = Shape;
+        // The chain's gate kind as the plan compiled it (2, the channel gate, reads Q̃, K̂ and e^{b_C} from attend_kda_prepare).
+        int gateKind = Update != LinearUpdate.GatedDelta ? 0 : Decay == LinearDecay.ChannelGate ? 2 : 1;
+        int smem = RecomputeChainSharedBytes(s.KeyDim, ValueBlock, ValueGroups);
+        var key = (_context, s.KeyDim, ElementType, gateKind, ValueBlock, ValueGroups);
+        if (!s_recomputeLoaded.TryGetValue(key, out CudaKernelFunction? f))
+        {
+            lock (s_gate)
+            {
+                if (!s_recomputeLoaded.TryGetValue(key, out f))
+                {
+                    string[] options = [.. Options(s.KeyDim, ElementType, gateKind, ValueBlock, ValueGroups), "-DCHAIN_NOOUT=1"];
+                    CompiledKernel image = KernelCompiler.Build(Source, KernelCompiler.Source(Source), options, _context.Architecture);
+                    f = new CudaKernelFunction(_context, image, ChunkEntry, smem);
+                    CudaException.CheckDriver(Driver.cuFuncSetAttribute(f.Function, PreferredCarveoutAttribute, 100), nameof(Driver.cuFuncSetAttribute));
+                    s_recomputeLoaded[key] = f;
+                }
+            }
+        }
+        void** c = stackalloc void*[17];
+        c[0] = &a->Q; c[1] = &a->K; c[2] = &a->W; c[3] = &a->U; c[4] = &a->A; c[5] = &a->Gate; c[6] = &a->HeadLogDecay; c[7] = &a->S0;
+        c[8] = &a->ST; c[9] = &a->O; c[10] = &a->Seqs; c[11] = &a->Heads; c[12] = &a->KvHeads; c[13] = &a->Dv; c[14] = &a->Scale;
+        c[15] = &a->Hck; c[16] = &a->Dnew;
+        f.Launch((uint)(s.ValueDim / (ValueBlock * ValueGroups)), (uint)s.Heads, (uint)_sequences, (uint)(Threads * ValueGroups), (uint)smem, stream, c);
+    }
+
+    /// <summary>
+    /// Dynamic shared memory of <c>attend_delta_chunk</c> compiled with CHAIN_NOOUT (its C_OFF_* layout without q and A):
+    /// two stages of k, w, gates and each group's u, then per group two state tiles and δ.
+    /// </summary>
+    internal static int RecomputeChainSharedBytes(int keyDim, int valueBlock, int valueGroups)
+    {
+        int stage = 2 * Chunk * keyDim * 2 + valueGroups * Chunk * valueBlock * 2 + Chunk * 4;
+        return 2 * stage + valueGroups * (2 * keyDim * valueBlock * 2 + Chunk * valueBlock * 2);
     }
 
     /// <summary>
@@ -177,28 +283,31 @@ public sealed unsafe partial class CudaDeltaRulePlan
         2 * Chunk * keyDim * 2 + 4 * Chunk * valueDim * 2 + 2 * keyDim * valueDim * 2 + Chunk * keyDim * 2 + 3 * Chunk * 64 * 2 + 4 * Chunk * 4 + 16 * 4;
 
     /// <summary>The NVRTC options of one backward specialisation.</summary>
-    internal static string[] BackwardOptions(int keyDim, int valueDim, ElementType type, int gate) =>
+    internal static string[] BackwardOptions(int keyDim, int valueDim, ElementType type, int gate, int chunkWarps = DefaultChunkWarps) =>
     [
         $"-DDK={keyDim}",
         $"-DDV={valueDim}",
         $"-DELEM_BF16={(type == ElementType.BFloat16 ? 1 : 0)}",
         $"-DGATE={gate}",
+        $"-DCW={chunkWarps}",
         "--use_fast_math",
         "--std=c++17",
     ];
 
-    private static CudaKernelFunction BackwardKernel(CudaContext context, int keyDim, int valueDim, ElementType type, int gate, string entry, int smem)
+    private static CudaKernelFunction BackwardKernel(CudaContext context, int keyDim, int valueDim, ElementType type, int gate, int warps, string entry, int smem)
     {
-        var key = (context, keyDim, valueDim, type, gate, entry);
+        var key = (context, keyDim, valueDim, type, gate, warps, entry);
         if (s_backwardLoaded.TryGetValue(key, out CudaKernelFunction? f)) return f;
         lock (s_gate)
         {
             if (s_backwardLoaded.TryGetValue(key, out f)) return f;
             if (smem > context.MaxSharedBytesPerBlock)
                 throw new NotSupportedException($"{BackwardSource}:{entry} at Dk = {keyDim}, Dv = {valueDim} needs {smem} bytes of shared memory per block; {context.Name} allows {context.MaxSharedBytesPerBlock}.");
-            CompiledKernel image = s_backwardImages.GetOrAdd((context, keyDim, valueDim, type, gate),
-                _ => KernelCompiler.Build(BackwardSource, KernelCompiler.Source(BackwardSource), BackwardOptions(keyDim, valueDim, type, gate), context.Architecture));
+            CompiledKernel image = s_backwardImages.GetOrAdd((context, keyDim, valueDim, type, gate, warps),
+                _ => KernelCompiler.Build(BackwardSource, KernelCompiler.Source(BackwardSource), BackwardOptions(keyDim, valueDim, type, gate, warps), context.Architecture));
             f = new CudaKernelFunction(context, image, entry, smem);
+            if (entry == StateGradientEntry)
+                CudaException.CheckDriver(Driver.cuFuncSetAttribute(f.Function, PreferredCarveoutAttribute, 100), nameof(Driver.cuFuncSetAttribute));
             s_backwardLoaded[key] = f;
             return f;
         }
@@ -207,15 +316,28 @@ public sealed unsafe partial class CudaDeltaRulePlan
     /// <summary>One line per loaded backward kernel: registers, local memory, compile time.</summary>
     public static IEnumerable<string> DescribeBackward()
     {
-        foreach (KeyValuePair<(CudaContext, int, int, ElementType, int, string), CudaKernelFunction> entry in s_backwardLoaded)
+        foreach (KeyValuePair<(CudaContext, int, int, ElementType, int, int, string), CudaKernelFunction> entry in s_backwardLoaded)
         {
-            (_, int dk, int dv, ElementType type, int gate, string kernel) = entry.Key;
+            (_, int dk, int dv, ElementType type, int gate, int warps, string kernel) = entry.Key;
             CudaKernelFunction f = entry.Value;
             string origin = f.Image.FromCache ? "from the disk cache" : string.Create(CultureInfo.InvariantCulture, $"compiled in {f.Image.CompileSeconds:F2} s");
-            yield return $"{BackwardSource}:{kernel} Dk={dk} Dv={dv} {type.ShortName()} gate={gate}: {f.Registers} registers, {f.LocalBytes} B local, {origin}";
+            yield return $"{BackwardSource}:{kernel} Dk={dk} Dv={dv} {type.ShortName()} gate={gate} CW={warps}: {f.Registers} registers, {f.LocalBytes} B local, {origin}";
         }
     }
 
+    /// <summary>Bytes of the backward's buffers (allocated by the first Backward, or by the first Run with a <see cref="KeepForBackward"/>).</summary>
+    public long BackwardBufferBytes
+    {
+        get
+        {
+            LinearShape s = Shape;
+            long stateElements = (long)_chunks * s.Heads * s.KeyDim * s.ValueDim;
+            long valueElements = (long)s.Batch * s.Tokens * s.Heads * s.ValueDim;
+            return 2 * (2 * stateElements + 2 * valueElements + (long)s.Batch * s.Tokens * s.Heads * Chunk);
+        }
+    }
+
+    // Allocates the backward's buffers once (the checkpoints, state gradients, δ, dδ and T).
     private void EnsureBackwardBuffers()
     {
         if (_checkpoints is not null) return;
@@ -227,6 +349,9 @@ public sealed unsafe partial class CudaDeltaRulePlan
         _delta = new DeviceBuffer(_context, Math.Max(4, valueElements * 2));
         _deltaGradient = new DeviceBuffer(_context, Math.Max(4, valueElements * 2));
         _inverse = new DeviceBuffer(_context, Math.Max(4, (long)s.Batch * s.Tokens * s.Heads * Chunk * 2));
+        _side = new CudaStream(_context);
+        _fork = new CudaEvent(_context);
+        _join = new CudaEvent(_context);
     }
 
     private void DisposeBackwardBuffers()
@@ -236,6 +361,9 @@ public sealed unsafe partial class CudaDeltaRulePlan
         _delta?.Dispose();
         _deltaGradient?.Dispose();
         _inverse?.Dispose();
+        _side?.Dispose();
+        _fork?.Dispose();
+        _join?.Dispose();
     }
 
     private static void RequireBytes(DeviceBuffer buffer, string name, long bytes)

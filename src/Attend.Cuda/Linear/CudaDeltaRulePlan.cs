@@ -220,7 +220,8 @@ public sealed unsafe partial class CudaDeltaRulePlan : IDisposable
     /// <c>[B, T, H, Dk]</c> (ChannelGate), else null; <paramref name="initialState"/> and <paramref name="finalState"/>: float32 <c>[N, H, Dk, Dv]</c> or null (zero /
     /// not wanted). The recurrent form may update the state in place (one buffer for both: each CTA reads its own state
     /// slice before it writes it, and no other CTA touches that slice); the chunked form reads the initial state through
-    /// the read-only cache (<c>__restrict__</c>), so it takes two buffers that do not overlap. Allocates nothing.
+    /// the read-only cache (<c>__restrict__</c>), so it takes two buffers that do not overlap. Allocates nothing, except the first
+    /// Run with <see cref="KeepForBackward"/> (the backward's buffers).
     /// </summary>
     /// <exception cref="ArgumentException">Tensors that do not match the plan; the message names the argument.</exception>
     public void Run(CudaTensor q, CudaTensor k, CudaTensor v, DeviceBuffer? beta, DeviceBuffer? gate, DeviceBuffer? initialState, CudaTensor output,
@@ -254,6 +255,7 @@ public sealed unsafe partial class CudaDeltaRulePlan : IDisposable
         if (Form == LinearForm.Chunked && initialState is not null && finalState is not null
             && initialState.Pointer < finalState.Pointer + (ulong)stateBytes && finalState.Pointer < initialState.Pointer + (ulong)stateBytes)
             throw new ArgumentException("The chunked form reads initialState through the read-only cache while it writes finalState; give finalState a buffer that does not overlap initialState (the recurrent form may update in place).", nameof(finalState));
+        _kept = null;
         if (_sequences == 0) return;
 
         var a = new Arguments
@@ -285,14 +287,31 @@ public sealed unsafe partial class CudaDeltaRulePlan : IDisposable
             LaunchChain(&a, stream);
             return;
         }
+        // KeepForBackward: T (and with All the checkpoints and δ) written beside the output (CudaDeltaRuleBackward.cs).
+        bool keep = KeepForBackward != CudaDeltaKeep.None && BackwardRefusal(s, Form, Decay) is null;
+        if (keep)
+        {
+            EnsureBackwardBuffers();
+            a.Tout = _inverse!.Pointer;
+            if (KeepForBackward == CudaDeltaKeep.All)
+            {
+                a.Hck = _checkpoints!.Pointer;
+                a.Dnew = _delta!.Pointer;
+            }
+        }
         if (_chunks > 0)
         {
-            void** p = stackalloc void*[14];
+            void** p = stackalloc void*[15];
             p[0] = &a.Q; p[1] = &a.K; p[2] = &a.V; p[3] = &a.Beta; p[4] = &a.Gate; p[5] = &a.HeadLogDecay; p[6] = &a.W; p[7] = &a.U;
-            p[8] = &a.A; p[9] = &a.Chunks; p[10] = &a.Heads; p[11] = &a.KvHeads; p[12] = &a.Dv; p[13] = &a.Tout;
+            p[8] = &a.A; p[9] = &a.Chunks; p[10] = &a.Heads; p[11] = &a.KvHeads; p[12] = &a.Dv; p[13] = &a.Tout; p[14] = &a.Tin;
             _prepare!.Launch((uint)_chunks, (uint)s.Heads, 1, Threads, (uint)PrepareSharedBytes(s.KeyDim), stream, p);
         }
         LaunchChain(&a, stream);
+        if (keep)
+        {
+            _kept = InputKey(q, k, v, beta, gate, initialState);
+            _keptMode = KeepForBackward;
+        }
     }
 
     // attend_kda_prepare with the arguments in `a` (Q, K, V, Beta, Gate as given; W, U, A and the plan's Q̃, K̂, e^{b_C} scratch).
@@ -322,6 +341,7 @@ public sealed unsafe partial class CudaDeltaRulePlan : IDisposable
     /// <summary>The first kernel alone (w, u and A into the plan's scratch), for the bench's split of the time.</summary>
     internal void RunPrepareOnly(CudaTensor q, CudaTensor k, CudaTensor v, DeviceBuffer? beta, DeviceBuffer? gate, CudaStream? stream)
     {
+        _kept = null;
         if (Form != LinearForm.Chunked || _chunks == 0) return;
         var a = new Arguments
         {
@@ -334,9 +354,9 @@ public sealed unsafe partial class CudaDeltaRulePlan : IDisposable
             LaunchKdaPrepare(&a, stream);
             return;
         }
-        void** p = stackalloc void*[14];
+        void** p = stackalloc void*[15];
         p[0] = &a.Q; p[1] = &a.K; p[2] = &a.V; p[3] = &a.Beta; p[4] = &a.Gate; p[5] = &a.HeadLogDecay; p[6] = &a.W; p[7] = &a.U;
-        p[8] = &a.A; p[9] = &a.Chunks; p[10] = &a.Heads; p[11] = &a.KvHeads; p[12] = &a.Dv; p[13] = &a.Tout;
+        p[8] = &a.A; p[9] = &a.Chunks; p[10] = &a.Heads; p[11] = &a.KvHeads; p[12] = &a.Dv; p[13] = &a.Tout; p[14] = &a.Tin;
         _prepare!.Launch((uint)_chunks, (uint)Shape.Heads, 1, Threads, (uint)PrepareSharedBytes(Shape.KeyDim), stream, p);
     }
 
@@ -435,7 +455,7 @@ public sealed unsafe partial class CudaDeltaRulePlan : IDisposable
     [StructLayout(LayoutKind.Sequential)]
     private struct Arguments
     {
-        public ulong Q, K, V, O, Beta, Gate, HeadLogDecay, S0, ST, W, U, A, Seqs, Chunks, Hck, Dnew, Tout;
+        public ulong Q, K, V, O, Beta, Gate, HeadLogDecay, S0, ST, W, U, A, Seqs, Chunks, Hck, Dnew, Tout, Tin;
         public int Heads, KvHeads, Dv;
         public float Scale;
     }

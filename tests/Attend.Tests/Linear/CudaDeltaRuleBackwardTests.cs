@@ -115,6 +115,87 @@ public class CudaDeltaRuleBackwardTests
         Assert.Contains("-DELEM_BF16=0", CudaDeltaRulePlan.BackwardOptions(128, 64, ElementType.Float16, 1));
         Assert.Contains("-DGATE=0", CudaDeltaRulePlan.BackwardOptions(64, 128, ElementType.BFloat16, 0));
         Assert.Contains("-DDV=128", CudaDeltaRulePlan.BackwardOptions(64, 128, ElementType.BFloat16, 0));
+        // The chunk kernel's warps: the default unless asked for.
+        Assert.Contains($"-DCW={CudaDeltaRulePlan.DefaultChunkWarps}", a);
+        Assert.Contains("-DCW=4", CudaDeltaRulePlan.BackwardOptions(128, 64, ElementType.BFloat16, 1, 4));
+    }
+
+    [Theory]
+    [InlineData(64)]
+    [InlineData(128)]
+    public void TheRecomputedChainFitsAnSmBesideTheReverseChain(int keyDim)
+    {
+        // The backward runs the recomputed chain (no q, A tiles) and the reverse chain at once: one CTA of each must fit an
+        // H100 SM's 228 KB (1 KB reserved per CTA).
+        int chain = CudaDeltaRulePlan.RecomputeChainSharedBytes(keyDim, 16, 1);
+        Assert.True(chain + CudaDeltaRulePlan.BackwardStateSharedBytes(keyDim) + 2 * 1024 <= 228 * 1024,
+            $"Dk = {keyDim}: {chain} + {CudaDeltaRulePlan.BackwardStateSharedBytes(keyDim)} bytes do not fit one SM");
+        // Exactly the forward chain's layout without its two stages of q and A tiles.
+        int dropped = 2 * (CudaDeltaRulePlan.Chunk * keyDim * 2 + CudaDeltaRulePlan.Chunk * 64 * 2);
+        Assert.Equal(CudaDeltaRulePlan.ChunkSharedBytes(keyDim, 16, 1) - dropped, chain);
+        string forward = KernelCompiler.Source(CudaDeltaRulePlan.Source);
+        Assert.Contains("CHAIN_NOOUT", forward);
+        Assert.Contains("Tin", forward);
+    }
+
+    [Attend.Tests.Cuda.CudaFact]
+    public void AKeptForwardGivesTheRecomputedGradients()
+    {
+        CudaContext context = CudaContext.Default;
+        Random rng = TestData.Rng(1220);
+        const int t = 200, h = 2, d = 64;
+        var shape = new LinearShape(1, t, h, h, d, d);
+        var options = new LinearAttentionOptions { Update = LinearUpdate.GatedDelta, Decay = LinearDecay.ScalarGate, Scale = 0.125f };
+        CudaTensor Tensor(bool normalise)
+        {
+            var x = new BFloat16[t * h * d];
+            for (int r = 0; r < t * h; r++)
+            {
+                var row = new double[d];
+                double norm = 0;
+                for (int i = 0; i < d; i++) norm += (row[i] = rng.NextDouble() * 2 - 1) * row[i];
+                for (int i = 0; i < d; i++) x[r * d + i] = (BFloat16)(float)(normalise ? row[i] / Math.Sqrt(norm) : row[i]);
+            }
+            return CudaTensor.FromHost<BFloat16>(context, x, 1, t, h, d);
+        }
+        using CudaTensor q = Tensor(false), k = Tensor(true), v = Tensor(false), dO = Tensor(false), q2 = Tensor(false);
+        using DeviceBuffer beta = DeviceBuffer.From<float>(context, Enumerable.Range(0, t * h).Select(_ => (float)rng.NextDouble()).ToArray());
+        using DeviceBuffer gate = DeviceBuffer.From<float>(context, Enumerable.Range(0, t * h).Select(_ => -(float)rng.NextDouble() / 8).ToArray());
+        using CudaTensor o = CudaTensor.Create(context, ElementType.BFloat16, 1, t, h, d);
+        float[][] Gradients(CudaDeltaKeep keep, CudaTensor forwardQuery, CudaTensor backwardQuery)
+        {
+            using var plan = new CudaDeltaRulePlan(context, shape, ElementType.BFloat16, options) { KeepForBackward = keep };
+            using var dq = new DeviceBuffer(context, t * h * d * 4L);
+            using var dk = new DeviceBuffer(context, t * h * d * 4L);
+            using var dv = new DeviceBuffer(context, t * h * d * 4L);
+            using var db = new DeviceBuffer(context, t * h * 4L);
+            using var dg = new DeviceBuffer(context, t * h * 4L);
+            foreach (DeviceBuffer b in (DeviceBuffer[])[dq, dk, dv, db, dg]) b.Fill(0xFF);
+            plan.Run(forwardQuery, k, v, beta, gate, null, o, null);
+            plan.Backward(backwardQuery, k, v, beta, gate, null, dO, null, dq, dk, dv, db, dg, null);
+            context.Synchronize();
+            return [.. ((DeviceBuffer[])[dq, dk, dv, db, dg]).Select(b =>
+            {
+                var host = new float[b.Bytes / 4];
+                b.CopyTo<float>(host);
+                return host;
+            })];
+        }
+        float[][] none = Gradients(CudaDeltaKeep.None, q, q);
+        void Same(float[][] actual, float[][] expected, double tolerance, string what)
+        {
+            for (int i = 0; i < expected.Length; i++)
+            {
+                double err = TestData.RelativeL2(actual[i], expected[i]);
+                Assert.True(err <= tolerance, $"seed {TestData.RunSeed}: {what}, gradient {i}: rel {err:E2} (NaN counts as unwritten)");
+            }
+        }
+        // All: the forward's own checkpoints and δ, the same arithmetic as the recomputation (the margin only for a rounding flip).
+        Same(Gradients(CudaDeltaKeep.All, q, q), none, 1e-3, "kept all");
+        // Inverse: w and u from the kept T, rounded once more.
+        Same(Gradients(CudaDeltaKeep.Inverse, q, q), none, 1e-2, "kept T");
+        // A Backward given other buffers than the Run's recomputes: the gradients of q2, not of the kept forward.
+        Same(Gradients(CudaDeltaKeep.All, q, q2), Gradients(CudaDeltaKeep.None, q2, q2), 1e-3, "other inputs");
     }
 
     [Attend.Tests.Cuda.NoGpuFact]
