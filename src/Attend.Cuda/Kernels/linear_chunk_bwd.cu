@@ -285,12 +285,21 @@ attend_linear_dstate(
         float* const sB = (float*)(smem + DS_OFF_G + stage * DS_G_BYTES);
         if (tid < DK)
         {
+            // 16 rows at a time: their loads are independent, so the scan waits for one shared-memory latency per 16
+            // rows instead of one per row.
             float run = 0.f;
-#pragma unroll 8
-            for (int x = 0; x < CHUNK; x++)
+#pragma unroll
+            for (int x0 = 0; x0 < CHUNK; x0 += 16)
             {
-                run += sB[x * DK + tid];
-                sB[x * DK + tid] = run;
+                float y[16];
+#pragma unroll
+                for (int i = 0; i < 16; i++) y[i] = sB[(x0 + i) * DK + tid];
+#pragma unroll
+                for (int i = 0; i < 16; i++)
+                {
+                    run += y[i];
+                    sB[(x0 + i) * DK + tid] = run;
+                }
             }
             decayAcc += run;
         }
@@ -1130,3 +1139,530 @@ attend_linear_chunk_bwd(
     (void)dG;
 #endif
 }
+
+#if GATE == 2
+// ---------------------------------------------------------------------------------------------------------------
+// The channel-gate chunk backward with 8 warps (attend_linear_chunk_bwd_cg; the host launches it for GATE 2 in place of
+// attend_linear_chunk_bwd). The same products as above, on two warp groups that run side by side on one CTA per SM
+// (two warps per scheduler instead of one, so one group's exps and loads hide behind the other's products):
+//   group 0 (warps 0–3): phase Q (dA, dq, q ⊙ dq) for its 16 rows as queries, then dv of the odd value blocks;
+//   group 1 (warps 4–7): phase K (dAᵀ, dk, − k ⊙ dk) for the same 16 rows as keys, then dv of the even value blocks
+//   (each group recomputes Aᵀ of its rows: 64 products, against 96 or 192 more on the busier group).
+// H0 and dH both sit in shared memory from the start (the second cp.async group, behind the tiles and the gate the
+// cumulative scan needs first). The gate gradient's two parts go to shared tiles (q ⊙ dq into H0's region once group 0
+// has read H0, − k ⊙ dk into its own), and after the last barrier thread c < DK runs the reverse cumulative sum down
+// key channel c in shared memory (a global read-modify-write per row before: a dependent global latency per step),
+// starting from ⟨S_C, dH⟩_c (dH from shared memory, S_C's row read with every load in flight). The per-warp factors of
+// the state terms (scale · e^{b_r} on H0, e^{b_C − b_r} on dH) are computed once per chunk into a small table.
+// ---------------------------------------------------------------------------------------------------------------
+#define CG_NT (2 * NT)
+#define CG_OFF_H0 OFF_X                                       // H0, then (group 0, after its last H0 read) q ⊙ dq
+#define CG_OFF_DH (CG_OFF_H0 + MAXVB * S_BYTES)
+#define CG_OFF_B (CG_OFF_DH + MAXVB * S_BYTES)
+#define CG_OFF_PK (CG_OFF_B + CHUNK * DKP * 4)                // − k ⊙ dk, [CHUNK][DK] float32 (swizzled, pidx)
+#define CG_OFF_F (CG_OFF_PK + CHUNK * DK * 4)                 // [2][4][DK] float32: scale · e^{b_r}, e^{b_C − b_r} per warp
+#define CG_SMEM_BYTES (CG_OFF_F + 2 * NWARPS * DK * 4)
+
+// Index of (row, col) in a [CHUNK][DK] float32 tile whose columns are XOR-swizzled by row (conflict-free float2 stores
+// from the mma layout, conflict-free row reads by column); col and col ^ 1 stay adjacent.
+__device__ __forceinline__ int pidx(int row, int col) { return row * DK + (col ^ ((row & 7) << 3)); }
+
+__device__ __forceinline__ void group_bar0() { asm volatile("bar.sync 1, 128;\n" ::: "memory"); }
+
+extern "C" __global__ void __launch_bounds__(CG_NT, 1)
+attend_linear_chunk_bwd_cg(
+    const elem_t* __restrict__ Q, const elem_t* __restrict__ K, const elem_t* __restrict__ V, const elem_t* __restrict__ dO,
+    const float* __restrict__ gate,           // [tokens, H, DK]
+    const float* __restrict__ headLogDecay,   // unused (the channel gate has no fixed form)
+    const elem_t* __restrict__ H0s,           // [chunks, H, DK, dv]: the state at each chunk's start
+    const elem_t* __restrict__ dHs,           // [chunks, H, DK, dv]: the gradient of the state at each chunk's end
+    const float* __restrict__ finalStates,    // [N, H, DK, dv]: each sequence's final state (read for dG only)
+    float* __restrict__ dQ, float* __restrict__ dK, float* __restrict__ dV,
+    float* __restrict__ dG,                   // like `gate`, or null (not wanted)
+    const LinChunk* __restrict__ chunks,      // pad: 1 for a sequence's last chunk
+    int heads, int kvHeads, int dv, float scale)
+{
+    extern __shared__ __align__(128) unsigned char smem[];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int grp = warp >> 2, w = warp & 3, gtid = tid & (NT - 1);
+    const int g = lane >> 2, t = lane & 3;
+    const int h = blockIdx.y, ci = blockIdx.x;
+    const LinChunk ch = chunks[ci];
+    const int len = ch.len;
+    const int group = heads / kvHeads, hk = h / group;
+    const bool add = group > 1;
+    const int nvb = dv / BV;
+    const long long qStride = (long long)heads * DK, kStride = (long long)kvHeads * DK;
+    const long long vStride = (long long)kvHeads * dv, oStride = (long long)heads * dv;
+    const long long tok0 = ch.tokStart;
+    const elem_t* qBase = Q + tok0 * qStride + (long long)h * DK;
+    const elem_t* kBase = K + tok0 * kStride + (long long)hk * DK;
+    const elem_t* vBase = V + tok0 * vStride + (long long)hk * dv;
+    const elem_t* oBase = dO + tok0 * oStride + (long long)h * dv;
+    const long long stateAt = ((long long)ci * heads + h) * DK * dv;
+    const unsigned base = smem_addr(smem);
+    const unsigned sQ = base + OFF_Q, sK = base + OFF_K;
+    const int wr = 16 * w;
+    float* const sB = (float*)(smem + CG_OFF_B);
+    float* const sPq = (float*)(smem + CG_OFF_H0);
+    float* const sPk = (float*)(smem + CG_OFF_PK);
+    const float* const sFH0 = (const float*)(smem + CG_OFF_F);   // [4][DK]: scale · e^{b_r}
+    const float* const sFDH = sFH0 + NWARPS * DK;                // [4][DK]: e^{b_C − b_r}
+    (void)headLogDecay;
+
+    // The tiles and the gate first (one group each half of the CTA), the states second.
+    if (grp == 0)
+    {
+        load_tile<CHUNK>(sQ, qBase, qStride, len, gtid);
+        for (int vb = 0; vb < nvb; vb++) load_vtile(base + OFF_V + vb * V_BYTES, vBase + vb * BV, vStride, len, gtid);
+        load_gtile(base + CG_OFF_B, gate + (tok0 * heads + h) * DK, (long long)heads * DK, len, DKP, gtid);
+        cp_async_commit();
+        for (int vb = 0; vb < nvb; vb++) load_stile(base + CG_OFF_H0 + vb * S_BYTES, H0s + stateAt + vb * BV, dv, gtid);
+    }
+    else
+    {
+        load_tile<CHUNK>(sK, kBase, kStride, len, gtid);
+        for (int vb = 0; vb < nvb; vb++) load_vtile(base + OFF_DO + vb * V_BYTES, oBase + vb * BV, oStride, len, gtid);
+        cp_async_commit();
+        for (int vb = 0; vb < nvb; vb++) load_stile(base + CG_OFF_DH + vb * S_BYTES, dHs + stateAt + vb * BV, dv, gtid);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+
+    // The in-chunk cumulative log decay, in place: thread (part p, channel c) scans rows p·RP .. p·RP + RP − 1 in
+    // registers, then adds the earlier parts' totals (rows past len hold zero gates: b stays at b_{len−1}).
+    {
+        constexpr int PARTS = CG_NT / DK, RP = CHUNK / PARTS;
+        const int c = tid % DK, p = tid / DK;
+        float x[RP];
+#pragma unroll
+        for (int i = 0; i < RP; i++) x[i] = sB[(p * RP + i) * DKP + c];
+#pragma unroll
+        for (int i = 1; i < RP; i++) x[i] += x[i - 1];
+        float* const tot = sPk;   // scratch: the parts' totals (the tile is written much later)
+        tot[p * DK + c] = x[RP - 1];
+        __syncthreads();
+        float off = 0.f;
+        for (int q = 0; q < p; q++) off += tot[q * DK + c];
+#pragma unroll
+        for (int i = 0; i < RP; i++) sB[(p * RP + i) * DKP + c] = x[i] + off;
+    }
+    __syncthreads();
+    for (int i = tid; i < NWARPS * DK; i += CG_NT)
+    {
+        const int ww = i / DK, c = i % DK;
+        const float r = sB[(16 * ww + 15) * DKP + c];
+        float* f = (float*)(smem + CG_OFF_F);
+        f[i] = scale * exp_e(r);
+        f[NWARPS * DK + i] = exp_e(sB[(CHUNK - 1) * DKP + c] - r);
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+    const int rr = wr + 15;   // this warp's reference row: e^{b_t − b_s} = e^{b_t − b_rr} e^{b_rr − b_s}
+
+    if (grp == 0)
+    {
+        // ---- Phase Q: this warp's rows as queries. ----
+        float da[8][4];
+#pragma unroll
+        for (int j = 0; j < 8; j++) da[j][0] = da[j][1] = da[j][2] = da[j][3] = 0.f;
+        for (int vb = 0; vb < nvb; vb++)
+        {
+            const unsigned sV = base + OFF_V + vb * V_BYTES, sO = base + OFF_DO + vb * V_BYTES;
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++)
+            {
+                unsigned a0, a1, a2, a3;
+                ldsm_x4(sO + voff(wr + (lane & 15), 2 * kk + (lane >> 4)), a0, a1, a2, a3);
+#pragma unroll
+                for (int np = 0; np < 4; np++)
+                {
+                    if (np > w) break;
+                    unsigned b0, b1, b2, b3;
+                    ldsm_x4(sV + voff(np * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)), b0, b1, b2, b3);
+                    mma16816(da[2 * np], a0, a1, a2, a3, b0, b1);
+                    mma16816(da[2 * np + 1], a0, a1, a2, a3, b2, b3);
+                }
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+        {
+            if (j > 2 * w + 1) break;
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+            {
+                const int row = wr + g + 8 * (e >> 1), col = 8 * j + 2 * t + (e & 1);
+                if (col > row) da[j][e] = 0.f;
+            }
+        }
+
+        // dQ = scale · e^{b_t − b_r} ⊙ (dA (K ⊙ e^{b_r − b_s}) + dO (H0 ⊙ e^{b_r})ᵀ), the scale in the dA operand (rounded
+        // as group 1 rounds scale·dAᵀ) and in the state factor.
+        float dq[DK / 8][4];
+#pragma unroll
+        for (int j = 0; j < DK / 8; j++) dq[j][0] = dq[j][1] = dq[j][2] = dq[j][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++)
+        {
+            if (kk > w) break;
+            const unsigned p0 = pack2(da[2 * kk][0] * scale, da[2 * kk][1] * scale);
+            const unsigned p1 = pack2(da[2 * kk][2] * scale, da[2 * kk][3] * scale);
+            const unsigned p2 = pack2(da[2 * kk + 1][0] * scale, da[2 * kk + 1][1] * scale);
+            const unsigned p3 = pack2(da[2 * kk + 1][2] * scale, da[2 * kk + 1][3] * scale);
+#pragma unroll
+            for (int dp = 0; dp < DK / 16; dp++)
+            {
+                unsigned b0, b1, b2, b3;
+                ldsm_x4_t(sK + tile_offset(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), 2 * dp + (lane >> 4)), b0, b1, b2, b3);
+                {
+                    // b0/b2: keys s, s+1; b1/b3: keys s+8, s+9; b0/b1 channel c, b2/b3 channel c + 8.
+                    const int s = kk * 16 + 2 * t, c = dp * 16 + g;
+                    const float r0 = sB[rr * DKP + c], r1 = sB[rr * DKP + c + 8];
+                    b0 = pack2(elem_lo(b0) * exp_e(r0 - sB[s * DKP + c]), elem_hi(b0) * exp_e(r0 - sB[(s + 1) * DKP + c]));
+                    b1 = pack2(elem_lo(b1) * exp_e(r0 - sB[(s + 8) * DKP + c]), elem_hi(b1) * exp_e(r0 - sB[(s + 9) * DKP + c]));
+                    b2 = pack2(elem_lo(b2) * exp_e(r1 - sB[s * DKP + c + 8]), elem_hi(b2) * exp_e(r1 - sB[(s + 1) * DKP + c + 8]));
+                    b3 = pack2(elem_lo(b3) * exp_e(r1 - sB[(s + 8) * DKP + c + 8]), elem_hi(b3) * exp_e(r1 - sB[(s + 9) * DKP + c + 8]));
+                }
+                mma16816(dq[2 * dp], p0, p1, p2, p3, b0, b1);
+                mma16816(dq[2 * dp + 1], p0, p1, p2, p3, b2, b3);
+            }
+        }
+        for (int vb = 0; vb < nvb; vb++)
+        {
+            const unsigned sO = base + OFF_DO + vb * V_BYTES, sX = base + CG_OFF_H0 + vb * S_BYTES;
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++)
+            {
+                unsigned a0, a1, a2, a3;
+                ldsm_x4(sO + voff(wr + (lane & 15), 2 * kk + (lane >> 4)), a0, a1, a2, a3);
+#pragma unroll
+                for (int np = 0; np < DK / 16; np++)
+                {
+                    unsigned b0, b1, b2, b3;
+                    ldsm_x4(sX + voff(np * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)), b0, b1, b2, b3);
+                    // b0/b1: channel np·16 + g, b2/b3: that + 8 (state rows).
+                    const float f0 = sFH0[w * DK + np * 16 + g], f1 = sFH0[w * DK + np * 16 + 8 + g];
+                    b0 = scale2(b0, f0); b1 = scale2(b1, f0); b2 = scale2(b2, f1); b3 = scale2(b3, f1);
+                    mma16816(dq[2 * np], a0, a1, a2, a3, b0, b1);
+                    mma16816(dq[2 * np + 1], a0, a1, a2, a3, b2, b3);
+                }
+            }
+        }
+        group_bar0();   // group 0 is done with H0: its region takes q ⊙ dq
+#pragma unroll
+        for (int j = 0; j < DK / 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+            {
+                const int row = wr + g + 8 * (e >> 1), col = 8 * j + 2 * t + (e & 1);
+                dq[j][e] *= exp_e(fminf(sB[row * DKP + col] - sB[rr * DKP + col], 80.f));
+            }
+        write_rows<DK / 8>(dQ + (long long)h * DK, dq, tok0, qStride, wr, len, g, t, false, 1.f);
+
+        // q ⊙ dq, its diagonal pair left out (recomputed with the products' own roundings; see attend_linear_chunk_bwd).
+        if (dG != 0)
+        {
+            float dd0, dd1;
+            quad_diagonal(da, wr, g, t, dd0, dd1);
+            dd0 = rnd_elem(dd0 * scale);
+            dd1 = rnd_elem(dd1 * scale);
+#pragma unroll
+            for (int half = 0; half < 2; half++)
+            {
+                const int row = wr + g + 8 * half;
+                const float dd = half ? dd1 : dd0;
+#pragma unroll
+                for (int j = 0; j < DK / 8; j++)
+                {
+                    const int col = 8 * j + 2 * t;
+                    const unsigned qp = tile_pair(smem + OFF_Q, row, col), kp = tile_pair(smem + OFF_K, row, col);
+                    const float r0 = sB[rr * DKP + col], r1 = sB[rr * DKP + col + 1];
+                    const float b0 = sB[row * DKP + col], b1 = sB[row * DKP + col + 1];
+                    const float k0 = rnd_elem(elem_lo(kp) * exp_e(r0 - b0)) * exp_e(fminf(b0 - r0, 80.f));
+                    const float k1 = rnd_elem(elem_hi(kp) * exp_e(r1 - b1)) * exp_e(fminf(b1 - r1, 80.f));
+                    *(float2*)(sPq + pidx(row, col)) = make_float2((dq[j][2 * half] - dd * k0) * elem_lo(qp), (dq[j][2 * half + 1] - dd * k1) * elem_hi(qp));
+                }
+            }
+        }
+    }
+    else
+    {
+        // ---- Phase K: this warp's rows as keys. dAᵀ = V dOᵀ for the queries from this warp's own block on (t ≥ s). ----
+        float dat[8][4];
+#pragma unroll
+        for (int j = 0; j < 8; j++) dat[j][0] = dat[j][1] = dat[j][2] = dat[j][3] = 0.f;
+        for (int vb = 0; vb < nvb; vb++)
+        {
+            const unsigned sV = base + OFF_V + vb * V_BYTES, sO = base + OFF_DO + vb * V_BYTES;
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++)
+            {
+                unsigned a0, a1, a2, a3;
+                ldsm_x4(sV + voff(wr + (lane & 15), 2 * kk + (lane >> 4)), a0, a1, a2, a3);
+#pragma unroll
+                for (int np = 0; np < 4; np++)
+                {
+                    if (np < w) continue;
+                    unsigned b0, b1, b2, b3;
+                    ldsm_x4(sO + voff(np * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)), b0, b1, b2, b3);
+                    mma16816(dat[2 * np], a0, a1, a2, a3, b0, b1);
+                    mma16816(dat[2 * np + 1], a0, a1, a2, a3, b2, b3);
+                }
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+        {
+            if (j < 2 * w) continue;
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+            {
+                const int row = wr + g + 8 * (e >> 1), col = 8 * j + 2 * t + (e & 1);
+                if (col < row) dat[j][e] = 0.f;
+            }
+        }
+
+        // dK = e^{b_r − b_s} ⊙ (scale · dAᵀ (Q ⊙ e^{b_t − b_r}) + V (dH ⊙ e^{b_C − b_r})ᵀ).
+        float dk[DK / 8][4];
+#pragma unroll
+        for (int j = 0; j < DK / 8; j++) dk[j][0] = dk[j][1] = dk[j][2] = dk[j][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++)
+        {
+            if (kk < w) continue;
+            const unsigned p0 = pack2(dat[2 * kk][0] * scale, dat[2 * kk][1] * scale);
+            const unsigned p1 = pack2(dat[2 * kk][2] * scale, dat[2 * kk][3] * scale);
+            const unsigned p2 = pack2(dat[2 * kk + 1][0] * scale, dat[2 * kk + 1][1] * scale);
+            const unsigned p3 = pack2(dat[2 * kk + 1][2] * scale, dat[2 * kk + 1][3] * scale);
+#pragma unroll
+            for (int dp = 0; dp < DK / 16; dp++)
+            {
+                unsigned b0, b1, b2, b3;
+                ldsm_x4_t(sQ + tile_offset(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), 2 * dp + (lane >> 4)), b0, b1, b2, b3);
+                {
+                    // b0/b2: queries u, u+1; b1/b3: u+8, u+9; b0/b1 channel c, b2/b3 channel c + 8. Clamped on the diagonal block.
+                    const int u = kk * 16 + 2 * t, c = dp * 16 + g;
+                    const float r0 = sB[rr * DKP + c], r1 = sB[rr * DKP + c + 8];
+                    b0 = pack2(elem_lo(b0) * exp_e(fminf(sB[u * DKP + c] - r0, 80.f)), elem_hi(b0) * exp_e(fminf(sB[(u + 1) * DKP + c] - r0, 80.f)));
+                    b1 = pack2(elem_lo(b1) * exp_e(fminf(sB[(u + 8) * DKP + c] - r0, 80.f)), elem_hi(b1) * exp_e(fminf(sB[(u + 9) * DKP + c] - r0, 80.f)));
+                    b2 = pack2(elem_lo(b2) * exp_e(fminf(sB[u * DKP + c + 8] - r1, 80.f)), elem_hi(b2) * exp_e(fminf(sB[(u + 1) * DKP + c + 8] - r1, 80.f)));
+                    b3 = pack2(elem_lo(b3) * exp_e(fminf(sB[(u + 8) * DKP + c + 8] - r1, 80.f)), elem_hi(b3) * exp_e(fminf(sB[(u + 9) * DKP + c + 8] - r1, 80.f)));
+                }
+                mma16816(dk[2 * dp], p0, p1, p2, p3, b0, b1);
+                mma16816(dk[2 * dp + 1], p0, p1, p2, p3, b2, b3);
+            }
+        }
+        for (int vb = 0; vb < nvb; vb++)
+        {
+            const unsigned sV = base + OFF_V + vb * V_BYTES, sX = base + CG_OFF_DH + vb * S_BYTES;
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++)
+            {
+                unsigned a0, a1, a2, a3;
+                ldsm_x4(sV + voff(wr + (lane & 15), 2 * kk + (lane >> 4)), a0, a1, a2, a3);
+#pragma unroll
+                for (int np = 0; np < DK / 16; np++)
+                {
+                    unsigned b0, b1, b2, b3;
+                    ldsm_x4(sX + voff(np * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)), b0, b1, b2, b3);
+                    const float f0 = sFDH[w * DK + np * 16 + g], f1 = sFDH[w * DK + np * 16 + 8 + g];
+                    b0 = scale2(b0, f0); b1 = scale2(b1, f0); b2 = scale2(b2, f1); b3 = scale2(b3, f1);
+                    mma16816(dk[2 * np], a0, a1, a2, a3, b0, b1);
+                    mma16816(dk[2 * np + 1], a0, a1, a2, a3, b2, b3);
+                }
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < DK / 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+            {
+                const int row = wr + g + 8 * (e >> 1), col = 8 * j + 2 * t + (e & 1);
+                dk[j][e] *= exp_e(sB[rr * DKP + col] - sB[row * DKP + col]);
+            }
+        write_rows<DK / 8>(dK + (long long)hk * DK, dk, tok0, kStride, wr, len, g, t, add, 1.f);
+
+        // − k ⊙ dk (this head's dk, before any sum over a group), its diagonal term left out.
+        if (dG != 0)
+        {
+            float dd0, dd1;
+            quad_diagonal(dat, wr, g, t, dd0, dd1);
+            dd0 = rnd_elem(dd0 * scale);
+            dd1 = rnd_elem(dd1 * scale);
+#pragma unroll
+            for (int half = 0; half < 2; half++)
+            {
+                const int row = wr + g + 8 * half;
+                const float dd = half ? dd1 : dd0;
+#pragma unroll
+                for (int j = 0; j < DK / 8; j++)
+                {
+                    const int col = 8 * j + 2 * t;
+                    const unsigned kp = tile_pair(smem + OFF_K, row, col), qp = tile_pair(smem + OFF_Q, row, col);
+                    const float r0 = sB[rr * DKP + col], r1 = sB[rr * DKP + col + 1];
+                    const float b0 = sB[row * DKP + col], b1 = sB[row * DKP + col + 1];
+                    const float q0 = rnd_elem(elem_lo(qp) * exp_e(fminf(b0 - r0, 80.f))) * exp_e(r0 - b0);
+                    const float q1 = rnd_elem(elem_hi(qp) * exp_e(fminf(b1 - r1, 80.f))) * exp_e(r1 - b1);
+                    *(float2*)(sPk + pidx(row, col)) = make_float2(-(dk[j][2 * half] - dd * q0) * elem_lo(kp), -(dk[j][2 * half + 1] - dd * q1) * elem_hi(kp));
+                }
+            }
+        }
+    }
+
+    // ---- Both groups: dV = Aᵀ dO + (K ⊙ e^{b_C − b_s}) dH for this warp's rows as keys, group 1 the even value blocks,
+    // group 0 the odd. Aᵀ = scale · (K ⊙ e^{b_r − b_s}) (Q ⊙ e^{b_t − b_r})ᵀ (t ≥ s). ----
+    if (1 - grp < nvb)   // dv = 64: group 1 alone
+    {
+        float at[8][4];
+#pragma unroll
+        for (int j = 0; j < 8; j++) at[j][0] = at[j][1] = at[j][2] = at[j][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < KS; kk++)
+        {
+            unsigned a0, a1, a2, a3;
+            ldsm_x4(sK + tile_offset(wr + (lane & 15), 2 * kk + (lane >> 4)), a0, a1, a2, a3);
+            {
+                // a0: row s = wr + g, channels c, c+1; a1: row s + 8; a2: row s, channels c + 8, c + 9; a3: row s + 8, c + 8.
+                const int s = wr + g, c = kk * 16 + 2 * t;
+                const float r0 = sB[rr * DKP + c], r1 = sB[rr * DKP + c + 1], r8 = sB[rr * DKP + c + 8], r9 = sB[rr * DKP + c + 9];
+                a0 = pack2(elem_lo(a0) * exp_e(r0 - sB[s * DKP + c]), elem_hi(a0) * exp_e(r1 - sB[s * DKP + c + 1]));
+                a1 = pack2(elem_lo(a1) * exp_e(r0 - sB[(s + 8) * DKP + c]), elem_hi(a1) * exp_e(r1 - sB[(s + 8) * DKP + c + 1]));
+                a2 = pack2(elem_lo(a2) * exp_e(r8 - sB[s * DKP + c + 8]), elem_hi(a2) * exp_e(r9 - sB[s * DKP + c + 9]));
+                a3 = pack2(elem_lo(a3) * exp_e(r8 - sB[(s + 8) * DKP + c + 8]), elem_hi(a3) * exp_e(r9 - sB[(s + 8) * DKP + c + 9]));
+            }
+#pragma unroll
+            for (int np = 0; np < 4; np++)
+            {
+                if (np < w) continue;
+                unsigned b0, b1, b2, b3;
+                ldsm_x4(sQ + tile_offset(np * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)), b0, b1, b2, b3);
+                {
+                    // b0: query u = np·16 + g, channels c, c+1; b1: u, c + 8, c + 9; b2: u + 8, c, c+1; b3: u + 8, c + 8, c + 9.
+                    const int u = np * 16 + g, c = kk * 16 + 2 * t;
+                    const float r0 = sB[rr * DKP + c], r1 = sB[rr * DKP + c + 1], r8 = sB[rr * DKP + c + 8], r9 = sB[rr * DKP + c + 9];
+                    b0 = pack2(elem_lo(b0) * exp_e(fminf(sB[u * DKP + c] - r0, 80.f)), elem_hi(b0) * exp_e(fminf(sB[u * DKP + c + 1] - r1, 80.f)));
+                    b1 = pack2(elem_lo(b1) * exp_e(fminf(sB[u * DKP + c + 8] - r8, 80.f)), elem_hi(b1) * exp_e(fminf(sB[u * DKP + c + 9] - r9, 80.f)));
+                    b2 = pack2(elem_lo(b2) * exp_e(fminf(sB[(u + 8) * DKP + c] - r0, 80.f)), elem_hi(b2) * exp_e(fminf(sB[(u + 8) * DKP + c + 1] - r1, 80.f)));
+                    b3 = pack2(elem_lo(b3) * exp_e(fminf(sB[(u + 8) * DKP + c + 8] - r8, 80.f)), elem_hi(b3) * exp_e(fminf(sB[(u + 8) * DKP + c + 9] - r9, 80.f)));
+                }
+                mma16816(at[2 * np], a0, a1, a2, a3, b0, b1);
+                mma16816(at[2 * np + 1], a0, a1, a2, a3, b2, b3);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+        {
+            if (j < 2 * w) continue;
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+            {
+                const int row = wr + g + 8 * (e >> 1), col = 8 * j + 2 * t + (e & 1);
+                if (col < row) at[j][e] = 0.f;
+                else at[j][e] *= scale;
+            }
+        }
+        for (int vb = 1 - grp; vb < nvb; vb += 2)
+        {
+            const unsigned sO = base + OFF_DO + vb * V_BYTES, sX = base + CG_OFF_DH + vb * S_BYTES;
+            float dvv[8][4];
+#pragma unroll
+            for (int j = 0; j < 8; j++) dvv[j][0] = dvv[j][1] = dvv[j][2] = dvv[j][3] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++)
+            {
+                if (kk < w) continue;
+                const unsigned p0 = pack2(at[2 * kk][0], at[2 * kk][1]);
+                const unsigned p1 = pack2(at[2 * kk][2], at[2 * kk][3]);
+                const unsigned p2 = pack2(at[2 * kk + 1][0], at[2 * kk + 1][1]);
+                const unsigned p3 = pack2(at[2 * kk + 1][2], at[2 * kk + 1][3]);
+#pragma unroll
+                for (int dp = 0; dp < 4; dp++)
+                {
+                    unsigned b0, b1, b2, b3;
+                    ldsm_x4_t(sO + voff(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), 2 * dp + (lane >> 4)), b0, b1, b2, b3);
+                    mma16816(dvv[2 * dp], p0, p1, p2, p3, b0, b1);
+                    mma16816(dvv[2 * dp + 1], p0, p1, p2, p3, b2, b3);
+                }
+            }
+#pragma unroll
+            for (int kk = 0; kk < KS; kk++)
+            {
+                unsigned a0, a1, a2, a3;
+                ldsm_x4(sK + tile_offset(wr + (lane & 15), 2 * kk + (lane >> 4)), a0, a1, a2, a3);
+                {
+                    const int s = wr + g, c = kk * 16 + 2 * t;
+                    const float* bl = sB + (CHUNK - 1) * DKP;
+                    a0 = pack2(elem_lo(a0) * exp_e(bl[c] - sB[s * DKP + c]), elem_hi(a0) * exp_e(bl[c + 1] - sB[s * DKP + c + 1]));
+                    a1 = pack2(elem_lo(a1) * exp_e(bl[c] - sB[(s + 8) * DKP + c]), elem_hi(a1) * exp_e(bl[c + 1] - sB[(s + 8) * DKP + c + 1]));
+                    a2 = pack2(elem_lo(a2) * exp_e(bl[c + 8] - sB[s * DKP + c + 8]), elem_hi(a2) * exp_e(bl[c + 9] - sB[s * DKP + c + 9]));
+                    a3 = pack2(elem_lo(a3) * exp_e(bl[c + 8] - sB[(s + 8) * DKP + c + 8]), elem_hi(a3) * exp_e(bl[c + 9] - sB[(s + 8) * DKP + c + 9]));
+                }
+#pragma unroll
+                for (int dp = 0; dp < 4; dp++)
+                {
+                    unsigned b0, b1, b2, b3;
+                    ldsm_x4_t(sX + voff(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), 2 * dp + (lane >> 4)), b0, b1, b2, b3);
+                    mma16816(dvv[2 * dp], a0, a1, a2, a3, b0, b1);
+                    mma16816(dvv[2 * dp + 1], a0, a1, a2, a3, b2, b3);
+                }
+            }
+            write_rows<8>(dV + (long long)hk * dv + vb * BV, dvv, tok0, vStride, wr, len, g, t, add, 1.f);
+        }
+    }
+
+    // ---- The gate gradient: d log α_r = ⟨S_C, dH⟩ + Σ_{t ≥ r in the chunk} (q ⊙ dq − k ⊙ dk)_t, thread c < DK down key
+    // channel c (S_C: the next chunk's checkpoint, or the sequence's final state after its last chunk). ----
+    if (dG != 0)
+    {
+        __syncthreads();   // both parts of every row are in the shared tiles
+        if (tid < DK)
+        {
+            const int c = tid;
+            float run = 0.f;
+            const elem_t* sNext = H0s + stateAt + (long long)heads * DK * dv + (long long)c * dv;
+            const float* sFinal = finalStates + (((long long)ch.seq * heads + h) * DK + c) * dv;
+#pragma unroll
+            for (int vb = 0; vb < MAXVB; vb++)
+            {
+                if (vb >= nvb) break;
+                float sv[BV];
+                if (ch.pad)
+                {
+#pragma unroll
+                    for (int j = 0; j < BV; j += 4)
+                    {
+                        const float4 a = *(const float4*)(sFinal + vb * BV + j);
+                        sv[j] = a.x; sv[j + 1] = a.y; sv[j + 2] = a.z; sv[j + 3] = a.w;
+                    }
+                }
+                else
+                {
+#pragma unroll
+                    for (int j = 0; j < BV; j += 8)
+                    {
+                        const uint4 e = *(const uint4*)(sNext + vb * BV + j);
+                        sv[j] = elem_lo(e.x); sv[j + 1] = elem_hi(e.x); sv[j + 2] = elem_lo(e.y); sv[j + 3] = elem_hi(e.y);
+                        sv[j + 4] = elem_lo(e.z); sv[j + 5] = elem_hi(e.z); sv[j + 6] = elem_lo(e.w); sv[j + 7] = elem_hi(e.w);
+                    }
+                }
+#pragma unroll
+                for (int j = 0; j < BV / 8; j++)
+                {
+                    const uint4 d = *(const uint4*)(smem + CG_OFF_DH + vb * S_BYTES + voff(c, j));
+                    run += sv[8 * j] * elem_lo(d.x) + sv[8 * j + 1] * elem_hi(d.x) + sv[8 * j + 2] * elem_lo(d.y) + sv[8 * j + 3] * elem_hi(d.y)
+                         + sv[8 * j + 4] * elem_lo(d.z) + sv[8 * j + 5] * elem_hi(d.z) + sv[8 * j + 6] * elem_lo(d.w) + sv[8 * j + 7] * elem_hi(d.w);
+                }
+            }
+            float* out = dG + (tok0 * heads + h) * DK + c;
+#pragma unroll 8
+            for (int x = len - 1; x >= 0; x--)
+            {
+                run += sPq[pidx(x, c)] + sPk[pidx(x, c)];
+                out[(long long)x * heads * DK] = run;
+            }
+        }
+    }
+}
+#endif

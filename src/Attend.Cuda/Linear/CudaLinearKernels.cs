@@ -46,6 +46,16 @@ internal static class CudaLinearKernels
     public const string BackwardSource = "linear_chunk_bwd.cu";
     public const string BackwardEntry = "attend_linear_chunk_bwd";
     public const string StateGradientEntry = "attend_linear_dstate";
+    public const string ChannelBackwardEntry = "attend_linear_chunk_bwd_cg";
+
+    /// <summary>Threads per CTA of <c>attend_linear_chunk_bwd_cg</c> (two groups of 4 warps).</summary>
+    public const int ChannelBackwardThreads = 256;
+
+    /// <summary>
+    /// Development switch: <c>ATTEND_LINEAR_GLA_BWD=1</c> runs the channel gate's chunk backward on the 4-warp
+    /// <c>attend_linear_chunk_bwd</c> (the version before <c>attend_linear_chunk_bwd_cg</c>), for side-by-side timings.
+    /// </summary>
+    public static bool ChannelBackwardFourWarps { get; } = Environment.GetEnvironmentVariable("ATTEND_LINEAR_GLA_BWD") == "1";
     public const string PrepSource = "linear_prep.cu";
 
     /// <summary>Value columns the chunked backward holds per CTA at most (one or two 64-column blocks).</summary>
@@ -99,6 +109,14 @@ internal static class CudaLinearKernels
         };
     }
 
+    /// <summary>
+    /// Dynamic shared memory of <c>attend_linear_chunk_bwd_cg</c> (mirrors its CG_OFF_* layout): Q, K, two V and dO
+    /// blocks, H0 and dH (two blocks each), the cumulative gate tile <c>[64][Dk + 4]</c>, the key part of the gate
+    /// gradient <c>[64][Dk]</c> and the per-warp state factors <c>[2][4][Dk]</c>, all float32 past the element tiles.
+    /// </summary>
+    public static int ChannelBackwardSharedBytes(int keyDim) =>
+        2 * Chunk * keyDim * 2 + 4 * Chunk * ValueBlock * 2 + 4 * keyDim * ValueBlock * 2 + Chunk * (keyDim + 4) * 4 + Chunk * keyDim * 4 + 8 * keyDim * 4;
+
     /// <summary>Dynamic shared memory of <c>attend_linear_dstate</c>: Q, one dO block and the raw gates (none, 64 scalars or a [64][Dk] tile), two stages each.</summary>
     public static int StateGradientSharedBytes(int keyDim, CudaLinearGate gate)
     {
@@ -113,6 +131,9 @@ internal static class CudaLinearKernels
 
     public static CudaKernelFunction ChunkBackward(CudaContext context, int keyDim, ElementType type, CudaLinearGate gate) =>
         Get(context, BackwardSource, BackwardEntry, keyDim, type, gate, BackwardSharedBytes(keyDim, gate));
+
+    public static CudaKernelFunction ChannelBackward(CudaContext context, int keyDim) =>
+        Get(context, BackwardSource, ChannelBackwardEntry, keyDim, ElementType.BFloat16, CudaLinearGate.Channel, ChannelBackwardSharedBytes(keyDim));
 
     public static CudaKernelFunction StateGradient(CudaContext context, int keyDim, ElementType type, CudaLinearGate gate) =>
         Get(context, BackwardSource, StateGradientEntry, keyDim, type, gate, StateGradientSharedBytes(keyDim, gate));
