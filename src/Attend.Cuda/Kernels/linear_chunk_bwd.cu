@@ -1149,25 +1149,34 @@ attend_linear_chunk_bwd(
 //   group 1 (warps 4–7): phase K (dAᵀ, dk, − k ⊙ dk) for the same 16 rows as keys, then dv of the even value blocks
 //   (each group recomputes Aᵀ of its rows: 64 products, against 96 or 192 more on the busier group).
 // H0 and dH both sit in shared memory from the start (the second cp.async group, behind the tiles and the gate the
-// cumulative scan needs first). The gate gradient's two parts go to shared tiles (q ⊙ dq into H0's region once group 0
-// has read H0, − k ⊙ dk into its own), and after the last barrier thread c < DK runs the reverse cumulative sum down
+// cumulative scan needs first). The gate gradient's two parts go to one shared tile in H0's region: group 0 writes
+// q ⊙ dq once it has read H0 (a named barrier of its 4 warps) and arrives at a second named barrier, at which group 1
+// waits before subtracting k ⊙ dk in place; after the last barrier thread c < DK runs the reverse cumulative sum down
 // key channel c in shared memory (a global read-modify-write per row before: a dependent global latency per step),
-// starting from ⟨S_C, dH⟩_c (dH from shared memory, S_C's row read with every load in flight). The per-warp factors of
-// the state terms (scale · e^{b_r} on H0, e^{b_C − b_r} on dH) are computed once per chunk into a small table.
+// starting from ⟨S_C, dH⟩_c (dH from shared memory, S_C's row read with every load in flight). Computed once per chunk
+// instead of per fragment: the per-warp factors of the state terms (scale · e^{b_r} on H0, e^{b_C − b_r} on dH), and
+// Q̂_w = Q ⊙ e^{min(b_u − b_r, 80)} (rows u ≥ 16w, one tile per warp w: 160 rows), the query operand of dk's in-chunk
+// product and of Aᵀ, which before scaled every fragment they loaded with an exp per element.
 // ---------------------------------------------------------------------------------------------------------------
 #define CG_NT (2 * NT)
 #define CG_OFF_H0 OFF_X                                       // H0, then (group 0, after its last H0 read) q ⊙ dq
 #define CG_OFF_DH (CG_OFF_H0 + MAXVB * S_BYTES)
 #define CG_OFF_B (CG_OFF_DH + MAXVB * S_BYTES)
-#define CG_OFF_PK (CG_OFF_B + CHUNK * DKP * 4)                // − k ⊙ dk, [CHUNK][DK] float32 (swizzled, pidx)
-#define CG_OFF_F (CG_OFF_PK + CHUNK * DK * 4)                 // [2][4][DK] float32: scale · e^{b_r}, e^{b_C − b_r} per warp
-#define CG_SMEM_BYTES (CG_OFF_F + 2 * NWARPS * DK * 4)
+#define CG_OFF_F (CG_OFF_B + CHUNK * DKP * 4)                 // [2][4][DK] float32: scale · e^{b_r}, e^{b_C − b_r} per warp
+#define CG_OFF_QH (CG_OFF_F + 2 * NWARPS * DK * 4)            // Q̂_w = Q ⊙ e^{min(b_u − b_r, 80)}, rows u ≥ 16w, w = 0..3 (160 rows)
+#define CG_SMEM_BYTES (CG_OFF_QH + 160 * DK * 2)
+
+// First row of warp w's Q̂ tile in the Q̂ region (its rows 16w..63 stored from there: 64, 48, 32, 16 rows).
+__device__ __forceinline__ int qh_row0(int w) { return 64 * w - 8 * w * (w - 1); }
 
 // Index of (row, col) in a [CHUNK][DK] float32 tile whose columns are XOR-swizzled by row (conflict-free float2 stores
 // from the mma layout, conflict-free row reads by column); col and col ^ 1 stay adjacent.
 __device__ __forceinline__ int pidx(int row, int col) { return row * DK + (col ^ ((row & 7) << 3)); }
 
 __device__ __forceinline__ void group_bar0() { asm volatile("bar.sync 1, 128;\n" ::: "memory"); }
+// Group 0 has written q ⊙ dq (arrive) / group 1 waits for it before subtracting k ⊙ dk in place (sync).
+__device__ __forceinline__ void pq_arrive() { asm volatile("bar.arrive 2, 256;\n" ::: "memory"); }
+__device__ __forceinline__ void pq_sync() { asm volatile("bar.sync 2, 256;\n" ::: "memory"); }
 
 extern "C" __global__ void __launch_bounds__(CG_NT, 1)
 attend_linear_chunk_bwd_cg(
@@ -1205,7 +1214,6 @@ attend_linear_chunk_bwd_cg(
     const int wr = 16 * w;
     float* const sB = (float*)(smem + CG_OFF_B);
     float* const sPq = (float*)(smem + CG_OFF_H0);
-    float* const sPk = (float*)(smem + CG_OFF_PK);
     const float* const sFH0 = (const float*)(smem + CG_OFF_F);   // [4][DK]: scale · e^{b_r}
     const float* const sFDH = sFH0 + NWARPS * DK;                // [4][DK]: e^{b_C − b_r}
     (void)headLogDecay;
@@ -1240,7 +1248,7 @@ attend_linear_chunk_bwd_cg(
         for (int i = 0; i < RP; i++) x[i] = sB[(p * RP + i) * DKP + c];
 #pragma unroll
         for (int i = 1; i < RP; i++) x[i] += x[i - 1];
-        float* const tot = sPk;   // scratch: the parts' totals (the tile is written much later)
+        float* const tot = (float*)(smem + CG_OFF_QH);   // scratch: the parts' totals (Q̂ is written after)
         tot[p * DK + c] = x[RP - 1];
         __syncthreads();
         float off = 0.f;
@@ -1257,9 +1265,30 @@ attend_linear_chunk_bwd_cg(
         f[i] = scale * exp_e(r);
         f[NWARPS * DK + i] = exp_e(sB[(CHUNK - 1) * DKP + c] - r);
     }
+    // Q̂_w, the query operand of dk's in-chunk product and of Aᵀ at warp w's reference row (clamped on the diagonal
+    // block, as those products scaled each fragment before): 8 channels of one row per item, 16-byte loads and stores.
+    for (int i = tid; i < 160 * DC; i += CG_NT)
+    {
+        const int R = i / DC, c8 = i % DC;
+        const int ww = R < 64 ? 0 : R < 112 ? 1 : R < 144 ? 2 : 3;
+        const int u = R - qh_row0(ww) + 16 * ww;
+        const uint4 x = *(const uint4*)(smem + OFF_Q + tile_offset(u, c8));
+        const float* bu = sB + u * DKP + 8 * c8;
+        const float* br = sB + (16 * ww + 15) * DKP + 8 * c8;
+        float f[8];
+#pragma unroll
+        for (int j = 0; j < 8; j++) f[j] = exp_e(fminf(bu[j] - br[j], 80.f));
+        uint4 y;
+        y.x = pack2(elem_lo(x.x) * f[0], elem_hi(x.x) * f[1]);
+        y.y = pack2(elem_lo(x.y) * f[2], elem_hi(x.y) * f[3]);
+        y.z = pack2(elem_lo(x.z) * f[4], elem_hi(x.z) * f[5]);
+        y.w = pack2(elem_lo(x.w) * f[6], elem_hi(x.w) * f[7]);
+        *(uint4*)(smem + CG_OFF_QH + tile_offset(R, c8)) = y;
+    }
     cp_async_wait<0>();
     __syncthreads();
     const int rr = wr + 15;   // this warp's reference row: e^{b_t − b_s} = e^{b_t − b_rr} e^{b_rr − b_s}
+    const unsigned sQh = base + CG_OFF_QH + qh_row0(w) * DK * 2;   // Q̂_w: its row u − 16w is query u
 
     if (grp == 0)
     {
@@ -1386,6 +1415,7 @@ attend_linear_chunk_bwd_cg(
                 }
             }
         }
+        pq_arrive();
     }
     else
     {
@@ -1440,16 +1470,7 @@ attend_linear_chunk_bwd_cg(
             for (int dp = 0; dp < DK / 16; dp++)
             {
                 unsigned b0, b1, b2, b3;
-                ldsm_x4_t(sQ + tile_offset(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), 2 * dp + (lane >> 4)), b0, b1, b2, b3);
-                {
-                    // b0/b2: queries u, u+1; b1/b3: u+8, u+9; b0/b1 channel c, b2/b3 channel c + 8. Clamped on the diagonal block.
-                    const int u = kk * 16 + 2 * t, c = dp * 16 + g;
-                    const float r0 = sB[rr * DKP + c], r1 = sB[rr * DKP + c + 8];
-                    b0 = pack2(elem_lo(b0) * exp_e(fminf(sB[u * DKP + c] - r0, 80.f)), elem_hi(b0) * exp_e(fminf(sB[(u + 1) * DKP + c] - r0, 80.f)));
-                    b1 = pack2(elem_lo(b1) * exp_e(fminf(sB[(u + 8) * DKP + c] - r0, 80.f)), elem_hi(b1) * exp_e(fminf(sB[(u + 9) * DKP + c] - r0, 80.f)));
-                    b2 = pack2(elem_lo(b2) * exp_e(fminf(sB[u * DKP + c + 8] - r1, 80.f)), elem_hi(b2) * exp_e(fminf(sB[(u + 1) * DKP + c + 8] - r1, 80.f)));
-                    b3 = pack2(elem_lo(b3) * exp_e(fminf(sB[(u + 8) * DKP + c + 8] - r1, 80.f)), elem_hi(b3) * exp_e(fminf(sB[(u + 9) * DKP + c + 8] - r1, 80.f)));
-                }
+                ldsm_x4_t(sQh + tile_offset(kk * 16 - wr + (lane & 7) + (((lane >> 3) & 1) << 3), 2 * dp + (lane >> 4)), b0, b1, b2, b3);
                 mma16816(dk[2 * dp], p0, p1, p2, p3, b0, b1);
                 mma16816(dk[2 * dp + 1], p0, p1, p2, p3, b2, b3);
             }
@@ -1484,7 +1505,9 @@ attend_linear_chunk_bwd_cg(
             }
         write_rows<DK / 8>(dK + (long long)hk * DK, dk, tok0, kStride, wr, len, g, t, add, 1.f);
 
-        // − k ⊙ dk (this head's dk, before any sum over a group), its diagonal term left out.
+        // − k ⊙ dk (this head's dk, before any sum over a group), its diagonal term left out, subtracted in place from
+        // q ⊙ dq once group 0 has written it.
+        pq_sync();
         if (dG != 0)
         {
             float dd0, dd1;
@@ -1505,7 +1528,9 @@ attend_linear_chunk_bwd_cg(
                     const float b0 = sB[row * DKP + col], b1 = sB[row * DKP + col + 1];
                     const float q0 = rnd_elem(elem_lo(qp) * exp_e(fminf(b0 - r0, 80.f))) * exp_e(r0 - b0);
                     const float q1 = rnd_elem(elem_hi(qp) * exp_e(fminf(b1 - r1, 80.f))) * exp_e(r1 - b1);
-                    *(float2*)(sPk + pidx(row, col)) = make_float2(-(dk[j][2 * half] - dd * q0) * elem_lo(kp), -(dk[j][2 * half + 1] - dd * q1) * elem_hi(kp));
+                    float2* const pp = (float2*)(sPq + pidx(row, col));
+                    const float2 qd = *pp;
+                    *pp = make_float2(qd.x - (dk[j][2 * half] - dd * q0) * elem_lo(kp), qd.y - (dk[j][2 * half + 1] - dd * q1) * elem_hi(kp));
                 }
             }
         }
@@ -1537,16 +1562,7 @@ attend_linear_chunk_bwd_cg(
             {
                 if (np < w) continue;
                 unsigned b0, b1, b2, b3;
-                ldsm_x4(sQ + tile_offset(np * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)), b0, b1, b2, b3);
-                {
-                    // b0: query u = np·16 + g, channels c, c+1; b1: u, c + 8, c + 9; b2: u + 8, c, c+1; b3: u + 8, c + 8, c + 9.
-                    const int u = np * 16 + g, c = kk * 16 + 2 * t;
-                    const float r0 = sB[rr * DKP + c], r1 = sB[rr * DKP + c + 1], r8 = sB[rr * DKP + c + 8], r9 = sB[rr * DKP + c + 9];
-                    b0 = pack2(elem_lo(b0) * exp_e(fminf(sB[u * DKP + c] - r0, 80.f)), elem_hi(b0) * exp_e(fminf(sB[u * DKP + c + 1] - r1, 80.f)));
-                    b1 = pack2(elem_lo(b1) * exp_e(fminf(sB[u * DKP + c + 8] - r8, 80.f)), elem_hi(b1) * exp_e(fminf(sB[u * DKP + c + 9] - r9, 80.f)));
-                    b2 = pack2(elem_lo(b2) * exp_e(fminf(sB[(u + 8) * DKP + c] - r0, 80.f)), elem_hi(b2) * exp_e(fminf(sB[(u + 8) * DKP + c + 1] - r1, 80.f)));
-                    b3 = pack2(elem_lo(b3) * exp_e(fminf(sB[(u + 8) * DKP + c + 8] - r8, 80.f)), elem_hi(b3) * exp_e(fminf(sB[(u + 8) * DKP + c + 9] - r9, 80.f)));
-                }
+                ldsm_x4(sQh + tile_offset(np * 16 - wr + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)), b0, b1, b2, b3);
                 mma16816(at[2 * np], a0, a1, a2, a3, b0, b1);
                 mma16816(at[2 * np + 1], a0, a1, a2, a3, b2, b3);
             }
@@ -1659,7 +1675,7 @@ attend_linear_chunk_bwd_cg(
 #pragma unroll 8
             for (int x = len - 1; x >= 0; x--)
             {
-                run += sPq[pidx(x, c)] + sPk[pidx(x, c)];
+                run += sPq[pidx(x, c)];
                 out[(long long)x * heads * DK] = run;
             }
         }
