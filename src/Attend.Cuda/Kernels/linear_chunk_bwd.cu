@@ -1156,7 +1156,11 @@ attend_linear_chunk_bwd(
 // starting from ⟨S_C, dH⟩_c (dH from shared memory, S_C's row read with every load in flight). Computed once per chunk
 // instead of per fragment: the per-warp factors of the state terms (scale · e^{b_r} on H0, e^{b_C − b_r} on dH), and
 // Q̂_w = Q ⊙ e^{min(b_u − b_r, 80)} (rows u ≥ 16w, one tile per warp w: 160 rows), the query operand of dk's in-chunk
-// product and of Aᵀ, which before scaled every fragment they loaded with an exp per element.
+// product and of Aᵀ, and K̃_w = K ⊙ e^{b_r − b_s} (rows s ≤ 16w + 15: 160 rows), the key operand of dq's in-chunk product
+// and of Aᵀ (K̃_3, whose reference is the chunk's last row, is also dv's K ⊙ e^{b_C − b_s}): each element once per warp
+// that uses it, by 16-byte items over all 256 threads, where before every fragment the products loaded was scaled with an
+// exp per element (up to ~1,400 exps per thread). Three K̃ tiles take the raw Q and K tiles' place; the gate gradient
+// reads raw q and k from global memory.
 // ---------------------------------------------------------------------------------------------------------------
 #define CG_NT (2 * NT)
 #define CG_OFF_H0 OFF_X                                       // H0, then (group 0, after its last H0 read) q ⊙ dq
@@ -1164,10 +1168,19 @@ attend_linear_chunk_bwd(
 #define CG_OFF_B (CG_OFF_DH + MAXVB * S_BYTES)
 #define CG_OFF_F (CG_OFF_B + CHUNK * DKP * 4)                 // [2][4][DK] float32: scale · e^{b_r}, e^{b_C − b_r} per warp
 #define CG_OFF_QH (CG_OFF_F + 2 * NWARPS * DK * 4)            // Q̂_w = Q ⊙ e^{min(b_u − b_r, 80)}, rows u ≥ 16w, w = 0..3 (160 rows)
-#define CG_SMEM_BYTES (CG_OFF_QH + 160 * DK * 2)
+#define CG_OFF_KX (CG_OFF_QH + 160 * DK * 2)                  // K̃_2 (48 rows); K̃_3, K̃_0, K̃_1 take the raw Q and K tiles' place
+#define CG_SMEM_BYTES (CG_OFF_KX + 48 * DK * 2)
 
 // First row of warp w's Q̂ tile in the Q̂ region (its rows 16w..63 stored from there: 64, 48, 32, 16 rows).
 __device__ __forceinline__ int qh_row0(int w) { return 64 * w - 8 * w * (w - 1); }
+
+// Byte offset of warp w's K̃ tile K̃_w = K ⊙ e^{b_r − b_s} (rows s ≤ 16w + 15, its row s is key s): K̃_3 (64 rows, the
+// reference row is the chunk's last, so it is also dv's K ⊙ e^{b_C − b_s}), K̃_0 (16) and K̃_1 (32) where the raw Q and K
+// tiles were (112 of their 128 rows), K̃_2 (48) in its own region.
+__device__ __forceinline__ unsigned kt_off(int w)
+{
+    return w == 3 ? (unsigned)OFF_Q : w == 2 ? (unsigned)CG_OFF_KX : (unsigned)(OFF_Q + (64 + 16 * w) * DK * 2);
+}
 
 // Index of (row, col) in a [CHUNK][DK] float32 tile whose columns are XOR-swizzled by row (conflict-free float2 stores
 // from the mma layout, conflict-free row reads by column); col and col ^ 1 stay adjacent.
@@ -1285,10 +1298,52 @@ attend_linear_chunk_bwd_cg(
         y.w = pack2(elem_lo(x.w) * f[6], elem_hi(x.w) * f[7]);
         *(uint4*)(smem + CG_OFF_QH + tile_offset(R, c8)) = y;
     }
+    // K̃_w, the key operand of dq's in-chunk product, of Aᵀ and (K̃_3) of dv's state term; read from the raw K tile
+    // into registers first, written after a barrier (three of the four tiles overwrite the raw Q and K tiles, which
+    // nothing reads after this: the gate gradient reads raw q and k from global memory).
+    constexpr int KT_ITEMS = (160 * DC + CG_NT - 1) / CG_NT;
+    uint4 kt[KT_ITEMS];
+#pragma unroll
+    for (int n = 0; n < KT_ITEMS; n++)
+    {
+        const int i = tid + n * CG_NT;
+        if (i < 160 * DC)
+        {
+            // Items 0..: K̃_3 rows 0..63, K̃_0 rows 0..15, K̃_1 rows 0..31, K̃_2 rows 0..47.
+            const int R = i / DC, c8 = i % DC;
+            const int ww = R < 64 ? 3 : R < 80 ? 0 : R < 112 ? 1 : 2;
+            const int s = R < 64 ? R : R < 80 ? R - 64 : R < 112 ? R - 80 : R - 112;
+            const uint4 x = *(const uint4*)(smem + OFF_K + tile_offset(s, c8));
+            const float* bs = sB + s * DKP + 8 * c8;
+            const float* br = sB + (16 * ww + 15) * DKP + 8 * c8;
+            float f[8];
+#pragma unroll
+            for (int j = 0; j < 8; j++) f[j] = exp_e(br[j] - bs[j]);
+            kt[n].x = pack2(elem_lo(x.x) * f[0], elem_hi(x.x) * f[1]);
+            kt[n].y = pack2(elem_lo(x.y) * f[2], elem_hi(x.y) * f[3]);
+            kt[n].z = pack2(elem_lo(x.z) * f[4], elem_hi(x.z) * f[5]);
+            kt[n].w = pack2(elem_lo(x.w) * f[6], elem_hi(x.w) * f[7]);
+        }
+    }
+    __syncthreads();   // every raw Q and K read done (Q̂ above, K̃ here)
+#pragma unroll
+    for (int n = 0; n < KT_ITEMS; n++)
+    {
+        const int i = tid + n * CG_NT;
+        if (i < 160 * DC)
+        {
+            const int R = i / DC, c8 = i % DC;
+            const int ww = R < 64 ? 3 : R < 80 ? 0 : R < 112 ? 1 : 2;
+            const int s = R < 64 ? R : R < 80 ? R - 64 : R < 112 ? R - 80 : R - 112;
+            *(uint4*)(smem + kt_off(ww) + tile_offset(s, c8)) = kt[n];
+        }
+    }
     cp_async_wait<0>();
     __syncthreads();
     const int rr = wr + 15;   // this warp's reference row: e^{b_t − b_s} = e^{b_t − b_rr} e^{b_rr − b_s}
     const unsigned sQh = base + CG_OFF_QH + qh_row0(w) * DK * 2;   // Q̂_w: its row u − 16w is query u
+    const unsigned sKt = base + kt_off(w);                          // K̃_w: its row s is key s
+    const unsigned sKc = base + kt_off(3);                          // K̃_3 = K ⊙ e^{b_C − b_s}
 
     if (grp == 0)
     {
@@ -1344,16 +1399,7 @@ attend_linear_chunk_bwd_cg(
             for (int dp = 0; dp < DK / 16; dp++)
             {
                 unsigned b0, b1, b2, b3;
-                ldsm_x4_t(sK + tile_offset(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), 2 * dp + (lane >> 4)), b0, b1, b2, b3);
-                {
-                    // b0/b2: keys s, s+1; b1/b3: keys s+8, s+9; b0/b1 channel c, b2/b3 channel c + 8.
-                    const int s = kk * 16 + 2 * t, c = dp * 16 + g;
-                    const float r0 = sB[rr * DKP + c], r1 = sB[rr * DKP + c + 8];
-                    b0 = pack2(elem_lo(b0) * exp_e(r0 - sB[s * DKP + c]), elem_hi(b0) * exp_e(r0 - sB[(s + 1) * DKP + c]));
-                    b1 = pack2(elem_lo(b1) * exp_e(r0 - sB[(s + 8) * DKP + c]), elem_hi(b1) * exp_e(r0 - sB[(s + 9) * DKP + c]));
-                    b2 = pack2(elem_lo(b2) * exp_e(r1 - sB[s * DKP + c + 8]), elem_hi(b2) * exp_e(r1 - sB[(s + 1) * DKP + c + 8]));
-                    b3 = pack2(elem_lo(b3) * exp_e(r1 - sB[(s + 8) * DKP + c + 8]), elem_hi(b3) * exp_e(r1 - sB[(s + 9) * DKP + c + 8]));
-                }
+                ldsm_x4_t(sKt + tile_offset(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), 2 * dp + (lane >> 4)), b0, b1, b2, b3);
                 mma16816(dq[2 * dp], p0, p1, p2, p3, b0, b1);
                 mma16816(dq[2 * dp + 1], p0, p1, p2, p3, b2, b3);
             }
@@ -1406,11 +1452,13 @@ attend_linear_chunk_bwd_cg(
                 for (int j = 0; j < DK / 8; j++)
                 {
                     const int col = 8 * j + 2 * t;
-                    const unsigned qp = tile_pair(smem + OFF_Q, row, col), kp = tile_pair(smem + OFF_K, row, col);
+                    // q raw from global memory (rows past len: zero); k̃ = K̃_w's element, the operand the products rounded.
+                    const unsigned qp = row < len ? *(const unsigned*)(qBase + (long long)row * qStride + col) : 0u;
+                    const unsigned kp = tile_pair(smem + kt_off(w), row, col);
                     const float r0 = sB[rr * DKP + col], r1 = sB[rr * DKP + col + 1];
                     const float b0 = sB[row * DKP + col], b1 = sB[row * DKP + col + 1];
-                    const float k0 = rnd_elem(elem_lo(kp) * exp_e(r0 - b0)) * exp_e(fminf(b0 - r0, 80.f));
-                    const float k1 = rnd_elem(elem_hi(kp) * exp_e(r1 - b1)) * exp_e(fminf(b1 - r1, 80.f));
+                    const float k0 = elem_lo(kp) * exp_e(fminf(b0 - r0, 80.f));
+                    const float k1 = elem_hi(kp) * exp_e(fminf(b1 - r1, 80.f));
                     *(float2*)(sPq + pidx(row, col)) = make_float2((dq[j][2 * half] - dd * k0) * elem_lo(qp), (dq[j][2 * half + 1] - dd * k1) * elem_hi(qp));
                 }
             }
@@ -1523,11 +1571,13 @@ attend_linear_chunk_bwd_cg(
                 for (int j = 0; j < DK / 8; j++)
                 {
                     const int col = 8 * j + 2 * t;
-                    const unsigned kp = tile_pair(smem + OFF_K, row, col), qp = tile_pair(smem + OFF_Q, row, col);
+                    // k raw from global memory (rows past len: zero); q̂ = Q̂_w's element, the operand the products rounded.
+                    const unsigned kp = row < len ? *(const unsigned*)(kBase + (long long)row * kStride + col) : 0u;
+                    const unsigned qp = tile_pair(smem + CG_OFF_QH + qh_row0(w) * DK * 2, row - wr, col);
                     const float r0 = sB[rr * DKP + col], r1 = sB[rr * DKP + col + 1];
                     const float b0 = sB[row * DKP + col], b1 = sB[row * DKP + col + 1];
-                    const float q0 = rnd_elem(elem_lo(qp) * exp_e(fminf(b0 - r0, 80.f))) * exp_e(r0 - b0);
-                    const float q1 = rnd_elem(elem_hi(qp) * exp_e(fminf(b1 - r1, 80.f))) * exp_e(r1 - b1);
+                    const float q0 = elem_lo(qp) * exp_e(r0 - b0);
+                    const float q1 = elem_hi(qp) * exp_e(r1 - b1);
                     float2* const pp = (float2*)(sPq + pidx(row, col));
                     const float2 qd = *pp;
                     *pp = make_float2(qd.x - (dk[j][2 * half] - dd * q0) * elem_lo(kp), qd.y - (dk[j][2 * half + 1] - dd * q1) * elem_hi(kp));
@@ -1547,16 +1597,7 @@ attend_linear_chunk_bwd_cg(
         for (int kk = 0; kk < KS; kk++)
         {
             unsigned a0, a1, a2, a3;
-            ldsm_x4(sK + tile_offset(wr + (lane & 15), 2 * kk + (lane >> 4)), a0, a1, a2, a3);
-            {
-                // a0: row s = wr + g, channels c, c+1; a1: row s + 8; a2: row s, channels c + 8, c + 9; a3: row s + 8, c + 8.
-                const int s = wr + g, c = kk * 16 + 2 * t;
-                const float r0 = sB[rr * DKP + c], r1 = sB[rr * DKP + c + 1], r8 = sB[rr * DKP + c + 8], r9 = sB[rr * DKP + c + 9];
-                a0 = pack2(elem_lo(a0) * exp_e(r0 - sB[s * DKP + c]), elem_hi(a0) * exp_e(r1 - sB[s * DKP + c + 1]));
-                a1 = pack2(elem_lo(a1) * exp_e(r0 - sB[(s + 8) * DKP + c]), elem_hi(a1) * exp_e(r1 - sB[(s + 8) * DKP + c + 1]));
-                a2 = pack2(elem_lo(a2) * exp_e(r8 - sB[s * DKP + c + 8]), elem_hi(a2) * exp_e(r9 - sB[s * DKP + c + 9]));
-                a3 = pack2(elem_lo(a3) * exp_e(r8 - sB[(s + 8) * DKP + c + 8]), elem_hi(a3) * exp_e(r9 - sB[(s + 8) * DKP + c + 9]));
-            }
+            ldsm_x4(sKt + tile_offset(wr + (lane & 15), 2 * kk + (lane >> 4)), a0, a1, a2, a3);
 #pragma unroll
             for (int np = 0; np < 4; np++)
             {
@@ -1606,15 +1647,7 @@ attend_linear_chunk_bwd_cg(
             for (int kk = 0; kk < KS; kk++)
             {
                 unsigned a0, a1, a2, a3;
-                ldsm_x4(sK + tile_offset(wr + (lane & 15), 2 * kk + (lane >> 4)), a0, a1, a2, a3);
-                {
-                    const int s = wr + g, c = kk * 16 + 2 * t;
-                    const float* bl = sB + (CHUNK - 1) * DKP;
-                    a0 = pack2(elem_lo(a0) * exp_e(bl[c] - sB[s * DKP + c]), elem_hi(a0) * exp_e(bl[c + 1] - sB[s * DKP + c + 1]));
-                    a1 = pack2(elem_lo(a1) * exp_e(bl[c] - sB[(s + 8) * DKP + c]), elem_hi(a1) * exp_e(bl[c + 1] - sB[(s + 8) * DKP + c + 1]));
-                    a2 = pack2(elem_lo(a2) * exp_e(bl[c + 8] - sB[s * DKP + c + 8]), elem_hi(a2) * exp_e(bl[c + 9] - sB[s * DKP + c + 9]));
-                    a3 = pack2(elem_lo(a3) * exp_e(bl[c + 8] - sB[(s + 8) * DKP + c + 8]), elem_hi(a3) * exp_e(bl[c + 9] - sB[(s + 8) * DKP + c + 9]));
-                }
+                ldsm_x4(sKc + tile_offset(wr + (lane & 15), 2 * kk + (lane >> 4)), a0, a1, a2, a3);
 #pragma unroll
                 for (int dp = 0; dp < 4; dp++)
                 {

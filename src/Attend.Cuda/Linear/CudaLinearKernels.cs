@@ -112,10 +112,11 @@ internal static class CudaLinearKernels
     /// <summary>
     /// Dynamic shared memory of <c>attend_linear_chunk_bwd_cg</c> (mirrors its CG_OFF_* layout): Q, K, two V and dO
     /// blocks, H0 and dH (two blocks each), the cumulative gate tile <c>[64][Dk + 4]</c> and the per-warp state factors
-    /// <c>[2][4][Dk]</c> (float32), the per-warp scaled queries Q̂ (160 rows of the element type).
+    /// <c>[2][4][Dk]</c> (float32), the per-warp scaled queries Q̂ (160 rows of the element type) and the 48 rows of the
+    /// scaled keys K̃ that do not fit where the raw Q and K tiles were.
     /// </summary>
     public static int ChannelBackwardSharedBytes(int keyDim) =>
-        2 * Chunk * keyDim * 2 + 4 * Chunk * ValueBlock * 2 + 4 * keyDim * ValueBlock * 2 + Chunk * (keyDim + 4) * 4 + 8 * keyDim * 4 + 160 * keyDim * 2;
+        2 * Chunk * keyDim * 2 + 4 * Chunk * ValueBlock * 2 + 4 * keyDim * ValueBlock * 2 + Chunk * (keyDim + 4) * 4 + 8 * keyDim * 4 + 160 * keyDim * 2 + 48 * keyDim * 2;
 
     /// <summary>Dynamic shared memory of <c>attend_linear_dstate</c>: Q, one dO block and the raw gates (none, 64 scalars or a [64][Dk] tile), two stages each.</summary>
     public static int StateGradientSharedBytes(int keyDim, CudaLinearGate gate)
