@@ -80,18 +80,27 @@ __device__ __forceinline__ void load_stile(unsigned tile, const elem_t* g, long 
 struct LinChunk { int seq, tokStart, len, pad; };
 
 // ---------------------------------------------------------------------------------------------------------------
-// dH of every chunk, walking each segment's chunks last to first. CTA = (64 value columns, query head, segment), on
+// dH of every chunk, walking each segment's chunks last to first. CTA = (64 value columns (GATE 2: 128, two groups of
+// 4 warps sharing the Q and gate tiles), query head, segment), on
 // the forward's segment table (LinSeg; chunk0 = the segment's first global chunk). Pass 0: every segment but a sequence's
 // first computes its local contribution to the gradient at its start from zero (partLocal, slot firstPart + index − 1)
 // and its total log decay (partDecay, same slot; GATE 1 [parts, H], GATE 2 [parts, H, DK]); pass 1: each segment starts
 // from the sequence's dS_T folded with the local contributions of the segments after it (each decayed by its total),
 // writes dH of its chunks and, the first segment, dS0.
 // ---------------------------------------------------------------------------------------------------------------
+// GATE 2: a CTA takes two value blocks (8 warps, warps 4–7 the second block), so the Q tile and the [64][DK] gate tile,
+// which do not depend on the value block, are read and scanned once for both (the sweep moves about half the bytes).
+#if GATE == 2
+#define DS_NVB 2
+#else
+#define DS_NVB 1
+#endif
+#define DS_NT (DS_NVB * NT)
 #define DS_Q_BYTES (CHUNK * DK * 2)
 #define DS_V_BYTES (CHUNK * BV * 2)
 #define DS_OFF_Q 0
 #define DS_OFF_DO (2 * DS_Q_BYTES)
-#define DS_OFF_G (DS_OFF_DO + 2 * DS_V_BYTES)
+#define DS_OFF_G (DS_OFF_DO + 2 * DS_NVB * DS_V_BYTES)
 #if GATE == 2
 #define DS_G_BYTES (CHUNK * DK * 4)
 #elif GATE == 1
@@ -129,7 +138,7 @@ __device__ __forceinline__ void chunk_b(const float* raw, float lg, int len, int
 }
 #endif
 
-extern "C" __global__ void __launch_bounds__(NT)
+extern "C" __global__ void __launch_bounds__(DS_NT)
 attend_linear_dstate(
     const elem_t* __restrict__ Q, const elem_t* __restrict__ dO,
     const float* __restrict__ gate,           // GATE 1: [tokens, H] log α (when headLogDecay is null); GATE 2: [tokens, H, DK]
@@ -143,9 +152,10 @@ attend_linear_dstate(
     int heads, int dv, float scale, int pass)
 {
     extern __shared__ __align__(128) unsigned char smem[];
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int tid = threadIdx.x, lane = tid & 31, warp = (tid >> 5) & (NWARPS - 1), ltid = tid & (NT - 1);
     const int g = lane >> 2, t = lane & 3;
-    const int h = blockIdx.y, vb = blockIdx.x, z = blockIdx.z;
+    const int h = blockIdx.y, vb = blockIdx.x * DS_NVB + tid / NT, z = blockIdx.z;
+    const int vbl = vb % DS_NVB;   // this thread's value block within the CTA
     const LinSeg sq = segs[z];
     if (pass == 0 && sq.index == 0) return;   // the whole CTA: no barrier is reached
     const long long qStride = (long long)heads * DK, oStride = (long long)heads * dv;
@@ -212,13 +222,13 @@ attend_linear_dstate(
     {
         const int c0 = (nChunks - 1) * CHUNK;
         const int valid = sq.len - c0;
-        load_tile<CHUNK>(base + DS_OFF_Q, qBase + (long long)c0 * qStride, qStride, valid, tid);
-        load_vtile(base + DS_OFF_DO, oBase + (long long)c0 * oStride, oStride, valid, tid);
+        if (tid < NT) load_tile<CHUNK>(base + DS_OFF_Q, qBase + (long long)c0 * qStride, qStride, valid, tid);
+        load_vtile(base + DS_OFF_DO + vbl * DS_V_BYTES, oBase + (long long)c0 * oStride, oStride, valid, ltid);
 #if GATE == 1
         if (gated && tid < CHUNK)
             cp_async4(base + DS_OFF_G + tid * 4, tid < valid ? gate + (long long)(sq.tokStart + c0 + tid) * heads + h : gate, tid < valid ? 4 : 0);
 #elif GATE == 2
-        load_gtile(base + DS_OFF_G, gBase + (long long)c0 * heads * DK, (long long)heads * DK, valid, DK, tid);
+        if (tid < NT) load_gtile(base + DS_OFF_G, gBase + (long long)c0 * heads * DK, (long long)heads * DK, valid, DK, tid);
 #endif
     }
     cp_async_commit();
@@ -252,18 +262,18 @@ attend_linear_dstate(
         {
             const int n0 = c0 - CHUNK;   // the previous chunk is whole
             const int ns = stage ^ 1;
-            load_tile<CHUNK>(base + DS_OFF_Q + ns * DS_Q_BYTES, qBase + (long long)n0 * qStride, qStride, CHUNK, tid);
-            load_vtile(base + DS_OFF_DO + ns * DS_V_BYTES, oBase + (long long)n0 * oStride, oStride, CHUNK, tid);
+            if (tid < NT) load_tile<CHUNK>(base + DS_OFF_Q + ns * DS_Q_BYTES, qBase + (long long)n0 * qStride, qStride, CHUNK, tid);
+            load_vtile(base + DS_OFF_DO + (ns * DS_NVB + vbl) * DS_V_BYTES, oBase + (long long)n0 * oStride, oStride, CHUNK, ltid);
 #if GATE == 1
             if (gated && tid < CHUNK) cp_async4(base + DS_OFF_G + (ns * CHUNK + tid) * 4, gate + (long long)(sq.tokStart + n0 + tid) * heads + h, 4);
 #elif GATE == 2
-            load_gtile(base + DS_OFF_G + ns * DS_G_BYTES, gBase + (long long)n0 * heads * DK, (long long)heads * DK, CHUNK, DK, tid);
+            if (tid < NT) load_gtile(base + DS_OFF_G + ns * DS_G_BYTES, gBase + (long long)n0 * heads * DK, (long long)heads * DK, CHUNK, DK, tid);
 #endif
         }
         cp_async_commit();
 
         const unsigned sQ = base + DS_OFF_Q + stage * DS_Q_BYTES;
-        const unsigned sO = base + DS_OFF_DO + stage * DS_V_BYTES;
+        const unsigned sO = base + DS_OFF_DO + (stage * DS_NVB + vbl) * DS_V_BYTES;
 
         // dH ← e^{b_C} dH + (Q ⊙ scale·e^{b})ᵀ dO.
 #if GATE == 1
@@ -1382,11 +1392,36 @@ attend_linear_chunk_bwd_cg(
             }
         }
 
-        // dQ = scale · e^{b_t − b_r} ⊙ (dA (K ⊙ e^{b_r − b_s}) + dO (H0 ⊙ e^{b_r})ᵀ), the scale in the dA operand (rounded
-        // as group 1 rounds scale·dAᵀ) and in the state factor.
+        // dQ = e^{b_t − b_r} ⊙ (scale · dA K̃_w + (dO H0ᵀ) ⊙ scale·e^{b_r}): the state term first, its factor (per key
+        // channel, a column of dq) on the float32 result instead of on every H0 fragment; the scale in the dA operand
+        // (rounded as group 1 rounds scale·dAᵀ).
         float dq[DK / 8][4];
 #pragma unroll
         for (int j = 0; j < DK / 8; j++) dq[j][0] = dq[j][1] = dq[j][2] = dq[j][3] = 0.f;
+        for (int vb = 0; vb < nvb; vb++)
+        {
+            const unsigned sO = base + OFF_DO + vb * V_BYTES, sX = base + CG_OFF_H0 + vb * S_BYTES;
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++)
+            {
+                unsigned a0, a1, a2, a3;
+                ldsm_x4(sO + voff(wr + (lane & 15), 2 * kk + (lane >> 4)), a0, a1, a2, a3);
+#pragma unroll
+                for (int np = 0; np < DK / 16; np++)
+                {
+                    unsigned b0, b1, b2, b3;
+                    ldsm_x4(sX + voff(np * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)), b0, b1, b2, b3);
+                    mma16816(dq[2 * np], a0, a1, a2, a3, b0, b1);
+                    mma16816(dq[2 * np + 1], a0, a1, a2, a3, b2, b3);
+                }
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < DK / 8; j++)
+        {
+            const float2 f = *(const float2*)(sFH0 + w * DK + 8 * j + 2 * t);
+            dq[j][0] *= f.x; dq[j][1] *= f.y; dq[j][2] *= f.x; dq[j][3] *= f.y;
+        }
 #pragma unroll
         for (int kk = 0; kk < 4; kk++)
         {
@@ -1402,27 +1437,6 @@ attend_linear_chunk_bwd_cg(
                 ldsm_x4_t(sKt + tile_offset(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), 2 * dp + (lane >> 4)), b0, b1, b2, b3);
                 mma16816(dq[2 * dp], p0, p1, p2, p3, b0, b1);
                 mma16816(dq[2 * dp + 1], p0, p1, p2, p3, b2, b3);
-            }
-        }
-        for (int vb = 0; vb < nvb; vb++)
-        {
-            const unsigned sO = base + OFF_DO + vb * V_BYTES, sX = base + CG_OFF_H0 + vb * S_BYTES;
-#pragma unroll
-            for (int kk = 0; kk < 4; kk++)
-            {
-                unsigned a0, a1, a2, a3;
-                ldsm_x4(sO + voff(wr + (lane & 15), 2 * kk + (lane >> 4)), a0, a1, a2, a3);
-#pragma unroll
-                for (int np = 0; np < DK / 16; np++)
-                {
-                    unsigned b0, b1, b2, b3;
-                    ldsm_x4(sX + voff(np * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)), b0, b1, b2, b3);
-                    // b0/b1: channel np·16 + g, b2/b3: that + 8 (state rows).
-                    const float f0 = sFH0[w * DK + np * 16 + g], f1 = sFH0[w * DK + np * 16 + 8 + g];
-                    b0 = scale2(b0, f0); b1 = scale2(b1, f0); b2 = scale2(b2, f1); b3 = scale2(b3, f1);
-                    mma16816(dq[2 * np], a0, a1, a2, a3, b0, b1);
-                    mma16816(dq[2 * np + 1], a0, a1, a2, a3, b2, b3);
-                }
             }
         }
         group_bar0();   // group 0 is done with H0: its region takes q ⊙ dq
@@ -1502,10 +1516,35 @@ attend_linear_chunk_bwd_cg(
             }
         }
 
-        // dK = e^{b_r − b_s} ⊙ (scale · dAᵀ (Q ⊙ e^{b_t − b_r}) + V (dH ⊙ e^{b_C − b_r})ᵀ).
+        // dK = e^{b_r − b_s} ⊙ (scale · dAᵀ Q̂_w + (V dHᵀ) ⊙ e^{b_C − b_r}): the state term first, its factor (per key
+        // channel, a column of dk) on the float32 result instead of on every dH fragment.
         float dk[DK / 8][4];
 #pragma unroll
         for (int j = 0; j < DK / 8; j++) dk[j][0] = dk[j][1] = dk[j][2] = dk[j][3] = 0.f;
+        for (int vb = 0; vb < nvb; vb++)
+        {
+            const unsigned sV = base + OFF_V + vb * V_BYTES, sX = base + CG_OFF_DH + vb * S_BYTES;
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++)
+            {
+                unsigned a0, a1, a2, a3;
+                ldsm_x4(sV + voff(wr + (lane & 15), 2 * kk + (lane >> 4)), a0, a1, a2, a3);
+#pragma unroll
+                for (int np = 0; np < DK / 16; np++)
+                {
+                    unsigned b0, b1, b2, b3;
+                    ldsm_x4(sX + voff(np * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)), b0, b1, b2, b3);
+                    mma16816(dk[2 * np], a0, a1, a2, a3, b0, b1);
+                    mma16816(dk[2 * np + 1], a0, a1, a2, a3, b2, b3);
+                }
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < DK / 8; j++)
+        {
+            const float2 f = *(const float2*)(sFDH + w * DK + 8 * j + 2 * t);
+            dk[j][0] *= f.x; dk[j][1] *= f.y; dk[j][2] *= f.x; dk[j][3] *= f.y;
+        }
 #pragma unroll
         for (int kk = 0; kk < 4; kk++)
         {
@@ -1521,26 +1560,6 @@ attend_linear_chunk_bwd_cg(
                 ldsm_x4_t(sQh + tile_offset(kk * 16 - wr + (lane & 7) + (((lane >> 3) & 1) << 3), 2 * dp + (lane >> 4)), b0, b1, b2, b3);
                 mma16816(dk[2 * dp], p0, p1, p2, p3, b0, b1);
                 mma16816(dk[2 * dp + 1], p0, p1, p2, p3, b2, b3);
-            }
-        }
-        for (int vb = 0; vb < nvb; vb++)
-        {
-            const unsigned sV = base + OFF_V + vb * V_BYTES, sX = base + CG_OFF_DH + vb * S_BYTES;
-#pragma unroll
-            for (int kk = 0; kk < 4; kk++)
-            {
-                unsigned a0, a1, a2, a3;
-                ldsm_x4(sV + voff(wr + (lane & 15), 2 * kk + (lane >> 4)), a0, a1, a2, a3);
-#pragma unroll
-                for (int np = 0; np < DK / 16; np++)
-                {
-                    unsigned b0, b1, b2, b3;
-                    ldsm_x4(sX + voff(np * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)), b0, b1, b2, b3);
-                    const float f0 = sFDH[w * DK + np * 16 + g], f1 = sFDH[w * DK + np * 16 + 8 + g];
-                    b0 = scale2(b0, f0); b1 = scale2(b1, f0); b2 = scale2(b2, f1); b3 = scale2(b3, f1);
-                    mma16816(dk[2 * np], a0, a1, a2, a3, b0, b1);
-                    mma16816(dk[2 * np + 1], a0, a1, a2, a3, b2, b3);
-                }
             }
         }
 #pragma unroll

@@ -118,7 +118,10 @@ internal static class CudaLinearKernels
     public static int ChannelBackwardSharedBytes(int keyDim) =>
         2 * Chunk * keyDim * 2 + 4 * Chunk * ValueBlock * 2 + 4 * keyDim * ValueBlock * 2 + Chunk * (keyDim + 4) * 4 + 8 * keyDim * 4 + 160 * keyDim * 2 + 48 * keyDim * 2;
 
-    /// <summary>Dynamic shared memory of <c>attend_linear_dstate</c>: Q, one dO block and the raw gates (none, 64 scalars or a [64][Dk] tile), two stages each.</summary>
+    /// <summary>Value blocks one CTA of <c>attend_linear_dstate</c> takes: 2 with a channel gate (8 warps share the Q and gate tiles), else 1 (4 warps).</summary>
+    public static int StateGradientValueBlocks(CudaLinearGate gate) => gate == CudaLinearGate.Channel ? 2 : 1;
+
+    /// <summary>Dynamic shared memory of <c>attend_linear_dstate</c>: Q, the CTA's dO blocks and the raw gates (none, 64 scalars or a [64][Dk] tile), two stages each.</summary>
     public static int StateGradientSharedBytes(int keyDim, CudaLinearGate gate)
     {
         int gateBytes = gate switch
@@ -127,7 +130,7 @@ internal static class CudaLinearKernels
             CudaLinearGate.Scalar => Chunk * 4,
             _ => Chunk * keyDim * 4,
         };
-        return 2 * Chunk * keyDim * 2 + 2 * Chunk * ValueBlock * 2 + 2 * gateBytes;
+        return 2 * Chunk * keyDim * 2 + 2 * StateGradientValueBlocks(gate) * Chunk * ValueBlock * 2 + 2 * gateBytes;
     }
 
     public static CudaKernelFunction ChunkBackward(CudaContext context, int keyDim, ElementType type, CudaLinearGate gate) =>

@@ -526,14 +526,16 @@ public sealed unsafe class CudaLinearPlan : IDisposable
         r[0] = &a.Q; r[1] = &a.DO; r[2] = &a.Gate; r[3] = &a.HeadLogDecay; r[4] = &a.DST; r[5] = &a.DS0; r[6] = &a.DHs; r[7] = &a.PartLocal;
         r[8] = &a.PartDecay; r[9] = &a.Segs; r[10] = &a.Heads; r[11] = &a.Dv; r[12] = &a.Scale; r[13] = &a.Pass;
         // On the forward's segments, mirrored: pass 0 the local contributions of all but each sequence's first segment, pass 1 the rest.
-        uint valueBlocks = (uint)(s.ValueDim / CudaLinearKernels.ValueBlock), dstateSmem = (uint)CudaLinearKernels.StateGradientSharedBytes(s.KeyDim, _gate);
+        int blocksPerCta = CudaLinearKernels.StateGradientValueBlocks(_gate);
+        uint ctaColumns = (uint)(s.ValueDim / (CudaLinearKernels.ValueBlock * blocksPerCta)), dstateThreads = (uint)(128 * blocksPerCta);
+        uint dstateSmem = (uint)CudaLinearKernels.StateGradientSharedBytes(s.KeyDim, _gate);
         if (_partCount > 0)
         {
             a.Pass = 0;
-            dstate.Launch(valueBlocks, (uint)s.Heads, (uint)_segmentCount, 128, dstateSmem, stream, r);
+            dstate.Launch(ctaColumns, (uint)s.Heads, (uint)_segmentCount, dstateThreads, dstateSmem, stream, r);
         }
         a.Pass = 1;
-        dstate.Launch(valueBlocks, (uint)s.Heads, (uint)_segmentCount, 128, dstateSmem, stream, r);
+        dstate.Launch(ctaColumns, (uint)s.Heads, (uint)_segmentCount, dstateThreads, dstateSmem, stream, r);
         if (_chunkCount == 0) return;
 
         // 3. dq, dk, dv (and d log gate) per (chunk, query head).
