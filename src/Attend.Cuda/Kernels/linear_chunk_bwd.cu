@@ -1440,43 +1440,41 @@ attend_linear_chunk_bwd_cg(
             }
         }
         group_bar0();   // group 0 is done with H0: its region takes q ⊙ dq
-#pragma unroll
-        for (int j = 0; j < DK / 8; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++)
-            {
-                const int row = wr + g + 8 * (e >> 1), col = 8 * j + 2 * t + (e & 1);
-                dq[j][e] *= exp_e(fminf(sB[row * DKP + col] - sB[rr * DKP + col], 80.f));
-            }
-        write_rows<DK / 8>(dQ + (long long)h * DK, dq, tok0, qStride, wr, len, g, t, false, 1.f);
 
-        // q ⊙ dq, its diagonal pair left out (recomputed with the products' own roundings; see attend_linear_chunk_bwd).
+        // dq's factor e^{min(b_t − b_r, 80)} and, with it, q ⊙ dq: its diagonal pair left out (recomputed with the
+        // products' own roundings, k̃ the K̃_w element the product used; see attend_linear_chunk_bwd). One exp per element
+        // serves both.
+        float dd0 = 0.f, dd1 = 0.f;
         if (dG != 0)
         {
-            float dd0, dd1;
             quad_diagonal(da, wr, g, t, dd0, dd1);
             dd0 = rnd_elem(dd0 * scale);
             dd1 = rnd_elem(dd1 * scale);
+        }
 #pragma unroll
-            for (int half = 0; half < 2; half++)
+        for (int half = 0; half < 2; half++)
+        {
+            const int row = wr + g + 8 * half;
+            const float dd = half ? dd1 : dd0;
+#pragma unroll
+            for (int j = 0; j < DK / 8; j++)
             {
-                const int row = wr + g + 8 * half;
-                const float dd = half ? dd1 : dd0;
-#pragma unroll
-                for (int j = 0; j < DK / 8; j++)
+                const int col = 8 * j + 2 * t;
+                const float2 r = *(const float2*)(sB + rr * DKP + col), b = *(const float2*)(sB + row * DKP + col);
+                const float f0 = exp_e(fminf(b.x - r.x, 80.f)), f1 = exp_e(fminf(b.y - r.y, 80.f));
+                dq[j][2 * half] *= f0;
+                dq[j][2 * half + 1] *= f1;
+                if (dG != 0)
                 {
-                    const int col = 8 * j + 2 * t;
-                    // q raw from global memory (rows past len: zero); k̃ = K̃_w's element, the operand the products rounded.
+                    // q raw from global memory (rows past len: zero).
                     const unsigned qp = row < len ? *(const unsigned*)(qBase + (long long)row * qStride + col) : 0u;
                     const unsigned kp = tile_pair(smem + kt_off(w), row, col);
-                    const float r0 = sB[rr * DKP + col], r1 = sB[rr * DKP + col + 1];
-                    const float b0 = sB[row * DKP + col], b1 = sB[row * DKP + col + 1];
-                    const float k0 = elem_lo(kp) * exp_e(fminf(b0 - r0, 80.f));
-                    const float k1 = elem_hi(kp) * exp_e(fminf(b1 - r1, 80.f));
-                    *(float2*)(sPq + pidx(row, col)) = make_float2((dq[j][2 * half] - dd * k0) * elem_lo(qp), (dq[j][2 * half + 1] - dd * k1) * elem_hi(qp));
+                    *(float2*)(sPq + pidx(row, col)) = make_float2((dq[j][2 * half] - dd * elem_lo(kp) * f0) * elem_lo(qp),
+                                                                   (dq[j][2 * half + 1] - dd * elem_hi(kp) * f1) * elem_hi(qp));
                 }
             }
         }
+        write_rows<DK / 8>(dQ + (long long)h * DK, dq, tok0, qStride, wr, len, g, t, false, 1.f);
         pq_arrive();
     }
     else
@@ -1562,47 +1560,42 @@ attend_linear_chunk_bwd_cg(
                 mma16816(dk[2 * dp + 1], p0, p1, p2, p3, b2, b3);
             }
         }
-#pragma unroll
-        for (int j = 0; j < DK / 8; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++)
-            {
-                const int row = wr + g + 8 * (e >> 1), col = 8 * j + 2 * t + (e & 1);
-                dk[j][e] *= exp_e(sB[rr * DKP + col] - sB[row * DKP + col]);
-            }
-        write_rows<DK / 8>(dK + (long long)hk * DK, dk, tok0, kStride, wr, len, g, t, add, 1.f);
-
-        // − k ⊙ dk (this head's dk, before any sum over a group), its diagonal term left out, subtracted in place from
-        // q ⊙ dq once group 0 has written it.
-        pq_sync();
+        // dk's factor e^{b_r − b_s} and, with it, − k ⊙ dk (this head's dk, before any sum over a group), its diagonal
+        // term left out (q̂ the Q̂_w element the product used), subtracted in place from q ⊙ dq once group 0 has written it.
+        float dd0 = 0.f, dd1 = 0.f;
         if (dG != 0)
         {
-            float dd0, dd1;
             quad_diagonal(dat, wr, g, t, dd0, dd1);
             dd0 = rnd_elem(dd0 * scale);
             dd1 = rnd_elem(dd1 * scale);
+        }
+        pq_sync();
 #pragma unroll
-            for (int half = 0; half < 2; half++)
+        for (int half = 0; half < 2; half++)
+        {
+            const int row = wr + g + 8 * half;
+            const float dd = half ? dd1 : dd0;
+#pragma unroll
+            for (int j = 0; j < DK / 8; j++)
             {
-                const int row = wr + g + 8 * half;
-                const float dd = half ? dd1 : dd0;
-#pragma unroll
-                for (int j = 0; j < DK / 8; j++)
+                const int col = 8 * j + 2 * t;
+                const float2 r = *(const float2*)(sB + rr * DKP + col), b = *(const float2*)(sB + row * DKP + col);
+                const float f0 = exp_e(r.x - b.x), f1 = exp_e(r.y - b.y);
+                dk[j][2 * half] *= f0;
+                dk[j][2 * half + 1] *= f1;
+                if (dG != 0)
                 {
-                    const int col = 8 * j + 2 * t;
-                    // k raw from global memory (rows past len: zero); q̂ = Q̂_w's element, the operand the products rounded.
+                    // k raw from global memory (rows past len: zero).
                     const unsigned kp = row < len ? *(const unsigned*)(kBase + (long long)row * kStride + col) : 0u;
                     const unsigned qp = tile_pair(smem + CG_OFF_QH + qh_row0(w) * DK * 2, row - wr, col);
-                    const float r0 = sB[rr * DKP + col], r1 = sB[rr * DKP + col + 1];
-                    const float b0 = sB[row * DKP + col], b1 = sB[row * DKP + col + 1];
-                    const float q0 = elem_lo(qp) * exp_e(r0 - b0);
-                    const float q1 = elem_hi(qp) * exp_e(r1 - b1);
                     float2* const pp = (float2*)(sPq + pidx(row, col));
                     const float2 qd = *pp;
-                    *pp = make_float2(qd.x - (dk[j][2 * half] - dd * q0) * elem_lo(kp), qd.y - (dk[j][2 * half + 1] - dd * q1) * elem_hi(kp));
+                    *pp = make_float2(qd.x - (dk[j][2 * half] - dd * elem_lo(qp) * f0) * elem_lo(kp),
+                                      qd.y - (dk[j][2 * half + 1] - dd * elem_hi(qp) * f1) * elem_hi(kp));
                 }
             }
         }
+        write_rows<DK / 8>(dK + (long long)hk * DK, dk, tok0, kStride, wr, len, g, t, add, 1.f);
     }
 
     // ---- Both groups: dV = Aᵀ dO + (K ⊙ e^{b_C − b_s}) dH for this warp's rows as keys, group 1 the even value blocks,
