@@ -27,7 +27,8 @@
 // segment's chunks last to first with its [DK, 64] slice of dH in float32 registers and writes dH of every chunk
 // (element type) and dS0 (float32), on the forward's segments mirrored (pass 0: local contributions and total log decays
 // of all but a sequence's first segment; pass 1: the rest); then attend_linear_chunk_bwd, one CTA per (chunk, query
-// head), computes dQ, dK, dV (and dG) of the chunk from its tiles, H0 and dH.
+// head), computes dQ, dK, dV (and dG) of the chunk from its tiles, H0 and dH (GATE 2: attend_linear_chunk_bwd_cg at the
+// end of this file, 8 warps in two groups, which the host launches instead).
 // The gradients are float32: dQ [tokens, H, DK] stored, dK [tokens, Hkv, DK] and dV [tokens, Hkv, dv] stored when
 // H = Hkv, else added atomically over the query heads of a group (the caller zeroes them first); dG like the gate.
 //
