@@ -51,6 +51,9 @@ internal static class CudaLinearBench
         int failed = 0;
         // ATTEND_BENCH_LINEAR_DELTA_ONLY=1 (a development switch) times only the delta rules' rows.
         Method[] methods = Environment.GetEnvironmentVariable("ATTEND_BENCH_LINEAR_DELTA_ONLY") == "1" ? [] : s_methods;
+        // ATTEND_BENCH_LINEAR_METHODS=simple_gla,gla (a development switch) times only those rows, no delta rules.
+        string? onlyMethods = Environment.GetEnvironmentVariable("ATTEND_BENCH_LINEAR_METHODS");
+        if (onlyMethods is { Length: > 0 }) methods = methods.Where(m => onlyMethods.Split(',').Contains(m.Name)).ToArray();
         output.WriteLine($"{"method",-12} {"form",-9} {"T",6} {"ms",9} {"M tok/s",9} {"TFLOP/s",8} {"GB/s",7} {"max rel",9}  (H = {Heads}, D = {Dim}, bf16, B = 1)");
         foreach (int t in lengths)
             foreach (Method m in methods)
@@ -81,7 +84,7 @@ internal static class CudaLinearBench
                 $"{m.Name,-12} {"recurrent",-9} {"B=" + batch,6} decode step {r.UsPerToken * batch,8:F2} µs per step ({batch} sequences x {Heads} heads, state read and written in place; {r.UsPerToken:F2} µs per token)"));
         }
         // The delta rules (CudaDeltaRulePlan): delta and gated_delta rows, same lengths, same JSON.
-        failed += CudaDeltaBench.Run(ctx, lengths, quick, ceilings, records, output);
+        if (onlyMethods is not { Length: > 0 }) failed += CudaDeltaBench.Run(ctx, lengths, quick, ceilings, records, output);
         foreach (string line in CudaLinearKernels.Describe()) output.WriteLine("  " + line);
         if (jsonPath is not null)
         {
@@ -169,6 +172,17 @@ internal static class CudaLinearBench
         int reps = quick ? 5 : 20;
         ms = Median(() => { plan.Run(q, k, v, gate, null, o, null, stream); plan.Backward(q, k, v, gate, null, dO, null, dq, dk, dv, dg, null, stream); }, ctx, stream, reps);
         backwardMs = Median(() => plan.Backward(q, k, v, gate, null, dO, null, dq, dk, dv, dg, null, stream), ctx, stream, reps);
+        if (m.Decay is LinearDecay.ScalarGate or LinearDecay.ChannelGate)
+        {
+            // The backward's launches: the checkpoints (the forward's pass 2), the state-gradient sweep, the chunk kernel.
+            plan.BackwardStages = 1;
+            double checkpointMs = Median(() => plan.Backward(q, k, v, gate, null, dO, null, dq, dk, dv, dg, null, stream), ctx, stream, reps);
+            plan.BackwardStages = 2;
+            double sweepMs = Median(() => plan.Backward(q, k, v, gate, null, dO, null, dq, dk, dv, dg, null, stream), ctx, stream, reps);
+            plan.BackwardStages = 3;
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"  {m.Name} backward stages (T = {t}): checkpoints {checkpointMs:F3} ms, state-gradient sweep {sweepMs - checkpointMs:F3} ms, chunk kernel {backwardMs - sweepMs:F3} ms"));
+        }
         return new LinearRecord(m.Name, "fwd+bwd", t, Dim, Heads, passed ? t / (ms / 1e3) : null, null, null, null, 0) { Passed = passed };
     }
 

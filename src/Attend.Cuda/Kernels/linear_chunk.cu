@@ -266,12 +266,21 @@ attend_linear_chunk(
         float* const sB = (float*)(smem + OFF_G + stage * CHUNK * DK * 4);
         if (tid < DK)
         {
+            // 16 rows at a time: their loads are independent, so the scan waits for one shared-memory latency per 16
+            // rows instead of one per row.
             float run = 0.f;
-#pragma unroll 8
-            for (int i = 0; i < CHUNK; i++)
+#pragma unroll
+            for (int i0 = 0; i0 < CHUNK; i0 += 16)
             {
-                run += sB[i * DK + tid];
-                sB[i * DK + tid] = run;
+                float y[16];
+#pragma unroll
+                for (int i = 0; i < 16; i++) y[i] = sB[(i0 + i) * DK + tid];
+#pragma unroll
+                for (int i = 0; i < 16; i++)
+                {
+                    run += y[i];
+                    sB[(i0 + i) * DK + tid] = run;
+                }
             }
             decayAcc += run;
         }
@@ -279,7 +288,8 @@ attend_linear_chunk(
 #endif
 
         // GATE 2: decayed keys K̂_j = k_j ⊙ exp(b_last − b_j) for the state update and K̃_j = k_j ⊙ exp(b_e(j) − b_j) in
-        // bf16 for the intra-chunk product (GATE 1 scales the key fragments of the state update in registers instead).
+        // bf16 for the intra-chunk product (pass 1 only: passes 0 and 2 compute no output; GATE 1 scales the key
+        // fragments of the state update in registers instead).
 #if GATE == 2
 #pragma unroll
         for (int i = 0; i < CHUNK * DC / NT; i++)
@@ -299,9 +309,9 @@ attend_linear_chunk(
                 const float br0 = sB[r * DK + ch], br1 = sB[r * DK + ch + 1];
                 const float lo = elem_lo(kw[e]), hi = elem_hi(kw[e]);
                 hw[e] = pack2(lo * exp_e(sB[(CHUNK - 1) * DK + ch] - br0), hi * exp_e(sB[(CHUNK - 1) * DK + ch + 1] - br1));
-                tw[e] = pack_bf16(lo * exp_e(sB[rEnd * DK + ch] - br0), hi * exp_e(sB[rEnd * DK + ch + 1] - br1));
+                if (pass == 1) tw[e] = pack_bf16(lo * exp_e(sB[rEnd * DK + ch] - br0), hi * exp_e(sB[rEnd * DK + ch + 1] - br1));
             }
-            *(uint4*)(smem + OFF_KT + off) = make_uint4(tw[0], tw[1], tw[2], tw[3]);
+            if (pass == 1) *(uint4*)(smem + OFF_KT + off) = make_uint4(tw[0], tw[1], tw[2], tw[3]);
             *(uint4*)(smem + OFF_KH + off) = make_uint4(hw[0], hw[1], hw[2], hw[3]);
         }
         __syncthreads();

@@ -27,7 +27,8 @@
 // segment's chunks last to first with its [DK, 64] slice of dH in float32 registers and writes dH of every chunk
 // (element type) and dS0 (float32), on the forward's segments mirrored (pass 0: local contributions and total log decays
 // of all but a sequence's first segment; pass 1: the rest); then attend_linear_chunk_bwd, one CTA per (chunk, query
-// head), computes dQ, dK, dV (and dG) of the chunk from its tiles, H0 and dH.
+// head), computes dQ, dK, dV (and dG) of the chunk from its tiles, H0 and dH (GATE 2: attend_linear_chunk_bwd_cg at the
+// end of this file, 8 warps in two groups, which the host launches instead).
 // The gradients are float32: dQ [tokens, H, DK] stored, dK [tokens, Hkv, DK] and dV [tokens, Hkv, dv] stored when
 // H = Hkv, else added atomically over the query heads of a group (the caller zeroes them first); dG like the gate.
 //
@@ -80,18 +81,27 @@ __device__ __forceinline__ void load_stile(unsigned tile, const elem_t* g, long 
 struct LinChunk { int seq, tokStart, len, pad; };
 
 // ---------------------------------------------------------------------------------------------------------------
-// dH of every chunk, walking each segment's chunks last to first. CTA = (64 value columns, query head, segment), on
+// dH of every chunk, walking each segment's chunks last to first. CTA = (64 value columns (GATE 2: 128, two groups of
+// 4 warps sharing the Q and gate tiles), query head, segment), on
 // the forward's segment table (LinSeg; chunk0 = the segment's first global chunk). Pass 0: every segment but a sequence's
 // first computes its local contribution to the gradient at its start from zero (partLocal, slot firstPart + index − 1)
 // and its total log decay (partDecay, same slot; GATE 1 [parts, H], GATE 2 [parts, H, DK]); pass 1: each segment starts
 // from the sequence's dS_T folded with the local contributions of the segments after it (each decayed by its total),
 // writes dH of its chunks and, the first segment, dS0.
 // ---------------------------------------------------------------------------------------------------------------
+// GATE 2: a CTA takes two value blocks (8 warps, warps 4–7 the second block), so the Q tile and the [64][DK] gate tile,
+// which do not depend on the value block, are read and scanned once for both (the sweep moves about half the bytes).
+#if GATE == 2
+#define DS_NVB 2
+#else
+#define DS_NVB 1
+#endif
+#define DS_NT (DS_NVB * NT)
 #define DS_Q_BYTES (CHUNK * DK * 2)
 #define DS_V_BYTES (CHUNK * BV * 2)
 #define DS_OFF_Q 0
 #define DS_OFF_DO (2 * DS_Q_BYTES)
-#define DS_OFF_G (DS_OFF_DO + 2 * DS_V_BYTES)
+#define DS_OFF_G (DS_OFF_DO + 2 * DS_NVB * DS_V_BYTES)
 #if GATE == 2
 #define DS_G_BYTES (CHUNK * DK * 4)
 #elif GATE == 1
@@ -129,7 +139,7 @@ __device__ __forceinline__ void chunk_b(const float* raw, float lg, int len, int
 }
 #endif
 
-extern "C" __global__ void __launch_bounds__(NT)
+extern "C" __global__ void __launch_bounds__(DS_NT)
 attend_linear_dstate(
     const elem_t* __restrict__ Q, const elem_t* __restrict__ dO,
     const float* __restrict__ gate,           // GATE 1: [tokens, H] log α (when headLogDecay is null); GATE 2: [tokens, H, DK]
@@ -143,9 +153,10 @@ attend_linear_dstate(
     int heads, int dv, float scale, int pass)
 {
     extern __shared__ __align__(128) unsigned char smem[];
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int tid = threadIdx.x, lane = tid & 31, warp = (tid >> 5) & (NWARPS - 1), ltid = tid & (NT - 1);
     const int g = lane >> 2, t = lane & 3;
-    const int h = blockIdx.y, vb = blockIdx.x, z = blockIdx.z;
+    const int h = blockIdx.y, vb = blockIdx.x * DS_NVB + tid / NT, z = blockIdx.z;
+    const int vbl = vb % DS_NVB;   // this thread's value block within the CTA
     const LinSeg sq = segs[z];
     if (pass == 0 && sq.index == 0) return;   // the whole CTA: no barrier is reached
     const long long qStride = (long long)heads * DK, oStride = (long long)heads * dv;
@@ -212,13 +223,13 @@ attend_linear_dstate(
     {
         const int c0 = (nChunks - 1) * CHUNK;
         const int valid = sq.len - c0;
-        load_tile<CHUNK>(base + DS_OFF_Q, qBase + (long long)c0 * qStride, qStride, valid, tid);
-        load_vtile(base + DS_OFF_DO, oBase + (long long)c0 * oStride, oStride, valid, tid);
+        if (tid < NT) load_tile<CHUNK>(base + DS_OFF_Q, qBase + (long long)c0 * qStride, qStride, valid, tid);
+        load_vtile(base + DS_OFF_DO + vbl * DS_V_BYTES, oBase + (long long)c0 * oStride, oStride, valid, ltid);
 #if GATE == 1
         if (gated && tid < CHUNK)
             cp_async4(base + DS_OFF_G + tid * 4, tid < valid ? gate + (long long)(sq.tokStart + c0 + tid) * heads + h : gate, tid < valid ? 4 : 0);
 #elif GATE == 2
-        load_gtile(base + DS_OFF_G, gBase + (long long)c0 * heads * DK, (long long)heads * DK, valid, DK, tid);
+        if (tid < NT) load_gtile(base + DS_OFF_G, gBase + (long long)c0 * heads * DK, (long long)heads * DK, valid, DK, tid);
 #endif
     }
     cp_async_commit();
@@ -252,18 +263,18 @@ attend_linear_dstate(
         {
             const int n0 = c0 - CHUNK;   // the previous chunk is whole
             const int ns = stage ^ 1;
-            load_tile<CHUNK>(base + DS_OFF_Q + ns * DS_Q_BYTES, qBase + (long long)n0 * qStride, qStride, CHUNK, tid);
-            load_vtile(base + DS_OFF_DO + ns * DS_V_BYTES, oBase + (long long)n0 * oStride, oStride, CHUNK, tid);
+            if (tid < NT) load_tile<CHUNK>(base + DS_OFF_Q + ns * DS_Q_BYTES, qBase + (long long)n0 * qStride, qStride, CHUNK, tid);
+            load_vtile(base + DS_OFF_DO + (ns * DS_NVB + vbl) * DS_V_BYTES, oBase + (long long)n0 * oStride, oStride, CHUNK, ltid);
 #if GATE == 1
             if (gated && tid < CHUNK) cp_async4(base + DS_OFF_G + (ns * CHUNK + tid) * 4, gate + (long long)(sq.tokStart + n0 + tid) * heads + h, 4);
 #elif GATE == 2
-            load_gtile(base + DS_OFF_G + ns * DS_G_BYTES, gBase + (long long)n0 * heads * DK, (long long)heads * DK, CHUNK, DK, tid);
+            if (tid < NT) load_gtile(base + DS_OFF_G + ns * DS_G_BYTES, gBase + (long long)n0 * heads * DK, (long long)heads * DK, CHUNK, DK, tid);
 #endif
         }
         cp_async_commit();
 
         const unsigned sQ = base + DS_OFF_Q + stage * DS_Q_BYTES;
-        const unsigned sO = base + DS_OFF_DO + stage * DS_V_BYTES;
+        const unsigned sO = base + DS_OFF_DO + (stage * DS_NVB + vbl) * DS_V_BYTES;
 
         // dH ← e^{b_C} dH + (Q ⊙ scale·e^{b})ᵀ dO.
 #if GATE == 1
@@ -285,12 +296,21 @@ attend_linear_dstate(
         float* const sB = (float*)(smem + DS_OFF_G + stage * DS_G_BYTES);
         if (tid < DK)
         {
+            // 16 rows at a time: their loads are independent, so the scan waits for one shared-memory latency per 16
+            // rows instead of one per row.
             float run = 0.f;
-#pragma unroll 8
-            for (int x = 0; x < CHUNK; x++)
+#pragma unroll
+            for (int x0 = 0; x0 < CHUNK; x0 += 16)
             {
-                run += sB[x * DK + tid];
-                sB[x * DK + tid] = run;
+                float y[16];
+#pragma unroll
+                for (int i = 0; i < 16; i++) y[i] = sB[(x0 + i) * DK + tid];
+#pragma unroll
+                for (int i = 0; i < 16; i++)
+                {
+                    run += y[i];
+                    sB[(x0 + i) * DK + tid] = run;
+                }
             }
             decayAcc += run;
         }
@@ -1130,3 +1150,581 @@ attend_linear_chunk_bwd(
     (void)dG;
 #endif
 }
+
+#if GATE == 2
+// ---------------------------------------------------------------------------------------------------------------
+// The channel-gate chunk backward with 8 warps (attend_linear_chunk_bwd_cg; the host launches it for GATE 2 in place of
+// attend_linear_chunk_bwd). The same products as above, on two warp groups that run side by side on one CTA per SM
+// (two warps per scheduler instead of one, so one group's exps and loads hide behind the other's products):
+//   group 0 (warps 0–3): phase Q (dA, dq, q ⊙ dq) for its 16 rows as queries, then dv of the odd value blocks;
+//   group 1 (warps 4–7): phase K (dAᵀ, dk, − k ⊙ dk) for the same 16 rows as keys, then dv of the even value blocks
+//   (each group recomputes Aᵀ of its rows: 64 products, against 96 or 192 more on the busier group).
+// H0 and dH both sit in shared memory from the start (the second cp.async group, behind the tiles and the gate the
+// cumulative scan needs first). The gate gradient's two parts go to one shared tile in H0's region: group 0 writes
+// q ⊙ dq once it has read H0 (a named barrier of its 4 warps) and arrives at a second named barrier, at which group 1
+// waits before subtracting k ⊙ dk in place; after the last barrier thread c < DK runs the reverse cumulative sum down
+// key channel c in shared memory (a global read-modify-write per row before: a dependent global latency per step),
+// starting from ⟨S_C, dH⟩_c (dH from shared memory, S_C's row read with every load in flight). Computed once per chunk
+// instead of per fragment: the per-warp factors of the state terms (scale · e^{b_r} on H0, e^{b_C − b_r} on dH), and
+// Q̂_w = Q ⊙ e^{min(b_u − b_r, 80)} (rows u ≥ 16w, one tile per warp w: 160 rows), the query operand of dk's in-chunk
+// product and of Aᵀ, and K̃_w = K ⊙ e^{b_r − b_s} (rows s ≤ 16w + 15: 160 rows), the key operand of dq's in-chunk product
+// and of Aᵀ (K̃_3, whose reference is the chunk's last row, is also dv's K ⊙ e^{b_C − b_s}): each element once per warp
+// that uses it, by 16-byte items over all 256 threads, where before every fragment the products loaded was scaled with an
+// exp per element (up to ~1,400 exps per thread). Three K̃ tiles take the raw Q and K tiles' place; the gate gradient
+// reads raw q and k from global memory.
+// ---------------------------------------------------------------------------------------------------------------
+#define CG_NT (2 * NT)
+#define CG_OFF_H0 OFF_X                                       // H0, then (group 0, after its last H0 read) q ⊙ dq
+#define CG_OFF_DH (CG_OFF_H0 + MAXVB * S_BYTES)
+#define CG_OFF_B (CG_OFF_DH + MAXVB * S_BYTES)
+#define CG_OFF_F (CG_OFF_B + CHUNK * DKP * 4)                 // [2][4][DK] float32: scale · e^{b_r}, e^{b_C − b_r} per warp
+#define CG_OFF_QH (CG_OFF_F + 2 * NWARPS * DK * 4)            // Q̂_w = Q ⊙ e^{min(b_u − b_r, 80)}, rows u ≥ 16w, w = 0..3 (160 rows)
+#define CG_OFF_KX (CG_OFF_QH + 160 * DK * 2)                  // K̃_2 (48 rows); K̃_3, K̃_0, K̃_1 take the raw Q and K tiles' place
+#define CG_SMEM_BYTES (CG_OFF_KX + 48 * DK * 2)
+
+// First row of warp w's Q̂ tile in the Q̂ region (its rows 16w..63 stored from there: 64, 48, 32, 16 rows).
+__device__ __forceinline__ int qh_row0(int w) { return 64 * w - 8 * w * (w - 1); }
+
+// Byte offset of warp w's K̃ tile K̃_w = K ⊙ e^{b_r − b_s} (rows s ≤ 16w + 15, its row s is key s): K̃_3 (64 rows, the
+// reference row is the chunk's last, so it is also dv's K ⊙ e^{b_C − b_s}), K̃_0 (16) and K̃_1 (32) where the raw Q and K
+// tiles were (112 of their 128 rows), K̃_2 (48) in its own region.
+__device__ __forceinline__ unsigned kt_off(int w)
+{
+    return w == 3 ? (unsigned)OFF_Q : w == 2 ? (unsigned)CG_OFF_KX : (unsigned)(OFF_Q + (64 + 16 * w) * DK * 2);
+}
+
+// Index of (row, col) in a [CHUNK][DK] float32 tile whose columns are XOR-swizzled by row (conflict-free float2 stores
+// from the mma layout, conflict-free row reads by column); col and col ^ 1 stay adjacent.
+__device__ __forceinline__ int pidx(int row, int col) { return row * DK + (col ^ ((row & 7) << 3)); }
+
+__device__ __forceinline__ void group_bar0() { asm volatile("bar.sync 1, 128;\n" ::: "memory"); }
+// Group 0 has written q ⊙ dq (arrive) / group 1 waits for it before subtracting k ⊙ dk in place (sync).
+__device__ __forceinline__ void pq_arrive() { asm volatile("bar.arrive 2, 256;\n" ::: "memory"); }
+__device__ __forceinline__ void pq_sync() { asm volatile("bar.sync 2, 256;\n" ::: "memory"); }
+
+extern "C" __global__ void __launch_bounds__(CG_NT, 1)
+attend_linear_chunk_bwd_cg(
+    const elem_t* __restrict__ Q, const elem_t* __restrict__ K, const elem_t* __restrict__ V, const elem_t* __restrict__ dO,
+    const float* __restrict__ gate,           // [tokens, H, DK]
+    const float* __restrict__ headLogDecay,   // unused (the channel gate has no fixed form)
+    const elem_t* __restrict__ H0s,           // [chunks, H, DK, dv]: the state at each chunk's start
+    const elem_t* __restrict__ dHs,           // [chunks, H, DK, dv]: the gradient of the state at each chunk's end
+    const float* __restrict__ finalStates,    // [N, H, DK, dv]: each sequence's final state (read for dG only)
+    float* __restrict__ dQ, float* __restrict__ dK, float* __restrict__ dV,
+    float* __restrict__ dG,                   // like `gate`, or null (not wanted)
+    const LinChunk* __restrict__ chunks,      // pad: 1 for a sequence's last chunk
+    int heads, int kvHeads, int dv, float scale)
+{
+    extern __shared__ __align__(128) unsigned char smem[];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int grp = warp >> 2, w = warp & 3, gtid = tid & (NT - 1);
+    const int g = lane >> 2, t = lane & 3;
+    const int h = blockIdx.y, ci = blockIdx.x;
+    const LinChunk ch = chunks[ci];
+    const int len = ch.len;
+    const int group = heads / kvHeads, hk = h / group;
+    const bool add = group > 1;
+    const int nvb = dv / BV;
+    const long long qStride = (long long)heads * DK, kStride = (long long)kvHeads * DK;
+    const long long vStride = (long long)kvHeads * dv, oStride = (long long)heads * dv;
+    const long long tok0 = ch.tokStart;
+    const elem_t* qBase = Q + tok0 * qStride + (long long)h * DK;
+    const elem_t* kBase = K + tok0 * kStride + (long long)hk * DK;
+    const elem_t* vBase = V + tok0 * vStride + (long long)hk * dv;
+    const elem_t* oBase = dO + tok0 * oStride + (long long)h * dv;
+    const long long stateAt = ((long long)ci * heads + h) * DK * dv;
+    const unsigned base = smem_addr(smem);
+    const unsigned sQ = base + OFF_Q, sK = base + OFF_K;
+    const int wr = 16 * w;
+    float* const sB = (float*)(smem + CG_OFF_B);
+    float* const sPq = (float*)(smem + CG_OFF_H0);
+    const float* const sFH0 = (const float*)(smem + CG_OFF_F);   // [4][DK]: scale · e^{b_r}
+    const float* const sFDH = sFH0 + NWARPS * DK;                // [4][DK]: e^{b_C − b_r}
+    (void)headLogDecay;
+
+    // The tiles and the gate first (one group each half of the CTA), the states second.
+    if (grp == 0)
+    {
+        load_tile<CHUNK>(sQ, qBase, qStride, len, gtid);
+        for (int vb = 0; vb < nvb; vb++) load_vtile(base + OFF_V + vb * V_BYTES, vBase + vb * BV, vStride, len, gtid);
+        load_gtile(base + CG_OFF_B, gate + (tok0 * heads + h) * DK, (long long)heads * DK, len, DKP, gtid);
+        cp_async_commit();
+        for (int vb = 0; vb < nvb; vb++) load_stile(base + CG_OFF_H0 + vb * S_BYTES, H0s + stateAt + vb * BV, dv, gtid);
+    }
+    else
+    {
+        load_tile<CHUNK>(sK, kBase, kStride, len, gtid);
+        for (int vb = 0; vb < nvb; vb++) load_vtile(base + OFF_DO + vb * V_BYTES, oBase + vb * BV, oStride, len, gtid);
+        cp_async_commit();
+        for (int vb = 0; vb < nvb; vb++) load_stile(base + CG_OFF_DH + vb * S_BYTES, dHs + stateAt + vb * BV, dv, gtid);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+
+    // The in-chunk cumulative log decay, in place: thread (part p, channel c) scans rows p·RP .. p·RP + RP − 1 in
+    // registers, then adds the earlier parts' totals (rows past len hold zero gates: b stays at b_{len−1}).
+    {
+        constexpr int PARTS = CG_NT / DK, RP = CHUNK / PARTS;
+        const int c = tid % DK, p = tid / DK;
+        float x[RP];
+#pragma unroll
+        for (int i = 0; i < RP; i++) x[i] = sB[(p * RP + i) * DKP + c];
+#pragma unroll
+        for (int i = 1; i < RP; i++) x[i] += x[i - 1];
+        float* const tot = (float*)(smem + CG_OFF_QH);   // scratch: the parts' totals (Q̂ is written after)
+        tot[p * DK + c] = x[RP - 1];
+        __syncthreads();
+        float off = 0.f;
+        for (int q = 0; q < p; q++) off += tot[q * DK + c];
+#pragma unroll
+        for (int i = 0; i < RP; i++) sB[(p * RP + i) * DKP + c] = x[i] + off;
+    }
+    __syncthreads();
+    for (int i = tid; i < NWARPS * DK; i += CG_NT)
+    {
+        const int ww = i / DK, c = i % DK;
+        const float r = sB[(16 * ww + 15) * DKP + c];
+        float* f = (float*)(smem + CG_OFF_F);
+        f[i] = scale * exp_e(r);
+        f[NWARPS * DK + i] = exp_e(sB[(CHUNK - 1) * DKP + c] - r);
+    }
+    // Q̂_w, the query operand of dk's in-chunk product and of Aᵀ at warp w's reference row (clamped on the diagonal
+    // block, as those products scaled each fragment before): 8 channels of one row per item, 16-byte loads and stores.
+    for (int i = tid; i < 160 * DC; i += CG_NT)
+    {
+        const int R = i / DC, c8 = i % DC;
+        const int ww = R < 64 ? 0 : R < 112 ? 1 : R < 144 ? 2 : 3;
+        const int u = R - qh_row0(ww) + 16 * ww;
+        const uint4 x = *(const uint4*)(smem + OFF_Q + tile_offset(u, c8));
+        const float* bu = sB + u * DKP + 8 * c8;
+        const float* br = sB + (16 * ww + 15) * DKP + 8 * c8;
+        float f[8];
+#pragma unroll
+        for (int j = 0; j < 8; j++) f[j] = exp_e(fminf(bu[j] - br[j], 80.f));
+        uint4 y;
+        y.x = pack2(elem_lo(x.x) * f[0], elem_hi(x.x) * f[1]);
+        y.y = pack2(elem_lo(x.y) * f[2], elem_hi(x.y) * f[3]);
+        y.z = pack2(elem_lo(x.z) * f[4], elem_hi(x.z) * f[5]);
+        y.w = pack2(elem_lo(x.w) * f[6], elem_hi(x.w) * f[7]);
+        *(uint4*)(smem + CG_OFF_QH + tile_offset(R, c8)) = y;
+    }
+    // K̃_w, the key operand of dq's in-chunk product, of Aᵀ and (K̃_3) of dv's state term; read from the raw K tile
+    // into registers first, written after a barrier (three of the four tiles overwrite the raw Q and K tiles, which
+    // nothing reads after this: the gate gradient reads raw q and k from global memory).
+    constexpr int KT_ITEMS = (160 * DC + CG_NT - 1) / CG_NT;
+    uint4 kt[KT_ITEMS];
+#pragma unroll
+    for (int n = 0; n < KT_ITEMS; n++)
+    {
+        const int i = tid + n * CG_NT;
+        if (i < 160 * DC)
+        {
+            // Items 0..: K̃_3 rows 0..63, K̃_0 rows 0..15, K̃_1 rows 0..31, K̃_2 rows 0..47.
+            const int R = i / DC, c8 = i % DC;
+            const int ww = R < 64 ? 3 : R < 80 ? 0 : R < 112 ? 1 : 2;
+            const int s = R < 64 ? R : R < 80 ? R - 64 : R < 112 ? R - 80 : R - 112;
+            const uint4 x = *(const uint4*)(smem + OFF_K + tile_offset(s, c8));
+            const float* bs = sB + s * DKP + 8 * c8;
+            const float* br = sB + (16 * ww + 15) * DKP + 8 * c8;
+            float f[8];
+#pragma unroll
+            for (int j = 0; j < 8; j++) f[j] = exp_e(br[j] - bs[j]);
+            kt[n].x = pack2(elem_lo(x.x) * f[0], elem_hi(x.x) * f[1]);
+            kt[n].y = pack2(elem_lo(x.y) * f[2], elem_hi(x.y) * f[3]);
+            kt[n].z = pack2(elem_lo(x.z) * f[4], elem_hi(x.z) * f[5]);
+            kt[n].w = pack2(elem_lo(x.w) * f[6], elem_hi(x.w) * f[7]);
+        }
+    }
+    __syncthreads();   // every raw Q and K read done (Q̂ above, K̃ here)
+#pragma unroll
+    for (int n = 0; n < KT_ITEMS; n++)
+    {
+        const int i = tid + n * CG_NT;
+        if (i < 160 * DC)
+        {
+            const int R = i / DC, c8 = i % DC;
+            const int ww = R < 64 ? 3 : R < 80 ? 0 : R < 112 ? 1 : 2;
+            const int s = R < 64 ? R : R < 80 ? R - 64 : R < 112 ? R - 80 : R - 112;
+            *(uint4*)(smem + kt_off(ww) + tile_offset(s, c8)) = kt[n];
+        }
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+    const int rr = wr + 15;   // this warp's reference row: e^{b_t − b_s} = e^{b_t − b_rr} e^{b_rr − b_s}
+    const unsigned sQh = base + CG_OFF_QH + qh_row0(w) * DK * 2;   // Q̂_w: its row u − 16w is query u
+    const unsigned sKt = base + kt_off(w);                          // K̃_w: its row s is key s
+    const unsigned sKc = base + kt_off(3);                          // K̃_3 = K ⊙ e^{b_C − b_s}
+
+    if (grp == 0)
+    {
+        // ---- Phase Q: this warp's rows as queries. ----
+        float da[8][4];
+#pragma unroll
+        for (int j = 0; j < 8; j++) da[j][0] = da[j][1] = da[j][2] = da[j][3] = 0.f;
+        for (int vb = 0; vb < nvb; vb++)
+        {
+            const unsigned sV = base + OFF_V + vb * V_BYTES, sO = base + OFF_DO + vb * V_BYTES;
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++)
+            {
+                unsigned a0, a1, a2, a3;
+                ldsm_x4(sO + voff(wr + (lane & 15), 2 * kk + (lane >> 4)), a0, a1, a2, a3);
+#pragma unroll
+                for (int np = 0; np < 4; np++)
+                {
+                    if (np > w) break;
+                    unsigned b0, b1, b2, b3;
+                    ldsm_x4(sV + voff(np * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)), b0, b1, b2, b3);
+                    mma16816(da[2 * np], a0, a1, a2, a3, b0, b1);
+                    mma16816(da[2 * np + 1], a0, a1, a2, a3, b2, b3);
+                }
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+        {
+            if (j > 2 * w + 1) break;
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+            {
+                const int row = wr + g + 8 * (e >> 1), col = 8 * j + 2 * t + (e & 1);
+                if (col > row) da[j][e] = 0.f;
+            }
+        }
+
+        // dQ = e^{b_t − b_r} ⊙ (scale · dA K̃_w + (dO H0ᵀ) ⊙ scale·e^{b_r}): the state term first, its factor (per key
+        // channel, a column of dq) on the float32 result instead of on every H0 fragment; the scale in the dA operand
+        // (rounded as group 1 rounds scale·dAᵀ).
+        float dq[DK / 8][4];
+#pragma unroll
+        for (int j = 0; j < DK / 8; j++) dq[j][0] = dq[j][1] = dq[j][2] = dq[j][3] = 0.f;
+        for (int vb = 0; vb < nvb; vb++)
+        {
+            const unsigned sO = base + OFF_DO + vb * V_BYTES, sX = base + CG_OFF_H0 + vb * S_BYTES;
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++)
+            {
+                unsigned a0, a1, a2, a3;
+                ldsm_x4(sO + voff(wr + (lane & 15), 2 * kk + (lane >> 4)), a0, a1, a2, a3);
+#pragma unroll
+                for (int np = 0; np < DK / 16; np++)
+                {
+                    unsigned b0, b1, b2, b3;
+                    ldsm_x4(sX + voff(np * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)), b0, b1, b2, b3);
+                    mma16816(dq[2 * np], a0, a1, a2, a3, b0, b1);
+                    mma16816(dq[2 * np + 1], a0, a1, a2, a3, b2, b3);
+                }
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < DK / 8; j++)
+        {
+            const float2 f = *(const float2*)(sFH0 + w * DK + 8 * j + 2 * t);
+            dq[j][0] *= f.x; dq[j][1] *= f.y; dq[j][2] *= f.x; dq[j][3] *= f.y;
+        }
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++)
+        {
+            if (kk > w) break;
+            const unsigned p0 = pack2(da[2 * kk][0] * scale, da[2 * kk][1] * scale);
+            const unsigned p1 = pack2(da[2 * kk][2] * scale, da[2 * kk][3] * scale);
+            const unsigned p2 = pack2(da[2 * kk + 1][0] * scale, da[2 * kk + 1][1] * scale);
+            const unsigned p3 = pack2(da[2 * kk + 1][2] * scale, da[2 * kk + 1][3] * scale);
+#pragma unroll
+            for (int dp = 0; dp < DK / 16; dp++)
+            {
+                unsigned b0, b1, b2, b3;
+                ldsm_x4_t(sKt + tile_offset(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), 2 * dp + (lane >> 4)), b0, b1, b2, b3);
+                mma16816(dq[2 * dp], p0, p1, p2, p3, b0, b1);
+                mma16816(dq[2 * dp + 1], p0, p1, p2, p3, b2, b3);
+            }
+        }
+        group_bar0();   // group 0 is done with H0: its region takes q ⊙ dq
+
+        // dq's factor e^{min(b_t − b_r, 80)} and, with it, q ⊙ dq: its diagonal pair left out (recomputed with the
+        // products' own roundings, k̃ the K̃_w element the product used; see attend_linear_chunk_bwd). One exp per element
+        // serves both.
+        float dd0 = 0.f, dd1 = 0.f;
+        if (dG != 0)
+        {
+            quad_diagonal(da, wr, g, t, dd0, dd1);
+            dd0 = rnd_elem(dd0 * scale);
+            dd1 = rnd_elem(dd1 * scale);
+        }
+#pragma unroll
+        for (int half = 0; half < 2; half++)
+        {
+            const int row = wr + g + 8 * half;
+            const float dd = half ? dd1 : dd0;
+#pragma unroll
+            for (int j = 0; j < DK / 8; j++)
+            {
+                const int col = 8 * j + 2 * t;
+                const float2 r = *(const float2*)(sB + rr * DKP + col), b = *(const float2*)(sB + row * DKP + col);
+                const float f0 = exp_e(fminf(b.x - r.x, 80.f)), f1 = exp_e(fminf(b.y - r.y, 80.f));
+                dq[j][2 * half] *= f0;
+                dq[j][2 * half + 1] *= f1;
+                if (dG != 0)
+                {
+                    // q raw from global memory (rows past len: zero).
+                    const unsigned qp = row < len ? *(const unsigned*)(qBase + (long long)row * qStride + col) : 0u;
+                    const unsigned kp = tile_pair(smem + kt_off(w), row, col);
+                    *(float2*)(sPq + pidx(row, col)) = make_float2((dq[j][2 * half] - dd * elem_lo(kp) * f0) * elem_lo(qp),
+                                                                   (dq[j][2 * half + 1] - dd * elem_hi(kp) * f1) * elem_hi(qp));
+                }
+            }
+        }
+        write_rows<DK / 8>(dQ + (long long)h * DK, dq, tok0, qStride, wr, len, g, t, false, 1.f);
+        pq_arrive();
+    }
+    else
+    {
+        // ---- Phase K: this warp's rows as keys. dAᵀ = V dOᵀ for the queries from this warp's own block on (t ≥ s). ----
+        float dat[8][4];
+#pragma unroll
+        for (int j = 0; j < 8; j++) dat[j][0] = dat[j][1] = dat[j][2] = dat[j][3] = 0.f;
+        for (int vb = 0; vb < nvb; vb++)
+        {
+            const unsigned sV = base + OFF_V + vb * V_BYTES, sO = base + OFF_DO + vb * V_BYTES;
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++)
+            {
+                unsigned a0, a1, a2, a3;
+                ldsm_x4(sV + voff(wr + (lane & 15), 2 * kk + (lane >> 4)), a0, a1, a2, a3);
+#pragma unroll
+                for (int np = 0; np < 4; np++)
+                {
+                    if (np < w) continue;
+                    unsigned b0, b1, b2, b3;
+                    ldsm_x4(sO + voff(np * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)), b0, b1, b2, b3);
+                    mma16816(dat[2 * np], a0, a1, a2, a3, b0, b1);
+                    mma16816(dat[2 * np + 1], a0, a1, a2, a3, b2, b3);
+                }
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+        {
+            if (j < 2 * w) continue;
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+            {
+                const int row = wr + g + 8 * (e >> 1), col = 8 * j + 2 * t + (e & 1);
+                if (col < row) dat[j][e] = 0.f;
+            }
+        }
+
+        // dK = e^{b_r − b_s} ⊙ (scale · dAᵀ Q̂_w + (V dHᵀ) ⊙ e^{b_C − b_r}): the state term first, its factor (per key
+        // channel, a column of dk) on the float32 result instead of on every dH fragment.
+        float dk[DK / 8][4];
+#pragma unroll
+        for (int j = 0; j < DK / 8; j++) dk[j][0] = dk[j][1] = dk[j][2] = dk[j][3] = 0.f;
+        for (int vb = 0; vb < nvb; vb++)
+        {
+            const unsigned sV = base + OFF_V + vb * V_BYTES, sX = base + CG_OFF_DH + vb * S_BYTES;
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++)
+            {
+                unsigned a0, a1, a2, a3;
+                ldsm_x4(sV + voff(wr + (lane & 15), 2 * kk + (lane >> 4)), a0, a1, a2, a3);
+#pragma unroll
+                for (int np = 0; np < DK / 16; np++)
+                {
+                    unsigned b0, b1, b2, b3;
+                    ldsm_x4(sX + voff(np * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)), b0, b1, b2, b3);
+                    mma16816(dk[2 * np], a0, a1, a2, a3, b0, b1);
+                    mma16816(dk[2 * np + 1], a0, a1, a2, a3, b2, b3);
+                }
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < DK / 8; j++)
+        {
+            const float2 f = *(const float2*)(sFDH + w * DK + 8 * j + 2 * t);
+            dk[j][0] *= f.x; dk[j][1] *= f.y; dk[j][2] *= f.x; dk[j][3] *= f.y;
+        }
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++)
+        {
+            if (kk < w) continue;
+            const unsigned p0 = pack2(dat[2 * kk][0] * scale, dat[2 * kk][1] * scale);
+            const unsigned p1 = pack2(dat[2 * kk][2] * scale, dat[2 * kk][3] * scale);
+            const unsigned p2 = pack2(dat[2 * kk + 1][0] * scale, dat[2 * kk + 1][1] * scale);
+            const unsigned p3 = pack2(dat[2 * kk + 1][2] * scale, dat[2 * kk + 1][3] * scale);
+#pragma unroll
+            for (int dp = 0; dp < DK / 16; dp++)
+            {
+                unsigned b0, b1, b2, b3;
+                ldsm_x4_t(sQh + tile_offset(kk * 16 - wr + (lane & 7) + (((lane >> 3) & 1) << 3), 2 * dp + (lane >> 4)), b0, b1, b2, b3);
+                mma16816(dk[2 * dp], p0, p1, p2, p3, b0, b1);
+                mma16816(dk[2 * dp + 1], p0, p1, p2, p3, b2, b3);
+            }
+        }
+        // dk's factor e^{b_r − b_s} and, with it, − k ⊙ dk (this head's dk, before any sum over a group), its diagonal
+        // term left out (q̂ the Q̂_w element the product used), subtracted in place from q ⊙ dq once group 0 has written it.
+        float dd0 = 0.f, dd1 = 0.f;
+        if (dG != 0)
+        {
+            quad_diagonal(dat, wr, g, t, dd0, dd1);
+            dd0 = rnd_elem(dd0 * scale);
+            dd1 = rnd_elem(dd1 * scale);
+        }
+        pq_sync();
+#pragma unroll
+        for (int half = 0; half < 2; half++)
+        {
+            const int row = wr + g + 8 * half;
+            const float dd = half ? dd1 : dd0;
+#pragma unroll
+            for (int j = 0; j < DK / 8; j++)
+            {
+                const int col = 8 * j + 2 * t;
+                const float2 r = *(const float2*)(sB + rr * DKP + col), b = *(const float2*)(sB + row * DKP + col);
+                const float f0 = exp_e(r.x - b.x), f1 = exp_e(r.y - b.y);
+                dk[j][2 * half] *= f0;
+                dk[j][2 * half + 1] *= f1;
+                if (dG != 0)
+                {
+                    // k raw from global memory (rows past len: zero).
+                    const unsigned kp = row < len ? *(const unsigned*)(kBase + (long long)row * kStride + col) : 0u;
+                    const unsigned qp = tile_pair(smem + CG_OFF_QH + qh_row0(w) * DK * 2, row - wr, col);
+                    float2* const pp = (float2*)(sPq + pidx(row, col));
+                    const float2 qd = *pp;
+                    *pp = make_float2(qd.x - (dk[j][2 * half] - dd * elem_lo(qp) * f0) * elem_lo(kp),
+                                      qd.y - (dk[j][2 * half + 1] - dd * elem_hi(qp) * f1) * elem_hi(kp));
+                }
+            }
+        }
+        write_rows<DK / 8>(dK + (long long)hk * DK, dk, tok0, kStride, wr, len, g, t, add, 1.f);
+    }
+
+    // ---- Both groups: dV = Aᵀ dO + (K ⊙ e^{b_C − b_s}) dH for this warp's rows as keys, group 1 the even value blocks,
+    // group 0 the odd. Aᵀ = scale · (K ⊙ e^{b_r − b_s}) (Q ⊙ e^{b_t − b_r})ᵀ (t ≥ s). ----
+    if (1 - grp < nvb)   // dv = 64: group 1 alone
+    {
+        float at[8][4];
+#pragma unroll
+        for (int j = 0; j < 8; j++) at[j][0] = at[j][1] = at[j][2] = at[j][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < KS; kk++)
+        {
+            unsigned a0, a1, a2, a3;
+            ldsm_x4(sKt + tile_offset(wr + (lane & 15), 2 * kk + (lane >> 4)), a0, a1, a2, a3);
+#pragma unroll
+            for (int np = 0; np < 4; np++)
+            {
+                if (np < w) continue;
+                unsigned b0, b1, b2, b3;
+                ldsm_x4(sQh + tile_offset(np * 16 - wr + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)), b0, b1, b2, b3);
+                mma16816(at[2 * np], a0, a1, a2, a3, b0, b1);
+                mma16816(at[2 * np + 1], a0, a1, a2, a3, b2, b3);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+        {
+            if (j < 2 * w) continue;
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+            {
+                const int row = wr + g + 8 * (e >> 1), col = 8 * j + 2 * t + (e & 1);
+                if (col < row) at[j][e] = 0.f;
+                else at[j][e] *= scale;
+            }
+        }
+        for (int vb = 1 - grp; vb < nvb; vb += 2)
+        {
+            const unsigned sO = base + OFF_DO + vb * V_BYTES, sX = base + CG_OFF_DH + vb * S_BYTES;
+            float dvv[8][4];
+#pragma unroll
+            for (int j = 0; j < 8; j++) dvv[j][0] = dvv[j][1] = dvv[j][2] = dvv[j][3] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++)
+            {
+                if (kk < w) continue;
+                const unsigned p0 = pack2(at[2 * kk][0], at[2 * kk][1]);
+                const unsigned p1 = pack2(at[2 * kk][2], at[2 * kk][3]);
+                const unsigned p2 = pack2(at[2 * kk + 1][0], at[2 * kk + 1][1]);
+                const unsigned p3 = pack2(at[2 * kk + 1][2], at[2 * kk + 1][3]);
+#pragma unroll
+                for (int dp = 0; dp < 4; dp++)
+                {
+                    unsigned b0, b1, b2, b3;
+                    ldsm_x4_t(sO + voff(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), 2 * dp + (lane >> 4)), b0, b1, b2, b3);
+                    mma16816(dvv[2 * dp], p0, p1, p2, p3, b0, b1);
+                    mma16816(dvv[2 * dp + 1], p0, p1, p2, p3, b2, b3);
+                }
+            }
+#pragma unroll
+            for (int kk = 0; kk < KS; kk++)
+            {
+                unsigned a0, a1, a2, a3;
+                ldsm_x4(sKc + tile_offset(wr + (lane & 15), 2 * kk + (lane >> 4)), a0, a1, a2, a3);
+#pragma unroll
+                for (int dp = 0; dp < 4; dp++)
+                {
+                    unsigned b0, b1, b2, b3;
+                    ldsm_x4_t(sX + voff(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), 2 * dp + (lane >> 4)), b0, b1, b2, b3);
+                    mma16816(dvv[2 * dp], a0, a1, a2, a3, b0, b1);
+                    mma16816(dvv[2 * dp + 1], a0, a1, a2, a3, b2, b3);
+                }
+            }
+            write_rows<8>(dV + (long long)hk * dv + vb * BV, dvv, tok0, vStride, wr, len, g, t, add, 1.f);
+        }
+    }
+
+    // ---- The gate gradient: d log α_r = ⟨S_C, dH⟩ + Σ_{t ≥ r in the chunk} (q ⊙ dq − k ⊙ dk)_t, thread c < DK down key
+    // channel c (S_C: the next chunk's checkpoint, or the sequence's final state after its last chunk). ----
+    if (dG != 0)
+    {
+        __syncthreads();   // both parts of every row are in the shared tiles
+        if (tid < DK)
+        {
+            const int c = tid;
+            float run = 0.f;
+            const elem_t* sNext = H0s + stateAt + (long long)heads * DK * dv + (long long)c * dv;
+            const float* sFinal = finalStates + (((long long)ch.seq * heads + h) * DK + c) * dv;
+#pragma unroll
+            for (int vb = 0; vb < MAXVB; vb++)
+            {
+                if (vb >= nvb) break;
+                float sv[BV];
+                if (ch.pad)
+                {
+#pragma unroll
+                    for (int j = 0; j < BV; j += 4)
+                    {
+                        const float4 a = *(const float4*)(sFinal + vb * BV + j);
+                        sv[j] = a.x; sv[j + 1] = a.y; sv[j + 2] = a.z; sv[j + 3] = a.w;
+                    }
+                }
+                else
+                {
+#pragma unroll
+                    for (int j = 0; j < BV; j += 8)
+                    {
+                        const uint4 e = *(const uint4*)(sNext + vb * BV + j);
+                        sv[j] = elem_lo(e.x); sv[j + 1] = elem_hi(e.x); sv[j + 2] = elem_lo(e.y); sv[j + 3] = elem_hi(e.y);
+                        sv[j + 4] = elem_lo(e.z); sv[j + 5] = elem_hi(e.z); sv[j + 6] = elem_lo(e.w); sv[j + 7] = elem_hi(e.w);
+                    }
+                }
+#pragma unroll
+                for (int j = 0; j < BV / 8; j++)
+                {
+                    const uint4 d = *(const uint4*)(smem + CG_OFF_DH + vb * S_BYTES + voff(c, j));
+                    run += sv[8 * j] * elem_lo(d.x) + sv[8 * j + 1] * elem_hi(d.x) + sv[8 * j + 2] * elem_lo(d.y) + sv[8 * j + 3] * elem_hi(d.y)
+                         + sv[8 * j + 4] * elem_lo(d.z) + sv[8 * j + 5] * elem_hi(d.z) + sv[8 * j + 6] * elem_lo(d.w) + sv[8 * j + 7] * elem_hi(d.w);
+                }
+            }
+            float* out = dG + (tok0 * heads + h) * DK + c;
+#pragma unroll 8
+            for (int x = len - 1; x >= 0; x--)
+            {
+                run += sPq[pidx(x, c)];
+                out[(long long)x * heads * DK] = run;
+            }
+        }
+    }
+}
+#endif

@@ -46,6 +46,16 @@ internal static class CudaLinearKernels
     public const string BackwardSource = "linear_chunk_bwd.cu";
     public const string BackwardEntry = "attend_linear_chunk_bwd";
     public const string StateGradientEntry = "attend_linear_dstate";
+    public const string ChannelBackwardEntry = "attend_linear_chunk_bwd_cg";
+
+    /// <summary>Threads per CTA of <c>attend_linear_chunk_bwd_cg</c> (two groups of 4 warps).</summary>
+    public const int ChannelBackwardThreads = 256;
+
+    /// <summary>
+    /// Development switch: <c>ATTEND_LINEAR_GLA_BWD=1</c> runs the channel gate's chunk backward on the 4-warp
+    /// <c>attend_linear_chunk_bwd</c> (the version before <c>attend_linear_chunk_bwd_cg</c>), for side-by-side timings.
+    /// </summary>
+    public static bool ChannelBackwardFourWarps { get; } = Environment.GetEnvironmentVariable("ATTEND_LINEAR_GLA_BWD") == "1";
     public const string PrepSource = "linear_prep.cu";
 
     /// <summary>Value columns the chunked backward holds per CTA at most (one or two 64-column blocks).</summary>
@@ -99,7 +109,19 @@ internal static class CudaLinearKernels
         };
     }
 
-    /// <summary>Dynamic shared memory of <c>attend_linear_dstate</c>: Q, one dO block and the raw gates (none, 64 scalars or a [64][Dk] tile), two stages each.</summary>
+    /// <summary>
+    /// Dynamic shared memory of <c>attend_linear_chunk_bwd_cg</c> (mirrors its CG_OFF_* layout): Q, K, two V and dO
+    /// blocks, H0 and dH (two blocks each), the cumulative gate tile <c>[64][Dk + 4]</c> and the per-warp state factors
+    /// <c>[2][4][Dk]</c> (float32), the per-warp scaled queries Q̂ (160 rows of the element type) and the 48 rows of the
+    /// scaled keys K̃ that do not fit where the raw Q and K tiles were.
+    /// </summary>
+    public static int ChannelBackwardSharedBytes(int keyDim) =>
+        2 * Chunk * keyDim * 2 + 4 * Chunk * ValueBlock * 2 + 4 * keyDim * ValueBlock * 2 + Chunk * (keyDim + 4) * 4 + 8 * keyDim * 4 + 160 * keyDim * 2 + 48 * keyDim * 2;
+
+    /// <summary>Value blocks one CTA of <c>attend_linear_dstate</c> takes: 2 with a channel gate (8 warps share the Q and gate tiles), else 1 (4 warps).</summary>
+    public static int StateGradientValueBlocks(CudaLinearGate gate) => gate == CudaLinearGate.Channel ? 2 : 1;
+
+    /// <summary>Dynamic shared memory of <c>attend_linear_dstate</c>: Q, the CTA's dO blocks and the raw gates (none, 64 scalars or a [64][Dk] tile), two stages each.</summary>
     public static int StateGradientSharedBytes(int keyDim, CudaLinearGate gate)
     {
         int gateBytes = gate switch
@@ -108,11 +130,14 @@ internal static class CudaLinearKernels
             CudaLinearGate.Scalar => Chunk * 4,
             _ => Chunk * keyDim * 4,
         };
-        return 2 * Chunk * keyDim * 2 + 2 * Chunk * ValueBlock * 2 + 2 * gateBytes;
+        return 2 * Chunk * keyDim * 2 + 2 * StateGradientValueBlocks(gate) * Chunk * ValueBlock * 2 + 2 * gateBytes;
     }
 
     public static CudaKernelFunction ChunkBackward(CudaContext context, int keyDim, ElementType type, CudaLinearGate gate) =>
         Get(context, BackwardSource, BackwardEntry, keyDim, type, gate, BackwardSharedBytes(keyDim, gate));
+
+    public static CudaKernelFunction ChannelBackward(CudaContext context, int keyDim) =>
+        Get(context, BackwardSource, ChannelBackwardEntry, keyDim, ElementType.BFloat16, CudaLinearGate.Channel, ChannelBackwardSharedBytes(keyDim));
 
     public static CudaKernelFunction StateGradient(CudaContext context, int keyDim, ElementType type, CudaLinearGate gate) =>
         Get(context, BackwardSource, StateGradientEntry, keyDim, type, gate, StateGradientSharedBytes(keyDim, gate));

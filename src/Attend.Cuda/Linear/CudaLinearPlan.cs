@@ -508,6 +508,8 @@ public sealed unsafe class CudaLinearPlan : IDisposable
         if (_chunkCount > 0)
             Launch(q, k, v, gate, initialState, null, gateGradient is not null ? _finalStateScratch : null, stream, _chunkStates!.Pointer);
 
+        if (BackwardStages < 2) return;
+
         // 2. The state gradient at each chunk's end, last chunk to first, and dS0.
         var a = new BackwardArguments
         {
@@ -524,24 +526,38 @@ public sealed unsafe class CudaLinearPlan : IDisposable
         r[0] = &a.Q; r[1] = &a.DO; r[2] = &a.Gate; r[3] = &a.HeadLogDecay; r[4] = &a.DST; r[5] = &a.DS0; r[6] = &a.DHs; r[7] = &a.PartLocal;
         r[8] = &a.PartDecay; r[9] = &a.Segs; r[10] = &a.Heads; r[11] = &a.Dv; r[12] = &a.Scale; r[13] = &a.Pass;
         // On the forward's segments, mirrored: pass 0 the local contributions of all but each sequence's first segment, pass 1 the rest.
-        uint valueBlocks = (uint)(s.ValueDim / CudaLinearKernels.ValueBlock), dstateSmem = (uint)CudaLinearKernels.StateGradientSharedBytes(s.KeyDim, _gate);
+        int blocksPerCta = CudaLinearKernels.StateGradientValueBlocks(_gate);
+        uint ctaColumns = (uint)(s.ValueDim / (CudaLinearKernels.ValueBlock * blocksPerCta)), dstateThreads = (uint)(128 * blocksPerCta);
+        uint dstateSmem = (uint)CudaLinearKernels.StateGradientSharedBytes(s.KeyDim, _gate);
         if (_partCount > 0)
         {
             a.Pass = 0;
-            dstate.Launch(valueBlocks, (uint)s.Heads, (uint)_segmentCount, 128, dstateSmem, stream, r);
+            dstate.Launch(ctaColumns, (uint)s.Heads, (uint)_segmentCount, dstateThreads, dstateSmem, stream, r);
         }
         a.Pass = 1;
-        dstate.Launch(valueBlocks, (uint)s.Heads, (uint)_segmentCount, 128, dstateSmem, stream, r);
+        dstate.Launch(ctaColumns, (uint)s.Heads, (uint)_segmentCount, dstateThreads, dstateSmem, stream, r);
         if (_chunkCount == 0) return;
 
         // 3. dq, dk, dv (and d log gate) per (chunk, query head).
-        CudaKernelFunction chunk = CudaLinearKernels.ChunkBackward(_context, s.KeyDim, ElementType, _gate);
+        if (BackwardStages < 3) return;
+        bool channel = _gate == CudaLinearGate.Channel && !CudaLinearKernels.ChannelBackwardFourWarps;
+        CudaKernelFunction chunk = channel ? CudaLinearKernels.ChannelBackward(_context, s.KeyDim) : CudaLinearKernels.ChunkBackward(_context, s.KeyDim, ElementType, _gate);
         void** p = stackalloc void*[18];
         p[0] = &a.Q; p[1] = &a.K; p[2] = &a.V; p[3] = &a.DO; p[4] = &a.Gate; p[5] = &a.HeadLogDecay; p[6] = &a.H0s; p[7] = &a.DHs;
         p[8] = &a.FinalStates; p[9] = &a.DQ; p[10] = &a.DK; p[11] = &a.DV; p[12] = &a.DG; p[13] = &a.Chunks; p[14] = &a.Heads;
         p[15] = &a.KvHeads; p[16] = &a.Dv; p[17] = &a.Scale;
-        chunk.Launch((uint)_chunkCount, (uint)s.Heads, 1, 128, (uint)CudaLinearKernels.BackwardSharedBytes(s.KeyDim, _gate), stream, p);
+        if (channel)
+            chunk.Launch((uint)_chunkCount, (uint)s.Heads, 1, CudaLinearKernels.ChannelBackwardThreads, (uint)CudaLinearKernels.ChannelBackwardSharedBytes(s.KeyDim), stream, p);
+        else
+            chunk.Launch((uint)_chunkCount, (uint)s.Heads, 1, 128, (uint)CudaLinearKernels.BackwardSharedBytes(s.KeyDim, _gate), stream, p);
     }
+
+    /// <summary>
+    /// How many of the backward's three launches <see cref="Backward(CudaTensor, CudaTensor, CudaTensor, DeviceBuffer?, DeviceBuffer?, CudaTensor, DeviceBuffer?, DeviceBuffer, DeviceBuffer, DeviceBuffer, DeviceBuffer?, DeviceBuffer?, CudaStream?)"/>
+    /// queues (3, all; the bench sets 1 for the checkpoints alone, 2 for them and the state-gradient sweep, to split the
+    /// time). The gradients are complete only at 3.
+    /// </summary>
+    internal int BackwardStages { get; set; } = 3;
 
     private void EnsureBackwardBuffers(bool finalStates)
     {
