@@ -23,7 +23,7 @@
 // over at most 15 tokens, clamped at e^80 (exact unless the gates sum below −80 within 16 tokens). These products run
 // in bf16 whatever the element type (bf16 has float32's range).
 //
-// Defines: DK (64 | 128), ELEM_BF16 (1 bf16, 0 fp16), GATE (0 | 1 | 2). Headers: mma_tiles.cuh, linear_tiles.cuh
+// Defines: DK (64 | 128), ELEM_BF16 (1 bf16, 0 fp16), GATE (0 | 1 | 2). Headers: mma_tiles.cuh, linear_elem.cuh, linear_tiles.cuh
 // (expanded into the source by KernelCompiler.Source; NVRTC itself is given no include path).
 
 #ifndef DK
@@ -48,6 +48,7 @@
 typedef unsigned short elem_t;
 
 #include "mma_tiles.cuh"
+#include "linear_elem.cuh"
 #include "linear_tiles.cuh"
 
 struct LinSeg { int seq, tokStart, len, part, firstPart, index, isLast, pad; };

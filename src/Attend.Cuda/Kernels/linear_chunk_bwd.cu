@@ -37,7 +37,7 @@
 // masked for t ≥ s), so no tile goes through shared memory transposed. The state region holds H0 in phase Q and dH in
 // phase K (so two CTAs fit an SM at DK = DV = 128 without a channel gate). dv is 64 or 128 (one or two 64-column blocks).
 //
-// Defines: DK (64 | 128), ELEM_BF16 (1 bf16, 0 fp16), GATE (0 | 1 | 2). Headers: mma_tiles.cuh, linear_tiles.cuh
+// Defines: DK (64 | 128), ELEM_BF16 (1 bf16, 0 fp16), GATE (0 | 1 | 2). Headers: mma_tiles.cuh, linear_elem.cuh, linear_tiles.cuh
 // (expanded into the source by KernelCompiler.Source; NVRTC itself is given no include path).
 
 #ifndef DK
@@ -60,6 +60,7 @@
 typedef unsigned short elem_t;
 
 #include "mma_tiles.cuh"
+#include "linear_elem.cuh"
 #include "linear_tiles.cuh"
 
 // Scales an element pair by f.

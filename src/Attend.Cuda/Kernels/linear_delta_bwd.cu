@@ -49,32 +49,9 @@
 typedef unsigned short elem_t;
 
 #include "mma_tiles.cuh"
+#include "linear_elem.cuh"
 
 struct DeltaRow { int seq, tokStart, len, pad; };
-
-__device__ __forceinline__ float exp_e(float x) { return fast_exp2(x * 1.4426950408889634f); }
-
-__device__ __forceinline__ float elem_lo(unsigned x)
-{
-#if ELEM_BF16
-    return __uint_as_float(x << 16);
-#else
-    float f;
-    asm("{.reg .b16 l, h; mov.b32 {l, h}, %1; cvt.f32.f16 %0, l;}" : "=f"(f) : "r"(x));
-    return f;
-#endif
-}
-
-__device__ __forceinline__ float elem_hi(unsigned x)
-{
-#if ELEM_BF16
-    return __uint_as_float(x & 0xffff0000u);
-#else
-    float f;
-    asm("{.reg .b16 l, h; mov.b32 {l, h}, %1; cvt.f32.f16 %0, h;}" : "=f"(f) : "r"(x));
-    return f;
-#endif
-}
 
 __device__ __forceinline__ unsigned lds32(unsigned addr)
 {

@@ -33,8 +33,8 @@
 // is attend_delta_chunk reading Q̃, K̂ and e^{b_C} from it), BV (16 | 32 | 64), VH (1 | 2), CHAIN_NOOUT (1: the
 // backward's recomputation of the chain, no output: no q and A tiles in shared memory, 78.5 KB at DK = 128, BV = 16, so
 // that it fits an SM beside the reverse chain of linear_delta_bwd.cu and the two run at once; default 0).
-// mma_tiles.cuh is expanded in place by KernelCompiler.Source. (elem_lo/elem_hi, exp_e, bget and cp_async4 repeat
-// linear_tiles.cuh's; moving them there waits for a device session to compile it.)
+// mma_tiles.cuh and linear_elem.cuh (elem_lo/elem_hi, exp_e) are expanded in place by KernelCompiler.Source. (bget and
+// cp_async4 repeat linear_tiles.cuh's GATE 1 helpers, whose GATE numbering differs from this file's.)
 
 #ifndef DK
 #error "DK must be defined"
@@ -60,32 +60,9 @@
 typedef unsigned short elem_t;
 
 #include "mma_tiles.cuh"
+#include "linear_elem.cuh"
 
 struct DeltaRow { int seq, tokStart, len, pad; };
-
-__device__ __forceinline__ float exp_e(float x) { return fast_exp2(x * 1.4426950408889634f); }
-
-__device__ __forceinline__ float elem_lo(unsigned x)
-{
-#if ELEM_BF16
-    return __uint_as_float(x << 16);
-#else
-    float f;
-    asm("{.reg .b16 l, h; mov.b32 {l, h}, %1; cvt.f32.f16 %0, l;}" : "=f"(f) : "r"(x));
-    return f;
-#endif
-}
-
-__device__ __forceinline__ float elem_hi(unsigned x)
-{
-#if ELEM_BF16
-    return __uint_as_float(x & 0xffff0000u);
-#else
-    float f;
-    asm("{.reg .b16 l, h; mov.b32 {l, h}, %1; cvt.f32.f16 %0, h;}" : "=f"(f) : "r"(x));
-    return f;
-#endif
-}
 
 // Byte offset of 16-byte chunk `chunk` of row `row` in a swizzled [rows][64] tile (A, T, a 64-column V block).
 __device__ __forceinline__ unsigned off64(int row, int chunk)

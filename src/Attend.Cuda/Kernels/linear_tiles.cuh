@@ -1,7 +1,8 @@
 // Shared device helpers of the chunked linear-attention kernels (linear_chunk.cu, linear_chunk_bwd.cu): the swizzled
-// [rows][64] value/state tile layout and its loader, element unpacking, e^x, and per gate kind the scalar-gate scan
-// lookup (GATE 1) and the float32 gate-tile loader (GATE 2). Pulled in textually by KernelCompiler.Source after
-// mma_tiles.cuh, once the including kernel has defined NT, CHUNK, BV, DK, GATE, elem_t and ELEM_BF16.
+// [rows][64] value/state tile layout and its loader, and per gate kind the scalar-gate scan lookup (GATE 1) and the
+// float32 gate-tile loader (GATE 2). Pulled in textually by KernelCompiler.Source after mma_tiles.cuh and
+// linear_elem.cuh (element unpacking, e^x), once the including kernel has defined NT, CHUNK, BV, DK, GATE, elem_t and
+// ELEM_BF16.
 
 // Byte offset of 16-byte chunk `chunk` of row `row` in a swizzled [rows][64] tile (value blocks, state slices).
 __device__ __forceinline__ unsigned voff(int row, int chunk)
@@ -9,29 +10,6 @@ __device__ __forceinline__ unsigned voff(int row, int chunk)
     return (unsigned)((row * BV + ((chunk ^ (row & 7)) << 3)) * 2);
 }
 
-__device__ __forceinline__ float elem_lo(unsigned x)
-{
-#if ELEM_BF16
-    return __uint_as_float(x << 16);
-#else
-    float f;
-    asm("{.reg .b16 l, h; mov.b32 {l, h}, %1; cvt.f32.f16 %0, l;}" : "=f"(f) : "r"(x));
-    return f;
-#endif
-}
-
-__device__ __forceinline__ float elem_hi(unsigned x)
-{
-#if ELEM_BF16
-    return __uint_as_float(x & 0xffff0000u);
-#else
-    float f;
-    asm("{.reg .b16 l, h; mov.b32 {l, h}, %1; cvt.f32.f16 %0, h;}" : "=f"(f) : "r"(x));
-    return f;
-#endif
-}
-
-__device__ __forceinline__ float exp_e(float x) { return fast_exp2(x * 1.4426950408889634f); }
 
 // Copies CHUNK rows of a [rows][BV] slice (global row stride `stride` elements) into a swizzled tile; rows past `valid` are zero-filled.
 __device__ __forceinline__ void load_vtile(unsigned tile, const elem_t* g, long long stride, int valid, int tid)

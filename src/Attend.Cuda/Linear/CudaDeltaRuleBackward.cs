@@ -36,9 +36,11 @@ public sealed unsafe partial class CudaDeltaRulePlan
     // kernel's w and A), and the events that fork it from and join it to the caller's stream.
     private CudaStream? _side;
     private CudaEvent? _fork, _join;
-    // The inputs (device pointers: q, k, v, β, gate, initial state) whose forward values a Run with KeepForBackward left
-    // in the buffers, and which (_keptMode); null when none (every Run resets it, a Backward that recomputes too).
-    private (ulong Q, ulong K, ulong V, ulong Beta, ulong Gate, ulong S0)? _kept;
+    // The inputs (the buffer objects of q, k, v, β, gate, initial state) whose forward values a Run with KeepForBackward
+    // left in the buffers, and which (_keptMode); null when none (every Run resets it, a Backward that recomputes too).
+    // Objects, not device addresses: a buffer freed after the Run and a new one the allocator puts at the same address
+    // must not match.
+    private (DeviceBuffer Q, DeviceBuffer K, DeviceBuffer V, DeviceBuffer? Beta, DeviceBuffer? Gate, DeviceBuffer? S0)? _kept;
     private CudaDeltaKeep _keptMode;
 
     /// <summary>
@@ -46,8 +48,9 @@ public sealed unsafe partial class CudaDeltaRulePlan
     /// form with no decay, a fixed γ or a scalar gate). <see cref="CudaDeltaKeep.Inverse"/> keeps T, as
     /// flash-linear-attention's forward keeps its A, and the backward recomputes w, u, A and the chain from it;
     /// <see cref="CudaDeltaKeep.All"/> also keeps the state at each chunk's start and δ, and the backward recomputes nothing.
-    /// Only a <see cref="Backward"/> given the same q, k, v, β, gate and initial-state buffers as the last Run uses them
-    /// (with other buffers it recomputes), and the caller must not change those buffers' contents in between. The price
+    /// Only a <see cref="Backward"/> given the same q, k, v, β, gate and initial-state buffer objects as the last Run uses
+    /// them (with other buffers it recomputes, even a new buffer at a freed one's address), and the caller must not change
+    /// those buffers' contents in between (they are not read again to check). The price
     /// is memory: the first such Run allocates the backward's buffers (<see cref="BackwardBufferBytes"/>), and T
     /// (<c>[B, T, H, 64]</c>), or with All also the checkpoints (<c>[chunks, H, Dk, Dv]</c>) and δ (<c>[B, T, H, Dv]</c>),
     /// element type, hold the forward's values from the Run to the Backward.
@@ -57,10 +60,10 @@ public sealed unsafe partial class CudaDeltaRulePlan
     /// <summary>Warps per CTA of the backward's chunk kernel (4 or 8; <see cref="DefaultChunkWarps"/>); the bench's A/B switch.</summary>
     internal int ChunkWarps { get; set; } = DefaultChunkWarps;
 
-    // The keys of the inputs' buffers that the kept forward values belong to.
-    private static (ulong, ulong, ulong, ulong, ulong, ulong) InputKey(CudaTensor q, CudaTensor k, CudaTensor v, DeviceBuffer? beta, DeviceBuffer? gate,
-        DeviceBuffer? initialState) =>
-        (q.Buffer.Pointer, k.Buffer.Pointer, v.Buffer.Pointer, beta?.Pointer ?? 0, gate?.Pointer ?? 0, initialState?.Pointer ?? 0);
+    // The key of the inputs that the kept forward values belong to (compared by reference: DeviceBuffer has no value equality).
+    private static (DeviceBuffer, DeviceBuffer, DeviceBuffer, DeviceBuffer?, DeviceBuffer?, DeviceBuffer?) InputKey(CudaTensor q, CudaTensor k, CudaTensor v,
+        DeviceBuffer? beta, DeviceBuffer? gate, DeviceBuffer? initialState) =>
+        (q.Buffer, k.Buffer, v.Buffer, beta, gate, initialState);
 
     /// <summary>
     /// How many of the backward's three stages <see cref="Backward"/> queues (3, all; the bench sets 1 for the forward's
@@ -105,7 +108,10 @@ public sealed unsafe partial class CudaDeltaRulePlan
     /// (only with β), <paramref name="gateGradient"/> dL/d(log α) <c>[B, T, H]</c> (only with a scalar gate),
     /// <paramref name="initialStateGradient"/> <c>[N, H, Dk, Dv]</c>; each of the last three may be null (not wanted).
     /// The first call allocates the checkpoints (two <c>[chunks, H, Dk, Dv]</c>, two <c>[B, T, H, Dv]</c> and one
-    /// <c>[B, T, H, 64]</c> array of the element type); later calls allocate nothing.
+    /// <c>[B, T, H, 64]</c> array of the element type); later calls allocate nothing. The recomputed chain runs on the
+    /// plan's own side stream, joined back by events; it overlaps the reverse chain only when <paramref name="stream"/> is
+    /// a stream of the caller's: the legacy default stream (null) waits for every blocking stream, the side stream
+    /// included, so there the two run one after the other (the bench's timings pass a stream).
     /// </summary>
     /// <exception cref="NotSupportedException">A configuration <see cref="IsBackwardSupported"/> rejects.</exception>
     /// <exception cref="ArgumentException">Tensors that do not match the plan; the message names the argument.</exception>
@@ -141,6 +147,9 @@ public sealed unsafe partial class CudaDeltaRulePlan
         if (initialState is not null) RequireBytes(initialState, nameof(initialState), stateBytes);
         if (finalStateGradient is not null) RequireBytes(finalStateGradient, nameof(finalStateGradient), stateBytes);
         if (initialStateGradient is not null) RequireBytes(initialStateGradient, nameof(initialStateGradient), stateBytes);
+        if (initialState is not null && initialStateGradient is not null
+            && initialState.Pointer < initialStateGradient.Pointer + (ulong)stateBytes && initialStateGradient.Pointer < initialState.Pointer + (ulong)stateBytes)
+            throw new ArgumentException("initialStateGradient overlaps initialState: the recomputed forward (on a side stream) may still read the initial state while the reverse chain writes its gradient; give the gradient its own buffer.", nameof(initialStateGradient));
         RequireBytes(queryGradient, nameof(queryGradient), rows * s.Heads * s.KeyDim * 4);
         RequireBytes(keyGradient, nameof(keyGradient), rows * s.KvHeads * s.KeyDim * 4);
         RequireBytes(valueGradient, nameof(valueGradient), rows * s.KvHeads * s.ValueDim * 4);
@@ -210,8 +219,15 @@ public sealed unsafe partial class CudaDeltaRulePlan
         void** r = stackalloc void*[16];
         r[0] = &b.Q; r[1] = &b.K; r[2] = &b.W; r[3] = &b.A; r[4] = &b.DO; r[5] = &b.Gate; r[6] = &b.HeadLogDecay; r[7] = &b.DST;
         r[8] = &b.DS0; r[9] = &b.DHck; r[10] = &b.DDelta; r[11] = &b.Seqs; r[12] = &b.Heads; r[13] = &b.KvHeads; r[14] = &b.Dv; r[15] = &b.Scale;
-        dstate.Launch((uint)(s.ValueDim / BackwardValueBlock), (uint)s.Heads, (uint)_sequences, Threads, (uint)BackwardStateSharedBytes(s.KeyDim), stream, r);
-        if (forked) Join(stream);
+        try
+        {
+            dstate.Launch((uint)(s.ValueDim / BackwardValueBlock), (uint)s.Heads, (uint)_sequences, Threads, (uint)BackwardStateSharedBytes(s.KeyDim), stream, r);
+        }
+        finally
+        {
+            // Also when the launch throws: the caller's stream must not run ahead of the side chain still reading w, u, A.
+            if (forked) Join(stream);
+        }
         if (_chunks == 0 || BackwardStages < 3) return;
 
         // 3. dq, dk, dv, dβ, d log α per (chunk, query head).

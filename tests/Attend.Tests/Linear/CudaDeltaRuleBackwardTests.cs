@@ -198,6 +198,22 @@ public class CudaDeltaRuleBackwardTests
         Same(Gradients(CudaDeltaKeep.All, q, q2), Gradients(CudaDeltaKeep.None, q2, q2), 1e-3, "other inputs");
     }
 
+    [Attend.Tests.Cuda.CudaFact]
+    public void AnInitialStateGradientOverlappingTheInitialStateIsRefusedByName()
+    {
+        // The recomputed chain (side stream) reads S0 while the reverse chain writes dS0: one buffer for both would race.
+        CudaContext context = CudaContext.Default;
+        const int t = 70, h = 2, d = 64;
+        var shape = new LinearShape(1, t, h, h, d, d);
+        using var plan = new CudaDeltaRulePlan(context, shape, ElementType.BFloat16, new LinearAttentionOptions { Update = LinearUpdate.Delta });
+        using CudaTensor q = CudaTensor.Create(context, ElementType.BFloat16, 1, t, h, d), k = CudaTensor.Create(context, ElementType.BFloat16, 1, t, h, d),
+            v = CudaTensor.Create(context, ElementType.BFloat16, 1, t, h, d), dO = CudaTensor.Create(context, ElementType.BFloat16, 1, t, h, d);
+        using var grads = new DeviceBuffer(context, t * h * d * 4L);
+        using var state = new DeviceBuffer(context, h * d * d * 4L * 2);
+        var e = Assert.Throws<ArgumentException>(() => plan.Backward(q, k, v, null, null, state, dO, null, grads, grads, grads, null, null, state));
+        Assert.Equal("initialStateGradient", e.ParamName);
+    }
+
     [Attend.Tests.Cuda.NoGpuFact]
     public void TheCudaBackwardSaysWhyItCannotRunHere()
     {
