@@ -204,25 +204,37 @@ internal static class CudaDeltaCheck
         var inputs = new LinearInputs { Shape = shape, Q = q, K = k, V = v, Beta = beta, Gate = gate, InitialState = s0, Offsets = offsets };
         LinearAttention.Forward(inputs, options with { Form = LinearForm.Naive }, refOut, refState);
 
+        return RunAndCompare<T>(context => new CudaDeltaRulePlan(context, shape, type, options, offsets, c.ValueBlock, c.ValueGroups), type, shape,
+            q, k, v, beta, gate, s0, refOut, refState);
+    }
+
+    /// <summary>
+    /// Runs the plan <paramref name="makePlan"/> builds on the inputs (output and final state poisoned with NaN first) and
+    /// compares both with the float64 naive form's <paramref name="refOut"/> and <paramref name="refState"/>: the relative
+    /// errors, and a problem (NaN or unwritten entries, or the exception) or null. The delta-rule and KDA checks share it.
+    /// </summary>
+    internal static (double Output, double State, string? Problem) RunAndCompare<T>(Func<CudaContext, CudaDeltaRulePlan> makePlan, ElementType type,
+        LinearShape shape, float[] q, float[] k, float[] v, float[] beta, float[] gate, float[] s0, float[] refOut, float[] refState) where T : unmanaged
+    {
         CudaContext context = CudaContext.Default;
         try
         {
-            using var plan = new CudaDeltaRulePlan(context, shape, type, options, offsets, c.ValueBlock, c.ValueGroups);
-            using CudaTensor dq = CudaLinearCheck.Upload<T>(context, q, c.B, tokens, c.H, c.Dk);
-            using CudaTensor dk = CudaLinearCheck.Upload<T>(context, k, c.B, tokens, c.Hkv, c.Dk);
-            using CudaTensor dv = CudaLinearCheck.Upload<T>(context, v, c.B, tokens, c.Hkv, c.Dv);
-            using CudaTensor dout = CudaTensor.Create(context, type, c.B, tokens, c.H, c.Dv);
+            using CudaDeltaRulePlan plan = makePlan(context);
+            using CudaTensor dq = CudaLinearCheck.Upload<T>(context, q, shape.Batch, shape.Tokens, shape.Heads, shape.KeyDim);
+            using CudaTensor dk = CudaLinearCheck.Upload<T>(context, k, shape.Batch, shape.Tokens, shape.KvHeads, shape.KeyDim);
+            using CudaTensor dv = CudaLinearCheck.Upload<T>(context, v, shape.Batch, shape.Tokens, shape.KvHeads, shape.ValueDim);
+            using CudaTensor dout = CudaTensor.Create(context, type, shape.Batch, shape.Tokens, shape.Heads, shape.ValueDim);
             using DeviceBuffer? dbeta = beta.Length == 0 ? null : DeviceBuffer.From<float>(context, beta);
             using DeviceBuffer? dgate = gate.Length == 0 ? null : DeviceBuffer.From<float>(context, gate);
             using DeviceBuffer? ds0 = s0.Length == 0 ? null : DeviceBuffer.From<float>(context, s0);
-            using var dsT = new DeviceBuffer(context, Math.Max(4, stateLength * 4));
+            using var dsT = new DeviceBuffer(context, Math.Max(4, refState.Length * 4L));
             dout.Buffer.Fill(0xFF);
             dsT.Fill(0xFF);
             plan.Run(dq, dk, dv, dbeta, dgate, ds0, dout, dsT);
             context.Synchronize();
             var o = new T[dout.Length];
             dout.CopyTo<T>(o);
-            var sT = new float[stateLength];
+            var sT = new float[refState.Length];
             dsT.CopyTo<float>(sT);
             double err = CudaLinearCheck.Relative<T>(o, refOut, out int nanOut);
             double stateErr = CudaLinearCheck.Relative<float>(sT, refState, out int nanState);

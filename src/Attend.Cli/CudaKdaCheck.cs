@@ -84,35 +84,8 @@ internal static class CudaKdaCheck
         var inputs = new LinearInputs { Shape = shape, Q = q, K = k, V = v, Beta = beta, Gate = gate, InitialState = s0, Offsets = offsets };
         LinearAttention.Forward(inputs, options with { Form = LinearForm.Naive }, refOut, refState);
 
-        CudaContext context = CudaContext.Default;
-        try
-        {
-            using var plan = new CudaDeltaRulePlan(context, shape, type, options, offsets);
-            using CudaTensor dq = CudaLinearCheck.Upload<T>(context, q, c.B, tokens, c.H, c.Dk);
-            using CudaTensor dk = CudaLinearCheck.Upload<T>(context, k, c.B, tokens, c.Hkv, c.Dk);
-            using CudaTensor dv = CudaLinearCheck.Upload<T>(context, v, c.B, tokens, c.Hkv, c.Dv);
-            using CudaTensor dout = CudaTensor.Create(context, type, c.B, tokens, c.H, c.Dv);
-            using DeviceBuffer? dbeta = beta.Length == 0 ? null : DeviceBuffer.From<float>(context, beta);
-            using DeviceBuffer? dgate = gate.Length == 0 ? null : DeviceBuffer.From<float>(context, gate);
-            using DeviceBuffer? ds0 = s0.Length == 0 ? null : DeviceBuffer.From<float>(context, s0);
-            using var dsT = new DeviceBuffer(context, Math.Max(4, stateLength * 4));
-            dout.Buffer.Fill(0xFF);
-            dsT.Fill(0xFF);
-            plan.Run(dq, dk, dv, dbeta, dgate, ds0, dout, dsT);
-            context.Synchronize();
-            var o = new T[dout.Length];
-            dout.CopyTo<T>(o);
-            var sT = new float[stateLength];
-            dsT.CopyTo<float>(sT);
-            double err = CudaLinearCheck.Relative<T>(o, refOut, out int nanOut);
-            double stateErr = CudaLinearCheck.Relative<float>(sT, refState, out int nanState);
-            string? problem = nanOut + nanState > 0 ? $"{nanOut} NaN/unwritten outputs, {nanState} NaN/unwritten state entries" : null;
-            return (err, stateErr, problem);
-        }
-        catch (Exception e) when (e is not OutOfMemoryException)
-        {
-            return (double.PositiveInfinity, double.PositiveInfinity, $"{e.GetType().Name}: {AttendApp.OneLine(e)}");
-        }
+        return CudaDeltaCheck.RunAndCompare<T>(context => new CudaDeltaRulePlan(context, shape, type, options, offsets), type, shape,
+            q, k, v, beta, gate, s0, refOut, refState);
     }
 
     // LinearAttention.Forward with Backend = "cuda" as KimiDeltaAttentionMethod configures it (l2norm map, channel gate, β,
