@@ -63,7 +63,8 @@ internal static class CudaDeltaCheck
         RunBackward(new Random(unchecked(seed * 31 + 19)), output, error);
 
     private sealed record BackwardCase(string Name, int B, int T, int H, int Hkv, int Dk, int Dv, LinearUpdate Update, LinearDecay Decay, bool InitialState,
-        bool StateGradient, int[]? Lengths = null, bool Beta = true, float GateScale = 1f, bool ExtremeBeta = false, CudaDeltaKeep Keep = CudaDeltaKeep.None);
+        bool StateGradient, int[]? Lengths = null, bool Beta = true, float GateScale = 1f, bool ExtremeBeta = false, CudaDeltaKeep Keep = CudaDeltaKeep.None,
+        bool OnStream = false);
 
     // The chunked backward (CudaDeltaRulePlan.Backward): dq, dk, dv, dβ, d log α and dS0 against the float64 naive form's
     // gradients on the same inputs rounded to the element type, into NaN-poisoned gradients.
@@ -87,6 +88,11 @@ internal static class CudaDeltaCheck
             new("bwd delta, kept T, GQA 2:1", 1, Odd(65, 400), 4, 2, 128, 128, D, LinearDecay.None, true, true, Keep: CudaDeltaKeep.Inverse),
             new("bwd gated, kept T, T = 64m + r", 1, 64 * rng.Next(2, 6) + rng.Next(1, 63), 4, 4, 128, 128, G, LinearDecay.ScalarGate, true, true, Keep: CudaDeltaKeep.Inverse),
             new("bwd gated, kept all, varlen (empty)", 1, 0, 4, 4, 128, 128, G, LinearDecay.ScalarGate, true, true, [rng.Next(1, 100), 0, rng.Next(100, 400)], Keep: CudaDeltaKeep.All),
+            // On a stream of the caller's: the recomputed chain then runs on the plan's side stream at the same time as the
+            // reverse chain, ordered only by the fork and join events (on the legacy stream the two are serialised), so
+            // these cases check the events themselves.
+            new("bwd gated, on a stream, GQA 2:1", 1, 64 * rng.Next(3, 8) + rng.Next(1, 63), 4, 2, 128, 128, G, LinearDecay.ScalarGate, true, true, OnStream: true),
+            new("bwd delta, on a stream, kept T", 1, Odd(300, 700), 4, 4, 128, 128, D, LinearDecay.None, true, true, Keep: CudaDeltaKeep.Inverse, OnStream: true),
         ];
         int passed = 0, failed = 0;
         foreach (BackwardCase c in cases)
@@ -149,13 +155,14 @@ internal static class CudaDeltaCheck
             using DeviceBuffer? gg = gate.Length == 0 ? null : new DeviceBuffer(context, gate.Length * 4L);
             using DeviceBuffer? gs = rs.Length == 0 ? null : new DeviceBuffer(context, Math.Max(4, stateLength * 4));
             foreach (DeviceBuffer? poisoned in (DeviceBuffer?[])[gq, gk, gv, gb, gg, gs]) poisoned?.Fill(0xFF);
+            using CudaStream? stream = c.OnStream ? new CudaStream(context) : null;
+            using CudaTensor output = CudaTensor.Create(context, type, c.B, tokens, c.H, c.Dv);
             if (c.Keep != CudaDeltaKeep.None)
             {
                 plan.KeepForBackward = c.Keep;
-                using CudaTensor output = CudaTensor.Create(context, type, c.B, tokens, c.H, c.Dv);
-                plan.Run(tq, tk, tv, dbeta, dgate, ds0, output, null);
+                plan.Run(tq, tk, tv, dbeta, dgate, ds0, output, null, stream);
             }
-            plan.Backward(tq, tk, tv, dbeta, dgate, ds0, tdO, ddST, gq, gk, gv, gb, gg, gs);
+            plan.Backward(tq, tk, tv, dbeta, dgate, ds0, tdO, ddST, gq, gk, gv, gb, gg, gs, stream);
             context.Synchronize();
             double Error(DeviceBuffer? buffer, float[] expected, ref int nan)
             {
