@@ -27,7 +27,8 @@
 // (linear_delta_chunk.cu with CHAIN_NOOUT) on a side stream while the reverse chain runs: both need only w and A.
 //
 // Defines: DK (64 | 128), DV (64 | 128; the chunk kernel), ELEM_BF16 (1 bf16, 0 fp16), GATE (0 none, 1 scalar gate or
-// fixed γ), CW (4 | 8: the chunk kernel's warps; default 8). mma_tiles.cuh is expanded in place by KernelCompiler.Source.
+// fixed γ, 2 the channel gate of KDA: the reverse chain alone so far, reading Q̃, K̂ and e^{b_C} from attend_kda_prepare
+// where the scalar gates read q, k and the raw gates), CW (4 | 8: the chunk kernel's warps; default 8). mma_tiles.cuh is expanded in place by KernelCompiler.Source.
 
 #ifndef DK
 #error "DK must be defined"
@@ -198,10 +199,19 @@ attend_delta_bwd_dstate(
     const int col0 = blockIdx.x * BV;
     const DeltaRow sq = seqs[blockIdx.z];
     const int hk = h / (heads / kvHeads);
+#if GATE == 2
+    // The channel gate: Q is Q̃ and K is K̂, both [tokens, H, DK] per query head (attend_kda_prepare wrote them).
+    const long long qStride = (long long)heads * DK, kStride = qStride, oStride = (long long)heads * dv;
+    const long long tok0 = sq.tokStart;
+    const elem_t* qBase = Q + tok0 * qStride + (long long)h * DK;
+    const elem_t* kBase = K + tok0 * kStride + (long long)h * DK;
+    (void)hk;
+#else
     const long long qStride = (long long)heads * DK, kStride = (long long)kvHeads * DK, oStride = (long long)heads * dv;
     const long long tok0 = sq.tokStart;
     const elem_t* qBase = Q + tok0 * qStride + (long long)h * DK;
     const elem_t* kBase = K + tok0 * kStride + (long long)hk * DK;
+#endif
     const elem_t* wBase = W + tok0 * qStride + (long long)h * DK;
     const elem_t* aBase = A + (tok0 * heads + h) * 64;
     const elem_t* oBase = dO + tok0 * oStride + (long long)h * dv + col0;
@@ -317,6 +327,18 @@ attend_delta_bwd_dstate(
         }
 #endif
         const float bLast = __shfl_sync(0xffffffffu, b1, 31);
+#if GATE == 2
+        // The chunk's decay e^{b_C} of this thread's X rows (channels), read now so the load is off the chain. With the
+        // channel gate b0 = b1 = 0 above: K̂ and Q̃ carry their decays, so the per-token factors below are 1 and s.
+        float rowDecay[MS][2];
+        {
+            const float* dec = gate + ((long long)(sq.pad + c) * heads + h) * DK;
+#pragma unroll
+            for (int m = 0; m < MS; m++)
+#pragma unroll
+                for (int half = 0; half < 2; half++) rowDecay[m][half] = __ldg(dec + stateRow0 + 16 * m + g + 8 * half);
+        }
+#endif
 
         // 1. dδ = s Aᵀ dO + K̂ X for this warp's 16 token rows.
         float ka[VC][4], oa[VC][4];
@@ -369,7 +391,7 @@ attend_delta_bwd_dstate(
         }
         __syncthreads();
 
-        // 2. X ← e^{b_C} X + s (e^b ⊙ Q)ᵀ dO − wᵀ dδ.
+        // 2. X ← e^{b_C} X + s (e^b ⊙ Q)ᵀ dO − wᵀ dδ (the channel gate: Diag(e^{b_C}) X + s Q̃ᵀ dO − wᵀ dδ).
 #if GATE == 1
         {
             const float f = exp_e(bLast);
@@ -380,6 +402,13 @@ attend_delta_bwd_dstate(
 #pragma unroll
                     for (int e = 0; e < 4; e++) st[m][j][e] *= f;
         }
+#elif GATE == 2
+#pragma unroll
+        for (int m = 0; m < MS; m++)
+#pragma unroll
+            for (int j = 0; j < VC; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) st[m][j][e] *= rowDecay[m][e >> 1];
 #endif
 #pragma unroll
         for (int kk = 0; kk < 4; kk++)
@@ -439,9 +468,15 @@ attend_delta_bwd_dstate(
 #if GATE == 0
     (void)gate;
     (void)headLogDecay;
+#elif GATE == 2
+    (void)headLogDecay;
 #endif
 }
 
+#if GATE != 2
+// The chunk kernel of the channel gate (KDA) is not written yet: the per-channel decays of dA ⊙ D and of the L terms
+// and the gate gradient per channel need another shared-memory plan (docs/CUDA-KERNELS.md, "KDA backward, written in
+// session 5"); a GATE 2 build holds the reverse chain alone.
 // ---------------------------------------------------------------------------------------------------------------
 // attend_delta_bwd_chunk: per (chunk, query head) dq, dk, dv, dβ and d log α.
 
@@ -934,3 +969,5 @@ attend_delta_bwd_chunk(
     (void)bC;
 #endif
 }
+
+#endif   // GATE != 2

@@ -337,8 +337,7 @@ public class KdaBackwardModelTests
                 double dBeta = 0;
                 for (int c = 0; c < Dv; c++) dBeta += v[i][c] * tdd[i][c];
                 for (int r = 0; r < Dk; r++) dBeta += Kt[i][r] * tdw[i][r];
-                for (int j = 0; j < i; j++) dBeta += G[i, j] * L[i, j] / beta[i];
-                dbeta[i] = dBeta;
+                dbeta[i] = dBeta;   // the L term (Σ_j G_ij L_ij / β_i) is added below, as k_i · (dk_i's L row-term) / β_i
             }
             // dq, dk and db per channel, with the A and L terms kept apart (db needs them separately).
             double[][] dqA = Rows(C, Dk), dkA = Rows(C, Dk), dkRow = Rows(C, Dk), dkCol = Rows(C, Dk), db = Rows(C, Dk);
@@ -349,7 +348,12 @@ public class KdaBackwardModelTests
                     // The A terms without their diagonal (j = i); the diagonal goes to dq and dk alone (see db).
                     for (int j = 0; j < i; j++) qa += dA[i, j] * k[j][r] * Math.Exp(b[i][r] - b[j][r]);
                     for (int l = i + 1; l < C; l++) ka += dA[l, i] * q[l][r] * Math.Exp(b[l][r] - b[i][r]);
-                    for (int l = 0; l < i; l++) row += beta[i] * G[i, l] * k[l][r] * Math.Exp(b[i][r] - b[l][r]);
+                    // row/β_i = Σ_l G_il k_l ⊙ e^{b_i − b_l}: its dot with k_i is dβ_i's L term, Σ_j G_ij L_ij / β_i, with no
+                    // division by β_i (which may be 0).
+                    double rowOverBeta = 0;
+                    for (int l = 0; l < i; l++) rowOverBeta += G[i, l] * k[l][r] * Math.Exp(b[i][r] - b[l][r]);
+                    row = beta[i] * rowOverBeta;
+                    dbeta[i] += k[i][r] * rowOverBeta;
                     for (int l = i + 1; l < C; l++) col += beta[l] * G[l, i] * k[l][r] * Math.Exp(b[l][r] - b[i][r]);
                     dqA[i][r] = qa; dkA[i][r] = ka; dkRow[i][r] = row; dkCol[i][r] = col;
                     dq[i][r] = Math.Exp(b[i][r]) * dQt[i][r] + qa + dA[i, i] * k[i][r];
