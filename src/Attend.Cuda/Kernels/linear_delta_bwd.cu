@@ -981,8 +981,10 @@ attend_delta_bwd_chunk(
 //   dA = s tril(dO δᵀ), dQ̃ = s dO Sᵀ, dK̂ = δ Xᵀ, dw = −dδ Sᵀ, T = (I + L)⁻¹ solved again here (forward substitution of
 //   L_ij = β_i Σ_c k_ic k_jc e^{b_ic − b_jc}, j < i), G = −Tᵀ (dw wᵀ + dδ uᵀ) (strictly lower), dv = diag(β) Tᵀ dδ,
 //   dK̃ = diag(β) Tᵀ dw, and per element (i, r) the sums of dA and G against k, q with e^{b_ir − b_jr} (every factor ≤ 1:
-//   exact for any gate strength, no overflow); db leaves out the terms that cancel exactly (A's diagonal, the last token's
-//   K̂ term), and d log α is db's reverse cumulative sum down each channel of the chunk.
+//   exact for any gate strength, no overflow); db leaves out the terms that cancel exactly (A's diagonal), and d log α_t is
+//   db's reverse cumulative sum down each channel of the chunk plus K̂'s share, Σ_{j<t} K̂_j ⊙ dK̂_j (a forward prefix sum:
+//   the −K̂_i ⊙ dK̂_i of every token i ≥ t and the b_C term Σ_j K̂_j ⊙ dK̂_j cancel but for it, and under strong gates its
+//   terms fall by e^g per token, so a sum taken the long way would lose them) and e^{b_C} ⊙ rowsum(S ⊙ X).
 // Inputs: q, k, v (raw, element type), dO, δ (Dnew), dδ, w, u, S (Hck, the state at the chunk's start), X (dHck, the state
 // gradient at its end), β, the raw log gate [tokens, H, DK]. Outputs float32 as attend_delta_bwd_chunk's, with dGate
 // [tokens, H, DK]; dk and dv are summed atomically over a group's query heads (the host zeroes them first).
@@ -991,14 +993,14 @@ attend_delta_bwd_chunk(
 #define K_OFF_B 0                                     // b, float32 [64][DK]
 #define K_OFF_DW (K_OFF_B + CHUNK * DK * 4)           // dw, float32 [64][DK]
 #define K_OFF_DB (K_OFF_DW + CHUNK * DK * 4)          // db, float32 [64][DK]
-#define K_OFF_DA (K_OFF_DB + CHUNK * DK * 4)          // dA (with s), float32 [64][64]
+#define K_OFF_KD (K_OFF_DB + CHUNK * DK * 4)          // K̂ ⊙ dK̂, then its exclusive prefix sum over tokens, float32 [64][DK]
+#define K_OFF_DA (K_OFF_KD + CHUNK * DK * 4)          // dA (with s), float32 [64][64]
 #define K_OFF_L (K_OFF_DA + CHUNK * 64 * 4)           // L, then G, float32 [64][64]
 #define K_OFF_T (K_OFF_L + CHUNK * 64 * 4)            // T, float32 [64][64]
 #define K_OFF_P (K_OFF_T + CHUNK * 64 * 4)            // P = dw wᵀ + dδ uᵀ, float32 [64][64]
 #define K_OFF_BETA (K_OFF_P + CHUNK * 64 * 4)         // β, float32 [64]
 #define K_OFF_DBETA (K_OFF_BETA + CHUNK * 4)          // dβ, float32 [64]
-#define K_OFF_LAST (K_OFF_DBETA + CHUNK * 4)          // Σ_{j < len−1} K̂_j ⊙ dK̂_j, float32 [DK]
-#define K_SMEM_BYTES (K_OFF_LAST + DK * 4)
+#define K_SMEM_BYTES (K_OFF_DBETA + CHUNK * 4)
 
 __device__ __forceinline__ float ld_elem(const elem_t* p) { return elem_lo((unsigned)*p); }
 
@@ -1016,13 +1018,13 @@ attend_kda_bwd_chunk(
     float* const sB = (float*)(smem + K_OFF_B);
     float* const sDW = (float*)(smem + K_OFF_DW);
     float* const sDB = (float*)(smem + K_OFF_DB);
+    float* const sKD = (float*)(smem + K_OFF_KD);
     float* const sDA = (float*)(smem + K_OFF_DA);
     float* const sL = (float*)(smem + K_OFF_L);
     float* const sT = (float*)(smem + K_OFF_T);
     float* const sP = (float*)(smem + K_OFF_P);
     float* const sBeta = (float*)(smem + K_OFF_BETA);
     float* const sDBeta = (float*)(smem + K_OFF_DBETA);
-    float* const sLast = (float*)(smem + K_OFF_LAST);
     const int tid = threadIdx.x;
     const int h = blockIdx.y;
     const long long ci = blockIdx.x;
@@ -1055,7 +1057,6 @@ attend_kda_bwd_chunk(
         sBeta[tid] = tid < len ? (beta != 0 ? beta[(tok0 + tid) * heads + h] : 1.f) : 0.f;
         sDBeta[tid] = 0.f;
     }
-    for (int r = tid; r < DK; r += KT) sLast[r] = 0.f;
     __syncthreads();
     for (int r = tid; r < DK; r += KT)
     {
@@ -1142,6 +1143,7 @@ attend_kda_bwd_chunk(
         if (i >= len)
         {
             sDB[idx] = 0.f;
+            sKD[idx] = 0.f;
             continue;
         }
         const float bir = sB[i * DK + r], bCr = sB[(len - 1) * DK + r];
@@ -1175,8 +1177,8 @@ attend_kda_bwd_chunk(
         const float dq = ebi * dQt + qa + dii * ki;
         const float dk = ehat * dKh + ebi * dKt + ka + dii * qi + bi * rowOverBeta + col;
         const float Kh = ki * ehat;
-        sDB[idx] = qi * ebi * dQt + ki * ebi * dKt - (i < len - 1 ? Kh * dKh : 0.f) + qi * qa - ki * ka + ki * bi * rowOverBeta - ki * col;
-        if (i < len - 1) atomicAdd(&sLast[r], Kh * dKh);
+        sDB[idx] = qi * ebi * dQt + ki * ebi * dKt + qi * qa - ki * ka + ki * bi * rowOverBeta - ki * col;
+        sKD[idx] = Kh * dKh;
         atomicAdd(&sDBeta[i], ki * ebi * tdw + ki * rowOverBeta);
         dQ[((tok0 + i) * heads + h) * DK + r] = dq;
         float* dkp = dK + ((tok0 + i) * kvHeads + hk) * DK + r;
@@ -1198,18 +1200,25 @@ attend_kda_bwd_chunk(
     }
     __syncthreads();
 
-    // 7. d log α: the last token's terms (Σ_{j < len−1} K̂_j ⊙ dK̂_j + e^{b_C} ⊙ rowsum(S ⊙ X)), then db's reverse cumulative
-    //    sum down each channel; dβ.
+    // 7. d log α_t = Σ_{i ≥ t} db_i + Σ_{j < t} K̂_j ⊙ dK̂_j + e^{b_C} ⊙ rowsum(S ⊙ X), down each channel; dβ.
     if (dGate != 0 && len > 0)
         for (int r = tid; r < DK; r += KT)
         {
+            float prefix = 0.f;
+            for (int i = 0; i < len; i++)
+            {
+                const float kd = sKD[i * DK + r];
+                sKD[i * DK + r] = prefix;   // exclusive: Σ_{j < i}
+                prefix += kd;
+            }
             float sx = 0.f;
             for (int c = 0; c < DV; c++) sx = fmaf(ld_elem(sS + r * DV + c), ld_elem(sX + r * DV + c), sx);
-            float acc = sLast[r] + exp_e(sB[(len - 1) * DK + r]) * sx;
+            const float state = exp_e(sB[(len - 1) * DK + r]) * sx;
+            float acc = 0.f;
             for (int i = len - 1; i >= 0; i--)
             {
                 acc += sDB[i * DK + r];
-                dGate[((tok0 + i) * heads + h) * DK + r] = acc;
+                dGate[((tok0 + i) * heads + h) * DK + r] = acc + sKD[i * DK + r] + state;
             }
         }
     if (dBeta != 0 && tid < len) dBeta[(tok0 + tid) * heads + h] = sDBeta[tid];

@@ -349,10 +349,10 @@ public sealed unsafe partial class CudaDeltaRulePlan
         2 * Chunk * keyDim * 2 + 4 * Chunk * valueDim * 2 + 2 * keyDim * valueDim * 2 + Chunk * keyDim * 2 + 3 * Chunk * 64 * 2 + 4 * Chunk * 4 + 16 * 4;
 
     /// <summary>
-    /// Shared memory of <c>attend_kda_bwd_chunk</c>: b, dw and db (float32 <c>[64][Dk]</c> each), dA, L then G, T and P
-    /// (float32 <c>[64][64]</c> each), β and dβ (<c>[64]</c>) and one float32 row of <c>Dk</c>.
+    /// Shared memory of <c>attend_kda_bwd_chunk</c>: b, dw, db and K̂ ⊙ dK̂ (float32 <c>[64][Dk]</c> each), dA, L then G, T
+    /// and P (float32 <c>[64][64]</c> each), β and dβ (<c>[64]</c>): 197,120 bytes at Dk = 128 (one CTA per SM).
     /// </summary>
-    internal static int KdaBackwardChunkSharedBytes(int keyDim) => 3 * Chunk * keyDim * 4 + 4 * Chunk * 64 * 4 + 2 * Chunk * 4 + keyDim * 4;
+    internal static int KdaBackwardChunkSharedBytes(int keyDim) => 4 * Chunk * keyDim * 4 + 4 * Chunk * 64 * 4 + 2 * Chunk * 4;
 
     /// <summary>The NVRTC options of one backward specialisation.</summary>
     internal static string[] BackwardOptions(int keyDim, int valueDim, ElementType type, int gate, int chunkWarps = DefaultChunkWarps) =>

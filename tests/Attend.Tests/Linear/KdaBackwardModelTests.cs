@@ -361,18 +361,23 @@ public class KdaBackwardModelTests
                     // db leaves out what cancels exactly: the diagonal of A appears in the q and the k term with
                     // opposite signs (q_i·dA_ii·k_i), and the last token's K̂ term in its own and in b_C's sum; left in,
                     // they are O(1) terms whose difference is the gradient, which under strong gates is ~e^-20 of them.
-                    db[i][r] = Qt[i][r] * dQt[i][r] + Kt[i][r] * dKt[i][r] - (i < C - 1 ? Kh[i][r] * dKh[i][r] : 0)
+                    // K̂'s terms (−K̂_i ⊙ dK̂_i, and Σ_j K̂_j ⊙ dK̂_j through b_C) are added below as what is left of them
+                    // after the reverse scan, a prefix sum.
+                    db[i][r] = Qt[i][r] * dQt[i][r] + Kt[i][r] * dKt[i][r]
                         + q[i][r] * qa - k[i][r] * ka + k[i][r] * row - k[i][r] * col;
                 }
             for (int r = 0; r < Dk; r++)
             {
-                double last = 0;
-                for (int j = 0; j < C - 1; j++) last += Kh[j][r] * dKh[j][r];
-                for (int c = 0; c < Dv; c++) last += Math.Exp(bC[r]) * S[r, c] * X[r, c];
-                db[C - 1][r] += last;
-                // d log α_t = Σ_{i ≥ t in the chunk} db_i: the reverse scan down each channel.
+                // d log α_t = Σ_{i ≥ t in the chunk} db_i (the reverse scan down each channel), plus e^{b_C} ⊙ rowsum(S ⊙ X)
+                // (b_C's state term) and K̂'s share: b_C's Σ_j K̂_j ⊙ dK̂_j less −K̂_i ⊙ dK̂_i for every i ≥ t, which is
+                // Σ_{j<t} K̂_j ⊙ dK̂_j — summed forwards, as the kernel does, because under strong gates its terms fall by
+                // e^g per token and the long way round (all of them, then subtracting) loses the small ones.
+                double state = 0;
+                for (int c = 0; c < Dv; c++) state += Math.Exp(bC[r]) * S[r, c] * X[r, c];
+                var prefix = new double[C];
+                for (int t = 1; t < C; t++) prefix[t] = prefix[t - 1] + Kh[t - 1][r] * dKh[t - 1][r];
                 double acc = 0;
-                for (int t = C - 1; t >= 0; t--) { acc += db[t][r]; dlogAlpha[t][r] = acc; }
+                for (int t = C - 1; t >= 0; t--) { acc += db[t][r]; dlogAlpha[t][r] = acc + prefix[t] + state; }
             }
             return Xprev;
         }
