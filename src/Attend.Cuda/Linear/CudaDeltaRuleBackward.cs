@@ -59,7 +59,8 @@ public sealed unsafe partial class CudaDeltaRulePlan
     /// those buffers' contents in between (they are not read again to check). The price
     /// is memory: the first such Run allocates the backward's buffers (<see cref="BackwardBufferBytes"/>), and T
     /// (<c>[B, T, H, 64]</c>), or with All also the checkpoints (<c>[chunks, H, Dk, Dv]</c>) and δ (<c>[B, T, H, Dv]</c>),
-    /// element type, hold the forward's values from the Run to the Backward.
+    /// element type, hold the forward's values from the Run to the Backward. With the channel gate (KDA) a Run keeps
+    /// nothing and the backward always recomputes.
     /// </summary>
     public CudaDeltaKeep KeepForBackward { get; set; }
 
