@@ -144,8 +144,8 @@ internal static class CheckCommand
         }
         if (registered && !forwardOnly && backends.Contains("cuda") && CudaBackend.IsAvailable(out _))
         {
-            // ATTEND_CHECK_CUDA_PARTS (a development switch: a comma list of decode, linear, delta, delta-bwd, kda, sparse) runs only those parts.
-            string[] parts = (Environment.GetEnvironmentVariable("ATTEND_CHECK_CUDA_PARTS") ?? "decode,linear,delta,kda,sparse").Split(',', StringSplitOptions.TrimEntries);
+            // ATTEND_CHECK_CUDA_PARTS (a development switch: a comma list of decode, linear, delta, delta-bwd, kda, kda-bwd, sparse) runs only those parts.
+            string[] parts = (Environment.GetEnvironmentVariable("ATTEND_CHECK_CUDA_PARTS") ?? "decode,linear,delta,kda,kda-bwd,sparse").Split(',', StringSplitOptions.TrimEntries);
             int p = 0, f = 0;
             if (parts.Contains("decode")) (p, f) = CudaDecodeCheck.Run(seed, output, error);
             passed += p;
@@ -159,6 +159,9 @@ internal static class CheckCommand
             passed += lp;
             failures += lf;
             (p, f) = parts.Contains("kda") ? CudaKdaCheck.Run(seed, output, error) : (0, 0);
+            passed += p;
+            failures += f;
+            (p, f) = parts.Contains("kda-bwd") ? CudaDeltaCheck.RunKdaBackward(seed, output, error) : (0, 0);
             passed += p;
             failures += f;
             (p, f) = parts.Contains("sparse") ? CudaSparseCheck.Run(seed, output, error) : (0, 0);

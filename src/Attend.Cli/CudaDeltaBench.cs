@@ -72,7 +72,8 @@ internal static class CudaDeltaBench
             {
                 if (!CudaDeltaRulePlan.IsBackwardSupported(LinearShape.Mha(1, t, Heads, Dim), ElementType.BFloat16, Options(m, LinearForm.Chunked), out _)) continue;
                 const int cw = CudaDeltaRulePlan.DefaultChunkWarps;
-                (string Suffix, int Warps, CudaDeltaKeep Keep)[] variants = t == 16384 && !quick
+                // KDA's backward keeps nothing and has no warp variant (attend_kda_bwd_chunk v0): its default row only.
+                (string Suffix, int Warps, CudaDeltaKeep Keep)[] variants = t == 16384 && !quick && m.Decay != LinearDecay.ChannelGate
                     ? [("", cw, CudaDeltaKeep.None), ("/keepT", cw, CudaDeltaKeep.Inverse), ("/keep", cw, CudaDeltaKeep.All), ("/cw4", 4, CudaDeltaKeep.None)]
                     : [("", cw, CudaDeltaKeep.None)];
                 foreach ((string suffix, int warps, CudaDeltaKeep keep) in variants)

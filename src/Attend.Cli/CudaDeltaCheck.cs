@@ -62,6 +62,46 @@ internal static class CudaDeltaCheck
     public static (int Passed, int Failed) RunBackwardOnly(int seed, TextWriter output, TextWriter error) =>
         RunBackward(new Random(unchecked(seed * 31 + 19)), output, error);
 
+    /// <summary>
+    /// The KDA (channel gate) backward problems (ATTEND_CHECK_CUDA_PARTS=kda-bwd): attend_kda_bwd_chunk and the GATE 2
+    /// reverse chain, every gradient (d log α per channel) against the float64 naive form's, NaN-poisoned.
+    /// </summary>
+    public static (int Passed, int Failed) RunKdaBackward(int seed, TextWriter output, TextWriter error)
+    {
+        var rng = new Random(unchecked(seed * 31 + 23));
+        int Odd(int lo, int hi) => rng.Next(lo, hi) | 1;
+        const LinearUpdate G = LinearUpdate.GatedDelta;
+        const LinearDecay C = LinearDecay.ChannelGate;
+        // Dk 64/128 × Dv 64/128, GQA, varlen with a 1-token and an empty sequence, β absent, T = 1, T = 64m + r, and gates
+        // weak (×0.05), mid, strong (×8) and past e^-80 within 16 tokens (×40: d log α's cancellation rule).
+        BackwardCase[] cases =
+        [
+            new("bwd kda, S0 and dS_T", 2, Odd(65, 400), 4, 4, 128, 128, G, C, true, true),
+            new("bwd kda, GQA 2:1, Dk 64, beta = 1", 1, Odd(129, 500), 4, 2, 64, 64, G, C, false, false, Beta: false),
+            new("bwd kda, T = 64m + r, strong", 1, 64 * rng.Next(2, 6) + rng.Next(1, 63), 4, 4, 128, 128, G, C, true, true, GateScale: 8f),
+            new("bwd kda, gates past e^-80 in 16 tokens", 1, Odd(65, 300), 2, 2, 128, 128, G, C, true, true, GateScale: 40f),
+            new("bwd kda, weak gates, GQA 4:1, Dv 64", 1, Odd(65, 300), 4, 1, 128, 64, G, C, true, true, GateScale: 0.05f),
+            new("bwd kda, T = 1, GQA 2:1", 3, 1, 4, 2, 128, 128, G, C, true, true),
+            new("bwd kda, varlen (1, empty), Dk 64 Dv 128", 1, 0, 4, 2, 64, 128, G, C, true, true, [1, rng.Next(2, 200), 0, rng.Next(300, 700)], ExtremeBeta: true),
+            new("bwd kda, long, no dS_T", 1, Odd(1100, 1500), 2, 2, 128, 128, G, C, true, false),
+        ];
+        int passed = 0, failed = 0;
+        foreach (BackwardCase c in cases)
+            foreach (ElementType type in (ElementType[])[ElementType.BFloat16, ElementType.Float16])
+            {
+                (double[] errs, string? problem) = type == ElementType.BFloat16 ? OneBackward<BFloat16>(c, type, rng) : OneBackward<Half>(c, type, rng);
+                double tol = CheckCommand.GradientTolerance(type);
+                bool ok = problem is null && errs.All(e => e <= tol);
+                int t = c.Lengths?.Sum() ?? c.T;
+                string line = string.Create(CultureInfo.InvariantCulture,
+                    $"  {(ok ? "ok  " : "FAIL")} {"CudaKda backward",-24} {type.ShortName(),-4} {c.Name,-40} B={c.B} T={t} H={c.H}/{c.Hkv} Dk={c.Dk} Dv={c.Dv} gate x{c.GateScale:G3}  dq={errs[0]:E2} dk={errs[1]:E2} dv={errs[2]:E2} dbeta={errs[3]:E2} dg={errs[4]:E2} dS0={errs[5]:E2} (tol {tol:G2}){(problem is null ? "" : "  " + problem)}");
+                (ok ? output : error).WriteLine(line);
+                if (ok) passed++;
+                else failed++;
+            }
+        return (passed, failed);
+    }
+
     private sealed record BackwardCase(string Name, int B, int T, int H, int Hkv, int Dk, int Dv, LinearUpdate Update, LinearDecay Decay, bool InitialState,
         bool StateGradient, int[]? Lengths = null, bool Beta = true, float GateScale = 1f, bool ExtremeBeta = false, CudaDeltaKeep Keep = CudaDeltaKeep.None,
         bool OnStream = false);
@@ -122,7 +162,12 @@ internal static class CudaDeltaCheck
         float[] q = Rounded<T>(rng, rows * c.H * c.Dk, 1, 1.0), k = Rounded<T>(rng, rows * c.Hkv, c.Dk, 0), v = Rounded<T>(rng, rows * c.Hkv * c.Dv, 1, 1.0);
         float[] dO = Rounded<T>(rng, rows * c.H * c.Dv, 1, 1.0);
         float[] beta = !c.Beta ? [] : c.ExtremeBeta ? ExtremeBetas(rng, rows * c.H) : Betas(rng, rows * c.H);
-        float[] gate = c.Decay == LinearDecay.ScalarGate ? CudaLinearCheck.Gates(rng, rows * c.H, c.GateScale) : [];
+        float[] gate = c.Decay switch
+        {
+            LinearDecay.ScalarGate => CudaLinearCheck.Gates(rng, rows * c.H, c.GateScale),
+            LinearDecay.ChannelGate => CudaLinearCheck.Gates(rng, rows * c.H * c.Dk, c.GateScale),   // KDA: [B, T, H, Dk]
+            _ => [],
+        };
         float[]? gamma = c.Decay == LinearDecay.FixedPerHead ? Enumerable.Range(0, c.H).Select(_ => (float)(1 - Math.Pow(2, -rng.Next(2, 8)))).ToArray() : null;
         long stateLength = (long)n * c.H * c.Dk * c.Dv;
         float[] s0 = c.InitialState ? Rounded<float>(rng, stateLength, 1, 0.3) : [];

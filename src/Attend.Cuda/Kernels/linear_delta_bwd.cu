@@ -27,7 +27,8 @@
 // (linear_delta_chunk.cu with CHAIN_NOOUT) on a side stream while the reverse chain runs: both need only w and A.
 //
 // Defines: DK (64 | 128), DV (64 | 128; the chunk kernel), ELEM_BF16 (1 bf16, 0 fp16), GATE (0 none, 1 scalar gate or
-// fixed γ), CW (4 | 8: the chunk kernel's warps; default 8). mma_tiles.cuh is expanded in place by KernelCompiler.Source.
+// fixed γ, 2 the channel gate of KDA: the reverse chain alone so far, reading Q̃, K̂ and e^{b_C} from attend_kda_prepare
+// where the scalar gates read q, k and the raw gates), CW (4 | 8: the chunk kernel's warps; default 8). mma_tiles.cuh is expanded in place by KernelCompiler.Source.
 
 #ifndef DK
 #error "DK must be defined"
@@ -198,10 +199,19 @@ attend_delta_bwd_dstate(
     const int col0 = blockIdx.x * BV;
     const DeltaRow sq = seqs[blockIdx.z];
     const int hk = h / (heads / kvHeads);
+#if GATE == 2
+    // The channel gate: Q is Q̃ and K is K̂, both [tokens, H, DK] per query head (attend_kda_prepare wrote them).
+    const long long qStride = (long long)heads * DK, kStride = qStride, oStride = (long long)heads * dv;
+    const long long tok0 = sq.tokStart;
+    const elem_t* qBase = Q + tok0 * qStride + (long long)h * DK;
+    const elem_t* kBase = K + tok0 * kStride + (long long)h * DK;
+    (void)hk;
+#else
     const long long qStride = (long long)heads * DK, kStride = (long long)kvHeads * DK, oStride = (long long)heads * dv;
     const long long tok0 = sq.tokStart;
     const elem_t* qBase = Q + tok0 * qStride + (long long)h * DK;
     const elem_t* kBase = K + tok0 * kStride + (long long)hk * DK;
+#endif
     const elem_t* wBase = W + tok0 * qStride + (long long)h * DK;
     const elem_t* aBase = A + (tok0 * heads + h) * 64;
     const elem_t* oBase = dO + tok0 * oStride + (long long)h * dv + col0;
@@ -317,6 +327,18 @@ attend_delta_bwd_dstate(
         }
 #endif
         const float bLast = __shfl_sync(0xffffffffu, b1, 31);
+#if GATE == 2
+        // The chunk's decay e^{b_C} of this thread's X rows (channels), read now so the load is off the chain. With the
+        // channel gate b0 = b1 = 0 above: K̂ and Q̃ carry their decays, so the per-token factors below are 1 and s.
+        float rowDecay[MS][2];
+        {
+            const float* dec = gate + ((long long)(sq.pad + c) * heads + h) * DK;
+#pragma unroll
+            for (int m = 0; m < MS; m++)
+#pragma unroll
+                for (int half = 0; half < 2; half++) rowDecay[m][half] = __ldg(dec + stateRow0 + 16 * m + g + 8 * half);
+        }
+#endif
 
         // 1. dδ = s Aᵀ dO + K̂ X for this warp's 16 token rows.
         float ka[VC][4], oa[VC][4];
@@ -369,7 +391,7 @@ attend_delta_bwd_dstate(
         }
         __syncthreads();
 
-        // 2. X ← e^{b_C} X + s (e^b ⊙ Q)ᵀ dO − wᵀ dδ.
+        // 2. X ← e^{b_C} X + s (e^b ⊙ Q)ᵀ dO − wᵀ dδ (the channel gate: Diag(e^{b_C}) X + s Q̃ᵀ dO − wᵀ dδ).
 #if GATE == 1
         {
             const float f = exp_e(bLast);
@@ -380,6 +402,13 @@ attend_delta_bwd_dstate(
 #pragma unroll
                     for (int e = 0; e < 4; e++) st[m][j][e] *= f;
         }
+#elif GATE == 2
+#pragma unroll
+        for (int m = 0; m < MS; m++)
+#pragma unroll
+            for (int j = 0; j < VC; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) st[m][j][e] *= rowDecay[m][e >> 1];
 #endif
 #pragma unroll
         for (int kk = 0; kk < 4; kk++)
@@ -439,9 +468,15 @@ attend_delta_bwd_dstate(
 #if GATE == 0
     (void)gate;
     (void)headLogDecay;
+#elif GATE == 2
+    (void)headLogDecay;
 #endif
 }
 
+#if GATE != 2
+// The chunk kernel of the channel gate (KDA) is not written yet: the per-channel decays of dA ⊙ D and of the L terms
+// and the gate gradient per channel need another shared-memory plan (docs/CUDA-KERNELS.md, "KDA backward, written in
+// session 5"); a GATE 2 build holds the reverse chain alone.
 // ---------------------------------------------------------------------------------------------------------------
 // attend_delta_bwd_chunk: per (chunk, query head) dq, dk, dv, dβ and d log α.
 
@@ -934,3 +969,258 @@ attend_delta_bwd_chunk(
     (void)bC;
 #endif
 }
+
+#endif   // GATE != 2
+
+#if GATE == 2
+// ---------------------------------------------------------------------------------------------------------------
+// attend_kda_bwd_chunk (GATE 2 builds): per (chunk, query head) dq, dk, dv, dβ and d log α of the channel gate (KDA).
+// Version 0, correctness first: float32 on the CUDA cores, one CTA of KT threads per (chunk, query head), the 64 × 64
+// matrices, the cumulative gate b, dw and db in shared memory, every other operand read from global memory (L1/L2). It
+// is the float64 model of tests/Attend.Tests/Linear/KdaBackwardModelTests.cs (Chunk.Backward) line for line, in float32:
+//   dA = s tril(dO δᵀ), dQ̃ = s dO Sᵀ, dK̂ = δ Xᵀ, dw = −dδ Sᵀ, T = (I + L)⁻¹ solved again here (forward substitution of
+//   L_ij = β_i Σ_c k_ic k_jc e^{b_ic − b_jc}, j < i), G = −Tᵀ (dw wᵀ + dδ uᵀ) (strictly lower), dv = diag(β) Tᵀ dδ,
+//   dK̃ = diag(β) Tᵀ dw, and per element (i, r) the sums of dA and G against k, q with e^{b_ir − b_jr} (every factor ≤ 1:
+//   exact for any gate strength, no overflow); db leaves out the terms that cancel exactly (A's diagonal), and d log α_t is
+//   db's reverse cumulative sum down each channel of the chunk plus K̂'s share, Σ_{j<t} K̂_j ⊙ dK̂_j (a forward prefix sum:
+//   the −K̂_i ⊙ dK̂_i of every token i ≥ t and the b_C term Σ_j K̂_j ⊙ dK̂_j cancel but for it, and under strong gates its
+//   terms fall by e^g per token, so a sum taken the long way would lose them) and e^{b_C} ⊙ rowsum(S ⊙ X).
+// Inputs: q, k, v (raw, element type), dO, δ (Dnew), dδ, w, u, S (Hck, the state at the chunk's start), X (dHck, the state
+// gradient at its end), β, the raw log gate [tokens, H, DK]. Outputs float32 as attend_delta_bwd_chunk's, with dGate
+// [tokens, H, DK]; dk and dv are summed atomically over a group's query heads (the host zeroes them first).
+
+#define KT 256
+#define K_OFF_B 0                                     // b, float32 [64][DK]
+#define K_OFF_DW (K_OFF_B + CHUNK * DK * 4)           // dw, float32 [64][DK]
+#define K_OFF_DB (K_OFF_DW + CHUNK * DK * 4)          // db, float32 [64][DK]
+#define K_OFF_KD (K_OFF_DB + CHUNK * DK * 4)          // K̂ ⊙ dK̂, then its exclusive prefix sum over tokens, float32 [64][DK]
+#define K_OFF_DA (K_OFF_KD + CHUNK * DK * 4)          // dA (with s), float32 [64][64]
+#define K_OFF_L (K_OFF_DA + CHUNK * 64 * 4)           // L, then G, float32 [64][64]
+#define K_OFF_T (K_OFF_L + CHUNK * 64 * 4)            // T, float32 [64][64]
+#define K_OFF_P (K_OFF_T + CHUNK * 64 * 4)            // P = dw wᵀ + dδ uᵀ, float32 [64][64]
+#define K_OFF_BETA (K_OFF_P + CHUNK * 64 * 4)         // β, float32 [64]
+#define K_OFF_DBETA (K_OFF_BETA + CHUNK * 4)          // dβ, float32 [64]
+#define K_SMEM_BYTES (K_OFF_DBETA + CHUNK * 4)
+
+__device__ __forceinline__ float ld_elem(const elem_t* p) { return elem_lo((unsigned)*p); }
+
+extern "C" __global__ void __launch_bounds__(KT)
+attend_kda_bwd_chunk(
+    const elem_t* __restrict__ Q, const elem_t* __restrict__ K, const elem_t* __restrict__ V, const elem_t* __restrict__ dO,
+    const elem_t* __restrict__ Dnew, const elem_t* __restrict__ dDelta, const elem_t* __restrict__ W, const elem_t* __restrict__ U,
+    const elem_t* __restrict__ Hck, const elem_t* __restrict__ dHck,
+    const float* __restrict__ beta, const float* __restrict__ gate,          // [tokens, H] or null; [tokens, H, DK] log α
+    float* __restrict__ dQ, float* __restrict__ dK, float* __restrict__ dV,   // [tokens, H, DK], [tokens, Hkv, DK], [tokens, Hkv, DV]
+    float* __restrict__ dBeta, float* __restrict__ dGate,                     // [tokens, H], [tokens, H, DK]; either may be null
+    const DeltaRow* __restrict__ chunks, int heads, int kvHeads, float scale)
+{
+    extern __shared__ __align__(128) unsigned char smem[];
+    float* const sB = (float*)(smem + K_OFF_B);
+    float* const sDW = (float*)(smem + K_OFF_DW);
+    float* const sDB = (float*)(smem + K_OFF_DB);
+    float* const sKD = (float*)(smem + K_OFF_KD);
+    float* const sDA = (float*)(smem + K_OFF_DA);
+    float* const sL = (float*)(smem + K_OFF_L);
+    float* const sT = (float*)(smem + K_OFF_T);
+    float* const sP = (float*)(smem + K_OFF_P);
+    float* const sBeta = (float*)(smem + K_OFF_BETA);
+    float* const sDBeta = (float*)(smem + K_OFF_DBETA);
+    const int tid = threadIdx.x;
+    const int h = blockIdx.y;
+    const long long ci = blockIdx.x;
+    const DeltaRow ch = chunks[blockIdx.x];
+    const int len = ch.len;
+    const int hk = h / (heads / kvHeads);
+    const bool grouped = heads != kvHeads;
+    const long long tok0 = ch.tokStart;
+    const long long qStride = (long long)heads * DK, kStride = (long long)kvHeads * DK;
+    const long long vStride = (long long)kvHeads * DV, oStride = (long long)heads * DV;
+    const elem_t* qB = Q + tok0 * qStride + (long long)h * DK;       // row i: qB + i * qStride
+    const elem_t* kB = K + tok0 * kStride + (long long)hk * DK;
+    const elem_t* vB = V + tok0 * vStride + (long long)hk * DV;
+    const elem_t* oB = dO + tok0 * oStride + (long long)h * DV;
+    const elem_t* nB = Dnew + tok0 * oStride + (long long)h * DV;      // δ
+    const elem_t* ddB = dDelta + tok0 * oStride + (long long)h * DV;   // dδ
+    const elem_t* wB = W + tok0 * qStride + (long long)h * DK;
+    const elem_t* uB = U + tok0 * oStride + (long long)h * DV;
+    const elem_t* sS = Hck + (ci * heads + h) * DK * DV;               // S [DK][DV]
+    const elem_t* sX = dHck + (ci * heads + h) * DK * DV;              // X [DK][DV]
+
+    // 1. b (the in-chunk cumulative log gate, per channel; rows past len repeat the last), β, zeroed sums.
+    for (int idx = tid; idx < CHUNK * DK; idx += KT)
+    {
+        const int i = idx / DK, r = idx % DK;
+        sB[idx] = i < len ? gate[((tok0 + i) * heads + h) * DK + r] : 0.f;
+    }
+    if (tid < CHUNK)
+    {
+        sBeta[tid] = tid < len ? (beta != 0 ? beta[(tok0 + tid) * heads + h] : 1.f) : 0.f;
+        sDBeta[tid] = 0.f;
+    }
+    __syncthreads();
+    for (int r = tid; r < DK; r += KT)
+    {
+        float acc = 0.f;
+        for (int i = 0; i < CHUNK; i++)
+        {
+            acc += sB[i * DK + r];
+            sB[i * DK + r] = acc;
+        }
+    }
+    __syncthreads();
+
+    // 2. L (strictly lower, rows < len), dA = s dO δᵀ (lower with the diagonal), dw = −dδ Sᵀ (rows < len; 0 past).
+    for (int idx = tid; idx < CHUNK * 64; idx += KT)
+    {
+        const int i = idx / 64, j = idx % 64;
+        float l = 0.f, da = 0.f;
+        if (i < len && j < i)
+        {
+            const float* bi = sB + i * DK;
+            const float* bj = sB + j * DK;
+            for (int c = 0; c < DK; c++) l = fmaf(ld_elem(kB + i * kStride + c) * ld_elem(kB + j * kStride + c), exp_e(bi[c] - bj[c]), l);
+            l *= sBeta[i];
+        }
+        if (i < len && j <= i)
+        {
+            for (int c = 0; c < DV; c++) da = fmaf(ld_elem(oB + i * oStride + c), ld_elem(nB + j * oStride + c), da);
+            da *= scale;
+        }
+        sL[idx] = l;
+        sDA[idx] = da;
+    }
+    for (int idx = tid; idx < CHUNK * DK; idx += KT)
+    {
+        const int i = idx / DK, r = idx % DK;
+        float x = 0.f;
+        if (i < len)
+            for (int c = 0; c < DV; c++) x = fmaf(ld_elem(ddB + i * oStride + c), ld_elem(sS + r * DV + c), x);
+        sDW[idx] = -x;
+    }
+    __syncthreads();
+
+    // 3. T = (I + L)⁻¹ by forward substitution, one column per thread (rows past len: L is 0 there, so T is I);
+    //    P = dw wᵀ + dδ uᵀ (rows l < len; 0 past, where dw and dδ are 0).
+    if (tid < 64)
+    {
+        const int col = tid;
+        for (int i = 0; i < CHUNK; i++)
+        {
+            float x = i == col ? 1.f : 0.f;
+            for (int j = col; j < i; j++) x = fmaf(-sL[i * 64 + j], sT[j * 64 + col], x);   // T_jc = 0 for j < col
+            sT[i * 64 + col] = x;
+        }
+    }
+    for (int idx = tid; idx < CHUNK * 64; idx += KT)
+    {
+        const int l = idx / 64, j = idx % 64;
+        float x = 0.f;
+        if (l < len && j < len)
+        {
+            for (int r = 0; r < DK; r++) x = fmaf(sDW[l * DK + r], ld_elem(wB + j * qStride + r), x);
+            for (int c = 0; c < DV; c++) x = fmaf(ld_elem(ddB + l * oStride + c), ld_elem(uB + j * oStride + c), x);
+        }
+        sP[idx] = x;
+    }
+    __syncthreads();
+
+    // 4. G = −Tᵀ P, strictly lower (into L's space: L is not read again).
+    for (int idx = tid; idx < CHUNK * 64; idx += KT)
+    {
+        const int i = idx / 64, j = idx % 64;
+        float x = 0.f;
+        if (i < len && j < i)
+            for (int l = i; l < len; l++) x = fmaf(sT[l * 64 + i], sP[l * 64 + j], x);   // T_li = 0 for l < i
+        sL[idx] = -x;
+    }
+    __syncthreads();
+    const float* sG = sL;
+
+    // 5. Per element (i, r): dq, dk, db, and dβ's K̃ and L terms.
+    for (int idx = tid; idx < CHUNK * DK; idx += KT)
+    {
+        const int i = idx / DK, r = idx % DK;
+        if (i >= len)
+        {
+            sDB[idx] = 0.f;
+            sKD[idx] = 0.f;
+            continue;
+        }
+        const float bir = sB[i * DK + r], bCr = sB[(len - 1) * DK + r];
+        const float qi = ld_elem(qB + i * qStride + r), ki = ld_elem(kB + i * kStride + r), bi = sBeta[i];
+        float dQt = 0.f, dKh = 0.f;
+        for (int c = 0; c < DV; c++)
+        {
+            const float s_rc = ld_elem(sS + r * DV + c);
+            dQt = fmaf(ld_elem(oB + i * oStride + c), s_rc, dQt);
+            dKh = fmaf(ld_elem(nB + i * oStride + c), ld_elem(sX + r * DV + c), dKh);
+        }
+        dQt *= scale;
+        float tdw = 0.f;
+        for (int l = i; l < len; l++) tdw = fmaf(sT[l * 64 + i], sDW[l * DK + r], tdw);
+        float qa = 0.f, rowOverBeta = 0.f;
+        for (int j = 0; j < i; j++)
+        {
+            const float kj = ld_elem(kB + j * kStride + r), e = exp_e(bir - sB[j * DK + r]);
+            qa = fmaf(sDA[i * 64 + j] * kj, e, qa);
+            rowOverBeta = fmaf(sG[i * 64 + j] * kj, e, rowOverBeta);
+        }
+        float ka = 0.f, col = 0.f;
+        for (int l = i + 1; l < len; l++)
+        {
+            const float e = exp_e(sB[l * DK + r] - bir);
+            ka = fmaf(sDA[l * 64 + i] * ld_elem(qB + l * qStride + r), e, ka);
+            col = fmaf(sBeta[l] * sG[l * 64 + i] * ld_elem(kB + l * kStride + r), e, col);
+        }
+        const float ebi = exp_e(bir), ehat = exp_e(bCr - bir);
+        const float dKt = bi * tdw, dii = sDA[i * 64 + i];
+        const float dq = ebi * dQt + qa + dii * ki;
+        const float dk = ehat * dKh + ebi * dKt + ka + dii * qi + bi * rowOverBeta + col;
+        const float Kh = ki * ehat;
+        sDB[idx] = qi * ebi * dQt + ki * ebi * dKt + qi * qa - ki * ka + ki * bi * rowOverBeta - ki * col;
+        sKD[idx] = Kh * dKh;
+        atomicAdd(&sDBeta[i], ki * ebi * tdw + ki * rowOverBeta);
+        dQ[((tok0 + i) * heads + h) * DK + r] = dq;
+        float* dkp = dK + ((tok0 + i) * kvHeads + hk) * DK + r;
+        if (grouped) atomicAdd(dkp, dk);
+        else *dkp = dk;
+    }
+
+    // 6. dv = diag(β) Tᵀ dδ and dβ's v term.
+    for (int idx = tid; idx < CHUNK * DV; idx += KT)
+    {
+        const int i = idx / DV, c = idx % DV;
+        if (i >= len) continue;
+        float tdd = 0.f;
+        for (int l = i; l < len; l++) tdd = fmaf(sT[l * 64 + i], ld_elem(ddB + l * oStride + c), tdd);
+        atomicAdd(&sDBeta[i], ld_elem(vB + i * vStride + c) * tdd);
+        float* dvp = dV + ((tok0 + i) * kvHeads + hk) * DV + c;
+        if (grouped) atomicAdd(dvp, sBeta[i] * tdd);
+        else *dvp = sBeta[i] * tdd;
+    }
+    __syncthreads();
+
+    // 7. d log α_t = Σ_{i ≥ t} db_i + Σ_{j < t} K̂_j ⊙ dK̂_j + e^{b_C} ⊙ rowsum(S ⊙ X), down each channel; dβ.
+    if (dGate != 0 && len > 0)
+        for (int r = tid; r < DK; r += KT)
+        {
+            float prefix = 0.f;
+            for (int i = 0; i < len; i++)
+            {
+                const float kd = sKD[i * DK + r];
+                sKD[i * DK + r] = prefix;   // exclusive: Σ_{j < i}
+                prefix += kd;
+            }
+            float sx = 0.f;
+            for (int c = 0; c < DV; c++) sx = fmaf(ld_elem(sS + r * DV + c), ld_elem(sX + r * DV + c), sx);
+            const float state = exp_e(sB[(len - 1) * DK + r]) * sx;
+            float acc = 0.f;
+            for (int i = len - 1; i >= 0; i--)
+            {
+                acc += sDB[i * DK + r];
+                dGate[((tok0 + i) * heads + h) * DK + r] = acc + sKD[i * DK + r] + state;
+            }
+        }
+    if (dBeta != 0 && tid < len) dBeta[(tok0 + tid) * heads + h] = sDBeta[tid];
+}
+#endif   // GATE == 2

@@ -13,6 +13,12 @@ public sealed unsafe partial class CudaDeltaRulePlan
     internal const string BackwardSource = "linear_delta_bwd.cu";
     internal const string StateGradientEntry = "attend_delta_bwd_dstate", ChunkBackwardEntry = "attend_delta_bwd_chunk";
 
+    /// <summary>The channel gate's (KDA's) chunk kernel, in GATE 2 builds of <see cref="BackwardSource"/>.</summary>
+    internal const string KdaChunkBackwardEntry = "attend_kda_bwd_chunk";
+
+    /// <summary>Threads per CTA of <c>attend_kda_bwd_chunk</c>.</summary>
+    internal const int KdaChunkBackwardThreads = 256;
+
     /// <summary>Value columns per CTA of the reverse chain (<c>attend_delta_bwd_dstate</c>).</summary>
     internal const int BackwardValueBlock = 16;
 
@@ -53,7 +59,8 @@ public sealed unsafe partial class CudaDeltaRulePlan
     /// those buffers' contents in between (they are not read again to check). The price
     /// is memory: the first such Run allocates the backward's buffers (<see cref="BackwardBufferBytes"/>), and T
     /// (<c>[B, T, H, 64]</c>), or with All also the checkpoints (<c>[chunks, H, Dk, Dv]</c>) and δ (<c>[B, T, H, Dv]</c>),
-    /// element type, hold the forward's values from the Run to the Backward.
+    /// element type, hold the forward's values from the Run to the Backward. With the channel gate (KDA) a Run keeps
+    /// nothing and the backward always recomputes.
     /// </summary>
     public CudaDeltaKeep KeepForBackward { get; set; }
 
@@ -87,8 +94,7 @@ public sealed unsafe partial class CudaDeltaRulePlan
     // Why the backward cannot compute a configuration the forward takes, or null.
     internal static string? BackwardRefusal(LinearShape shape, LinearForm form, LinearDecay decay)
     {
-        if (decay == LinearDecay.ChannelGate)
-            return "the CUDA delta-rule backward takes no decay, a fixed γ or a scalar gate; the channel gate's (Kimi Delta Attention's) backward is not on the GPU (use the CPU)";
+        _ = decay;   // every decay the forward takes: none, fixed γ, scalar gate, channel gate (KDA)
         if (form != LinearForm.Chunked)
             return $"the CUDA delta-rule backward is the chunked form's; got form {form}";
         if (shape.ValueDim is not (64 or 128))
@@ -105,7 +111,8 @@ public sealed unsafe partial class CudaDeltaRulePlan
     /// <c>[N, H, Dk, Dv]</c> or null (zero). The gradients are float32: <paramref name="queryGradient"/>
     /// <c>[B, T, H, Dk]</c>, <paramref name="keyGradient"/> <c>[B, T, Hkv, Dk]</c> and <paramref name="valueGradient"/>
     /// <c>[B, T, Hkv, Dv]</c> (summed over the query heads of a group), <paramref name="betaGradient"/> <c>[B, T, H]</c>
-    /// (only with β), <paramref name="gateGradient"/> dL/d(log α) <c>[B, T, H]</c> (only with a scalar gate),
+    /// (only with β), <paramref name="gateGradient"/> dL/d(log α) <c>[B, T, H]</c> (only with a scalar gate; <c>[B, T, H, Dk]</c>
+    /// with the channel gate, KDA, whose chunk kernel is <c>attend_kda_bwd_chunk</c>),
     /// <paramref name="initialStateGradient"/> <c>[N, H, Dk, Dv]</c>; each of the last three may be null (not wanted).
     /// The first call allocates the checkpoints (two <c>[chunks, H, Dk, Dv]</c>, two <c>[B, T, H, Dv]</c> and one
     /// <c>[B, T, H, 64]</c> array of the element type); later calls allocate nothing. The recomputed chain runs on the
@@ -142,6 +149,12 @@ public sealed unsafe partial class CudaDeltaRulePlan
             RequireBytes(gate, nameof(gate), rows * s.Heads * 4);
             if (gateGradient is not null) RequireBytes(gateGradient, nameof(gateGradient), rows * s.Heads * 4);
         }
+        else if (Decay == LinearDecay.ChannelGate)
+        {
+            if (gate is null) throw new ArgumentException($"Decay ChannelGate needs its float32 gate [B, T, H, Dk] ({rows * s.Heads * s.KeyDim * 4} bytes) for the backward.", nameof(gate));
+            RequireBytes(gate, nameof(gate), rows * s.Heads * s.KeyDim * 4);
+            if (gateGradient is not null) RequireBytes(gateGradient, nameof(gateGradient), rows * s.Heads * s.KeyDim * 4);
+        }
         else if (gate is not null || gateGradient is not null)
             throw new ArgumentException($"A gate (or gate gradient) was given but the decay is {Decay}.", gate is not null ? nameof(gate) : nameof(gateGradient));
         if (initialState is not null) RequireBytes(initialState, nameof(initialState), stateBytes);
@@ -155,11 +168,16 @@ public sealed unsafe partial class CudaDeltaRulePlan
         RequireBytes(valueGradient, nameof(valueGradient), rows * s.KvHeads * s.ValueDim * 4);
         if (_sequences == 0) return;
 
-        int gateKind = Update == LinearUpdate.GatedDelta ? 1 : 0;
+        // The gate kind of the build: 2, the channel gate (KDA), whose reverse chain reads Q̃, K̂ and e^{b_C} from
+        // attend_kda_prepare and whose chunk kernel is attend_kda_bwd_chunk.
+        int gateKind = Update != LinearUpdate.GatedDelta ? 0 : Decay == LinearDecay.ChannelGate ? 2 : 1;
+        bool channelGate = gateKind == 2;
         CudaContext context = _context;
         int warps = ChunkWarps is 4 or 8 ? ChunkWarps : throw new InvalidOperationException($"ChunkWarps must be 4 or 8; got {ChunkWarps}.");
         CudaKernelFunction dstate = BackwardKernel(context, s.KeyDim, s.ValueDim, ElementType, gateKind, warps, StateGradientEntry, BackwardStateSharedBytes(s.KeyDim));
-        CudaKernelFunction chunk = BackwardKernel(context, s.KeyDim, s.ValueDim, ElementType, gateKind, warps, ChunkBackwardEntry, BackwardChunkSharedBytes(s.KeyDim, s.ValueDim));
+        CudaKernelFunction chunk = channelGate
+            ? BackwardKernel(context, s.KeyDim, s.ValueDim, ElementType, gateKind, warps, KdaChunkBackwardEntry, KdaBackwardChunkSharedBytes(s.KeyDim))
+            : BackwardKernel(context, s.KeyDim, s.ValueDim, ElementType, gateKind, warps, ChunkBackwardEntry, BackwardChunkSharedBytes(s.KeyDim, s.ValueDim));
         EnsureBackwardBuffers();
         if (s.Heads != s.KvHeads)
         {
@@ -180,7 +198,8 @@ public sealed unsafe partial class CudaDeltaRulePlan
         // 1. The forward again: w, u, A and T, then the chain keeping the state at each chunk's start and δ (no output);
         // skipped when a Run with KeepForBackward left them for these inputs.
         bool forked = false;
-        CudaDeltaKeep kept = KeepForBackward != CudaDeltaKeep.None && _kept == InputKey(q, k, v, beta, gate, initialState) ? _keptMode : CudaDeltaKeep.None;
+        // (A KDA Run keeps nothing: its backward always recomputes.)
+        CudaDeltaKeep kept = !channelGate && KeepForBackward != CudaDeltaKeep.None && _kept == InputKey(q, k, v, beta, gate, initialState) ? _keptMode : CudaDeltaKeep.None;
         if (kept == CudaDeltaKeep.None) _kept = null;   // the recomputation below overwrites what a Run kept
         if (_chunks > 0 && kept != CudaDeltaKeep.All)
         {
@@ -189,15 +208,28 @@ public sealed unsafe partial class CudaDeltaRulePlan
                 a.Tin = a.Tout;   // T as the forward wrote it: read, not written
                 a.Tout = 0;
             }
-            void** p = stackalloc void*[15];
-            p[0] = &a.Q; p[1] = &a.K; p[2] = &a.V; p[3] = &a.Beta; p[4] = &a.Gate; p[5] = &a.HeadLogDecay; p[6] = &a.W; p[7] = &a.U;
-            p[8] = &a.A; p[9] = &a.Chunks; p[10] = &a.Heads; p[11] = &a.KvHeads; p[12] = &a.Dv; p[13] = &a.Tout; p[14] = &a.Tin;
-            _prepare!.Launch((uint)_chunks, (uint)s.Heads, 1, Threads, (uint)PrepareSharedBytes(s.KeyDim), stream, p);
+            Arguments chainArgs = a;
+            if (channelGate)
+            {
+                // KDA: w, u, A, Q̃, K̂ and e^{b_C} (as the forward); the chain reads Q̃, K̂, e^{b_C} in place of q, k and the gate.
+                LaunchKdaPrepare(&a, stream);
+                chainArgs.Q = _gatedQ!.Pointer;
+                chainArgs.K = _decayedK!.Pointer;
+                chainArgs.Gate = _chunkDecay!.Pointer;
+                chainArgs.HeadLogDecay = 0;
+            }
+            else
+            {
+                void** p = stackalloc void*[15];
+                p[0] = &a.Q; p[1] = &a.K; p[2] = &a.V; p[3] = &a.Beta; p[4] = &a.Gate; p[5] = &a.HeadLogDecay; p[6] = &a.W; p[7] = &a.U;
+                p[8] = &a.A; p[9] = &a.Chunks; p[10] = &a.Heads; p[11] = &a.KvHeads; p[12] = &a.Dv; p[13] = &a.Tout; p[14] = &a.Tin;
+                _prepare!.Launch((uint)_chunks, (uint)s.Heads, 1, Threads, (uint)PrepareSharedBytes(s.KeyDim), stream, p);
+            }
             // The chain (checkpoints and δ, no output) on the side stream, after the first kernel; the reverse chain below
             // needs only w and A, so the two sequential kernels share the SMs.
             _fork!.Record(stream);
             CudaException.CheckDriver(Driver.cuStreamWaitEvent(_side!.Handle, _fork.Handle, 0), nameof(Driver.cuStreamWaitEvent));
-            LaunchRecomputeChain(&a, _side);
+            LaunchRecomputeChain(&chainArgs, _side);
             _join!.Record(_side);
             forked = true;
         }
@@ -216,9 +248,19 @@ public sealed unsafe partial class CudaDeltaRulePlan
             DQ = queryGradient.Pointer, DK = keyGradient.Pointer, DV = valueGradient.Pointer, DBeta = betaGradient?.Pointer ?? 0, DGate = gateGradient?.Pointer ?? 0,
             Seqs = a.Seqs, Chunks = a.Chunks, Heads = s.Heads, KvHeads = s.KvHeads, Dv = s.ValueDim, Scale = _scale,
         };
+        // The reverse chain of the channel gate reads Q̃, K̂ and e^{b_C} (what the recomputation wrote) where the others read
+        // q, k and the raw gate; the chunk kernels read the raw inputs.
+        BackwardArguments rb = b;
+        if (channelGate)
+        {
+            rb.Q = _gatedQ!.Pointer;
+            rb.K = _decayedK!.Pointer;
+            rb.Gate = _chunkDecay!.Pointer;
+            rb.HeadLogDecay = 0;
+        }
         void** r = stackalloc void*[16];
-        r[0] = &b.Q; r[1] = &b.K; r[2] = &b.W; r[3] = &b.A; r[4] = &b.DO; r[5] = &b.Gate; r[6] = &b.HeadLogDecay; r[7] = &b.DST;
-        r[8] = &b.DS0; r[9] = &b.DHck; r[10] = &b.DDelta; r[11] = &b.Seqs; r[12] = &b.Heads; r[13] = &b.KvHeads; r[14] = &b.Dv; r[15] = &b.Scale;
+        r[0] = &rb.Q; r[1] = &rb.K; r[2] = &rb.W; r[3] = &rb.A; r[4] = &rb.DO; r[5] = &rb.Gate; r[6] = &rb.HeadLogDecay; r[7] = &rb.DST;
+        r[8] = &rb.DS0; r[9] = &rb.DHck; r[10] = &rb.DDelta; r[11] = &rb.Seqs; r[12] = &rb.Heads; r[13] = &rb.KvHeads; r[14] = &rb.Dv; r[15] = &rb.Scale;
         try
         {
             dstate.Launch((uint)(s.ValueDim / BackwardValueBlock), (uint)s.Heads, (uint)_sequences, Threads, (uint)BackwardStateSharedBytes(s.KeyDim), stream, r);
@@ -231,6 +273,15 @@ public sealed unsafe partial class CudaDeltaRulePlan
         if (_chunks == 0 || BackwardStages < 3) return;
 
         // 3. dq, dk, dv, dβ, d log α per (chunk, query head).
+        if (channelGate)
+        {
+            void** kc = stackalloc void*[21];
+            kc[0] = &b.Q; kc[1] = &b.K; kc[2] = &b.V; kc[3] = &b.DO; kc[4] = &b.Dnew; kc[5] = &b.DDelta; kc[6] = &b.W; kc[7] = &b.U;
+            kc[8] = &b.Hck; kc[9] = &b.DHck; kc[10] = &b.Beta; kc[11] = &b.Gate; kc[12] = &b.DQ; kc[13] = &b.DK; kc[14] = &b.DV;
+            kc[15] = &b.DBeta; kc[16] = &b.DGate; kc[17] = &b.Chunks; kc[18] = &b.Heads; kc[19] = &b.KvHeads; kc[20] = &b.Scale;
+            chunk.Launch((uint)_chunks, (uint)s.Heads, 1, KdaChunkBackwardThreads, (uint)KdaBackwardChunkSharedBytes(s.KeyDim), stream, kc);
+            return;
+        }
         void** c = stackalloc void*[23];
         c[0] = &b.Q; c[1] = &b.K; c[2] = &b.V; c[3] = &b.DO; c[4] = &b.Dnew; c[5] = &b.DDelta; c[6] = &b.W; c[7] = &b.U; c[8] = &b.T;
         c[9] = &b.Hck; c[10] = &b.DHck; c[11] = &b.Beta; c[12] = &b.Gate; c[13] = &b.HeadLogDecay; c[14] = &b.DQ; c[15] = &b.DK; c[16] = &b.DV;
@@ -297,6 +348,12 @@ public sealed unsafe partial class CudaDeltaRulePlan
     /// </summary>
     internal static int BackwardChunkSharedBytes(int keyDim, int valueDim) =>
         2 * Chunk * keyDim * 2 + 4 * Chunk * valueDim * 2 + 2 * keyDim * valueDim * 2 + Chunk * keyDim * 2 + 3 * Chunk * 64 * 2 + 4 * Chunk * 4 + 16 * 4;
+
+    /// <summary>
+    /// Shared memory of <c>attend_kda_bwd_chunk</c>: b, dw, db and K̂ ⊙ dK̂ (float32 <c>[64][Dk]</c> each), dA, L then G, T
+    /// and P (float32 <c>[64][64]</c> each), β and dβ (<c>[64]</c>): 197,120 bytes at Dk = 128 (one CTA per SM).
+    /// </summary>
+    internal static int KdaBackwardChunkSharedBytes(int keyDim) => 4 * Chunk * keyDim * 4 + 4 * Chunk * 64 * 4 + 2 * Chunk * 4;
 
     /// <summary>The NVRTC options of one backward specialisation.</summary>
     internal static string[] BackwardOptions(int keyDim, int valueDim, ElementType type, int gate, int chunkWarps = DefaultChunkWarps) =>

@@ -18,6 +18,8 @@ public class CudaDeltaRuleBackwardTests
     [InlineData(LinearUpdate.Delta, LinearDecay.None, 64, 64)]
     [InlineData(LinearUpdate.GatedDelta, LinearDecay.ScalarGate, 64, 128)]
     [InlineData(LinearUpdate.GatedDelta, LinearDecay.FixedPerHead, 128, 64)]
+    [InlineData(LinearUpdate.GatedDelta, LinearDecay.ChannelGate, 128, 128)]
+    [InlineData(LinearUpdate.GatedDelta, LinearDecay.ChannelGate, 64, 64)]
     public void BackwardSupportedConfigurations(LinearUpdate update, LinearDecay decay, int dk, int dv)
     {
         var options = new LinearAttentionOptions { Update = update, Decay = decay };
@@ -30,7 +32,8 @@ public class CudaDeltaRuleBackwardTests
     [InlineData(LinearUpdate.Delta, LinearDecay.None, LinearForm.Chunked, 128, 256, "value dims 64 and 128")]
     [InlineData(LinearUpdate.GatedDelta, LinearDecay.ScalarGate, LinearForm.Chunked, 64, 192, "value dims 64 and 128")]
     [InlineData(LinearUpdate.Delta, LinearDecay.None, LinearForm.Recurrent, 128, 128, "chunked")]
-    [InlineData(LinearUpdate.GatedDelta, LinearDecay.ChannelGate, LinearForm.Chunked, 128, 128, "channel gate")]
+    [InlineData(LinearUpdate.GatedDelta, LinearDecay.ChannelGate, LinearForm.Recurrent, 128, 128, "chunked")]
+    [InlineData(LinearUpdate.GatedDelta, LinearDecay.ChannelGate, LinearForm.Chunked, 128, 256, "value dims 64 and 128")]
     [InlineData(LinearUpdate.Delta, LinearDecay.None, LinearForm.Chunked, 96, 128, "key dims 64 and 128")]
     public void BackwardUnsupportedConfigurationsSayWhy(LinearUpdate update, LinearDecay decay, LinearForm form, int dk, int dv, string expected)
     {
@@ -89,6 +92,10 @@ public class CudaDeltaRuleBackwardTests
         // The reverse chain keeps a forward chain's footprint (two stages of its tiles).
         Assert.InRange(CudaDeltaRulePlan.BackwardStateSharedBytes(keyDim), 1, hopperMax);
         Assert.True(CudaDeltaRulePlan.BackwardChunkSharedBytes(keyDim, 128) > CudaDeltaRulePlan.BackwardChunkSharedBytes(keyDim, 64), "a wider value tile needs more room");
+        // KDA's chunk kernel: four float32 [64][Dk] tiles, four float32 [64][64] tiles and two rows of 64.
+        int kda = CudaDeltaRulePlan.KdaBackwardChunkSharedBytes(keyDim);
+        Assert.Equal(4 * 64 * keyDim * 4 + 4 * 64 * 64 * 4 + 2 * 64 * 4, kda);
+        Assert.InRange(kda, 1, hopperMax);
     }
 
     [Fact]
@@ -98,6 +105,8 @@ public class CudaDeltaRuleBackwardTests
         Assert.DoesNotContain("#include \"", source);
         Assert.Contains(CudaDeltaRulePlan.StateGradientEntry + "(", source);
         Assert.Contains(CudaDeltaRulePlan.ChunkBackwardEntry + "(", source);
+        Assert.Contains(CudaDeltaRulePlan.KdaChunkBackwardEntry + "(", source);
+        Assert.Contains($"#define KT {CudaDeltaRulePlan.KdaChunkBackwardThreads}", source);
         // The forward chain takes the checkpoint outputs the backward asks it for.
         string forward = KernelCompiler.Source(CudaDeltaRulePlan.Source);
         Assert.Contains("Hck", forward);
@@ -246,6 +255,8 @@ public class CudaDeltaRuleBackwardTests
     [InlineData(LinearUpdate.GatedDelta, LinearDecay.ScalarGate, 0)]
     [InlineData(LinearUpdate.GatedDelta, LinearDecay.ScalarGate, 1)]
     [InlineData(LinearUpdate.GatedDelta, LinearDecay.FixedPerHead, 1)]
+    [InlineData(LinearUpdate.GatedDelta, LinearDecay.ChannelGate, 0)]
+    [InlineData(LinearUpdate.GatedDelta, LinearDecay.ChannelGate, 1)]
     public void GpuBackwardMatchesTheFloat64NaiveForm(LinearUpdate update, LinearDecay decay, int varlen)
     {
         CudaBackend.Register();

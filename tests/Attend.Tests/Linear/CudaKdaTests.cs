@@ -58,11 +58,16 @@ public class CudaKdaTests
     }
 
     [Fact]
-    public void TheKdaBackwardIsRefusedByNameNotComputedWrongly()
+    public void TheKdaBackwardTakesTheChunkedFormAndRefusesTheRestByName()
     {
-        Assert.False(CudaDeltaRulePlan.IsBackwardSupported(new LinearShape(1, 100, 4, 2, 128, 128), ElementType.BFloat16, Kda(LinearForm.Chunked), out string reason));
-        Assert.Contains("channel gate", reason);
-        Assert.Contains("CPU", reason);
+        // The chunked KDA backward (attend_kda_bwd_chunk and the GATE 2 reverse chain): Dk and Dv 64/128, bf16 and fp16.
+        foreach (ElementType type in (ElementType[])[ElementType.BFloat16, ElementType.Float16])
+            foreach ((int dk, int dv) in ((int, int)[])[(128, 128), (64, 64), (64, 128), (128, 64)])
+                Assert.True(CudaDeltaRulePlan.IsBackwardSupported(new LinearShape(1, 100, 4, 2, dk, dv), type, Kda(LinearForm.Chunked), out string why), why);
+        Assert.False(CudaDeltaRulePlan.IsBackwardSupported(new LinearShape(1, 100, 4, 2, 128, 128), ElementType.BFloat16, Kda(LinearForm.Recurrent), out string reason));
+        Assert.Contains("chunked", reason);
+        Assert.False(CudaDeltaRulePlan.IsBackwardSupported(new LinearShape(1, 100, 4, 2, 128, 256), ElementType.BFloat16, Kda(LinearForm.Chunked), out reason));
+        Assert.Contains("value dims 64 and 128", reason);
     }
 
     [Fact]
@@ -147,6 +152,17 @@ public class CudaKdaTests
         var output = new StringWriter();
         var error = new StringWriter();
         (int passed, int failed) = Attend.Cli.CudaKdaCheck.Run(TestData.RunSeed, output, error);
+        Assert.True(failed == 0 && passed > 0, $"seed {TestData.RunSeed}: {error}");
+    }
+
+    [CudaLinearTheory]
+    [InlineData(0)]
+    public void CheckCommandKdaBackwardCasesPassOnTheGpu(int unused)
+    {
+        _ = unused;
+        var output = new StringWriter();
+        var error = new StringWriter();
+        (int passed, int failed) = Attend.Cli.CudaDeltaCheck.RunKdaBackward(TestData.RunSeed, output, error);
         Assert.True(failed == 0 && passed > 0, $"seed {TestData.RunSeed}: {error}");
     }
 }
