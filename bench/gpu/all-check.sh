@@ -19,6 +19,8 @@
 #   bash all-check.sh routing  8. the Routing Transformer sorted by cluster vs its mask form (16k), sorted at 128k
 #   bash all-check.sh merged   9. parts 1 and 2 side by side (separate kernel caches: both compile on a cold machine, the
 #                                 16 CPU cores have room), then part 7 once the GPU is free again: one call under 600 s
+#   bash all-check.sh verify  12. part 9 with a racecheck of the delta and KDA backward kernels (one problem each) beside
+#                                 the check and the memcheck, then one window-target round
 #   bash all-check.sh final   10. the linear and sparse checks (one exact problem) and their memcheck, the linear bench at
 #                                 16k, and fla's GLA forward+backward beside ours (its autotune needs minutes)
 #   bash all-check.sh peers   11. issue 5's same-call ratios: the linear bench at 16k, then fla's forward+backward for every
@@ -67,6 +69,21 @@ merged)
     echo "wtarget $round exit $?"; grep -a -E "^  fwd" "$OUT/wtarget-$round.log" | cut -c1-220
   done
   ;;
+verify)
+  timeout ${CHECK_TIMEOUT:-420} ./attend/Attend.Cli check --backend cuda > "$OUT/check.log" 2>&1 &
+  check_pid=$!
+  ATTEND_CUDA_CACHE=/tmp/attend-cuda-cache-san timeout ${SAN_TIMEOUT:-420} compute-sanitizer --tool memcheck --leak-check full \
+    --error-exitcode 9 ./attend/Attend.Cli check --backend cuda --cases 3 --seed 1 > "$OUT/sanitizer.log" 2>&1 &
+  san_pid=$!
+  ATTEND_CHECK_CUDA_PARTS=delta-bwd,kda-bwd ATTEND_CUDA_CACHE=/tmp/attend-cuda-cache-race timeout ${RACE_TIMEOUT:-420} \
+    compute-sanitizer --tool racecheck --error-exitcode 9 ./attend/Attend.Cli check --backend cuda --cases 1 --seed 2 > "$OUT/racecheck.log" 2>&1 &
+  race_pid=$!
+  wait $check_pid; echo "check exit $?"; grep -a -E "FAIL|attend check:|Exception" "$OUT/check.log" | cut -c1-240 | head -40
+  wait $san_pid; echo "sanitizer exit $?"; grep -a -E "ERROR SUMMARY|LEAK SUMMARY|attend check:" "$OUT/sanitizer.log" | head -5
+  wait $race_pid; echo "racecheck exit $?"; grep -a -E "RACECHECK SUMMARY|ERROR SUMMARY|hazard|attend check:" "$OUT/racecheck.log" | head -8
+  ATTEND_BENCH_PART=wtarget timeout 60 ./attend/Attend.Cli bench --backend cuda > "$OUT/wtarget-1.log" 2>&1
+  echo "wtarget exit $?"; grep -a -E "^  fwd" "$OUT/wtarget-1.log" | cut -c1-220
+  ;;
 final)
   ATTEND_CHECK_CUDA_PARTS=linear,sparse timeout ${CHECK_TIMEOUT:-240} ./attend/Attend.Cli check --backend cuda --cases 1 > "$OUT/check.log" 2>&1
   echo "check exit $?"; grep -a -E "FAIL|attend check:|Exception|refused as expected" "$OUT/check.log" | cut -c1-240 | head -40
@@ -105,6 +122,6 @@ routing)
     --methods "routing-transformer" --json "$OUT/routing-128k.json" > "$OUT/routing-128k.log" 2>&1
   echo "routing 128k exit $?"; grep -a -E "^  |exact causal|FAIL" "$OUT/routing-128k.log" | cut -c1-230
   ;;
-*) echo "usage: all-check.sh check|bench|sparse|wtarget|routing|merged|final"; exit 2 ;;
+*) echo "usage: all-check.sh check|bench|sparse|wtarget|routing|merged|verify|final|peers"; exit 2 ;;
 esac
 echo "== done $(date -u '+%H:%M:%S')"
