@@ -66,19 +66,22 @@ internal static class CudaDeltaBench
         // three variants follow the default: KeepForBackward Inverse (/keepT: the forward keeps T, as fla's keeps its A; the
         // backward recomputes w, u, A and the chain from it), All (/keep: the forward also keeps the checkpoints and δ, the
         // backward recomputes nothing; more memory held from the forward to the backward), and the chunk kernel at 4 warps
-        // (/cw4, the previous default).
+        // (/cw4, the previous default), and the default on the legacy default stream (/legacy: a null stream, the path of
+        // LinearAttention.Backward, where the recomputed chain overlaps the reverse chain only because the plan's side stream
+        // is non-blocking).
         foreach (int t in lengths)
             foreach (Method m in methods)
             {
                 if (!CudaDeltaRulePlan.IsBackwardSupported(LinearShape.Mha(1, t, Heads, Dim), ElementType.BFloat16, Options(m, LinearForm.Chunked), out _)) continue;
                 const int cw = CudaDeltaRulePlan.DefaultChunkWarps;
                 // KDA's backward keeps nothing and has no warp variant (attend_kda_bwd_chunk v0): its default row only.
-                (string Suffix, int Warps, CudaDeltaKeep Keep)[] variants = t == 16384 && !quick && m.Decay != LinearDecay.ChannelGate
-                    ? [("", cw, CudaDeltaKeep.None), ("/keepT", cw, CudaDeltaKeep.Inverse), ("/keep", cw, CudaDeltaKeep.All), ("/cw4", 4, CudaDeltaKeep.None)]
-                    : [("", cw, CudaDeltaKeep.None)];
-                foreach ((string suffix, int warps, CudaDeltaKeep keep) in variants)
+                (string Suffix, int Warps, CudaDeltaKeep Keep, bool Legacy)[] variants = t == 16384 && !quick && m.Decay != LinearDecay.ChannelGate
+                    ? [("", cw, CudaDeltaKeep.None, false), ("/keepT", cw, CudaDeltaKeep.Inverse, false), ("/keep", cw, CudaDeltaKeep.All, false),
+                       ("/cw4", 4, CudaDeltaKeep.None, false), ("/legacy", cw, CudaDeltaKeep.None, true)]
+                    : [("", cw, CudaDeltaKeep.None, false)];
+                foreach ((string suffix, int warps, CudaDeltaKeep keep, bool legacy) in variants)
                 {
-                    LinearRecord r = ForwardBackward(ctx, m, m.Name + suffix, t, quick, warps, keep, out double ms, out double backwardMs, out double recomputeMs,
+                    LinearRecord r = ForwardBackward(ctx, m, m.Name + suffix, t, quick, warps, keep, legacy, out double ms, out double backwardMs, out double recomputeMs,
                         out double chainMs, out long keptBytes);
                     records.Add(r);
                     if (!r.Passed) failed++;
@@ -144,7 +147,7 @@ internal static class CudaDeltaBench
 
     // Forward (output) then backward (dq, dk, dv, dβ float32, and d log α for the gated rule) on device-resident tensors.
     // The gradients' correctness is attend check's (against the float64 reference); here they must be finite and written.
-    private static LinearRecord ForwardBackward(CudaContext ctx, Method m, string name, int t, bool quick, int chunkWarps, CudaDeltaKeep keep, out double ms,
+    private static LinearRecord ForwardBackward(CudaContext ctx, Method m, string name, int t, bool quick, int chunkWarps, CudaDeltaKeep keep, bool legacyStream, out double ms,
         out double backwardMs, out double recomputeMs, out double chainMs, out long keptBytes)
     {
         var shape = LinearShape.Mha(1, t, Heads, Dim);
@@ -160,11 +163,12 @@ internal static class CudaDeltaBench
         using DeviceBuffer? dg = gate is null ? null : new DeviceBuffer(ctx, gate.Bytes);
         using var plan = new CudaDeltaRulePlan(ctx, shape, ElementType.BFloat16, Options(m, LinearForm.Chunked)) { KeepForBackward = keep, ChunkWarps = chunkWarps };
         keptBytes = plan.BackwardBufferBytes;
-        using var stream = new CudaStream(ctx);
+        using var ownStream = new CudaStream(ctx);
+        CudaStream? stream = legacyStream ? null : ownStream;
         foreach (DeviceBuffer? b in (DeviceBuffer?[])[dq, dk, dv, dbeta, dg]) b?.Fill(0xFF);
         plan.Run(q, k, v, beta, gate, null, o, null, stream);
         plan.Backward(q, k, v, beta, gate, null, dO, null, dq, dk, dv, dbeta, dg, null, stream);
-        stream.Synchronize();
+        ctx.Synchronize();
         bool passed = true;
         foreach (DeviceBuffer? b in (DeviceBuffer?[])[dq, dk, dv, dbeta, dg])
         {

@@ -212,12 +212,14 @@ internal static class CudaLinearBench
     private const long L2ClearBytes = 256_000_000;
     private static DeviceBuffer? s_l2Clear;
 
-    internal static double Median(Action run, CudaContext ctx, CudaStream stream, int reps, bool clearL2 = true)
+    internal static double Median(Action run, CudaContext ctx, CudaStream? stream, int reps, bool clearL2 = true)
     {
         using var start = new CudaEvent(ctx);
         using var end = new CudaEvent(ctx);
         for (int i = 0; i < 3; i++) run();
-        stream.Synchronize();
+        // A null stream: the run queues on the legacy default stream, and the events are recorded there.
+        if (stream is null) ctx.Synchronize();
+        else stream.Synchronize();
         if (clearL2) s_l2Clear ??= new DeviceBuffer(ctx, L2ClearBytes);
         var times = new double[reps];
         for (int i = 0; i < reps; i++)

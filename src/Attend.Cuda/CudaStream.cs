@@ -8,13 +8,22 @@ public sealed class CudaStream : IDisposable
     private readonly CudaContext _context;
     private nint _handle;
 
+    // CU_STREAM_NON_BLOCKING: the stream does not synchronise with the legacy default stream (stream 0).
+    private const uint NonBlockingFlag = 1;
+
     /// <summary>Creates a stream on <paramref name="context"/>.</summary>
-    public CudaStream(CudaContext context)
+    public CudaStream(CudaContext context) : this(context, nonBlocking: false) { }
+
+    /// <summary>
+    /// Creates a stream on <paramref name="context"/>; with <paramref name="nonBlocking"/> its work neither waits for nor
+    /// is waited for by the legacy default stream (stream 0), so work on the two overlaps and only events order them.
+    /// </summary>
+    public CudaStream(CudaContext context, bool nonBlocking)
     {
         ArgumentNullException.ThrowIfNull(context);
         _context = context;
         context.MakeCurrent();
-        CudaException.CheckDriver(Driver.cuStreamCreate(out _handle, 0), nameof(Driver.cuStreamCreate));
+        CudaException.CheckDriver(Driver.cuStreamCreate(out _handle, nonBlocking ? NonBlockingFlag : 0), nameof(Driver.cuStreamCreate));
     }
 
     internal nint Handle => _handle != 0 ? _handle : throw new ObjectDisposedException(nameof(CudaStream));

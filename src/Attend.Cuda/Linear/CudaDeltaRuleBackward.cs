@@ -116,9 +116,10 @@ public sealed unsafe partial class CudaDeltaRulePlan
     /// <paramref name="initialStateGradient"/> <c>[N, H, Dk, Dv]</c>; each of the last three may be null (not wanted).
     /// The first call allocates the checkpoints (two <c>[chunks, H, Dk, Dv]</c>, two <c>[B, T, H, Dv]</c> and one
     /// <c>[B, T, H, 64]</c> array of the element type); later calls allocate nothing. The recomputed chain runs on the
-    /// plan's own side stream, joined back by events; it overlaps the reverse chain only when <paramref name="stream"/> is
-    /// a stream of the caller's: the legacy default stream (null) waits for every blocking stream, the side stream
-    /// included, so there the two run one after the other (the bench's timings pass a stream).
+    /// plan's own non-blocking side stream, forked from and joined back to <paramref name="stream"/> by events, so it
+    /// overlaps the reverse chain on any stream, the legacy default stream (null) included; when the call returns,
+    /// everything <paramref name="stream"/> queues afterwards (a copy of the gradients included) runs after the whole
+    /// backward.
     /// </summary>
     /// <exception cref="NotSupportedException">A configuration <see cref="IsBackwardSupported"/> rejects.</exception>
     /// <exception cref="ArgumentException">Tensors that do not match the plan; the message names the argument.</exception>
@@ -422,7 +423,9 @@ public sealed unsafe partial class CudaDeltaRulePlan
         _delta = new DeviceBuffer(_context, Math.Max(4, valueElements * 2));
         _deltaGradient = new DeviceBuffer(_context, Math.Max(4, valueElements * 2));
         _inverse = new DeviceBuffer(_context, Math.Max(4, (long)s.Batch * s.Tokens * s.Heads * Chunk * 2));
-        _side = new CudaStream(_context);
+        // Non-blocking: a blocking side stream would serialise with the legacy default stream (a null stream argument),
+        // and the recomputed chain would no longer overlap the reverse chain there; the fork and join events order it.
+        _side = new CudaStream(_context, nonBlocking: true);
         _fork = new CudaEvent(_context);
         _join = new CudaEvent(_context);
     }
