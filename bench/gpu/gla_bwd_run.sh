@@ -3,7 +3,8 @@
 # which holds the published attend in ./attend and this script):
 #   1. attend bench linear (simple GLA and GLA rows only) at T = 16k, B = 1, H = 16, D = 128, bf16: forward, fwd+bwd,
 #      backward alone and its split over the three launches (checkpoints, state-gradient sweep, chunk kernel); JSON
-#   2. the same GLA rows with ATTEND_LINEAR_GLA_BWD=1 (the 4-warp chunk kernel before this work), same call
+#   2. the same GLA rows with ATTEND_LINEAR_GLA_BWD=1 (the 4-warp chunk kernel before this work), same call; OLD=1 only:
+#      session 6 removed that kernel's channel-gate code and the switch, so on later builds it would time the new kernel
 #   3. attend check --backend cuda on the linear problems (every gradient against the float64 naive form)
 #   4. compute-sanitizer memcheck on the same linear check (fixed seed)
 # Logs go to $OUT; an NVRTC cache (nvrtc-cache.tgz from an earlier call's $OUT, copied here) saves unchanged compiles.
@@ -22,7 +23,7 @@ if [[ $part != check ]]; then
     --json "$OUT/linear-cuda.json" > "$OUT/bench.log" 2>&1
   echo "bench rc=$?"
   grep -E "^(ceilings|simple_gla|gla)|stages|chunk_bwd|dstate|rror" "$OUT/bench.log" | grep -v recurrent | cut -c1-300
-  if [[ ${OLD:-1} == 1 ]]; then
+  if [[ ${OLD:-0} == 1 ]]; then
     ATTEND_LINEAR_GLA_BWD=1 ATTEND_BENCH_LINEAR_METHODS=gla timeout ${BENCH_TIMEOUT:-200} ./attend/Attend.Cli bench linear --backend cuda \
       > "$OUT/bench-old.log" 2>&1
     echo "bench (4-warp chunk kernel) rc=$?"

@@ -27,8 +27,8 @@
 // segment's chunks last to first with its [DK, 64] slice of dH in float32 registers and writes dH of every chunk
 // (element type) and dS0 (float32), on the forward's segments mirrored (pass 0: local contributions and total log decays
 // of all but a sequence's first segment; pass 1: the rest); then attend_linear_chunk_bwd, one CTA per (chunk, query
-// head), computes dQ, dK, dV (and dG) of the chunk from its tiles, H0 and dH (GATE 2: attend_linear_chunk_bwd_cg at the
-// end of this file, 8 warps in two groups, which the host launches instead).
+// head), computes dQ, dK, dV (and dG) of the chunk from its tiles, H0 and dH (GATE 2 builds have
+// attend_linear_chunk_bwd_cg at the end of this file instead: 8 warps in two groups).
 // The gradients are float32: dQ [tokens, H, DK] stored, dK [tokens, Hkv, DK] and dV [tokens, Hkv, dv] stored when
 // H = Hkv, else added atomically over the query heads of a group (the caller zeroes them first); dG like the gate.
 //
@@ -531,6 +531,8 @@ __device__ __forceinline__ float row_dot(const elem_t* sE, const float* sF, cons
     return acc;
 }
 
+// No gate or a scalar gate; the channel gate (GATE 2) has its own chunk kernel, attend_linear_chunk_bwd_cg, below.
+#if GATE != 2
 extern "C" __global__ void __launch_bounds__(NT)
 attend_linear_chunk_bwd(
     const elem_t* __restrict__ Q, const elem_t* __restrict__ K, const elem_t* __restrict__ V, const elem_t* __restrict__ dO,
@@ -573,10 +575,6 @@ attend_linear_chunk_bwd(
         load_vtile(base + OFF_DO + vb * V_BYTES, oBase + vb * BV, oStride, len, tid);
         load_stile(base + OFF_X + vb * S_BYTES, H0s + stateAt + vb * BV, dv, tid);
     }
-#if GATE == 2
-    load_gtile(base + OFF_B, gate + (tok0 * heads + h) * DK, (long long)heads * DK, len, DKP, tid);
-    (void)headLogDecay;
-#endif
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
@@ -619,21 +617,6 @@ attend_linear_chunk_bwd(
     const float bR0 = sb[wr + g], bR1 = sb[wr + g + 8];   // b of this thread's two rows
     const float bC = sb[CHUNK - 1];                        // b of the chunk's last token
     float db0 = 0.f, db1 = 0.f;                            // this thread's part of d b of its two rows
-#elif GATE == 2
-    float* const sB = (float*)(smem + OFF_B);
-    if (tid < DK)
-    {
-        float run = 0.f;
-#pragma unroll 8
-        for (int x = 0; x < CHUNK; x++)
-        {
-            run += sB[x * DKP + tid];
-            sB[x * DKP + tid] = run;
-        }
-    }
-    __syncthreads();
-    const int rr = wr + 15;   // this warp's reference row: e^{b_t − b_s} = e^{b_t − b_rr} e^{b_rr − b_s}
-    (void)gate;
 #else
     (void)gate;
     (void)headLogDecay;
@@ -703,17 +686,6 @@ attend_linear_chunk_bwd(
             {
                 unsigned b0, b1, b2, b3;
                 ldsm_x4_t(sK + tile_offset(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), 2 * dp + (lane >> 4)), b0, b1, b2, b3);
-#if GATE == 2
-                {
-                    // b0/b2: keys s, s+1; b1/b3: keys s+8, s+9; b0/b1 channel c, b2/b3 channel c + 8.
-                    const int s = kk * 16 + 2 * t, c = dp * 16 + g;
-                    const float r0 = sB[rr * DKP + c], r1 = sB[rr * DKP + c + 8];
-                    b0 = pack2(elem_lo(b0) * exp_e(r0 - sB[s * DKP + c]), elem_hi(b0) * exp_e(r0 - sB[(s + 1) * DKP + c]));
-                    b1 = pack2(elem_lo(b1) * exp_e(r0 - sB[(s + 8) * DKP + c]), elem_hi(b1) * exp_e(r0 - sB[(s + 9) * DKP + c]));
-                    b2 = pack2(elem_lo(b2) * exp_e(r1 - sB[s * DKP + c + 8]), elem_hi(b2) * exp_e(r1 - sB[(s + 1) * DKP + c + 8]));
-                    b3 = pack2(elem_lo(b3) * exp_e(r1 - sB[(s + 8) * DKP + c + 8]), elem_hi(b3) * exp_e(r1 - sB[(s + 9) * DKP + c + 8]));
-                }
-#endif
                 mma16816(dq[2 * dp], p0, p1, p2, p3, b0, b1);
                 mma16816(dq[2 * dp + 1], p0, p1, p2, p3, b2, b3);
             }
@@ -737,28 +709,11 @@ attend_linear_chunk_bwd(
                 {
                     unsigned b0, b1, b2, b3;
                     ldsm_x4(sX + voff(np * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)), b0, b1, b2, b3);
-#if GATE == 2
-                    {
-                        // b0/b1: channel np·16 + g, b2/b3: that + 8 (state rows).
-                        const float f0 = scale * exp_e(sB[rr * DKP + np * 16 + g]), f1 = scale * exp_e(sB[rr * DKP + np * 16 + 8 + g]);
-                        b0 = scale2(b0, f0); b1 = scale2(b1, f0); b2 = scale2(b2, f1); b3 = scale2(b3, f1);
-                    }
-#endif
                     mma16816(dq[2 * np], a0, a1, a2, a3, b0, b1);
                     mma16816(dq[2 * np + 1], a0, a1, a2, a3, b2, b3);
                 }
             }
         }
-#if GATE == 2
-#pragma unroll
-        for (int j = 0; j < DK / 8; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++)
-            {
-                const int row = wr + g + 8 * (e >> 1), col = 8 * j + 2 * t + (e & 1);
-                dq[j][e] *= exp_e(fminf(sB[row * DKP + col] - sB[rr * DKP + col], 80.f));
-            }
-#endif
         write_rows<DK / 8>(dQ + (long long)h * DK, dq, tok0, qStride, wr, len, g, t, false, dqScale);
 
         // The gate gradient's query part, q ⊙ dq: GATE 1 summed per row in registers, GATE 2 kept in dG (this thread
@@ -783,21 +738,10 @@ attend_linear_chunk_bwd(
                 {
                     const int col = 8 * j + 2 * t;
                     const unsigned qp = tile_pair(smem + OFF_Q, row, col), kp = tile_pair(smem + OFF_K, row, col);
-#if GATE == 1
                     const float k0 = elem_lo(kp), k1 = elem_hi(kp);
-#else
-                    const float r0 = sB[rr * DKP + col], r1 = sB[rr * DKP + col + 1];
-                    const float b0 = sB[row * DKP + col], b1 = sB[row * DKP + col + 1];
-                    const float k0 = rnd_elem(elem_lo(kp) * exp_e(r0 - b0)) * exp_e(fminf(b0 - r0, 80.f));
-                    const float k1 = rnd_elem(elem_hi(kp) * exp_e(r1 - b1)) * exp_e(fminf(b1 - r1, 80.f));
-#endif
                     const float x = (dq[j][2 * half] - dd * k0) * elem_lo(qp), y = (dq[j][2 * half + 1] - dd * k1) * elem_hi(qp);
-#if GATE == 1
                     if (half == 0) db0 += x + y;
                     else db1 += x + y;
-#elif GATE == 2
-                    if (row < len) *(float2*)(dG + ((tok0 + row) * heads + h) * DK + col) = make_float2(x, y);
-#endif
                 }
             }
         }
@@ -871,17 +815,6 @@ attend_linear_chunk_bwd(
             {
                 unsigned b0, b1, b2, b3;
                 ldsm_x4_t(sQ + tile_offset(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), 2 * dp + (lane >> 4)), b0, b1, b2, b3);
-#if GATE == 2
-                {
-                    // b0/b2: queries u, u+1; b1/b3: u+8, u+9; b0/b1 channel c, b2/b3 channel c + 8. Clamped on the diagonal block.
-                    const int u = kk * 16 + 2 * t, c = dp * 16 + g;
-                    const float r0 = sB[rr * DKP + c], r1 = sB[rr * DKP + c + 8];
-                    b0 = pack2(elem_lo(b0) * exp_e(fminf(sB[u * DKP + c] - r0, 80.f)), elem_hi(b0) * exp_e(fminf(sB[(u + 1) * DKP + c] - r0, 80.f)));
-                    b1 = pack2(elem_lo(b1) * exp_e(fminf(sB[(u + 8) * DKP + c] - r0, 80.f)), elem_hi(b1) * exp_e(fminf(sB[(u + 9) * DKP + c] - r0, 80.f)));
-                    b2 = pack2(elem_lo(b2) * exp_e(fminf(sB[u * DKP + c + 8] - r1, 80.f)), elem_hi(b2) * exp_e(fminf(sB[(u + 1) * DKP + c + 8] - r1, 80.f)));
-                    b3 = pack2(elem_lo(b3) * exp_e(fminf(sB[(u + 8) * DKP + c + 8] - r1, 80.f)), elem_hi(b3) * exp_e(fminf(sB[(u + 9) * DKP + c + 8] - r1, 80.f)));
-                }
-#endif
                 mma16816(dk[2 * dp], p0, p1, p2, p3, b0, b1);
                 mma16816(dk[2 * dp + 1], p0, p1, p2, p3, b2, b3);
             }
@@ -902,29 +835,11 @@ attend_linear_chunk_bwd(
                 {
                     unsigned b0, b1, b2, b3;
                     ldsm_x4(sX + voff(np * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)), b0, b1, b2, b3);
-#if GATE == 2
-                    {
-                        const int c = np * 16 + g;
-                        const float f0 = exp_e(sB[(CHUNK - 1) * DKP + c] - sB[rr * DKP + c]);
-                        const float f1 = exp_e(sB[(CHUNK - 1) * DKP + c + 8] - sB[rr * DKP + c + 8]);
-                        b0 = scale2(b0, f0); b1 = scale2(b1, f0); b2 = scale2(b2, f1); b3 = scale2(b3, f1);
-                    }
-#endif
                     mma16816(dk[2 * np], a0, a1, a2, a3, b0, b1);
                     mma16816(dk[2 * np + 1], a0, a1, a2, a3, b2, b3);
                 }
             }
         }
-#if GATE == 2
-#pragma unroll
-        for (int j = 0; j < DK / 8; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++)
-            {
-                const int row = wr + g + 8 * (e >> 1), col = 8 * j + 2 * t + (e & 1);
-                dk[j][e] *= exp_e(sB[rr * DKP + col] - sB[row * DKP + col]);
-            }
-#endif
         write_rows<DK / 8>(dK + (long long)hk * DK, dk, tok0, kStride, wr, len, g, t, add, 1.f);
 
         // The gate gradient's key part, − k ⊙ dk (this head's dk, before any sum over a group), its diagonal term left out.
@@ -945,26 +860,10 @@ attend_linear_chunk_bwd(
                 {
                     const int col = 8 * j + 2 * t;
                     const unsigned kp = tile_pair(smem + OFF_K, row, col), qp = tile_pair(smem + OFF_Q, row, col);
-#if GATE == 1
                     const float q0 = elem_lo(qp), q1 = elem_hi(qp);
-#else
-                    const float r0 = sB[rr * DKP + col], r1 = sB[rr * DKP + col + 1];
-                    const float b0 = sB[row * DKP + col], b1 = sB[row * DKP + col + 1];
-                    const float q0 = rnd_elem(elem_lo(qp) * exp_e(fminf(b0 - r0, 80.f))) * exp_e(r0 - b0);
-                    const float q1 = rnd_elem(elem_hi(qp) * exp_e(fminf(b1 - r1, 80.f))) * exp_e(r1 - b1);
-#endif
                     const float x = (dk[j][2 * half] - dd * q0) * elem_lo(kp), y = (dk[j][2 * half + 1] - dd * q1) * elem_hi(kp);
-#if GATE == 1
                     if (half == 0) db0 -= x + y;
                     else db1 -= x + y;
-#elif GATE == 2
-                    if (row < len)
-                    {
-                        float2* p = (float2*)(dG + ((tok0 + row) * heads + h) * DK + col);
-                        const float2 qd = *p;
-                        *p = make_float2(qd.x - x, qd.y - y);
-                    }
-#endif
                 }
             }
         }
@@ -980,34 +879,12 @@ attend_linear_chunk_bwd(
         {
             unsigned a0, a1, a2, a3;
             ldsm_x4(sK + tile_offset(wr + (lane & 15), 2 * kk + (lane >> 4)), a0, a1, a2, a3);
-#if GATE == 2
-            {
-                // a0: row s = wr + g, channels c, c+1; a1: row s + 8; a2: row s, channels c + 8, c + 9; a3: row s + 8, c + 8.
-                const int s = wr + g, c = kk * 16 + 2 * t;
-                const float r0 = sB[rr * DKP + c], r1 = sB[rr * DKP + c + 1], r8 = sB[rr * DKP + c + 8], r9 = sB[rr * DKP + c + 9];
-                a0 = pack2(elem_lo(a0) * exp_e(r0 - sB[s * DKP + c]), elem_hi(a0) * exp_e(r1 - sB[s * DKP + c + 1]));
-                a1 = pack2(elem_lo(a1) * exp_e(r0 - sB[(s + 8) * DKP + c]), elem_hi(a1) * exp_e(r1 - sB[(s + 8) * DKP + c + 1]));
-                a2 = pack2(elem_lo(a2) * exp_e(r8 - sB[s * DKP + c + 8]), elem_hi(a2) * exp_e(r9 - sB[s * DKP + c + 9]));
-                a3 = pack2(elem_lo(a3) * exp_e(r8 - sB[(s + 8) * DKP + c + 8]), elem_hi(a3) * exp_e(r9 - sB[(s + 8) * DKP + c + 9]));
-            }
-#endif
 #pragma unroll
             for (int np = 0; np < 4; np++)
             {
                 if (np < w) continue;
                 unsigned b0, b1, b2, b3;
                 ldsm_x4(sQ + tile_offset(np * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)), b0, b1, b2, b3);
-#if GATE == 2
-                {
-                    // b0: query u = np·16 + g, channels c, c+1; b1: u, c + 8, c + 9; b2: u + 8, c, c+1; b3: u + 8, c + 8, c + 9.
-                    const int u = np * 16 + g, c = kk * 16 + 2 * t;
-                    const float r0 = sB[rr * DKP + c], r1 = sB[rr * DKP + c + 1], r8 = sB[rr * DKP + c + 8], r9 = sB[rr * DKP + c + 9];
-                    b0 = pack2(elem_lo(b0) * exp_e(fminf(sB[u * DKP + c] - r0, 80.f)), elem_hi(b0) * exp_e(fminf(sB[u * DKP + c + 1] - r1, 80.f)));
-                    b1 = pack2(elem_lo(b1) * exp_e(fminf(sB[u * DKP + c + 8] - r8, 80.f)), elem_hi(b1) * exp_e(fminf(sB[u * DKP + c + 9] - r9, 80.f)));
-                    b2 = pack2(elem_lo(b2) * exp_e(fminf(sB[(u + 8) * DKP + c] - r0, 80.f)), elem_hi(b2) * exp_e(fminf(sB[(u + 8) * DKP + c + 1] - r1, 80.f)));
-                    b3 = pack2(elem_lo(b3) * exp_e(fminf(sB[(u + 8) * DKP + c + 8] - r8, 80.f)), elem_hi(b3) * exp_e(fminf(sB[(u + 8) * DKP + c + 9] - r9, 80.f)));
-                }
-#endif
                 mma16816(at[2 * np], a0, a1, a2, a3, b0, b1);
                 mma16816(at[2 * np + 1], a0, a1, a2, a3, b2, b3);
             }
@@ -1029,7 +906,7 @@ attend_linear_chunk_bwd(
             }
         }
 
-        // dV = Aᵀ dO + diag(e^{b_C − b}) K dH (GATE 2: (K ⊙ e^{b_C − b_s}) dH), one 64-column value block at a time.
+        // dV = Aᵀ dO + diag(e^{b_C − b}) K dH, one 64-column value block at a time.
         for (int vb = 0; vb < nvb; vb++)
         {
             const unsigned sO = base + OFF_DO + vb * V_BYTES, sX = base + OFF_X + vb * S_BYTES;
@@ -1060,15 +937,6 @@ attend_linear_chunk_bwd(
                 ldsm_x4(sK + tile_offset(wr + (lane & 15), 2 * kk + (lane >> 4)), a0, a1, a2, a3);
 #if GATE == 1
                 a0 = scale2(a0, d0); a1 = scale2(a1, d1); a2 = scale2(a2, d0); a3 = scale2(a3, d1);
-#elif GATE == 2
-                {
-                    const int s = wr + g, c = kk * 16 + 2 * t;
-                    const float* bl = sB + (CHUNK - 1) * DKP;
-                    a0 = pack2(elem_lo(a0) * exp_e(bl[c] - sB[s * DKP + c]), elem_hi(a0) * exp_e(bl[c + 1] - sB[s * DKP + c + 1]));
-                    a1 = pack2(elem_lo(a1) * exp_e(bl[c] - sB[(s + 8) * DKP + c]), elem_hi(a1) * exp_e(bl[c + 1] - sB[(s + 8) * DKP + c + 1]));
-                    a2 = pack2(elem_lo(a2) * exp_e(bl[c + 8] - sB[s * DKP + c + 8]), elem_hi(a2) * exp_e(bl[c + 9] - sB[s * DKP + c + 9]));
-                    a3 = pack2(elem_lo(a3) * exp_e(bl[c + 8] - sB[(s + 8) * DKP + c + 8]), elem_hi(a3) * exp_e(bl[c + 9] - sB[(s + 8) * DKP + c + 9]));
-                }
 #endif
 #pragma unroll
                 for (int dp = 0; dp < 4; dp++)
@@ -1129,28 +997,12 @@ attend_linear_chunk_bwd(
             if (2 * lane + 1 < len) dG[(tok0 + 2 * lane + 1) * heads + h] = s1;
         }
     }
-#elif GATE == 2
-    if (dG != 0)
-    {
-        __syncthreads();   // every row's q ⊙ dq − k ⊙ dk is in dG
-        if (tid < DK)
-        {
-            const elem_t* dh = dHs + stateAt + (long long)tid * dv;
-            float run = ch.pad ? row_dot(0, finalStates + (((long long)ch.seq * heads + h) * DK + tid) * dv, dh, dv)
-                               : row_dot(H0s + stateAt + (long long)heads * DK * dv + (long long)tid * dv, 0, dh, dv);
-            for (int x = len - 1; x >= 0; x--)
-            {
-                float* p = dG + ((tok0 + x) * heads + h) * DK + tid;
-                run += *p;
-                *p = run;
-            }
-        }
-    }
 #else
     (void)finalStates;
     (void)dG;
 #endif
 }
+#endif   // GATE != 2
 
 #if GATE == 2
 // ---------------------------------------------------------------------------------------------------------------

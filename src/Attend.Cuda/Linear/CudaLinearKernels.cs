@@ -51,11 +51,6 @@ internal static class CudaLinearKernels
     /// <summary>Threads per CTA of <c>attend_linear_chunk_bwd_cg</c> (two groups of 4 warps).</summary>
     public const int ChannelBackwardThreads = 256;
 
-    /// <summary>
-    /// Development switch: <c>ATTEND_LINEAR_GLA_BWD=1</c> runs the channel gate's chunk backward on the 4-warp
-    /// <c>attend_linear_chunk_bwd</c> (the version before <c>attend_linear_chunk_bwd_cg</c>), for side-by-side timings.
-    /// </summary>
-    public static bool ChannelBackwardFourWarps { get; } = Environment.GetEnvironmentVariable("ATTEND_LINEAR_GLA_BWD") == "1";
     public const string PrepSource = "linear_prep.cu";
 
     /// <summary>Value columns the chunked backward holds per CTA at most (one or two 64-column blocks).</summary>
@@ -95,8 +90,8 @@ internal static class CudaLinearKernels
 
     /// <summary>
     /// Dynamic shared memory of <c>attend_linear_chunk_bwd</c> (mirrors its OFF_* layout): Q, K, two V and dO blocks, two
-    /// state slices, then per gate kind: a scalar gate b and d b per row and the state term; a channel gate the cumulative
-    /// gate tile <c>[64][Dk + 4]</c> float32.
+    /// state slices, and with a scalar gate b and d b per row and the state term. The channel gate's chunk backward is
+    /// <c>attend_linear_chunk_bwd_cg</c> (<see cref="ChannelBackwardSharedBytes"/>).
     /// </summary>
     public static int BackwardSharedBytes(int keyDim, CudaLinearGate gate)
     {
@@ -105,7 +100,7 @@ internal static class CudaLinearKernels
         {
             CudaLinearGate.None => common,
             CudaLinearGate.Scalar => common + 2 * Chunk * 4 + 16,
-            _ => common + Chunk * (keyDim + 4) * 4,
+            _ => throw new ArgumentOutOfRangeException(nameof(gate), gate, "the channel gate's chunk backward is attend_linear_chunk_bwd_cg (ChannelBackwardSharedBytes)"),
         };
     }
 

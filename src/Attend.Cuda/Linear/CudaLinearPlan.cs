@@ -540,7 +540,7 @@ public sealed unsafe class CudaLinearPlan : IDisposable
 
         // 3. dq, dk, dv (and d log gate) per (chunk, query head).
         if (BackwardStages < 3) return;
-        bool channel = _gate == CudaLinearGate.Channel && !CudaLinearKernels.ChannelBackwardFourWarps;
+        bool channel = _gate == CudaLinearGate.Channel;
         CudaKernelFunction chunk = channel ? CudaLinearKernels.ChannelBackward(_context, s.KeyDim) : CudaLinearKernels.ChunkBackward(_context, s.KeyDim, ElementType, _gate);
         void** p = stackalloc void*[18];
         p[0] = &a.Q; p[1] = &a.K; p[2] = &a.V; p[3] = &a.DO; p[4] = &a.Gate; p[5] = &a.HeadLogDecay; p[6] = &a.H0s; p[7] = &a.DHs;
