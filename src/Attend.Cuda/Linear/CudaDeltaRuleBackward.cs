@@ -186,13 +186,10 @@ public sealed unsafe partial class CudaDeltaRulePlan
         bool channelGate = gateKind == 2;
         CudaContext context = _context;
         int warps = ChunkWarps is 4 or 8 ? ChunkWarps : throw new InvalidOperationException($"ChunkWarps must be 4 or 8; got {ChunkWarps}.");
-        // The build's DV: the chunk kernel's value block (the reverse chain reads only dv, 16 columns per CTA, and not DV, so
-        // it shares the build); with the channel gate the whole value dim (attend_kda_bwd_chunk holds it).
-        int columns = channelGate ? s.ValueDim : BackwardValueColumns(s.ValueDim), valueBlocks = s.ValueDim / columns;
-        CudaKernelFunction dstate = BackwardKernel(context, s.KeyDim, columns, ElementType, gateKind, warps, StateGradientEntry, BackwardStateSharedBytes(s.KeyDim));
+        CudaKernelFunction dstate = BackwardKernel(context, s.KeyDim, s.ValueDim, ElementType, gateKind, warps, StateGradientEntry, BackwardStateSharedBytes(s.KeyDim));
         CudaKernelFunction chunk = channelGate
             ? BackwardKernel(context, s.KeyDim, s.ValueDim, ElementType, gateKind, warps, KdaChunkBackwardEntry, KdaBackwardChunkSharedBytes(s.KeyDim))
-            : BackwardKernel(context, s.KeyDim, columns, ElementType, gateKind, warps, ChunkBackwardEntry, BackwardChunkSharedBytes(s.KeyDim, columns));
+            : BackwardKernel(context, s.KeyDim, s.ValueDim, ElementType, gateKind, warps, ChunkBackwardEntry, BackwardChunkSharedBytes(s.KeyDim, s.ValueDim));
         EnsureBackwardBuffers();
         if (s.Heads != s.KvHeads)
         {
@@ -200,6 +197,8 @@ public sealed unsafe partial class CudaDeltaRulePlan
             keyGradient.Fill(0);
             valueGradient.Fill(0);
         }
+        // attend_delta_bwd_chunk's value blocks (grid.z): one at Dv 64 and 128, Dv / BackwardValueColumns(Dv) past them.
+        int valueBlocks = channelGate ? 1 : s.ValueDim / BackwardValueColumns(s.ValueDim);
         if (valueBlocks > 1 && _chunks > 0 && BackwardStages >= 3)
         {
             // The value blocks' shares of dq, dk, dβ and d log α are added atomically (dv: each block's own columns).
@@ -310,7 +309,7 @@ public sealed unsafe partial class CudaDeltaRulePlan
         c[9] = &b.Hck; c[10] = &b.DHck; c[11] = &b.Beta; c[12] = &b.Gate; c[13] = &b.HeadLogDecay; c[14] = &b.DQ; c[15] = &b.DK; c[16] = &b.DV;
         c[17] = &b.DBeta; c[18] = &b.DGate; c[19] = &b.Chunks; c[20] = &b.Heads; c[21] = &b.KvHeads; c[22] = &b.Scale;
         // grid.z: the value blocks (the kernel's dv is DV · gridDim.z; with more than one it adds its shares atomically).
-        chunk.Launch((uint)_chunks, (uint)s.Heads, (uint)valueBlocks, (uint)(32 * warps), (uint)BackwardChunkSharedBytes(s.KeyDim, columns), stream, c);
+        chunk.Launch((uint)_chunks, (uint)s.Heads, (uint)valueBlocks, (uint)(32 * warps), (uint)BackwardChunkSharedBytes(s.KeyDim, s.ValueDim), stream, c);
     }
 
     // The caller's stream waits for the side stream's recomputed chain.
@@ -368,11 +367,13 @@ public sealed unsafe partial class CudaDeltaRulePlan
 
     /// <summary>
     /// Dynamic shared memory of <c>attend_delta_bwd_chunk</c> (mirrors its B_OFF_* layout): q, k, v, dO, δ, dδ, the state and
-    /// state-gradient tiles, dw, T, two 64 × 64 tiles, and five float32 rows; <paramref name="valueDim"/> is the kernel's
-    /// value block (<see cref="BackwardValueColumns"/>), not the tensors' value dim.
+    /// state-gradient tiles, dw, T, two 64 × 64 tiles, and five float32 rows; the value tiles are the kernel's value block of
+    /// <see cref="BackwardValueColumns"/>(<paramref name="valueDim"/>) columns (the tensors' value dim itself at 64 and 128).
     /// </summary>
-    internal static int BackwardChunkSharedBytes(int keyDim, int valueDim) =>
-        2 * Chunk * keyDim * 2 + 4 * Chunk * valueDim * 2 + 2 * keyDim * valueDim * 2 + Chunk * keyDim * 2 + 3 * Chunk * 64 * 2 + 4 * Chunk * 4 + 16 * 4;
+    internal static int BackwardChunkSharedBytes(int keyDim, int valueDim) => ChunkSharedBytesOfBlock(keyDim, BackwardValueColumns(valueDim));
+
+    private static int ChunkSharedBytesOfBlock(int keyDim, int dv) =>
+        2 * Chunk * keyDim * 2 + 4 * Chunk * dv * 2 + 2 * keyDim * dv * 2 + Chunk * keyDim * 2 + 3 * Chunk * 64 * 2 + 4 * Chunk * 4 + 16 * 4;
 
     /// <summary>
     /// Shared memory of <c>attend_kda_bwd_chunk</c>: b, dw, db and K̂ ⊙ dK̂ (float32 <c>[64][Dk]</c> each), dA, L then G, T
@@ -392,8 +393,12 @@ public sealed unsafe partial class CudaDeltaRulePlan
         "--std=c++17",
     ];
 
+    // valueDim: the tensors' value dim. The build's DV is the chunk kernel's value block (BackwardValueColumns: the value dim
+    // itself at 64 and 128; the reverse chain reads only its dv argument, 16 columns per CTA, never DV, so it shares the
+    // build), or with the channel gate the whole value dim (attend_kda_bwd_chunk holds it).
     private static CudaKernelFunction BackwardKernel(CudaContext context, int keyDim, int valueDim, ElementType type, int gate, int warps, string entry, int smem)
     {
+        if (gate != 2) valueDim = BackwardValueColumns(valueDim);
         var key = (context, keyDim, valueDim, type, gate, warps, entry);
         if (s_backwardLoaded.TryGetValue(key, out CudaKernelFunction? f)) return f;
         lock (s_gate)

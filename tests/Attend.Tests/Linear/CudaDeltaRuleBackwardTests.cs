@@ -96,9 +96,6 @@ public class CudaDeltaRuleBackwardTests
         // The reverse chain keeps a forward chain's footprint (two stages of its tiles).
         Assert.InRange(CudaDeltaRulePlan.BackwardStateSharedBytes(keyDim), 1, hopperMax);
         Assert.True(CudaDeltaRulePlan.BackwardChunkSharedBytes(keyDim, 128) > CudaDeltaRulePlan.BackwardChunkSharedBytes(keyDim, 64), "a wider value tile needs more room");
-        // Mirrors the kernel's B_OFF_* layout: q, k, dw [64][Dk]; v, dO, δ, dδ [64][Dv]; S, X [Dk][Dv]; T, M1, M2 [64][64]
-        // (element type); four float32 rows of 64 and 16 floats.
-        Assert.Equal(3 * 64 * keyDim * 2 + 4 * 64 * valueDim * 2 + 2 * keyDim * valueDim * 2 + 3 * 64 * 64 * 2 + 4 * 64 * 4 + 16 * 4, chunk);
         // KDA's chunk kernel: four float32 [64][Dk] tiles, four float32 [64][64] tiles and two rows of 64.
         int kda = CudaDeltaRulePlan.KdaBackwardChunkSharedBytes(keyDim);
         Assert.Equal(4 * 64 * keyDim * 4 + 4 * 64 * 64 * 4 + 2 * 64 * 4, kda);
@@ -133,7 +130,11 @@ public class CudaDeltaRuleBackwardTests
             Assert.True(columns is 64 or 128, $"Dv = {dv}: {columns} columns");
             Assert.Equal(0, dv % columns);
             Assert.Equal(dv % 128 == 0 ? 128 : 64, columns);
-            Assert.InRange(CudaDeltaRulePlan.BackwardChunkSharedBytes(keyDim, columns), 1, 227 * 1024);
+            // The kernel's B_OFF_* layout at the block's width: q, k, dw [64][Dk]; v, dO, δ, dδ [64][DV]; S, X [Dk][DV]; T, M1,
+            // M2 [64][64] (element type); four float32 rows of 64 and 16 floats.
+            int bytes = CudaDeltaRulePlan.BackwardChunkSharedBytes(keyDim, dv);
+            Assert.Equal(3 * 64 * keyDim * 2 + 4 * 64 * columns * 2 + 2 * keyDim * columns * 2 + 3 * 64 * 64 * 2 + 4 * 64 * 4 + 16 * 4, bytes);
+            Assert.InRange(bytes, 1, 227 * 1024);
         }
         // Dv 64 and 128 stay one block: the kernel's dv is DV · gridDim.z, and one block writes its gradients plainly.
         Assert.Equal(64, CudaDeltaRulePlan.BackwardValueColumns(64));
