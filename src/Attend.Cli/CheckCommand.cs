@@ -144,7 +144,7 @@ internal static class CheckCommand
         }
         if (registered && !forwardOnly && backends.Contains("cuda") && CudaBackend.IsAvailable(out _))
         {
-            // ATTEND_CHECK_CUDA_PARTS (a development switch: a comma list of decode, linear, delta, delta-bwd, kda, kda-bwd, sparse) runs only those parts.
+            // ATTEND_CHECK_CUDA_PARTS (a development switch: a comma list of decode, linear, delta, delta-bwd, delta-bwd-wide, kda, kda-bwd, sparse) runs only those parts.
             string[] parts = (Environment.GetEnvironmentVariable("ATTEND_CHECK_CUDA_PARTS") ?? "decode,linear,delta,kda,kda-bwd,sparse").Split(',', StringSplitOptions.TrimEntries);
             int p = 0, f = 0;
             if (parts.Contains("decode")) (p, f) = CudaDecodeCheck.Run(seed, output, error);
@@ -155,7 +155,8 @@ internal static class CheckCommand
             passed += lp;
             failures += lf;
             (lp, lf) = parts.Contains("delta") ? CudaDeltaCheck.Run(seed, output, error)
-                : parts.Contains("delta-bwd") ? CudaDeltaCheck.RunBackwardOnly(seed, output, error) : (0, 0);
+                : parts.Contains("delta-bwd") ? CudaDeltaCheck.RunBackwardOnly(seed, output, error)
+                : parts.Contains("delta-bwd-wide") ? CudaDeltaCheck.RunBackwardOnly(seed, output, error, wideOnly: true) : (0, 0);
             passed += lp;
             failures += lf;
             (p, f) = parts.Contains("kda") ? CudaKdaCheck.Run(seed, output, error) : (0, 0);

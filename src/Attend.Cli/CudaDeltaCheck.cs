@@ -58,9 +58,12 @@ internal static class CudaDeltaCheck
         return (passed + bp, failed + bf);
     }
 
-    /// <summary>Only the backward problems (ATTEND_CHECK_CUDA_PARTS=delta-bwd).</summary>
-    public static (int Passed, int Failed) RunBackwardOnly(int seed, TextWriter output, TextWriter error) =>
-        RunBackward(new Random(unchecked(seed * 31 + 19)), output, error);
+    /// <summary>
+    /// Only the backward problems (ATTEND_CHECK_CUDA_PARTS=delta-bwd), or only those with value dims past 128
+    /// (<paramref name="wideOnly"/>, ATTEND_CHECK_CUDA_PARTS=delta-bwd-wide: the chunk kernel's value-column blocks).
+    /// </summary>
+    public static (int Passed, int Failed) RunBackwardOnly(int seed, TextWriter output, TextWriter error, bool wideOnly = false) =>
+        RunBackward(new Random(unchecked(seed * 31 + 19)), output, error, wideOnly);
 
     /// <summary>
     /// The KDA (channel gate) backward problems (ATTEND_CHECK_CUDA_PARTS=kda-bwd): attend_kda_bwd_chunk and the GATE 2
@@ -107,12 +110,14 @@ internal static class CudaDeltaCheck
         bool OnStream = false);
 
     // The chunked backward (CudaDeltaRulePlan.Backward): dq, dk, dv, dβ, d log α and dS0 against the float64 naive form's
-    // gradients on the same inputs rounded to the element type, into NaN-poisoned gradients.
-    private static (int Passed, int Failed) RunBackward(Random rng, TextWriter output, TextWriter error)
+    // gradients on the same inputs rounded to the element type, into NaN-poisoned gradients. wideOnly: only the problems
+    // with Dv > 128.
+    private static (int Passed, int Failed) RunBackward(Random rng, TextWriter output, TextWriter error, bool wideOnly = false)
     {
         int Odd(int lo, int hi) => rng.Next(lo, hi) | 1;
         const LinearUpdate D = LinearUpdate.Delta, G = LinearUpdate.GatedDelta;
-        // Four specialisations per element type ((Dk, Dv, gate): (128, 128, 0), (64, 64, 0), (128, 128, 1), (64, 128, 1)).
+        // Six specialisations per element type ((Dk, the chunk kernel's value block, gate): (128, 128, 0), (64, 64, 0),
+        // (128, 128, 1), (64, 128, 1), and for the wide cases (64, 64, 1) and (128, 64, 0)).
         BackwardCase[] cases =
         [
             new("bwd delta, S0 and dS_T", 2, Odd(65, 400), 4, 4, 128, 128, D, LinearDecay.None, true, true),
@@ -133,11 +138,20 @@ internal static class CudaDeltaCheck
             // these cases check the events themselves.
             new("bwd gated, on a stream, GQA 2:1", 1, 64 * rng.Next(3, 8) + rng.Next(1, 63), 4, 2, 128, 128, G, LinearDecay.ScalarGate, true, true, OnStream: true),
             new("bwd delta, on a stream, kept T", 1, Odd(300, 700), 4, 4, 128, 128, D, LinearDecay.None, true, true, Keep: CudaDeltaKeep.Inverse, OnStream: true),
+            // Value dims past 128: the chunk kernel runs Dv / 128 (or Dv / 64) CTAs per (chunk, head), whose shares of dq, dk,
+            // dβ and d log α are added atomically into zeroed gradients (dv: each block's own columns); the checkpoints and the
+            // state gradients have rows of Dv, the tiles the block's width.
+            new("bwd delta, Dv 256 (2 x 128), S0, dS_T", 2, Odd(65, 300), 4, 4, 128, 256, D, LinearDecay.None, true, true),
+            new("bwd gated, Dv 192 (3 x 64), GQA, varlen", 1, 0, 4, 2, 64, 192, G, LinearDecay.ScalarGate, true, true, [1, rng.Next(2, 200), 0, rng.Next(200, 500)], ExtremeBeta: true),
+            new("bwd gated, Dv 256, fixed decay, GQA 4:1, kept all", 1, Odd(65, 300), 4, 1, 128, 256, G, LinearDecay.FixedPerHead, true, true, Keep: CudaDeltaKeep.All),
+            new("bwd gated, Dv 256, Dk 64, kept T, stream", 1, 64 * rng.Next(2, 5) + rng.Next(1, 63), 4, 4, 64, 256, G, LinearDecay.ScalarGate, true, true, GateScale: 4f, Keep: CudaDeltaKeep.Inverse, OnStream: true),
+            new("bwd delta, Dv 320 (5 x 64), beta = 1, no dS_T", 1, Odd(65, 300), 2, 2, 128, 320, D, LinearDecay.None, false, false, Beta: false),
         ];
         int passed = 0, failed = 0;
         foreach (BackwardCase c in cases)
             foreach (ElementType type in (ElementType[])[ElementType.BFloat16, ElementType.Float16])
             {
+                if (wideOnly && c.Dv <= 128) continue;
                 (double[] errs, string? problem) = type == ElementType.BFloat16 ? OneBackward<BFloat16>(c, type, rng) : OneBackward<Half>(c, type, rng);
                 double tol = CheckCommand.GradientTolerance(type);
                 bool ok = problem is null && errs.All(e => e <= tol);

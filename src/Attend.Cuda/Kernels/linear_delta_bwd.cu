@@ -25,8 +25,13 @@
 // with half of every product's columns; 4: one per 16 rows), every tile of the chunk in shared memory (about 201 KB at
 // DK = DV = 128: one CTA per SM); T comes from the forward's first kernel. The host runs the recomputed forward chain
 // (linear_delta_chunk.cu with CHAIN_NOOUT) on a side stream while the reverse chain runs: both need only w and A.
+// Value dims past DV: the chunk kernel runs one CTA per (chunk, query head, DV value columns), grid.z = dv / DV. Every
+// gradient but dv is linear in the value columns' contributions (dA = dO δᵀ, dO Sᵀ, δ Xᵀ, dw = −dδ Sᵀ, dδ uᵀ, v·(Tᵀ dδ)
+// and ⟨S, X⟩ are sums over the columns, and dq, dk, dβ, d log α are linear in those), so each CTA adds its block's share
+// of dq, dk, dβ and d log α atomically into buffers the host zeroed, and writes dv for its own columns. The reverse chain
+// already takes any dv (16 value columns per CTA) and never reads DV.
 //
-// Defines: DK (64 | 128), DV (64 | 128; the chunk kernel), ELEM_BF16 (1 bf16, 0 fp16), GATE (0 none, 1 scalar gate or
+// Defines: DK (64 | 128), DV (64 | 128; the chunk kernel's value block: the tensors' value dim is DV · gridDim.z), ELEM_BF16 (1 bf16, 0 fp16), GATE (0 none, 1 scalar gate or
 // fixed γ, 2 the channel gate of KDA: the reverse chain alone so far, reading Q̃, K̂ and e^{b_C} from attend_kda_prepare
 // where the scalar gates read q, k and the raw gates), CW (4 | 8: the chunk kernel's warps; default 8). mma_tiles.cuh is expanded in place by KernelCompiler.Source.
 
@@ -552,12 +557,16 @@ attend_delta_bwd_chunk(
     const elem_t* __restrict__ Tm,                                            // [tokens, H, 64]
     const elem_t* __restrict__ Hck, const elem_t* __restrict__ dHck,
     const float* __restrict__ beta, const float* __restrict__ gate, const float* __restrict__ headLogDecay,
-    float* __restrict__ dQ, float* __restrict__ dK, float* __restrict__ dV,   // [tokens, H, DK], [tokens, Hkv, DK], [tokens, Hkv, DV]
+    float* __restrict__ dQ, float* __restrict__ dK, float* __restrict__ dV,   // [tokens, H, DK], [tokens, Hkv, DK], [tokens, Hkv, dv]
     float* __restrict__ dBeta, float* __restrict__ dGate,                     // [tokens, H] or null
     const DeltaRow* __restrict__ chunks, int heads, int kvHeads, float scale)
 {
     extern __shared__ __align__(128) unsigned char smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wq = warp & 3, wh = warp >> 2;
+    // The value dim of the [tokens, H, dv] and [chunks, H, DK, dv] tensors is DV · gridDim.z; this CTA takes value columns
+    // col0 .. col0 + DV − 1. With more than one block (accumulate) the shares of dq, dk, dβ and d log α are added atomically.
+    const int dv = DV * (int)gridDim.z, col0 = DV * (int)blockIdx.z;
+    const bool accumulate = gridDim.z > 1;
     const int g = lane >> 2, t = lane & 3;
     const int h = blockIdx.y;
     const long long ci = blockIdx.x;
@@ -570,7 +579,7 @@ attend_delta_bwd_chunk(
     const bool grouped = heads != kvHeads;
     const long long tok0 = ch.tokStart;
     const long long qStride = (long long)heads * DK, kStride = (long long)kvHeads * DK;
-    const long long vStride = (long long)kvHeads * DV, oStride = (long long)heads * DV;
+    const long long vStride = (long long)kvHeads * dv, oStride = (long long)heads * dv;
     const unsigned base = smem_addr(smem);
     float* const sB = (float*)(smem + B_OFF_B);
     float* const sBeta = (float*)(smem + B_OFF_BETA);
@@ -584,15 +593,15 @@ attend_delta_bwd_chunk(
     const int wr = wq * 16;
 
     // Two load groups: what phase A reads (dO, δ, and Q, K for the gate's A-term), then the rest, landing during phase A.
-    load_rows<DV, CNT>(sDO, dO + tok0 * oStride + (long long)h * DV, oStride, CHUNK, len, tid);
-    load_rows<DV, CNT>(sDN, Dnew + tok0 * oStride + (long long)h * DV, oStride, CHUNK, len, tid);
+    load_rows<DV, CNT>(sDO, dO + tok0 * oStride + (long long)h * dv + col0, oStride, CHUNK, len, tid);
+    load_rows<DV, CNT>(sDN, Dnew + tok0 * oStride + (long long)h * dv + col0, oStride, CHUNK, len, tid);
     load_rows<DK, CNT>(sQ, Q + tok0 * qStride + (long long)h * DK, qStride, CHUNK, len, tid);
     load_rows<DK, CNT>(sK, K + tok0 * kStride + (long long)hk * DK, kStride, CHUNK, len, tid);
     cp_async_commit();
-    load_rows<DV, CNT>(sS, Hck + (ci * heads + h) * DK * DV, DV, DK, DK, tid);
-    load_rows<DV, CNT>(sX, dHck + (ci * heads + h) * DK * DV, DV, DK, DK, tid);
-    load_rows<DV, CNT>(sDD, dDelta + tok0 * oStride + (long long)h * DV, oStride, CHUNK, len, tid);
-    load_rows<DV, CNT>(sV, V + tok0 * vStride + (long long)hk * DV, vStride, CHUNK, len, tid);
+    load_rows<DV, CNT>(sS, Hck + (ci * heads + h) * DK * dv + col0, dv, DK, DK, tid);
+    load_rows<DV, CNT>(sX, dHck + (ci * heads + h) * DK * dv + col0, dv, DK, DK, tid);
+    load_rows<DV, CNT>(sDD, dDelta + tok0 * oStride + (long long)h * dv + col0, oStride, CHUNK, len, tid);
+    load_rows<DV, CNT>(sV, V + tok0 * vStride + (long long)hk * dv + col0, vStride, CHUNK, len, tid);
     load_rows<64, CNT>(sT, Tm + (tok0 * heads + h) * 64, (long long)heads * 64, CHUNK, len, tid);
     cp_async_commit();
     if (tid < CHUNK)
@@ -716,7 +725,15 @@ attend_delta_bwd_chunk(
             {
                 float* out = dQ + ((tok0 + row) * heads + h) * DK + 8 * jK;
 #pragma unroll
-                for (int j = 0; j < N8_K; j++) *(float2*)(out + 8 * j + 2 * t) = make_float2(acc[j][2 * half], acc[j][2 * half + 1]);
+                for (int j = 0; j < N8_K; j++)
+                {
+                    if (accumulate)
+                    {
+                        atomicAdd(out + 8 * j + 2 * t, acc[j][2 * half]);
+                        atomicAdd(out + 8 * j + 2 * t + 1, acc[j][2 * half + 1]);
+                    }
+                    else *(float2*)(out + 8 * j + 2 * t) = make_float2(acc[j][2 * half], acc[j][2 * half + 1]);
+                }
             }
         }
     }
@@ -782,7 +799,7 @@ attend_delta_bwd_chunk(
     __syncthreads();   // S, X, dO free; dw complete
 
     load_rows<DK, CNT>(sW, W + tok0 * qStride + (long long)h * DK, qStride, CHUNK, len, tid);
-    load_rows<DV, CNT>(sU, U + tok0 * oStride + (long long)h * DV, oStride, CHUNK, len, tid);
+    load_rows<DV, CNT>(sU, U + tok0 * oStride + (long long)h * dv + col0, oStride, CHUNK, len, tid);
     cp_async_commit();
 
     // Phase C: dM = Tᵀ dw (dk, dβ, db), dN = Tᵀ dδ (dv, dβ).
@@ -829,7 +846,7 @@ attend_delta_bwd_chunk(
             if (t == 0) atomicAdd(&sDBeta[row], vn);
             if (row < len)
             {
-                float* out = dV + ((tok0 + row) * kvHeads + hk) * DV + 8 * jV;
+                float* out = dV + ((tok0 + row) * kvHeads + hk) * dv + col0 + 8 * jV;   // this block's own columns
 #pragma unroll
                 for (int j = 0; j < N8_V; j++)
                 {
@@ -929,7 +946,7 @@ attend_delta_bwd_chunk(
 #pragma unroll
             for (int j = 0; j < N8_K; j++)
             {
-                if (grouped)
+                if (grouped || accumulate)
                 {
                     atomicAdd(out + 8 * j + 2 * t, dk[j][2 * half]);
                     atomicAdd(out + 8 * j + 2 * t + 1, dk[j][2 * half + 1]);
@@ -940,7 +957,11 @@ attend_delta_bwd_chunk(
     }
     __syncthreads();   // every atomic into sDB and sDBeta is done
 
-    if (dBeta != 0 && tid < len) dBeta[(tok0 + tid) * heads + h] = sDBeta[tid];
+    if (dBeta != 0 && tid < len)
+    {
+        if (accumulate) atomicAdd(dBeta + (tok0 + tid) * heads + h, sDBeta[tid]);
+        else dBeta[(tok0 + tid) * heads + h] = sDBeta[tid];
+    }
 #if GATE == 1
     if (dGate != 0 && warp == 0)
     {
@@ -957,8 +978,18 @@ attend_delta_bwd_chunk(
             if (lane + o < 32) scan += y;
         }
         // Rows 2l + 1 and 2l: the suffix from 2l + 1 is scan − d0, from 2l is scan.
-        if (2 * lane < len) dGate[(tok0 + 2 * lane) * heads + h] = scan;
-        if (2 * lane + 1 < len) dGate[(tok0 + 2 * lane + 1) * heads + h] = scan - d0;
+        float* const g0 = dGate + (tok0 + 2 * lane) * heads + h;
+        float* const g1 = dGate + (tok0 + 2 * lane + 1) * heads + h;
+        if (accumulate)
+        {
+            if (2 * lane < len) atomicAdd(g0, scan);
+            if (2 * lane + 1 < len) atomicAdd(g1, scan - d0);
+        }
+        else
+        {
+            if (2 * lane < len) *g0 = scan;
+            if (2 * lane + 1 < len) *g1 = scan - d0;
+        }
     }
 #else
     (void)dGate;

@@ -80,8 +80,9 @@ public sealed unsafe partial class CudaDeltaRulePlan
 
     /// <summary>
     /// Whether <see cref="Backward"/> computes this configuration; otherwise <paramref name="reason"/> says why. The
-    /// backward takes what the chunked forward takes, with value dims 64 and 128 (one CTA holds a chunk's state and
-    /// state-gradient tiles).
+    /// backward takes what the chunked forward takes: any value dim that is a multiple of 64 without a gate, with a fixed γ
+    /// or a scalar gate (the chunk kernel runs one CTA per block of <see cref="BackwardValueColumns"/> value columns and adds
+    /// the blocks' shares), value dims 64 and 128 with the channel gate (KDA).
     /// </summary>
     public static bool IsBackwardSupported(LinearShape shape, ElementType elementType, LinearAttentionOptions? options, out string reason)
     {
@@ -94,13 +95,23 @@ public sealed unsafe partial class CudaDeltaRulePlan
     // Why the backward cannot compute a configuration the forward takes, or null.
     internal static string? BackwardRefusal(LinearShape shape, LinearForm form, LinearDecay decay)
     {
-        _ = decay;   // every decay the forward takes: none, fixed γ, scalar gate, channel gate (KDA)
+        // Every decay the forward takes: none, fixed γ, scalar gate, channel gate (KDA; its chunk kernel holds the whole value dim).
         if (form != LinearForm.Chunked)
             return $"the CUDA delta-rule backward is the chunked form's; got form {form}";
-        if (shape.ValueDim is not (64 or 128))
+        if (shape.ValueDim is not (64 or 128) && decay == LinearDecay.ChannelGate)
             return $"the CUDA delta-rule backward takes value dims 64 and 128; got Dv = {shape.ValueDim}";
+        if (shape.ValueDim <= 0 || shape.ValueDim % 64 != 0)
+            return $"the CUDA delta-rule backward takes value dims that are multiples of 64; got Dv = {shape.ValueDim}";
         return null;
     }
+
+    /// <summary>
+    /// Value columns per CTA of <c>attend_delta_bwd_chunk</c> (its DV): 128 when they divide <paramref name="valueDim"/>,
+    /// else 64. A chunk's state and state-gradient tiles of that width fit one CTA's shared memory; a wider value dim takes
+    /// <c>valueDim / columns</c> CTAs per (chunk, query head), whose shares of dq, dk, dβ and d log α are added atomically
+    /// (every gradient but dv is linear in the value columns' contributions) and which write dv for their own columns.
+    /// </summary>
+    internal static int BackwardValueColumns(int valueDim) => valueDim % 128 == 0 ? 128 : 64;
 
     /// <summary>
     /// Queues the gradients of <c>L = Σ dO·O + Σ dS_T·S_T</c> on <paramref name="stream"/>: the forward's first kernel
@@ -185,6 +196,16 @@ public sealed unsafe partial class CudaDeltaRulePlan
             // Summed atomically over the query heads of a group (the memset runs on the legacy stream, which blocking streams wait for).
             keyGradient.Fill(0);
             valueGradient.Fill(0);
+        }
+        // attend_delta_bwd_chunk's value blocks (grid.z): one at Dv 64 and 128, Dv / BackwardValueColumns(Dv) past them.
+        int valueBlocks = channelGate ? 1 : s.ValueDim / BackwardValueColumns(s.ValueDim);
+        if (valueBlocks > 1 && _chunks > 0 && BackwardStages >= 3)
+        {
+            // The value blocks' shares of dq, dk, dβ and d log α are added atomically (dv: each block's own columns).
+            queryGradient.Fill(0);
+            if (s.Heads == s.KvHeads) keyGradient.Fill(0);
+            betaGradient?.Fill(0);
+            gateGradient?.Fill(0);
         }
 
         var a = new Arguments
@@ -287,7 +308,8 @@ public sealed unsafe partial class CudaDeltaRulePlan
         c[0] = &b.Q; c[1] = &b.K; c[2] = &b.V; c[3] = &b.DO; c[4] = &b.Dnew; c[5] = &b.DDelta; c[6] = &b.W; c[7] = &b.U; c[8] = &b.T;
         c[9] = &b.Hck; c[10] = &b.DHck; c[11] = &b.Beta; c[12] = &b.Gate; c[13] = &b.HeadLogDecay; c[14] = &b.DQ; c[15] = &b.DK; c[16] = &b.DV;
         c[17] = &b.DBeta; c[18] = &b.DGate; c[19] = &b.Chunks; c[20] = &b.Heads; c[21] = &b.KvHeads; c[22] = &b.Scale;
-        chunk.Launch((uint)_chunks, (uint)s.Heads, 1, (uint)(32 * warps), (uint)BackwardChunkSharedBytes(s.KeyDim, s.ValueDim), stream, c);
+        // grid.z: the value blocks (the kernel's dv is DV · gridDim.z; with more than one it adds its shares atomically).
+        chunk.Launch((uint)_chunks, (uint)s.Heads, (uint)valueBlocks, (uint)(32 * warps), (uint)BackwardChunkSharedBytes(s.KeyDim, s.ValueDim), stream, c);
     }
 
     // The caller's stream waits for the side stream's recomputed chain.
@@ -345,10 +367,13 @@ public sealed unsafe partial class CudaDeltaRulePlan
 
     /// <summary>
     /// Dynamic shared memory of <c>attend_delta_bwd_chunk</c> (mirrors its B_OFF_* layout): q, k, v, dO, δ, dδ, the state and
-    /// state-gradient tiles, dw, T, two 64 × 64 tiles, and five float32 rows.
+    /// state-gradient tiles, dw, T, two 64 × 64 tiles, and five float32 rows; the value tiles are the kernel's value block of
+    /// <see cref="BackwardValueColumns"/>(<paramref name="valueDim"/>) columns (the tensors' value dim itself at 64 and 128).
     /// </summary>
-    internal static int BackwardChunkSharedBytes(int keyDim, int valueDim) =>
-        2 * Chunk * keyDim * 2 + 4 * Chunk * valueDim * 2 + 2 * keyDim * valueDim * 2 + Chunk * keyDim * 2 + 3 * Chunk * 64 * 2 + 4 * Chunk * 4 + 16 * 4;
+    internal static int BackwardChunkSharedBytes(int keyDim, int valueDim) => ChunkSharedBytesOfBlock(keyDim, BackwardValueColumns(valueDim));
+
+    private static int ChunkSharedBytesOfBlock(int keyDim, int dv) =>
+        2 * Chunk * keyDim * 2 + 4 * Chunk * dv * 2 + 2 * keyDim * dv * 2 + Chunk * keyDim * 2 + 3 * Chunk * 64 * 2 + 4 * Chunk * 4 + 16 * 4;
 
     /// <summary>
     /// Shared memory of <c>attend_kda_bwd_chunk</c>: b, dw, db and K̂ ⊙ dK̂ (float32 <c>[64][Dk]</c> each), dA, L then G, T
@@ -368,8 +393,12 @@ public sealed unsafe partial class CudaDeltaRulePlan
         "--std=c++17",
     ];
 
+    // valueDim: the tensors' value dim. The build's DV is the chunk kernel's value block (BackwardValueColumns: the value dim
+    // itself at 64 and 128; the reverse chain reads only its dv argument, 16 columns per CTA, never DV, so it shares the
+    // build), or with the channel gate the whole value dim (attend_kda_bwd_chunk holds it).
     private static CudaKernelFunction BackwardKernel(CudaContext context, int keyDim, int valueDim, ElementType type, int gate, int warps, string entry, int smem)
     {
+        if (gate != 2) valueDim = BackwardValueColumns(valueDim);
         var key = (context, keyDim, valueDim, type, gate, warps, entry);
         if (s_backwardLoaded.TryGetValue(key, out CudaKernelFunction? f)) return f;
         lock (s_gate)

@@ -20,6 +20,10 @@ public class CudaDeltaRuleBackwardTests
     [InlineData(LinearUpdate.GatedDelta, LinearDecay.FixedPerHead, 128, 64)]
     [InlineData(LinearUpdate.GatedDelta, LinearDecay.ChannelGate, 128, 128)]
     [InlineData(LinearUpdate.GatedDelta, LinearDecay.ChannelGate, 64, 64)]
+    // Value dims past 128 (any multiple of 64): the chunk kernel's value-column blocks.
+    [InlineData(LinearUpdate.Delta, LinearDecay.None, 128, 256)]
+    [InlineData(LinearUpdate.GatedDelta, LinearDecay.ScalarGate, 64, 192)]
+    [InlineData(LinearUpdate.GatedDelta, LinearDecay.FixedPerHead, 128, 320)]
     public void BackwardSupportedConfigurations(LinearUpdate update, LinearDecay decay, int dk, int dv)
     {
         var options = new LinearAttentionOptions { Update = update, Decay = decay };
@@ -29,8 +33,8 @@ public class CudaDeltaRuleBackwardTests
     }
 
     [Theory]
-    [InlineData(LinearUpdate.Delta, LinearDecay.None, LinearForm.Chunked, 128, 256, "value dims 64 and 128")]
-    [InlineData(LinearUpdate.GatedDelta, LinearDecay.ScalarGate, LinearForm.Chunked, 64, 192, "value dims 64 and 128")]
+    [InlineData(LinearUpdate.Delta, LinearDecay.None, LinearForm.Chunked, 128, 96, "multiples of 64; got Dv = 96")]
+    [InlineData(LinearUpdate.GatedDelta, LinearDecay.ScalarGate, LinearForm.Chunked, 64, 160, "multiples of 64; got Dv = 160")]
     [InlineData(LinearUpdate.Delta, LinearDecay.None, LinearForm.Recurrent, 128, 128, "chunked")]
     [InlineData(LinearUpdate.GatedDelta, LinearDecay.ChannelGate, LinearForm.Recurrent, 128, 128, "chunked")]
     [InlineData(LinearUpdate.GatedDelta, LinearDecay.ChannelGate, LinearForm.Chunked, 128, 256, "value dims 64 and 128")]
@@ -113,6 +117,39 @@ public class CudaDeltaRuleBackwardTests
         Assert.Contains("Dnew", forward);
     }
 
+    [Theory]
+    [InlineData(64)]
+    [InlineData(128)]
+    public void EveryValueDimSplitsIntoChunkKernelBlocksThatFitOneCta(int keyDim)
+    {
+        // Value dims past 128 run as several CTAs per (chunk, head) of 128 or 64 columns (their shares added): each block
+        // divides Dv, is the wider one when it can be, and its chunk kernel fits sm_90's 227 KB per block.
+        for (int dv = 64; dv <= 1024; dv += 64)
+        {
+            int columns = CudaDeltaRulePlan.BackwardValueColumns(dv);
+            Assert.True(columns is 64 or 128, $"Dv = {dv}: {columns} columns");
+            Assert.Equal(0, dv % columns);
+            Assert.Equal(dv % 128 == 0 ? 128 : 64, columns);
+            // The kernel's B_OFF_* layout at the block's width: q, k, dw [64][Dk]; v, dO, δ, dδ [64][DV]; S, X [Dk][DV]; T, M1,
+            // M2 [64][64] (element type); four float32 rows of 64 and 16 floats.
+            int bytes = CudaDeltaRulePlan.BackwardChunkSharedBytes(keyDim, dv);
+            Assert.Equal(3 * 64 * keyDim * 2 + 4 * 64 * columns * 2 + 2 * keyDim * columns * 2 + 3 * 64 * 64 * 2 + 4 * 64 * 4 + 16 * 4, bytes);
+            Assert.InRange(bytes, 1, 227 * 1024);
+        }
+        // Dv 64 and 128 stay one block: the kernel's dv is DV · gridDim.z, and one block writes its gradients plainly.
+        Assert.Equal(64, CudaDeltaRulePlan.BackwardValueColumns(64));
+        Assert.Equal(128, CudaDeltaRulePlan.BackwardValueColumns(128));
+    }
+
+    [Fact]
+    public void TheChunkKernelTakesItsValueDimFromTheGrid()
+    {
+        // The host launches grid.z = Dv / DV value blocks; the kernel derives dv and whether to add its shares from it.
+        string source = KernelCompiler.Source(CudaDeltaRulePlan.BackwardSource);
+        Assert.Contains("const int dv = DV * (int)gridDim.z, col0 = DV * (int)blockIdx.z;", source);
+        Assert.Contains("const bool accumulate = gridDim.z > 1;", source);
+    }
+
     [Fact]
     public void BackwardSpecialisationsDifferByKeyAndValueDimTypeAndGate()
     {
@@ -147,15 +184,17 @@ public class CudaDeltaRuleBackwardTests
         Assert.Contains("Tin", forward);
     }
 
-    [Attend.Tests.Cuda.CudaFact]
-    public void AKeptForwardGivesTheRecomputedGradients()
+    [CudaLinearTheory]
+    [InlineData(64)]
+    [InlineData(256)]
+    public void AKeptForwardGivesTheRecomputedGradients(int dv)
     {
         CudaContext context = CudaContext.Default;
-        Random rng = TestData.Rng(1220);
-        const int t = 200, h = 2, d = 64;
-        var shape = new LinearShape(1, t, h, h, d, d);
+        Random rng = TestData.Rng(1220 + dv);
+        const int t = 200, h = 2, dk = 64;
+        var shape = new LinearShape(1, t, h, h, dk, dv);
         var options = new LinearAttentionOptions { Update = LinearUpdate.GatedDelta, Decay = LinearDecay.ScalarGate, Scale = 0.125f };
-        CudaTensor Tensor(bool normalise)
+        CudaTensor Tensor(bool normalise, int d)
         {
             var x = new BFloat16[t * h * d];
             for (int r = 0; r < t * h; r++)
@@ -167,23 +206,23 @@ public class CudaDeltaRuleBackwardTests
             }
             return CudaTensor.FromHost<BFloat16>(context, x, 1, t, h, d);
         }
-        using CudaTensor q = Tensor(false), k = Tensor(true), v = Tensor(false), dO = Tensor(false), q2 = Tensor(false);
+        using CudaTensor q = Tensor(false, dk), k = Tensor(true, dk), v = Tensor(false, dv), dO = Tensor(false, dv), q2 = Tensor(false, dk);
         using DeviceBuffer beta = DeviceBuffer.From<float>(context, Enumerable.Range(0, t * h).Select(_ => (float)rng.NextDouble()).ToArray());
         using DeviceBuffer gate = DeviceBuffer.From<float>(context, Enumerable.Range(0, t * h).Select(_ => -(float)rng.NextDouble() / 8).ToArray());
-        using CudaTensor o = CudaTensor.Create(context, ElementType.BFloat16, 1, t, h, d);
+        using CudaTensor o = CudaTensor.Create(context, ElementType.BFloat16, 1, t, h, dv);
         float[][] Gradients(CudaDeltaKeep keep, CudaTensor forwardQuery, CudaTensor backwardQuery)
         {
             using var plan = new CudaDeltaRulePlan(context, shape, ElementType.BFloat16, options) { KeepForBackward = keep };
-            using var dq = new DeviceBuffer(context, t * h * d * 4L);
-            using var dk = new DeviceBuffer(context, t * h * d * 4L);
-            using var dv = new DeviceBuffer(context, t * h * d * 4L);
-            using var db = new DeviceBuffer(context, t * h * 4L);
-            using var dg = new DeviceBuffer(context, t * h * 4L);
-            foreach (DeviceBuffer b in (DeviceBuffer[])[dq, dk, dv, db, dg]) b.Fill(0xFF);
+            using var gq = new DeviceBuffer(context, t * h * dk * 4L);
+            using var gk = new DeviceBuffer(context, t * h * dk * 4L);
+            using var gv = new DeviceBuffer(context, t * h * dv * 4L);
+            using var gb = new DeviceBuffer(context, t * h * 4L);
+            using var gg = new DeviceBuffer(context, t * h * 4L);
+            foreach (DeviceBuffer b in (DeviceBuffer[])[gq, gk, gv, gb, gg]) b.Fill(0xFF);
             plan.Run(forwardQuery, k, v, beta, gate, null, o, null);
-            plan.Backward(backwardQuery, k, v, beta, gate, null, dO, null, dq, dk, dv, db, dg, null);
+            plan.Backward(backwardQuery, k, v, beta, gate, null, dO, null, gq, gk, gv, gb, gg, null);
             context.Synchronize();
-            return [.. ((DeviceBuffer[])[dq, dk, dv, db, dg]).Select(b =>
+            return [.. ((DeviceBuffer[])[gq, gk, gv, gb, gg]).Select(b =>
             {
                 var host = new float[b.Bytes / 4];
                 b.CopyTo<float>(host);
@@ -240,14 +279,20 @@ public class CudaDeltaRuleBackwardTests
     [Fact]
     public void AnUnsupportedBackwardIsRefusedByItsReasonOnAnyMachine()
     {
-        // The configuration is checked before the GPU's presence: Dv = 256 is refused with the reason everywhere.
+        // The configuration is checked before the GPU's presence: Dv = 96 (not a multiple of 64) is refused with the
+        // reason everywhere, and so is KDA past Dv = 128 (its chunk kernel holds the whole value dim).
         CudaBackend.Register();
-        LinearCase c = LinearCase.Create(TestData.Rng(1203), new LinearShape(1, 9, 2, 2, 64, 256),
+        LinearCase c = LinearCase.Create(TestData.Rng(1203), new LinearShape(1, 9, 2, 2, 64, 96),
             new LinearAttentionOptions { Update = LinearUpdate.Delta, Backend = "cuda" });
         float[] dO = new float[c.OutputLength];
         NotSupportedException e = Assert.Throws<NotSupportedException>(() =>
             LinearAttention.Backward(c.Inputs, c.Options, dO, [], new LinearGradients { Q = new float[c.Q.Length] }));
-        Assert.Contains("value dims 64 and 128", e.Message);
+        Assert.Contains("multiples of 64; got Dv = 96", e.Message);
+        LinearCase kda = LinearCase.Create(TestData.Rng(1204), new LinearShape(1, 9, 2, 2, 64, 256),
+            new LinearAttentionOptions { Update = LinearUpdate.GatedDelta, Decay = LinearDecay.ChannelGate, Backend = "cuda" });
+        e = Assert.Throws<NotSupportedException>(() =>
+            LinearAttention.Backward(kda.Inputs, kda.Options, new float[kda.OutputLength], [], new LinearGradients { Q = new float[kda.Q.Length] }));
+        Assert.Contains("value dims 64 and 128; got Dv = 256", e.Message);
     }
 
     [CudaLinearTheory]
@@ -257,12 +302,16 @@ public class CudaDeltaRuleBackwardTests
     [InlineData(LinearUpdate.GatedDelta, LinearDecay.FixedPerHead, 1)]
     [InlineData(LinearUpdate.GatedDelta, LinearDecay.ChannelGate, 0)]
     [InlineData(LinearUpdate.GatedDelta, LinearDecay.ChannelGate, 1)]
-    public void GpuBackwardMatchesTheFloat64NaiveForm(LinearUpdate update, LinearDecay decay, int varlen)
+    // Value dims past 128: 2 blocks of 128 columns, 3 of 64 (their shares of dq, dk, dβ, d log α added atomically).
+    [InlineData(LinearUpdate.Delta, LinearDecay.None, 0, 256)]
+    [InlineData(LinearUpdate.GatedDelta, LinearDecay.ScalarGate, 1, 192)]
+    [InlineData(LinearUpdate.GatedDelta, LinearDecay.FixedPerHead, 0, 256)]
+    public void GpuBackwardMatchesTheFloat64NaiveForm(LinearUpdate update, LinearDecay decay, int varlen, int valueDim = 128)
     {
         CudaBackend.Register();
-        Random rng = TestData.Rng(1210 + (int)update * 10 + (int)decay * 3 + varlen);
+        Random rng = TestData.Rng(1210 + (int)update * 10 + (int)decay * 3 + varlen + (valueDim == 128 ? 0 : valueDim));
         int[]? lengths = varlen == 1 ? [1, rng.Next(2, 90), 0, rng.Next(130, 300)] : null;
-        var shape = new LinearShape(2, rng.Next(65, 260) | 1, 4, 2, 64, 128);
+        var shape = new LinearShape(2, rng.Next(65, 260) | 1, 4, 2, 64, valueDim);
         var options = new LinearAttentionOptions
         {
             Update = update, Decay = decay, Backend = "cuda", Scale = 0.125f,
