@@ -21,6 +21,7 @@
 #                                 16 CPU cores have room), then part 7 once the GPU is free again: one call under 600 s
 #   bash all-check.sh verify  12. part 9 with a racecheck of the delta and KDA backward kernels (one problem each) beside
 #                                 the check and the memcheck, then one window-target round
+#   bash all-check.sh closing 13. part 12's three checks side by side, then the linear bench at 16k (no window target)
 #   bash all-check.sh final   10. the linear and sparse checks (one exact problem) and their memcheck, the linear bench at
 #                                 16k, and fla's GLA forward+backward beside ours (its autotune needs minutes)
 #   bash all-check.sh peers   11. issue 5's same-call ratios: the linear bench at 16k, then fla's forward+backward for every
@@ -69,7 +70,7 @@ merged)
     echo "wtarget $round exit $?"; grep -a -E "^  fwd" "$OUT/wtarget-$round.log" | cut -c1-220
   done
   ;;
-verify)
+verify|closing)
   timeout ${CHECK_TIMEOUT:-420} ./attend/Attend.Cli check --backend cuda > "$OUT/check.log" 2>&1 &
   check_pid=$!
   ATTEND_CUDA_CACHE=/tmp/attend-cuda-cache-san timeout ${SAN_TIMEOUT:-420} compute-sanitizer --tool memcheck --leak-check full \
@@ -81,8 +82,14 @@ verify)
   wait $check_pid; echo "check exit $?"; grep -a -E "FAIL|attend check:|Exception" "$OUT/check.log" | cut -c1-240 | head -40
   wait $san_pid; echo "sanitizer exit $?"; grep -a -E "ERROR SUMMARY|LEAK SUMMARY|attend check:" "$OUT/sanitizer.log" | head -5
   wait $race_pid; echo "racecheck exit $?"; grep -a -E "RACECHECK SUMMARY|ERROR SUMMARY|hazard|attend check:" "$OUT/racecheck.log" | head -8
-  ATTEND_BENCH_PART=wtarget timeout 60 ./attend/Attend.Cli bench --backend cuda > "$OUT/wtarget-1.log" 2>&1
-  echo "wtarget exit $?"; grep -a -E "^  fwd" "$OUT/wtarget-1.log" | cut -c1-220
+  if [[ $part == verify ]]; then
+    ATTEND_BENCH_PART=wtarget timeout 60 ./attend/Attend.Cli bench --backend cuda > "$OUT/wtarget-1.log" 2>&1
+    echo "wtarget exit $?"; grep -a -E "^  fwd" "$OUT/wtarget-1.log" | cut -c1-220
+  else
+    ATTEND_BENCH_LINEAR_T=16384 timeout ${LINEAR_TIMEOUT:-150} ./attend/Attend.Cli bench linear --backend cuda \
+      --json "$OUT/linear-cuda.json" > "$OUT/bench-linear.log" 2>&1
+    echo "bench linear exit $?"; grep -a -v "registers" "$OUT/bench-linear.log" | cut -c1-220 | tail -40
+  fi
   ;;
 final)
   ATTEND_CHECK_CUDA_PARTS=linear,sparse timeout ${CHECK_TIMEOUT:-240} ./attend/Attend.Cli check --backend cuda --cases 1 > "$OUT/check.log" 2>&1
@@ -122,6 +129,6 @@ routing)
     --methods "routing-transformer" --json "$OUT/routing-128k.json" > "$OUT/routing-128k.log" 2>&1
   echo "routing 128k exit $?"; grep -a -E "^  |exact causal|FAIL" "$OUT/routing-128k.log" | cut -c1-230
   ;;
-*) echo "usage: all-check.sh check|bench|sparse|wtarget|routing|merged|verify|final|peers"; exit 2 ;;
+*) echo "usage: all-check.sh check|bench|sparse|wtarget|routing|merged|verify|closing|final|peers"; exit 2 ;;
 esac
 echo "== done $(date -u '+%H:%M:%S')"
