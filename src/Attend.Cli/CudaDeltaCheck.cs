@@ -87,6 +87,9 @@ internal static class CudaDeltaCheck
             new("bwd kda, T = 1, GQA 2:1", 3, 1, 4, 2, 128, 128, G, C, true, true),
             new("bwd kda, varlen (1, empty), Dk 64 Dv 128", 1, 0, 4, 2, 64, 128, G, C, true, true, [1, rng.Next(2, 200), 0, rng.Next(300, 700)], ExtremeBeta: true),
             new("bwd kda, long, no dS_T", 1, Odd(1100, 1500), 2, 2, 128, 128, G, C, true, false),
+            // On a caller's non-blocking stream: the recomputed chain on the plan's side stream overlaps the reverse chain, and
+            // GQA's dk and dv are zeroed on the caller's stream.
+            new("bwd kda, GQA 2:1, non-blocking stream", 1, Odd(300, 700), 4, 2, 128, 128, G, C, true, true, OnStream: true, NonBlocking: true),
         ];
         int passed = 0, failed = 0;
         foreach (BackwardCase c in cases)
@@ -107,7 +110,7 @@ internal static class CudaDeltaCheck
 
     private sealed record BackwardCase(string Name, int B, int T, int H, int Hkv, int Dk, int Dv, LinearUpdate Update, LinearDecay Decay, bool InitialState,
         bool StateGradient, int[]? Lengths = null, bool Beta = true, float GateScale = 1f, bool ExtremeBeta = false, CudaDeltaKeep Keep = CudaDeltaKeep.None,
-        bool OnStream = false);
+        bool OnStream = false, bool NonBlocking = false);
 
     // The chunked backward (CudaDeltaRulePlan.Backward): dq, dk, dv, dβ, d log α and dS0 against the float64 naive form's
     // gradients on the same inputs rounded to the element type, into NaN-poisoned gradients. wideOnly: only the problems
@@ -146,6 +149,9 @@ internal static class CudaDeltaCheck
             new("bwd gated, Dv 256, fixed decay, GQA 4:1, kept all", 1, Odd(65, 300), 4, 1, 128, 256, G, LinearDecay.FixedPerHead, true, true, Keep: CudaDeltaKeep.All),
             new("bwd gated, Dv 256, Dk 64, kept T, stream", 1, 64 * rng.Next(2, 5) + rng.Next(1, 63), 4, 4, 64, 256, G, LinearDecay.ScalarGate, true, true, GateScale: 4f, Keep: CudaDeltaKeep.Inverse, OnStream: true),
             new("bwd delta, Dv 320 (5 x 64), beta = 1, no dS_T", 1, Odd(65, 300), 2, 2, 128, 320, D, LinearDecay.None, false, false, Beta: false),
+            // On a non-blocking stream of the caller's: the zeroing of the atomically summed gradients (GQA's dk and dv, the
+            // value blocks' dq, dk, dβ, d log α) must be queued on that stream, as a legacy-stream memset is not ordered with it.
+            new("bwd gated, Dv 192, GQA 2:1, non-blocking", 1, Odd(200, 500), 4, 2, 128, 192, G, LinearDecay.ScalarGate, true, true, OnStream: true, NonBlocking: true),
         ];
         int passed = 0, failed = 0;
         foreach (BackwardCase c in cases)
@@ -214,7 +220,9 @@ internal static class CudaDeltaCheck
             using DeviceBuffer? gg = gate.Length == 0 ? null : new DeviceBuffer(context, gate.Length * 4L);
             using DeviceBuffer? gs = rs.Length == 0 ? null : new DeviceBuffer(context, Math.Max(4, stateLength * 4));
             foreach (DeviceBuffer? poisoned in (DeviceBuffer?[])[gq, gk, gv, gb, gg, gs]) poisoned?.Fill(0xFF);
-            using CudaStream? stream = c.OnStream ? new CudaStream(context) : null;
+            // A non-blocking stream is not ordered with the legacy stream's uploads and poison: wait for them, as its caller must.
+            if (c.NonBlocking) context.Synchronize();
+            using CudaStream? stream = c.OnStream ? new CudaStream(context, c.NonBlocking) : null;
             using CudaTensor output = CudaTensor.Create(context, type, c.B, tokens, c.H, c.Dv);
             if (c.Keep != CudaDeltaKeep.None)
             {

@@ -110,6 +110,17 @@ public sealed unsafe class DeviceBuffer : IDisposable
         CudaException.CheckDriver(Driver.cuMemsetD8(Pointer, value, (nuint)Bytes), nameof(Driver.cuMemsetD8));
     }
 
+    /// <summary>
+    /// Queues setting every byte to <paramref name="value"/> on <paramref name="stream"/> (null: the legacy default stream),
+    /// ordered with the stream's kernels whatever kind of stream it is (a non-blocking stream included, which
+    /// <see cref="Fill(byte)"/> on the legacy stream would not be ordered with).
+    /// </summary>
+    public void Fill(byte value, CudaStream? stream)
+    {
+        _context.MakeCurrent();
+        CudaException.CheckDriver(Driver.cuMemsetD8Async(Pointer, value, (nuint)Bytes, stream?.Handle ?? 0), nameof(Driver.cuMemsetD8Async));
+    }
+
     private void CheckRange(long offset, long bytes, string name)
     {
         if (offset < 0 || offset + bytes > Bytes)

@@ -37,6 +37,7 @@ internal static unsafe partial class Driver
     [LibraryImport(NativeLibraries.Driver, EntryPoint = "cuMemcpyHtoDAsync_v2")] public static partial int cuMemcpyHtoDAsync(ulong destination, void* source, nuint bytes, nint stream);
     [LibraryImport(NativeLibraries.Driver, EntryPoint = "cuMemcpyDtoHAsync_v2")] public static partial int cuMemcpyDtoHAsync(void* destination, ulong source, nuint bytes, nint stream);
     [LibraryImport(NativeLibraries.Driver, EntryPoint = "cuMemsetD8_v2")] public static partial int cuMemsetD8(ulong destination, byte value, nuint count);
+    [LibraryImport(NativeLibraries.Driver)] public static partial int cuMemsetD8Async(ulong destination, byte value, nuint count, nint stream);
     [LibraryImport(NativeLibraries.Driver)] public static partial int cuStreamCreate(out nint stream, uint flags);
     [LibraryImport(NativeLibraries.Driver, EntryPoint = "cuStreamDestroy_v2")] public static partial int cuStreamDestroy(nint stream);
     [LibraryImport(NativeLibraries.Driver)] public static partial int cuStreamSynchronize(nint stream);

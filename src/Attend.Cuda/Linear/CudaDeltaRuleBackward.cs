@@ -99,7 +99,7 @@ public sealed unsafe partial class CudaDeltaRulePlan
         if (form != LinearForm.Chunked)
             return $"the CUDA delta-rule backward is the chunked form's; got form {form}";
         if (shape.ValueDim is not (64 or 128) && decay == LinearDecay.ChannelGate)
-            return $"the CUDA delta-rule backward takes value dims 64 and 128; got Dv = {shape.ValueDim}";
+            return $"the CUDA delta-rule backward with the channel gate (KDA) takes value dims 64 and 128; got Dv = {shape.ValueDim}";
         if (shape.ValueDim <= 0 || shape.ValueDim % 64 != 0)
             return $"the CUDA delta-rule backward takes value dims that are multiples of 64; got Dv = {shape.ValueDim}";
         return null;
@@ -193,19 +193,19 @@ public sealed unsafe partial class CudaDeltaRulePlan
         EnsureBackwardBuffers();
         if (s.Heads != s.KvHeads)
         {
-            // Summed atomically over the query heads of a group (the memset runs on the legacy stream, which blocking streams wait for).
-            keyGradient.Fill(0);
-            valueGradient.Fill(0);
+            // Summed atomically over the query heads of a group: zeroed on the kernels' own stream, so any kind of stream orders the two.
+            keyGradient.Fill(0, stream);
+            valueGradient.Fill(0, stream);
         }
         // attend_delta_bwd_chunk's value blocks (grid.z): one at Dv 64 and 128, Dv / BackwardValueColumns(Dv) past them.
         int valueBlocks = channelGate ? 1 : s.ValueDim / BackwardValueColumns(s.ValueDim);
         if (valueBlocks > 1 && _chunks > 0 && BackwardStages >= 3)
         {
             // The value blocks' shares of dq, dk, dβ and d log α are added atomically (dv: each block's own columns).
-            queryGradient.Fill(0);
-            if (s.Heads == s.KvHeads) keyGradient.Fill(0);
-            betaGradient?.Fill(0);
-            gateGradient?.Fill(0);
+            queryGradient.Fill(0, stream);
+            if (s.Heads == s.KvHeads) keyGradient.Fill(0, stream);
+            betaGradient?.Fill(0, stream);
+            gateGradient?.Fill(0, stream);
         }
 
         var a = new Arguments

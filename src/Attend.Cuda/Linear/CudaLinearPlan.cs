@@ -499,9 +499,9 @@ public sealed unsafe class CudaLinearPlan : IDisposable
         EnsureBackwardBuffers(gateGradient is not null);
         if (s.Heads != s.KvHeads)
         {
-            // Summed atomically over the query heads of a group (the memset runs on the legacy stream, which blocking streams wait for).
-            keyGradient.Fill(0);
-            valueGradient.Fill(0);
+            // Summed atomically over the query heads of a group: zeroed on the kernels' own stream, so any kind of stream orders the two.
+            keyGradient.Fill(0, stream);
+            valueGradient.Fill(0, stream);
         }
 
         // 1. The state at each chunk's start (the forward's pass 2) and, for the gate gradient, the final states.
