@@ -22,7 +22,8 @@
 //     registers after ldmatrix. The 16 × 16 diagonal blocks, where such a split needs a factor above 1 (GLA's forward
 //     clamps it at e^80), in float32 on the CUDA cores, one exponential per (i, j, channel): exact for any gate.
 //  3. Q̃ and K̂ written out; K̃ in place of k in shared memory; T = (I + L)⁻¹ by forward substitution (one thread per
-//     column, as attend_delta_prepare); T diag(β) rounded to the element type.
+//     column, as attend_delta_prepare); T diag(β) rounded to the element type (and T itself to Tout when the backward
+//     asks: attend_kda_bwd_chunk reads it instead of solving again).
 //  4. w = T diag(β) K̃ and u = T diag(β) V on tensor cores.
 // Because every operand is bounded by its unscaled value, fp16 is as safe as bf16 here (GLA's chunk kernel, which
 // puts factors up to e^80 on its operands, refuses fp16 for the channel gate; this one does not need to).
@@ -52,7 +53,8 @@ attend_kda_prepare(
     elem_t* __restrict__ W, elem_t* __restrict__ U, elem_t* __restrict__ A,   // [tokens, H, DK], [tokens, H, dv], [tokens, H, 64]
     elem_t* __restrict__ Qg, elem_t* __restrict__ Kh,                          // Q̃, K̂: [tokens, H, DK]
     float* __restrict__ Dec,                 // e^{b_C}: [chunks, H, DK]
-    const DeltaRow* __restrict__ chunks, int heads, int kvHeads, int dv)
+    const DeltaRow* __restrict__ chunks, int heads, int kvHeads, int dv,
+    elem_t* __restrict__ Tout)               // backward only: T = (I + L)⁻¹ [tokens, H, 64] (element type), or null
 {
     extern __shared__ __align__(128) unsigned char smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -286,7 +288,11 @@ attend_kda_prepare(
         unsigned char* tu = smem + K_OFF_TU;
 #pragma unroll
         for (int i = 0; i < CHUNK; i++)
+        {
             *(elem_t*)(tu + off64(i, c >> 3) + (c & 7) * 2) = (elem_t)(pack2(x[i] * bc, 0.f) & 0xffffu);
+            // Row i of T for the backward's chunk kernel (threads c = 0..63 write one row's 128 contiguous bytes together).
+            if (Tout != 0 && i < len) Tout[((tok0 + i) * heads + h) * 64 + c] = (elem_t)(pack2(x[i], 0.f) & 0xffffu);
+        }
     }
     __syncthreads();
 

@@ -176,7 +176,7 @@ public sealed unsafe partial class CudaDeltaRulePlan
         int warps = ChunkWarps is 4 or 8 ? ChunkWarps : throw new InvalidOperationException($"ChunkWarps must be 4 or 8; got {ChunkWarps}.");
         CudaKernelFunction dstate = BackwardKernel(context, s.KeyDim, s.ValueDim, ElementType, gateKind, warps, StateGradientEntry, BackwardStateSharedBytes(s.KeyDim));
         CudaKernelFunction chunk = channelGate
-            ? BackwardKernel(context, s.KeyDim, s.ValueDim, ElementType, gateKind, warps, KdaChunkBackwardEntry, KdaBackwardChunkSharedBytes(s.KeyDim))
+            ? BackwardKernel(context, s.KeyDim, s.ValueDim, ElementType, gateKind, warps, KdaChunkBackwardEntry, KdaBackwardChunkSharedBytes(s.KeyDim, s.ValueDim))
             : BackwardKernel(context, s.KeyDim, s.ValueDim, ElementType, gateKind, warps, ChunkBackwardEntry, BackwardChunkSharedBytes(s.KeyDim, s.ValueDim));
         EnsureBackwardBuffers();
         if (s.Heads != s.KvHeads)
@@ -275,11 +275,12 @@ public sealed unsafe partial class CudaDeltaRulePlan
         // 3. dq, dk, dv, dβ, d log α per (chunk, query head).
         if (channelGate)
         {
-            void** kc = stackalloc void*[21];
+            // T as attend_kda_prepare wrote it (its Tout) in step 1.
+            void** kc = stackalloc void*[22];
             kc[0] = &b.Q; kc[1] = &b.K; kc[2] = &b.V; kc[3] = &b.DO; kc[4] = &b.Dnew; kc[5] = &b.DDelta; kc[6] = &b.W; kc[7] = &b.U;
-            kc[8] = &b.Hck; kc[9] = &b.DHck; kc[10] = &b.Beta; kc[11] = &b.Gate; kc[12] = &b.DQ; kc[13] = &b.DK; kc[14] = &b.DV;
-            kc[15] = &b.DBeta; kc[16] = &b.DGate; kc[17] = &b.Chunks; kc[18] = &b.Heads; kc[19] = &b.KvHeads; kc[20] = &b.Scale;
-            chunk.Launch((uint)_chunks, (uint)s.Heads, 1, KdaChunkBackwardThreads, (uint)KdaBackwardChunkSharedBytes(s.KeyDim), stream, kc);
+            kc[8] = &b.T; kc[9] = &b.Hck; kc[10] = &b.DHck; kc[11] = &b.Beta; kc[12] = &b.Gate; kc[13] = &b.DQ; kc[14] = &b.DK; kc[15] = &b.DV;
+            kc[16] = &b.DBeta; kc[17] = &b.DGate; kc[18] = &b.Chunks; kc[19] = &b.Heads; kc[20] = &b.KvHeads; kc[21] = &b.Scale;
+            chunk.Launch((uint)_chunks, (uint)s.Heads, 1, KdaChunkBackwardThreads, (uint)KdaBackwardChunkSharedBytes(s.KeyDim, s.ValueDim), stream, kc);
             return;
         }
         void** c = stackalloc void*[23];
@@ -350,10 +351,17 @@ public sealed unsafe partial class CudaDeltaRulePlan
         2 * Chunk * keyDim * 2 + 4 * Chunk * valueDim * 2 + 2 * keyDim * valueDim * 2 + Chunk * keyDim * 2 + 3 * Chunk * 64 * 2 + 4 * Chunk * 4 + 16 * 4;
 
     /// <summary>
-    /// Shared memory of <c>attend_kda_bwd_chunk</c>: b, dw, db and K̂ ⊙ dK̂ (float32 <c>[64][Dk]</c> each), dA, L then G, T
-    /// and P (float32 <c>[64][64]</c> each), β and dβ (<c>[64]</c>): 197,120 bytes at Dk = 128 (one CTA per SM).
+    /// Shared memory of <c>attend_kda_bwd_chunk</c> (mirrors its KB_OFF_* layout): b (float32 <c>[64][Dk]</c>), q, k, dA, T,
+    /// then four regions that phases reuse (dO and S, later w, u, v, later the decayed K_end, Q_st, βK_st; X, later K̂ ⊙ dK̂
+    /// in float32; δ, later P and G; dδ and dw, later db in float32), β, dβ and the state term (<c>[Dk]</c>): 214,016 bytes at
+    /// Dk = Dv = 128 (one CTA per SM).
     /// </summary>
-    internal static int KdaBackwardChunkSharedBytes(int keyDim) => 4 * Chunk * keyDim * 4 + 4 * Chunk * 64 * 4 + 2 * Chunk * 4;
+    internal static int KdaBackwardChunkSharedBytes(int keyDim, int valueDim)
+    {
+        int qb = Chunk * keyDim * 2, vb = Chunk * valueDim * 2, sb = keyDim * valueDim * 2, mb = Chunk * 64 * 2, fb = Chunk * keyDim * 4;
+        return fb + 2 * qb + 2 * mb + Math.Max(Math.Max(vb + sb, qb + 2 * vb), 3 * qb) + Math.Max(sb, fb) + Math.Max(vb, 2 * mb)
+            + Math.Max(vb + qb, fb) + 2 * Chunk * 4 + keyDim * 4;
+    }
 
     /// <summary>The NVRTC options of one backward specialisation.</summary>
     internal static string[] BackwardOptions(int keyDim, int valueDim, ElementType type, int gate, int chunkWarps = DefaultChunkWarps) =>

@@ -314,14 +314,15 @@ public sealed unsafe partial class CudaDeltaRulePlan : IDisposable
         }
     }
 
-    // attend_kda_prepare with the arguments in `a` (Q, K, V, Beta, Gate as given; W, U, A and the plan's Q̃, K̂, e^{b_C} scratch).
+    // attend_kda_prepare with the arguments in `a` (Q, K, V, Beta, Gate as given; W, U, A and the plan's Q̃, K̂, e^{b_C} scratch;
+    // T to Tout when the backward sets it, 0 for the forward).
     private void LaunchKdaPrepare(Arguments* a, CudaStream? stream)
     {
         if (_chunks == 0) return;
         ulong qg = _gatedQ!.Pointer, kh = _decayedK!.Pointer, dec = _chunkDecay!.Pointer;
-        void** p = stackalloc void*[15];
+        void** p = stackalloc void*[16];
         p[0] = &a->Q; p[1] = &a->K; p[2] = &a->V; p[3] = &a->Beta; p[4] = &a->Gate; p[5] = &a->W; p[6] = &a->U; p[7] = &a->A;
-        p[8] = &qg; p[9] = &kh; p[10] = &dec; p[11] = &a->Chunks; p[12] = &a->Heads; p[13] = &a->KvHeads; p[14] = &a->Dv;
+        p[8] = &qg; p[9] = &kh; p[10] = &dec; p[11] = &a->Chunks; p[12] = &a->Heads; p[13] = &a->KvHeads; p[14] = &a->Dv; p[15] = &a->Tout;
         _prepare!.Launch((uint)_chunks, (uint)Shape.Heads, 1, Threads, (uint)KdaPrepareSharedBytes(Shape.KeyDim), stream, p);
     }
 
