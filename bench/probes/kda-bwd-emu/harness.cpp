@@ -102,6 +102,7 @@ inline void mma16816(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a
     w.bar->arrive_and_wait();
     for (int e = 0; e < 4; e++) c[e] = out[e];
 }
+using std::min;
 #include "kernel.inc"
 
 

@@ -1024,7 +1024,10 @@ attend_delta_bwd_chunk(
 #define KB_OFF_BETA (KB_OFF_DD + KMAX(KVB + KQB, KFB))       // β, float32 [64]
 #define KB_OFF_DBETA (KB_OFF_BETA + CHUNK * 4)               // dβ, float32 [64]
 #define KB_OFF_SX (KB_OFF_DBETA + CHUNK * 4)                 // e^{b_C} ⊙ rowsum(S ⊙ X), float32 [DK]
-#define KB_SMEM_BYTES (KB_OFF_SX + DK * 4)
+#define KB_OFF_TOT (KB_OFF_SX + DK * 4)                      // per-thread partial sums of the scans, float32 [2][KT]
+#define KB_SMEM_BYTES (KB_OFF_TOT + 2 * KT * 4)
+#define KPARTS (KT / DK)                                     // threads per channel in the scans (2 at DK = 128, 4 at 64)
+#define KROWS (CHUNK / KPARTS)                               // rows of one scan part
 
 // Index of (row, col) in a float32 [64][DK] tile: columns XOR-swizzled by 8 (row mod 4), so that the float2 of an mma
 // accumulator's rows g and columns 2t of 16 lanes fall in 16 different bank pairs, and a row read by consecutive threads
@@ -1073,6 +1076,9 @@ attend_kda_bwd_chunk(
     float* const sBeta = (float*)(smem + KB_OFF_BETA);
     float* const sDBeta = (float*)(smem + KB_OFF_DBETA);
     float* const sSX = (float*)(smem + KB_OFF_SX);
+    float* const sTot = (float*)(smem + KB_OFF_TOT);
+    // The scans' share of this thread: channel sr, rows sp·KROWS .. + KROWS − 1.
+    const int sr = tid % DK, sp = tid / DK;
     const unsigned char* const pDA = smem + KB_OFF_DA;
     const unsigned char* const pG = smem + KB_OFF_DN + KMB;
     const unsigned sQ = base + KB_OFF_Q, sK = base + KB_OFF_K, sDA = base + KB_OFF_DA, sT = base + KB_OFF_T;
@@ -1110,16 +1116,17 @@ attend_kda_bwd_chunk(
     }
     cp_async_wait<1>();
     __syncthreads();
-    if (tid < DK)
     {
-        // b · log2 e, inclusive, down channel `tid` (rows past len hold zero gates: b stays at the last token's).
+        // b · log2 e, inclusive, down each channel (rows past len hold zero gates: b stays at the last token's), in KPARTS
+        // parts of KROWS rows: each part's own scan here, the earlier parts' totals added after phase A.
         float acc = 0.f;
 #pragma unroll 8
-        for (int i = 0; i < CHUNK; i++)
+        for (int i = sp * KROWS; i < (sp + 1) * KROWS; i++)
         {
-            acc += sB[fidx(i, tid)] * 1.4426950408889634f;
-            sB[fidx(i, tid)] = acc;
+            acc += sB[fidx(i, sr)] * 1.4426950408889634f;
+            sB[fidx(i, sr)] = acc;
         }
+        sTot[sp * DK + sr] = acc;
     }
 
     // A. dA = s tril(dO δᵀ) for this warp's rows and half of the columns.
@@ -1141,7 +1148,15 @@ attend_kda_bwd_chunk(
         }
     }
     cp_async_wait<0>();
-    __syncthreads();   // b, dA and every tile have landed
+    __syncthreads();   // the parts' scans, dA and every tile have landed
+    if (sp > 0)
+    {
+        float off = 0.f;
+        for (int p = 0; p < sp; p++) off += sTot[p * DK + sr];
+#pragma unroll 8
+        for (int i = sp * KROWS; i < (sp + 1) * KROWS; i++) sB[fidx(i, sr)] += off;
+    }
+    __syncthreads();   // b is complete
 
     // B. dq ← s e^b ⊙ dO Sᵀ (in registers until phase D).
     float dq[KN8_K][4];
@@ -1494,23 +1509,33 @@ attend_kda_bwd_chunk(
     }
     __syncthreads();   // db, K̂ ⊙ dK̂ and dβ are complete
 
-    // E. d log α_t = Σ_{i ≥ t} db_i + Σ_{j < t} K̂_j ⊙ dK̂_j + e^{b_C} ⊙ rowsum(S ⊙ X), down each channel; dβ.
-    if (dGate != 0 && tid < DK)
+    // E. d log α_t = Σ_{i ≥ t} db_i + Σ_{j < t} K̂_j ⊙ dK̂_j + e^{b_C} ⊙ rowsum(S ⊙ X), down each channel, in KPARTS parts of
+    // KROWS rows: each part's exclusive K̂ prefix (in place) and its db and K̂ totals, then the other parts' totals added
+    // (K̂ from the parts before, db from the parts after) in the part's reverse scan; dβ.
+    const int e0 = sp * KROWS, e1 = min((sp + 1) * KROWS, len);
+    if (dGate != 0)
     {
-        const int r = tid;
-        float prefix = 0.f;
-        for (int i = 0; i < len; i++)
+        float prefix = 0.f, dbTotal = 0.f;
+        for (int i = e0; i < e1; i++)
         {
-            const float kd = sKD[fidx(i, r)];
-            sKD[fidx(i, r)] = prefix;   // exclusive: Σ_{j < i}
+            const float kd = sKD[fidx(i, sr)];
+            sKD[fidx(i, sr)] = prefix;   // exclusive: Σ_{e0 ≤ j < i}
             prefix += kd;
+            dbTotal += sDB[fidx(i, sr)];
         }
-        const float state = sSX[r];
-        float acc = 0.f;
-        for (int i = len - 1; i >= 0; i--)
+        sTot[sp * DK + sr] = prefix;
+        sTot[KT + sp * DK + sr] = dbTotal;
+    }
+    __syncthreads();
+    if (dGate != 0)
+    {
+        float kdOff = 0.f, acc = sSX[sr];
+        for (int p = 0; p < sp; p++) kdOff += sTot[p * DK + sr];
+        for (int p = KPARTS - 1; p > sp; p--) acc += sTot[KT + p * DK + sr];
+        for (int i = e1 - 1; i >= e0; i--)
         {
-            acc += sDB[fidx(i, r)];
-            dGate[((tok0 + i) * heads + h) * DK + r] = acc + sKD[fidx(i, r)] + state;
+            acc += sDB[fidx(i, sr)];
+            dGate[((tok0 + i) * heads + h) * DK + sr] = acc + (sKD[fidx(i, sr)] + kdOff);
         }
     }
     if (dBeta != 0 && tid < len) dBeta[(tok0 + tid) * heads + h] = sDBeta[tid];

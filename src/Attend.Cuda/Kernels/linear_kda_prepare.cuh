@@ -37,7 +37,8 @@
 #define K_OFF_L (K_OFF_TU + CHUNK * 64 * 2)          // L, float32 [64][65]
 #define K_OFF_G (K_OFF_L + CHUNK * 65 * 4)           // b · log2(e), float32 [64][KG_PITCH]
 #define K_OFF_BETA (K_OFF_G + CHUNK * KG_PITCH * 4)  // β, float32 [64]
-#define K_SMEM_BYTES (K_OFF_BETA + CHUNK * 4)
+#define K_OFF_TP (K_OFF_BETA + CHUNK * 4)           // T (element type), staged for the backward's Tout
+#define K_SMEM_BYTES (K_OFF_TP + CHUNK * 64 * 2)
 
 // Two packed elements scaled by (f0, f1), repacked.
 __device__ __forceinline__ unsigned scale2(unsigned x, float f0, float f1)
@@ -288,13 +289,27 @@ attend_kda_prepare(
         unsigned char* tu = smem + K_OFF_TU;
 #pragma unroll
         for (int i = 0; i < CHUNK; i++)
-        {
             *(elem_t*)(tu + off64(i, c >> 3) + (c & 7) * 2) = (elem_t)(pack2(x[i] * bc, 0.f) & 0xffffu);
-            // Row i of T for the backward's chunk kernel (threads c = 0..63 write one row's 128 contiguous bytes together).
-            if (Tout != 0 && i < len) Tout[((tok0 + i) * heads + h) * 64 + c] = (elem_t)(pack2(x[i], 0.f) & 0xffffu);
+        if (Tout != 0)
+        {
+            // T itself for the backward, staged in shared memory and written out below in 16-byte rows.
+            unsigned char* tp = smem + K_OFF_TP;
+#pragma unroll
+            for (int i = 0; i < CHUNK; i++) *(elem_t*)(tp + off64(i, c >> 3) + (c & 7) * 2) = (elem_t)(pack2(x[i], 0.f) & 0xffffu);
         }
     }
     __syncthreads();
+    if (Tout != 0)
+    {
+        elem_t* tOut = Tout + (tok0 * heads + h) * 64;
+#pragma unroll
+        for (int i = 0; i < CHUNK * 8 / NT; i++)
+        {
+            const int idx = tid + i * NT;
+            const int r = idx >> 3, c = idx & 7;
+            if (r < len) *(uint4*)(tOut + (long long)r * heads * 64 + 8 * c) = *(const uint4*)(smem + K_OFF_TP + off64(r, c));
+        }
+    }
 
     // 4. w = T diag(β) K̃: this warp's 16 rows, all DK channels (T is lower triangular: token blocks up to the warp's own).
     {

@@ -353,14 +353,14 @@ public sealed unsafe partial class CudaDeltaRulePlan
     /// <summary>
     /// Shared memory of <c>attend_kda_bwd_chunk</c> (mirrors its KB_OFF_* layout): b (float32 <c>[64][Dk]</c>), q, k, dA, T,
     /// then four regions that phases reuse (dO and S, later w, u, v, later the decayed K_end, Q_st, βK_st; X, later K̂ ⊙ dK̂
-    /// in float32; δ, later P and G; dδ and dw, later db in float32), β, dβ and the state term (<c>[Dk]</c>): 214,016 bytes at
-    /// Dk = Dv = 128 (one CTA per SM).
+    /// in float32; δ, later P and G; dδ and dw, later db in float32), β, dβ, the state term (<c>[Dk]</c>) and the scans' partial
+    /// sums (two per thread): 216,064 bytes at Dk = Dv = 128 (one CTA per SM).
     /// </summary>
     internal static int KdaBackwardChunkSharedBytes(int keyDim, int valueDim)
     {
         int qb = Chunk * keyDim * 2, vb = Chunk * valueDim * 2, sb = keyDim * valueDim * 2, mb = Chunk * 64 * 2, fb = Chunk * keyDim * 4;
         return fb + 2 * qb + 2 * mb + Math.Max(Math.Max(vb + sb, qb + 2 * vb), 3 * qb) + Math.Max(sb, fb) + Math.Max(vb, 2 * mb)
-            + Math.Max(vb + qb, fb) + 2 * Chunk * 4 + keyDim * 4;
+            + Math.Max(vb + qb, fb) + 2 * Chunk * 4 + keyDim * 4 + 2 * KdaChunkBackwardThreads * 4;
     }
 
     /// <summary>The NVRTC options of one backward specialisation.</summary>

@@ -366,9 +366,9 @@ public sealed unsafe partial class CudaDeltaRulePlan : IDisposable
 
     /// <summary>
     /// Dynamic shared memory of <c>attend_kda_prepare</c> (mirrors its K_OFF_* layout): Q, K, a V block (A before it), T diag(β),
-    /// L (float32), the cumulative gate tile (float32, pitch Dk + 4) and β.
+    /// L (float32), the cumulative gate tile (float32, pitch Dk + 4), β, and T staged for the backward's Tout.
     /// </summary>
-    internal static int KdaPrepareSharedBytes(int keyDim) => 2 * Chunk * keyDim * 2 + 2 * Chunk * 64 * 2 + Chunk * 65 * 4 + Chunk * (keyDim + 4) * 4 + Chunk * 4;
+    internal static int KdaPrepareSharedBytes(int keyDim) => 2 * Chunk * keyDim * 2 + 3 * Chunk * 64 * 2 + Chunk * 65 * 4 + Chunk * (keyDim + 4) * 4 + Chunk * 4;
 
     /// <summary>
     /// Dynamic shared memory of <c>attend_delta_chunk</c> (mirrors its C_OFF_* layout): two stages of q, k, w, A, gates and
