@@ -36,7 +36,7 @@ runs=("$@")
 [ ${#runs[@]} -eq 0 ] && runs=("64 64 1" "64 64 40" "128 128 1" "128 64 8")
 for run in "${runs[@]}"; do
     set -- $run
-    g++ -O2 -std=c++20 -pthread -DDK=$1 -DDV=$2 -o "$work/h" "$work/harness.cpp"
+    g++ -O2 -std=c++20 -pthread -DDK=$1 -DDV=$2 ${EMU_FLAGS:-} -o "$work/h" "$work/harness.cpp"
     echo "Dk=$1 Dv=$2 gates x$3"
     "$work/h" $3 || status=1
 done
