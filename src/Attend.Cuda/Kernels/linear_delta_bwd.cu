@@ -1037,53 +1037,6 @@ __device__ __forceinline__ int fidx(int row, int col) { return row * DK + (col ^
 // Two packed elements scaled by (f0, f1), repacked.
 __device__ __forceinline__ unsigned kscale2(unsigned x, float f0, float f1) { return pack2(elem_lo(x) * f0, elem_hi(x) * f1); }
 
-// Inside a diagonal 16 × 16 block the sums split again, level by level: for s = 8 (and 4) the pairs whose tokens share a
-// group of 2s but lie in its two halves run on tensor cores with the decay split in the middle (the lower half's last token
-// for the row sums, the upper half's first for the column sums: both factors ≤ 1 as above); only the groups of KE tokens
-// (8 or 4) on the diagonal are summed exactly per element.
-#ifndef KE
-#define KE 4
-#endif
-#define KLEVELS (KE == 4 ? 2 : 1)
-
-// The keep mask of an mma A-fragment register (rows r, keys k, k + 1 within the 16 × 16 block) at level s: one group of 2s,
-// row in the upper half and key in the lower (ROWS true: the row sums) or the reverse (the column sums).
-template <bool ROWS>
-__device__ __forceinline__ bool level_pair(int r, int k, int s)
-{
-    return (r ^ k) < 2 * s && (ROWS ? ((r & s) && !(k & s)) : (!(r & s) && (k & s)));
-}
-
-// The decay factors of keys k, k + 1 (rows wr + k of the chunk) in column n at level s, against the group's reference m:
-// e^{b_m − b_key} for a lower-half key (the row sums), e^{b_key − b_m} for an upper-half key (the column sums); false
-// (factors 0) where the key is in the other half.
-template <bool ROWS>
-__device__ __forceinline__ bool level_key(const float* sB, int wr, int k, int n, int s, float& f0, float& f1)
-{
-    const bool keep = ROWS ? !(k & s) : (k & s) != 0;
-    f0 = f1 = 0.f;
-    if (keep)
-    {
-        const int m = (k & ~(2 * s - 1)) + (ROWS ? s - 1 : s);
-        const float bm = sB[fidx(wr + m, n)], b0 = sB[fidx(wr + k, n)], b1 = sB[fidx(wr + k + 1, n)];
-        f0 = ROWS ? fast_exp2(bm - b0) : fast_exp2(b0 - bm);
-        f1 = ROWS ? fast_exp2(bm - b1) : fast_exp2(b1 - bm);
-    }
-    return keep;
-}
-
-// The output factor of row r (wr + r of the chunk) in columns c, c + 1 at level s: e^{b_r − b_m} for an upper-half row (the
-// row sums), e^{b_m − b_r} for a lower-half row (the column sums), 0 for the other half.
-template <bool ROWS>
-__device__ __forceinline__ float2 level_row(const float* sB, int wr, int r, int c, int s)
-{
-    const bool keep = ROWS ? (r & s) != 0 : !(r & s);
-    if (!keep) return make_float2(0.f, 0.f);
-    const int m = (r & ~(2 * s - 1)) + (ROWS ? s - 1 : s);
-    const float2 br = *(const float2*)(sB + fidx(wr + r, c)), bm = *(const float2*)(sB + fidx(wr + m, c));
-    return ROWS ? make_float2(fast_exp2(br.x - bm.x), fast_exp2(br.y - bm.y)) : make_float2(fast_exp2(bm.x - br.x), fast_exp2(bm.y - br.y));
-}
-
 // The float of one element of a swizzled [rows][64] tile.
 __device__ __forceinline__ float elem64(const unsigned char* tile, int row, int col)
 {
@@ -1423,56 +1376,7 @@ attend_kda_bwd_chunk(
             }
         }
     }
-    // The diagonal block: its levels on tensor cores (the A fragments of dA and G masked to the level's pairs, the B fragments
-    // of k scaled in registers), then the groups of KE exactly.
-    {
-        unsigned fa[4], fg[4];
-        ldsm_x4(sDA + toff<64>(wr + (lane & 15), 2 * wq + (lane >> 4)), fa[0], fa[1], fa[2], fa[3]);
-        ldsm_x4(sG + toff<64>(wr + (lane & 15), 2 * wq + (lane >> 4)), fg[0], fg[1], fg[2], fg[3]);
-#pragma unroll
-        for (int lv = 0; lv < KLEVELS; lv++)
-        {
-            const int s = 8 >> lv;
-            unsigned am[4], gm[4];
-#pragma unroll
-            for (int q = 0; q < 4; q++)
-            {
-                const bool keep = level_pair<true>(g + 8 * (q & 1), 2 * t + 8 * (q >> 1), s);
-                am[q] = keep ? fa[q] : 0u;
-                gm[q] = keep ? fg[q] : 0u;
-            }
-            float ta[KN8_K][4], tg[KN8_K][4];
-            zero_acc<KN8_K>(ta);
-            zero_acc<KN8_K>(tg);
-#pragma unroll
-            for (int np = 0; np < KN8_K / 2; np++)
-            {
-                unsigned b[4];
-                ldsm_x4_t(sK + toff<DK>(wr + (lane & 7) + (((lane >> 3) & 1) << 3), 2 * (np + nK) + (lane >> 4)), b[0], b[1], b[2], b[3]);
-#pragma unroll
-                for (int q = 0; q < 4; q++)
-                {
-                    float f0, f1;
-                    b[q] = level_key<true>(sB, wr, 2 * t + 8 * (q & 1), 8 * (2 * (np + nK) + (q >> 1)) + g, s, f0, f1) ? kscale2(b[q], f0, f1) : 0u;
-                }
-                mma16816(ta[2 * np], am[0], am[1], am[2], am[3], b[0], b[1]);
-                mma16816(ta[2 * np + 1], am[0], am[1], am[2], am[3], b[2], b[3]);
-                mma16816(tg[2 * np], gm[0], gm[1], gm[2], gm[3], b[0], b[1]);
-                mma16816(tg[2 * np + 1], gm[0], gm[1], gm[2], gm[3], b[2], b[3]);
-            }
-#pragma unroll
-            for (int half = 0; half < 2; half++)
-#pragma unroll
-                for (int j = 0; j < KN8_K; j++)
-                {
-                    const float2 f = level_row<true>(sB, wr, g + 8 * half, 8 * (jK + j) + 2 * t, s);
-                    dq[j][2 * half] = fmaf(f.x, ta[j][2 * half], dq[j][2 * half]);
-                    dq[j][2 * half + 1] = fmaf(f.y, ta[j][2 * half + 1], dq[j][2 * half + 1]);
-                    y[j][2 * half] = fmaf(f.x, tg[j][2 * half], y[j][2 * half]);
-                    y[j][2 * half + 1] = fmaf(f.y, tg[j][2 * half + 1], y[j][2 * half + 1]);
-                }
-        }
-    }
+    // The diagonal block exactly: keys j of the warp's own block (dA is zero above its diagonal, G on and above it).
 #pragma unroll
     for (int half = 0; half < 2; half++)
     {
@@ -1485,9 +1389,7 @@ attend_kda_bwd_chunk(
             bi[j][0] = b.x;
             bi[j][1] = b.y;
         }
-        // Keys of the row's own group of KE (dA is zero above its diagonal, G on and above it).
-        const int k0 = wr + ((g + 8 * half) & ~(KE - 1));
-        for (int key = k0; key < k0 + KE; key++)
+        for (int key = wr; key < wr + 8 + 8 * half; key++)
         {
             const float a = elem64(pDA, row, key), gg = elem64(pG, row, key);
 #pragma unroll
@@ -1553,55 +1455,6 @@ attend_kda_bwd_chunk(
             }
         }
     }
-    {
-        unsigned fa[4], fg[4];
-        ldsm_x4_t(sDA + toff<64>(wr + (lane & 7) + ((lane >> 4) << 3), wr / 8 + ((lane >> 3) & 1)), fa[0], fa[1], fa[2], fa[3]);
-        ldsm_x4_t(sG + toff<64>(wr + (lane & 7) + ((lane >> 4) << 3), wr / 8 + ((lane >> 3) & 1)), fg[0], fg[1], fg[2], fg[3]);
-#pragma unroll
-        for (int lv = 0; lv < KLEVELS; lv++)
-        {
-            const int s = 8 >> lv;
-            unsigned am[4], gm[4];
-#pragma unroll
-            for (int q = 0; q < 4; q++)
-            {
-                const bool keep = level_pair<false>(g + 8 * (q & 1), 2 * t + 8 * (q >> 1), s);
-                am[q] = keep ? fa[q] : 0u;
-                gm[q] = keep ? fg[q] : 0u;
-            }
-            float ts[KN8_K][4];
-            zero_acc<KN8_K>(ts);
-#pragma unroll
-            for (int np = 0; np < KN8_K / 2; np++)
-            {
-                unsigned bq[4], bk[4];
-                ldsm_x4_t(sQ + toff<DK>(wr + (lane & 7) + (((lane >> 3) & 1) << 3), 2 * (np + nK) + (lane >> 4)), bq[0], bq[1], bq[2], bq[3]);
-                ldsm_x4_t(sK + toff<DK>(wr + (lane & 7) + (((lane >> 3) & 1) << 3), 2 * (np + nK) + (lane >> 4)), bk[0], bk[1], bk[2], bk[3]);
-#pragma unroll
-                for (int q = 0; q < 4; q++)
-                {
-                    const int k = 2 * t + 8 * (q & 1);
-                    float f0, f1;
-                    const bool keep = level_key<false>(sB, wr, k, 8 * (2 * (np + nK) + (q >> 1)) + g, s, f0, f1);
-                    bq[q] = keep ? kscale2(bq[q], f0, f1) : 0u;
-                    bk[q] = keep ? kscale2(bk[q], sBeta[wr + k] * f0, sBeta[wr + k + 1] * f1) : 0u;
-                }
-                mma16816(ts[2 * np], am[0], am[1], am[2], am[3], bq[0], bq[1]);
-                mma16816(ts[2 * np + 1], am[0], am[1], am[2], am[3], bq[2], bq[3]);
-                mma16816(ts[2 * np], gm[0], gm[1], gm[2], gm[3], bk[0], bk[1]);
-                mma16816(ts[2 * np + 1], gm[0], gm[1], gm[2], gm[3], bk[2], bk[3]);
-            }
-#pragma unroll
-            for (int half = 0; half < 2; half++)
-#pragma unroll
-                for (int j = 0; j < KN8_K; j++)
-                {
-                    const float2 f = level_row<false>(sB, wr, g + 8 * half, 8 * (jK + j) + 2 * t, s);
-                    z[j][2 * half] = fmaf(f.x, ts[j][2 * half], z[j][2 * half]);
-                    z[j][2 * half + 1] = fmaf(f.y, ts[j][2 * half + 1], z[j][2 * half + 1]);
-                }
-        }
-    }
 #pragma unroll
     for (int half = 0; half < 2; half++)
     {
@@ -1614,9 +1467,7 @@ attend_kda_bwd_chunk(
             bi[j][0] = b.x;
             bi[j][1] = b.y;
         }
-        // Tokens of the row's own group of KE (dA is zero above its diagonal, G on and above it).
-        const int k0 = wr + ((g + 8 * half) & ~(KE - 1));
-        for (int key = k0; key < k0 + KE; key++)
+        for (int key = wr + 8 * half; key < wr + 16; key++)
         {
             const float a = elem64(pDA, key, row), gb = elem64(pG, key, row) * sBeta[key];
 #pragma unroll
