@@ -33,6 +33,9 @@ public sealed unsafe partial class CudaDeltaRulePlan
 
     private static readonly ConcurrentDictionary<(CudaContext, int, ElementType, int, int, int), CudaKernelFunction> s_recomputeLoaded = new();
 
+    // attend_kda_prepare built with KDA_TOUT (it also writes T), the KDA backward's recomputation.
+    private static readonly ConcurrentDictionary<(CudaContext, int, ElementType, int, int), CudaKernelFunction> s_kdaPrepareKeepingT = new();
+
     // CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT: the recomputed chain and the reverse chain ask for all of an
     // SM's shared memory (100 %), so that one CTA of each fits an SM at once (78.5 + 126.5 KB at Dk = Dv = 128).
     private const int PreferredCarveoutAttribute = 9;
@@ -211,8 +214,9 @@ public sealed unsafe partial class CudaDeltaRulePlan
             Arguments chainArgs = a;
             if (channelGate)
             {
-                // KDA: w, u, A, Q̃, K̂ and e^{b_C} (as the forward); the chain reads Q̃, K̂, e^{b_C} in place of q, k and the gate.
-                LaunchKdaPrepare(&a, stream);
+                // KDA: w, u, A, Q̃, K̂ and e^{b_C} (as the forward) and T (for the chunk kernel); the chain reads Q̃, K̂, e^{b_C}
+                // in place of q, k and the gate.
+                LaunchKdaPrepareKeepingT(&a, stream);
                 chainArgs.Q = _gatedQ!.Pointer;
                 chainArgs.K = _decayedK!.Pointer;
                 chainArgs.Gate = _chunkDecay!.Pointer;
@@ -289,6 +293,37 @@ public sealed unsafe partial class CudaDeltaRulePlan
         c[17] = &b.DBeta; c[18] = &b.DGate; c[19] = &b.Chunks; c[20] = &b.Heads; c[21] = &b.KvHeads; c[22] = &b.Scale;
         chunk.Launch((uint)_chunks, (uint)s.Heads, 1, (uint)(32 * warps), (uint)BackwardChunkSharedBytes(s.KeyDim, s.ValueDim), stream, c);
     }
+
+    // attend_kda_prepare built with KDA_TOUT, with the arguments in `a` as LaunchKdaPrepare takes them, and T written to
+    // a->Tout (the forward's own build writes no T: the store cost its forward about 0.1 ms at T = 16k).
+    private void LaunchKdaPrepareKeepingT(Arguments* a, CudaStream? stream)
+    {
+        if (_chunks == 0) return;
+        LinearShape s = Shape;
+        int smem = KdaPrepareKeepingTSharedBytes(s.KeyDim);
+        var key = (_context, s.KeyDim, ElementType, ValueBlock, ValueGroups);
+        if (!s_kdaPrepareKeepingT.TryGetValue(key, out CudaKernelFunction? f))
+        {
+            lock (s_gate)
+            {
+                if (!s_kdaPrepareKeepingT.TryGetValue(key, out f))
+                {
+                    string[] options = [.. Options(s.KeyDim, ElementType, 2, ValueBlock, ValueGroups), "-DKDA_TOUT=1"];
+                    CompiledKernel image = KernelCompiler.Build(Source, KernelCompiler.Source(Source), options, _context.Architecture);
+                    f = new CudaKernelFunction(_context, image, KdaPrepareEntry, smem);
+                    s_kdaPrepareKeepingT[key] = f;
+                }
+            }
+        }
+        ulong qg = _gatedQ!.Pointer, kh = _decayedK!.Pointer, dec = _chunkDecay!.Pointer;
+        void** p = stackalloc void*[16];
+        p[0] = &a->Q; p[1] = &a->K; p[2] = &a->V; p[3] = &a->Beta; p[4] = &a->Gate; p[5] = &a->W; p[6] = &a->U; p[7] = &a->A;
+        p[8] = &qg; p[9] = &kh; p[10] = &dec; p[11] = &a->Chunks; p[12] = &a->Heads; p[13] = &a->KvHeads; p[14] = &a->Dv; p[15] = &a->Tout;
+        f.Launch((uint)_chunks, (uint)s.Heads, 1, Threads, (uint)smem, stream, p);
+    }
+
+    /// <summary>Dynamic shared memory of <c>attend_kda_prepare</c> built with KDA_TOUT: the forward's, and T staged for Tout.</summary>
+    internal static int KdaPrepareKeepingTSharedBytes(int keyDim) => KdaPrepareSharedBytes(keyDim) + Chunk * 64 * 2;
 
     // The caller's stream waits for the side stream's recomputed chain.
     private void Join(CudaStream? stream) =>

@@ -314,15 +314,14 @@ public sealed unsafe partial class CudaDeltaRulePlan : IDisposable
         }
     }
 
-    // attend_kda_prepare with the arguments in `a` (Q, K, V, Beta, Gate as given; W, U, A and the plan's Q̃, K̂, e^{b_C} scratch;
-    // T to Tout when the backward sets it, 0 for the forward).
+    // attend_kda_prepare with the arguments in `a` (Q, K, V, Beta, Gate as given; W, U, A and the plan's Q̃, K̂, e^{b_C} scratch).
     private void LaunchKdaPrepare(Arguments* a, CudaStream? stream)
     {
         if (_chunks == 0) return;
         ulong qg = _gatedQ!.Pointer, kh = _decayedK!.Pointer, dec = _chunkDecay!.Pointer;
-        void** p = stackalloc void*[16];
+        void** p = stackalloc void*[15];
         p[0] = &a->Q; p[1] = &a->K; p[2] = &a->V; p[3] = &a->Beta; p[4] = &a->Gate; p[5] = &a->W; p[6] = &a->U; p[7] = &a->A;
-        p[8] = &qg; p[9] = &kh; p[10] = &dec; p[11] = &a->Chunks; p[12] = &a->Heads; p[13] = &a->KvHeads; p[14] = &a->Dv; p[15] = &a->Tout;
+        p[8] = &qg; p[9] = &kh; p[10] = &dec; p[11] = &a->Chunks; p[12] = &a->Heads; p[13] = &a->KvHeads; p[14] = &a->Dv;
         _prepare!.Launch((uint)_chunks, (uint)Shape.Heads, 1, Threads, (uint)KdaPrepareSharedBytes(Shape.KeyDim), stream, p);
     }
 
@@ -366,9 +365,9 @@ public sealed unsafe partial class CudaDeltaRulePlan : IDisposable
 
     /// <summary>
     /// Dynamic shared memory of <c>attend_kda_prepare</c> (mirrors its K_OFF_* layout): Q, K, a V block (A before it), T diag(β),
-    /// L (float32), the cumulative gate tile (float32, pitch Dk + 4), β, and T staged for the backward's Tout.
+    /// L (float32), the cumulative gate tile (float32, pitch Dk + 4) and β.
     /// </summary>
-    internal static int KdaPrepareSharedBytes(int keyDim) => 2 * Chunk * keyDim * 2 + 3 * Chunk * 64 * 2 + Chunk * 65 * 4 + Chunk * (keyDim + 4) * 4 + Chunk * 4;
+    internal static int KdaPrepareSharedBytes(int keyDim) => 2 * Chunk * keyDim * 2 + 2 * Chunk * 64 * 2 + Chunk * 65 * 4 + Chunk * (keyDim + 4) * 4 + Chunk * 4;
 
     /// <summary>
     /// Dynamic shared memory of <c>attend_delta_chunk</c> (mirrors its C_OFF_* layout): two stages of q, k, w, A, gates and
