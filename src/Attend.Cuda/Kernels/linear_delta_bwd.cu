@@ -1006,39 +1006,79 @@ attend_delta_bwd_chunk(
 #if GATE == 2
 // ---------------------------------------------------------------------------------------------------------------
 // attend_kda_bwd_chunk (GATE 2 builds): per (chunk, query head) dq, dk, dv, dβ and d log α of the channel gate (KDA).
-// Version 0, correctness first: float32 on the CUDA cores, one CTA of KT threads per (chunk, query head), the 64 × 64
-// matrices, the cumulative gate b, dw and db in shared memory, every other operand read from global memory (L1/L2). It
-// is the float64 model of tests/Attend.Tests/Linear/KdaBackwardModelTests.cs (Chunk.Backward) line for line, in float32:
-//   dA = s tril(dO δᵀ), dQ̃ = s dO Sᵀ, dK̂ = δ Xᵀ, dw = −dδ Sᵀ, T = (I + L)⁻¹ solved again here (forward substitution of
-//   L_ij = β_i Σ_c k_ic k_jc e^{b_ic − b_jc}, j < i), G = −Tᵀ (dw wᵀ + dδ uᵀ) (strictly lower), dv = diag(β) Tᵀ dδ,
-//   dK̃ = diag(β) Tᵀ dw, and per element (i, r) the sums of dA and G against k, q with e^{b_ir − b_jr} (every factor ≤ 1:
-//   exact for any gate strength, no overflow); db leaves out the terms that cancel exactly (A's diagonal), and d log α_t is
-//   db's reverse cumulative sum down each channel of the chunk plus K̂'s share, Σ_{j<t} K̂_j ⊙ dK̂_j (a forward prefix sum:
-//   the −K̂_i ⊙ dK̂_i of every token i ≥ t and the b_C term Σ_j K̂_j ⊙ dK̂_j cancel but for it, and under strong gates its
-//   terms fall by e^g per token, so a sum taken the long way would lose them) and e^{b_C} ⊙ rowsum(S ⊙ X).
-// Inputs: q, k, v (raw, element type), dO, δ (Dnew), dδ, w, u, S (Hck, the state at the chunk's start), X (dHck, the state
-// gradient at its end), β, the raw log gate [tokens, H, DK]. Outputs float32 as attend_delta_bwd_chunk's, with dGate
-// [tokens, H, DK]; dk and dv are summed atomically over a group's query heads (the host zeroes them first).
+// Version 1, on tensor cores: one CTA of 8 warps per (chunk, query head), every tile in shared memory (about 209 KB at
+// DK = DV = 128), warp w taking token rows 16 (w mod 4) .. + 15 and half of every product's columns (as
+// attend_delta_bwd_chunk at CW = 8, with its helpers load_rows, mma_rows, row_dot). The float64 model of the algebra is
+// tests/Attend.Tests/Linear/KdaBackwardModelTests.cs (Chunk.Backward); b is the in-chunk cumulative log gate per channel
+// (kept as b·log2 e, float32), s the scale, S the state at the chunk's start, X the state gradient at its end:
+//   A. dA = s tril(dO δᵀ) (with the diagonal).
+//   B. dq ← s e^b ⊙ dO Sᵀ;  dw = −dδ Sᵀ;  e^{b_C} ⊙ rowsum(S ⊙ X) (d log α's state term);  dk ← e^{b_C − b} ⊙ δ Xᵀ, and
+//      K̂ ⊙ dK̂ = k ⊙ that (d log α's K̂ term).
+//   C. Y ← e^b ⊙ Tᵀ dw;  dv = diag(β) Tᵀ dδ and dβ's v term;  P = dw wᵀ + dδ uᵀ;  G = −Tᵀ P (strictly lower). T = (I + L)⁻¹
+//      comes from attend_kda_prepare (its Tout), as the scalar gates' T from attend_delta_prepare.
+//   D. The per-channel sums of dA and G against k and q, over 16-token blocks: for (i, r) in block I,
+//        dq   += Σ_{j ≤ i} dA_ij k_jr e^{b_ir − b_jr},        Y += Σ_{j < i} G_ij k_jr e^{b_ir − b_jr},
+//        Z     = Σ_{l ≥ i} dA_li q_lr e^{b_lr − b_ir} + Σ_{l > i} β_l G_li k_lr e^{b_lr − b_ir}.
+//      A key block J < I on tensor cores with the decay split at a token m between the two blocks, e^{b_i − b_j} =
+//      e^{b_i − b_m} e^{b_m − b_j}, both factors ≤ 1 (no overflow; a product that underflows is truly below float32):
+//      m = J's last token for the row sums (operand k_j e^{b_m − b_j}, the tile K_end; factor e^{b_i − b_m} on the
+//      product), m = L's first token for the column sums (operands q_l e^{b_l − b_m} and β_l k_l e^{b_l − b_m}, the tiles
+//      Q_st and βK_st; factor e^{b_m − b_i}). The diagonal 16 × 16 blocks exactly, one exponential per (i, j, channel) in
+//      float32 (nothing clamped: the exponent min(b_i − b_j, 0) is b_i − b_j wherever the coefficient is not zero).
+//   E. dk = e^{b_C − b} ⊙ δ Xᵀ + β Y + Z,  dβ = Σ_r k Y + Σ_c v (Tᵀ dδ),
+//      db = q ⊙ dq + β k ⊙ Y − k ⊙ Z (A's diagonal terms cancel exactly here: they enter dq and Z alone), and
+//      d log α_t = Σ_{i ≥ t} db_i + Σ_{j < t} K̂_j ⊙ dK̂_j + e^{b_C} ⊙ rowsum(S ⊙ X) down each channel (the K̂ share as a
+//      forward prefix sum: its terms fall by e^g per token under strong gates, so the long way round would lose them).
+// Inputs: q, k, v (raw, element type), dO, δ (Dnew), dδ, w, u, T [tokens, H, 64], S (Hck), X (dHck), β, the raw log gate
+// [tokens, H, DK]. Outputs float32 as attend_delta_bwd_chunk's, with dGate [tokens, H, DK]; dk and dv are summed
+// atomically over a group's query heads (the host zeroes them first).
 
 #define KT 256
-#define K_OFF_B 0                                     // b, float32 [64][DK]
-#define K_OFF_DW (K_OFF_B + CHUNK * DK * 4)           // dw, float32 [64][DK]
-#define K_OFF_DB (K_OFF_DW + CHUNK * DK * 4)          // db, float32 [64][DK]
-#define K_OFF_KD (K_OFF_DB + CHUNK * DK * 4)          // K̂ ⊙ dK̂, then its exclusive prefix sum over tokens, float32 [64][DK]
-#define K_OFF_DA (K_OFF_KD + CHUNK * DK * 4)          // dA (with s), float32 [64][64]
-#define K_OFF_L (K_OFF_DA + CHUNK * 64 * 4)           // L, then G, float32 [64][64]
-#define K_OFF_T (K_OFF_L + CHUNK * 64 * 4)            // T, float32 [64][64]
-#define K_OFF_P (K_OFF_T + CHUNK * 64 * 4)            // P = dw wᵀ + dδ uᵀ, float32 [64][64]
-#define K_OFF_BETA (K_OFF_P + CHUNK * 64 * 4)         // β, float32 [64]
-#define K_OFF_DBETA (K_OFF_BETA + CHUNK * 4)          // dβ, float32 [64]
-#define K_SMEM_BYTES (K_OFF_DBETA + CHUNK * 4)
+#define KN8_64 4                 // 8-column blocks of this warp's half of a 64-column product
+#define KN8_K (DK / 16)          // ... of a DK-column product
+#define KN8_V (DV / 16)          // ... of a DV-column product
+#define KMAX(a, b) ((a) > (b) ? (a) : (b))
+#define KQB (CHUNK * DK * 2)
+#define KVB (CHUNK * DV * 2)
+#define KSB (DK * DV * 2)
+#define KMB (CHUNK * 64 * 2)
+#define KFB (CHUNK * DK * 4)
+#define KB_OFF_B 0                                           // b · log2 e, float32 [64][DK] (fidx)
+#define KB_OFF_Q (KB_OFF_B + KFB)                            // q
+#define KB_OFF_K (KB_OFF_Q + KQB)                            // k
+#define KB_OFF_DA (KB_OFF_K + KQB)                           // dA (with s), [64][64]
+#define KB_OFF_T (KB_OFF_DA + KMB)                           // T, [64][64]
+#define KB_OFF_U1 (KB_OFF_T + KMB)                           // dO, S; then w, u, v; then K_end, Q_st, βK_st
+#define KB_OFF_X (KB_OFF_U1 + KMAX(KMAX(KVB + KSB, KQB + 2 * KVB), 3 * KQB))   // X; then K̂ ⊙ dK̂ (float32, fidx)
+#define KB_OFF_DN (KB_OFF_X + KMAX(KSB, KFB))                // δ; then P and G, [64][64] each
+#define KB_OFF_DD (KB_OFF_DN + KMAX(KVB, 2 * KMB))           // dδ and dw; then db (float32, fidx)
+#define KB_OFF_BETA (KB_OFF_DD + KMAX(KVB + KQB, KFB))       // β, float32 [64]
+#define KB_OFF_DBETA (KB_OFF_BETA + CHUNK * 4)               // dβ, float32 [64]
+#define KB_OFF_SX (KB_OFF_DBETA + CHUNK * 4)                 // e^{b_C} ⊙ rowsum(S ⊙ X), float32 [DK]
+#define KB_OFF_TOT (KB_OFF_SX + DK * 4)                      // per-thread partial sums of the scans, float32 [2][KT]
+#define KB_SMEM_BYTES (KB_OFF_TOT + 2 * KT * 4)
+#define KPARTS (KT / DK)                                     // threads per channel in the scans (2 at DK = 128, 4 at 64)
+#define KROWS (CHUNK / KPARTS)                               // rows of one scan part
 
-__device__ __forceinline__ float ld_elem(const elem_t* p) { return elem_lo((unsigned)*p); }
+// Index of (row, col) in a float32 [64][DK] tile: columns XOR-swizzled by 8 (row mod 4), so that the float2 of an mma
+// accumulator's rows g and columns 2t of 16 lanes fall in 16 different bank pairs, and a row read by consecutive threads
+// is one access.
+__device__ __forceinline__ int fidx(int row, int col) { return row * DK + (col ^ ((row & 3) << 3)); }
 
-extern "C" __global__ void __launch_bounds__(KT)
+// Two packed elements scaled by (f0, f1), repacked.
+__device__ __forceinline__ unsigned kscale2(unsigned x, float f0, float f1) { return pack2(elem_lo(x) * f0, elem_hi(x) * f1); }
+
+// The float of one element of a swizzled [rows][64] tile.
+__device__ __forceinline__ float elem64(const unsigned char* tile, int row, int col)
+{
+    return elem_lo((unsigned)*(const elem_t*)(tile + toff<64>(row, col >> 3) + (col & 7) * 2));
+}
+
+extern "C" __global__ void __launch_bounds__(KT, 1)
 attend_kda_bwd_chunk(
     const elem_t* __restrict__ Q, const elem_t* __restrict__ K, const elem_t* __restrict__ V, const elem_t* __restrict__ dO,
     const elem_t* __restrict__ Dnew, const elem_t* __restrict__ dDelta, const elem_t* __restrict__ W, const elem_t* __restrict__ U,
+    const elem_t* __restrict__ Tm,                                            // [tokens, H, 64]
     const elem_t* __restrict__ Hck, const elem_t* __restrict__ dHck,
     const float* __restrict__ beta, const float* __restrict__ gate,          // [tokens, H] or null; [tokens, H, DK] log α
     float* __restrict__ dQ, float* __restrict__ dK, float* __restrict__ dV,   // [tokens, H, DK], [tokens, Hkv, DK], [tokens, Hkv, DV]
@@ -1046,19 +1086,13 @@ attend_kda_bwd_chunk(
     const DeltaRow* __restrict__ chunks, int heads, int kvHeads, float scale)
 {
     extern __shared__ __align__(128) unsigned char smem[];
-    float* const sB = (float*)(smem + K_OFF_B);
-    float* const sDW = (float*)(smem + K_OFF_DW);
-    float* const sDB = (float*)(smem + K_OFF_DB);
-    float* const sKD = (float*)(smem + K_OFF_KD);
-    float* const sDA = (float*)(smem + K_OFF_DA);
-    float* const sL = (float*)(smem + K_OFF_L);
-    float* const sT = (float*)(smem + K_OFF_T);
-    float* const sP = (float*)(smem + K_OFF_P);
-    float* const sBeta = (float*)(smem + K_OFF_BETA);
-    float* const sDBeta = (float*)(smem + K_OFF_DBETA);
-    const int tid = threadIdx.x;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wq = warp & 3, wh = warp >> 2;
+    const int g = lane >> 2, t = lane & 3;
     const int h = blockIdx.y;
     const long long ci = blockIdx.x;
+    // This warp's first 8-column block of a 64-, DK- and DV-column product (j*) and first 16-column block (n*).
+    const int j64 = wh * KN8_64, jK = wh * KN8_K, jV = wh * KN8_V;
+    const int n64 = j64 / 2, nK = jK / 2, nV = jV / 2;
     const DeltaRow ch = chunks[blockIdx.x];
     const int len = ch.len;
     const int hk = h / (heads / kvHeads);
@@ -1066,192 +1100,475 @@ attend_kda_bwd_chunk(
     const long long tok0 = ch.tokStart;
     const long long qStride = (long long)heads * DK, kStride = (long long)kvHeads * DK;
     const long long vStride = (long long)kvHeads * DV, oStride = (long long)heads * DV;
-    const elem_t* qB = Q + tok0 * qStride + (long long)h * DK;       // row i: qB + i * qStride
-    const elem_t* kB = K + tok0 * kStride + (long long)hk * DK;
-    const elem_t* vB = V + tok0 * vStride + (long long)hk * DV;
-    const elem_t* oB = dO + tok0 * oStride + (long long)h * DV;
-    const elem_t* nB = Dnew + tok0 * oStride + (long long)h * DV;      // δ
-    const elem_t* ddB = dDelta + tok0 * oStride + (long long)h * DV;   // dδ
-    const elem_t* wB = W + tok0 * qStride + (long long)h * DK;
-    const elem_t* uB = U + tok0 * oStride + (long long)h * DV;
-    const elem_t* sS = Hck + (ci * heads + h) * DK * DV;               // S [DK][DV]
-    const elem_t* sX = dHck + (ci * heads + h) * DK * DV;              // X [DK][DV]
+    const unsigned base = smem_addr(smem);
+    float* const sB = (float*)(smem + KB_OFF_B);
+    float* const sKD = (float*)(smem + KB_OFF_X);
+    float* const sDB = (float*)(smem + KB_OFF_DD);
+    float* const sBeta = (float*)(smem + KB_OFF_BETA);
+    float* const sDBeta = (float*)(smem + KB_OFF_DBETA);
+    float* const sSX = (float*)(smem + KB_OFF_SX);
+    float* const sTot = (float*)(smem + KB_OFF_TOT);
+    // The scans' share of this thread: channel sr, rows sp·KROWS .. + KROWS − 1.
+    const int sr = tid % DK, sp = tid / DK;
+    const unsigned char* const pDA = smem + KB_OFF_DA;
+    const unsigned char* const pG = smem + KB_OFF_DN + KMB;
+    const unsigned sQ = base + KB_OFF_Q, sK = base + KB_OFF_K, sDA = base + KB_OFF_DA, sT = base + KB_OFF_T;
+    const unsigned sDO = base + KB_OFF_U1, sS = sDO + KVB;                          // A, B
+    const unsigned sW = base + KB_OFF_U1, sU = sW + KQB, sV = sU + KVB;             // C
+    const unsigned sKE = base + KB_OFF_U1, sQS = sKE + KQB, sBKS = sQS + KQB;       // D
+    const unsigned sX = base + KB_OFF_X, sDN = base + KB_OFF_DN, sP = sDN, sG = sDN + KMB;
+    const unsigned sDD = base + KB_OFF_DD, sDW = sDD + KVB;
+    const int wr = wq * 16;
 
-    // 1. b (the in-chunk cumulative log gate, per channel; rows past len repeat the last), β, zeroed sums.
-    for (int idx = tid; idx < CHUNK * DK; idx += KT)
+    // Loads: the gates, dO and δ (phase A and the scan), then S, X, q, k, dδ and T (landing during phase A).
     {
-        const int i = idx / DK, r = idx % DK;
-        sB[idx] = i < len ? gate[((tok0 + i) * heads + h) * DK + r] : 0.f;
+        const float* gBase = gate + (tok0 * heads + h) * DK;
+        for (int idx = tid; idx < CHUNK * DK / 4; idx += KT)
+        {
+            const int r = idx / (DK / 4), c = (idx % (DK / 4)) * 4;
+            const bool ok = r < len;
+            cp_async16(base + KB_OFF_B + 4 * fidx(r, c), ok ? gBase + (long long)r * qStride + c : gBase, ok ? 16 : 0);
+        }
     }
+    load_rows<DV, KT>(sDO, dO + tok0 * oStride + (long long)h * DV, oStride, CHUNK, len, tid);
+    load_rows<DV, KT>(sDN, Dnew + tok0 * oStride + (long long)h * DV, oStride, CHUNK, len, tid);
+    cp_async_commit();
+    load_rows<DV, KT>(sS, Hck + (ci * heads + h) * DK * DV, DV, DK, DK, tid);
+    load_rows<DV, KT>(sX, dHck + (ci * heads + h) * DK * DV, DV, DK, DK, tid);
+    load_rows<DK, KT>(sQ, Q + tok0 * qStride + (long long)h * DK, qStride, CHUNK, len, tid);
+    load_rows<DK, KT>(sK, K + tok0 * kStride + (long long)hk * DK, kStride, CHUNK, len, tid);
+    load_rows<DV, KT>(sDD, dDelta + tok0 * oStride + (long long)h * DV, oStride, CHUNK, len, tid);
+    load_rows<64, KT>(sT, Tm + (tok0 * heads + h) * 64, (long long)heads * 64, CHUNK, len, tid);
+    cp_async_commit();
     if (tid < CHUNK)
     {
         sBeta[tid] = tid < len ? (beta != 0 ? beta[(tok0 + tid) * heads + h] : 1.f) : 0.f;
         sDBeta[tid] = 0.f;
     }
+    cp_async_wait<1>();
     __syncthreads();
-    for (int r = tid; r < DK; r += KT)
     {
+        // b · log2 e, inclusive, down each channel (rows past len hold zero gates: b stays at the last token's), in KPARTS
+        // parts of KROWS rows: each part's own scan here, the earlier parts' totals added after phase A.
         float acc = 0.f;
-        for (int i = 0; i < CHUNK; i++)
+#pragma unroll 8
+        for (int i = sp * KROWS; i < (sp + 1) * KROWS; i++)
         {
-            acc += sB[i * DK + r];
-            sB[i * DK + r] = acc;
+            acc += sB[fidx(i, sr)] * 1.4426950408889634f;
+            sB[fidx(i, sr)] = acc;
         }
-    }
-    __syncthreads();
-
-    // 2. L (strictly lower, rows < len), dA = s dO δᵀ (lower with the diagonal), dw = −dδ Sᵀ (rows < len; 0 past).
-    for (int idx = tid; idx < CHUNK * 64; idx += KT)
-    {
-        const int i = idx / 64, j = idx % 64;
-        float l = 0.f, da = 0.f;
-        if (i < len && j < i)
-        {
-            const float* bi = sB + i * DK;
-            const float* bj = sB + j * DK;
-            for (int c = 0; c < DK; c++) l = fmaf(ld_elem(kB + i * kStride + c) * ld_elem(kB + j * kStride + c), exp_e(bi[c] - bj[c]), l);
-            l *= sBeta[i];
-        }
-        if (i < len && j <= i)
-        {
-            for (int c = 0; c < DV; c++) da = fmaf(ld_elem(oB + i * oStride + c), ld_elem(nB + j * oStride + c), da);
-            da *= scale;
-        }
-        sL[idx] = l;
-        sDA[idx] = da;
-    }
-    for (int idx = tid; idx < CHUNK * DK; idx += KT)
-    {
-        const int i = idx / DK, r = idx % DK;
-        float x = 0.f;
-        if (i < len)
-            for (int c = 0; c < DV; c++) x = fmaf(ld_elem(ddB + i * oStride + c), ld_elem(sS + r * DV + c), x);
-        sDW[idx] = -x;
-    }
-    __syncthreads();
-
-    // 3. T = (I + L)⁻¹ by forward substitution, one column per thread (rows past len: L is 0 there, so T is I);
-    //    P = dw wᵀ + dδ uᵀ (rows l < len; 0 past, where dw and dδ are 0).
-    if (tid < 64)
-    {
-        const int col = tid;
-        for (int i = 0; i < CHUNK; i++)
-        {
-            float x = i == col ? 1.f : 0.f;
-            for (int j = col; j < i; j++) x = fmaf(-sL[i * 64 + j], sT[j * 64 + col], x);   // T_jc = 0 for j < col
-            sT[i * 64 + col] = x;
-        }
-    }
-    for (int idx = tid; idx < CHUNK * 64; idx += KT)
-    {
-        const int l = idx / 64, j = idx % 64;
-        float x = 0.f;
-        if (l < len && j < len)
-        {
-            for (int r = 0; r < DK; r++) x = fmaf(sDW[l * DK + r], ld_elem(wB + j * qStride + r), x);
-            for (int c = 0; c < DV; c++) x = fmaf(ld_elem(ddB + l * oStride + c), ld_elem(uB + j * oStride + c), x);
-        }
-        sP[idx] = x;
-    }
-    __syncthreads();
-
-    // 4. G = −Tᵀ P, strictly lower (into L's space: L is not read again).
-    for (int idx = tid; idx < CHUNK * 64; idx += KT)
-    {
-        const int i = idx / 64, j = idx % 64;
-        float x = 0.f;
-        if (i < len && j < i)
-            for (int l = i; l < len; l++) x = fmaf(sT[l * 64 + i], sP[l * 64 + j], x);   // T_li = 0 for l < i
-        sL[idx] = -x;
-    }
-    __syncthreads();
-    const float* sG = sL;
-
-    // 5. Per element (i, r): dq, dk, db, and dβ's K̃ and L terms.
-    for (int idx = tid; idx < CHUNK * DK; idx += KT)
-    {
-        const int i = idx / DK, r = idx % DK;
-        if (i >= len)
-        {
-            sDB[idx] = 0.f;
-            sKD[idx] = 0.f;
-            continue;
-        }
-        const float bir = sB[i * DK + r], bCr = sB[(len - 1) * DK + r];
-        const float qi = ld_elem(qB + i * qStride + r), ki = ld_elem(kB + i * kStride + r), bi = sBeta[i];
-        float dQt = 0.f, dKh = 0.f;
-        for (int c = 0; c < DV; c++)
-        {
-            const float s_rc = ld_elem(sS + r * DV + c);
-            dQt = fmaf(ld_elem(oB + i * oStride + c), s_rc, dQt);
-            dKh = fmaf(ld_elem(nB + i * oStride + c), ld_elem(sX + r * DV + c), dKh);
-        }
-        dQt *= scale;
-        float tdw = 0.f;
-        for (int l = i; l < len; l++) tdw = fmaf(sT[l * 64 + i], sDW[l * DK + r], tdw);
-        float qa = 0.f, rowOverBeta = 0.f;
-        for (int j = 0; j < i; j++)
-        {
-            const float kj = ld_elem(kB + j * kStride + r), e = exp_e(bir - sB[j * DK + r]);
-            qa = fmaf(sDA[i * 64 + j] * kj, e, qa);
-            rowOverBeta = fmaf(sG[i * 64 + j] * kj, e, rowOverBeta);
-        }
-        float ka = 0.f, col = 0.f;
-        for (int l = i + 1; l < len; l++)
-        {
-            const float e = exp_e(sB[l * DK + r] - bir);
-            ka = fmaf(sDA[l * 64 + i] * ld_elem(qB + l * qStride + r), e, ka);
-            col = fmaf(sBeta[l] * sG[l * 64 + i] * ld_elem(kB + l * kStride + r), e, col);
-        }
-        const float ebi = exp_e(bir), ehat = exp_e(bCr - bir);
-        const float dKt = bi * tdw, dii = sDA[i * 64 + i];
-        const float dq = ebi * dQt + qa + dii * ki;
-        const float dk = ehat * dKh + ebi * dKt + ka + dii * qi + bi * rowOverBeta + col;
-        const float Kh = ki * ehat;
-        sDB[idx] = qi * ebi * dQt + ki * ebi * dKt + qi * qa - ki * ka + ki * bi * rowOverBeta - ki * col;
-        sKD[idx] = Kh * dKh;
-        atomicAdd(&sDBeta[i], ki * ebi * tdw + ki * rowOverBeta);
-        dQ[((tok0 + i) * heads + h) * DK + r] = dq;
-        float* dkp = dK + ((tok0 + i) * kvHeads + hk) * DK + r;
-        if (grouped) atomicAdd(dkp, dk);
-        else *dkp = dk;
+        sTot[sp * DK + sr] = acc;
     }
 
-    // 6. dv = diag(β) Tᵀ dδ and dβ's v term.
-    for (int idx = tid; idx < CHUNK * DV; idx += KT)
+    // A. dA = s tril(dO δᵀ) for this warp's rows and half of the columns.
     {
-        const int i = idx / DV, c = idx % DV;
-        if (i >= len) continue;
-        float tdd = 0.f;
-        for (int l = i; l < len; l++) tdd = fmaf(sT[l * 64 + i], ld_elem(ddB + l * oStride + c), tdd);
-        atomicAdd(&sDBeta[i], ld_elem(vB + i * vStride + c) * tdd);
-        float* dvp = dV + ((tok0 + i) * kvHeads + hk) * DV + c;
-        if (grouped) atomicAdd(dvp, sBeta[i] * tdd);
-        else *dvp = sBeta[i] * tdd;
-    }
-    __syncthreads();
-
-    // 7. d log α_t = Σ_{i ≥ t} db_i + Σ_{j < t} K̂_j ⊙ dK̂_j + e^{b_C} ⊙ rowsum(S ⊙ X), down each channel; dβ.
-    if (dGate != 0 && len > 0)
-        for (int r = tid; r < DK; r += KT)
+        float da[KN8_64][4];
+        zero_acc<KN8_64>(da);
+        mma_rows<KN8_64 / 2, DV, false, DV, false>(da, sDO, wr, sDN, 0, DV / 16, lane, n64);
+#pragma unroll
+        for (int half = 0; half < 2; half++)
         {
-            float prefix = 0.f;
-            for (int i = 0; i < len; i++)
+            const int row = wr + g + 8 * half;
+#pragma unroll
+            for (int j = 0; j < KN8_64; j++)
             {
-                const float kd = sKD[i * DK + r];
-                sKD[i * DK + r] = prefix;   // exclusive: Σ_{j < i}
-                prefix += kd;
-            }
-            float sx = 0.f;
-            for (int c = 0; c < DV; c++) sx = fmaf(ld_elem(sS + r * DV + c), ld_elem(sX + r * DV + c), sx);
-            const float state = exp_e(sB[(len - 1) * DK + r]) * sx;
-            float acc = 0.f;
-            for (int i = len - 1; i >= 0; i--)
-            {
-                acc += sDB[i * DK + r];
-                dGate[((tok0 + i) * heads + h) * DK + r] = acc + sKD[i * DK + r] + state;
+                const int col = 8 * (j64 + j) + 2 * t;
+                sts32(sDA + toff<64>(row, j64 + j) + 4 * t,
+                      pack2(col <= row ? scale * da[j][2 * half] : 0.f, col + 1 <= row ? scale * da[j][2 * half + 1] : 0.f));
             }
         }
+    }
+    cp_async_wait<0>();
+    __syncthreads();   // the parts' scans, dA and every tile have landed
+    if (sp > 0)
+    {
+        float off = 0.f;
+        for (int p = 0; p < sp; p++) off += sTot[p * DK + sr];
+#pragma unroll 8
+        for (int i = sp * KROWS; i < (sp + 1) * KROWS; i++) sB[fidx(i, sr)] += off;
+    }
+    __syncthreads();   // b is complete
+
+    // B. dq ← s e^b ⊙ dO Sᵀ (in registers until phase D).
+    float dq[KN8_K][4];
+    zero_acc<KN8_K>(dq);
+    mma_rows<KN8_K / 2, DV, false, DV, false>(dq, sDO, wr, sS, 0, DV / 16, lane, nK);
+#pragma unroll
+    for (int half = 0; half < 2; half++)
+    {
+        const int row = wr + g + 8 * half;
+#pragma unroll
+        for (int j = 0; j < KN8_K; j++)
+        {
+            const float2 b = *(const float2*)(sB + fidx(row, 8 * (jK + j) + 2 * t));
+            dq[j][2 * half] *= scale * fast_exp2(b.x);
+            dq[j][2 * half + 1] *= scale * fast_exp2(b.y);
+        }
+    }
+    // dw = −dδ Sᵀ.
+    {
+        float acc[KN8_K][4];
+        zero_acc<KN8_K>(acc);
+        mma_rows<KN8_K / 2, DV, false, DV, false>(acc, sDD, wr, sS, 0, DV / 16, lane, nK);
+#pragma unroll
+        for (int half = 0; half < 2; half++)
+        {
+            const int row = wr + g + 8 * half;
+#pragma unroll
+            for (int j = 0; j < KN8_K; j++) sts32(sDW + toff<DK>(row, jK + j) + 4 * t, pack2(-acc[j][2 * half], -acc[j][2 * half + 1]));
+        }
+    }
+    // e^{b_C} ⊙ rowsum(S ⊙ X): S and X share one layout, so the sum runs over matching positions of each row.
+    {
+        const int tpr = KT / DK;   // threads per row
+        const int r = tid / tpr, part = tid % tpr;
+        float sx = 0.f;
+        for (int c = part; c < DV / 8; c += tpr)
+        {
+            const uint4 a = *(const uint4*)(smem + KB_OFF_U1 + KVB + (r * DV + 8 * c) * 2);
+            const uint4 x = *(const uint4*)(smem + KB_OFF_X + (r * DV + 8 * c) * 2);
+            const unsigned aw[4] = {a.x, a.y, a.z, a.w}, xw[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+            for (int e = 0; e < 4; e++) sx = fmaf(elem_lo(aw[e]), elem_lo(xw[e]), fmaf(elem_hi(aw[e]), elem_hi(xw[e]), sx));
+        }
+#pragma unroll
+        for (int o = 1; o < tpr; o <<= 1) sx += __shfl_xor_sync(0xffffffffu, sx, o);
+        if (part == 0) sSX[r] = fast_exp2(sB[fidx(CHUNK - 1, r)]) * sx;
+    }
+    __syncthreads();   // dO and S are free: w, u, v land there during the rest of phase B
+
+    load_rows<DK, KT>(sW, W + tok0 * qStride + (long long)h * DK, qStride, CHUNK, len, tid);
+    load_rows<DV, KT>(sU, U + tok0 * oStride + (long long)h * DV, oStride, CHUNK, len, tid);
+    load_rows<DV, KT>(sV, V + tok0 * vStride + (long long)hk * DV, vStride, CHUNK, len, tid);
+    cp_async_commit();
+
+    // dk ← e^{b_C − b} ⊙ δ Xᵀ.
+    float dk[KN8_K][4];
+    zero_acc<KN8_K>(dk);
+    mma_rows<KN8_K / 2, DV, false, DV, false>(dk, sDN, wr, sX, 0, DV / 16, lane, nK);
+#pragma unroll
+    for (int half = 0; half < 2; half++)
+    {
+        const int row = wr + g + 8 * half;
+#pragma unroll
+        for (int j = 0; j < KN8_K; j++)
+        {
+            const int c = 8 * (jK + j) + 2 * t;
+            const float2 b = *(const float2*)(sB + fidx(row, c)), bC = *(const float2*)(sB + fidx(CHUNK - 1, c));
+            dk[j][2 * half] *= fast_exp2(bC.x - b.x);
+            dk[j][2 * half + 1] *= fast_exp2(bC.y - b.y);
+        }
+    }
+    __syncthreads();   // δ and X are free
+    // K̂ ⊙ dK̂ = k ⊙ (e^{b_C − b} ⊙ δ Xᵀ) into X's place.
+#pragma unroll
+    for (int half = 0; half < 2; half++)
+    {
+        const int row = wr + g + 8 * half;
+#pragma unroll
+        for (int j = 0; j < KN8_K; j++)
+        {
+            const unsigned kp = lds32(sK + toff<DK>(row, jK + j) + 4 * t);
+            *(float2*)(sKD + fidx(row, 8 * (jK + j) + 2 * t)) = make_float2(elem_lo(kp) * dk[j][2 * half], elem_hi(kp) * dk[j][2 * half + 1]);
+        }
+    }
+    cp_async_wait<0>();
+    __syncthreads();   // w, u, v have landed
+
+    // C. Y ← e^b ⊙ Tᵀ dw (T is lower triangular: key blocks from the warp's own).
+    float y[KN8_K][4];
+    zero_acc<KN8_K>(y);
+    mma_rows<KN8_K / 2, 64, true, DK, true>(y, sT, wr, sDW, wq, 4, lane, nK);
+#pragma unroll
+    for (int half = 0; half < 2; half++)
+    {
+        const int row = wr + g + 8 * half;
+#pragma unroll
+        for (int j = 0; j < KN8_K; j++)
+        {
+            const float2 b = *(const float2*)(sB + fidx(row, 8 * (jK + j) + 2 * t));
+            y[j][2 * half] *= fast_exp2(b.x);
+            y[j][2 * half + 1] *= fast_exp2(b.y);
+        }
+    }
+    // dv = diag(β) Tᵀ dδ and dβ's v term.
+    {
+        float acc[KN8_V][4];
+        zero_acc<KN8_V>(acc);
+        mma_rows<KN8_V / 2, 64, true, DV, true>(acc, sT, wr, sDD, wq, 4, lane, nV);
+#pragma unroll
+        for (int half = 0; half < 2; half++)
+        {
+            const int row = wr + g + 8 * half;
+            const float br = sBeta[row];
+            const float vn = quad_sum(row_dot<KN8_V, DV>(acc, sV, row, half, t, jV));
+            if (t == 0) atomicAdd(&sDBeta[row], vn);
+            if (row < len)
+            {
+                float* out = dV + ((tok0 + row) * kvHeads + hk) * DV + 8 * jV;
+#pragma unroll
+                for (int j = 0; j < KN8_V; j++)
+                {
+                    if (grouped)
+                    {
+                        atomicAdd(out + 8 * j + 2 * t, br * acc[j][2 * half]);
+                        atomicAdd(out + 8 * j + 2 * t + 1, br * acc[j][2 * half + 1]);
+                    }
+                    else *(float2*)(out + 8 * j + 2 * t) = make_float2(br * acc[j][2 * half], br * acc[j][2 * half + 1]);
+                }
+            }
+        }
+    }
+    // P = dw wᵀ + dδ uᵀ into δ's place.
+    {
+        float z[KN8_64][4];
+        zero_acc<KN8_64>(z);
+        mma_rows<KN8_64 / 2, DK, false, DK, false>(z, sDW, wr, sW, 0, DK / 16, lane, n64);
+        mma_rows<KN8_64 / 2, DV, false, DV, false>(z, sDD, wr, sU, 0, DV / 16, lane, n64);
+#pragma unroll
+        for (int half = 0; half < 2; half++)
+        {
+            const int row = wr + g + 8 * half;
+#pragma unroll
+            for (int j = 0; j < KN8_64; j++) sts32(sP + toff<64>(row, j64 + j) + 4 * t, pack2(z[j][2 * half], z[j][2 * half + 1]));
+        }
+    }
+    __syncthreads();   // P complete; w, u, v, dw, dδ are free
+
+    // G = −Tᵀ P, strictly lower.
+    {
+        float gl[KN8_64][4];
+        zero_acc<KN8_64>(gl);
+        mma_rows<KN8_64 / 2, 64, true, 64, true>(gl, sT, wr, sP, wq, 4, lane, n64);
+#pragma unroll
+        for (int half = 0; half < 2; half++)
+        {
+            const int row = wr + g + 8 * half;
+#pragma unroll
+            for (int j = 0; j < KN8_64; j++)
+            {
+                const int col = 8 * (j64 + j) + 2 * t;
+                sts32(sG + toff<64>(row, j64 + j) + 4 * t, pack2(col < row ? -gl[j][2 * half] : 0.f, col + 1 < row ? -gl[j][2 * half + 1] : 0.f));
+            }
+        }
+    }
+    // The decayed operand tiles of phase D: K_end = k_j e^{b_e − b_j} (e the last token of j's block), Q_st = q_l e^{b_l − b_s}
+    // and βK_st = β_l k_l e^{b_l − b_s} (s the first token of l's block); every factor ≤ 1.
+    for (int idx = tid; idx < CHUNK * (DK / 8); idx += KT)
+    {
+        const int r = idx / (DK / 8), c8 = idx % (DK / 8);
+        const int rs = r & ~15, re = r | 15;
+        const uint4 qv = *(const uint4*)(smem + KB_OFF_Q + toff<DK>(r, c8));
+        const uint4 kv = *(const uint4*)(smem + KB_OFF_K + toff<DK>(r, c8));
+        const unsigned qw[4] = {qv.x, qv.y, qv.z, qv.w}, kw[4] = {kv.x, kv.y, kv.z, kv.w};
+        const float br = sBeta[r];
+        unsigned ke[4], qs[4], bk[4];
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+        {
+            const int col = 8 * c8 + 2 * e;
+            const float2 b = *(const float2*)(sB + fidx(r, col));
+            const float2 bs = *(const float2*)(sB + fidx(rs, col)), be = *(const float2*)(sB + fidx(re, col));
+            const float s0 = fast_exp2(b.x - bs.x), s1 = fast_exp2(b.y - bs.y);
+            ke[e] = kscale2(kw[e], fast_exp2(be.x - b.x), fast_exp2(be.y - b.y));
+            qs[e] = kscale2(qw[e], s0, s1);
+            bk[e] = kscale2(kw[e], br * s0, br * s1);
+        }
+        *(uint4*)(smem + (sKE - base) + toff<DK>(r, c8)) = make_uint4(ke[0], ke[1], ke[2], ke[3]);
+        *(uint4*)(smem + (sQS - base) + toff<DK>(r, c8)) = make_uint4(qs[0], qs[1], qs[2], qs[3]);
+        *(uint4*)(smem + (sBKS - base) + toff<DK>(r, c8)) = make_uint4(bk[0], bk[1], bk[2], bk[3]);
+    }
+    __syncthreads();   // G and the decayed tiles are complete
+
+    // D1. The row sums: dq += Σ_{j ≤ i} dA_ij k_j e^{b_i − b_j}, Y += Σ_{j < i} G_ij k_j e^{b_i − b_j}. Key blocks J below the
+    // warp's own on tensor cores (split at J's last token e).
+    for (int J = 0; J < wq; J++)
+    {
+        float ta[KN8_K][4], tg[KN8_K][4];
+        zero_acc<KN8_K>(ta);
+        zero_acc<KN8_K>(tg);
+        mma_rows<KN8_K / 2, 64, false, DK, true>(ta, sDA, wr, sKE, J, J + 1, lane, nK);
+        mma_rows<KN8_K / 2, 64, false, DK, true>(tg, sG, wr, sKE, J, J + 1, lane, nK);
+        const int e = 16 * J + 15;
+#pragma unroll
+        for (int half = 0; half < 2; half++)
+        {
+            const int row = wr + g + 8 * half;
+#pragma unroll
+            for (int j = 0; j < KN8_K; j++)
+            {
+                const int c = 8 * (jK + j) + 2 * t;
+                const float2 bi = *(const float2*)(sB + fidx(row, c)), be = *(const float2*)(sB + fidx(e, c));
+                const float f0 = fast_exp2(bi.x - be.x), f1 = fast_exp2(bi.y - be.y);
+                dq[j][2 * half] = fmaf(f0, ta[j][2 * half], dq[j][2 * half]);
+                dq[j][2 * half + 1] = fmaf(f1, ta[j][2 * half + 1], dq[j][2 * half + 1]);
+                y[j][2 * half] = fmaf(f0, tg[j][2 * half], y[j][2 * half]);
+                y[j][2 * half + 1] = fmaf(f1, tg[j][2 * half + 1], y[j][2 * half + 1]);
+            }
+        }
+    }
+    // The diagonal block exactly: keys j of the warp's own block (dA is zero above its diagonal, G on and above it).
+#pragma unroll
+    for (int half = 0; half < 2; half++)
+    {
+        const int row = wr + g + 8 * half;
+        float bi[KN8_K][2];
+#pragma unroll
+        for (int j = 0; j < KN8_K; j++)
+        {
+            const float2 b = *(const float2*)(sB + fidx(row, 8 * (jK + j) + 2 * t));
+            bi[j][0] = b.x;
+            bi[j][1] = b.y;
+        }
+        for (int key = wr; key < wr + 8 + 8 * half; key++)
+        {
+            const float a = elem64(pDA, row, key), gg = elem64(pG, row, key);
+#pragma unroll
+            for (int j = 0; j < KN8_K; j++)
+            {
+                const float2 bj = *(const float2*)(sB + fidx(key, 8 * (jK + j) + 2 * t));
+                const unsigned kp = lds32(sK + toff<DK>(key, jK + j) + 4 * t);
+                const float x0 = elem_lo(kp) * fast_exp2(fminf(bi[j][0] - bj.x, 0.f));
+                const float x1 = elem_hi(kp) * fast_exp2(fminf(bi[j][1] - bj.y, 0.f));
+                dq[j][2 * half] = fmaf(a, x0, dq[j][2 * half]);
+                dq[j][2 * half + 1] = fmaf(a, x1, dq[j][2 * half + 1]);
+                y[j][2 * half] = fmaf(gg, x0, y[j][2 * half]);
+                y[j][2 * half + 1] = fmaf(gg, x1, y[j][2 * half + 1]);
+            }
+        }
+    }
+    // dq out; db = q ⊙ dq + β k ⊙ Y (into dδ's place); dβ's k term Σ_r k Y; dk += β Y.
+#pragma unroll
+    for (int half = 0; half < 2; half++)
+    {
+        const int row = wr + g + 8 * half;
+        const float br = sBeta[row];
+        float kb = 0.f;
+#pragma unroll
+        for (int j = 0; j < KN8_K; j++)
+        {
+            const int c = 8 * (jK + j) + 2 * t;
+            const unsigned qp = lds32(sQ + toff<DK>(row, jK + j) + 4 * t), kp = lds32(sK + toff<DK>(row, jK + j) + 4 * t);
+            const float q0 = elem_lo(qp), q1 = elem_hi(qp), k0 = elem_lo(kp), k1 = elem_hi(kp);
+            const float y0 = y[j][2 * half], y1 = y[j][2 * half + 1];
+            kb = fmaf(k0, y0, fmaf(k1, y1, kb));
+            *(float2*)(sDB + fidx(row, c)) = make_float2(q0 * dq[j][2 * half] + br * k0 * y0, q1 * dq[j][2 * half + 1] + br * k1 * y1);
+            dk[j][2 * half] = fmaf(br, y0, dk[j][2 * half]);
+            dk[j][2 * half + 1] = fmaf(br, y1, dk[j][2 * half + 1]);
+            if (row < len) *(float2*)(dQ + ((tok0 + row) * heads + h) * DK + c) = make_float2(dq[j][2 * half], dq[j][2 * half + 1]);
+        }
+        kb = quad_sum(kb);
+        if (t == 0) atomicAdd(&sDBeta[row], kb);
+    }
+
+    // D2. The column sums: Z = Σ_{l ≥ i} dA_li q_l e^{b_l − b_i} + Σ_{l > i} β_l G_li k_l e^{b_l − b_i}. Query blocks L above
+    // the warp's own on tensor cores (split at L's first token s).
+    float z[KN8_K][4];
+    zero_acc<KN8_K>(z);
+    for (int L = wq + 1; L < 4; L++)
+    {
+        float ts[KN8_K][4];
+        zero_acc<KN8_K>(ts);
+        mma_rows<KN8_K / 2, 64, true, DK, true>(ts, sDA, wr, sQS, L, L + 1, lane, nK);
+        mma_rows<KN8_K / 2, 64, true, DK, true>(ts, sG, wr, sBKS, L, L + 1, lane, nK);
+        const int s = 16 * L;
+#pragma unroll
+        for (int half = 0; half < 2; half++)
+        {
+            const int row = wr + g + 8 * half;
+#pragma unroll
+            for (int j = 0; j < KN8_K; j++)
+            {
+                const int c = 8 * (jK + j) + 2 * t;
+                const float2 bi = *(const float2*)(sB + fidx(row, c)), bs = *(const float2*)(sB + fidx(s, c));
+                z[j][2 * half] = fmaf(fast_exp2(bs.x - bi.x), ts[j][2 * half], z[j][2 * half]);
+                z[j][2 * half + 1] = fmaf(fast_exp2(bs.y - bi.y), ts[j][2 * half + 1], z[j][2 * half + 1]);
+            }
+        }
+    }
+#pragma unroll
+    for (int half = 0; half < 2; half++)
+    {
+        const int row = wr + g + 8 * half;
+        float bi[KN8_K][2];
+#pragma unroll
+        for (int j = 0; j < KN8_K; j++)
+        {
+            const float2 b = *(const float2*)(sB + fidx(row, 8 * (jK + j) + 2 * t));
+            bi[j][0] = b.x;
+            bi[j][1] = b.y;
+        }
+        for (int key = wr + 8 * half; key < wr + 16; key++)
+        {
+            const float a = elem64(pDA, key, row), gb = elem64(pG, key, row) * sBeta[key];
+#pragma unroll
+            for (int j = 0; j < KN8_K; j++)
+            {
+                const float2 bl = *(const float2*)(sB + fidx(key, 8 * (jK + j) + 2 * t));
+                const unsigned qp = lds32(sQ + toff<DK>(key, jK + j) + 4 * t), kp = lds32(sK + toff<DK>(key, jK + j) + 4 * t);
+                const float e0 = fast_exp2(fminf(bl.x - bi[j][0], 0.f)), e1 = fast_exp2(fminf(bl.y - bi[j][1], 0.f));
+                z[j][2 * half] = fmaf(e0, fmaf(a, elem_lo(qp), gb * elem_lo(kp)), z[j][2 * half]);
+                z[j][2 * half + 1] = fmaf(e1, fmaf(a, elem_hi(qp), gb * elem_hi(kp)), z[j][2 * half + 1]);
+            }
+        }
+    }
+    // dk = e^{b_C − b} ⊙ δ Xᵀ + β Y + Z out; db −= k ⊙ Z.
+#pragma unroll
+    for (int half = 0; half < 2; half++)
+    {
+        const int row = wr + g + 8 * half;
+        float* out = dK + ((tok0 + row) * kvHeads + hk) * DK;
+#pragma unroll
+        for (int j = 0; j < KN8_K; j++)
+        {
+            const int c = 8 * (jK + j) + 2 * t;
+            const unsigned kp = lds32(sK + toff<DK>(row, jK + j) + 4 * t);
+            float2* db = (float2*)(sDB + fidx(row, c));
+            const float2 d = *db;
+            *db = make_float2(d.x - elem_lo(kp) * z[j][2 * half], d.y - elem_hi(kp) * z[j][2 * half + 1]);
+            const float k0 = dk[j][2 * half] + z[j][2 * half], k1 = dk[j][2 * half + 1] + z[j][2 * half + 1];
+            if (row < len)
+            {
+                if (grouped)
+                {
+                    atomicAdd(out + c, k0);
+                    atomicAdd(out + c + 1, k1);
+                }
+                else *(float2*)(out + c) = make_float2(k0, k1);
+            }
+        }
+    }
+    __syncthreads();   // db, K̂ ⊙ dK̂ and dβ are complete
+
+    // E. d log α_t = Σ_{i ≥ t} db_i + Σ_{j < t} K̂_j ⊙ dK̂_j + e^{b_C} ⊙ rowsum(S ⊙ X), down each channel, in KPARTS parts of
+    // KROWS rows: each part's exclusive K̂ prefix (in place) and its db and K̂ totals, then the other parts' totals added
+    // (K̂ from the parts before, db from the parts after) in the part's reverse scan; dβ.
+    const int e0 = sp * KROWS, e1 = min((sp + 1) * KROWS, len);
+    if (dGate != 0)
+    {
+        float prefix = 0.f, dbTotal = 0.f;
+        for (int i = e0; i < e1; i++)
+        {
+            const float kd = sKD[fidx(i, sr)];
+            sKD[fidx(i, sr)] = prefix;   // exclusive: Σ_{e0 ≤ j < i}
+            prefix += kd;
+            dbTotal += sDB[fidx(i, sr)];
+        }
+        sTot[sp * DK + sr] = prefix;
+        sTot[KT + sp * DK + sr] = dbTotal;
+    }
+    __syncthreads();
+    if (dGate != 0)
+    {
+        float kdOff = 0.f, acc = sSX[sr];
+        for (int p = 0; p < sp; p++) kdOff += sTot[p * DK + sr];
+        for (int p = KPARTS - 1; p > sp; p--) acc += sTot[KT + p * DK + sr];
+        for (int i = e1 - 1; i >= e0; i--)
+        {
+            acc += sDB[fidx(i, sr)];
+            dGate[((tok0 + i) * heads + h) * DK + sr] = acc + (sKD[fidx(i, sr)] + kdOff);
+        }
+    }
     if (dBeta != 0 && tid < len) dBeta[(tok0 + tid) * heads + h] = sDBeta[tid];
 }
 #endif   // GATE == 2

@@ -22,7 +22,10 @@
 //     registers after ldmatrix. The 16 × 16 diagonal blocks, where such a split needs a factor above 1 (GLA's forward
 //     clamps it at e^80), in float32 on the CUDA cores, one exponential per (i, j, channel): exact for any gate.
 //  3. Q̃ and K̂ written out; K̃ in place of k in shared memory; T = (I + L)⁻¹ by forward substitution (one thread per
-//     column, as attend_delta_prepare); T diag(β) rounded to the element type.
+//     column, as attend_delta_prepare); T diag(β) rounded to the element type. Built with KDA_TOUT (the backward's
+//     recomputation, a separate image), T itself too, staged in shared memory and written to Tout in 16-byte rows:
+//     attend_kda_bwd_chunk reads it instead of solving again. The forward's own build has neither the argument nor the code
+//     (measured: either form of the store in the forward's build cost it about 0.1 ms at T = 16k).
 //  4. w = T diag(β) K̃ and u = T diag(β) V on tensor cores.
 // Because every operand is bounded by its unscaled value, fp16 is as safe as bf16 here (GLA's chunk kernel, which
 // puts factors up to e^80 on its operands, refuses fp16 for the channel gate; this one does not need to).
@@ -37,6 +40,9 @@
 #define K_OFF_G (K_OFF_L + CHUNK * 65 * 4)           // b · log2(e), float32 [64][KG_PITCH]
 #define K_OFF_BETA (K_OFF_G + CHUNK * KG_PITCH * 4)  // β, float32 [64]
 #define K_SMEM_BYTES (K_OFF_BETA + CHUNK * 4)
+#if KDA_TOUT
+#define K_OFF_TP K_SMEM_BYTES                        // T (element type), staged for Tout
+#endif
 
 // Two packed elements scaled by (f0, f1), repacked.
 __device__ __forceinline__ unsigned scale2(unsigned x, float f0, float f1)
@@ -52,7 +58,11 @@ attend_kda_prepare(
     elem_t* __restrict__ W, elem_t* __restrict__ U, elem_t* __restrict__ A,   // [tokens, H, DK], [tokens, H, dv], [tokens, H, 64]
     elem_t* __restrict__ Qg, elem_t* __restrict__ Kh,                          // Q̃, K̂: [tokens, H, DK]
     float* __restrict__ Dec,                 // e^{b_C}: [chunks, H, DK]
-    const DeltaRow* __restrict__ chunks, int heads, int kvHeads, int dv)
+    const DeltaRow* __restrict__ chunks, int heads, int kvHeads, int dv
+#if KDA_TOUT
+    , elem_t* __restrict__ Tout              // T = (I + L)⁻¹ [tokens, H, 64] (element type)
+#endif
+    )
 {
     extern __shared__ __align__(128) unsigned char smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -287,8 +297,28 @@ attend_kda_prepare(
 #pragma unroll
         for (int i = 0; i < CHUNK; i++)
             *(elem_t*)(tu + off64(i, c >> 3) + (c & 7) * 2) = (elem_t)(pack2(x[i] * bc, 0.f) & 0xffffu);
+#if KDA_TOUT
+        {
+            // T itself for the backward, staged in shared memory and written out below in 16-byte rows.
+            unsigned char* tp = smem + K_OFF_TP;
+#pragma unroll
+            for (int i = 0; i < CHUNK; i++) *(elem_t*)(tp + off64(i, c >> 3) + (c & 7) * 2) = (elem_t)(pack2(x[i], 0.f) & 0xffffu);
+        }
+#endif
     }
     __syncthreads();
+#if KDA_TOUT
+    {
+        elem_t* tOut = Tout + (tok0 * heads + h) * 64;
+#pragma unroll
+        for (int i = 0; i < CHUNK * 8 / NT; i++)
+        {
+            const int idx = tid + i * NT;
+            const int r = idx >> 3, c = idx & 7;
+            if (r < len) *(uint4*)(tOut + (long long)r * heads * 64 + 8 * c) = *(const uint4*)(smem + K_OFF_TP + off64(r, c));
+        }
+    }
+#endif
 
     // 4. w = T diag(β) K̃: this warp's 16 rows, all DK channels (T is lower triangular: token blocks up to the warp's own).
     {

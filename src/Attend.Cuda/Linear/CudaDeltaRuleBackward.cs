@@ -33,6 +33,9 @@ public sealed unsafe partial class CudaDeltaRulePlan
 
     private static readonly ConcurrentDictionary<(CudaContext, int, ElementType, int, int, int), CudaKernelFunction> s_recomputeLoaded = new();
 
+    // attend_kda_prepare built with KDA_TOUT (it also writes T), the KDA backward's recomputation.
+    private static readonly ConcurrentDictionary<(CudaContext, int, ElementType, int, int), CudaKernelFunction> s_kdaPrepareKeepingT = new();
+
     // CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT: the recomputed chain and the reverse chain ask for all of an
     // SM's shared memory (100 %), so that one CTA of each fits an SM at once (78.5 + 126.5 KB at Dk = Dv = 128).
     private const int PreferredCarveoutAttribute = 9;
@@ -188,7 +191,7 @@ public sealed unsafe partial class CudaDeltaRulePlan
         int warps = ChunkWarps is 4 or 8 ? ChunkWarps : throw new InvalidOperationException($"ChunkWarps must be 4 or 8; got {ChunkWarps}.");
         CudaKernelFunction dstate = BackwardKernel(context, s.KeyDim, s.ValueDim, ElementType, gateKind, warps, StateGradientEntry, BackwardStateSharedBytes(s.KeyDim));
         CudaKernelFunction chunk = channelGate
-            ? BackwardKernel(context, s.KeyDim, s.ValueDim, ElementType, gateKind, warps, KdaChunkBackwardEntry, KdaBackwardChunkSharedBytes(s.KeyDim))
+            ? BackwardKernel(context, s.KeyDim, s.ValueDim, ElementType, gateKind, warps, KdaChunkBackwardEntry, KdaBackwardChunkSharedBytes(s.KeyDim, s.ValueDim))
             : BackwardKernel(context, s.KeyDim, s.ValueDim, ElementType, gateKind, warps, ChunkBackwardEntry, BackwardChunkSharedBytes(s.KeyDim, s.ValueDim));
         EnsureBackwardBuffers();
         if (s.Heads != s.KvHeads)
@@ -233,8 +236,9 @@ public sealed unsafe partial class CudaDeltaRulePlan
             Arguments chainArgs = a;
             if (channelGate)
             {
-                // KDA: w, u, A, Q̃, K̂ and e^{b_C} (as the forward); the chain reads Q̃, K̂, e^{b_C} in place of q, k and the gate.
-                LaunchKdaPrepare(&a, stream);
+                // KDA: w, u, A, Q̃, K̂ and e^{b_C} (as the forward) and T (for the chunk kernel); the chain reads Q̃, K̂, e^{b_C}
+                // in place of q, k and the gate.
+                LaunchKdaPrepareKeepingT(&a, stream);
                 chainArgs.Q = _gatedQ!.Pointer;
                 chainArgs.K = _decayedK!.Pointer;
                 chainArgs.Gate = _chunkDecay!.Pointer;
@@ -297,11 +301,12 @@ public sealed unsafe partial class CudaDeltaRulePlan
         // 3. dq, dk, dv, dβ, d log α per (chunk, query head).
         if (channelGate)
         {
-            void** kc = stackalloc void*[21];
+            // T as attend_kda_prepare wrote it (its Tout) in step 1.
+            void** kc = stackalloc void*[22];
             kc[0] = &b.Q; kc[1] = &b.K; kc[2] = &b.V; kc[3] = &b.DO; kc[4] = &b.Dnew; kc[5] = &b.DDelta; kc[6] = &b.W; kc[7] = &b.U;
-            kc[8] = &b.Hck; kc[9] = &b.DHck; kc[10] = &b.Beta; kc[11] = &b.Gate; kc[12] = &b.DQ; kc[13] = &b.DK; kc[14] = &b.DV;
-            kc[15] = &b.DBeta; kc[16] = &b.DGate; kc[17] = &b.Chunks; kc[18] = &b.Heads; kc[19] = &b.KvHeads; kc[20] = &b.Scale;
-            chunk.Launch((uint)_chunks, (uint)s.Heads, 1, KdaChunkBackwardThreads, (uint)KdaBackwardChunkSharedBytes(s.KeyDim), stream, kc);
+            kc[8] = &b.T; kc[9] = &b.Hck; kc[10] = &b.DHck; kc[11] = &b.Beta; kc[12] = &b.Gate; kc[13] = &b.DQ; kc[14] = &b.DK; kc[15] = &b.DV;
+            kc[16] = &b.DBeta; kc[17] = &b.DGate; kc[18] = &b.Chunks; kc[19] = &b.Heads; kc[20] = &b.KvHeads; kc[21] = &b.Scale;
+            chunk.Launch((uint)_chunks, (uint)s.Heads, 1, KdaChunkBackwardThreads, (uint)KdaBackwardChunkSharedBytes(s.KeyDim, s.ValueDim), stream, kc);
             return;
         }
         void** c = stackalloc void*[23];
@@ -311,6 +316,37 @@ public sealed unsafe partial class CudaDeltaRulePlan
         // grid.z: the value blocks (the kernel's dv is DV · gridDim.z; with more than one it adds its shares atomically).
         chunk.Launch((uint)_chunks, (uint)s.Heads, (uint)valueBlocks, (uint)(32 * warps), (uint)BackwardChunkSharedBytes(s.KeyDim, s.ValueDim), stream, c);
     }
+
+    // attend_kda_prepare built with KDA_TOUT, with the arguments in `a` as LaunchKdaPrepare takes them, and T written to
+    // a->Tout (the forward's own build writes no T: the store cost its forward about 0.1 ms at T = 16k).
+    private void LaunchKdaPrepareKeepingT(Arguments* a, CudaStream? stream)
+    {
+        if (_chunks == 0) return;
+        LinearShape s = Shape;
+        int smem = KdaPrepareKeepingTSharedBytes(s.KeyDim);
+        var key = (_context, s.KeyDim, ElementType, ValueBlock, ValueGroups);
+        if (!s_kdaPrepareKeepingT.TryGetValue(key, out CudaKernelFunction? f))
+        {
+            lock (s_gate)
+            {
+                if (!s_kdaPrepareKeepingT.TryGetValue(key, out f))
+                {
+                    string[] options = [.. Options(s.KeyDim, ElementType, 2, ValueBlock, ValueGroups), "-DKDA_TOUT=1"];
+                    CompiledKernel image = KernelCompiler.Build(Source, KernelCompiler.Source(Source), options, _context.Architecture);
+                    f = new CudaKernelFunction(_context, image, KdaPrepareEntry, smem);
+                    s_kdaPrepareKeepingT[key] = f;
+                }
+            }
+        }
+        ulong qg = _gatedQ!.Pointer, kh = _decayedK!.Pointer, dec = _chunkDecay!.Pointer;
+        void** p = stackalloc void*[16];
+        p[0] = &a->Q; p[1] = &a->K; p[2] = &a->V; p[3] = &a->Beta; p[4] = &a->Gate; p[5] = &a->W; p[6] = &a->U; p[7] = &a->A;
+        p[8] = &qg; p[9] = &kh; p[10] = &dec; p[11] = &a->Chunks; p[12] = &a->Heads; p[13] = &a->KvHeads; p[14] = &a->Dv; p[15] = &a->Tout;
+        f.Launch((uint)_chunks, (uint)s.Heads, 1, Threads, (uint)smem, stream, p);
+    }
+
+    /// <summary>Dynamic shared memory of <c>attend_kda_prepare</c> built with KDA_TOUT: the forward's, and T staged for Tout.</summary>
+    internal static int KdaPrepareKeepingTSharedBytes(int keyDim) => KdaPrepareSharedBytes(keyDim) + Chunk * 64 * 2;
 
     // The caller's stream waits for the side stream's recomputed chain.
     private void Join(CudaStream? stream) =>
@@ -376,10 +412,17 @@ public sealed unsafe partial class CudaDeltaRulePlan
         2 * Chunk * keyDim * 2 + 4 * Chunk * dv * 2 + 2 * keyDim * dv * 2 + Chunk * keyDim * 2 + 3 * Chunk * 64 * 2 + 4 * Chunk * 4 + 16 * 4;
 
     /// <summary>
-    /// Shared memory of <c>attend_kda_bwd_chunk</c>: b, dw, db and K̂ ⊙ dK̂ (float32 <c>[64][Dk]</c> each), dA, L then G, T
-    /// and P (float32 <c>[64][64]</c> each), β and dβ (<c>[64]</c>): 197,120 bytes at Dk = 128 (one CTA per SM).
+    /// Shared memory of <c>attend_kda_bwd_chunk</c> (mirrors its KB_OFF_* layout): b (float32 <c>[64][Dk]</c>), q, k, dA, T,
+    /// then four regions that phases reuse (dO and S, later w, u, v, later the decayed K_end, Q_st, βK_st; X, later K̂ ⊙ dK̂
+    /// in float32; δ, later P and G; dδ and dw, later db in float32), β, dβ, the state term (<c>[Dk]</c>) and the scans' partial
+    /// sums (two per thread): 216,064 bytes at Dk = Dv = 128 (one CTA per SM).
     /// </summary>
-    internal static int KdaBackwardChunkSharedBytes(int keyDim) => 4 * Chunk * keyDim * 4 + 4 * Chunk * 64 * 4 + 2 * Chunk * 4;
+    internal static int KdaBackwardChunkSharedBytes(int keyDim, int valueDim)
+    {
+        int qb = Chunk * keyDim * 2, vb = Chunk * valueDim * 2, sb = keyDim * valueDim * 2, mb = Chunk * 64 * 2, fb = Chunk * keyDim * 4;
+        return fb + 2 * qb + 2 * mb + Math.Max(Math.Max(vb + sb, qb + 2 * vb), 3 * qb) + Math.Max(sb, fb) + Math.Max(vb, 2 * mb)
+            + Math.Max(vb + qb, fb) + 2 * Chunk * 4 + keyDim * 4 + 2 * KdaChunkBackwardThreads * 4;
+    }
 
     /// <summary>The NVRTC options of one backward specialisation.</summary>
     internal static string[] BackwardOptions(int keyDim, int valueDim, ElementType type, int gate, int chunkWarps = DefaultChunkWarps) =>
