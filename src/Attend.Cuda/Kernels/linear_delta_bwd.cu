@@ -32,8 +32,8 @@
 // already takes any dv (16 value columns per CTA) and never reads DV.
 //
 // Defines: DK (64 | 128), DV (64 | 128; the chunk kernel's value block: the tensors' value dim is DV · gridDim.z), ELEM_BF16 (1 bf16, 0 fp16), GATE (0 none, 1 scalar gate or
-// fixed γ, 2 the channel gate of KDA: the reverse chain alone so far, reading Q̃, K̂ and e^{b_C} from attend_kda_prepare
-// where the scalar gates read q, k and the raw gates), CW (4 | 8: the chunk kernel's warps; default 8). mma_tiles.cuh is expanded in place by KernelCompiler.Source.
+// fixed γ, 2 the channel gate of KDA: the reverse chain reads Q̃, K̂ and e^{b_C} from attend_kda_prepare where the scalar
+// gates read q, k and the raw gates, and the chunk kernel is attend_kda_bwd_chunk at the end of this file), CW (4 | 8: the chunk kernel's warps; default 8). mma_tiles.cuh is expanded in place by KernelCompiler.Source.
 
 #ifndef DK
 #error "DK must be defined"
@@ -479,9 +479,8 @@ attend_delta_bwd_dstate(
 }
 
 #if GATE != 2
-// The chunk kernel of the channel gate (KDA) is not written yet: the per-channel decays of dA ⊙ D and of the L terms
-// and the gate gradient per channel need another shared-memory plan (docs/CUDA-KERNELS.md, "KDA backward, written in
-// session 5"); a GATE 2 build holds the reverse chain alone.
+// The channel gate (KDA, GATE 2) has its own chunk kernel, attend_kda_bwd_chunk, at the end of this file: its per-channel
+// decays inside dA ⊙ D and the L terms, and its gate gradient per channel, need another shared-memory plan.
 // ---------------------------------------------------------------------------------------------------------------
 // attend_delta_bwd_chunk: per (chunk, query head) dq, dk, dv, dβ and d log α.
 
