@@ -1050,40 +1050,6 @@ __device__ __forceinline__ unsigned kt_off(int w)
 // from the mma layout, conflict-free row reads by column); col and col ^ 1 stay adjacent.
 __device__ __forceinline__ int pidx(int row, int col) { return row * DK + (col ^ ((row & 7) << 3)); }
 
-// acc = (R Xᵀ) ⊙ f for this warp's 16 rows (from wr) of R, the [CHUNK][dv] value-dim rows at sRows (dO or V, blocks of
-// V_BYTES), and X, the [DK][dv] state tile at sState (H0 or dH, blocks of S_BYTES): the state term of dq (R = dO, X = H0)
-// and of dk (R = V, X = dH), its per-key-channel factor f[DK] applied once to the float32 result.
-__device__ __forceinline__ void rows_times_state(float (*acc)[4], unsigned sRows, unsigned sState, const float* f, int nvb, int wr, int lane)
-{
-    const int t = lane & 3;
-#pragma unroll
-    for (int j = 0; j < DK / 8; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
-    for (int vb = 0; vb < nvb; vb++)
-    {
-        const unsigned sR = sRows + vb * V_BYTES, sX = sState + vb * S_BYTES;
-#pragma unroll
-        for (int kk = 0; kk < 4; kk++)
-        {
-            unsigned a0, a1, a2, a3;
-            ldsm_x4(sR + voff(wr + (lane & 15), 2 * kk + (lane >> 4)), a0, a1, a2, a3);
-#pragma unroll
-            for (int np = 0; np < DK / 16; np++)
-            {
-                unsigned b0, b1, b2, b3;
-                ldsm_x4(sX + voff(np * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)), b0, b1, b2, b3);
-                mma16816(acc[2 * np], a0, a1, a2, a3, b0, b1);
-                mma16816(acc[2 * np + 1], a0, a1, a2, a3, b2, b3);
-            }
-        }
-    }
-#pragma unroll
-    for (int j = 0; j < DK / 8; j++)
-    {
-        const float2 fj = *(const float2*)(f + 8 * j + 2 * t);
-        acc[j][0] *= fj.x; acc[j][1] *= fj.y; acc[j][2] *= fj.x; acc[j][3] *= fj.y;
-    }
-}
-
 __device__ __forceinline__ void group_bar0() { asm volatile("bar.sync 1, 128;\n" ::: "memory"); }
 // Group 0 has written q ⊙ dq (arrive) / group 1 waits for it before subtracting k ⊙ dk in place (sync).
 __device__ __forceinline__ void pq_arrive() { asm volatile("bar.arrive 2, 256;\n" ::: "memory"); }
@@ -1284,7 +1250,32 @@ attend_linear_chunk_bwd_cg(
         // channel, a column of dq) on the float32 result instead of on every H0 fragment; the scale in the dA operand
         // (rounded as group 1 rounds scale·dAᵀ).
         float dq[DK / 8][4];
-        rows_times_state(dq, base + OFF_DO, base + CG_OFF_H0, sFH0 + w * DK, nvb, wr, lane);
+#pragma unroll
+        for (int j = 0; j < DK / 8; j++) dq[j][0] = dq[j][1] = dq[j][2] = dq[j][3] = 0.f;
+        for (int vb = 0; vb < nvb; vb++)
+        {
+            const unsigned sO = base + OFF_DO + vb * V_BYTES, sX = base + CG_OFF_H0 + vb * S_BYTES;
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++)
+            {
+                unsigned a0, a1, a2, a3;
+                ldsm_x4(sO + voff(wr + (lane & 15), 2 * kk + (lane >> 4)), a0, a1, a2, a3);
+#pragma unroll
+                for (int np = 0; np < DK / 16; np++)
+                {
+                    unsigned b0, b1, b2, b3;
+                    ldsm_x4(sX + voff(np * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)), b0, b1, b2, b3);
+                    mma16816(dq[2 * np], a0, a1, a2, a3, b0, b1);
+                    mma16816(dq[2 * np + 1], a0, a1, a2, a3, b2, b3);
+                }
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < DK / 8; j++)
+        {
+            const float2 f = *(const float2*)(sFH0 + w * DK + 8 * j + 2 * t);
+            dq[j][0] *= f.x; dq[j][1] *= f.y; dq[j][2] *= f.x; dq[j][3] *= f.y;
+        }
 #pragma unroll
         for (int kk = 0; kk < 4; kk++)
         {
@@ -1380,7 +1371,32 @@ attend_linear_chunk_bwd_cg(
         // dK = e^{b_r − b_s} ⊙ (scale · dAᵀ Q̂_w + (V dHᵀ) ⊙ e^{b_C − b_r}): the state term first, its factor (per key
         // channel, a column of dk) on the float32 result instead of on every dH fragment.
         float dk[DK / 8][4];
-        rows_times_state(dk, base + OFF_V, base + CG_OFF_DH, sFDH + w * DK, nvb, wr, lane);
+#pragma unroll
+        for (int j = 0; j < DK / 8; j++) dk[j][0] = dk[j][1] = dk[j][2] = dk[j][3] = 0.f;
+        for (int vb = 0; vb < nvb; vb++)
+        {
+            const unsigned sV = base + OFF_V + vb * V_BYTES, sX = base + CG_OFF_DH + vb * S_BYTES;
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++)
+            {
+                unsigned a0, a1, a2, a3;
+                ldsm_x4(sV + voff(wr + (lane & 15), 2 * kk + (lane >> 4)), a0, a1, a2, a3);
+#pragma unroll
+                for (int np = 0; np < DK / 16; np++)
+                {
+                    unsigned b0, b1, b2, b3;
+                    ldsm_x4(sX + voff(np * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)), b0, b1, b2, b3);
+                    mma16816(dk[2 * np], a0, a1, a2, a3, b0, b1);
+                    mma16816(dk[2 * np + 1], a0, a1, a2, a3, b2, b3);
+                }
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < DK / 8; j++)
+        {
+            const float2 f = *(const float2*)(sFDH + w * DK + 8 * j + 2 * t);
+            dk[j][0] *= f.x; dk[j][1] *= f.y; dk[j][2] *= f.x; dk[j][3] *= f.y;
+        }
 #pragma unroll
         for (int kk = 0; kk < 4; kk++)
         {
