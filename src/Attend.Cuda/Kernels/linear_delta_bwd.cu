@@ -31,12 +31,16 @@
 // of dq, dk, dβ and d log α atomically into buffers the host zeroed, and writes dv for its own columns. The reverse chain
 // already takes any dv (16 value columns per CTA) and never reads DV.
 //
-// Defines: DK (64 | 128), DV (64 | 128; the chunk kernel's value block: the tensors' value dim is DV · gridDim.z), ELEM_BF16 (1 bf16, 0 fp16), GATE (0 none, 1 scalar gate or
+// Defines: DK (64 | 128), DV (64 | 128; the chunk kernel's value block), WIDE (0: the tensors' value dim is DV; 1: it is
+// DV · gridDim.z, a CTA per value block), ELEM_BF16 (1 bf16, 0 fp16), GATE (0 none, 1 scalar gate or
 // fixed γ, 2 the channel gate of KDA: the reverse chain reads Q̃, K̂ and e^{b_C} from attend_kda_prepare where the scalar
 // gates read q, k and the raw gates, and the chunk kernel is attend_kda_bwd_chunk at the end of this file), CW (4 | 8: the chunk kernel's warps; default 8). mma_tiles.cuh is expanded in place by KernelCompiler.Source.
 
 #ifndef DK
 #error "DK must be defined"
+#endif
+#ifndef WIDE
+#define WIDE 0
 #endif
 #ifndef DV
 #define DV 128
@@ -562,10 +566,16 @@ attend_delta_bwd_chunk(
 {
     extern __shared__ __align__(128) unsigned char smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wq = warp & 3, wh = warp >> 2;
-    // The value dim of the [tokens, H, dv] and [chunks, H, DK, dv] tensors is DV · gridDim.z; this CTA takes value columns
-    // col0 .. col0 + DV − 1. With more than one block (accumulate) the shares of dq, dk, dβ and d log α are added atomically.
+    // The value dim of the [tokens, H, dv] and [chunks, H, DK, dv] tensors: DV in a WIDE 0 build (one CTA per chunk and head,
+    // the strides compile-time constants), DV · gridDim.z in a WIDE 1 build, where this CTA takes value columns
+    // col0 .. col0 + DV − 1 and (accumulate) adds its shares of dq, dk, dβ and d log α atomically.
+#if WIDE
     const int dv = DV * (int)gridDim.z, col0 = DV * (int)blockIdx.z;
     const bool accumulate = gridDim.z > 1;
+#else
+    const int dv = DV, col0 = 0;
+    const bool accumulate = false;
+#endif
     const int g = lane >> 2, t = lane & 3;
     const int h = blockIdx.y;
     const long long ci = blockIdx.x;
@@ -977,17 +987,15 @@ attend_delta_bwd_chunk(
             if (lane + o < 32) scan += y;
         }
         // Rows 2l + 1 and 2l: the suffix from 2l + 1 is scan − d0, from 2l is scan.
-        float* const g0 = dGate + (tok0 + 2 * lane) * heads + h;
-        float* const g1 = dGate + (tok0 + 2 * lane + 1) * heads + h;
         if (accumulate)
         {
-            if (2 * lane < len) atomicAdd(g0, scan);
-            if (2 * lane + 1 < len) atomicAdd(g1, scan - d0);
+            if (2 * lane < len) atomicAdd(dGate + (tok0 + 2 * lane) * heads + h, scan);
+            if (2 * lane + 1 < len) atomicAdd(dGate + (tok0 + 2 * lane + 1) * heads + h, scan - d0);
         }
         else
         {
-            if (2 * lane < len) *g0 = scan;
-            if (2 * lane + 1 < len) *g1 = scan - d0;
+            if (2 * lane < len) dGate[(tok0 + 2 * lane) * heads + h] = scan;
+            if (2 * lane + 1 < len) dGate[(tok0 + 2 * lane + 1) * heads + h] = scan - d0;
         }
     }
 #else

@@ -28,8 +28,8 @@ public sealed unsafe partial class CudaDeltaRulePlan
     /// </summary>
     internal const int DefaultChunkWarps = 8;
 
-    private static readonly ConcurrentDictionary<(CudaContext, int, int, ElementType, int, int, string), CudaKernelFunction> s_backwardLoaded = new();
-    private static readonly ConcurrentDictionary<(CudaContext, int, int, ElementType, int, int), CompiledKernel> s_backwardImages = new();
+    private static readonly ConcurrentDictionary<(CudaContext, int, int, bool, ElementType, int, int, string), CudaKernelFunction> s_backwardLoaded = new();
+    private static readonly ConcurrentDictionary<(CudaContext, int, int, bool, ElementType, int, int), CompiledKernel> s_backwardImages = new();
 
     private static readonly ConcurrentDictionary<(CudaContext, int, ElementType, int, int, int), CudaKernelFunction> s_recomputeLoaded = new();
 
@@ -425,10 +425,11 @@ public sealed unsafe partial class CudaDeltaRulePlan
     }
 
     /// <summary>The NVRTC options of one backward specialisation.</summary>
-    internal static string[] BackwardOptions(int keyDim, int valueDim, ElementType type, int gate, int chunkWarps = DefaultChunkWarps) =>
+    internal static string[] BackwardOptions(int keyDim, int valueDim, ElementType type, int gate, int chunkWarps = DefaultChunkWarps, bool wide = false) =>
     [
         $"-DDK={keyDim}",
         $"-DDV={valueDim}",
+        $"-DWIDE={(wide ? 1 : 0)}",
         $"-DELEM_BF16={(type == ElementType.BFloat16 ? 1 : 0)}",
         $"-DGATE={gate}",
         $"-DCW={chunkWarps}",
@@ -438,19 +439,22 @@ public sealed unsafe partial class CudaDeltaRulePlan
 
     // valueDim: the tensors' value dim. The build's DV is the chunk kernel's value block (BackwardValueColumns: the value dim
     // itself at 64 and 128; the reverse chain reads only its dv argument, 16 columns per CTA, never DV, so it shares the
-    // build), or with the channel gate the whole value dim (attend_kda_bwd_chunk holds it).
+    // build), or with the channel gate the whole value dim (attend_kda_bwd_chunk holds it). Value dims past the block are a
+    // WIDE build (the strides and the atomic adds of the value blocks' shares at run time); 64 and 128 keep compile-time
+    // strides and plain stores.
     private static CudaKernelFunction BackwardKernel(CudaContext context, int keyDim, int valueDim, ElementType type, int gate, int warps, string entry, int smem)
     {
+        bool wide = gate != 2 && BackwardValueColumns(valueDim) != valueDim;
         if (gate != 2) valueDim = BackwardValueColumns(valueDim);
-        var key = (context, keyDim, valueDim, type, gate, warps, entry);
+        var key = (context, keyDim, valueDim, wide, type, gate, warps, entry);
         if (s_backwardLoaded.TryGetValue(key, out CudaKernelFunction? f)) return f;
         lock (s_gate)
         {
             if (s_backwardLoaded.TryGetValue(key, out f)) return f;
             if (smem > context.MaxSharedBytesPerBlock)
                 throw new NotSupportedException($"{BackwardSource}:{entry} at Dk = {keyDim}, Dv = {valueDim} needs {smem} bytes of shared memory per block; {context.Name} allows {context.MaxSharedBytesPerBlock}.");
-            CompiledKernel image = s_backwardImages.GetOrAdd((context, keyDim, valueDim, type, gate, warps),
-                _ => KernelCompiler.Build(BackwardSource, KernelCompiler.Source(BackwardSource), BackwardOptions(keyDim, valueDim, type, gate, warps), context.Architecture));
+            CompiledKernel image = s_backwardImages.GetOrAdd((context, keyDim, valueDim, wide, type, gate, warps),
+                _ => KernelCompiler.Build(BackwardSource, KernelCompiler.Source(BackwardSource), BackwardOptions(keyDim, valueDim, type, gate, warps, wide), context.Architecture));
             f = new CudaKernelFunction(context, image, entry, smem);
             if (entry == StateGradientEntry)
                 CudaException.CheckDriver(Driver.cuFuncSetAttribute(f.Function, PreferredCarveoutAttribute, 100), nameof(Driver.cuFuncSetAttribute));
@@ -462,12 +466,12 @@ public sealed unsafe partial class CudaDeltaRulePlan
     /// <summary>One line per loaded backward kernel: registers, local memory, compile time.</summary>
     public static IEnumerable<string> DescribeBackward()
     {
-        foreach (KeyValuePair<(CudaContext, int, int, ElementType, int, int, string), CudaKernelFunction> entry in s_backwardLoaded)
+        foreach (KeyValuePair<(CudaContext, int, int, bool, ElementType, int, int, string), CudaKernelFunction> entry in s_backwardLoaded)
         {
-            (_, int dk, int dv, ElementType type, int gate, int warps, string kernel) = entry.Key;
+            (_, int dk, int dv, bool wide, ElementType type, int gate, int warps, string kernel) = entry.Key;
             CudaKernelFunction f = entry.Value;
             string origin = f.Image.FromCache ? "from the disk cache" : string.Create(CultureInfo.InvariantCulture, $"compiled in {f.Image.CompileSeconds:F2} s");
-            yield return $"{BackwardSource}:{kernel} Dk={dk} Dv={dv} {type.ShortName()} gate={gate} CW={warps}: {f.Registers} registers, {f.LocalBytes} B local, {origin}";
+            yield return $"{BackwardSource}:{kernel} Dk={dk} Dv={dv}{(wide ? " wide" : "")} {type.ShortName()} gate={gate} CW={warps}: {f.Registers} registers, {f.LocalBytes} B local, {origin}";
         }
     }
 

@@ -137,18 +137,24 @@ public class CudaDeltaRuleBackwardTests
             Assert.Equal(3 * 64 * keyDim * 2 + 4 * 64 * columns * 2 + 2 * keyDim * columns * 2 + 3 * 64 * 64 * 2 + 4 * 64 * 4 + 16 * 4, bytes);
             Assert.InRange(bytes, 1, 227 * 1024);
         }
-        // Dv 64 and 128 stay one block: the kernel's dv is DV · gridDim.z, and one block writes its gradients plainly.
+        // Dv 64 and 128 stay one block: a WIDE 0 build, whose dv is DV and which writes its gradients plainly.
         Assert.Equal(64, CudaDeltaRulePlan.BackwardValueColumns(64));
         Assert.Equal(128, CudaDeltaRulePlan.BackwardValueColumns(128));
     }
 
     [Fact]
-    public void TheChunkKernelTakesItsValueDimFromTheGrid()
+    public void TheChunkKernelTakesItsValueDimFromTheGridInWideBuilds()
     {
-        // The host launches grid.z = Dv / DV value blocks; the kernel derives dv and whether to add its shares from it.
+        // The host launches grid.z = Dv / DV value blocks; a WIDE build derives dv and whether to add its shares from it, and
+        // the one-block build keeps dv a compile-time constant (its PTX is the one measured before value blocks existed).
         string source = KernelCompiler.Source(CudaDeltaRulePlan.BackwardSource);
-        Assert.Contains("const int dv = DV * (int)gridDim.z, col0 = DV * (int)blockIdx.z;", source);
-        Assert.Contains("const bool accumulate = gridDim.z > 1;", source);
+        int wide = source.IndexOf("#if WIDE", StringComparison.Ordinal);
+        Assert.True(wide >= 0);
+        int grid = source.IndexOf("const int dv = DV * (int)gridDim.z, col0 = DV * (int)blockIdx.z;", wide, StringComparison.Ordinal);
+        int single = source.IndexOf("const int dv = DV, col0 = 0;", wide, StringComparison.Ordinal);
+        Assert.True(grid > wide && single > grid, "the WIDE branch takes dv from the grid, the #else branch from DV");
+        Assert.Contains("-DWIDE=1", CudaDeltaRulePlan.BackwardOptions(128, 128, ElementType.BFloat16, 1, wide: true));
+        Assert.Contains("-DWIDE=0", CudaDeltaRulePlan.BackwardOptions(128, 128, ElementType.BFloat16, 1));
     }
 
     [Fact]
