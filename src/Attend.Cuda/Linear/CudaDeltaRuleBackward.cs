@@ -313,7 +313,8 @@ public sealed unsafe partial class CudaDeltaRulePlan
         c[0] = &b.Q; c[1] = &b.K; c[2] = &b.V; c[3] = &b.DO; c[4] = &b.Dnew; c[5] = &b.DDelta; c[6] = &b.W; c[7] = &b.U; c[8] = &b.T;
         c[9] = &b.Hck; c[10] = &b.DHck; c[11] = &b.Beta; c[12] = &b.Gate; c[13] = &b.HeadLogDecay; c[14] = &b.DQ; c[15] = &b.DK; c[16] = &b.DV;
         c[17] = &b.DBeta; c[18] = &b.DGate; c[19] = &b.Chunks; c[20] = &b.Heads; c[21] = &b.KvHeads; c[22] = &b.Scale;
-        // grid.z: the value blocks (the kernel's dv is DV · gridDim.z; with more than one it adds its shares atomically).
+        // grid.z: the value blocks (one at Dv 64 and 128; past them a WIDE build, whose dv is DV · gridDim.z and which adds its
+        // shares atomically).
         chunk.Launch((uint)_chunks, (uint)s.Heads, (uint)valueBlocks, (uint)(32 * warps), (uint)BackwardChunkSharedBytes(s.KeyDim, s.ValueDim), stream, c);
     }
 
