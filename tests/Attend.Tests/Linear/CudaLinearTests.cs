@@ -168,15 +168,7 @@ public class CudaLinearTests
         TestData.RoundToBf16(c.Q);
         TestData.RoundToBf16(c.K);
         TestData.RoundToBf16(c.V);
-        long stateLength = c.Config.StateLength;
-        float[] o = TestData.Poisoned<float>((long)c.Shape.Batch * c.Shape.Tokens * c.Shape.Heads * c.Shape.ValueDim);
-        float[] s = TestData.Poisoned<float>(stateLength);
-        LinearAttention.Forward(c.Inputs, c.Options, o, s);
-        var refO = new float[o.Length];
-        var refS = new float[s.Length];
-        LinearAttention.Forward(c.Inputs, c.Options with { Form = LinearForm.Naive, Backend = null }, refO, refS);
-        double eo = TestData.RelativeL2(o, refO), es = TestData.RelativeL2(s, refS);
-        Assert.True(eo <= 1e-2 && es <= 1e-2, $"seed {TestData.RunSeed}: output rel {eo:E2}, state rel {es:E2} (NaN counts as unwritten)");
+        c.AssertMatchesNaive(1e-2);
     }
 
     [CudaLinearTheory]

@@ -1,5 +1,6 @@
 using Attend.Linear;
 using Attend.Reference;
+using Xunit;
 
 namespace Attend.Tests.Linear;
 
@@ -21,6 +22,22 @@ internal sealed class LinearCase
         Shape = Shape, Q = Q, K = K, V = V, Gate = Gate, Beta = Beta, InitialState = State,
         Offsets = Lengths is null ? null : SeqOffsets.FromLengths(Lengths),
     };
+
+    /// <summary>
+    /// Runs the case with its own options (a GPU backend, say) into NaN-poisoned output and final state, and the float64
+    /// naive form on the CPU, and asserts both agree within <paramref name="tolerance"/> relative L2 (NaN counts as unwritten).
+    /// </summary>
+    public void AssertMatchesNaive(double tolerance)
+    {
+        float[] o = TestData.Poisoned<float>(OutputLength);
+        float[] s = TestData.Poisoned<float>(Config.StateLength);
+        LinearAttention.Forward(Inputs, Options, o, s);
+        var refO = new float[o.Length];
+        var refS = new float[s.Length];
+        LinearAttention.Forward(Inputs, Options with { Form = LinearForm.Naive, Backend = null }, refO, refS);
+        double eo = TestData.RelativeL2(o, refO), es = TestData.RelativeL2(s, refS);
+        Assert.True(eo <= tolerance && es <= tolerance, $"seed {TestData.RunSeed}: output rel {eo:E2}, state rel {es:E2} (NaN counts as unwritten)");
+    }
 
     /// <summary>Builds a case: q/k of the given scale (keys L2-normalised by the map for delta rules), random gates, β, initial state.</summary>
     public static LinearCase Create(Random rng, LinearShape shape, LinearAttentionOptions options, int[]? lengths = null,
